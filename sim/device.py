@@ -1,0 +1,50 @@
+"""One driver, three back ends: the interface every simulation level implements.
+
+A program and its memory image are loaded and run through :class:`Device`; the back end
+is the functional simulator, the cycle model or the RTL under Verilator, so comparing
+levels is the same call with another device (as Glasgow drivers run unchanged against
+simulated or real gateware).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flightforge.arch import ArchConfig
+from flightforge.program import Program
+
+
+class DeviceError(RuntimeError):
+    """A program misbehaved on a device: deadlock, out-of-range access, bad operands.
+
+    Messages name the section, the instruction index and the field at fault.
+    """
+
+
+@dataclass
+class RunResult:
+    """What one run of a section reports; ``cycles`` is None on untimed back ends."""
+
+    section: str
+    instructions: int
+    cycles: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Device(Protocol):
+    """A FlightForge core as the host sees it."""
+
+    arch: ArchConfig
+
+    def load(self, program: Program) -> None:
+        """Check the program against ``arch`` and write its segments to external memory."""
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Write bytes to external memory."""
+
+    def read(self, addr: int, size: int) -> bytes:
+        """Read bytes from external memory."""
+
+    def run(self, section: str) -> RunResult:
+        """Run one section of the loaded program to its HALT."""
