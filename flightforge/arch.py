@@ -146,6 +146,7 @@ class ArchConfig(_Model):
     act_bits: Literal[8] = 8
     weight_bits: tuple[int, ...] = (2, 3, 4, 8)
     token_depth: int = Field(default=8, ge=1, description="capacity of each wait/release token counter")
+    queue_depth: int = Field(default=4, ge=1, description="instructions each unit's issue queue holds")
     mpe: MpeConfig
     sfu: SfuConfig
     buffers: Buffers

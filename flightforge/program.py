@@ -96,6 +96,30 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class TensorIO:
+    """A program input or output: where it lives and how to (de)quantise it.
+
+    Stored in ``Program.metadata["inputs"]`` / ``["outputs"]`` as dicts. The tensor is
+    row-major ``shape`` of ``dtype`` at the start of ``segment``; real value =
+    integer * ``scale`` (``scale`` None for tensors that are not quantised, e.g. ids).
+    """
+
+    name: str
+    segment: str
+    dtype: str
+    shape: tuple[int, ...]
+    scale: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "segment": self.segment, "dtype": self.dtype,
+                "shape": list(self.shape), "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorIO:
+        return cls(d["name"], d["segment"], d["dtype"], tuple(d["shape"]), d.get("scale"))
+
+
+@dataclass(frozen=True)
 class Program:
     """A compiled program for one architecture config."""
 
@@ -132,6 +156,14 @@ class Program:
             if s.name == name:
                 return s
         raise ProgramError(f"no segment {name!r}")
+
+    @property
+    def inputs(self) -> list[TensorIO]:
+        return [TensorIO.from_dict(d) for d in self.metadata.get("inputs", [])]
+
+    @property
+    def outputs(self) -> list[TensorIO]:
+        return [TensorIO.from_dict(d) for d in self.metadata.get("outputs", [])]
 
     def validate(self, arch: ArchConfig | None = None) -> None:
         """Structural checks: unique names, segments inside memory and not overlapping."""
