@@ -1,0 +1,162 @@
+"""The program builder: on-chip tiles, external segments and synchronised sections.
+
+Lowering code asks the builder for tiles (tensors in on-chip buffers), places data in
+external memory, and emits instructions; the builder's :class:`TokenScheduler` adds the
+wait/release tokens, so lowering code states only what to compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flightforge import isa
+from flightforge.arch import ArchConfig
+from flightforge.program import Program, Section, TensorIO
+
+from .memory import BufferAllocator, CompileError, ExternalLayout, buffer_allocators
+from .schedule import TokenScheduler
+
+ROW_BYTES_MAX = (1 << isa.ROW_BYTES_BITS) - 1
+ROWS_MAX = (1 << isa.DIM_BITS) - 1
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A row-major 2D tensor in an on-chip buffer."""
+
+    buf: isa.Buf
+    addr: int
+    rows: int
+    cols: int
+    dtype: isa.DType
+    stride: int  #: bytes between rows
+    scale: float | None = None  #: real value of one integer unit
+
+    @property
+    def nbytes(self) -> int:
+        return (self.rows - 1) * self.stride + self.cols * self.dtype.nbytes
+
+    def at(self, row: int = 0, col: int = 0) -> int:
+        return self.addr + row * self.stride + col * self.dtype.nbytes
+
+    def view(self, row: int = 0, col: int = 0, rows: int | None = None, cols: int | None = None,
+             scale: float | None = None) -> Tile:
+        """A sub-tile sharing this tile's memory."""
+        rows = self.rows - row if rows is None else rows
+        cols = self.cols - col if cols is None else cols
+        if row + rows > self.rows or col + cols > self.cols:
+            raise CompileError(f"view {rows}x{cols} at ({row},{col}) exceeds the {self.rows}x"
+                               f"{self.cols} tile at {self.buf.name}:{self.addr:#x}")
+        return Tile(self.buf, self.at(row, col), rows, cols, self.dtype, self.stride,
+                    self.scale if scale is None else scale)
+
+
+@dataclass
+class Builder:
+    """Accumulates sections and segments for one program."""
+
+    arch: ArchConfig
+    ext: ExternalLayout = field(init=False)
+    bufs: dict[isa.Buf, BufferAllocator] = field(init=False)
+    sched: TokenScheduler = field(init=False)
+    sections: list[Section] = field(default_factory=list)
+    inputs: list[TensorIO] = field(default_factory=list)
+    outputs: list[TensorIO] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _readonly: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ext = ExternalLayout(self.arch)
+        self.bufs = buffer_allocators(self.arch)
+        self.sched = TokenScheduler(self._readonly)
+
+    # --- memory -------------------------------------------------------------------------
+
+    def tile(self, buf: isa.Buf, rows: int, cols: int, dtype: isa.DType, what: str,
+             scale: float | None = None) -> Tile:
+        stride = cols * isa.DType(dtype).nbytes
+        addr = self.bufs[buf].alloc(rows * stride, what)
+        return Tile(buf, addr, rows, cols, isa.DType(dtype), stride, scale)
+
+    def free(self, *tiles: Tile) -> None:
+        for t in tiles:
+            self.bufs[t.buf].free(t.addr)
+
+    def place(self, name: str, kind: str, size: int, data: bytes | np.ndarray | None = None) -> int:
+        """Place a segment in external memory; weights and constants are read-only."""
+        addr = self.ext.place(name, kind, size, data)
+        if kind in ("weights", "const"):
+            self._readonly.append((addr, addr + size))
+        return addr
+
+    # --- instructions -------------------------------------------------------------------
+
+    def emit(self, instr: isa.Instruction) -> None:
+        try:
+            instr.check()
+        except isa.EncodeError as e:
+            raise CompileError(f"lowering produced an invalid instruction: {e}") from None
+        self.sched.add(instr)
+
+    def transfer(self, load: bool, buf: isa.Buf, buf_addr: int, ext_addr: int, rows: int,
+                 row_bytes: int, buf_stride: int, ext_stride: int) -> None:
+        """A 2D transfer, split into several instructions when fields would overflow.
+
+        A contiguous transfer longer than one row field is re-shaped into rows.
+        """
+        if rows == 1 or (buf_stride == row_bytes and ext_stride == row_bytes):
+            total = rows * row_bytes
+            if total <= ROW_BYTES_MAX:
+                rows, row_bytes, buf_stride, ext_stride = 1, total, total, total
+            else:
+                for r in range(-(-total // ROW_BYTES_MAX), min(total, ROWS_MAX) + 1):
+                    if total % r == 0:
+                        rows, row_bytes = r, total // r
+                        buf_stride = ext_stride = row_bytes
+                        break
+        if row_bytes > ROW_BYTES_MAX:
+            raise CompileError(f"a row of {row_bytes} bytes exceeds the {isa.ROW_BYTES_BITS}-bit "
+                               f"row_bytes field")
+        for r0 in range(0, rows, ROWS_MAX):
+            n = min(ROWS_MAX, rows - r0)
+            b, e = buf_addr + r0 * buf_stride, ext_addr + r0 * ext_stride
+            if load:
+                self.emit(isa.LD(buf=buf, dst=b, src=e, rows=n, row_bytes=row_bytes,
+                                 src_stride=ext_stride, dst_stride=buf_stride))
+            else:
+                self.emit(isa.ST(buf=buf, src=b, dst=e, rows=n, row_bytes=row_bytes,
+                                 src_stride=buf_stride, dst_stride=ext_stride))
+
+    def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None) -> None:
+        row = t.cols * t.dtype.nbytes
+        self.transfer(True, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
+                      row if ext_stride is None else ext_stride)
+
+    def store(self, t: Tile, ext_addr: int, ext_stride: int | None = None) -> None:
+        row = t.cols * t.dtype.nbytes
+        self.transfer(False, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
+                      row if ext_stride is None else ext_stride)
+
+    def end_section(self, name: str, stage: str, len_lo: int, len_hi: int) -> Section:
+        """Close the current instruction stream as a section (ending in HALT)."""
+        try:
+            section = Section.from_instructions(name, stage, len_lo, len_hi, self.sched.finish())
+        except ValueError as e:
+            raise CompileError(str(e)) from None
+        self.sections.append(section)
+        self.sched = TokenScheduler(self._readonly)
+        return section
+
+    def io(self, kind: str, name: str, segment: str, dtype: str, shape: tuple[int, ...],
+           scale: float | None) -> None:
+        (self.inputs if kind == "input" else self.outputs).append(
+            TensorIO(name, segment, dtype, tuple(shape), scale))
+
+    def program(self) -> Program:
+        meta = dict(self.metadata)
+        meta["inputs"] = [t.to_dict() for t in self.inputs]
+        meta["outputs"] = [t.to_dict() for t in self.outputs]
+        return Program.for_arch(self.arch, self.sections, self.ext.segments, meta)

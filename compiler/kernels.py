@@ -1,0 +1,180 @@
+"""Lowering of the decoder's building blocks into instructions.
+
+Each function states what to compute on tiles; the builder allocates memory and the
+token scheduler orders the units. Weight tiles are double-buffered: two slots in WGT,
+META and SCALE alternate, so the load of tile ``t+1`` overlaps the matrix product of
+tile ``t`` (the scheduler orders the load of tile ``t+2`` after the product of ``t``).
+The quantised reference of every function here is in :mod:`flightforge.compiler.qref`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flightforge import formats, isa, numerics
+from flightforge.isa import Buf, DType
+
+from .builder import ROWS_MAX, Builder, Tile
+from .memory import CompileError
+from .quantize import QuantLinear
+
+PROB_FRAC_BITS = DType.INT8.bits - 1  #: softmax probabilities are INT8 with scale 2**-7
+
+
+@dataclass(frozen=True)
+class PlacedLinear:
+    """A quantised Linear layer whose packed weights sit in external memory."""
+
+    name: str
+    ql: QuantLinear
+    s_x: float
+    s_y: float
+    shift: int
+    w_addr: int
+    meta_addr: int
+    rec_addr: int
+
+    @property
+    def n(self) -> int:
+        return self.ql.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.ql.shape[1]
+
+    @property
+    def wrb(self) -> int:
+        return formats.weight_row_bytes(self.k, self.ql.prec, self.ql.sparse)
+
+    @property
+    def mrb(self) -> int:
+        return formats.meta_row_bytes(self.k, self.ql.sparse)
+
+    @property
+    def recb(self) -> int:
+        return formats.column_record_bytes(self.k, self.ql.gsz)
+
+
+def place_linear(b: Builder, name: str, ql: QuantLinear, s_x: float, s_y: float,
+                 with_data: bool = True) -> PlacedLinear:
+    """Pack a layer for inputs of scale ``s_x`` and outputs of scale ``s_y`` and place it."""
+    n, k = ql.shape
+    packed = ql.packed()
+    rec = formats.pack_column_records(ql.records(s_x, s_y), k, ql.gsz)
+    _, _, shift = ql.requant(s_x, s_y)
+    w = b.place(f"{name}.weight", "weights", len(packed.weights), packed.weights if with_data else None)
+    m = b.place(f"{name}.meta", "weights", len(packed.meta), packed.meta if with_data else None) \
+        if packed.meta else 0
+    r = b.place(f"{name}.records", "weights", len(rec), rec if with_data else None)
+    return PlacedLinear(name, ql, s_x, s_y, shift, w, m, r)
+
+
+def _column_tile(b: Builder, pl: PlacedLinear) -> int:
+    """Columns per weight tile: as many as two slots of every buffer allow."""
+    limits = [pl.n, ROWS_MAX]
+    for buf, per_col in ((Buf.WGT, pl.wrb), (Buf.META, pl.mrb), (Buf.SCALE, pl.recb)):
+        if per_col:
+            limits.append(b.bufs[buf].free_bytes // 2 // per_col)
+    nt = min(limits)
+    if nt < 1:
+        raise CompileError(f"{pl.name}: one weight column (K={pl.k}: {pl.wrb} B weights, "
+                           f"{pl.mrb} B indices, {pl.recb} B record) does not fit twice in the "
+                           f"free WGT/META/SCALE space")
+    return nt
+
+
+def linear(b: Builder, x: Tile, pl: PlacedLinear, out: Tile) -> None:
+    """``out = requant(x @ W^T + bias)`` with double-buffered weight tiles."""
+    if x.cols != pl.k or out.cols != pl.n or out.rows != x.rows or x.dtype != DType.INT8:
+        raise CompileError(f"{pl.name}: input {x.rows}x{x.cols} {x.dtype.name} and output "
+                           f"{out.rows}x{out.cols} do not match weights {pl.n}x{pl.k}")
+    nt = _column_tile(b, pl)
+    slots = []
+    for s in range(2 if nt < pl.n else 1):
+        slots.append((b.tile(Buf.WGT, nt, pl.wrb, DType.INT8, f"{pl.name} weight slot {s}"),
+                      b.tile(Buf.META, nt, pl.mrb, DType.INT8, f"{pl.name} index slot {s}")
+                      if pl.mrb else None,
+                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}")))
+    for t, n0 in enumerate(range(0, pl.n, nt)):
+        cols = min(nt, pl.n - n0)
+        w_t, m_t, r_t = slots[t % len(slots)]
+        b.load(w_t.view(rows=cols), pl.w_addr + n0 * pl.wrb)
+        if m_t is not None:
+            b.load(m_t.view(rows=cols), pl.meta_addr + n0 * pl.mrb)
+        b.load(r_t.view(rows=cols), pl.rec_addr + n0 * pl.recb)
+        common = dict(n=cols, k=pl.k, a_addr=x.addr, w_addr=w_t.addr,
+                      meta_addr=m_t.addr if m_t is not None else 0, q_addr=r_t.addr,
+                      d_addr=out.at(0, n0), d_stride=out.stride, sparse=pl.ql.sparse,
+                      wprec=pl.ql.prec, gsz=pl.ql.gsz, colp=1, odt=out.dtype, shift=pl.shift)
+        if x.rows == 1:
+            b.emit(isa.MV(**common))
+        else:
+            b.emit(isa.MM(m=x.rows, a_stride=x.stride, **common))
+    for slot in slots:
+        b.free(*[t for t in slot if t is not None])
+
+
+def rope(b: Builder, x: Tile, table_addr: int, pos0: int, head_dim: int) -> None:
+    """Rotate ``x`` (INT8, rows at positions ``pos0..``) in place with a Q14 table.
+
+    The table rows for the tile's positions are loaded into GLB for the duration.
+    """
+    row = 2 * head_dim  # bytes per position: cos INT16[d/2] then sin INT16[d/2]
+    glb = b.tile(Buf.GLB, x.rows, row, DType.INT8, "rope table rows")
+    b.load(glb, table_addr + pos0 * row)
+    b.emit(isa.MISC(op=isa.MiscOp.ROPE, rows=x.rows, cols=x.cols, a_addr=x.addr,
+                    a_stride=x.stride, a_dt=x.dtype, d_addr=x.addr, d_stride=x.stride,
+                    d_dt=x.dtype, p_addr=glb.addr, pos=0, len=head_dim,
+                    shift=numerics.ROPE_FRAC_BITS))
+    b.free(glb)
+
+
+def softmax_params(s_q: float, s_k: float, head_dim: int) -> tuple[int, int]:
+    """``(m0, shift)`` turning INT32 scores into the u.8 log2-domain softmax argument."""
+    real = s_q * s_k / math.sqrt(head_dim) * math.log2(math.e) * (1 << numerics.FRAC_BITS_EXP)
+    return numerics.quantize_multiplier(real)
+
+
+def pv_params(s_v: float, s_o: float) -> tuple[int, int]:
+    return numerics.quantize_multiplier(2.0 ** -PROB_FRAC_BITS * s_v / s_o)
+
+
+def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: int,
+              s_k: float, s_v: float, out: Tile) -> None:
+    """Causal attention of ``q`` (rows at positions ``pos0..``) over cache rows ``0..ctx``.
+
+    The caches are INT8 ``[position][head_dim]`` in external memory; K is read as an
+    ``[N][K]`` weight tile, V as a ``[K][N]`` one (``wkn``).
+    """
+    d = q.cols
+    rows = q.rows
+    kt = b.tile(Buf.WGT, ctx, d, DType.INT8, "K cache tile")
+    b.load(kt, k_cache)
+    scores = b.tile(Buf.ACT, rows, ctx, DType.INT32, "attention scores")
+    mm_or_mv = isa.MV if rows == 1 else isa.MM
+    extra = {} if rows == 1 else {"m": rows, "a_stride": q.stride}
+    b.emit(mm_or_mv(n=ctx, k=d, a_addr=q.addr, w_addr=kt.addr, d_addr=scores.addr,
+                    d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **extra))
+    b.free(kt)
+    probs = b.tile(Buf.ACT, rows, ctx, DType.INT8, "attention probabilities")
+    m0, sh = softmax_params(q.scale, s_k, d)
+    b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=rows, cols=ctx, a_addr=scores.addr,
+                    a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
+                    d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0, causal=1))
+    b.free(scores)
+    vt = b.tile(Buf.WGT, ctx, d, DType.INT8, "V cache tile")
+    b.load(vt, v_cache)
+    mult, sh = pv_params(s_v, out.scale)
+    extra = {} if rows == 1 else {"m": rows, "a_stride": probs.stride}
+    b.emit(mm_or_mv(n=d, k=ctx, a_addr=probs.addr, w_addr=vt.addr, wkn=1, d_addr=out.addr,
+                    d_stride=out.stride, odt=out.dtype, mult=mult, shift=sh, **extra))
+    b.free(vt, probs)
+
+
+def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:
+    """The RoPE constant segment: per position, cos INT16[d/2] then sin INT16[d/2]."""
+    cos, sin = numerics.rope_tables(positions, head_dim, theta)
+    return np.concatenate([cos, sin], axis=1).astype("<i2")

@@ -1,0 +1,163 @@
+"""Token insertion: turn a list of instructions into a correctly synchronised stream.
+
+Each unit executes its own instructions in order, so only cross-unit hazards need
+tokens. For every read-after-write, write-after-read and write-after-write between an
+instruction ``i`` on unit U and an earlier instruction ``j`` on unit V, ``j`` must
+release a token to U and ``i`` must wait for it. Tokens between a pair of units are
+consumed first-in first-out, so releases are only ever added at increasing positions
+of V's stream: if an earlier instruction of U already waited on a V instruction at or
+after ``j``, the hazard is covered by U's in-order execution and no token is added.
+This gives the fewest tokens that still order every hazard, and never over-orders a
+prefetch behind an unrelated later load (which double buffering relies on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from flightforge import isa
+from flightforge.footprint import Access, footprint
+
+
+@dataclass
+class _Record:
+    lo: int
+    hi: int
+    pos: int  #: position of the instruction in its unit's stream
+
+
+@dataclass
+class _UnitSpaceLog:
+    """Accesses of one unit to one space, newest last, pruned by containment."""
+
+    records: list[_Record] = field(default_factory=list)
+
+    def add(self, lo: int, hi: int, pos: int) -> None:
+        self.records = [r for r in self.records if not (lo <= r.lo and r.hi <= hi)]
+        self.records.append(_Record(lo, hi, pos))
+
+    def latest_overlap(self, lo: int, hi: int) -> int:
+        best = -1
+        for r in reversed(self.records):
+            if r.pos <= best:
+                continue
+            if r.lo < hi and lo < r.hi:
+                best = r.pos
+        return best
+
+
+@dataclass
+class TokenScheduler:
+    """Accumulates instructions and inserts the wait/release masks they need.
+
+    ``untracked_reads`` are external-memory ranges that are never written while the
+    program runs (weights, constants): reads there cannot be hazards, and not logging
+    them keeps scheduling fast for full-size models.
+    """
+
+    untracked_reads: list[tuple[int, int]] = field(default_factory=list)
+    instrs: list[isa.Instruction] = field(default_factory=list)
+    _unit_index: dict[isa.Unit, list[int]] = field(default_factory=dict)
+    _reads: dict[tuple[isa.Unit, str], _UnitSpaceLog] = field(default_factory=dict)
+    _writes: dict[tuple[isa.Unit, str], _UnitSpaceLog] = field(default_factory=dict)
+    _released_upto: dict[tuple[isa.Unit, isa.Unit], int] = field(default_factory=dict)
+
+    def _untracked(self, a: Access) -> bool:
+        return a.space == "EXT" and any(lo <= a.lo and a.hi <= hi for lo, hi in self.untracked_reads)
+
+    def add(self, instr: isa.Instruction) -> int:
+        """Append ``instr`` with the tokens its hazards need; returns its stream index."""
+        unit = instr.UNIT
+        if unit is None:
+            self.instrs.append(instr)
+            return len(self.instrs) - 1
+        reads, writes = footprint(instr)
+        # Latest conflicting instruction on every other unit.
+        need: dict[isa.Unit, int] = {}
+        for other in isa.Unit:
+            if other == unit:
+                continue
+            latest = -1
+            for acc in reads:
+                log = self._writes.get((other, acc.space))
+                if log:
+                    latest = max(latest, log.latest_overlap(acc.lo, acc.hi))
+            for acc in writes:
+                for table in (self._writes, self._reads):
+                    log = table.get((other, acc.space))
+                    if log:
+                        latest = max(latest, log.latest_overlap(acc.lo, acc.hi))
+            if latest >= 0:
+                need[other] = latest
+        wait = 0
+        for other, pos in need.items():
+            if pos <= self._released_upto.get((other, unit), -1):
+                continue  # covered: an earlier instruction of this unit waited on a later one
+            j = self._unit_index[other][pos]
+            producer = self.instrs[j]
+            self.instrs[j] = dataclasses.replace(producer, release=producer.release | (1 << unit))
+            self._released_upto[(other, unit)] = pos
+            wait |= 1 << other
+        instr = dataclasses.replace(instr, wait=instr.wait | wait)
+        positions = self._unit_index.setdefault(unit, [])
+        pos = len(positions)
+        positions.append(len(self.instrs))
+        self.instrs.append(instr)
+        for acc in reads:
+            if not self._untracked(acc):
+                self._reads.setdefault((unit, acc.space), _UnitSpaceLog()).add(acc.lo, acc.hi, pos)
+        for acc in writes:
+            self._writes.setdefault((unit, acc.space), _UnitSpaceLog()).add(acc.lo, acc.hi, pos)
+        return len(self.instrs) - 1
+
+    def finish(self) -> list[isa.Instruction]:
+        """The stream, ended by HALT (which drains every unit)."""
+        return [*self.instrs, isa.SYS(op=isa.SysOp.HALT)]
+
+
+def unordered_hazards(instrs: list[isa.Instruction]) -> list[tuple[int, int]]:
+    """Pairs ``(j, i)`` of conflicting instructions on different units that the token
+    graph does not order: an empty list proves every hazard is synchronised.
+
+    Happens-before edges: program order within a unit, and the k-th release from V to U
+    before the k-th wait of U on V (tokens are first-in first-out). A hazard is ordered
+    when the later instruction is reachable from the earlier one.
+    """
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    last_on: dict[isa.Unit, int] = {}
+    releases: dict[tuple[isa.Unit, isa.Unit], list[int]] = {}
+    waits: dict[tuple[isa.Unit, isa.Unit], list[int]] = {}
+    for idx, ins in enumerate(instrs):
+        graph.add_node(idx)
+        u = ins.UNIT
+        if u is None:
+            continue
+        if u in last_on:
+            graph.add_edge(last_on[u], idx)
+        last_on[u] = idx
+        for other in isa.Unit:
+            if ins.wait >> other & 1:
+                waits.setdefault((other, u), []).append(idx)
+            if ins.release >> other & 1:
+                releases.setdefault((u, other), []).append(idx)
+    for pair, rel in releases.items():
+        for r, w in zip(rel, waits.get(pair, [])):
+            graph.add_edge(r, w)
+    prints = [(idx, ins.UNIT, *footprint(ins)) for idx, ins in enumerate(instrs) if ins.UNIT is not None]
+    bad = []
+    for a, (j, uj, rj, wj) in enumerate(prints):
+        later = None
+        for i, ui, ri, wi in prints[a + 1:]:
+            if ui == uj:
+                continue
+            conflict = any(x.overlaps(y) for x in wj for y in ri + wi) or \
+                any(x.overlaps(y) for x in rj for y in wi)
+            if conflict:
+                if later is None:
+                    later = nx.descendants(graph, j)
+                if i not in later:
+                    bad.append((j, i))
+    return bad
