@@ -178,3 +178,90 @@ def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:
     """The RoPE constant segment: per position, cos INT16[d/2] then sin INT16[d/2]."""
     cos, sin = numerics.rope_tables(positions, head_dim, theta)
     return np.concatenate([cos, sin], axis=1).astype("<i2")
+
+
+@dataclass(frozen=True)
+class PlacedParams:
+    """An SFU parameter block (norm gains/biases, activation table) in external memory."""
+
+    name: str
+    addr: int
+    nbytes: int
+
+
+def place_params(b: Builder, name: str, data: np.ndarray) -> PlacedParams:
+    raw = np.ascontiguousarray(data)
+    return PlacedParams(name, b.place(name, "const", raw.nbytes, raw), raw.nbytes)
+
+
+def _with_params(b: Builder, params: PlacedParams) -> Tile:
+    glb = b.tile(Buf.GLB, 1, params.nbytes, DType.INT8, f"{params.name} parameters")
+    b.load(glb, params.addr)
+    return glb
+
+
+def norm_gain(gamma: np.ndarray, s_y: float) -> tuple[np.ndarray, int]:
+    """INT16 gains with the output scale folded in, and the MISC shift that goes with them.
+
+    ``gamma_q = round(gamma / s_y * 2**k)`` with the largest ``k`` keeping ``|gamma_q|``
+    within INT16; the instruction shift is ``14 + k`` (see numerics.rmsnorm).
+    """
+    peak = max(float(np.max(np.abs(gamma))) / s_y, 1e-12)
+    k = int(np.floor(np.log2(32767 / peak)))
+    k = min(k, 63 - numerics.NORM_T_FRAC)
+    if numerics.NORM_T_FRAC + k < 0:
+        raise CompileError(f"norm gain {peak * s_y:.3g} is too large for output scale {s_y:.3g}")
+    g = np.round(np.asarray(gamma, np.float64) / s_y * 2.0 ** k).astype(np.int64)
+    return np.clip(g, -32768, 32767), numerics.NORM_T_FRAC + k
+
+
+def norm_eps(eps: float, s_x: float) -> int:
+    """Epsilon in squared input units, saturated to the 16-bit field."""
+    return int(min(round(eps / (s_x * s_x)), (1 << 16) - 1))
+
+
+def norm(b: Builder, x: Tile, params: PlacedParams, out: Tile, *, layer: bool, eps: int,
+         shift: int) -> None:
+    """RMSNorm (``layer=False``) or LayerNorm of every row of ``x`` into ``out``."""
+    glb = _with_params(b, params)
+    b.emit(isa.MISC(op=isa.MiscOp.LAYERNORM if layer else isa.MiscOp.RMSNORM, rows=x.rows,
+                    cols=x.cols, a_addr=x.addr, a_stride=x.stride, a_dt=x.dtype,
+                    d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype, p_addr=glb.addr,
+                    eps=eps, shift=shift))
+    b.free(glb)
+
+
+def table_op(b: Builder, op: isa.MiscOp, x: Tile, params: PlacedParams, out: Tile) -> None:
+    """SILU or GELU through a 256-entry table of the output type."""
+    glb = _with_params(b, params)
+    b.emit(isa.MISC(op=op, rows=x.rows, cols=x.cols, a_addr=x.addr, a_stride=x.stride,
+                    a_dt=x.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
+                    p_addr=glb.addr))
+    b.free(glb)
+
+
+def add_params(s_a: float, s_b: float, s_y: float) -> tuple[int, int, int]:
+    """``(m0, m1, shift)`` for ``y = a*s_a/s_y + b*s_b/s_y`` with one shared shift."""
+    ra, rb = s_a / s_y, s_b / s_y
+    _, shift = numerics.quantize_multiplier(max(ra, rb))
+    m0, m1 = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
+    if min(m0, m1) == 0:
+        raise CompileError(f"residual scales {s_a:.3g} and {s_b:.3g} are too far apart for one "
+                           f"16-bit multiplier pair")
+    return m0, m1, shift
+
+
+def add(b: Builder, x: Tile, y: Tile, out: Tile) -> None:
+    m0, m1, shift = add_params(x.scale, y.scale, out.scale)
+    b.emit(isa.MISC(op=isa.MiscOp.ADD, rows=x.rows, cols=x.cols, a_addr=x.addr,
+                    a_stride=x.stride, a_dt=x.dtype, b_addr=y.addr, b_stride=y.stride,
+                    b_dt=y.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
+                    m0=m0, m1=m1, shift=shift))
+
+
+def mul(b: Builder, x: Tile, y: Tile, out: Tile) -> None:
+    m0, shift = numerics.quantize_multiplier(x.scale * y.scale / out.scale)
+    b.emit(isa.MISC(op=isa.MiscOp.MUL, rows=x.rows, cols=x.cols, a_addr=x.addr,
+                    a_stride=x.stride, a_dt=x.dtype, b_addr=y.addr, b_stride=y.stride,
+                    b_dt=y.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
+                    m0=m0, shift=shift))

@@ -8,17 +8,26 @@ model is quantisation error alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from flightforge import numerics
 from flightforge.isa import DType
 
+from . import kernels
+from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
 from .kernels import PlacedLinear, pv_params, softmax_params
+from .qdecoder import QuantDecoder
+from .quantize import QuantLinear
 
 
 def linear(xq: np.ndarray, pl: PlacedLinear, odt: DType = DType.INT8) -> np.ndarray:
-    ql = pl.ql
-    bias_q, mult, shift = ql.requant(pl.s_x, pl.s_y)
+    return linear_q(xq, pl.ql, pl.s_x, pl.s_y, odt)
+
+
+def linear_q(xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float, odt: DType) -> np.ndarray:
+    bias_q, mult, shift = ql.requant(s_x, s_y)
     return numerics.matmul(xq, ql.q, scales=ql.gscale if ql.group else None, group=ql.group,
                            bias=bias_q, mult=mult, shift=shift, odt=odt)
 
@@ -38,3 +47,60 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int,
     probs = numerics.softmax(scores, m0, sh, pos=pos0, causal=True, odt=DType.INT8)
     mult, sh = pv_params(s_v, s_o)
     return numerics.matmul(probs, v_cache[:ctx].T, mult=mult, shift=sh, odt=odt)
+
+
+@dataclass
+class IntState:
+    """Integer KV caches of one sequence: ``[layer] -> (k, v)``, INT8 ``[pos][kv*d]``."""
+
+    kv: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
+                rope_table: np.ndarray | None = None) -> np.ndarray:
+    """INT16 logits ``[len(ids)][vocab]`` exactly as the accelerator computes them."""
+    prog, sc = qd.prog, qd.scales
+    env = {prog.input: qd.input_rows(ids, pos0)}
+    for op in prog.ops:
+        if isinstance(op, Linear):
+            env[op.out] = linear_q(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out],
+                                   qd.dtype(op.out))
+        elif isinstance(op, Norm):
+            n = qd.norms[op.params]
+            if n.beta is None:
+                env[op.out] = numerics.rmsnorm(env[op.x], n.gamma, n.eps, n.shift, qd.dtype(op.out))
+            else:
+                env[op.out] = numerics.layernorm(env[op.x], n.gamma, n.beta, n.eps, n.shift,
+                                                 qd.dtype(op.out))
+        elif isinstance(op, Rope):
+            env[op.x] = rope(env[op.x], rope_table, pos0, op.head_dim)
+        elif isinstance(op, Attention):
+            env[op.out] = _attention(qd, env, op, pos0, state)
+        elif isinstance(op, Add):
+            m0, m1, shift = kernels.add_params(sc[op.a], sc[op.b], sc[op.out])
+            env[op.out] = numerics.add(env[op.a], env[op.b], m0, m1, shift, qd.dtype(op.out))
+        elif isinstance(op, Mul):
+            m0, shift = numerics.quantize_multiplier(sc[op.a] * sc[op.b] / sc[op.out])
+            env[op.out] = numerics.mul(env[op.a], env[op.b], m0, shift, qd.dtype(op.out))
+        elif isinstance(op, Act):
+            env[op.out] = numerics.table(env[op.x], qd.tables[op.out])
+    return env[prog.output]
+
+
+def _attention(qd: QuantDecoder, env, op: Attention, pos0: int, state: IntState) -> np.ndarray:
+    sc = qd.scales
+    q, k, v = env[op.q], env[op.k], env[op.v]
+    rows, d = q.shape[0], op.head_dim
+    kc, vc = state.kv.get(op.layer, (np.zeros((0, k.shape[1]), np.int64),
+                                     np.zeros((0, v.shape[1]), np.int64)))
+    kc, vc = np.vstack([kc[:pos0], k]), np.vstack([vc[:pos0], v])
+    state.kv[op.layer] = (kc, vc)
+    group = op.heads // op.kv_heads
+    ctx = pos0 + rows
+    out = np.zeros((rows, op.heads * d), np.int64)
+    for h in range(op.heads):
+        j = h // group
+        out[:, h * d:(h + 1) * d] = attention(
+            q[:, h * d:(h + 1) * d], kc[:, j * d:(j + 1) * d], vc[:, j * d:(j + 1) * d], ctx, pos0,
+            sc[op.q], sc[op.k], sc[op.v], sc[op.out], qd.dtype(op.out))
+    return out

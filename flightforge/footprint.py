@@ -73,7 +73,7 @@ def misc_param_bytes(i: isa.MISC) -> int:
         return 2 * i.cols
     if op == isa.MiscOp.LAYERNORM:
         return 4 * i.cols
-    if op in (isa.MiscOp.SILU, isa.MiscOp.GELU):
+    if op.is_table:
         return 256 * isa.DType(i.d_dt).nbytes
     if op == isa.MiscOp.ROPE:
         return (i.pos + i.rows) * 2 * i.len

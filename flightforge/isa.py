@@ -151,6 +151,12 @@ class MiscOp(enum.IntEnum):
     SILU = 6  #: 256-entry table in GLB indexed by the INT8 input
     GELU = 7  #: 256-entry table in GLB indexed by the INT8 input
     ROPE = 8  #: rotate-half rotary embedding with a Q14 cos/sin table in GLB
+    RELU = 9  #: 256-entry table in GLB indexed by the INT8 input (OPT's MLP)
+
+    @property
+    def is_table(self) -> bool:
+        """Operations computed by a 256-entry table lookup in GLB."""
+        return self in (MiscOp.SILU, MiscOp.GELU, MiscOp.RELU)
 
 
 class SysOp(enum.IntEnum):
@@ -422,7 +428,7 @@ class MISC(Instruction):
     def _check(self) -> None:
         _nonzero(self, "rows", "cols")
         op = MiscOp(self.op)
-        if op in (MiscOp.SILU, MiscOp.GELU) and self.a_dt != DType.INT8:
+        if op.is_table and self.a_dt != DType.INT8:
             raise EncodeError(f"MISC.a_dt: {op.name} reads a 256-entry table and needs INT8 input")
         if op == MiscOp.MUL and DType.INT32 in (self.a_dt, self.b_dt):
             raise EncodeError("MISC.a_dt: MUL takes INT8 or INT16 operands")

@@ -1,0 +1,130 @@
+"""A decoder program with every scale, integer weight and table fixed.
+
+:func:`quantize_decoder` turns a float :class:`DecoderProgram` plus calibrated ranges
+into a :class:`QuantDecoder`; the integer reference (:mod:`.qref`) and the lowering
+(:mod:`.lower`) both read it, so they use identical parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flightforge import numerics
+from flightforge.isa import DType, SparseMode, WPrec
+
+from . import kernels
+from .calibrate import ACT_FNS
+from .graph import Act, DecoderProgram, Linear, Norm
+from .memory import CompileError
+from .quantize import QuantLinear, quantize_linear
+
+INT16_MAX = 32767
+INT8_MAX = 127
+MIN_RANGE = 1e-6
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """How one Linear layer's weights are stored (per layer; issue 4 adds sparsity)."""
+
+    prec: WPrec = WPrec.INT8
+    group: int = 0
+    sparse: SparseMode = SparseMode.DENSE
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    weight_bits: int = 8
+    group: int = 32  #: used for INT4 weights; the largest valid size dividing K otherwise
+    plans: dict[str, WeightPlan] = field(default_factory=dict)  #: per-layer overrides
+
+    def plan_for(self, name: str, k: int) -> WeightPlan:
+        if name in self.plans:
+            return self.plans[name]
+        if self.weight_bits == 8:
+            return WeightPlan(WPrec.INT8, 0)
+        if self.weight_bits != 4:
+            raise CompileError(f"weight_bits must be 8 or 4, not {self.weight_bits}")
+        return WeightPlan(WPrec.INT4, _fit_group(self.group, k))
+
+
+def _fit_group(group: int, k: int) -> int:
+    """The largest allowed group size <= ``group`` dividing K (0: one scale per column)."""
+    g = group
+    while g >= 16:
+        if k % g == 0:
+            return g
+        g //= 2
+    return 0
+
+
+@dataclass(frozen=True)
+class NormQ:
+    gamma: np.ndarray  #: INT16 gains with the output scale folded in
+    beta: np.ndarray | None  #: INT16 biases in output units (LayerNorm)
+    shift: int
+    eps: int
+
+    def params(self) -> np.ndarray:
+        g = self.gamma.astype("<i2")
+        return g if self.beta is None else np.concatenate([g, self.beta.astype("<i2")])
+
+
+@dataclass(frozen=True)
+class QuantDecoder:
+    prog: DecoderProgram
+    scales: dict[str, float]
+    linears: dict[str, QuantLinear]
+    norms: dict[str, NormQ]
+    tables: dict[str, np.ndarray]  #: Act output name -> 256-entry INT8 table
+    embed: np.ndarray  #: INT16 [vocab][hidden] at the input scale
+    positions: np.ndarray | None  #: INT16 learned positions at the input scale
+    plans: dict[str, WeightPlan]
+
+    def dtype(self, name: str) -> DType:
+        return DType.INT16 if name in self.prog.wide else DType.INT8
+
+    def input_rows(self, ids: np.ndarray, pos0: int) -> np.ndarray:
+        """The host's embedding gather: INT16 rows, saturating when positions are added."""
+        x = self.embed[np.asarray(ids)].astype(np.int64)
+        if self.positions is not None:
+            off = self.prog.position_offset + pos0
+            x = x + self.positions[off:off + len(ids)]
+        return numerics.sat(x, DType.INT16)
+
+
+def quantize_decoder(prog: DecoderProgram, ranges: dict[str, float],
+                     options: QuantOptions = QuantOptions()) -> QuantDecoder:
+    emb_peak = float(np.abs(prog.embed).max())
+    if prog.positions is not None:
+        emb_peak += float(np.abs(prog.positions).max())
+    scales: dict[str, float] = {}
+    for name, peak in ranges.items():
+        top = INT16_MAX if name in prog.wide else INT8_MAX
+        scales[name] = max(peak, MIN_RANGE) / top
+    scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX
+    linears, plans, norms, tables = {}, {}, {}, {}
+    for op in prog.ops:
+        if isinstance(op, Linear):
+            p = prog.linears[op.weight]
+            plan = options.plan_for(op.weight, p.w.shape[1])
+            plans[op.weight] = plan
+            linears[op.weight] = quantize_linear(p.w, p.b, prec=plan.prec, group=plan.group,
+                                                 sparse=plan.sparse)
+        elif isinstance(op, Norm):
+            n = prog.norms[op.params]
+            gamma, shift = kernels.norm_gain(n.gamma, scales[op.out])
+            beta = None
+            if n.beta is not None:
+                beta = np.clip(np.round(n.beta / scales[op.out]), -32768, 32767).astype(np.int64)
+            norms[op.params] = NormQ(gamma, beta, shift, kernels.norm_eps(n.eps, scales[op.x]))
+        elif isinstance(op, Act):
+            tables[op.out] = numerics.lut_for(ACT_FNS[op.fn], scales[op.x], scales[op.out])
+    s_in = scales[prog.input]
+    embed = np.clip(np.round(prog.embed / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
+    positions = None
+    if prog.positions is not None:
+        positions = np.clip(np.round(prog.positions / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
+    return QuantDecoder(prog, scales, linears, norms, tables, embed, positions, plans)
