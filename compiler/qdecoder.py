@@ -15,7 +15,7 @@ from flightforge import numerics
 from flightforge.isa import DType, SparseMode, WPrec
 
 from . import kernels
-from .calibrate import ACT_FNS
+from .calibrate import ACT_FNS, TensorStats
 from .graph import Act, DecoderProgram, Linear, Norm
 from .memory import CompileError
 from .quantize import QuantLinear, quantize_linear
@@ -39,6 +39,7 @@ class QuantOptions:
     weight_bits: int = 8
     group: int = 32  #: used for INT4 weights; the largest valid size dividing K otherwise
     plans: dict[str, WeightPlan] = field(default_factory=dict)  #: per-layer overrides
+    mse_clip: bool = False  #: INT8 activation scales by MSE-optimal clipping (else max)
 
     def plan_for(self, name: str, k: int) -> WeightPlan:
         if name in self.plans:
@@ -95,15 +96,15 @@ class QuantDecoder:
         return numerics.sat(x, DType.INT16)
 
 
-def quantize_decoder(prog: DecoderProgram, ranges: dict[str, float],
+def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
                      options: QuantOptions = QuantOptions()) -> QuantDecoder:
     emb_peak = float(np.abs(prog.embed).max())
     if prog.positions is not None:
         emb_peak += float(np.abs(prog.positions).max())
     scales: dict[str, float] = {}
-    for name, peak in ranges.items():
-        top = INT16_MAX if name in prog.wide else INT8_MAX
-        scales[name] = max(peak, MIN_RANGE) / top
+    for name, st in stats.items():
+        wide = name in prog.wide
+        scales[name] = st.scale(INT16_MAX if wide else INT8_MAX, search=options.mse_clip and not wide)
     scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX
     linears, plans, norms, tables = {}, {}, {}, {}
     for op in prog.ops:

@@ -57,10 +57,15 @@ class IntState:
 
 
 def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
-                rope_table: np.ndarray | None = None) -> np.ndarray:
-    """INT16 logits ``[len(ids)][vocab]`` exactly as the accelerator computes them."""
+                rope_table: np.ndarray | None = None,
+                env: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """INT16 logits ``[len(ids)][vocab]`` exactly as the accelerator computes them.
+
+    ``env``, if given, receives every named integer tensor (for per-op error analysis).
+    """
     prog, sc = qd.prog, qd.scales
-    env = {prog.input: qd.input_rows(ids, pos0)}
+    env = {} if env is None else env
+    env[prog.input] = qd.input_rows(ids, pos0)
     for op in prog.ops:
         if isinstance(op, Linear):
             env[op.out] = linear_q(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out],

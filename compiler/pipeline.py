@@ -1,0 +1,58 @@
+"""The compiler pipeline, as one straight list of named steps.
+
+    DecoderProgram --calibrate--> ranges --quantize--> QuantDecoder --lower--> Program
+
+The ONNX frontend produces the DecoderProgram (see :func:`compile_onnx`); tests and
+examples may build one directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flightforge.arch import ArchConfig
+from flightforge.program import Program
+
+from .calibrate import calibrate
+from .graph import DecoderProgram
+from .lower import lower_decoder
+from .qdecoder import QuantDecoder, QuantOptions, quantize_decoder
+
+DEFAULT_CALIBRATION_PROMPTS = 4
+DEFAULT_CALIBRATION_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    max_len: int = 32  #: longest prompt plus generated tokens the program supports
+    quant: QuantOptions = field(default_factory=QuantOptions)
+    calibration: tuple[tuple[int, ...], ...] = ()  #: sample prompts; random ids when empty
+    seed: int = 0
+    with_data: bool = True  #: False compiles addresses and sizes only (shape-only)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    program: Program
+    quantized: QuantDecoder
+
+
+def calibration_prompts(prog: DecoderProgram, options: CompileOptions) -> list[np.ndarray]:
+    if options.calibration:
+        return [np.asarray(p) for p in options.calibration]
+    rng = np.random.default_rng(options.seed)
+    length = min(DEFAULT_CALIBRATION_LENGTH, options.max_len)
+    return [rng.integers(0, prog.vocab, size=length) for _ in range(DEFAULT_CALIBRATION_PROMPTS)]
+
+
+def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
+                    options: CompileOptions = CompileOptions(), metadata: dict | None = None) -> Compiled:
+    # Record every activation's range on sample prompts run through the float model.
+    stats = calibrate(prog, calibration_prompts(prog, options))
+    # Fix scales, integer weights, norm gains and activation tables.
+    qd = quantize_decoder(prog, stats, options.quant)
+    # Emit one synchronised section per prefill length and decode position.
+    program = lower_decoder(qd, arch, options.max_len, with_data=options.with_data, metadata=metadata)
+    return Compiled(program, qd)
