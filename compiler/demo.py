@@ -90,12 +90,13 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
 
     b = Builder(arch)
     b.metadata["model"] = "demo: Linear + attention head"
-    lin = kernels.place_linear(b, "linear", quantize_linear(w1, b1, prec=WPrec.INT4,
-                                                            group=spec.linear_group), s["x"], s["y1"])
-    pq = kernels.place_linear(b, "attn.q_proj", quantize_linear(wq), s["x"], s["q"])
-    pk = kernels.place_linear(b, "attn.k_proj", quantize_linear(wk), s["x"], s["k"])
-    pv = kernels.place_linear(b, "attn.v_proj", quantize_linear(wv), s["x"], s["v"])
-    po = kernels.place_linear(b, "attn.o_proj", quantize_linear(wo), s["o"], s["y"])
+    ql = {"linear": quantize_linear(w1, b1, prec=WPrec.INT4, group=spec.linear_group),
+          "q": quantize_linear(wq), "k": quantize_linear(wk), "v": quantize_linear(wv),
+          "o": quantize_linear(wo)}
+    io_scales = {"linear": (s["x"], s["y1"]), "q": (s["x"], s["q"]), "k": (s["x"], s["k"]),
+                 "v": (s["x"], s["v"]), "o": (s["o"], s["y"])}
+    placed = {name: kernels.place_linear(b, name, q, *io_scales[name]) for name, q in ql.items()}
+    lin, pq, pk, pv, po = (placed[n] for n in ("linear", "q", "k", "v", "o"))
     table = kernels.rope_table_bytes(L + 1, d, ROPE_THETA)
     rope_addr = b.place("rope_table", "const", table.nbytes, table)
     kc = b.place("attn.k_cache", "kv", (L + 1) * d)
@@ -143,17 +144,20 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
 
     # Quantised reference, whole tensors.
     xq, xnq = quantize_act(x, s["x"]), quantize_act(x_new, s["x"])
-    ref = {"y_linear": qref.linear(xq, lin)}
+    def ref_linear(x: np.ndarray, name: str) -> np.ndarray:
+        return qref.linear(x, ql[name], *io_scales[name])
+
+    ref = {"y_linear": ref_linear(xq, "linear")}
     tab = table.astype(np.int64)
     k_cache = np.zeros((L + 1, d), np.int64)
     v_cache = np.zeros((L + 1, d), np.int64)
     for name, xin, pos0 in (("y_prefill", xq, 0), ("y_decode", xnq, L)):
-        rq = qref.rope(qref.linear(xin, pq), tab, pos0, d)
-        rk = qref.rope(qref.linear(xin, pk), tab, pos0, d)
+        rq = qref.rope(ref_linear(xin, "q"), tab, pos0, d)
+        rk = qref.rope(ref_linear(xin, "k"), tab, pos0, d)
         rows = xin.shape[0]
         k_cache[pos0:pos0 + rows] = rk
-        v_cache[pos0:pos0 + rows] = qref.linear(xin, pv)
+        v_cache[pos0:pos0 + rows] = ref_linear(xin, "v")
         oq = qref.attention(rq, k_cache, v_cache, pos0 + rows, pos0, s["q"], s["k"], s["v"], s["o"])
-        ref[name] = qref.linear(oq, po)
+        ref[name] = ref_linear(oq, "o")
     return DemoBuild(program, {"x": x, "x_new": x_new}, ref,
                      {"y_linear": y1, "y_prefill": y, "y_decode": yn})

@@ -110,6 +110,7 @@ class DecoderProgram:
     input: str = "h0"
     output: str = "logits"
     wide: frozenset[str] = field(default_factory=frozenset)  #: INT16 tensors
+    n_positions: int = 0  #: rows of the learned position table (0: none)
 
     def embed_rows(self, ids: np.ndarray, pos0: int) -> np.ndarray:
         """Float input rows: token embeddings plus learned positions if any."""
@@ -181,6 +182,31 @@ def decoder_ops(shape: DecoderShape) -> tuple[Op, ...]:
     return tuple(ops)
 
 
+def linear_shapes(shape: DecoderShape) -> dict[str, tuple[int, int]]:
+    """``[out][in]`` of every Linear weight key that :func:`decoder_ops` uses."""
+    d, hd = shape.hidden, shape.head_dim
+    per_layer = {"q": (shape.heads * hd, d), "k": (shape.kv_heads * hd, d),
+                 "v": (shape.kv_heads * hd, d), "o": (d, shape.heads * hd)}
+    if shape.mlp == "swiglu":
+        per_layer |= {"gate": (shape.intermediate, d), "up": (shape.intermediate, d),
+                      "down": (d, shape.intermediate)}
+    else:
+        per_layer |= {"fc1": (shape.intermediate, d), "fc2": (d, shape.intermediate)}
+    out = {f"l{i}.{name}": dims for i in range(shape.layers) for name, dims in per_layer.items()}
+    out["lm_head"] = (shape.vocab, d)
+    return out
+
+
+def shape_program(shape: DecoderShape, *, rope_theta: float | None = 10000.0,
+                  n_positions: int = 0, position_offset: int = 0) -> DecoderProgram:
+    """A DecoderProgram with structure but no weights, for shape-only compilation."""
+    ops = decoder_ops(shape)
+    return DecoderProgram(ops, {}, {}, np.zeros((0, shape.hidden)), None, position_offset,
+                          rope_theta if shape.rope else None, shape.layers, shape.kv_heads,
+                          shape.head_dim, shape.vocab, shape.hidden,
+                          wide=wide_tensors(ops, "h0"), n_positions=n_positions)
+
+
 def random_decoder(shape: DecoderShape, *, norm: Literal["rms", "layer"] = "rms",
                    bias: bool = False, learned_positions: int = 0, scale: float = 0.2,
                    seed: int = 0) -> DecoderProgram:
@@ -188,15 +214,12 @@ def random_decoder(shape: DecoderShape, *, norm: Literal["rms", "layer"] = "rms"
     rng = np.random.default_rng(seed)
     ops = decoder_ops(shape)
     d, hd = shape.hidden, shape.head_dim
-    dims = {"q": (shape.heads * hd, d), "k": (shape.kv_heads * hd, d), "v": (shape.kv_heads * hd, d),
-            "o": (d, shape.heads * hd), "gate": (shape.intermediate, d), "up": (shape.intermediate, d),
-            "down": (d, shape.intermediate), "fc1": (shape.intermediate, d),
-            "fc2": (d, shape.intermediate)}
+    dims = linear_shapes(shape)
     linears = {}
     norms = {}
     for op in ops:
         if isinstance(op, Linear):
-            shp = (shape.vocab, d) if op.weight == "lm_head" else dims[op.weight.split(".")[1]]
+            shp = dims[op.weight]
             linears[op.weight] = LinearParams(
                 rng.normal(size=shp) * scale,
                 rng.normal(size=shp[0]) * scale if bias and op.weight != "lm_head" else None)
@@ -207,4 +230,5 @@ def random_decoder(shape: DecoderShape, *, norm: Literal["rms", "layer"] = "rms"
     positions = rng.normal(size=(learned_positions, d)) * scale if learned_positions else None
     return DecoderProgram(ops, linears, norms, rng.normal(size=(shape.vocab, d)) * 1.0, positions, 0,
                           10000.0 if shape.rope else None, shape.layers, shape.kv_heads, hd,
-                          shape.vocab, d, wide=wide_tensors(ops, "h0"))
+                          shape.vocab, d, wide=wide_tensors(ops, "h0"),
+                          n_positions=learned_positions)

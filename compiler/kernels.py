@@ -19,57 +19,65 @@ from flightforge.isa import Buf, DType
 
 from .builder import ROWS_MAX, Builder, Tile
 from .memory import CompileError
-from .quantize import QuantLinear
+from .quantize import LinearLayout, QuantLinear
 
 PROB_FRAC_BITS = DType.INT8.bits - 1  #: softmax probabilities are INT8 with scale 2**-7
 
 
 @dataclass(frozen=True)
 class PlacedLinear:
-    """A quantised Linear layer whose packed weights sit in external memory."""
+    """A Linear layer whose packed weights sit in external memory."""
 
     name: str
-    ql: QuantLinear
-    s_x: float
-    s_y: float
-    shift: int
+    layout: LinearLayout
+    shift: int  #: requantisation shift shared by the layer's columns
     w_addr: int
     meta_addr: int
     rec_addr: int
 
     @property
     def n(self) -> int:
-        return self.ql.shape[0]
+        return self.layout.n
 
     @property
     def k(self) -> int:
-        return self.ql.shape[1]
+        return self.layout.k
 
     @property
     def wrb(self) -> int:
-        return formats.weight_row_bytes(self.k, self.ql.prec, self.ql.sparse)
+        return self.layout.weight_row_bytes
 
     @property
     def mrb(self) -> int:
-        return formats.meta_row_bytes(self.k, self.ql.sparse)
+        return self.layout.meta_row_bytes
 
     @property
     def recb(self) -> int:
-        return formats.column_record_bytes(self.k, self.ql.gsz)
+        return self.layout.record_bytes
 
 
-def place_linear(b: Builder, name: str, ql: QuantLinear, s_x: float, s_y: float,
-                 with_data: bool = True) -> PlacedLinear:
-    """Pack a layer for inputs of scale ``s_x`` and outputs of scale ``s_y`` and place it."""
-    n, k = ql.shape
-    packed = ql.packed()
-    rec = formats.pack_column_records(ql.records(s_x, s_y), k, ql.gsz)
-    _, _, shift = ql.requant(s_x, s_y)
-    w = b.place(f"{name}.weight", "weights", len(packed.weights), packed.weights if with_data else None)
-    m = b.place(f"{name}.meta", "weights", len(packed.meta), packed.meta if with_data else None) \
-        if packed.meta else 0
-    r = b.place(f"{name}.records", "weights", len(rec), rec if with_data else None)
-    return PlacedLinear(name, ql, s_x, s_y, shift, w, m, r)
+def place_linear(b: Builder, name: str, ql: QuantLinear | LinearLayout, s_x: float,
+                 s_y: float) -> PlacedLinear:
+    """Place a layer for inputs of scale ``s_x`` and outputs of scale ``s_y``.
+
+    Given only a :class:`LinearLayout` (shape-only compilation), the segments get their
+    addresses and sizes but no data, and the shift is that of a unit multiplier.
+    """
+    if isinstance(ql, QuantLinear):
+        lay = ql.layout
+        packed = ql.packed()
+        rec = formats.pack_column_records(ql.records(s_x, s_y), lay.k, lay.gsz)
+        _, _, shift = ql.requant(s_x, s_y)
+        data = (packed.weights, packed.meta, rec)
+    else:
+        lay = ql
+        _, shift = numerics.quantize_multiplier(s_x / s_y)
+        data = (None, None, None)
+    sizes = (lay.n * lay.weight_row_bytes, lay.n * lay.meta_row_bytes, lay.n * lay.record_bytes)
+    w = b.place(f"{name}.weight", "weights", sizes[0], data[0])
+    m = b.place(f"{name}.meta", "weights", sizes[1], data[1]) if sizes[1] else 0
+    r = b.place(f"{name}.records", "weights", sizes[2], data[2])
+    return PlacedLinear(name, lay, shift, w, m, r)
 
 
 def _column_tile(b: Builder, pl: PlacedLinear) -> int:
@@ -107,8 +115,9 @@ def linear(b: Builder, x: Tile, pl: PlacedLinear, out: Tile) -> None:
         b.load(r_t.view(rows=cols), pl.rec_addr + n0 * pl.recb)
         common = dict(n=cols, k=pl.k, a_addr=x.addr, w_addr=w_t.addr,
                       meta_addr=m_t.addr if m_t is not None else 0, q_addr=r_t.addr,
-                      d_addr=out.at(0, n0), d_stride=out.stride, sparse=pl.ql.sparse,
-                      wprec=pl.ql.prec, gsz=pl.ql.gsz, colp=1, odt=out.dtype, shift=pl.shift)
+                      d_addr=out.at(0, n0), d_stride=out.stride, sparse=pl.layout.sparse,
+                      wprec=pl.layout.prec, gsz=pl.layout.gsz, colp=1, odt=out.dtype,
+                      shift=pl.shift)
         if x.rows == 1:
             b.emit(isa.MV(**common))
         else:

@@ -10,10 +10,16 @@ Sections: ``prefill_L`` runs a prompt of ``L`` tokens (stage ``prefill``, length
 ``decode_P`` runs one token at position ``P`` against ``P`` cached tokens (stage
 ``decode``, length P). Length buckets that share one parameterised stream are the
 length-adaptive compiler's job (issue 4); here every length has its own section.
+
+A prompt too long for the ACT buffer is processed in chunks of rows (chunked prefill):
+each chunk runs every layer with its rows at positions ``pos0..`` and attends to the
+KV cache the earlier chunks wrote, exactly as a decode step does for one row. The chunk
+is the largest that fits at the longest context, found once per compile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +55,8 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     linears, norms, tables = {}, {}, {}
     for op in prog.ops:
         if isinstance(op, Linear):
-            linears[op.weight] = kernels.place_linear(b, op.weight, qd.linears[op.weight],
-                                                      sc[op.x], sc[op.out], with_data)
+            linears[op.weight] = kernels.place_linear(b, op.weight, qd.linear(op.weight),
+                                                      sc[op.x], sc[op.out])
         elif isinstance(op, Norm):
             norms[op.params] = kernels.place_params(b, f"{op.params}.params", qd.norms[op.params].params())
         elif isinstance(op, Act):
@@ -62,10 +68,11 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     if prog.rope_theta is not None:
         table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
         rope = b.place("rope_table", "const", table.nbytes, table)
-    if qd.positions is not None:
-        b.place("embed_positions", "const", qd.positions.size * 2,
-                qd.positions.astype("<i2") if with_data else None)
-    b.place("embed_tokens", "const", qd.embed.size * 2, qd.embed.astype("<i2") if with_data else None)
+    if prog.n_positions:
+        b.place("embed_positions", "const", prog.n_positions * prog.hidden * 2,
+                None if qd.positions is None or not with_data else qd.positions.astype("<i2"))
+    b.place("embed_tokens", "const", prog.vocab * prog.hidden * 2,
+            None if qd.embed is None or not with_data else qd.embed.astype("<i2"))
     cache = prog.kv_heads * max_len * prog.head_dim
     k_cache = {l: b.place(f"layer{l}.k_cache", "kv", cache) for l in range(prog.layers)}
     v_cache = {l: b.place(f"layer{l}.v_cache", "kv", cache) for l in range(prog.layers)}
@@ -74,12 +81,12 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits)
 
 
-def _last_uses(qd: QuantDecoder) -> dict[str, int]:
+def _last_uses(ops: tuple, output: str) -> dict[str, int]:
     last: dict[str, int] = {}
-    for i, op in enumerate(qd.prog.ops):
+    for i, op in enumerate(ops):
         for name in _reads(op):
             last[name] = i
-    last[qd.prog.output] = len(qd.prog.ops)
+    last[output] = len(ops)
     return last
 
 
@@ -93,18 +100,39 @@ def _reads(op) -> tuple[str, ...]:
     return (op.a, op.b)
 
 
-def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int) -> None:
+HEADS = ("all", "last", "none")
+
+
+def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int,
+                head: str, ops: tuple | None = None) -> None:
+    """Every layer for ``rows`` tokens at positions ``pos0..``.
+
+    The input rows come from row ``pos0`` of the input segment. ``head`` says which
+    logits to compute: ``all`` rows (written from row ``pos0`` of the logits segment),
+    the ``last`` row only (written to row 0), or ``none`` (an inner prefill chunk,
+    which only fills the KV caches).
+    """
     prog, sc = qd.prog, qd.scales
-    last = _last_uses(qd)
-    env: dict[str, Tile] = {}
+    ops = prog.ops if ops is None else ops
+    if head == "none":
+        ops = ops[:next(i for i, op in enumerate(ops)
+                        if isinstance(op, Norm) and op.out == _final_norm_output(qd))]
+    last_only = head == "last"
+    last = _last_uses(ops, prog.output)
+    env: dict[str, Tile] = {}  #: what ops read: a tile, or a row view of one
+    owner: dict[str, Tile] = {}  #: the allocation behind each name, for freeing
+    out_rows = rows
 
     def new(name: str, cols: int) -> Tile:
-        t = b.tile(Buf.ACT, rows, cols, qd.dtype(name), name, sc[name])
-        env[name] = t
+        t = b.tile(Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name])
+        env[name] = owner[name] = t
         return t
 
-    b.load(new(prog.input, prog.hidden), pl.input)
-    for i, op in enumerate(prog.ops):
+    b.load(new(prog.input, prog.hidden), pl.input + pos0 * prog.hidden * 2)
+    for i, op in enumerate(ops):
+        if last_only and isinstance(op, Norm) and op.out == _final_norm_output(qd) and rows > 1:
+            env[op.x] = env[op.x].view(row=rows - 1, rows=1)  # freed through its parent below
+            out_rows = 1
         if isinstance(op, Linear):
             p = pl.linears[op.weight]
             kernels.linear(b, env[op.x], p, new(op.out, p.n))
@@ -126,10 +154,17 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
             kernels.table_op(b, TABLE_OPS[op.fn], x, pl.tables[op.out], new(op.out, x.cols))
         for name in _reads(op):
             if last[name] == i and name in env:
-                b.free(env.pop(name))
-    out = env.pop(prog.output)
-    b.store(out, pl.logits)
-    b.free(out, *env.values())
+                del env[name]
+                b.free(owner.pop(name))
+    if head != "none":
+        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2))
+    b.free(*owner.values())
+
+
+def _final_norm_output(qd: QuantDecoder) -> str:
+    """The tensor the LM head reads: narrowing starts at the norm that produces it."""
+    head = next(op for op in reversed(qd.prog.ops) if isinstance(op, Linear) and op.out == qd.prog.output)
+    return head.x
 
 
 def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], op: Attention,
@@ -149,18 +184,85 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
                           qd.scales[op.k], qd.scales[op.v], out.view(col=h * d, cols=d))
 
 
+def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
+                  last_only: bool) -> int:
+    """The most prompt rows one pass can hold on chip at the longest context.
+
+    Found by lowering trial chunks on scratch builders (bisection), with the very
+    allocator and kernels of the real pass. Every layer has the same shapes, so a trial
+    runs the first layer and the LM head only.
+    """
+    ops = _one_layer(qd)
+
+    head = "last" if last_only else "all"
+
+    def fits(rows: int) -> bool:
+        try:
+            _emit_stage(Builder(arch), qd, pl, rows, max_len - rows, max_len, head, ops)
+        except CompileError:
+            return False
+        return True
+
+    if not fits(1):
+        _emit_stage(Builder(arch), qd, pl, 1, max_len - 1, max_len, head)  # raises, naming it
+    lo, hi = 1, max_len
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def _one_layer(qd: QuantDecoder) -> tuple:
+    """The first layer's ops followed by the final norm and LM head, reading its output."""
+    ops = qd.prog.ops
+    first_norm = next(i for i, op in enumerate(ops) if isinstance(op, Norm))
+    second_layer = next((i for i, op in enumerate(ops) if isinstance(op, Norm)
+                         and i > first_norm and op.x != ops[first_norm].out
+                         and _layer_input(op.x)), None)
+    head = _final_norm_output(qd)
+    tail = [op for op in ops if isinstance(op, (Norm, Linear)) and (op.out == head
+                                                                   or op.out == qd.prog.output)]
+    if second_layer is None:
+        return ops
+    body = ops[:second_layer]
+    layer_out = ops[second_layer].x
+    return (*body, dataclasses.replace(tail[0], x=layer_out), *tail[1:])
+
+
+def _layer_input(name: str) -> bool:
+    return name.startswith("h") and name[1:].isdigit()
+
+
 def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data: bool = True,
+                  last_logits_only: bool = False, lengths: list[int] | range | None = None,
                   metadata: dict | None = None) -> Program:
-    """Compile every prefill length 1..max_len and decode position 1..max_len-1."""
+    """Compile every prefill length 1..max_len and decode position 1..max_len-1.
+
+    ``lengths`` restricts the prefill lengths and decode positions compiled (e.g. one
+    length for a quick performance run); ``last_logits_only`` computes the LM head for
+    the last prompt row only, as serving does (generation then needs no other row).
+    """
     if max_len < 1:
         raise CompileError(f"max_len must be at least 1, not {max_len}")
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
-    for length in range(1, max_len + 1):
-        _emit_stage(b, qd, pl, length, 0, max_len)
+    chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
+    wanted = lengths if lengths is not None else range(1, max_len + 1)
+    for length in wanted:
+        if not 1 <= length <= max_len:
+            raise CompileError(f"length {length} is outside 1..{max_len}")
+        for pos0 in range(0, length, chunk):
+            rows = min(chunk, length - pos0)
+            if pos0 + rows < length:
+                head = "none" if last_logits_only else "all"
+            else:
+                head = "last" if last_logits_only else "all"
+            _emit_stage(b, qd, pl, rows, pos0, max_len, head)
         b.end_section(f"prefill_{length}", "prefill", length, length)
-    for pos in range(1, max_len):
-        _emit_stage(b, qd, pl, 1, pos, max_len)
+    for pos in wanted:
+        if pos >= max_len:
+            continue
+        _emit_stage(b, qd, pl, 1, pos, max_len, "all")
         b.end_section(f"decode_{pos}", "decode", pos, pos)
     prog = qd.prog
     b.metadata.update(metadata or {})
@@ -168,6 +270,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
         "max_len": max_len, "hidden": prog.hidden, "vocab": prog.vocab,
         "input_segment": "input", "input_scale": qd.scales[prog.input],
         "logits_segment": "logits", "logits_scale": qd.scales[prog.output],
+        "prefill_logits": "last" if last_logits_only else "all", "prefill_chunk": chunk,
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,

@@ -31,6 +31,8 @@ class CompileOptions:
     calibration: tuple[tuple[int, ...], ...] = ()  #: sample prompts; random ids when empty
     seed: int = 0
     with_data: bool = True  #: False compiles addresses and sizes only (shape-only)
+    lengths: tuple[int, ...] | None = None  #: compile only these lengths (default: all)
+    last_logits_only: bool = False  #: prefill computes the LM head for its last row only
 
 
 @dataclass(frozen=True)
@@ -54,5 +56,8 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
     # Fix scales, integer weights, norm gains and activation tables.
     qd = quantize_decoder(prog, stats, options.quant)
     # Emit one synchronised section per prefill length and decode position.
-    program = lower_decoder(qd, arch, options.max_len, with_data=options.with_data, metadata=metadata)
+    program = lower_decoder(qd, arch, options.max_len, with_data=options.with_data,
+                            last_logits_only=options.last_logits_only,
+                            lengths=None if options.lengths is None else list(options.lengths),
+                            metadata=metadata)
     return Compiled(program, qd)

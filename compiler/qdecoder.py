@@ -16,9 +16,9 @@ from flightforge.isa import DType, SparseMode, WPrec
 
 from . import kernels
 from .calibrate import ACT_FNS, TensorStats
-from .graph import Act, DecoderProgram, Linear, Norm
+from .graph import Act, DecoderProgram, Linear, Norm, Rope, linear_shapes
 from .memory import CompileError
-from .quantize import QuantLinear, quantize_linear
+from .quantize import LinearLayout, QuantLinear, quantize_linear
 
 INT16_MAX = 32767
 INT8_MAX = 127
@@ -80,9 +80,17 @@ class QuantDecoder:
     linears: dict[str, QuantLinear]
     norms: dict[str, NormQ]
     tables: dict[str, np.ndarray]  #: Act output name -> 256-entry INT8 table
-    embed: np.ndarray  #: INT16 [vocab][hidden] at the input scale
+    embed: np.ndarray | None  #: INT16 [vocab][hidden] at the input scale (None: shape-only)
     positions: np.ndarray | None  #: INT16 learned positions at the input scale
     plans: dict[str, WeightPlan]
+    linears_shape_only: dict[str, LinearLayout] = field(default_factory=dict)
+
+    @property
+    def shape_only(self) -> bool:
+        return self.embed is None
+
+    def linear(self, name: str) -> QuantLinear | LinearLayout:
+        return self.linears[name] if name in self.linears else self.linears_shape_only[name]
 
     def dtype(self, name: str) -> DType:
         return DType.INT16 if name in self.prog.wide else DType.INT8
@@ -129,3 +137,29 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
     if prog.positions is not None:
         positions = np.clip(np.round(prog.positions / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
     return QuantDecoder(prog, scales, linears, norms, tables, embed, positions, plans)
+
+
+def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
+                       options: QuantOptions = QuantOptions(), *, layer_norm: bool = False) -> QuantDecoder:
+    """A QuantDecoder with layouts but no values, for performance work on full-size models.
+
+    Scales are nominal (one integer step per unit); the program it lowers to has every
+    instruction, address and size of a real compile, and no weight data.
+    """
+    scales: dict[str, float] = {prog.input: 1.0 / INT16_MAX}
+    for op in prog.ops:
+        out = op.x if isinstance(op, Rope) else op.out
+        scales[out] = 1.0 / (INT16_MAX if out in prog.wide else INT8_MAX)
+    layouts, plans, norms, tables = {}, {}, {}, {}
+    for op in prog.ops:
+        if isinstance(op, Linear):
+            n, k = shapes[op.weight]
+            plan = options.plan_for(op.weight, k)
+            plans[op.weight] = plan
+            layouts[op.weight] = LinearLayout(n, k, plan.prec, plan.sparse, plan.group)
+        elif isinstance(op, Norm):
+            zeros = np.zeros(prog.hidden, dtype=np.int64)
+            norms[op.params] = NormQ(zeros, zeros if layer_norm else None, 0, 0)
+        elif isinstance(op, Act):
+            tables[op.out] = np.zeros(256, dtype=np.int64)
+    return QuantDecoder(prog, scales, {}, norms, tables, None, None, plans, layouts)

@@ -17,16 +17,13 @@ from flightforge.isa import DType
 
 from . import kernels
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .kernels import PlacedLinear, pv_params, softmax_params
+from .kernels import pv_params, softmax_params
 from .qdecoder import QuantDecoder
 from .quantize import QuantLinear
 
 
-def linear(xq: np.ndarray, pl: PlacedLinear, odt: DType = DType.INT8) -> np.ndarray:
-    return linear_q(xq, pl.ql, pl.s_x, pl.s_y, odt)
-
-
-def linear_q(xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float, odt: DType) -> np.ndarray:
+def linear(xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float,
+           odt: DType = DType.INT8) -> np.ndarray:
     bias_q, mult, shift = ql.requant(s_x, s_y)
     return numerics.matmul(xq, ql.q, scales=ql.gscale if ql.group else None, group=ql.group,
                            bias=bias_q, mult=mult, shift=shift, odt=odt)
@@ -68,7 +65,7 @@ def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
     env[prog.input] = qd.input_rows(ids, pos0)
     for op in prog.ops:
         if isinstance(op, Linear):
-            env[op.out] = linear_q(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out],
+            env[op.out] = linear(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out],
                                    qd.dtype(op.out))
         elif isinstance(op, Norm):
             n = qd.norms[op.params]

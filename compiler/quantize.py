@@ -55,6 +55,33 @@ def prune_nm(w: np.ndarray, mode: SparseMode) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class LinearLayout:
+    """How a Linear layer is stored, without its values: all that sizes and lowering need."""
+
+    n: int
+    k: int
+    prec: WPrec
+    sparse: SparseMode
+    group: int
+
+    @property
+    def gsz(self) -> int:
+        return gsz_code(self.group)
+
+    @property
+    def weight_row_bytes(self) -> int:
+        return formats.weight_row_bytes(self.k, self.prec, self.sparse)
+
+    @property
+    def meta_row_bytes(self) -> int:
+        return formats.meta_row_bytes(self.k, self.sparse)
+
+    @property
+    def record_bytes(self) -> int:
+        return formats.column_record_bytes(self.k, self.gsz)
+
+
+@dataclass(frozen=True)
 class QuantLinear:
     """A Linear layer ``y = x W^T + b`` in the engine's weight format."""
 
@@ -73,6 +100,10 @@ class QuantLinear:
     @property
     def gsz(self) -> int:
         return gsz_code(self.group)
+
+    @property
+    def layout(self) -> LinearLayout:
+        return LinearLayout(*self.shape, self.prec, self.sparse, self.group)
 
     def dequantized(self) -> np.ndarray:
         """The float weights the integer weights represent."""

@@ -20,6 +20,9 @@ from flightforge import isa
 from flightforge.footprint import Access, footprint
 
 
+PAGE_BITS = 14  #: access logs are indexed by 16 KiB pages
+
+
 @dataclass
 class _Record:
     lo: int
@@ -29,21 +32,31 @@ class _Record:
 
 @dataclass
 class _UnitSpaceLog:
-    """Accesses of one unit to one space, newest last, pruned by containment."""
+    """Accesses of one unit to one space, indexed by page, newest last on every page.
 
-    records: list[_Record] = field(default_factory=list)
+    A record is listed on every page it touches; one contained in a newer record is
+    dropped from the pages they share (the newer one answers every query it would).
+    """
+
+    pages: dict[int, list[_Record]] = field(default_factory=dict)
 
     def add(self, lo: int, hi: int, pos: int) -> None:
-        self.records = [r for r in self.records if not (lo <= r.lo and r.hi <= hi)]
-        self.records.append(_Record(lo, hi, pos))
+        rec = _Record(lo, hi, pos)
+        for page in range(lo >> PAGE_BITS, ((hi - 1) >> PAGE_BITS) + 1):
+            entries = self.pages.setdefault(page, [])
+            entries[:] = [r for r in entries if not (lo <= r.lo and r.hi <= hi)]
+            entries.append(rec)
 
     def latest_overlap(self, lo: int, hi: int) -> int:
+        """Highest stream position among records overlapping ``[lo, hi)``, or -1."""
         best = -1
-        for r in reversed(self.records):
-            if r.pos <= best:
-                continue
-            if r.lo < hi and lo < r.hi:
-                best = r.pos
+        for page in range(lo >> PAGE_BITS, ((hi - 1) >> PAGE_BITS) + 1):
+            for r in reversed(self.pages.get(page, ())):
+                if r.pos <= best:
+                    break  # older records on this page cannot raise the answer
+                if r.lo < hi and lo < r.hi:
+                    best = r.pos
+                    break
         return best
 
 

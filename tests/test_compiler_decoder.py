@@ -66,6 +66,19 @@ def test_sections_cover_every_length(compiled):
 
 
 def test_model_too_large_for_buffers_is_refused_with_what_did_not_fit():
-    shape = DecoderShape(1, 96, 6, 6, 16, 200, 300, "swiglu", True)
-    with pytest.raises(CompileError, match="needs .* bytes of ACT"):
-        compile_decoder(random_decoder(shape), load_target("tiny"), CompileOptions(max_len=400))
+    # One row of INT16 logits over a 40000-token vocabulary needs 80000 bytes; ACT has 65536.
+    shape = DecoderShape(1, 32, 2, 2, 16, 64, 40000, "swiglu", True)
+    with pytest.raises(CompileError, match="logits needs 80000 bytes of ACT"):
+        compile_decoder(random_decoder(shape), load_target("tiny"), CompileOptions(max_len=8))
+
+
+def test_long_prompts_run_in_chunks_with_the_same_logits():
+    """Chunked prefill (forced by a long context on tiny) is chosen and synchronised."""
+    shape = DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True)
+    prog = random_decoder(shape)
+    c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=400, lengths=(400,)))
+    chunk = c.program.metadata["decoder"]["prefill_chunk"]
+    assert 1 < chunk < 400
+    section = c.program.section("prefill_400").instructions
+    assert unordered_hazards(section) == []
+    assert [s.name for s in c.program.sections] == ["prefill_400"]  # decode_400 > max_len - 1
