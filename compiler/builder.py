@@ -76,9 +76,9 @@ class Builder:
     # --- memory -------------------------------------------------------------------------
 
     def tile(self, buf: isa.Buf, rows: int, cols: int, dtype: isa.DType, what: str,
-             scale: float | None = None) -> Tile:
+             scale: float | None = None, long_lived: bool = False) -> Tile:
         stride = cols * isa.DType(dtype).nbytes
-        addr = self.bufs[buf].alloc(rows * stride, what)
+        addr = self.bufs[buf].alloc(rows * stride, what, high=long_lived)
         return Tile(buf, addr, rows, cols, isa.DType(dtype), stride, scale)
 
     def free(self, *tiles: Tile) -> None:

@@ -198,9 +198,9 @@ class PlacedParams:
     nbytes: int
 
 
-def place_params(b: Builder, name: str, data: np.ndarray) -> PlacedParams:
+def place_params(b: Builder, name: str, data: np.ndarray, with_data: bool = True) -> PlacedParams:
     raw = np.ascontiguousarray(data)
-    return PlacedParams(name, b.place(name, "const", raw.nbytes, raw), raw.nbytes)
+    return PlacedParams(name, b.place(name, "const", raw.nbytes, raw if with_data else None), raw.nbytes)
 
 
 def _with_params(b: Builder, params: PlacedParams) -> Tile:

@@ -58,16 +58,17 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
             linears[op.weight] = kernels.place_linear(b, op.weight, qd.linear(op.weight),
                                                       sc[op.x], sc[op.out])
         elif isinstance(op, Norm):
-            norms[op.params] = kernels.place_params(b, f"{op.params}.params", qd.norms[op.params].params())
+            norms[op.params] = kernels.place_params(b, f"{op.params}.params",
+                                                    qd.norms[op.params].params(), with_data)
         elif isinstance(op, Act):
             if op.fn not in TABLE_OPS:
                 raise CompileError(f"activation {op.fn!r} of {op.out!r} has no SFU operation")
             tables[op.out] = kernels.place_params(b, f"{op.out}.table",
-                                                  qd.tables[op.out].astype(np.int8))
+                                                  qd.tables[op.out].astype(np.int8), with_data)
     rope = 0
     if prog.rope_theta is not None:
         table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
-        rope = b.place("rope_table", "const", table.nbytes, table)
+        rope = b.place("rope_table", "const", table.nbytes, table if with_data else None)
     if prog.n_positions:
         b.place("embed_positions", "const", prog.n_positions * prog.hidden * 2,
                 None if qd.positions is None or not with_data else qd.positions.astype("<i2"))
@@ -118,13 +119,15 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         ops = ops[:next(i for i, op in enumerate(ops)
                         if isinstance(op, Norm) and op.out == _final_norm_output(qd))]
     last_only = head == "last"
+    residual = {prog.input} | {op.out for op in ops if isinstance(op, Add)}
     last = _last_uses(ops, prog.output)
     env: dict[str, Tile] = {}  #: what ops read: a tile, or a row view of one
     owner: dict[str, Tile] = {}  #: the allocation behind each name, for freeing
     out_rows = rows
 
     def new(name: str, cols: int) -> Tile:
-        t = b.tile(Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name])
+        t = b.tile(Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name],
+                   long_lived=name in residual)
         env[name] = owner[name] = t
         return t
 

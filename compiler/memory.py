@@ -25,7 +25,12 @@ def _align(x: int, a: int) -> int:
 
 @dataclass
 class BufferAllocator:
-    """First-fit allocator over one on-chip buffer, with coalescing frees."""
+    """Two-ended allocator over one on-chip buffer, with coalescing frees.
+
+    Short-lived tensors are placed first-fit from the bottom, long-lived ones (the
+    residual stream) last-fit from the top, so each layer of a decoder leaves the
+    buffer as it found it and fragmentation does not build up from layer to layer.
+    """
 
     name: str
     size: int
@@ -40,11 +45,17 @@ class BufferAllocator:
     def free_bytes(self) -> int:
         return sum(s for _, s in self._free)
 
-    def alloc(self, nbytes: int, what: str) -> int:
+    def alloc(self, nbytes: int, what: str, high: bool = False) -> int:
         need = _align(max(nbytes, 1), self.align)
-        for i, (addr, size) in enumerate(self._free):
+        order = range(len(self._free) - 1, -1, -1) if high else range(len(self._free))
+        for i in order:
+            addr, size = self._free[i]
             if size >= need:
-                self._free[i:i + 1] = [(addr + need, size - need)] if size > need else []
+                if high:
+                    self._free[i:i + 1] = [(addr, size - need)] if size > need else []
+                    addr += size - need
+                else:
+                    self._free[i:i + 1] = [(addr + need, size - need)] if size > need else []
                 self._live[addr] = (need, what)
                 return addr
         largest = max((s for _, s in self._free), default=0)

@@ -61,3 +61,21 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
                             lengths=None if options.lengths is None else list(options.lengths),
                             metadata=metadata)
     return Compiled(program, qd)
+
+
+def compile_shape_only(config_path: str, arch: ArchConfig,
+                       options: CompileOptions = CompileOptions(with_data=False)) -> Program:
+    """Compile a full-size model from its Hugging Face config.json, without weights."""
+    from .graph import linear_shapes, shape_program
+    from .hf_config import load_structure
+    from .qdecoder import shape_only_decoder
+
+    st = load_structure(config_path)
+    prog = shape_program(st.shape, rope_theta=st.rope_theta, n_positions=st.n_positions,
+                         position_offset=st.position_offset)
+    qd = shape_only_decoder(prog, linear_shapes(st.shape), options.quant,
+                            layer_norm=st.norm == "layer")
+    return lower_decoder(qd, arch, options.max_len, with_data=False,
+                         last_logits_only=options.last_logits_only,
+                         lengths=None if options.lengths is None else list(options.lengths),
+                         metadata={"model": st.name, "config": str(config_path), "shape_only": True})
