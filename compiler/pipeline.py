@@ -18,6 +18,8 @@ from flightforge.program import Program
 from .calibrate import calibrate
 from .graph import DecoderProgram
 from .lower import lower_decoder
+from .memory import CompileError
+from .schedule import unordered_hazards
 from .qdecoder import QuantDecoder, QuantOptions, quantize_decoder
 
 DEFAULT_CALIBRATION_PROMPTS = 4
@@ -33,6 +35,7 @@ class CompileOptions:
     with_data: bool = True  #: False compiles addresses and sizes only (shape-only)
     lengths: tuple[int, ...] | None = None  #: compile only these lengths (default: all)
     last_logits_only: bool = False  #: prefill computes the LM head for its last row only
+    verify: bool = False  #: prove every section's tokens order all hazards (slow on big models)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,22 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
                             last_logits_only=options.last_logits_only,
                             lengths=None if options.lengths is None else list(options.lengths),
                             metadata=metadata)
+    # Optionally prove every section synchronised on its happens-before graph.
+    if options.verify:
+        verify_program(program)
     return Compiled(program, qd)
+
+
+def verify_program(program: Program) -> None:
+    """Raise CompileError naming the first unordered hazard of any section."""
+    for section in program.sections:
+        bad = unordered_hazards(section.instructions)
+        if bad:
+            j, i = bad[0]
+            ins = section.instructions
+            raise CompileError(f"section {section.name!r}: instruction {i} ({ins[i].OPCODE.name}) "
+                               f"conflicts with instruction {j} ({ins[j].OPCODE.name}) of another "
+                               f"unit without a token between them ({len(bad)} such pairs)")
 
 
 def compile_shape_only(config_path: str, arch: ArchConfig,

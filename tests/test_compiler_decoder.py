@@ -6,6 +6,8 @@ against the float model, and the lowered sections are checked for synchronisatio
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,7 @@ FAMILIES = {
 def compiled(request):
     shape, kw = FAMILIES[request.param]
     prog = random_decoder(shape, **kw)
-    return prog, compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=24))
+    return prog, compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=24, verify=True))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -53,9 +55,12 @@ def test_integer_reference_tracks_the_float_model(compiled):
 
 
 def test_every_section_is_synchronised(compiled):
+    """compile_decoder(verify=True) proved all sections; check the proof is not vacuous."""
     _, c = compiled
-    for name in ("prefill_1", "prefill_7", "decode_5", "decode_23"):
-        assert unordered_hazards(c.program.section(name).instructions) == [], name
+    section = c.program.section("decode_5").instructions
+    assert unordered_hazards(section) == []
+    stripped = [dataclasses.replace(i, wait=0, release=0) for i in section]
+    assert unordered_hazards(stripped)
 
 
 def test_sections_cover_every_length(compiled):
