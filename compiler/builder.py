@@ -71,7 +71,7 @@ class Builder:
     def __post_init__(self) -> None:
         self.ext = ExternalLayout(self.arch)
         self.bufs = buffer_allocators(self.arch)
-        self.sched = TokenScheduler(self._readonly)
+        self.sched = TokenScheduler(self._readonly, self.arch.token_depth)
 
     # --- memory -------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Builder:
         except ValueError as e:
             raise CompileError(str(e)) from None
         self.sections.append(section)
-        self.sched = TokenScheduler(self._readonly)
+        self.sched = TokenScheduler(self._readonly, self.arch.token_depth)
         return section
 
     def io(self, kind: str, name: str, segment: str, dtype: str, shape: tuple[int, ...],

@@ -9,10 +9,19 @@ of V's stream: if an earlier instruction of U already waited on a V instruction 
 after ``j``, the hazard is covered by U's in-order execution and no token is added.
 This gives the fewest tokens that still order every hazard, and never over-orders a
 prefetch behind an unrelated later load (which double buffering relies on).
+
+Token counters hold at most ``token_depth`` tokens, and a releasing instruction waits
+for room (see :mod:`flightforge.sim.dispatch`). A release whose counter, at that point
+of the stream, could already hold ``token_depth`` tokens that are consumed only later
+in program order would block dispatch for good: in-order dispatch never reaches the
+consumer. So when a new token would be the ``token_depth + 1``-th outstanding one, the
+newest outstanding token is moved to the new producer instead: its consumer, which
+precedes the new consumer on the same unit, then also orders the new hazard.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -70,11 +79,15 @@ class TokenScheduler:
     """
 
     untracked_reads: list[tuple[int, int]] = field(default_factory=list)
+    token_depth: int = 8
     instrs: list[isa.Instruction] = field(default_factory=list)
     _unit_index: dict[isa.Unit, list[int]] = field(default_factory=dict)
     _reads: dict[tuple[isa.Unit, str], _UnitSpaceLog] = field(default_factory=dict)
     _writes: dict[tuple[isa.Unit, str], _UnitSpaceLog] = field(default_factory=dict)
     _released_upto: dict[tuple[isa.Unit, isa.Unit], int] = field(default_factory=dict)
+    #: per (producer unit, consumer unit): stream indices of releases and of their waits
+    _pair_release: dict[tuple[isa.Unit, isa.Unit], list[int]] = field(default_factory=dict)
+    _pair_wait: dict[tuple[isa.Unit, isa.Unit], list[int]] = field(default_factory=dict)
 
     def _untracked(self, a: Access) -> bool:
         return a.space == "EXT" and any(lo <= a.lo and a.hi <= hi for lo, hi in self.untracked_reads)
@@ -108,10 +121,19 @@ class TokenScheduler:
             if pos <= self._released_upto.get((other, unit), -1):
                 continue  # covered: an earlier instruction of this unit waited on a later one
             j = self._unit_index[other][pos]
-            producer = self.instrs[j]
-            self.instrs[j] = dataclasses.replace(producer, release=producer.release | (1 << unit))
+            self._set_release(j, unit, True)
             self._released_upto[(other, unit)] = pos
-            wait |= 1 << other
+            rel = self._pair_release.setdefault((other, unit), [])
+            waits = self._pair_wait.setdefault((other, unit), [])
+            outstanding = len(waits) - bisect.bisect_right(waits, j)
+            if outstanding >= self.token_depth:
+                # Full at j: move the newest token here; its consumer covers this one.
+                self._set_release(rel[-1], unit, False)
+                rel[-1] = j
+            else:
+                rel.append(j)
+                waits.append(len(self.instrs))
+                wait |= 1 << other
         instr = dataclasses.replace(instr, wait=instr.wait | wait)
         positions = self._unit_index.setdefault(unit, [])
         pos = len(positions)
@@ -123,6 +145,11 @@ class TokenScheduler:
         for acc in writes:
             self._writes.setdefault((unit, acc.space), _UnitSpaceLog()).add(acc.lo, acc.hi, pos)
         return len(self.instrs) - 1
+
+    def _set_release(self, j: int, unit: isa.Unit, on: bool) -> None:
+        ins = self.instrs[j]
+        mask = ins.release | (1 << unit) if on else ins.release & ~(1 << unit)
+        self.instrs[j] = dataclasses.replace(ins, release=mask)
 
     def finish(self) -> list[isa.Instruction]:
         """The stream, ended by HALT (which drains every unit)."""

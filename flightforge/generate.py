@@ -20,7 +20,8 @@ from flightforge.program import Program, ProgramError
 @dataclass(frozen=True)
 class Generation:
     tokens: list[int]  #: generated token ids (not including the prompt)
-    logits: np.ndarray  #: float32 [prompt positions + generated steps][vocab]
+    logits: np.ndarray  #: float32 [prompt positions + generated steps - 1][vocab]; the prompt
+    #: contributes only its last row when the program computes last-row logits only
     cycles: int | None  #: total device cycles when the device is timed
 
 
@@ -54,15 +55,21 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
     out_addr = program.segment(meta["logits_segment"]).addr
     scale = meta["logits_scale"]
 
+    last_only = meta.get("prefill_logits", "all") == "last"
+
     def run(section: str, ids: list[int], pos0: int) -> tuple[np.ndarray, int | None]:
+        # Rows live at their positions in the input and logits segments (so chunked
+        # prefill needs no copies); a last-row-only prefill writes its one row at row 0.
         x = embed[ids]
         if positions is not None:
             off = meta["position_offset"] + pos0
             x = x + positions[off:off + len(ids)]
-        device.write(in_addr, sat(x, DType.INT16).astype("<i2").tobytes())
+        device.write(in_addr + pos0 * hidden * 2, sat(x, DType.INT16).astype("<i2").tobytes())
         result = device.run(section)
-        raw = device.read(out_addr, len(ids) * vocab * 2)
-        return np.frombuffer(raw, dtype="<i2").reshape(len(ids), vocab), result.cycles
+        rows = 1 if last_only and pos0 == 0 else len(ids)
+        row0 = 0 if last_only and pos0 == 0 else pos0
+        raw = device.read(out_addr + row0 * vocab * 2, rows * vocab * 2)
+        return np.frombuffer(raw, dtype="<i2").reshape(rows, vocab), result.cycles
 
     device.load(program)
     logits, cycles = run(f"prefill_{len(prompt)}", list(prompt), 0)
