@@ -161,3 +161,38 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
         ref[name] = ref_linear(oq, "o")
     return DemoBuild(program, {"x": x, "x_new": x_new}, ref,
                      {"y_linear": y1, "y_prefill": y, "y_decode": yn})
+
+
+DEMO_SECTIONS = ("linear", "attn_prefill", "attn_decode")
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What :func:`run_demo` measured: each section's run and each output's agreement."""
+
+    runs: tuple  #: flightforge.sim.device.RunResult per section, in run order
+    outputs: tuple  #: flightforge.hostio.Agreement per output TensorIO
+
+    @property
+    def bit_exact(self) -> bool:
+        return all(a.bit_exact for a in self.outputs)
+
+
+def run_demo(arch: ArchConfig, device, build: DemoBuild | None = None) -> DemoReport:
+    """Run the demo on ``device`` and compare its outputs with both references.
+
+    Inputs are quantised with their TensorIO scales and written after the program is
+    loaded; the sections run in order (decode reads the KV cache prefill wrote).
+    """
+    from flightforge import hostio
+
+    build = build_demo(arch) if build is None else build
+    program = build.program
+    device.load(program)
+    for tio in program.inputs:
+        hostio.write_input(device, program, tio, build.inputs[tio.name])
+    runs = tuple(device.run(name) for name in DEMO_SECTIONS)
+    outputs = tuple(hostio.compare(tio, hostio.read_output(device, program, tio),
+                                   build.expected_int[tio.name], build.expected_float[tio.name])
+                    for tio in program.outputs)
+    return DemoReport(runs, outputs)
