@@ -1,0 +1,403 @@
+"""The ``flightforge`` command line: a thin layer over the library.
+
+Every command reports bad input (a corrupt binary, an invalid target, a wrong input
+shape, a device fault) as one ``Error: ...`` message naming the file or field at fault,
+with exit status 1 and no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from pathlib import Path
+from typing import Iterator
+
+import click
+import numpy as np
+
+from . import hostio, isa
+from .arch import ArchConfig, ConfigError
+from .program import Program, ProgramError
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from .compiler.memory import CompileError
+    from .sim.device import DeviceError
+    return (ConfigError, ProgramError, isa.IsaError, DeviceError, CompileError,
+            hostio.TensorIOError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except _user_error_types() as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _clean_errors(fn):
+    """Turn the library's input errors into ``Error: ...`` and exit status 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _user_errors():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _target(name_or_path: str) -> ArchConfig:
+    from .mappings import load_target
+    return load_target(name_or_path)
+
+
+def _functional_sim(arch: ArchConfig):
+    try:
+        from .sim.functional import FunctionalSim
+    except ImportError as e:
+        raise click.ClickException(f"the functional simulator is not available: {e}") from None
+    return FunctionalSim(arch)
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, not {text!r}",
+                                 param_hint=option) from None
+    if not values:
+        raise click.BadParameter("expected at least one integer", param_hint=option)
+    return values
+
+
+TARGET_HELP = "Target: a shipped name (see `flightforge targets`) or an architecture YAML path."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flightforge")
+def main() -> None:
+    """FlightForge: compile, inspect and simulate LLM inference programs for
+    FlightLLM-style FPGA accelerators."""
+
+
+# --- isa ------------------------------------------------------------------------------------
+
+
+def isa_text() -> str:
+    """The ISA as plain text: every instruction's fields with bit ranges and meaning."""
+    lines = [f"FlightForge ISA version {isa.ISA_VERSION}: {isa.INSTR_BITS}-bit instructions "
+             f"({isa.INSTR_WORDS} little-endian 32-bit words), fields LSB-first, "
+             f"unused high bits reserved (zero)."]
+    for op, cls in isa.INSTRUCTION_TYPES.items():
+        unit = cls.UNIT.name if cls.UNIT is not None else "controller"
+        rows = isa.layout(cls)
+        used = rows[-1][1] + rows[-1][2]
+        lines += ["", f"{op.name} (opcode {op.value}, unit {unit}, {used} bits used)"]
+        for name, lsb, width, spec in rows:
+            kind = f" {spec.enum.__name__}" if spec.enum else ""
+            lines.append(f"  {name:<11} {lsb:>3}..{lsb + width - 1:<3} {width:>2}b{kind:<11}  {spec.doc}")
+    lines.append("")
+    for e in (isa.Unit, isa.Buf, isa.DType, isa.WPrec, isa.SparseMode, isa.MiscOp, isa.SysOp):
+        lines.append(f"{e.__name__}: " + ", ".join(f"{m.name}={m.value}" for m in e))
+    return "\n".join(lines)
+
+
+@main.command("isa")
+@click.option("--markdown", is_flag=True, help="Print the Markdown reference (docs/isa.md).")
+def isa_cmd(markdown: bool) -> None:
+    """Print the instruction set: opcodes, fields, bit ranges and enums."""
+    if markdown:
+        click.echo(isa.markdown_table(), nl=False)
+    else:
+        click.echo(isa_text())
+
+
+# --- targets --------------------------------------------------------------------------------
+
+
+def target_summary(arch: ArchConfig) -> str:
+    """One line: cores, clock, MACs and external-memory bandwidth of a target."""
+    return (f"{arch.cores} core{'s' if arch.cores > 1 else ''} x {arch.mpe.macs} MACs "
+            f"@ {arch.clock_mhz:g} MHz, {arch.hbm.kind.upper()} {arch.hbm.bandwidth_gbs:g} GB/s "
+            f"({arch.hbm.capacity / 2**30:g} GiB)")
+
+
+@main.command()
+@_clean_errors
+def targets() -> None:
+    """List the shipped targets with a one-line summary each."""
+    from .mappings import available_targets
+    names = available_targets()
+    width = max(map(len, names), default=0)
+    for name in names:
+        arch = _target(name)
+        click.echo(f"{name:<{width}}  {target_summary(arch)}")
+        if arch.description:
+            click.echo(f"{'':<{width}}  {arch.description}")
+
+
+# --- inspect --------------------------------------------------------------------------------
+
+
+def program_report(program: Program) -> list[str]:
+    """The summary part of ``flightforge inspect``."""
+    s = program.summary()
+    lines = [f"arch:     {s['arch']} (digest {s['arch_digest'][:16]})"]
+    if "model" in program.metadata:
+        lines.append(f"model:    {program.metadata['model']}")
+    code = sum(x["bytes"] for x in s["sections"])
+    count = sum(x["instructions"] for x in s["sections"])
+    lines += ["", f"sections: {len(s['sections'])} ({count} instructions, {code} bytes)",
+              f"  {'name':<16} {'stage':<8} {'lengths':<12} {'instrs':>8} {'bytes':>10}"]
+    for x in s["sections"]:
+        lines.append(f"  {x['name']:<16} {x['stage']:<8} {x['lengths']:<12} "
+                     f"{x['instructions']:>8} {x['bytes']:>10}")
+    lines += ["", "instructions per opcode: "
+              + ", ".join(f"{k} {v}" for k, v in s["instructions_per_opcode"].items())]
+    seg_bytes = sum(g["size"] for g in s["segments"])
+    data_bytes = sum(g["size"] for g in s["segments"] if g["has_data"])
+    lines += ["", f"segments: {len(s['segments'])} ({seg_bytes} bytes, {data_bytes} with data)",
+              f"  {'name':<24} {'kind':<8} {'addr':>12} {'bytes':>12}  data"]
+    for g in s["segments"]:
+        lines.append(f"  {g['name']:<24} {g['kind']:<8} {g['addr']:>#12x} {g['size']:>12}  "
+                     + ("yes" if g["has_data"] else "no"))
+    for label, tensors in (("inputs", program.inputs), ("outputs", program.outputs)):
+        if tensors:
+            lines += ["", f"{label}: " + ", ".join(
+                f"{t.name} {t.dtype}{list(t.shape)}" + (f" scale {t.scale:.4g}" if t.scale else "")
+                for t in tensors)]
+    return lines
+
+
+def disassembly(program: Program, section: str | None, limit: int) -> list[str]:
+    """Numbered disassembly of one or every section, ``limit`` instructions each (0: all)."""
+    sections = [program.section(section)] if section else list(program.sections)
+    lines = []
+    for sec in sections:
+        instrs = sec.instructions
+        shown = instrs if limit == 0 else instrs[:limit]
+        width = len(str(max(len(instrs) - 1, 0)))
+        lines += ["", f"section {sec.name} ({sec.stage}, lengths {sec.len_lo}..{sec.len_hi}, "
+                      f"{len(instrs)} instructions):"]
+        lines += [f"  {i:>{width}}  {isa.disassemble(ins)}" for i, ins in enumerate(shown)]
+        if len(shown) < len(instrs):
+            lines.append(f"  ... {len(instrs) - len(shown)} more (use --limit 0 for all)")
+    return lines
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", help=TARGET_HELP + " Refuse a program compiled for another config.")
+@click.option("--section", help="Disassemble only this section.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Instructions disassembled per section (0: all).")
+@_clean_errors
+def inspect(file: Path, target: str | None, section: str | None, limit: int) -> None:
+    """Summarise and disassemble a program binary (.ffb)."""
+    program = Program.load(file, _target(target) if target else None)
+    click.echo("\n".join(program_report(program) + disassembly(program, section, limit)))
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def _load_input(spec: str, program: Program) -> tuple[hostio.TensorIO, np.ndarray]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise click.BadParameter(f"expected NAME=file.npy, not {spec!r}", param_hint="--input")
+    tensors = {t.name: t for t in program.inputs}
+    if name not in tensors:
+        raise hostio.TensorIOError(f"program has no input {name!r}; inputs: "
+                                   + (", ".join(tensors) or "none"))
+    try:
+        value = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise hostio.TensorIOError(f"input {name!r}: {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise hostio.TensorIOError(f"input {name!r}: {path}: not a readable .npy file: {e}") from None
+    return tensors[name], value
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help=TARGET_HELP)
+@click.option("--section", "sections", multiple=True,
+              help="Section to run (repeatable, run in the order given; default: all, in file order).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="Input tensor (repeatable). Floats are quantised with the input's scale; "
+                   "integers are written as they are.")
+@click.option("--length", type=click.IntRange(min=1),
+              help="Actual length for sections that serve a range of lengths "
+                   "[default: each section's lowest].")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where NAME.npy (integers) and NAME.float.npy go.")
+@click.option("--prompt-ids", help="Compiled decoders: comma-separated prompt token ids; "
+                                   "generate greedily instead of running sections.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Tokens to generate with --prompt-ids.")
+@click.option("--dump-logits", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --prompt-ids: save the float logits of every position as .npy.")
+@_clean_errors
+def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, ...],
+        length: int | None, out_dir: Path, prompt_ids: str | None, max_new_tokens: int, dump_logits: Path | None) -> None:
+    """Run a program on the functional simulator.
+
+    Writes the given inputs, runs the sections, and saves every output as NAME.npy
+    (integers) and NAME.float.npy (integers times the output's scale).
+    """
+    arch = _target(target)
+    program = Program.load(file, arch)
+    if prompt_ids is not None:
+        if sections or inputs or length:
+            raise click.UsageError("--prompt-ids generates tokens; it does not take "
+                                   "--section, --input or --length")
+        _generate(program, arch, _int_list(prompt_ids, "--prompt-ids"), max_new_tokens,
+                  dump_logits)
+        return
+    if dump_logits is not None:
+        raise click.UsageError("--dump-logits needs --prompt-ids")
+    given = [_load_input(spec, program) for spec in inputs]
+    given = [(tio, hostio.quantize(tio, value)) for tio, value in given]  # fail before running
+    sim = _functional_sim(arch)
+    sim.load(program)
+    for tio, value in given:
+        hostio.write_input(sim, program, tio, value)
+    names = {t.name for t, _ in given}
+    for tio in program.inputs:
+        if tio.name not in names:
+            click.echo(f"note: input {tio.name!r} not given; its segment keeps the contents "
+                       f"the program loaded", err=True)
+    for name in sections or [s.name for s in program.sections]:
+        result = sim.run(name) if length is None else sim.run(name, length)
+        click.echo(f"section {result.section}: {result.instructions} instructions"
+                   + ("" if result.cycles is None else f", {result.cycles} cycles"))
+    if program.outputs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for tio in program.outputs:
+        ints = hostio.read_output(sim, program, tio)
+        stem = out_dir / _file_stem(tio.name)
+        np.save(f"{stem}.npy", ints)
+        np.save(f"{stem}.float.npy", hostio.dequantize(tio, ints))
+        click.echo(f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy")
+
+
+def _generate(program: Program, arch: ArchConfig, prompt: tuple[int, ...], max_new_tokens: int,
+              dump_logits: Path | None) -> None:
+    from .generate import generate
+    if "decoder" not in program.metadata:
+        raise click.UsageError("--prompt-ids needs a compiled decoder (the program has no "
+                               "'decoder' metadata)")
+    sim = _functional_sim(arch)
+    try:
+        gen = generate(program, sim, list(prompt), max_new_tokens)
+    except ValueError as e:  # prompt ids or lengths the program cannot serve
+        raise click.ClickException(str(e)) from None
+    click.echo("generated: " + ",".join(map(str, gen.tokens)))
+    if dump_logits is not None:
+        np.save(dump_logits, gen.logits)
+        click.echo(f"logits {list(gen.logits.shape)} -> {dump_logits}")
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--target", default="tiny", show_default=True, help=TARGET_HELP)
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write the program (demo.ffb) and its float inputs (NAME.npy) here, "
+                   "for `flightforge inspect` and `flightforge run`.")
+@_clean_errors
+def demo(target: str, save_dir: Path | None) -> None:
+    """Compile and run the built-in example (a Linear layer and an attention head) on
+    the functional simulator, checking it against the quantised and float references.
+
+    Exits with status 1 unless every output is bit-exact.
+    """
+    from .compiler.demo import build_demo, run_demo
+    arch = _target(target)
+    build = build_demo(arch)
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        build.program.save(save_dir / "demo.ffb")
+        for name, value in build.inputs.items():
+            np.save(save_dir / f"{_file_stem(name)}.npy", value)
+        click.echo(f"wrote {save_dir / 'demo.ffb'} and inputs "
+                   + ", ".join(f"{_file_stem(n)}.npy" for n in build.inputs))
+    report = run_demo(arch, _functional_sim(arch), build)
+    for r in report.runs:
+        click.echo(f"section {r.section}: {r.instructions} instructions")
+    click.echo(f"{'output':<10} {'bit-exact':<9} {'max |diff|':>10} {'rel RMS vs float':>17} "
+               f"{'cosine':>8}")
+    for a in report.outputs:
+        click.echo(f"{a.name:<10} {'yes' if a.bit_exact else 'NO':<9} {a.max_abs_diff:>10} "
+                   f"{a.rel_rms:>17.4f} {a.cosine:>8.5f}")
+    if not report.bit_exact:
+        bad = ", ".join(a.name for a in report.outputs if not a.bit_exact)
+        raise click.ClickException(f"not bit-exact against the quantised reference: {bad}")
+    click.echo(f"all {len(report.outputs)} outputs bit-exact on {arch.name}")
+
+
+# --- compile --------------------------------------------------------------------------------
+
+
+@main.command("compile")
+@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Hugging Face config.json: compile shape-only (addresses and sizes, no weights).")
+@click.option("--target", required=True, help=TARGET_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Program binary to write (.ffb).")
+@click.option("--max-len", type=click.IntRange(min=1),
+              help="Longest prompt plus generated tokens [default: the largest of --lengths, else 32].")
+@click.option("--lengths", help="Compile only these prefill lengths and decode positions, "
+                                "e.g. 128,512 [default: every length 1..max-len].")
+@click.option("--weight-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
+              help="Weight precision.")
+@click.option("--group", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Group size along K for INT4 weight scales (the largest valid size <= this).")
+@click.option("--last-logits-only", is_flag=True,
+              help="Prefill computes the LM head for the last prompt row only, as serving does.")
+@_clean_errors
+def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
+                max_len: int | None, lengths: str | None, weight_bits: str, group: int,
+                last_logits_only: bool) -> None:
+    """Compile a decoder-only LLM into a program binary.
+
+    MODEL is an ONNX export (compiled with its weights); --config CONFIG.json instead
+    compiles a full-size model shape-only, for performance work.
+    """
+    from .compiler import pipeline
+    from .compiler.qdecoder import QuantOptions
+
+    if (model is None) == (config is None):
+        raise click.UsageError("give either an ONNX MODEL or --config CONFIG.json")
+    wanted = _int_list(lengths, "--lengths") if lengths else None
+    if max_len is None:
+        max_len = max(wanted) if wanted else pipeline.CompileOptions().max_len
+    arch = _target(target)
+    quant = QuantOptions(weight_bits=int(weight_bits), group=group)
+    options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
+                                      last_logits_only=last_logits_only,
+                                      with_data=model is not None)
+    if model is not None:
+        compile_onnx = getattr(pipeline, "compile_onnx", None)
+        if compile_onnx is None:
+            raise click.ClickException("ONNX compilation is not available yet; "
+                                       "use --config CONFIG.json for a shape-only compile")
+        result = compile_onnx(str(model), arch, options)
+        program = getattr(result, "program", result)
+    else:
+        program = pipeline.compile_shape_only(str(config), arch, options)
+    program.save(out)
+    instrs = sum(len(s) for s in program.sections)
+    weights = sum(g.size for g in program.segments if g.kind == "weights")
+    n = len(program.sections)
+    click.echo(f"wrote {out}: {n} section{'s' * (n != 1)}, {instrs} instructions, "
+               f"{weights} bytes of weights" + (" (shape-only)" if model is None else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,269 @@
+"""The ``flightforge`` command line, through click's CliRunner.
+
+``run`` and ``demo`` drive the functional simulator; the rest needs none.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flightforge import isa
+from flightforge.cli import main
+from flightforge.compiler import pipeline
+from flightforge.compiler.demo import build_demo
+from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.mappings import available_targets, load_target
+
+ROOT = Path(__file__).parent.parent
+LLAMA_1B = ROOT / "examples" / "configs" / "llama-3.2-1b.json"
+COMMANDS = ["isa", "targets", "inspect", "run", "demo", "compile"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments: str) -> str:
+    """Exit status 1 and one ``Error: ...`` line holding every fragment, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: "), result.output
+    for f in fragments:
+        assert f in lines[-1], (f, result.output)
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return build_demo(load_target("tiny"))
+
+
+@pytest.fixture
+def demo_file(demo, tmp_path):
+    path = tmp_path / "demo.ffb"
+    demo.program.save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command):
+    result = invoke(*([command] if command else []), "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+    if command is None:
+        for c in COMMANDS:
+            assert f"  {c} " in result.output
+
+
+def test_isa_lists_every_instruction_and_field():
+    result = invoke("isa")
+    assert result.exit_code == 0
+    for op, cls in isa.INSTRUCTION_TYPES.items():
+        assert f"{op.name} (opcode {op.value}," in result.output
+        for name, lsb, width, _ in isa.layout(cls):
+            assert f"{lsb}..{lsb + width - 1}" in result.output and name in result.output
+
+
+def test_isa_markdown_is_the_reference_table():
+    result = invoke("isa", "--markdown")
+    assert result.exit_code == 0
+    assert result.output == isa.markdown_table()
+
+
+def test_targets_lists_every_mapping_with_a_summary():
+    result = invoke("targets")
+    assert result.exit_code == 0
+    for name in available_targets():
+        line = next(l for l in result.output.splitlines() if l.startswith(name + " "))
+        assert "MACs" in line and "MHz" in line and "GB/s" in line
+    assert "3 cores x 4096 MACs @ 225 MHz, HBM 460 GB/s" in result.output
+
+
+def test_inspect_summarises_and_disassembles(demo, demo_file):
+    result = invoke("inspect", demo_file, "--target", "tiny")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "arch:     tiny" in out
+    assert "instructions per opcode:" in out
+    for s in demo.program.sections:
+        assert f"section {s.name} ({s.stage}," in out
+        for i, ins in enumerate(s.instructions):
+            assert f"{i:>2}  {isa.disassemble(ins)}" in out
+    for g in demo.program.segments:
+        assert g.name in out
+
+
+def test_inspect_one_section_with_a_limit(demo_file):
+    result = invoke("inspect", demo_file, "--section", "attn_decode", "--limit", "3")
+    assert result.exit_code == 0, result.output
+    assert "section attn_decode" in result.output and "section linear (" not in result.output
+    assert "... 23 more (use --limit 0 for all)" in result.output
+
+
+def test_inspect_refuses_a_byte_flipped_file(demo_file):
+    data = bytearray(demo_file.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    bad = demo_file.with_name("flipped.ffb")
+    bad.write_bytes(bytes(data))
+    line = assert_clean_error(invoke("inspect", bad), str(bad), "corrupt")
+    assert len(invoke("inspect", bad).output.strip().splitlines()) == 1, line
+
+
+def test_inspect_refuses_another_target(demo_file):
+    assert_clean_error(invoke("inspect", demo_file, "--target", "u280"), str(demo_file),
+                       "'tiny'", "'u280'")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["inspect", "missing.ffb"], ["missing.ffb", "cannot read"]),
+    (["inspect", "{demo}", "--section", "nope"], ["no section 'nope'"]),
+    (["inspect", "{demo}", "--target", "u281"], ["unknown target 'u281'"]),
+    (["inspect", "{demo}", "--target", "nowhere.yaml"], ["nowhere.yaml"]),
+])
+def test_inspect_errors_are_clean(demo_file, args, fragments):
+    assert_clean_error(invoke(*(a.format(demo=demo_file) for a in args)), *fragments)
+
+
+def test_compile_shape_only_then_inspect(tmp_path):
+    out = tmp_path / "llama.ffb"
+    start = time.perf_counter()
+    result = invoke("compile", "--config", LLAMA_1B, "--target", "u280", "--out", out,
+                    "--lengths", "16", "--weight-bits", "4", "--group", "128", "--last-logits-only")
+    assert result.exit_code == 0, result.output
+    assert time.perf_counter() - start < 30
+    assert f"wrote {out}: 1 section," in result.output and "(shape-only)" in result.output
+    shown = invoke("inspect", out, "--target", "u280", "--limit", "2")
+    assert shown.exit_code == 0, shown.output
+    assert "prefill_16" in shown.output and "... " in shown.output
+
+
+def test_compile_errors_are_clean(tmp_path):
+    out = tmp_path / "x.ffb"
+    assert_clean_error(invoke("compile", "--config", LLAMA_1B, "--target", "tiny", "--out", out,
+                              "--lengths", "16"), "does not fit")
+    assert_clean_error(invoke("compile", "--config", tmp_path / "none.json", "--target", "u280",
+                              "--out", out), "none.json")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--target", "u280"],  # neither MODEL nor --config
+    ["m.onnx", "--config", str(LLAMA_1B), "--target", "u280"],  # both
+    ["--config", str(LLAMA_1B), "--target", "u280", "--weight-bits", "3"],
+    ["--config", str(LLAMA_1B), "--target", "u280", "--lengths", "16,x"],
+])
+def test_compile_usage_errors(args, tmp_path):
+    result = invoke("compile", *args, "--out", tmp_path / "x.ffb")
+    assert result.exit_code == 2, result.output
+
+
+def test_compile_onnx_says_when_unavailable(monkeypatch, tmp_path):
+    monkeypatch.delattr(pipeline, "compile_onnx", raising=False)
+    assert_clean_error(invoke("compile", tmp_path / "model.onnx", "--target", "tiny",
+                              "--out", tmp_path / "x.ffb"), "ONNX compilation is not available yet")
+
+
+def test_missing_simulator_is_a_clean_error(monkeypatch, demo_file):
+    monkeypatch.setitem(sys.modules, "flightforge.sim.functional", None)
+    assert_clean_error(invoke("run", demo_file, "--target", "tiny"),
+                       "functional simulator is not available")
+
+
+@pytest.mark.parametrize("value,fragments", [
+    (np.zeros((3, 64)), ["input 'x'", "shape [3, 64]", "[12, 64]"]),
+    (np.full((12, 64), 300), ["input 'x'", "exceed the int8 range"]),
+])
+def test_run_refuses_bad_inputs_naming_them(demo_file, tmp_path, value, fragments):
+    np.save(tmp_path / "x.npy", value)
+    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input",
+                              f"x={tmp_path / 'x.npy'}"), *fragments)
+
+
+def test_run_refuses_unknown_inputs_and_files(demo_file, tmp_path):
+    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input", "z=z.npy"),
+                       "no input 'z'", "x, x_new")
+    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input", "x=none.npy"),
+                       "input 'x'", "none.npy")
+    assert invoke("run", demo_file, "--target", "tiny", "--input", "x").exit_code == 2
+
+
+def test_run_prompt_ids_needs_a_decoder(demo_file):
+    result = invoke("run", demo_file, "--target", "tiny", "--prompt-ids", "1,2")
+    assert result.exit_code == 2 and "compiled decoder" in result.output
+
+
+# --- these run the functional simulator ------------------------------------------------------
+
+
+def test_run_writes_inputs_and_saves_outputs(demo, demo_file, tmp_path):
+    np.save(tmp_path / "x.npy", demo.inputs["x"])  # float: quantised by the CLI
+    xq = np.round(demo.inputs["x_new"] / demo.program.inputs[1].scale).clip(-128, 127)
+    np.save(tmp_path / "x_new.npy", xq.astype(np.int8))  # integer: written as is
+    out = tmp_path / "out"
+    result = invoke("run", demo_file, "--target", "tiny", "--input", f"x={tmp_path / 'x.npy'}",
+                    "--input", f"x_new={tmp_path / 'x_new.npy'}", "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    for s in demo.program.sections:
+        assert f"section {s.name}: {len(s)} instructions" in result.output
+    for t in demo.program.outputs:
+        got = np.load(out / f"{t.name}.npy")
+        np.testing.assert_array_equal(got, demo.expected_int[t.name], err_msg=t.name)
+        np.testing.assert_allclose(np.load(out / f"{t.name}.float.npy"), got * t.scale)
+
+
+def test_run_selected_sections_in_order(demo, demo_file, tmp_path):
+    np.save(tmp_path / "x.npy", demo.inputs["x"])
+    result = invoke("run", demo_file, "--target", "tiny", "--section", "linear",
+                    "--input", f"x={tmp_path / 'x.npy'}", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "section linear:" in result.output and "section attn_prefill" not in result.output
+    assert "input 'x_new' not given" in result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "y_linear.npy"), demo.expected_int["y_linear"])
+
+
+def test_run_generates_with_a_compiled_decoder(tmp_path):
+    shape = DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True)
+    compiled = compile_decoder(random_decoder(shape), load_target("tiny"),
+                               CompileOptions(max_len=8, lengths=(4,)))
+    path = tmp_path / "dec.ffb"
+    compiled.program.save(path)
+    logits = tmp_path / "logits.npy"
+    result = invoke("run", path, "--target", "tiny", "--prompt-ids", "1,2,3,4",
+                    "--max-new-tokens", "2", "--dump-logits", logits)
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("generated: "))
+    tokens = [int(t) for t in line.removeprefix("generated: ").split(",")]
+    assert len(tokens) == 2 and all(0 <= t < 50 for t in tokens)
+    assert np.load(logits).shape == (5, 50)
+    assert_clean_error(invoke("run", path, "--target", "tiny", "--prompt-ids", "1,99"),
+                       "outside the vocabulary")
+
+
+def test_demo_is_bit_exact_and_saves_what_run_needs(tmp_path):
+    result = invoke("demo", "--target", "tiny", "--save", tmp_path)
+    assert result.exit_code == 0, result.output
+    for name in ("y_linear", "y_prefill", "y_decode"):
+        row = next(l for l in result.output.splitlines() if l.startswith(name))
+        assert row.split()[1:3] == ["yes", "0"], row
+    assert "all 3 outputs bit-exact on tiny" in result.output
+    # The README's tour: the saved program and inputs run again through `run`.
+    again = invoke("run", tmp_path / "demo.ffb", "--target", "tiny", "--input",
+                   f"x={tmp_path / 'x.npy'}", "--input", f"x_new={tmp_path / 'x_new.npy'}",
+                   "--out-dir", tmp_path / "out")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{n}{ext}" for n in ("y_linear", "y_prefill", "y_decode") for ext in (".npy", ".float.npy"))
+
+
+def test_run_length_outside_a_section_is_a_clean_error(demo_file):
+    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--section", "linear",
+                              "--length", "5"), "'linear'", "12..12", "not 5")
