@@ -101,8 +101,14 @@ class Builder:
             raise CompileError(f"lowering produced an invalid instruction: {e}") from None
         self.sched.add(instr)
 
+    def begin_section(self, len_lo: int, len_hi: int) -> None:
+        """Open a section for lengths ``len_lo..len_hi``: dynamic fields range over that."""
+        if self.sched.instrs:
+            raise CompileError("begin_section: the previous section was not ended")
+        self.sched.d_max = len_hi - len_lo
+
     def transfer(self, load: bool, buf: isa.Buf, buf_addr: int, ext_addr: int, rows: int,
-                 row_bytes: int, buf_stride: int, ext_stride: int) -> None:
+                 row_bytes: int, buf_stride: int, ext_stride: int, dyn_step: int = 0) -> None:
         """A 2D transfer, split into several instructions when fields would overflow.
 
         A contiguous transfer longer than one row field is re-shaped into rows.
@@ -125,20 +131,20 @@ class Builder:
             b, e = buf_addr + r0 * buf_stride, ext_addr + r0 * ext_stride
             if load:
                 self.emit(isa.LD(buf=buf, dst=b, src=e, rows=n, row_bytes=row_bytes,
-                                 src_stride=ext_stride, dst_stride=buf_stride))
+                                 src_stride=ext_stride, dst_stride=buf_stride, dyn_step=dyn_step))
             else:
                 self.emit(isa.ST(buf=buf, src=b, dst=e, rows=n, row_bytes=row_bytes,
-                                 src_stride=buf_stride, dst_stride=ext_stride))
+                                 src_stride=buf_stride, dst_stride=ext_stride, dyn_step=dyn_step))
 
-    def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None) -> None:
+    def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0) -> None:
         row = t.cols * t.dtype.nbytes
         self.transfer(True, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
-                      row if ext_stride is None else ext_stride)
+                      row if ext_stride is None else ext_stride, dyn_step)
 
-    def store(self, t: Tile, ext_addr: int, ext_stride: int | None = None) -> None:
+    def store(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0) -> None:
         row = t.cols * t.dtype.nbytes
         self.transfer(False, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
-                      row if ext_stride is None else ext_stride)
+                      row if ext_stride is None else ext_stride, dyn_step)
 
     def end_section(self, name: str, stage: str, len_lo: int, len_hi: int) -> Section:
         """Close the current instruction stream as a section (ending in HALT)."""

@@ -126,14 +126,15 @@ def linear(b: Builder, x: Tile, pl: PlacedLinear, out: Tile) -> None:
         b.free(*[t for t in slot if t is not None])
 
 
-def rope(b: Builder, x: Tile, table_addr: int, pos0: int, head_dim: int) -> None:
+def rope(b: Builder, x: Tile, table_addr: int, pos0: int, head_dim: int, dyn: bool = False) -> None:
     """Rotate ``x`` (INT8, rows at positions ``pos0..``) in place with a Q14 table.
 
-    The table rows for the tile's positions are loaded into GLB for the duration.
+    The table rows for the tile's positions are loaded into GLB for the duration;
+    ``dyn``: the rows are at ``pos0 + D`` (a length-adaptive section).
     """
     row = 2 * head_dim  # bytes per position: cos INT16[d/2] then sin INT16[d/2]
     glb = b.tile(Buf.GLB, x.rows, row, DType.INT8, "rope table rows")
-    b.load(glb, table_addr + pos0 * row)
+    b.load(glb, table_addr + pos0 * row, dyn_step=row if dyn else 0)
     b.emit(isa.MISC(op=isa.MiscOp.ROPE, rows=x.rows, cols=x.cols, a_addr=x.addr,
                     a_stride=x.stride, a_dt=x.dtype, d_addr=x.addr, d_stride=x.stride,
                     d_dt=x.dtype, p_addr=glb.addr, pos=0, len=head_dim,
@@ -152,11 +153,14 @@ def pv_params(s_v: float, s_o: float) -> tuple[int, int]:
 
 
 def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: int,
-              s_k: float, s_v: float, out: Tile) -> None:
+              s_k: float, s_v: float, out: Tile, dyn: bool = False) -> None:
     """Causal attention of ``q`` (rows at positions ``pos0..``) over cache rows ``0..ctx``.
 
     The caches are INT8 ``[position][head_dim]`` in external memory; K is read as an
-    ``[N][K]`` weight tile, V as a ``[K][N]`` one (``wkn``).
+    ``[N][K]`` weight tile, V as a ``[K][N]`` one (``wkn``). ``dyn``: the rows are at
+    ``pos0 + D``; ``ctx`` is then the bucket's padded context, and the causal mask, which
+    moves with ``D``, gives the columns beyond the real context probability 0, so the
+    padded products add exact zeros.
     """
     d = q.cols
     rows = q.rows
@@ -172,7 +176,8 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
     m0, sh = softmax_params(q.scale, s_k, d)
     b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=rows, cols=ctx, a_addr=scores.addr,
                     a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
-                    d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0, causal=1))
+                    d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0, causal=1,
+                    dyn_pos=int(dyn)))
     b.free(scores)
     vt = b.tile(Buf.WGT, ctx, d, DType.INT8, "V cache tile")
     b.load(vt, v_cache)
@@ -230,13 +235,16 @@ def norm_eps(eps: float, s_x: float) -> int:
 
 
 def norm(b: Builder, x: Tile, params: PlacedParams, out: Tile, *, layer: bool, eps: int,
-         shift: int) -> None:
-    """RMSNorm (``layer=False``) or LayerNorm of every row of ``x`` into ``out``."""
+         shift: int, a_step: int = 0) -> None:
+    """RMSNorm (``layer=False``) or LayerNorm of every row of ``x`` into ``out``.
+
+    ``a_step``: the input moves by ``D * a_step`` (the last prompt row of a bucket).
+    """
     glb = _with_params(b, params)
     b.emit(isa.MISC(op=isa.MiscOp.LAYERNORM if layer else isa.MiscOp.RMSNORM, rows=x.rows,
                     cols=x.cols, a_addr=x.addr, a_stride=x.stride, a_dt=x.dtype,
                     d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype, p_addr=glb.addr,
-                    eps=eps, shift=shift))
+                    eps=eps, shift=shift, a_step=a_step))
     b.free(glb)
 
 

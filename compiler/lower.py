@@ -6,10 +6,14 @@ segments; the input rows (INT16 embeddings, gathered by the host) and the INT16 
 have one segment each, shared by all sections. Activations stay in the ACT buffer for
 the whole section (always-on-chip decode): only weights and KV-cache rows move.
 
-Sections: ``prefill_L`` runs a prompt of ``L`` tokens (stage ``prefill``, length L);
-``decode_P`` runs one token at position ``P`` against ``P`` cached tokens (stage
-``decode``, length P). Length buckets that share one parameterised stream are the
-length-adaptive compiler's job (issue 4); here every length has its own section.
+Sections: one per length bucket and stage (see :mod:`.buckets`). ``prefill_L`` runs a
+prompt of ``L`` tokens; ``decode_P`` runs one token at position ``P`` against ``P``
+cached tokens; a bucket ``prefill_lo_hi`` / ``decode_lo_hi`` serves every length in
+``lo..hi`` with one stream, run with the actual length (``D = length - lo``): a prefill
+bucket processes ``hi`` rows (causal attention keeps the real rows exact; the padding
+rows only write KV-cache positions that decoding overwrites before reading them); a
+decode bucket moves its input row, RoPE rows, KV-cache row, causal mask and logits row
+with ``D`` and attends over the padded context ``hi + 1`` (the mask zeroes the padding).
 
 A prompt too long for the ACT buffer is processed in chunks of rows (chunked prefill):
 each chunk runs every layer with its rows at positions ``pos0..`` and attends to the
@@ -29,6 +33,7 @@ from flightforge.isa import Buf, MiscOp
 from flightforge.program import Program
 
 from . import kernels
+from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
 from .builder import Builder, Tile
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
 from .memory import CompileError
@@ -105,13 +110,18 @@ HEADS = ("all", "last", "none")
 
 
 def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int,
-                head: str, ops: tuple | None = None) -> None:
+                head: str, ops: tuple | None = None, *, dyn: bool = False, ctx: int | None = None,
+                last_row: int | None = None, last_dyn: bool = False) -> None:
     """Every layer for ``rows`` tokens at positions ``pos0..``.
 
     The input rows come from row ``pos0`` of the input segment. ``head`` says which
     logits to compute: ``all`` rows (written from row ``pos0`` of the logits segment),
-    the ``last`` row only (written to row 0), or ``none`` (an inner prefill chunk,
-    which only fills the KV caches).
+    the ``last`` row only (row ``last_row``, by default the tile's last, written to row
+    0), or ``none`` (an inner prefill chunk, which only fills the KV caches).
+
+    Length buckets: ``dyn`` makes every position ``pos0 + D`` (a decode bucket), with
+    attention over the padded context ``ctx``; ``last_dyn`` makes the last row
+    ``last_row + D`` (a prefill bucket computing last-row logits only).
     """
     prog, sc = qd.prog, qd.scales
     ops = prog.ops if ops is None else ops
@@ -131,10 +141,12 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         env[name] = owner[name] = t
         return t
 
-    b.load(new(prog.input, prog.hidden), pl.input + pos0 * prog.hidden * 2)
+    b.load(new(prog.input, prog.hidden), pl.input + pos0 * prog.hidden * 2,
+           dyn_step=prog.hidden * 2 if dyn else 0)
     for i, op in enumerate(ops):
         if last_only and isinstance(op, Norm) and op.out == _final_norm_output(qd) and rows > 1:
-            env[op.x] = env[op.x].view(row=rows - 1, rows=1)  # freed through its parent below
+            env[op.x] = env[op.x].view(row=rows - 1 if last_row is None else last_row,
+                                       rows=1)  # freed through its parent below
             out_rows = 1
         if isinstance(op, Linear):
             p = pl.linears[op.weight]
@@ -142,12 +154,14 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         elif isinstance(op, Norm):
             x = env[op.x]
             nq = qd.norms[op.params]
+            a_step = x.stride if last_dyn and out_rows == 1 and op.out == _final_norm_output(qd) else 0
             kernels.norm(b, x, pl.norms[op.params], new(op.out, x.cols), layer=nq.beta is not None,
-                         eps=nq.eps, shift=nq.shift)
+                         eps=nq.eps, shift=nq.shift, a_step=a_step)
         elif isinstance(op, Rope):
-            kernels.rope(b, env[op.x], pl.rope, pos0, op.head_dim)
+            kernels.rope(b, env[op.x], pl.rope, pos0, op.head_dim, dyn)
         elif isinstance(op, Attention):
-            _attention(b, qd, pl, env, op, new(op.out, op.heads * op.head_dim), rows, pos0, max_len)
+            _attention(b, qd, pl, env, op, new(op.out, op.heads * op.head_dim), rows, pos0, max_len,
+                       dyn, ctx if ctx is not None else pos0 + rows)
         elif isinstance(op, Add):
             kernels.add(b, env[op.a], env[op.b], new(op.out, env[op.a].cols))
         elif isinstance(op, Mul):
@@ -160,7 +174,8 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
                 del env[name]
                 b.free(owner.pop(name))
     if head != "none":
-        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2))
+        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
+                dyn_step=prog.vocab * 2 if dyn and not last_only else 0)
     b.free(*owner.values())
 
 
@@ -171,20 +186,20 @@ def _final_norm_output(qd: QuantDecoder) -> str:
 
 
 def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], op: Attention,
-               out: Tile, rows: int, pos0: int, max_len: int) -> None:
+               out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int) -> None:
     d = op.head_dim
     q, k, v = env[op.q], env[op.k], env[op.v]
     per_head = max_len * d
     for j in range(op.kv_heads):
         for src, base in ((k, pl.k_cache[op.layer]), (v, pl.v_cache[op.layer])):
             b.transfer(False, Buf.ACT, src.at(0, j * d), base + j * per_head + pos0 * d,
-                       rows, d, src.stride, d)
+                       rows, d, src.stride, d, dyn_step=d if dyn else 0)
     group = op.heads // op.kv_heads
     for h in range(op.heads):
         j = h // group
         kernels.attention(b, q.view(col=h * d, cols=d), pl.k_cache[op.layer] + j * per_head,
-                          pl.v_cache[op.layer] + j * per_head, pos0 + rows, pos0,
-                          qd.scales[op.k], qd.scales[op.v], out.view(col=h * d, cols=d))
+                          pl.v_cache[op.layer] + j * per_head, ctx, pos0,
+                          qd.scales[op.k], qd.scales[op.v], out.view(col=h * d, cols=d), dyn)
 
 
 def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
@@ -236,37 +251,91 @@ def _layer_input(name: str) -> bool:
     return name.startswith("h") and name[1:].isdigit()
 
 
+BUCKET_POLICIES = ("per-length", "fixed", "auto")
+
+
+def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPlan | str,
+              bound: float = 0.02, chunk: int | None = None) -> BucketPlan:
+    """The bucket plan a policy gives for this model and target."""
+    if isinstance(policy, BucketPlan):
+        return policy
+    if policy == "per-length":
+        return BucketPlan.per_length(max_len)
+    if policy == "fixed":
+        return BucketPlan.fixed(max_len, chunk=chunk)
+    if policy == "auto":
+        prog = qd.prog
+        shapes = []
+        for op in prog.ops:
+            if isinstance(op, Linear):
+                lay = qd.linear(op.weight)
+                lay = getattr(lay, "layout", lay)
+                shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.weight_row_bytes + lay.meta_row_bytes
+                                                                 + lay.record_bytes)))
+        heads = next(op.heads for op in prog.ops if isinstance(op, Attention))
+
+        def latency(stage: str, length: int) -> float:
+            return estimate_cycles(arch, shapes, layers=prog.layers, heads=heads,
+                                   kv_heads=prog.kv_heads, head_dim=prog.head_dim, stage=stage,
+                                   length=length)
+
+        return BucketPlan.auto(max_len, latency, bound, chunk)
+    raise CompileError(f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}")
+
+
 def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data: bool = True,
                   last_logits_only: bool = False, lengths: list[int] | range | None = None,
-                  metadata: dict | None = None) -> Program:
-    """Compile every prefill length 1..max_len and decode position 1..max_len-1.
+                  metadata: dict | None = None,
+                  buckets: BucketPlan | str | None = None, bucket_bound: float = 0.02) -> Program:
+    """Compile prefill for prompt lengths 1..max_len and decode for positions 1..max_len-1.
 
-    ``lengths`` restricts the prefill lengths and decode positions compiled (e.g. one
-    length for a quick performance run); ``last_logits_only`` computes the LM head for
-    the last prompt row only, as serving does (generation then needs no other row).
+    ``buckets`` groups lengths into sections (one per bucket and stage): a
+    :class:`BucketPlan`, or a policy name: ``per-length`` (the default), ``fixed``
+    (FlightLLM's artifact: prefill by 128, decode by 16) or ``auto`` (widest buckets
+    within ``bucket_bound`` modelled latency overhead). ``lengths`` restricts the sections compiled to the buckets
+    holding those lengths (e.g. one length for a quick performance run);
+    ``last_logits_only`` computes the LM head for the last prompt row only, as serving
+    does (generation then needs no other row).
     """
     if max_len < 1:
         raise CompileError(f"max_len must be at least 1, not {max_len}")
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
     chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
-    wanted = lengths if lengths is not None else range(1, max_len + 1)
-    for length in wanted:
-        if not 1 <= length <= max_len:
-            raise CompileError(f"length {length} is outside 1..{max_len}")
-        for pos0 in range(0, length, chunk):
-            rows = min(chunk, length - pos0)
-            if pos0 + rows < length:
-                head = "none" if last_logits_only else "all"
-            else:
-                head = "last" if last_logits_only else "all"
-            _emit_stage(b, qd, pl, rows, pos0, max_len, head)
-        b.end_section(f"prefill_{length}", "prefill", length, length)
-    for pos in wanted:
-        if pos >= max_len:
+    plan = make_plan(qd, arch, max_len, buckets or "per-length", bucket_bound,
+                     chunk if last_logits_only else None)
+    plan.check(max_len, chunk if last_logits_only else None)
+    if lengths is not None:
+        for length in lengths:
+            if not 1 <= length <= max_len:
+                raise CompileError(f"length {length} is outside 1..{max_len}")
+    wanted = None if lengths is None else set(lengths)
+
+    def chosen(lo: int, hi: int) -> bool:
+        return wanted is None or any(lo <= n <= hi for n in wanted)
+
+    for lo, hi in plan.prefill:
+        if not chosen(lo, hi):
             continue
-        _emit_stage(b, qd, pl, 1, pos, max_len, "all")
-        b.end_section(f"decode_{pos}", "decode", pos, pos)
+        b.begin_section(lo, hi)
+        for pos0 in range(0, hi, chunk):
+            rows = min(chunk, hi - pos0)
+            holds_last = pos0 <= lo - 1 < pos0 + rows
+            if not last_logits_only:
+                _emit_stage(b, qd, pl, rows, pos0, max_len, "all")
+            elif holds_last:
+                _emit_stage(b, qd, pl, rows, pos0, max_len, "last", last_row=lo - 1 - pos0,
+                            last_dyn=hi > lo)
+                break
+            else:
+                _emit_stage(b, qd, pl, rows, pos0, max_len, "none")
+        b.end_section(bucket_name("prefill", lo, hi), "prefill", lo, hi)
+    for lo, hi in plan.decode:
+        if not chosen(lo, hi):
+            continue
+        b.begin_section(lo, hi)
+        _emit_stage(b, qd, pl, 1, lo, max_len, "all", dyn=hi > lo, ctx=hi + 1)
+        b.end_section(bucket_name("decode", lo, hi), "decode", lo, hi)
     prog = qd.prog
     b.metadata.update(metadata or {})
     b.metadata["decoder"] = {
@@ -274,6 +343,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
         "input_segment": "input", "input_scale": qd.scales[prog.input],
         "logits_segment": "logits", "logits_scale": qd.scales[prog.output],
         "prefill_logits": "last" if last_logits_only else "all", "prefill_chunk": chunk,
+        "buckets": {"prefill": [list(x) for x in plan.prefill], "decode": [list(x) for x in plan.decode]},
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,

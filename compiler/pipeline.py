@@ -15,6 +15,7 @@ import numpy as np
 from flightforge.arch import ArchConfig
 from flightforge.program import Program
 
+from .buckets import BucketPlan
 from .calibrate import calibrate
 from .graph import DecoderProgram
 from .lower import lower_decoder
@@ -36,6 +37,8 @@ class CompileOptions:
     lengths: tuple[int, ...] | None = None  #: compile only these lengths (default: all)
     last_logits_only: bool = False  #: prefill computes the LM head for its last row only
     verify: bool = False  #: prove every section's tokens order all hazards (slow on big models)
+    buckets: str | BucketPlan = "per-length"  #: per-length, fixed (FlightLLM's), auto, or a plan
+    bucket_bound: float = 0.02  #: auto buckets: modelled latency overhead allowed per length
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
     program = lower_decoder(qd, arch, options.max_len, with_data=options.with_data,
                             last_logits_only=options.last_logits_only,
                             lengths=None if options.lengths is None else list(options.lengths),
-                            metadata=metadata)
+                            metadata=metadata, buckets=options.buckets,
+                            bucket_bound=options.bucket_bound)
     # Optionally prove every section synchronised on its happens-before graph.
     if options.verify:
         verify_program(program)
@@ -72,7 +76,7 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
 def verify_program(program: Program) -> None:
     """Raise CompileError naming the first unordered hazard of any section."""
     for section in program.sections:
-        bad = unordered_hazards(section.instructions)
+        bad = unordered_hazards(section.instructions, section.len_hi - section.len_lo)
         if bad:
             j, i = bad[0]
             ins = section.instructions
@@ -96,4 +100,5 @@ def compile_shape_only(config_path: str, arch: ArchConfig,
     return lower_decoder(qd, arch, options.max_len, with_data=False,
                          last_logits_only=options.last_logits_only,
                          lengths=None if options.lengths is None else list(options.lengths),
-                         metadata={"model": st.name, "config": str(config_path), "shape_only": True})
+                         metadata={"model": st.name, "config": str(config_path), "shape_only": True},
+                         buckets=options.buckets, bucket_bound=options.bucket_bound)

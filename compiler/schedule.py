@@ -80,6 +80,7 @@ class TokenScheduler:
 
     untracked_reads: list[tuple[int, int]] = field(default_factory=list)
     token_depth: int = 8
+    d_max: int = 0  #: the section's bucket width: dynamic fields range over D in 0..d_max
     instrs: list[isa.Instruction] = field(default_factory=list)
     _unit_index: dict[isa.Unit, list[int]] = field(default_factory=dict)
     _reads: dict[tuple[isa.Unit, str], _UnitSpaceLog] = field(default_factory=dict)
@@ -98,7 +99,7 @@ class TokenScheduler:
         if unit is None:
             self.instrs.append(instr)
             return len(self.instrs) - 1
-        reads, writes = footprint(instr)
+        reads, writes = footprint(instr, self.d_max)
         # Latest conflicting instruction on every other unit.
         need: dict[isa.Unit, int] = {}
         for other in isa.Unit:
@@ -156,7 +157,7 @@ class TokenScheduler:
         return [*self.instrs, isa.SYS(op=isa.SysOp.HALT)]
 
 
-def unordered_hazards(instrs: list[isa.Instruction]) -> list[tuple[int, int]]:
+def unordered_hazards(instrs: list[isa.Instruction], d_max: int = 0) -> list[tuple[int, int]]:
     """Pairs ``(j, i)`` of conflicting instructions on different units that the token
     graph does not order: an empty list proves every hazard is synchronised.
 
@@ -186,7 +187,7 @@ def unordered_hazards(instrs: list[isa.Instruction]) -> list[tuple[int, int]]:
     for pair, rel in releases.items():
         for r, w in zip(rel, waits.get(pair, [])):
             graph.add_edge(r, w)
-    prints = [(idx, ins.UNIT, *footprint(ins)) for idx, ins in enumerate(instrs) if ins.UNIT is not None]
+    prints = [(idx, ins.UNIT, *footprint(ins, d_max)) for idx, ins in enumerate(instrs) if ins.UNIT is not None]
     bad = []
     for a, (j, uj, rj, wj) in enumerate(prints):
         later = None

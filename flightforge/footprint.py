@@ -30,8 +30,17 @@ def _span(space: str, addr: int, rows: int, row_bytes: int, stride: int) -> Acce
     return Access(space, addr, addr + (rows - 1) * stride + row_bytes)
 
 
-def footprint(instr: isa.Instruction) -> tuple[list[Access], list[Access]]:
-    """``(reads, writes)`` of one instruction."""
+def footprint(instr: isa.Instruction, d_max: int = 0) -> tuple[list[Access], list[Access]]:
+    """``(reads, writes)`` of one instruction, for every ``D`` in ``0..d_max``.
+
+    Dynamic fields only ever move an access upwards with ``D``, so the union over the
+    range is the span from the ``D = 0`` access to the ``D = d_max`` one.
+    """
+    if d_max and isa.is_dynamic(instr):
+        lo_r, lo_w = footprint(isa.resolve(instr, 0))
+        hi_r, hi_w = footprint(isa.resolve(instr, d_max))
+        return ([Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r)],
+                [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w)])
     if isinstance(instr, isa.LD):
         return ([_span(EXT, instr.src, instr.rows, instr.row_bytes, instr.src_stride)],
                 [_span(isa.Buf(instr.buf).name, instr.dst, instr.rows, instr.row_bytes, instr.dst_stride)])

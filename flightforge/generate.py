@@ -57,7 +57,7 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
 
     last_only = meta.get("prefill_logits", "all") == "last"
 
-    def run(section: str, ids: list[int], pos0: int) -> tuple[np.ndarray, int | None]:
+    def run(stage: str, ids: list[int], pos0: int) -> tuple[np.ndarray, int | None]:
         # Rows live at their positions in the input and logits segments (so chunked
         # prefill needs no copies); a last-row-only prefill writes its one row at row 0.
         x = embed[ids]
@@ -65,14 +65,15 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
             off = meta["position_offset"] + pos0
             x = x + positions[off:off + len(ids)]
         device.write(in_addr + pos0 * hidden * 2, sat(x, DType.INT16).astype("<i2").tobytes())
-        result = device.run(section)
+        length = len(ids) if stage == "prefill" else pos0
+        result = device.run(program.section_for(stage, length).name, length)
         rows = 1 if last_only and pos0 == 0 else len(ids)
         row0 = 0 if last_only and pos0 == 0 else pos0
         raw = device.read(out_addr + row0 * vocab * 2, rows * vocab * 2)
         return np.frombuffer(raw, dtype="<i2").reshape(rows, vocab), result.cycles
 
     device.load(program)
-    logits, cycles = run(f"prefill_{len(prompt)}", list(prompt), 0)
+    logits, cycles = run("prefill", list(prompt), 0)
     all_logits = [logits]
     tokens: list[int] = []
     pos = len(prompt)
@@ -81,7 +82,7 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
         tokens.append(nxt)
         if len(tokens) == max_new_tokens:
             break
-        step, c = run(f"decode_{pos}", [nxt], pos)
+        step, c = run("decode", [nxt], pos)
         all_logits.append(step)
         cycles = None if cycles is None or c is None else cycles + c
         pos += 1

@@ -12,6 +12,14 @@ before starting) and a ``release`` mask (give one token to each named unit when 
 Each ordered pair of units has its own token counter, whose depth comes from the
 architecture config.
 
+Length-adaptive sections: a section serves a range of lengths ``len_lo..len_hi`` (a
+length bucket). The host runs it with the actual length ``R`` and the core derives
+``D = R - len_lo``; a few fields are *dynamic*: the effective value is the static field
+plus ``D`` times a step held in the instruction (``dyn_step`` of LD/ST moves the external
+address, ``a_step`` of MISC moves the operand address, ``dyn_pos`` of MISC adds ``D`` to
+``pos``). :func:`resolve` gives the static instruction for a ``D``; with ``D = 0`` every
+instruction is its own resolution, so single-length sections need no dynamic fields.
+
 Encoding: every instruction is ``INSTR_WORDS`` little-endian 32-bit words. Bit 0 of
 word 0 is bit 0 of the instruction; fields are packed LSB-first in declaration order,
 starting with the 4-bit opcode. Bits beyond the last field are reserved and must be 0,
@@ -25,7 +33,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 WORD_BITS = 32
 INSTR_WORDS = 12
 INSTR_BITS = INSTR_WORDS * WORD_BITS
@@ -291,6 +299,7 @@ class LD(Instruction):
     row_bytes: int = _f(ROW_BYTES_BITS, "contiguous bytes per row")
     src_stride: int = _f(EXT_STRIDE_BITS, "bytes between row starts in external memory")
     dst_stride: int = _f(BUF_STRIDE_BITS, "bytes between row starts in the buffer")
+    dyn_step: int = _f(EXT_STRIDE_BITS, "src moves by D * dyn_step (length-adaptive sections)")
 
     def _check(self) -> None:
         _nonzero(self, "rows", "row_bytes")
@@ -309,6 +318,7 @@ class ST(Instruction):
     row_bytes: int = _f(ROW_BYTES_BITS, "contiguous bytes per row")
     src_stride: int = _f(BUF_STRIDE_BITS, "bytes between row starts in the buffer")
     dst_stride: int = _f(EXT_STRIDE_BITS, "bytes between row starts in external memory")
+    dyn_step: int = _f(EXT_STRIDE_BITS, "dst moves by D * dyn_step (length-adaptive sections)")
 
     def _check(self) -> None:
         _nonzero(self, "rows", "row_bytes")
@@ -424,6 +434,8 @@ class MISC(Instruction):
     len: int = _f(DIM_BITS, "SOFTMAX: valid columns (0 = all); ROPE: head dimension")
     causal: int = _f(1, "SOFTMAX: mask column j of row r when j > pos + r")
     eps: int = _f(16, "RMSNORM/LAYERNORM: epsilon in squared input units")
+    a_step: int = _f(BUF_STRIDE_BITS, "a_addr moves by D * a_step (length-adaptive sections)")
+    dyn_pos: int = _f(1, "pos moves by D (length-adaptive sections)")
 
     def _check(self) -> None:
         _nonzero(self, "rows", "cols")
@@ -438,6 +450,38 @@ class MISC(Instruction):
             if self.len == 0 or self.len % 2 or self.cols % self.len:
                 raise EncodeError(f"MISC.len: ROPE head dimension {self.len} must be even, "
                                   f"nonzero and divide cols={self.cols}")
+
+
+def resolve(instr: Instruction, d: int) -> Instruction:
+    """The static instruction a dynamic one performs when ``D = d``.
+
+    Raises :class:`EncodeError` naming the field when an effective value leaves its range.
+    """
+    if d == 0 or not isinstance(instr, (LD, ST, MISC)):
+        return instr
+    if isinstance(instr, LD):
+        if not instr.dyn_step:
+            return instr
+        new = dataclasses.replace(instr, src=instr.src + d * instr.dyn_step, dyn_step=0)
+    elif isinstance(instr, ST):
+        if not instr.dyn_step:
+            return instr
+        new = dataclasses.replace(instr, dst=instr.dst + d * instr.dyn_step, dyn_step=0)
+    else:
+        if not (instr.a_step or instr.dyn_pos):
+            return instr
+        new = dataclasses.replace(instr, a_addr=instr.a_addr + d * instr.a_step,
+                                  pos=instr.pos + d * instr.dyn_pos, a_step=0, dyn_pos=0)
+    try:
+        new.check()
+    except EncodeError as e:
+        raise EncodeError(f"with D={d}: {e}") from None
+    return new
+
+
+def is_dynamic(instr: Instruction) -> bool:
+    return bool(getattr(instr, "dyn_step", 0) or getattr(instr, "a_step", 0)
+                or getattr(instr, "dyn_pos", 0))
 
 
 INSTRUCTION_TYPES: dict[Opcode, type[Instruction]] = {

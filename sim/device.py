@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flightforge.arch import ArchConfig
-from flightforge.program import Program
+from flightforge.program import Program, Section
 
 
 class DeviceError(RuntimeError):
@@ -46,5 +46,19 @@ class Device(Protocol):
     def read(self, addr: int, size: int) -> bytes:
         """Read bytes from external memory."""
 
-    def run(self, section: str) -> RunResult:
-        """Run one section of the loaded program to its HALT."""
+    def run(self, section: str, length: int | None = None) -> RunResult:
+        """Run one section of the loaded program to its HALT.
+
+        ``length`` is the actual prompt length (prefill) or position (decode); it must lie
+        in the section's length range and defaults to its low end.
+        """
+
+
+def run_offset(section: Section, length: int | None) -> int:
+    """``D``: how far ``length`` lies above the section's low end (its bucket offset)."""
+    if length is None:
+        return 0
+    if not section.len_lo <= length <= section.len_hi:
+        raise DeviceError(f"section {section.name!r} serves lengths {section.len_lo}..{section.len_hi}, "
+                          f"not {length}")
+    return length - section.len_lo

@@ -23,7 +23,7 @@ from flightforge.arch import ArchConfig
 from flightforge.footprint import misc_param_bytes
 from flightforge.program import Program, ProgramError
 
-from .device import DeviceError, RunResult
+from .device import DeviceError, RunResult, run_offset
 from .dispatch import run_dispatch
 
 _NP_DTYPE = {isa.DType.INT8: np.dtype("<i1"), isa.DType.INT16: np.dtype("<i2"),
@@ -131,14 +131,14 @@ class FunctionalSim:
     def read(self, addr: int, size: int) -> bytes:
         return self.ext.read(addr, size).tobytes()
 
-    def run(self, section: str) -> RunResult:
+    def run(self, section: str, length: int | None = None) -> RunResult:
         if self.program is None:
             raise DeviceError("no program loaded: call load() first")
         try:
             sec = self.program.section(section)
         except ProgramError as e:
             raise DeviceError(str(e)) from None
-        return self.execute(sec.instructions, name=section)
+        return self.execute(sec.instructions, name=section, d=run_offset(sec, length))
 
     # --- direct access, for tests and tools ---------------------------------------
 
@@ -146,13 +146,19 @@ class FunctionalSim:
         """The live bytes of one on-chip buffer (writable)."""
         return self.buffers[isa.Buf(buf)]
 
-    def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>") -> RunResult:
-        """Run a stream that ends with HALT; effects happen in token-legal start order."""
+    def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>",
+                d: int = 0) -> RunResult:
+        """Run a stream that ends with HALT; effects happen in token-legal start order.
+
+        ``d`` is the run's offset inside its length bucket (see :func:`isa.resolve`).
+        """
         stats = _Stats()
 
         def on_start(i: int, ins: isa.Instruction) -> None:
             try:
-                self._execute_one(ins, stats)
+                self._execute_one(isa.resolve(ins, d), stats)
+            except isa.EncodeError as e:
+                raise DeviceError(f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}") from None
             except DeviceError as e:
                 raise DeviceError(f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}") from None
             stats.by_opcode[ins.OPCODE.name] += 1

@@ -1,0 +1,87 @@
+"""Length-adaptive sections: every length inside a bucket gives exactly the logits of a
+program compiled for that length alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flightforge import isa
+from flightforge.compiler.buckets import BucketPlan
+from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.lower import make_plan
+from flightforge.compiler.memory import CompileError
+from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.generate import generate
+from flightforge.mappings import load_target
+from flightforge.sim.device import DeviceError
+from flightforge.sim.functional import FunctionalSim
+
+TINY = load_target("tiny")
+MAX_LEN = 20
+
+
+@pytest.fixture(scope="module")
+def programs():
+    prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), seed=11)
+    plan = BucketPlan(prefill=((1, 8), (9, 16), (17, 20)), decode=((1, 5), (6, 12), (13, 19)))
+    exact = compile_decoder(prog, TINY, CompileOptions(max_len=MAX_LEN)).program
+    bucketed = compile_decoder(prog, TINY, CompileOptions(max_len=MAX_LEN, buckets=plan,
+                                                          verify=True)).program
+    return prog, exact, bucketed
+
+
+@pytest.mark.parametrize("length", [1, 3, 8, 9, 13, 17])
+def test_every_length_in_a_bucket_matches_its_own_compile(programs, length):
+    prog, exact, bucketed = programs
+    assert len(bucketed.sections) == 6 < len(exact.sections)
+    prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
+    new = min(MAX_LEN - length + 1, 6)
+    ref = generate(exact, FunctionalSim(TINY), prompt, new)
+    got = generate(bucketed, FunctionalSim(TINY), prompt, new)
+    assert got.tokens == ref.tokens
+    assert np.array_equal(got.logits, ref.logits)
+
+
+def test_bucket_streams_are_dynamic_and_run_only_inside_their_range(programs):
+    _, _, bucketed = programs
+    sec = bucketed.section("decode_6_12")
+    assert any(isa.is_dynamic(i) for i in sec.instructions)
+    sim = FunctionalSim(TINY)
+    sim.load(bucketed)
+    with pytest.raises(DeviceError, match="serves lengths 6..12, not 13"):
+        sim.run("decode_6_12", 13)
+
+
+def test_last_row_logits_buckets_with_chunked_prefill_match_exact_lengths():
+    prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=4)
+    opts = dict(max_len=160, last_logits_only=True, lengths=(100, 137))
+    exact = compile_decoder(prog, TINY, CompileOptions(**opts)).program
+    fixed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets="fixed", verify=True)).program
+    chunk = fixed.metadata["decoder"]["prefill_chunk"]
+    assert chunk < 128  # the fixed policy had to split its 128-wide buckets at chunk edges
+    for length in (100, 137):
+        sec = fixed.section_for("prefill", length)
+        assert sec.len_lo < sec.len_hi
+        prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
+        ref = generate(exact, FunctionalSim(TINY), prompt, 2)
+        got = generate(fixed, FunctionalSim(TINY), prompt, 2)
+        assert np.array_equal(got.logits, ref.logits)
+
+
+def test_plans_cover_every_length_once():
+    with pytest.raises(CompileError, match="bucket 5..9 follows 3"):
+        BucketPlan(((1, 3), (5, 9)), ((1, 8),)).check(9, None)
+    with pytest.raises(CompileError, match="spans a prefill chunk boundary"):
+        BucketPlan(((1, 9),), ((1, 8),)).check(9, 4)
+    fixed = BucketPlan.fixed(2048)
+    assert fixed.prefill[0] == (1, 128) and len(fixed.prefill) == 16 and len(fixed.decode) == 128
+
+
+def test_auto_policy_grows_buckets_to_the_latency_bound():
+    prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
+    c = compile_decoder(prog, load_target("u280"), CompileOptions(max_len=64, lengths=(1,)))
+    plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.02)
+    plan.check(64, None)
+    tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0)
+    assert len(plan.prefill) + len(plan.decode) < len(tight.prefill) + len(tight.decode)
