@@ -25,7 +25,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from .compiler.memory import CompileError
     from .sim.device import DeviceError
     return (ConfigError, ProgramError, isa.IsaError, DeviceError, CompileError,
-            hostio.TensorIOError, FileNotFoundError)
+            hostio.TensorIOError, OSError)
 
 
 @contextlib.contextmanager
@@ -94,7 +94,8 @@ def isa_text() -> str:
         lines += ["", f"{op.name} (opcode {op.value}, unit {unit}, {used} bits used)"]
         for name, lsb, width, spec in rows:
             kind = f" {spec.enum.__name__}" if spec.enum else ""
-            lines.append(f"  {name:<11} {lsb:>3}..{lsb + width - 1:<3} {width:>2}b{kind:<11}  {spec.doc}")
+            bits = f"{lsb:>3}..{lsb + width - 1:<3}"
+            lines.append(f"  {name:<11} {bits} {width:>2}b{kind:<11}  {spec.doc}")
     lines.append("")
     for e in (isa.Unit, isa.Buf, isa.DType, isa.WPrec, isa.SparseMode, isa.MiscOp, isa.SysOp):
         lines.append(f"{e.__name__}: " + ", ".join(f"{m.name}={m.value}" for m in e))
@@ -146,19 +147,21 @@ def program_report(program: Program) -> list[str]:
         lines.append(f"model:    {program.metadata['model']}")
     code = sum(x["bytes"] for x in s["sections"])
     count = sum(x["instructions"] for x in s["sections"])
+    w = max([16] + [len(x["name"]) for x in s["sections"]])
     lines += ["", f"sections: {len(s['sections'])} ({count} instructions, {code} bytes)",
-              f"  {'name':<16} {'stage':<8} {'lengths':<12} {'instrs':>8} {'bytes':>10}"]
+              f"  {'name':<{w}} {'stage':<8} {'lengths':<12} {'instrs':>8} {'bytes':>10}"]
     for x in s["sections"]:
-        lines.append(f"  {x['name']:<16} {x['stage']:<8} {x['lengths']:<12} "
+        lines.append(f"  {x['name']:<{w}} {x['stage']:<8} {x['lengths']:<12} "
                      f"{x['instructions']:>8} {x['bytes']:>10}")
     lines += ["", "instructions per opcode: "
               + ", ".join(f"{k} {v}" for k, v in s["instructions_per_opcode"].items())]
     seg_bytes = sum(g["size"] for g in s["segments"])
     data_bytes = sum(g["size"] for g in s["segments"] if g["has_data"])
+    w = max([24] + [len(g["name"]) for g in s["segments"]])
     lines += ["", f"segments: {len(s['segments'])} ({seg_bytes} bytes, {data_bytes} with data)",
-              f"  {'name':<24} {'kind':<8} {'addr':>12} {'bytes':>12}  data"]
+              f"  {'name':<{w}} {'kind':<8} {'addr':>12} {'bytes':>12}  data"]
     for g in s["segments"]:
-        lines.append(f"  {g['name']:<24} {g['kind']:<8} {g['addr']:>#12x} {g['size']:>12}  "
+        lines.append(f"  {g['name']:<{w}} {g['kind']:<8} {g['addr']:>#12x} {g['size']:>12}  "
                      + ("yes" if g["has_data"] else "no"))
     for label, tensors in (("inputs", program.inputs), ("outputs", program.outputs)):
         if tensors:
@@ -225,7 +228,8 @@ def _file_stem(name: str) -> str:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help=TARGET_HELP)
 @click.option("--section", "sections", multiple=True,
-              help="Section to run (repeatable, run in the order given; default: all, in file order).")
+              help="Section to run (repeatable, run in the order given; "
+                   "default: all, in file order).")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
               help="Input tensor (repeatable). Floats are quantised with the input's scale; "
                    "integers are written as they are.")
@@ -242,7 +246,8 @@ def _file_stem(name: str) -> str:
               help="With --prompt-ids: save the float logits of every position as .npy.")
 @_clean_errors
 def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, ...],
-        length: int | None, out_dir: Path, prompt_ids: str | None, max_new_tokens: int, dump_logits: Path | None) -> None:
+        length: int | None, out_dir: Path, prompt_ids: str | None, max_new_tokens: int,
+        dump_logits: Path | None) -> None:
     """Run a program on the functional simulator.
 
     Writes the given inputs, runs the sections, and saves every output as NAME.npy
@@ -351,7 +356,8 @@ def demo(target: str, save_dir: Path | None) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Program binary to write (.ffb).")
 @click.option("--max-len", type=click.IntRange(min=1),
-              help="Longest prompt plus generated tokens [default: the largest of --lengths, else 32].")
+              help="Longest prompt plus generated tokens "
+                   "[default: the largest of --lengths, else 32].")
 @click.option("--lengths", help="Compile only these prefill lengths and decode positions, "
                                 "e.g. 128,512 [default: every length 1..max-len].")
 @click.option("--weight-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
@@ -360,10 +366,16 @@ def demo(target: str, save_dir: Path | None) -> None:
               help="Group size along K for INT4 weight scales (the largest valid size <= this).")
 @click.option("--last-logits-only", is_flag=True,
               help="Prefill computes the LM head for the last prompt row only, as serving does.")
+@click.option("--buckets", type=click.Choice(["per-length", "fixed", "auto"]), default="per-length",
+              show_default=True, help="Length buckets: one section per length; FlightLLM's fixed "
+                                      "buckets (prefill x128, decode x16); or the widest within "
+                                      "--bucket-bound.")
+@click.option("--bucket-bound", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="--buckets auto: modelled latency overhead allowed at any length.")
 @_clean_errors
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                 max_len: int | None, lengths: str | None, weight_bits: str, group: int,
-                last_logits_only: bool) -> None:
+                last_logits_only: bool, buckets: str, bucket_bound: float) -> None:
     """Compile a decoder-only LLM into a program binary.
 
     MODEL is an ONNX export (compiled with its weights); --config CONFIG.json instead
@@ -381,7 +393,8 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     quant = QuantOptions(weight_bits=int(weight_bits), group=group)
     options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
                                       last_logits_only=last_logits_only,
-                                      with_data=model is not None)
+                                      with_data=model is not None, buckets=buckets,
+                                      bucket_bound=bucket_bound)
     if model is not None:
         compile_onnx = getattr(pipeline, "compile_onnx", None)
         if compile_onnx is None:

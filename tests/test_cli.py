@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from flightforge.compiler.demo import build_demo
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.mappings import available_targets, load_target
+from flightforge.program import Program
 
 ROOT = Path(__file__).parent.parent
 LLAMA_1B = ROOT / "examples" / "configs" / "llama-3.2-1b.json"
@@ -144,6 +146,22 @@ def test_compile_shape_only_then_inspect(tmp_path):
     shown = invoke("inspect", out, "--target", "u280", "--limit", "2")
     assert shown.exit_code == 0, shown.output
     assert "prefill_16" in shown.output and "... " in shown.output
+
+
+def test_compile_with_fixed_buckets(tmp_path):
+    """FlightLLM's buckets: one section serves many decode positions."""
+    config = json.loads(LLAMA_1B.read_text())
+    config.update(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=2,
+                  intermediate_size=64, num_hidden_layers=1, vocab_size=50)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(config))
+    out = tmp_path / "small.ffb"
+    result = invoke("compile", "--config", small, "--target", "tiny", "--max-len", "40",
+                    "--buckets", "fixed", "--out", out)
+    assert result.exit_code == 0, result.output
+    program = Program.load(out, load_target("tiny"))
+    decode = [(s.len_lo, s.len_hi) for s in program.sections if s.stage == "decode"]
+    assert decode == [(1, 16), (17, 32), (33, 39)]
 
 
 def test_compile_errors_are_clean(tmp_path):
