@@ -1,0 +1,206 @@
+"""Handlers for fused and contrib operators: what ORT transformers optimisations and the
+onnxruntime-genai model builder write instead of decomposed patterns.
+
+LayerNormalization, SimplifiedLayerNormalization, RMSNormalization,
+Skip[Simplified]LayerNormalization (residual add fused with the next norm), MatMulNBits
+(int4/int8 block-quantised weights, dequantised here to float), RotaryEmbedding
+(com.microsoft, rotate-half only) and GroupQueryAttention (separate or packed QKV, with or
+without its own rotary embedding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .calibrate import rope_float
+from .onnx_graph import OnnxNode
+from .onnx_patterns import (Const, Interpreter, KVOut, Lin, Normed, Tag, Unused, View,
+                            _close, fit_theta, handles)
+
+
+def _opt(node: OnnxNode, i: int) -> str:
+    return node.inputs[i] if len(node.inputs) > i and node.inputs[i] else ""
+
+
+def _const_vec(ip: Interpreter, node: OnnxNode, i: int, what: str) -> np.ndarray | None:
+    name = _opt(node, i)
+    if not name:
+        return None
+    if not isinstance(ip.tags[name], Const):
+        raise ip.fail(f"the {what} is not a constant")
+    return np.asarray(ip.val(name), np.float64).reshape(-1)
+
+
+def _norm_out(ip: Interpreter, node: OnnxNode, x: View, kind: str, gamma_i: int,
+              beta_i: int | None) -> Normed:
+    if node.attrs.get("axis", -1) not in (-1, ip.val(node.inputs[0]).ndim - 1):
+        raise ip.fail("a norm over an axis other than the last")
+    if x.factor != 1.0:
+        raise ip.fail("a norm of a scaled tensor")
+    gamma = _const_vec(ip, node, gamma_i, "norm scale")
+    beta = _const_vec(ip, node, beta_i, "norm bias") if beta_i is not None else None
+    return Normed((node.name,), x.t, kind, float(node.attrs.get("epsilon", 1e-5)),
+                  gamma, 0.0 if beta is None else beta)
+
+
+def _aux(node: OnnxNode, n: int) -> list[Tag]:
+    return [Unused((node.name,)) for _ in range(n)]
+
+
+@handles("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")
+def LayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    x = ip.view(0)
+    ip.layout(x, node.inputs[0], ("SF",))
+    kind = "layer" if node.op == "LayerNormalization" else "rms"
+    out = _norm_out(ip, node, x, kind, 1, 2 if kind == "layer" else None)
+    return [out] + _aux(node, len(node.outputs) - 1)
+
+
+@handles("SkipSimplifiedLayerNormalization", "SkipLayerNormalization")
+def SkipLayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    """``out = norm(input + skip [+ bias])``; output 3 is the sum, the next residual."""
+    layer = node.op == "SkipLayerNormalization"
+    if _opt(node, 4 if layer else 3):
+        raise ip.fail("a skip norm with a bias input is not supported")
+    a, b = ip.view(0), ip.view(1)
+    for v, name in ((a, node.inputs[0]), (b, node.inputs[1])):
+        ip.layout(v, name, ("SF",))
+        if v.factor != 1.0:
+            raise ip.fail("a skip norm of a scaled tensor")
+    names = [o for o in node.outputs]
+    total = ip.val(names[3]) if len(names) > 3 and names[3] else (a.t.value + b.t.value)
+    s = ip.emit("add", (b.t, a.t), (node.name,), np.asarray(total).reshape(ip.rows, -1))
+    normed = _norm_out(ip, node, View((node.name,), s, 1.0), "layer" if layer else "rms", 2,
+                       3 if layer else None)
+    outs: list[Tag] = [normed] + _aux(node, 2)
+    return (outs + [View((node.name,), s, 1.0)])[:len(node.outputs)]
+
+
+@handles("MatMulNBits")
+def MatMulNBits(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    """Block-quantised weight ``[N][K]``: ``(q - zero_point) * scale`` per block of K."""
+    at = node.attrs
+    k, n, bits, block = int(at["K"]), int(at["N"]), int(at.get("bits", 4)), int(at["block_size"])
+    if bits not in (4, 8):
+        raise ip.fail(f"MatMulNBits with {bits}-bit weights is not supported (4 or 8)")
+    if _opt(node, 4):
+        raise ip.fail("MatMulNBits with g_idx (act-order) is not supported")
+    for i in (1, 2, 3):
+        if _opt(node, i) and not isinstance(ip.tags[node.inputs[i]], Const):
+            raise ip.fail(f"MatMulNBits input {i} is not a constant")
+    blocks = -(-k // block)
+    raw = np.asarray(ip.val(node.inputs[1]), np.uint8).reshape(n, blocks, -1)
+    if bits == 4:
+        q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(n, blocks, -1)
+    else:
+        q = raw
+    scales = np.asarray(ip.val(node.inputs[2]), np.float64).reshape(n, blocks)
+    if _opt(node, 3):
+        zp = np.asarray(ip.val(node.inputs[3]))
+        if zp.dtype != np.uint8:
+            raise ip.fail("MatMulNBits with float zero points is not supported")
+        zp = zp.reshape(n, -1)
+        if bits == 4:
+            zp = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, -1)
+        zp = zp[:, :blocks].astype(np.float64)
+    else:
+        zp = np.full((n, blocks), 2.0 ** (bits - 1))
+    w = ((q[:, :, :block].astype(np.float64) - zp[..., None]) * scales[..., None]).reshape(n, -1)[:, :k]
+    x = ip.view(0)
+    ip.layout(x, node.inputs[0], ("SF",))
+    bias = _const_vec(ip, node, 5, "MatMulNBits bias")
+    lin = Lin(x.nodes + (node.name,), x.t, w * x.factor, bias)
+    want = x.t.value @ lin.w.T + (0 if bias is None else bias)
+    if not _close(ip.val(node.outputs[0]).reshape(ip.rows, -1), want, 2e-2):
+        raise ip.fail("the dequantised weights do not reproduce MatMulNBits' output "
+                      "(unknown packing)")
+    return [lin]
+
+
+def _rope_theta(ip: Interpreter, node: OnnxNode, cos_i: int, sin_i: int, d: int) -> float:
+    cos, sin = ip.val(node.inputs[cos_i]), ip.val(node.inputs[sin_i])
+    if cos.shape[-1] * 2 != d:
+        raise ip.fail(f"rotary tables cover {cos.shape[-1] * 2} of the head's {d} dimensions "
+                      f"(partial rotary) which is not supported")
+    try:
+        return fit_theta(cos, sin, d)
+    except ValueError as e:
+        raise ip.fail(str(e)) from None
+
+
+@handles("RotaryEmbedding")
+def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    """com.microsoft: (input, position_ids, cos_cache, sin_cache), or ONNX opset 23:
+    (X, cos_cache, sin_cache, position_ids)."""
+    if node.attrs.get("interleaved", 0):
+        raise ip.fail("interleaved RoPE is not supported (the decoder rotates halves)")
+    ms = node.domain == "com.microsoft"
+    cos_i, sin_i = (2, 3) if ms else (1, 2)
+    x = ip.view(0)
+    lay = ip.layout(x, node.inputs[0], ("SF", "SHD", "HSD"))
+    d = lay.d if lay.kind != "SF" else 2 * ip.val(node.inputs[cos_i]).shape[-1]
+    if ip.val(node.inputs[cos_i]).ndim != 2:
+        raise ip.fail("rotary caches must be [positions][head_dim/2] tables")
+    theta = _rope_theta(ip, node, cos_i, sin_i, d)
+    want = rope_float(x.t.value, 0, d, theta)
+    if not _close(lay.to_view(x.factor * want), ip.val(node.outputs[0])):
+        raise ip.fail(f"the output is not rotate-half RoPE with base {theta:g} at positions "
+                      f"0..{ip.rows - 1} (position ids or scaling not supported)")
+    t = ip.emit("rope", (x.t,), x.nodes + (node.name,), want, theta=theta, d=d)
+    return [View((node.name,), t, x.factor)]
+
+
+@handles("GroupQueryAttention")
+def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    at = node.attrs
+    heads, kv = int(at["num_heads"]), int(at["kv_num_heads"])
+    if at.get("local_window_size", -1) != -1 or at.get("softcap", 0.0) or at.get("smooth_softmax", 0):
+        raise ip.fail("sliding-window, soft-capped or smooth-softmax attention is not supported")
+    if at.get("rotary_interleaved", 0):
+        raise ip.fail("interleaved RoPE is not supported (the decoder rotates halves)")
+    for i in (10, 11):
+        if _opt(node, i):
+            raise ip.fail(f"GroupQueryAttention input {i} (attention bias / sink) is not supported")
+    if _opt(node, 1):  # separate q, k, v
+        qkv = []
+        for i in range(3):
+            v = ip.view(i)
+            ip.layout(v, node.inputs[i], ("SF",))
+            qkv.append(v)
+        d = qkv[0].t.features // heads
+        factors = [v.factor for v in qkv]
+        ts = [v.t for v in qkv]
+    else:  # packed [q | k | v] from one projection
+        lin = tags[0]
+        if not isinstance(lin, Lin):
+            raise ip.fail("packed QKV input is not a projection")
+        d = lin.w.shape[0] // (heads + 2 * kv)
+        cuts = np.cumsum([0, heads * d, kv * d, kv * d])
+        ts, factors = [], [1.0, 1.0, 1.0]
+        for j in range(3):
+            sl = slice(cuts[j], cuts[j + 1])
+            b = None if lin.b is None else lin.b[sl]
+            val = lin.x.value @ lin.w[sl].T + (0 if b is None else b)
+            ts.append(ip.emit("linear", (lin.x,), lin.nodes, val, w=lin.w[sl], b=b))
+    q, k, v = ts
+    if factors[2] != 1.0:
+        raise ip.fail("a scaled value input")
+    if at.get("do_rotary", 0):
+        theta = _rope_theta(ip, node, 7, 8, d)
+        q = ip.emit("rope", (q,), (node.name,), rope_float(q.value, 0, d, theta), theta=theta, d=d)
+        k = ip.emit("rope", (k,), (node.name,), rope_float(k.value, 0, d, theta), theta=theta, d=d)
+    scale = float(at.get("scale", 0.0)) or 1.0 / math.sqrt(d)
+    out = ip.val(node.outputs[0]).reshape(ip.rows, -1)
+    t = ip.emit("attention", (q, k, v), (node.name,), out, heads=heads, kv_heads=kv, d=d,
+                factor=scale * factors[0] * factors[1])
+    return [View((node.name,), t, 1.0), KVOut((node.name,), k), KVOut((node.name,), v)][:len(node.outputs)]
+
+
+@handles("DequantizeLinear", "QuantizeLinear")
+def QDQ(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    raise ip.fail("quantise/dequantise of activations is not supported; only weights given as "
+                  "DequantizeLinear of initialisers are")
+
+
