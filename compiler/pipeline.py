@@ -102,3 +102,19 @@ def compile_shape_only(config_path: str, arch: ArchConfig,
                          lengths=None if options.lengths is None else list(options.lengths),
                          metadata={"model": st.name, "config": str(config_path), "shape_only": True},
                          buckets=options.buckets, bucket_bound=options.bucket_bound)
+
+
+def compile_onnx(path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()) -> Compiled:
+    """Compile an ONNX export of a decoder-only LLM (see ``docs/frontend.md``)."""
+    from .onnx_import import import_onnx
+
+    imported = import_onnx(path)
+    s = imported.summary
+    return compile_decoder(imported.program, arch, options, metadata={
+        "model": str(path),
+        "frontend": {"layers": s.shape.layers, "hidden": s.shape.hidden, "heads": s.shape.heads,
+                     "kv_heads": s.shape.kv_heads, "head_dim": s.shape.head_dim,
+                     "intermediate": s.shape.intermediate, "vocab": s.shape.vocab,
+                     "mlp": s.shape.mlp, "norm": s.norm, "rope_theta": s.rope_theta,
+                     "position_offset": s.position_offset,
+                     "max_logit_error": s.max_logit_error}})
