@@ -1,0 +1,408 @@
+"""The cycle model: the shared dispatch/token machine timed by :mod:`.timing`.
+
+Each section runs through :func:`.dispatch.run_dispatch`, the very machine the
+functional simulator uses, with ``duration`` from :class:`.timing.Timing`; so the
+decoupled units (LD, ST, MPE, SFU) overlap exactly as far as the wait/release tokens,
+the issue queues and in-order dispatch let them. The model carries no data.
+
+:class:`CycleModel` is a :class:`~.device.Device` (load/write/read/run). :func:`simulate`
+runs a whole request (a prefill and ``decode_steps`` decode steps) and returns a
+:class:`Report`: latency, throughput, per-unit busy and stall cycles, memory traffic,
+and a timeline exportable as Chrome/Perfetto trace JSON. How decode positions map onto
+sections (exact, one run per bucket, or interpolated between compiled positions) is
+stated in the report; see docs/cycle_model.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from flightforge import formats, isa
+from flightforge.arch import ArchConfig
+from flightforge.program import Program, ProgramError
+
+from .device import DeviceError, RunResult, run_offset
+from .dispatch import Schedule, run_dispatch
+from .timing import Timing, TimingParams, timing_for
+
+UNITS = tuple(isa.Unit)
+STALL_KINDS = ("dispatch", *(f"wait_{u.name}" for u in UNITS), "release_room", "drain")
+
+
+@dataclass
+class SectionRun:
+    """One timed run of a section: its schedule and statistics."""
+
+    section: str
+    d: int  #: offset inside the section's length bucket
+    cycles: int
+    instrs: Sequence[isa.Instruction]
+    schedule: Schedule
+    durations: np.ndarray
+    busy: dict[str, int]  #: per unit: cycles occupied by instructions
+    stalls: dict[str, dict[str, int]]  #: per unit: idle cycles by cause
+    bytes_loaded: int
+    bytes_stored: int
+    channel_bytes: int  #: bytes moved in whole bursts
+    macs: int
+    sfu_elements: int
+    by_opcode: dict[str, int]
+
+    def stats(self, timing: Timing) -> dict[str, Any]:
+        peak = float(timing.peak_bytes_per_cycle)
+        return {
+            "cycles": self.cycles, "busy": self.busy, "stalls": self.stalls,
+            "bytes_loaded": self.bytes_loaded, "bytes_stored": self.bytes_stored,
+            "channel_bytes": self.channel_bytes, "macs": self.macs,
+            "sfu_elements": self.sfu_elements, "by_opcode": self.by_opcode,
+            "hbm_utilisation": (self.bytes_loaded + self.bytes_stored) / (self.cycles * peak),
+        }
+
+
+def stall_breakdown(instrs: Sequence[isa.Instruction], sched: Schedule) -> dict[str, dict[str, int]]:
+    """Why each unit was idle, from a finished schedule.
+
+    For every instruction, the idle gap on its unit before it started is split, in time
+    order, into ``dispatch`` (it had not been dispatched yet: in-order dispatch was held
+    up behind another unit's full queue or earlier instructions), ``wait_V`` (it was
+    waiting for the token from unit V that arrived last; tokens between a pair of units
+    are first-in first-out, so the k-th wait consumes the k-th release) and
+    ``release_room`` (a counter it releases to was full). Idle time after a unit's last
+    instruction is ``drain``. Busy plus stalls equals the section's cycles on every unit.
+    """
+    end, start, disp = sched.end, sched.start, sched.dispatch
+    releases: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, ins in enumerate(instrs):
+        if ins.UNIT is not None and ins.release:
+            for v in UNITS:
+                if ins.release >> v & 1:
+                    releases[(ins.UNIT, v)].append(int(end[i]))
+    consumed: Counter = Counter()
+    free = {u: 0 for u in UNITS}
+    out = {u.name: dict.fromkeys(STALL_KINDS, 0) for u in UNITS}
+    for i, ins in enumerate(instrs):
+        u = ins.UNIT
+        if u is None:
+            continue
+        s = int(start[i])
+        t = free[u]
+        row = out[u.name]
+        d = min(max(int(disp[i]), t), s)
+        row["dispatch"] += d - t
+        t = d
+        tok, who = -1, None
+        for v in UNITS:
+            if ins.wait >> v & 1:
+                k = consumed[(v, u)]
+                consumed[(v, u)] += 1
+                arrival = releases[(v, u)][k]
+                if arrival > tok:
+                    tok, who = arrival, v
+        if who is not None and tok > t:
+            w = min(tok, s)
+            row[f"wait_{who.name}"] += w - t
+            t = w
+        row["release_room"] += s - t
+        free[u] = int(end[i])
+    for u in UNITS:
+        out[u.name]["drain"] += sched.cycles - free[u]
+    return out
+
+
+class CycleModel:
+    """A timing-only FlightForge device (implements :class:`~.device.Device`).
+
+    ``write`` is accepted and discarded and ``read`` returns zeros: the model carries
+    no data, so the same driver code runs against it and against the functional
+    simulator (generation then produces meaningless tokens but real timings).
+    """
+
+    def __init__(self, arch: ArchConfig, params: TimingParams = TimingParams()) -> None:
+        self.arch = arch
+        self.params = params
+        self.timing = timing_for(arch, params)
+        self.program: Program | None = None
+        self.runs: list[SectionRun] = []
+
+    # --- Device protocol ------------------------------------------------------------
+
+    def load(self, program: Program) -> None:
+        try:
+            program.validate(self.arch)
+        except ProgramError as e:
+            raise DeviceError(f"cannot load program: {e}") from None
+        self.program = program
+        self.runs = []
+
+    def _check_range(self, addr: int, size: int) -> None:
+        if addr < 0 or size < 0 or addr + size > self.arch.hbm.capacity:
+            raise DeviceError(f"bytes {addr}..{addr + size - 1} are outside external memory "
+                              f"(0..{self.arch.hbm.capacity - 1})")
+
+    def write(self, addr: int, data: bytes) -> None:
+        self._check_range(addr, len(data))
+
+    def read(self, addr: int, size: int) -> bytes:
+        self._check_range(addr, size)
+        return bytes(size)
+
+    def run(self, section: str, length: int | None = None) -> RunResult:
+        if self.program is None:
+            raise DeviceError("no program loaded: call load() first")
+        try:
+            sec = self.program.section(section)
+        except ProgramError as e:
+            raise DeviceError(str(e)) from None
+        r = self.execute(sec.instructions, name=section, d=run_offset(sec, length))
+        self.runs.append(r)
+        return RunResult(section, len(sec), r.cycles, r.stats(self.timing))
+
+    # --- timing ------------------------------------------------------------------------
+
+    def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>",
+                d: int = 0) -> SectionRun:
+        """Time one stream ending in HALT, with bucket offset ``d``."""
+        timing = self.timing
+        if d:
+            try:
+                instrs = [isa.resolve(ins, d) if isa.is_dynamic(ins) else ins for ins in instrs]
+            except isa.EncodeError as e:
+                raise DeviceError(f"section {name!r}: {e}") from None
+        n = len(instrs)
+        durations = np.zeros(n, dtype=np.int64)
+        loaded = stored = moved = macs = elems = 0
+        by_op: Counter = Counter()
+        for i, ins in enumerate(instrs):
+            by_op[ins.OPCODE.name] += 1
+            if isinstance(ins, (isa.LD, isa.ST)):
+                cost = timing.ld(ins) if isinstance(ins, isa.LD) else timing.st(ins)
+                durations[i] = cost.cycles
+                moved += cost.burst_bytes
+                if isinstance(ins, isa.LD):
+                    loaded += cost.bytes
+                else:
+                    stored += cost.bytes
+            elif isinstance(ins, (isa.MM, isa.MV)):
+                durations[i] = timing.matmul(ins)
+                macs += ins.rows * ins.n * formats.weight_entries(ins.k, isa.SparseMode(ins.sparse))
+            elif isinstance(ins, isa.MISC):
+                durations[i] = timing.misc(ins)
+                elems += ins.rows * ins.cols
+        dur = durations.tolist()
+        sched = run_dispatch(instrs, token_depth=self.arch.token_depth,
+                             queue_depth=self.arch.queue_depth,
+                             duration=lambda i, ins: dur[i], section=name)
+        busy = {u.name: 0 for u in UNITS}
+        for i, ins in enumerate(instrs):
+            if ins.UNIT is not None:
+                busy[ins.UNIT.name] += int(sched.end[i] - sched.start[i])
+        return SectionRun(name, d, sched.cycles, instrs, sched, durations, busy,
+                          stall_breakdown(instrs, sched), loaded, stored, moved, macs, elems,
+                          dict(by_op))
+
+
+# --- whole requests ------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """A request of ``prompt_len`` tokens followed by ``decode_steps`` generated ones."""
+
+    arch: str
+    cores: int
+    clock_mhz: float
+    prompt_len: int
+    decode_steps: int
+    prefill_cycles: int
+    decode_cycles: int
+    decode_method: str  #: exact | per-bucket | interpolated (see docs/cycle_model.md)
+    decode_samples: list[dict[str, Any]]  #: position, section, d, cycles of every run
+    busy: dict[str, int]
+    stalls: dict[str, dict[str, int]]
+    bytes_loaded: int
+    bytes_stored: int
+    peak_bytes_per_cycle: float
+    prefill_run: SectionRun | None = field(default=None, repr=False)
+    decode_runs: list[SectionRun] = field(default_factory=list, repr=False)
+
+    @property
+    def total_cycles(self) -> int:
+        return self.prefill_cycles + self.decode_cycles
+
+    def seconds(self, cycles: int | float) -> float:
+        return cycles / (self.clock_mhz * 1e6)
+
+    @property
+    def prefill_seconds(self) -> float:
+        """Time to first token."""
+        return self.seconds(self.prefill_cycles)
+
+    @property
+    def decode_seconds(self) -> float:
+        return self.seconds(self.decode_cycles)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds(self.total_cycles)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_cycles else 0.0
+
+    @property
+    def hbm_utilisation(self) -> float:
+        """Bytes moved over the whole request / (time x peak bandwidth)."""
+        return (self.bytes_loaded + self.bytes_stored) / (self.total_cycles * self.peak_bytes_per_cycle)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch, "cores": self.cores, "prompt_len": self.prompt_len,
+            "decode_steps": self.decode_steps, "total_cycles": self.total_cycles,
+            "total_seconds": self.total_seconds, "prefill_cycles": self.prefill_cycles,
+            "prefill_seconds": self.prefill_seconds, "decode_cycles": self.decode_cycles,
+            "decode_seconds": self.decode_seconds, "decode_tokens_per_s": self.decode_tokens_per_s,
+            "decode_method": self.decode_method, "hbm_utilisation": self.hbm_utilisation,
+            "bytes_loaded": self.bytes_loaded, "bytes_stored": self.bytes_stored,
+            "busy": self.busy, "stalls": self.stalls, "decode_samples": self.decode_samples,
+        }
+
+    def trace(self) -> dict[str, Any]:
+        """Chrome/Perfetto trace-event JSON: one track per unit, sections end to end.
+
+        Times are microseconds at the target clock. The prefill and every decode run
+        that was simulated (one per bucket or sampled position) are laid out in order.
+        """
+        events: list[dict[str, Any]] = [
+            {"name": "process_name", "ph": "M", "pid": 0, "tid": 0,
+             "args": {"name": f"{self.arch} ({self.cores} cores)"}}]
+        for u in UNITS:
+            events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": int(u) + 1,
+                           "args": {"name": u.name}})
+        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": 0,
+                       "args": {"name": "sections"}})
+        us = 1.0 / self.clock_mhz
+        offset = 0
+        runs = ([self.prefill_run] if self.prefill_run else []) + self.decode_runs
+        for run in runs:
+            events.append({"name": run.section, "ph": "X", "pid": 0, "tid": 0,
+                           "ts": offset * us, "dur": run.cycles * us, "args": {"D": run.d}})
+            s, e = run.schedule.start, run.schedule.end
+            for i, ins in enumerate(run.instrs):
+                if ins.UNIT is None:
+                    continue
+                events.append({"name": ins.OPCODE.name, "ph": "X", "pid": 0,
+                               "tid": int(ins.UNIT) + 1, "ts": (offset + int(s[i])) * us,
+                               "dur": int(e[i] - s[i]) * us,
+                               "args": {"i": i, "asm": isa.disassemble(ins)}})
+            offset += run.cycles
+        return {"traceEvents": events, "displayTimeUnit": "ns"}
+
+    def write_trace(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.trace(), f)
+
+
+def _accumulate(total: dict, part: dict, weight: float) -> None:
+    for k, v in part.items():
+        if isinstance(v, dict):
+            _accumulate(total.setdefault(k, {}), v, weight)
+        else:
+            total[k] = total.get(k, 0) + v * weight
+
+
+def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: int, *,
+             params: TimingParams = TimingParams(), interpolate: bool = False) -> Report:
+    """Time a request: prefill of ``prompt_len`` tokens, then ``decode_steps`` steps.
+
+    Decode step ``j`` runs at position ``prompt_len + j``. A position the program has a
+    section for runs that section; all positions in one bucket run the same stream,
+    timed once at the first of them this request reaches (``per-bucket``; with one
+    section per length that is ``exact``). Positions with no section are an error,
+    unless ``interpolate``: their cycles are then interpolated linearly between the
+    nearest simulated positions below and above (never extrapolated).
+    """
+    if prompt_len < 1 or decode_steps < 0:
+        raise DeviceError(f"prompt_len must be >= 1 and decode_steps >= 0, not "
+                          f"{prompt_len} and {decode_steps}")
+    model = CycleModel(arch, params)
+    model.load(program)
+    try:
+        sec = program.section_for("prefill", prompt_len)
+    except ProgramError as e:
+        raise DeviceError(str(e)) from None
+    model.run(sec.name, prompt_len)
+    prefill = model.runs[-1]
+    decode_secs = [s for s in program.sections if s.stage == "decode"]
+    positions = range(prompt_len, prompt_len + decode_steps)
+    by_section: dict[str, list[int]] = defaultdict(list)
+    missing = []
+    for p in positions:
+        owner = next((s for s in decode_secs if s.len_lo <= p <= s.len_hi), None)
+        if owner is None:
+            missing.append(p)
+        else:
+            by_section[owner.name].append(p)
+    if missing and not interpolate:
+        raise DeviceError(f"the program has no decode section for {len(missing)} of the "
+                          f"{decode_steps} positions (first {missing[0]}); compile them, or "
+                          f"pass interpolate=True")
+    samples: dict[int, SectionRun] = {}
+    counts: dict[int, float] = defaultdict(float)
+    for name, ps in by_section.items():
+        model.run(name, ps[0])
+        samples[ps[0]] = model.runs[-1]
+        counts[ps[0]] += len(ps)
+    if missing:
+        known = sorted(samples)
+        extra = [s for s in decode_secs if s.name not in by_section]
+        # Interpolation needs simulated positions on both sides of every missing one.
+        for s in extra:
+            model.run(s.name, s.len_lo)
+            samples[s.len_lo] = model.runs[-1]
+        known = sorted(samples)
+        for p in missing:
+            lo = max((k for k in known if k < p), default=None)
+            hi = min((k for k in known if k > p), default=None)
+            if lo is None or hi is None:
+                raise DeviceError(f"decode position {p} lies outside the compiled positions "
+                                  f"{known[0] if known else '-'}..{known[-1] if known else '-'}; "
+                                  f"the model interpolates but never extrapolates")
+            w = (p - lo) / (hi - lo)
+            counts[lo] += 1 - w
+            counts[hi] += w
+    decode_cycles = 0.0
+    busy: dict = {}
+    stalls: dict = {}
+    loaded = stored = 0.0
+    for run in [prefill]:
+        _accumulate(busy, run.busy, 1)
+        _accumulate(stalls, run.stalls, 1)
+        loaded += run.bytes_loaded
+        stored += run.bytes_stored
+    for p, run in samples.items():
+        w = counts.get(p, 0.0)
+        decode_cycles += run.cycles * w
+        _accumulate(busy, run.busy, w)
+        _accumulate(stalls, run.stalls, w)
+        loaded += run.bytes_loaded * w
+        stored += run.bytes_stored * w
+    if missing:
+        method = "interpolated"
+    elif all(len(ps) == 1 for ps in by_section.values()):
+        method = "exact"
+    else:
+        method = "per-bucket"
+    timing = model.timing
+    sample_rows = [{"position": p, "section": r.section, "d": r.d, "cycles": r.cycles,
+                    "weight": counts.get(p, 0.0)} for p, r in sorted(samples.items())]
+    return Report(arch.name, timing.cores, arch.clock_mhz, prompt_len, decode_steps,
+                  prefill.cycles, int(round(decode_cycles)), method, sample_rows,
+                  {k: int(round(v)) for k, v in busy.items()},
+                  {u: {k: int(round(v)) for k, v in d.items()} for u, d in stalls.items()},
+                  int(round(loaded)), int(round(stored)), float(timing.peak_bytes_per_cycle),
+                  prefill, [samples[p] for p in sorted(samples)])

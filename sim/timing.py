@@ -1,0 +1,265 @@
+"""Per-instruction timing: how many cycles an instruction occupies its unit.
+
+``duration(arch, instr)`` is a pure function of the architecture config, the
+instruction and a few :class:`TimingParams` the config does not carry. It is written
+to be implemented again, cycle for cycle, by the RTL and its memory model: every
+formula is integer arithmetic on the instruction's fields and on constants derived once
+from the config (:class:`Timing`); the only floating-point step is that derivation
+(e.g. GB/s to bytes per cycle, rounded down to a Q8 fixed-point rate). The formulas are
+listed, with their reasons, in docs/cycle_model.md; in short:
+
+- **LD/ST**: ``latency + max(channel_cycles, port_cycles) + penalty * crossings``.
+  Every row of a 2-D transfer is rounded out to whole bursts; each burst belongs to one
+  external-memory channel (``address // channel_bytes``, or an interleaved map);
+  channels stream in parallel at ``rate_q8 / 256`` bytes per cycle each, so
+  ``channel_cycles = ceil(max_bursts_per_channel * burst * 256 / rate_q8)``. The on-chip
+  side moves at most ``banks * width`` bytes per cycle per core (``port_cycles``). A
+  row that runs over a channel boundary pays ``cross_channel_penalty_cycles`` per
+  boundary (linear map only).
+- **MM/MV**: ``max(compute, weight_port, index_port) + pipeline_depth`` with
+  ``compute = ceil(M / m) * ceil(N / n) * ceil(K_eff / k)`` for the mode's parallel
+  shape ``n x k x m``, ``K_eff = K * N_keep / M_block`` for N:M-sparse weights (the
+  stored entries), and the weight read port bounding how fast weights reach the MACs
+  (``ceil(M / m) * ceil(weight_bytes / (banks * width))``): precision matters only
+  through the bytes the port has to deliver.
+- **MISC**: ``passes * rows * max(ceil(cols / lanes), ceil(cols * elem_bytes / act_port))
+  + pipeline_depth``; softmax makes 3 passes over a row (max, exp-sum, normalise),
+  RMSNorm/LayerNorm 2 (statistics, scale), everything else 1.
+- **Several cores** (``cores > 1``): the one instruction stream runs on all cores in
+  lock step, each taking ``ceil(N / cores)`` output columns of every matrix
+  instruction, the same share of every weight/KV load and of every store, and
+  ``ceil(cols / cores)`` columns of element-wise SFU operations; row reductions
+  (softmax, norms) are replicated on every core. Every matrix instruction then
+  all-gathers its output across cores: ``sync_latency + ceil(out_bytes * (cores - 1) /
+  (cores * link_bytes))`` cycles, charged to the instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fractions import Fraction
+
+from flightforge import formats, isa
+from flightforge.arch import ArchConfig
+
+Q = 256  #: fixed-point scale of memory rates (Q8: rate_q8 / 256 bytes per cycle)
+
+#: SFU passes over a row per operation (see the module docstring)
+SFU_PASSES = {isa.MiscOp.SOFTMAX: 3, isa.MiscOp.RMSNORM: 2, isa.MiscOp.LAYERNORM: 2}
+#: SFU operations that reduce along a row: replicated, not split, across cores
+ROW_REDUCTIONS = frozenset(SFU_PASSES)
+#: buffers whose loads are split across cores (each core holds its share of the columns)
+SPLIT_BUFFERS = frozenset({isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE})
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of non-negative integers."""
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class TimingParams:
+    """Timing parameters the architecture config does not (yet) carry.
+
+    Every default is the physically neutral choice; the reproduction benchmark states
+    which values it uses and why (docs/cycle_model.md).
+    """
+
+    cores: int | None = None  #: override of ``arch.cores`` (None: the config's)
+    interleave_bytes: int = 0  #: 0: linear channel map; else bytes per channel in turn
+    channels: int = 0  #: channels the interleaved map spreads over (0: all)
+    mem_efficiency_pct: int = 100  #: sustained share of each channel's peak rate
+    sync_latency_cycles: int = 32  #: fixed cost of one cross-core all-gather
+    link_bytes_per_cycle: int = 64  #: bytes per cycle into each core during an all-gather
+
+    def __post_init__(self) -> None:
+        for name in ("interleave_bytes", "channels", "sync_latency_cycles"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, not {getattr(self, name)!r}")
+        if self.cores is not None and self.cores < 1:
+            raise ValueError(f"cores must be at least 1, not {self.cores!r}")
+        if not 1 <= self.mem_efficiency_pct <= 100:
+            raise ValueError(f"mem_efficiency_pct must be 1..100, not {self.mem_efficiency_pct!r}")
+        if self.link_bytes_per_cycle < 1:
+            raise ValueError(f"link_bytes_per_cycle must be at least 1, not "
+                             f"{self.link_bytes_per_cycle!r}")
+
+
+@dataclass
+class TransferCost:
+    """The parts of a LD/ST duration, for statistics."""
+
+    cycles: int
+    bytes: int  #: bytes the instruction asked for
+    burst_bytes: int  #: bytes moved on the channels (whole bursts)
+    crossings: int
+
+
+class Timing:
+    """Integer constants derived once from an architecture config, and the formulas.
+
+    ``Timing(arch).duration(instr)`` is what :func:`duration` computes; a cycle model
+    builds one ``Timing`` and calls it for every instruction.
+    """
+
+    def __init__(self, arch: ArchConfig, params: TimingParams = TimingParams()) -> None:
+        mem = arch.hbm
+        self.arch = arch
+        self.params = params
+        self.cores = params.cores or arch.cores
+        self.burst = mem.burst_bytes
+        self.channel_bytes = mem.channel_bytes
+        self.n_channels = mem.channels
+        if params.channels > mem.channels:
+            raise ValueError(f"channels {params.channels} exceeds the {mem.channels} channels "
+                             f"of {arch.name}")
+        self.interleave = params.interleave_bytes
+        if self.interleave and self.interleave % self.burst:
+            raise ValueError(f"interleave_bytes {self.interleave} must be a multiple of the "
+                             f"burst size {self.burst}")
+        self.ways = params.channels or mem.channels  #: channels of the interleaved map
+        # Config conversion (the only non-integer step): exact rationals, rounded down.
+        clock = Fraction(str(arch.clock_mhz)) * 10**6
+        per_channel = Fraction(str(mem.bandwidth_gbs)) * 10**9 / mem.channels / clock
+        self.rate_q8 = max(1, int(per_channel * Q * params.mem_efficiency_pct / 100))
+        self.latency = int(-(-Fraction(str(mem.latency_ns)) * Fraction(str(arch.clock_mhz)) // 1000))
+        self.penalty = mem.cross_channel_penalty_cycles
+        self.port = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
+        self.peak_bytes_per_cycle = Fraction(str(mem.bandwidth_gbs)) * 10**9 / clock
+
+    # --- external memory -----------------------------------------------------------
+
+    def _span_bursts(self, lo: int, hi: int, loads: dict[int, int]) -> int:
+        """Add the bursts of the byte span ``[lo, hi)`` to per-channel ``loads``;
+        returns the channel boundaries the span crosses (linear map)."""
+        b = self.burst
+        first, last = lo // b, (hi - 1) // b
+        if self.interleave:
+            per = self.interleave // b  # bursts per interleave unit
+            u0, u1 = first // per, last // per
+            if u0 == u1:
+                c = u0 % self.ways
+                loads[c] = loads.get(c, 0) + last - first + 1
+                return 0
+            c0, c1 = u0 % self.ways, u1 % self.ways
+            loads[c0] = loads.get(c0, 0) + per - first % per
+            loads[c1] = loads.get(c1, 0) + last % per + 1
+            mid = u1 - u0 - 1
+            if mid:
+                full, extra = divmod(mid, self.ways)
+                for j in range(min(mid, self.ways)):
+                    c = (u0 + 1 + j) % self.ways
+                    loads[c] = loads.get(c, 0) + per * (full + (1 if j < extra else 0))
+            return 0
+        per = self.channel_bytes // b  # bursts per channel
+        c0, c1 = first // per, last // per
+        for c in range(c0, c1 + 1):
+            lo_b = max(first, c * per)
+            hi_b = min(last, (c + 1) * per - 1)
+            loads[c] = loads.get(c, 0) + hi_b - lo_b + 1
+        return c1 - c0
+
+    def transfer(self, ext: int, rows: int, row_bytes: int, ext_stride: int, buf: isa.Buf,
+                 split: bool) -> TransferCost:
+        """Cycles of a 2-D transfer between external memory and buffer ``buf``."""
+        loads: dict[int, int] = {}
+        crossings = 0
+        if rows == 1 or ext_stride == row_bytes:
+            crossings += self._span_bursts(ext, ext + rows * row_bytes, loads)
+        else:
+            for r in range(rows):
+                a = ext + r * ext_stride
+                crossings += self._span_bursts(a, a + row_bytes, loads)
+        worst = max(loads.values())
+        channel_cycles = cdiv(worst * self.burst * Q, self.rate_q8)
+        nbytes = rows * row_bytes
+        share = cdiv(nbytes, self.cores) if split else nbytes
+        port_cycles = cdiv(share, self.port[buf])
+        cycles = self.latency + max(channel_cycles, port_cycles) + self.penalty * crossings
+        return TransferCost(cycles, nbytes, sum(loads.values()) * self.burst, crossings)
+
+    def ld(self, i: isa.LD) -> TransferCost:
+        return self.transfer(i.src, i.rows, i.row_bytes, i.src_stride, isa.Buf(i.buf),
+                             isa.Buf(i.buf) in SPLIT_BUFFERS)
+
+    def st(self, i: isa.ST) -> TransferCost:
+        return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True)
+
+    # --- matrix engine -------------------------------------------------------------
+
+    def matmul_compute(self, i: isa.MM | isa.MV) -> int:
+        """Cycles of the MACs alone (no port, pipeline or synchronisation terms)."""
+        shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
+        k_eff = formats.weight_entries(i.k, isa.SparseMode(i.sparse))
+        n_c = cdiv(i.n, self.cores)
+        return cdiv(i.rows, shape.m) * cdiv(n_c, shape.n) * cdiv(k_eff, shape.k)
+
+    def matmul(self, i: isa.MM | isa.MV) -> int:
+        shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
+        mode = isa.SparseMode(i.sparse)
+        n_c = cdiv(i.n, self.cores)
+        row_tiles = cdiv(i.rows, shape.m)
+        wrb = i.k if i.wkn else formats.weight_row_bytes(i.k, i.wprec, mode)
+        weight_port = row_tiles * cdiv(n_c * wrb, self.port[isa.Buf.WGT])
+        mrb = formats.meta_row_bytes(i.k, mode)
+        index_port = row_tiles * cdiv(n_c * mrb, self.port[isa.Buf.META]) if mrb else 0
+        cycles = max(self.matmul_compute(i), weight_port, index_port) + self.arch.mpe.pipeline_depth
+        return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)
+
+    def sync(self, out_bytes: int) -> int:
+        """All-gather of a matrix result across cores (0 on one core)."""
+        if self.cores == 1:
+            return 0
+        p = self.params
+        return p.sync_latency_cycles + cdiv(out_bytes * (self.cores - 1),
+                                            self.cores * p.link_bytes_per_cycle)
+
+    # --- special-function unit -------------------------------------------------------
+
+    def misc(self, i: isa.MISC) -> int:
+        op = isa.MiscOp(i.op)
+        passes = SFU_PASSES.get(op, 1)
+        cols = i.cols if op in ROW_REDUCTIONS else cdiv(i.cols, self.cores)
+        elem = isa.DType(i.a_dt).nbytes + isa.DType(i.d_dt).nbytes
+        if op in (isa.MiscOp.ADD, isa.MiscOp.MUL):
+            elem += isa.DType(i.b_dt).nbytes
+        sfu = self.arch.sfu
+        per_row = max(cdiv(cols, sfu.lanes), cdiv(cols * elem, self.port[isa.Buf.ACT]))
+        return passes * i.rows * per_row + sfu.pipeline_depth
+
+    # --- dispatch --------------------------------------------------------------------
+
+    def duration(self, i: isa.Instruction) -> int:
+        """Cycles ``i`` occupies its unit (0 for SYS, which occupies none)."""
+        if isinstance(i, isa.LD):
+            return self.ld(i).cycles
+        if isinstance(i, isa.ST):
+            return self.st(i).cycles
+        if isinstance(i, (isa.MM, isa.MV)):
+            return self.matmul(i)
+        if isinstance(i, isa.MISC):
+            return self.misc(i)
+        return 0
+
+
+_CACHE: dict[tuple[ArchConfig, TimingParams], Timing] = {}
+
+
+def timing_for(arch: ArchConfig, params: TimingParams = TimingParams()) -> Timing:
+    """The (cached) :class:`Timing` of a config and parameters."""
+    key = (arch, params)
+    t = _CACHE.get(key)
+    if t is None:
+        t = _CACHE[key] = Timing(arch, params)
+    return t
+
+
+def duration(arch: ArchConfig, instr: isa.Instruction,
+             params: TimingParams = TimingParams()) -> int:
+    """Cycles ``instr`` occupies its unit on ``arch``: the cycle model's only timing input."""
+    return timing_for(arch, params).duration(instr)
+
+
+def with_cores(params: TimingParams, cores: int) -> TimingParams:
+    return dataclasses.replace(params, cores=cores)
