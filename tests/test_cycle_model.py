@@ -1,0 +1,226 @@
+"""The cycle model: hand-computed schedules, the timing formulas, reports and traces.
+
+The ``tiny`` target's constants, which the expected numbers below are computed from:
+100 MHz; 2 channels of 32 MiB at 1.6 GB/s in all, so 8 bytes per cycle per channel
+(rate_q8 = 2048); 200 ns latency = 20 cycles; 8-byte bursts; a 2-cycle cross-channel
+penalty; buffer ports of 2 x 4 = 8 bytes per cycle (ACT, WGT) and 4 (GLB, META, SCALE);
+MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 8 x 1, MPE pipeline 4; SFU 4 lanes,
+pipeline 4.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flightforge import isa
+from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.isa import Buf, DType, MiscOp, SparseMode, Unit, WPrec
+from flightforge.mappings import load_target
+from flightforge.sim.cycle_model import CycleModel, simulate, stall_breakdown
+from flightforge.sim.device import DeviceError
+from flightforge.sim.timing import Timing, TimingParams, duration
+
+TINY = load_target("tiny")
+CH = 32 << 20  # tiny's channel_bytes
+HALT = isa.SYS(op=isa.SysOp.HALT)
+LD_RELEASE_MPE = 1 << Unit.MPE
+MV_WAITS_LD = 1 << Unit.LD
+
+
+def ld(nbytes: int, src: int = 0, buf: Buf = Buf.WGT, **kw) -> isa.LD:
+    return isa.LD(buf=buf, src=src, rows=1, row_bytes=nbytes, src_stride=nbytes,
+                  dst_stride=nbytes, **kw)
+
+
+def mv(n: int, k: int, **kw) -> isa.MV:
+    return isa.MV(n=n, k=k, mult=1, **kw)
+
+
+def run(instrs, params: TimingParams = TimingParams()):
+    return CycleModel(TINY, params).execute(instrs)
+
+
+def test_derived_constants_of_tiny():
+    t = Timing(TINY)
+    assert (t.rate_q8, t.latency, t.burst, t.penalty) == (2048, 20, 8, 2)
+    assert t.port[Buf.ACT] == 8 and t.port[Buf.META] == 4
+
+
+@pytest.mark.parametrize("src,nbytes,expected", [
+    (0, 64, 20 + 8),  # 8 bursts on one channel = 8 cycles; the WGT port also takes 8
+    (3, 64, 20 + 9),  # unaligned: 9 bursts
+    (CH - 32, 64, 20 + 8 + 2),  # 4 bursts per channel, port-bound at 8, one crossing
+])
+def test_load_cycles(src, nbytes, expected):
+    assert duration(TINY, ld(nbytes, src)) == expected
+
+
+def test_rows_in_different_channels_stream_in_parallel():
+    strided = isa.LD(buf=Buf.WGT, src=0, rows=2, row_bytes=256, src_stride=CH, dst_stride=256)
+    contiguous = ld(512)
+    t = Timing(TINY, TimingParams())
+    # 32 bursts per channel (32 cycles) vs 64 on one channel; both bound by the 8 B port.
+    assert t.ld(strided).cycles == 20 + 64 and t.ld(contiguous).cycles == 20 + 64
+    wide = Timing(TINY.model_copy(update={"buffers": TINY.buffers.model_copy(
+        update={"wgt": TINY.buffers.wgt.model_copy(update={"banks": 8})})}))
+    assert wide.ld(strided).cycles == 20 + 32 and wide.ld(contiguous).cycles == 20 + 64
+
+
+def test_interleaved_map_spreads_a_contiguous_load():
+    t = Timing(TINY, TimingParams(interleave_bytes=16))
+    cost = t.ld(ld(64))
+    # 4 units of 16 bytes alternate between the 2 channels: 4 bursts each.
+    assert cost.cycles == 20 + max(4, 8) and cost.crossings == 0 and cost.burst_bytes == 64
+
+
+def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
+    int8 = duration(TINY, mv(64, 64))
+    int4 = duration(TINY, mv(64, 64, wprec=WPrec.INT4))
+    # compute: ceil(64/4) * ceil(64/8) = 128 cycles; the 8 B/cycle WGT port needs 512
+    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the 4-cycle pipeline.
+    assert (int8, int4) == (512 + 4, 256 + 4)
+
+
+@pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
+def test_nm_sparse_mm_costs_n_over_m_of_dense(mode):
+    t = Timing(TINY)
+    dense = isa.MM(m=4, n=16, k=64, a_stride=64, mult=1)
+    sparse = isa.MM(m=4, n=16, k=64, a_stride=64, mult=1, sparse=mode)
+    assert t.matmul_compute(dense) == 1 * 8 * 16
+    assert t.matmul_compute(sparse) * mode.m == t.matmul_compute(dense) * mode.n
+    assert t.matmul(sparse) < t.matmul(dense)
+
+
+def test_mm_tiles_rows_columns_and_k():
+    t = Timing(TINY)
+    # 5 rows need 2 row tiles of 4; 3 columns need 2 column tiles of 2; K=9 needs 3 of 4.
+    assert t.matmul_compute(isa.MM(m=5, n=3, k=9, a_stride=9, mult=1)) == 2 * 2 * 3
+
+
+def test_sfu_passes_and_port():
+    t = Timing(TINY)
+    add = isa.MISC(op=MiscOp.ADD, rows=2, cols=64)
+    soft = isa.MISC(op=MiscOp.SOFTMAX, rows=1, cols=64, a_dt=DType.INT32)
+    # ADD: 3 bytes per element through the 8 B/cycle ACT port: 24 cycles a row (> 16 lanes)
+    assert t.misc(add) == 2 * 24 + 4
+    # SOFTMAX: 3 passes over 64 columns of INT32 in, INT8 out: 5 bytes an element -> 40
+    assert t.misc(soft) == 3 * 40 + 4
+
+
+def test_ld_overlaps_an_independent_mv():
+    r = run([ld(64), mv(64, 64), HALT])
+    s, e = r.schedule.start, r.schedule.end
+    assert (s[0], e[0]) == (0, 28)
+    assert (s[1], e[1]) == (1, 1 + 516)  # dispatched one cycle later, runs concurrently
+    assert r.cycles == 517 + 1  # HALT retires the cycle after the last completion
+    assert r.busy["LD"] == 28 and r.busy["MPE"] == 516
+
+
+def test_missing_token_is_a_stall_in_the_breakdown():
+    r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
+    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 516)
+    mpe = r.stalls["MPE"]
+    assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
+    ld_row = r.stalls["LD"]
+    assert ld_row["drain"] == r.cycles - 28
+    for unit in ("LD", "ST", "MPE", "SFU"):
+        assert r.busy[unit] + sum(r.stalls[unit].values()) == r.cycles
+
+
+def test_full_token_counter_is_a_release_room_stall():
+    # token_depth 4: the fifth LD releasing to the MPE waits for the MPE to consume one.
+    lds = [ld(64, release=LD_RELEASE_MPE) for _ in range(5)]
+    mvs = [mv(4, 8, wait=MV_WAITS_LD) for _ in range(5)]
+    r = run([mv(64, 64), *lds, *mvs, HALT])
+    assert r.stalls["LD"]["release_room"] > 0
+    assert stall_breakdown(r.instrs, r.schedule) == r.stalls
+
+
+def test_two_cores_split_columns_and_pay_an_all_gather():
+    one = Timing(TINY)
+    two = Timing(TINY, TimingParams(cores=2))
+    i = mv(64, 64)
+    assert two.matmul_compute(i) * 2 == one.matmul_compute(i)
+    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 4; then
+    # the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
+    assert two.matmul(i) == 256 + 4 + 32 + 1
+    # A weight load's share per core halves the port time; the channel still carries all.
+    assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
+    assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
+    assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == \
+        one.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64))
+
+
+def test_timing_params_are_checked():
+    with pytest.raises(ValueError, match="mem_efficiency_pct must be 1..100, not 0"):
+        TimingParams(mem_efficiency_pct=0)
+    with pytest.raises(ValueError, match="interleave_bytes 12 must be a multiple of the burst size 8"):
+        Timing(TINY, TimingParams(interleave_bytes=12))
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    shape = DecoderShape(2, 32, 2, 2, 16, 64, 50, "swiglu", True)
+    return compile_decoder(random_decoder(shape, seed=3), TINY,
+                           CompileOptions(max_len=12, lengths=(4, 5, 6, 8))).program
+
+
+def test_device_protocol_runs_sections(compiled):
+    dev = CycleModel(TINY)
+    with pytest.raises(DeviceError, match="no program loaded"):
+        dev.run("decode_4")
+    dev.load(compiled)
+    dev.write(0, b"\x01\x02")
+    assert dev.read(0, 2) == b"\0\0"
+    res = dev.run("decode_4")
+    assert res.cycles > 0 and res.instructions == len(compiled.section("decode_4"))
+    assert 0 < res.stats["hbm_utilisation"] <= 1
+
+
+def test_simulate_a_small_decoder(compiled, tmp_path):
+    rep = simulate(compiled, TINY, prompt_len=4, decode_steps=3)
+    assert rep.decode_method == "exact"
+    assert [s["position"] for s in rep.decode_samples] == [4, 5, 6]
+    assert rep.total_cycles == rep.prefill_cycles + sum(s["cycles"] for s in rep.decode_samples)
+    assert rep.prefill_seconds == rep.prefill_cycles / 100e6
+    assert rep.decode_tokens_per_s == pytest.approx(3 / rep.decode_seconds)
+    # Later positions attend over more cached rows.
+    cycles = [s["cycles"] for s in rep.decode_samples]
+    assert cycles == sorted(cycles)
+    assert 0 < rep.hbm_utilisation <= 1
+    for unit in ("LD", "ST", "MPE", "SFU"):
+        assert rep.busy[unit] + sum(rep.stalls[unit].values()) == rep.total_cycles
+    path = tmp_path / "t.json"
+    rep.write_trace(str(path))
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {"sections", "LD", "ST", "MPE", "SFU"}
+    slices = [e for e in events if e["ph"] == "X"]
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 and isinstance(e["tid"], int) for e in slices)
+    per_unit = {}
+    for e in slices:
+        if e["tid"]:
+            assert per_unit.get(e["tid"], -1) <= e["ts"] + 1e-9, "slices on one track overlap"
+            per_unit[e["tid"]] = e["ts"] + e["dur"]
+    assert len([e for e in slices if e["tid"] == 0]) == 4  # prefill + 3 decode runs
+
+
+def test_missing_decode_positions_are_interpolated_only_on_request(compiled):
+    with pytest.raises(DeviceError, match="no decode section for 1 of the 5 positions"):
+        simulate(compiled, TINY, prompt_len=4, decode_steps=5)
+    rep = simulate(compiled, TINY, prompt_len=4, decode_steps=5, interpolate=True)
+    assert rep.decode_method == "interpolated"
+    c = {s["position"]: s["cycles"] for s in rep.decode_samples}
+    assert rep.decode_cycles == round(c[4] + c[5] + c[6] + (c[6] + c[8]) / 2 + c[8])
+    with pytest.raises(DeviceError, match="never extrapolates"):
+        simulate(compiled, TINY, prompt_len=4, decode_steps=6, interpolate=True)
+
+
+def test_more_cores_are_faster_on_the_same_program(compiled):
+    one = simulate(compiled, TINY, 4, 1, params=TimingParams(cores=1))
+    two = simulate(compiled, TINY, 4, 1, params=TimingParams(cores=2, sync_latency_cycles=0))
+    assert two.cores == 2 and two.total_cycles < one.total_cycles
