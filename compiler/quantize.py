@@ -136,6 +136,17 @@ class QuantLinear:
         return formats.ColumnRecords(bias_q, mult, self.gscale)
 
 
+def _zero_columns_borrow(peak: np.ndarray) -> np.ndarray:
+    """Column peaks with zeros replaced by the largest peak.
+
+    An all-zero column (OPT's padding token in a tied LM head) quantises to zeros at any
+    scale; a tiny scale would make its requantisation multiplier underflow next to the
+    other columns', so it borrows the largest column's scale instead.
+    """
+    top = float(peak.max()) if peak.size and peak.max() > 0 else 1.0
+    return np.where(peak > 0, peak, top)
+
+
 def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPrec = WPrec.INT8,
                     group: int = 0, sparse: SparseMode = SparseMode.DENSE) -> QuantLinear:
     """Quantise float weights ``w[N][K]`` (PyTorch Linear layout)."""
@@ -148,14 +159,16 @@ def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPre
         if k % group:
             raise CompileError(f"K={k} is not a multiple of the weight group size {group}")
         g = w.reshape(n_out, k // group, group)
-        s = np.maximum(np.abs(g).max(axis=2), tiny) / qmax
+        s = np.abs(g).max(axis=2)
+        s = np.where(s.max(axis=1, keepdims=True) > 0, np.maximum(s, tiny),
+                     _zero_columns_borrow(s.max(axis=1))[:, None]) / qmax
         big = s.max(axis=1)
         u = np.clip(np.ceil(s / big[:, None] * 255 - 1e-9), 1, 255).astype(np.int64)
         unit = big / 255
         eff = np.repeat(u * unit[:, None], group, axis=1)
         q = np.clip(np.round(w / eff), -qmax - 1, qmax).astype(np.int64)
         return QuantLinear(q, WPrec(prec), SparseMode(sparse), group, unit, u, bias)
-    s = np.maximum(np.abs(w).max(axis=1), tiny) / qmax
+    s = _zero_columns_borrow(np.abs(w).max(axis=1)) / qmax
     q = np.clip(np.round(w / s[:, None]), -qmax - 1, qmax).astype(np.int64)
     return QuantLinear(q, WPrec(prec), SparseMode(sparse), 0, s,
                        np.zeros((n_out, 0), dtype=np.int64), bias)
