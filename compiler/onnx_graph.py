@@ -235,11 +235,14 @@ def probe_values(g: OnnxGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
     model = onnx.ModelProto()
     model.CopyFrom(g.model)
     have = {o.name for o in model.graph.output}
-    for node in g.nodes.values():
+    types = dict(g.elem_types)
+    types.update({k: helper.np_dtype_to_tensor_dtype(v.dtype) for k, v in g.initializers.items()})
+    for node in g.order():
         for t in node.outputs:
+            if t and not types.get(t):  # contrib ops shape inference does not know
+                types[t] = _fallback_type(node, types)
             if t and t not in have:
-                elem = g.elem_types.get(t) or _fallback_type(g, node)
-                model.graph.output.append(helper.make_tensor_value_info(t, elem, None))
+                model.graph.output.append(helper.make_tensor_value_info(t, types[t], None))
                 have.add(t)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -260,10 +263,8 @@ def probe_values(g: OnnxGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
     return out
 
 
-def _fallback_type(g: OnnxGraph, node: OnnxNode) -> int:
-    for t in node.inputs:
-        if t in g.elem_types and g.elem_types[t]:
-            return g.elem_types[t]
-        if t in g.initializers:
-            return helper.np_dtype_to_tensor_dtype(g.initializers[t].dtype)
-    return onnx.TensorProto.FLOAT
+def _fallback_type(node: OnnxNode, types: dict[str, int]) -> int:
+    """The first float input's type: what contrib ops (norms, attention, MatMulNBits) output."""
+    known = [types[t] for t in node.inputs if t and types.get(t)]
+    floats = [t for t in known if helper.tensor_dtype_to_np_dtype(t).kind == "f"]
+    return (floats or known or [onnx.TensorProto.FLOAT])[0]
