@@ -156,7 +156,9 @@ class Elem(Tag):
     layout: Layout = None
 
     def describe(self) -> str:
-        return "an elementwise function of a tensor"
+        base = self.base if isinstance(self.base, Tensor) else self.base.t
+        kind = base.event.kind if base.event else "decoder"
+        return f"an elementwise function of the {kind} output of layer {base.depth // 2}"
 
 
 @dataclass(eq=False)
@@ -399,8 +401,9 @@ class Interpreter:
         out = []
         for t in node.inputs:
             tag = self.tags.get(t)
-            for attr in ("t", "x", "q"):
+            for attr in ("t", "x", "q", "base"):
                 v = getattr(tag, attr, None)
+                v = v.t if isinstance(v, Centered) else v
                 if isinstance(v, Tensor):
                     out.append(v)
             if isinstance(tag, Probs):
