@@ -235,8 +235,11 @@ def _save(model: onnx.ModelProto, path: str | Path, check: bool = True) -> Path:
 # ------------------------------------------------------------------------------ styles
 
 def llama(prog: DecoderProgram, heads: int, path, *, mask: str = "where",
-          norm_style: str = "reciprocal", weights: str = "float") -> Path:
+          norm_style: str = "reciprocal", weights: str = "float", past: bool = False) -> Path:
+    """``past``: Optimum-style ``past_key_values.{i}.key/value`` inputs concatenated with
+    the new rows, and ``present.{i}.key/value`` outputs (the mask assumes an empty past)."""
     b = GraphBuilder()
+    pasts, presents = [], []
     P = Parts(b, prog, heads)
     cos, sin = P.rope_tables()
     m = P.causal_mask(mask)
@@ -247,6 +250,12 @@ def llama(prog: DecoderProgram, heads: int, path, *, mask: str = "where",
         q = P.rotate_half_rope(P.heads_view(P.linear(x, p + "q", weights), heads), cos, sin)
         k = P.rotate_half_rope(P.heads_view(P.linear(x, p + "k", weights), P.kv), cos, sin)
         v = P.heads_view(P.linear(x, p + "v", weights), P.kv)
+        if past:
+            names = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+            pasts += [(n, P.kv, P.d) for n in names]
+            k = b.op("Concat", names[0], k, axis=2, out=f"present.{i}.key")
+            v = b.op("Concat", names[1], v, axis=2, out=f"present.{i}.value")
+            presents += [f"present.{i}.key", f"present.{i}.value"]
         ctx = P.sdpa(q, P.repeat_kv(k), P.repeat_kv(v), m, "mul" if i % 2 else "div")
         h = b.op("Add", h, P.linear(ctx, p + "o", weights))
         x = P.rms(h, p + "ln2", norm_style)
@@ -256,7 +265,9 @@ def llama(prog: DecoderProgram, heads: int, path, *, mask: str = "where",
                                     p + "down", weights))
     x = P.rms(h, "final_norm", norm_style)
     b.op("MatMul", x, P.weight("lm_head", weights)[0], out="logits")
-    ins, outs = _io(prog.vocab)
+    ins, outs = _io(prog.vocab, pasts)
+    outs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, P.kv, "total", P.d])
+             for n in presents]
     return _save(b.model(ins, outs), path)
 
 

@@ -36,6 +36,7 @@ LAYERED = dict(norm="layer", bias=True, learned_positions=64)
 STYLES = {
     "llama": (LLAMA, {}, lambda p, f: ob.llama(p, 6, f)),
     "llama-trilu-div": (LLAMA, {}, lambda p, f: ob.llama(p, 6, f, mask="trilu", norm_style="div")),
+    "llama-optimum-past": (LLAMA, {}, lambda p, f: ob.llama(p, 6, f, past=True)),
     "gpt2": (GPT2, LAYERED, lambda p, f: ob.gpt2(p, 6, f)),
     "opt": (OPT, LAYERED, lambda p, f: ob.opt(p, 6, f)),
     "genai": (LLAMA, {}, lambda p, f: ob.genai(p, 6, f)),
