@@ -3,16 +3,27 @@
 Compiling every length separately costs storage linear in the number of lengths (the
 FlightLLM paper: terabytes for a 7B model); one stream per bucket, run with the actual
 length, costs only the bucket's padding (see :mod:`.lower` for how a stream is made
-length-adaptive). Three policies:
+length-adaptive). A plan has three parts:
 
-- ``per_length``: one section per length (no padding);
-- ``fixed``: FlightLLM's artifact, prefill rounded up to multiples of 128 and decode to
-  multiples of 16;
-- ``auto``: the widest buckets whose modelled latency overhead stays within a bound
-  (default 2%) at every length, given a latency model of one run (the analytical
-  estimate :func:`estimate_cycles` until a cycle model is plugged in). Growing each
-  bucket greedily to the bound gives the fewest buckets for any latency that grows with
-  length, and so the least instruction storage.
+- ``prefill``: whole-prompt sections, one per bucket of prompt lengths (the per-length
+  policy, or an explicit plan);
+- ``chunk_starts``: chunked prefill: a prompt of ``L`` tokens runs as passes of
+  ``chunk`` rows starting at ``0, chunk, 2*chunk, ...`` (the host loops ``ceil(L /
+  chunk)`` times); one stream serves every chunk start of a bucket, attending over the
+  bucket's padded context, so prefill storage no longer grows with the prompt;
+- ``decode``: one section per bucket of decode positions.
+
+Policies:
+
+- ``per_length``: one whole-prompt section per length and one decode section per
+  position (no padding);
+- ``fixed``: FlightLLM's artifact granularity: chunk starts grouped by 128 positions,
+  decode positions by 16;
+- ``auto``: the widest buckets whose modelled latency at the bucket's top stays within a
+  bound (default 2%) of its latency at the bottom, given a latency model of one pass
+  (the analytical :func:`estimate_cycles` until a cycle model is plugged in). Growing
+  each bucket greedily to the bound gives the fewest buckets for any latency that grows
+  with length, and so the least instruction storage.
 """
 
 from __future__ import annotations
@@ -36,16 +47,14 @@ def _fixed(first: int, last: int, step: int) -> list[Bucket]:
     return [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)] if step else []
 
 
-def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float,
-            split_every: int | None = None) -> list[Bucket]:
+def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float) -> list[Bucket]:
     out = []
     lo = first
     while lo <= last:
         hi = lo
         base = cost(lo)
         # Latency grows with length, so the bucket's worst case is its shortest length.
-        while hi < last and cost(hi + 1) <= base * (1 + bound) and \
-                (split_every is None or (lo - 1) // split_every == hi // split_every):
+        while hi < last and cost(hi + 1) <= base * (1 + bound):
             hi += 1
         out.append((lo, hi))
         lo = hi + 1
@@ -54,8 +63,9 @@ def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float,
 
 @dataclass(frozen=True)
 class BucketPlan:
-    prefill: tuple[Bucket, ...]
-    decode: tuple[Bucket, ...]
+    prefill: tuple[Bucket, ...]  #: whole-prompt sections by prompt length
+    decode: tuple[Bucket, ...]  #: decode sections by position
+    chunk_starts: tuple[Bucket, ...] = ()  #: chunked prefill: buckets of chunk start positions
 
     @classmethod
     def per_length(cls, max_len: int) -> BucketPlan:
@@ -63,58 +73,62 @@ class BucketPlan:
                    tuple((p, p) for p in range(1, max_len)))
 
     @classmethod
-    def fixed(cls, max_len: int, prefill_step: int = 128, decode_step: int = 16,
-              chunk: int | None = None) -> BucketPlan:
-        """Buckets of ``prefill_step`` prompt lengths and ``decode_step`` positions.
-
-        ``chunk`` (the prefill chunk of a last-row-logits program) splits prefill buckets
-        at chunk boundaries, where the chunk holding the last row changes.
-        """
-        prefill = _fixed(1, max_len, prefill_step)
-        if chunk is not None:
-            prefill = [piece for lo, hi in prefill for piece in _split(lo, hi, chunk)]
-        return cls(tuple(prefill), tuple(_fixed(1, max_len - 1, decode_step)))
+    def fixed(cls, max_len: int, chunk: int, prefill_step: int = 128,
+              decode_step: int = 16) -> BucketPlan:
+        """Chunk starts grouped by ``prefill_step`` positions, decode by ``decode_step``."""
+        starts = list(range(0, max_len, chunk))
+        groups: dict[int, list[int]] = {}
+        for s in starts:
+            groups.setdefault(s // prefill_step, []).append(s)
+        return cls((), tuple(_fixed(1, max_len - 1, decode_step)),
+                   tuple((g[0], g[-1]) for g in groups.values()))
 
     @classmethod
-    def auto(cls, max_len: int, latency: Callable[[str, int], float], bound: float = 0.02,
-             chunk: int | None = None) -> BucketPlan:
-        """Widest buckets with ``latency(stage, hi) <= (1 + bound) * latency(stage, lo)``."""
-        return cls(tuple(_greedy(1, max_len, lambda n: latency("prefill", n), bound, chunk)),
-                   tuple(_greedy(1, max_len - 1, lambda n: latency("decode", n), bound)))
+    def auto(cls, max_len: int, latency: Callable[[int, int], float], bound: float,
+             chunk: int) -> BucketPlan:
+        """Widest buckets whose pass at the top costs at most ``1 + bound`` times the
+        pass at the bottom; ``latency(rows, ctx)`` models one pass."""
+        starts = list(range(0, max_len, chunk))
+        idx = _greedy(0, len(starts) - 1, lambda i: latency(chunk, starts[i] + chunk), bound)
+        return cls((), tuple(_greedy(1, max_len - 1, lambda p: latency(1, p + 1), bound)),
+                   tuple((starts[a], starts[b]) for a, b in idx))
 
-    def check(self, max_len: int, chunk: int | None) -> None:
-        """Every length covered exactly once; last-row buckets inside one prefill chunk."""
-        for stage, buckets, last in (("prefill", self.prefill, max_len),
-                                     ("decode", self.decode, max_len - 1)):
-            expect = 1
+    def check(self, max_len: int, last_chunk: int | None = None, chunk: int | None = None) -> None:
+        """Every length covered exactly once; last-row buckets inside one prefill chunk;
+        chunk-start buckets on multiples of the chunk."""
+        parts = [("decode", self.decode, 1, max_len - 1, 1)]
+        if self.chunk_starts:
+            if self.prefill:
+                raise CompileError("a plan has either whole-prompt prefill buckets or chunk-start "
+                                   "buckets, not both")
+            if chunk is None:
+                raise CompileError("chunk-start buckets need a chunked prefill")
+            parts.append(("chunk start", self.chunk_starts, 0, (max_len - 1) // chunk * chunk, chunk))
+        else:
+            parts.append(("prefill", self.prefill, 1, max_len, 1))
+        for stage, buckets, first, last, step in parts:
+            expect = first
             for lo, hi in buckets:
-                if lo != expect or hi < lo:
-                    raise CompileError(f"{stage} buckets must cover 1..{last} in order without "
-                                       f"gaps or overlaps; bucket {lo}..{hi} follows {expect - 1}")
-                expect = hi + 1
-            if expect != last + 1:
-                raise CompileError(f"{stage} buckets end at {expect - 1}, not at {last}")
-        if chunk is not None:
+                if lo != expect or hi < lo or (hi - lo) % step:
+                    raise CompileError(f"{stage} buckets must cover {first}..{last} in steps of "
+                                       f"{step} without gaps or overlaps; bucket {lo}..{hi} "
+                                       f"follows {expect - step}")
+                expect = hi + step
+            if expect != last + step:
+                raise CompileError(f"{stage} buckets end at {expect - step}, not at {last}")
+        if last_chunk is not None:
             for lo, hi in self.prefill:
-                if (lo - 1) // chunk != (hi - 1) // chunk:
+                if (lo - 1) // last_chunk != (hi - 1) // last_chunk:
                     raise CompileError(f"prefill bucket {lo}..{hi} spans a prefill chunk boundary "
-                                       f"(chunk {chunk}): with last-row logits its last row would "
-                                       f"move between chunks; split it at multiples of {chunk}")
+                                       f"(chunk {last_chunk}): with last-row logits its last row "
+                                       f"would move between chunks; split it at multiples of "
+                                       f"{last_chunk}")
 
     def bucket_of(self, stage: str, length: int) -> Bucket:
         for lo, hi in getattr(self, stage):
             if lo <= length <= hi:
                 return lo, hi
         raise KeyError(f"no {stage} bucket holds length {length}")
-
-
-def _split(lo: int, hi: int, chunk: int) -> list[Bucket]:
-    out = []
-    while lo <= hi:
-        end = min(hi, ((lo - 1) // chunk + 1) * chunk)
-        out.append((lo, end))
-        lo = end + 1
-    return out
 
 
 @dataclass(frozen=True)
@@ -125,21 +139,19 @@ class LinearShape:
 
 
 def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int, heads: int,
-                    kv_heads: int, head_dim: int, stage: str, length: int) -> float:
-    """Analytical latency of one run, the roofline of every matrix operation.
+                    kv_heads: int, head_dim: int, rows: int, ctx: int) -> float:
+    """Analytical latency of one pass of ``rows`` rows attending over ``ctx`` positions.
 
     Each Linear costs the larger of its compute time on the MPE (output tiles of the MM
-    or MV parallel shape ``n x k x m``, summed over all cores) and its weight traffic at
-    HBM bandwidth; attention costs its score and PV products and its KV-cache traffic.
-    A prefill of ``L`` rows pads rows to the MM tile height ``m``, which is why prefill
-    buckets of the tile height cost nothing. This is the bucketing policy's model until
-    the cycle model is used in its place.
+    parallel shape ``n x k x m``, or the MV shape for one row, divided over the cores)
+    and its weight traffic at HBM bandwidth; attention costs the larger of its score and
+    PV products and its KV-cache traffic. Rows are padded to the MM tile height ``m``,
+    which is why padding a chunk's rows costs nothing while it stays within a tile.
+    This is the bucketing policy's model until the cycle model is used in its place.
     """
     cores = arch.cores
     bytes_per_cycle = arch.hbm.bandwidth_gbs * 1e9 / arch.clock_hz
-    rows = length if stage == "prefill" else 1
-    ctx = length if stage == "prefill" else length + 1
-    shape = arch.mpe.mm if stage == "prefill" else arch.mpe.mv
+    shape = arch.mpe.mm if rows > 1 else arch.mpe.mv
 
     def mm_cycles(m: int, n: int, k: int) -> float:
         return (math.ceil(m / shape.m) * math.ceil(n / shape.n) * math.ceil(k / shape.k)) / cores

@@ -53,9 +53,12 @@ class _Placed:
     v_cache: dict[int, int]
     input: int
     logits: int
+    positions: int  #: rows of the KV caches, input and logits segments
 
 
 def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Placed:
+    """Place every segment for ``max_len`` positions (more than the model's context when
+    a padded prefill chunk may run past it)."""
     prog, sc = qd.prog, qd.scales
     linears, norms, tables = {}, {}, {}
     for op in prog.ops:
@@ -84,7 +87,7 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     v_cache = {l: b.place(f"layer{l}.v_cache", "kv", cache) for l in range(prog.layers)}
     inp = b.place("input", "input", max_len * prog.hidden * 2)
     logits = b.place("logits", "output", max_len * prog.vocab * 2)
-    return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits)
+    return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits, max_len)
 
 
 def _last_uses(ops: tuple, output: str) -> dict[str, int]:
@@ -106,7 +109,7 @@ def _reads(op) -> tuple[str, ...]:
     return (op.a, op.b)
 
 
-HEADS = ("all", "last", "none")
+HEADS = ("all", "last", "none", "rows0")
 
 
 def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int,
@@ -116,8 +119,10 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
 
     The input rows come from row ``pos0`` of the input segment. ``head`` says which
     logits to compute: ``all`` rows (written from row ``pos0`` of the logits segment),
-    the ``last`` row only (row ``last_row``, by default the tile's last, written to row
-    0), or ``none`` (an inner prefill chunk, which only fills the KV caches).
+    ``rows0``, all rows written from row 0 (the final chunk of a chunked prefill with
+    last-row logits: the host picks its row), the ``last`` row only (row ``last_row``, by
+    default the tile's last, written to row 0), or ``none`` (an inner prefill chunk,
+    which only fills the KV caches).
 
     Length buckets: ``dyn`` makes every position ``pos0 + D`` (a decode bucket), with
     attention over the padded context ``ctx``; ``last_dyn`` makes the last row
@@ -174,8 +179,9 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
                 del env[name]
                 b.free(owner.pop(name))
     if head != "none":
-        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
-                dyn_step=prog.vocab * 2 if dyn and not last_only else 0)
+        at_row0 = last_only or head == "rows0"
+        b.store(env[prog.output], pl.logits + (0 if at_row0 else pos0 * prog.vocab * 2),
+                dyn_step=prog.vocab * 2 if dyn and not at_row0 else 0)
     b.free(*owner.values())
 
 
@@ -189,7 +195,7 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
                out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int) -> None:
     d = op.head_dim
     q, k, v = env[op.q], env[op.k], env[op.v]
-    per_head = max_len * d
+    per_head = pl.positions * d
     for j in range(op.kv_heads):
         for src, base in ((k, pl.k_cache[op.layer]), (v, pl.v_cache[op.layer])):
             b.transfer(False, Buf.ACT, src.at(0, j * d), base + j * per_head + pos0 * d,
@@ -203,20 +209,23 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
 
 
 def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
-                  last_only: bool) -> int:
+                  last_only: bool, padded: bool = False) -> int:
     """The most prompt rows one pass can hold on chip at the longest context.
 
     Found by lowering trial chunks on scratch builders (bisection), with the very
     allocator and kernels of the real pass. Every layer has the same shapes, so a trial
-    runs the first layer and the LM head only.
+    runs the first layer and the LM head only. ``padded``: chunks of a chunked-prefill
+    bucket always run all their rows, so the last one may start at ``max_len - 1`` and
+    attend over ``max_len - 1 + rows`` positions, with logits for every row.
     """
     ops = _one_layer(qd)
 
-    head = "last" if last_only else "all"
+    head = "all" if padded or not last_only else "last"
 
     def fits(rows: int) -> bool:
+        pos0 = max_len - 1 if padded else max_len - rows
         try:
-            _emit_stage(Builder(arch), qd, pl, rows, max_len - rows, max_len, head, ops)
+            _emit_stage(Builder(arch), qd, pl, rows, pos0, max_len, head, ops)
         except CompileError:
             return False
         return True
@@ -255,8 +264,9 @@ BUCKET_POLICIES = ("per-length", "fixed", "auto")
 
 
 def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPlan | str,
-              bound: float = 0.02, chunk: int | None = None) -> BucketPlan:
-    """The bucket plan a policy gives for this model and target."""
+              bound: float = 0.02, chunk: int = 1) -> BucketPlan:
+    """The bucket plan a policy gives for this model and target (``chunk``: prefill rows
+    per pass)."""
     if isinstance(policy, BucketPlan):
         return policy
     if policy == "per-length":
@@ -264,23 +274,28 @@ def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPl
     if policy == "fixed":
         return BucketPlan.fixed(max_len, chunk=chunk)
     if policy == "auto":
-        prog = qd.prog
-        shapes = []
-        for op in prog.ops:
-            if isinstance(op, Linear):
-                lay = qd.linear(op.weight)
-                lay = getattr(lay, "layout", lay)
-                shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.weight_row_bytes + lay.meta_row_bytes
-                                                                 + lay.record_bytes)))
-        heads = next(op.heads for op in prog.ops if isinstance(op, Attention))
-
-        def latency(stage: str, length: int) -> float:
-            return estimate_cycles(arch, shapes, layers=prog.layers, heads=heads,
-                                   kv_heads=prog.kv_heads, head_dim=prog.head_dim, stage=stage,
-                                   length=length)
-
-        return BucketPlan.auto(max_len, latency, bound, chunk)
+        return BucketPlan.auto(max_len, latency_model(qd, arch), bound, chunk)
     raise CompileError(f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}")
+
+
+def latency_model(qd: QuantDecoder, arch: ArchConfig):
+    """``latency(rows, ctx)``: the analytical cycles of one pass of ``rows`` rows attending
+    over ``ctx`` positions (see :func:`.buckets.estimate_cycles`)."""
+    prog = qd.prog
+    shapes = []
+    for op in prog.ops:
+        if isinstance(op, Linear):
+            lay = qd.linear(op.weight)
+            lay = getattr(lay, "layout", lay)
+            shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.weight_row_bytes + lay.meta_row_bytes
+                                                             + lay.record_bytes)))
+    heads = next(op.heads for op in prog.ops if isinstance(op, Attention))
+
+    def latency(rows: int, ctx: int) -> float:
+        return estimate_cycles(arch, shapes, layers=prog.layers, heads=heads, kv_heads=prog.kv_heads,
+                               head_dim=prog.head_dim, rows=rows, ctx=ctx)
+
+    return latency
 
 
 def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data: bool = True,
@@ -299,12 +314,17 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
     """
     if max_len < 1:
         raise CompileError(f"max_len must be at least 1, not {max_len}")
+    policy = buckets or "per-length"
+    chunked = policy in ("fixed", "auto") or (isinstance(policy, BucketPlan) and bool(policy.chunk_starts))
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
-    chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
-    plan = make_plan(qd, arch, max_len, buckets or "per-length", bucket_bound,
-                     chunk if last_logits_only else None)
-    plan.check(max_len, chunk if last_logits_only else None)
+    chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only, padded=chunked)
+    if chunked:
+        # Padded chunks may run past max_len: room for one more chunk in every segment.
+        b = Builder(arch)
+        pl = _place(b, qd, max_len + chunk - 1, with_data)
+    plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk)
+    plan.check(max_len, chunk if last_logits_only else None, chunk if chunked else None)
     if lengths is not None:
         for length in lengths:
             if not 1 <= length <= max_len:
@@ -330,6 +350,16 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
             else:
                 _emit_stage(b, qd, pl, rows, pos0, max_len, "none")
         b.end_section(bucket_name("prefill", lo, hi), "prefill", lo, hi)
+    kinds = (("prefill_chunk", "none"), ("prefill_final", "rows0")) if last_logits_only \
+        else (("prefill_chunk", "all"),)
+    for lo, hi in plan.chunk_starts:
+        # A chunk start is needed by a wanted length L when lo <= start < L.
+        if wanted is not None and not any(n > lo for n in wanted):
+            continue
+        for stage, head in kinds:
+            b.begin_section(lo, hi)
+            _emit_stage(b, qd, pl, chunk, lo, max_len, head, dyn=hi > lo, ctx=hi + chunk)
+            b.end_section(bucket_name(stage, lo, hi), stage, lo, hi)
     for lo, hi in plan.decode:
         if not chosen(lo, hi):
             continue
@@ -343,7 +373,9 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
         "input_segment": "input", "input_scale": qd.scales[prog.input],
         "logits_segment": "logits", "logits_scale": qd.scales[prog.output],
         "prefill_logits": "last" if last_logits_only else "all", "prefill_chunk": chunk,
-        "buckets": {"prefill": [list(x) for x in plan.prefill], "decode": [list(x) for x in plan.decode]},
+        "prefill_mode": "chunked" if chunked else "whole", "positions": pl.positions,
+        "buckets": {"prefill": [list(x) for x in plan.prefill], "decode": [list(x) for x in plan.decode],
+                    "chunk_starts": [list(x) for x in plan.chunk_starts]},
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,

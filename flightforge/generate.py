@@ -33,6 +33,39 @@ def _segment_array(program: Program, name: str, cols: int) -> np.ndarray:
     return np.frombuffer(seg.data, dtype="<i2").reshape(-1, cols).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One device run: a section and the length register it runs with."""
+
+    section: str
+    length: int
+
+
+def prefill_runs(program: Program, length: int) -> list[Run]:
+    """The runs that prefill a prompt of ``length`` tokens.
+
+    A whole-prompt program has one section per prompt-length bucket. A chunked program
+    runs passes of ``prefill_chunk`` rows from positions ``0, chunk, ...``: the
+    ``prefill_chunk`` section whose bucket holds each start, and with last-row logits a
+    ``prefill_final`` section for the last pass, which also computes the LM head.
+    """
+    meta = program.metadata["decoder"]
+    if meta.get("prefill_mode") != "chunked":
+        return [Run(program.section_for("prefill", length).name, length)]
+    chunk = meta["prefill_chunk"]
+    last_only = meta.get("prefill_logits") == "last"
+    runs = []
+    for pos0 in range(0, length, chunk):
+        stage = "prefill_final" if last_only and pos0 + chunk >= length else "prefill_chunk"
+        runs.append(Run(program.section_for(stage, pos0).name, pos0))
+    return runs
+
+
+def decode_run(program: Program, position: int) -> Run:
+    """The run that decodes the token at ``position``."""
+    return Run(program.section_for("decode", position).name, position)
+
+
 def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -> Generation:
     """Prefill ``prompt`` then decode ``max_new_tokens`` tokens greedily on ``device``."""
     meta = program.metadata.get("decoder")
@@ -57,23 +90,33 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
 
     last_only = meta.get("prefill_logits", "all") == "last"
 
-    def run(stage: str, ids: list[int], pos0: int) -> tuple[np.ndarray, int | None]:
-        # Rows live at their positions in the input and logits segments (so chunked
-        # prefill needs no copies); a last-row-only prefill writes its one row at row 0.
+    def write_rows(ids: list[int], pos0: int) -> None:
+        # Rows live at their positions in the input segment (chunks need no copies).
         x = embed[ids]
         if positions is not None:
             off = meta["position_offset"] + pos0
             x = x + positions[off:off + len(ids)]
         device.write(in_addr + pos0 * hidden * 2, sat(x, DType.INT16).astype("<i2").tobytes())
-        length = len(ids) if stage == "prefill" else pos0
-        result = device.run(program.section_for(stage, length).name, length)
-        rows = 1 if last_only and pos0 == 0 else len(ids)
-        row0 = 0 if last_only and pos0 == 0 else pos0
+
+    def read_rows(row0: int, rows: int) -> np.ndarray:
         raw = device.read(out_addr + row0 * vocab * 2, rows * vocab * 2)
-        return np.frombuffer(raw, dtype="<i2").reshape(rows, vocab), result.cycles
+        return np.frombuffer(raw, dtype="<i2").reshape(rows, vocab)
+
+    def add(c: int | None, total: int | None) -> int | None:
+        return None if c is None or total is None else c + total
 
     device.load(program)
-    logits, cycles = run("prefill", list(prompt), 0)
+    write_rows(list(prompt), 0)
+    cycles: int | None = 0
+    runs = prefill_runs(program, len(prompt))
+    for run in runs:
+        cycles = add(device.run(run.section, run.length).cycles, cycles)
+    if not last_only:
+        logits = read_rows(0, len(prompt))
+    elif meta.get("prefill_mode") == "chunked":
+        logits = read_rows(len(prompt) - 1 - runs[-1].length, 1)  # the final chunk's rows start at 0
+    else:
+        logits = read_rows(0, 1)
     all_logits = [logits]
     tokens: list[int] = []
     pos = len(prompt)
@@ -82,8 +125,9 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
         tokens.append(nxt)
         if len(tokens) == max_new_tokens:
             break
-        step, c = run("decode", [nxt], pos)
-        all_logits.append(step)
-        cycles = None if cycles is None or c is None else cycles + c
+        write_rows([nxt], pos)
+        run = decode_run(program, pos)
+        cycles = add(device.run(run.section, run.length).cycles, cycles)
+        all_logits.append(read_rows(pos, 1))
         pos += 1
     return Generation(tokens, (np.vstack(all_logits) * scale).astype(np.float32), cycles)

@@ -53,19 +53,24 @@ def test_bucket_streams_are_dynamic_and_run_only_inside_their_range(programs):
         sim.run("decode_6_12", 13)
 
 
-def test_last_row_logits_buckets_with_chunked_prefill_match_exact_lengths():
+@pytest.mark.parametrize("last_only", [True, False], ids=["last-row", "all-rows"])
+@pytest.mark.parametrize("policy", ["fixed", "auto"])
+def test_chunked_prefill_buckets_match_exact_lengths(policy, last_only):
+    """Host-looped chunk streams, padded context and padded final chunk, bit for bit."""
     prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=4)
-    opts = dict(max_len=160, last_logits_only=True, lengths=(100, 137))
-    exact = compile_decoder(prog, TINY, CompileOptions(**opts)).program
-    fixed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets="fixed", verify=True)).program
-    chunk = fixed.metadata["decoder"]["prefill_chunk"]
-    assert chunk < 128  # the fixed policy had to split its 128-wide buckets at chunk edges
+    opts = dict(max_len=160, last_logits_only=last_only)
+    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(100, 101, 137, 138))).program
+    bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)).program
+    meta = bucketed.metadata["decoder"]
+    assert meta["prefill_mode"] == "chunked" and meta["prefill_chunk"] < 100
+    stages = {s.stage for s in bucketed.sections}
+    assert stages == ({"prefill_chunk", "prefill_final", "decode"} if last_only
+                      else {"prefill_chunk", "decode"})
     for length in (100, 137):
-        sec = fixed.section_for("prefill", length)
-        assert sec.len_lo < sec.len_hi
         prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
-        ref = generate(exact, FunctionalSim(TINY), prompt, 2)
-        got = generate(fixed, FunctionalSim(TINY), prompt, 2)
+        ref = generate(exact, FunctionalSim(TINY), prompt, 3)
+        got = generate(bucketed, FunctionalSim(TINY), prompt, 3)
+        assert got.tokens == ref.tokens
         assert np.array_equal(got.logits, ref.logits)
 
 
@@ -74,14 +79,18 @@ def test_plans_cover_every_length_once():
         BucketPlan(((1, 3), (5, 9)), ((1, 8),)).check(9, None)
     with pytest.raises(CompileError, match="spans a prefill chunk boundary"):
         BucketPlan(((1, 9),), ((1, 8),)).check(9, 4)
-    fixed = BucketPlan.fixed(2048)
-    assert fixed.prefill[0] == (1, 128) and len(fixed.prefill) == 16 and len(fixed.decode) == 128
+    with pytest.raises(CompileError, match="chunk start buckets must cover 0..2040 in steps of 10"):
+        BucketPlan((), ((1, 2047),), ((0, 120), (140, 2040))).check(2048, chunk=10)
+    fixed = BucketPlan.fixed(2048, chunk=40)
+    fixed.check(2048, chunk=40)
+    assert fixed.chunk_starts[:2] == ((0, 120), (160, 240)) and len(fixed.decode) == 128
 
 
 def test_auto_policy_grows_buckets_to_the_latency_bound():
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
     c = compile_decoder(prog, load_target("u280"), CompileOptions(max_len=64, lengths=(1,)))
-    plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.02)
-    plan.check(64, None)
-    tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0)
-    assert len(plan.prefill) + len(plan.decode) < len(tight.prefill) + len(tight.decode)
+    plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.02, chunk=4)
+    plan.check(64, chunk=4)
+    tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=4)
+    size = lambda p: len(p.chunk_starts) + len(p.decode)  # noqa: E731
+    assert size(plan) < size(tight)
