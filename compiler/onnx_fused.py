@@ -195,7 +195,8 @@ def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag
     out = ip.val(node.outputs[0]).reshape(ip.rows, -1)
     t = ip.emit("attention", (q, k, v), (node.name,), out, heads=heads, kv_heads=kv, d=d,
                 factor=scale * factors[0] * factors[1])
-    return [View((node.name,), t, 1.0), KVOut((node.name,), k), KVOut((node.name,), v)][:len(node.outputs)]
+    outs = [View((node.name,), t, 1.0), KVOut((node.name,), k), KVOut((node.name,), v)]
+    return outs[:len(node.outputs)]
 
 
 @handles("DequantizeLinear", "QuantizeLinear")

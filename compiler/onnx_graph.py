@@ -175,7 +175,8 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- probe
 
-def probe_feeds(g: OnnxGraph, rows: int, vocab: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def probe_feeds(g: OnnxGraph, rows: int, vocab: int,
+                seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Inputs of the probe run: ``rows`` random tokens at positions ``0..rows-1``, no past.
 
     Returns the feeds and the token ids. An input the frontend does not know is an error.

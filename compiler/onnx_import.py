@@ -203,7 +203,8 @@ class _Walk:
         return self.take(ev), rope
 
 
-def assemble(events: list[Event], logits: _Out, path: str) -> tuple[DecoderProgram, DecoderShape, dict]:
+def assemble(events: list[Event], logits: _Out,
+             path: str) -> tuple[DecoderProgram, DecoderShape, dict]:
     w = _Walk(events, path)
     embeds = [e for e in events if e.kind == "embed"]
     if len(embeds) != 1:

@@ -25,7 +25,7 @@ its layer. Recognised decoder ops are recorded as :class:`Event` for the assembl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -597,7 +597,8 @@ def _context(ip: Interpreter, node: OnnxNode, p: Probs) -> View:
     return View(t_nodes, t, v.factor)
 
 
-def causal_probs(q: np.ndarray, k: np.ndarray, heads: int, kv: int, d: int, factor: float) -> np.ndarray:
+def causal_probs(q: np.ndarray, k: np.ndarray, heads: int, kv: int, d: int,
+                 factor: float) -> np.ndarray:
     """``[heads][rows][rows]`` causal softmax of ``factor * q k^T`` on canonical q, k."""
     s = q.shape[0]
     qh = q.reshape(s, heads, d).transpose(1, 0, 2)
@@ -748,7 +749,8 @@ def unary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     e = _as_elem(ip, tag, node.inputs[0])
     if node.op in UNARY:
         fn = UNARY[node.op]
-    elif node.op == "Gelu" and node.domain in ("", "ai.onnx") and node.attrs.get("approximate", b"none") in ("tanh", b"tanh"):
+    elif node.op == "Gelu" and node.domain in ("", "ai.onnx") \
+            and node.attrs.get("approximate", b"none") in ("tanh", b"tanh"):
         fn = ACT_FNS["gelu_tanh"]
     elif node.op in ("Gelu", "BiasGelu"):
         fn = ACT_FNS["gelu_erf"]
@@ -803,7 +805,7 @@ def binary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
                 return [replace(lin, nodes=nodes, b=vec if lin.b is None else lin.b + vec)]
             if op == "Mul" and c is not None:
                 return [replace(lin, nodes=nodes, w=lin.w * c, b=None if lin.b is None else lin.b * c)]
-    if isinstance(a, Lin) and op in ("Sub", "Div") and cb is not None and op == "Div":
+    if isinstance(a, Lin) and op == "Div" and cb is not None:
         return [replace(a, nodes=nodes, w=a.w / cb, b=None if a.b is None else a.b / cb)]
     # norms
     norm = _norm_rule(ip, op, a, b, na, nb, ca, cb, nodes)
@@ -812,8 +814,9 @@ def binary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     # rotary embedding: x * cos + rotate_half(x) * sin
     if op == "Mul":
         for r, o, k in ((a, b, 0), (b, a, 1)):
-            if isinstance(r, (RopePart, View)) and isinstance(o, STATIC) and _scalar(o, ip.val(node.inputs[1 - k])) is None:
-                return [_rope_part(ip, node, k, (np.asarray(ip.val(node.inputs[1 - k]), np.float64),))]
+            table = ip.val(node.inputs[1 - k])
+            if isinstance(r, (RopePart, View)) and isinstance(o, STATIC) and _scalar(o, table) is None:
+                return [_rope_part(ip, node, k, (np.asarray(table, np.float64),))]
     if op in ("Add", "Sub") and isinstance(a, RopePart) and isinstance(b, RopePart) and a.t is b.t:
         return [_finish_rope(ip, node, a, b)]
     # learned positions
