@@ -406,3 +406,26 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
                   {u: {k: int(round(v)) for k, v in d.items()} for u, d in stalls.items()},
                   int(round(loaded)), int(round(stored)), float(timing.peak_bytes_per_cycle),
                   prefill, [samples[p] for p in sorted(samples)])
+
+
+def report_lines(rep: Report) -> list[str]:
+    """A human-readable summary of a report (the ``flightforge simulate`` output)."""
+    lines = [
+        f"{rep.arch} ({rep.cores} core{'s' * (rep.cores > 1)} @ {rep.clock_mhz:g} MHz): prompt "
+        f"{rep.prompt_len} tokens, {rep.decode_steps} decode steps ({rep.decode_method})",
+        f"  prefill (time to first token): {rep.prefill_cycles} cycles = "
+        f"{rep.prefill_seconds * 1e3:.3f} ms",
+    ]
+    if rep.decode_steps:
+        lines.append(f"  decode: {rep.decode_cycles} cycles = {rep.decode_seconds * 1e3:.3f} ms, "
+                     f"{rep.decode_tokens_per_s:.2f} token/s")
+    lines.append(f"  total: {rep.total_cycles} cycles = {rep.total_seconds * 1e3:.3f} ms; "
+                 f"external memory {rep.bytes_loaded + rep.bytes_stored} bytes, "
+                 f"{rep.hbm_utilisation:.1%} of peak bandwidth")
+    lines.append(f"  {'unit':<5} {'busy':>7}  stalls (share of total cycles)")
+    for u in UNITS:
+        busy = rep.busy.get(u.name, 0) / rep.total_cycles
+        stalls = ", ".join(f"{k} {v / rep.total_cycles:.1%}"
+                           for k, v in rep.stalls.get(u.name, {}).items() if v)
+        lines.append(f"  {u.name:<5} {busy:>7.1%}  {stalls or '-'}")
+    return lines
