@@ -412,5 +412,34 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                f"{weights} bytes of weights" + (" (shape-only)" if model is None else ""))
 
 
+# --- simulate -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help=TARGET_HELP)
+@click.option("--prompt-len", type=click.IntRange(min=1), required=True,
+              help="Prompt tokens (the prefill).")
+@click.option("--decode", "decode_steps", type=click.IntRange(min=0), default=0,
+              show_default=True, help="Tokens generated after the prompt.")
+@click.option("--interpolate", is_flag=True,
+              help="Interpolate decode positions whose bucket was not compiled.")
+@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the timeline as Chrome/Perfetto trace JSON.")
+@_clean_errors
+def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interpolate: bool,
+             trace: Path | None) -> None:
+    """Time a request on the cycle model: prefill latency, decode token/s, unit usage."""
+    from .sim.cycle_model import report_lines
+    from .sim.cycle_model import simulate as time_request
+    arch = _target(target)
+    report = time_request(Program.load(file, arch), arch, prompt_len, decode_steps,
+                          interpolate=interpolate)
+    click.echo("\n".join(report_lines(report)))
+    if trace is not None:
+        report.write_trace(str(trace))
+        click.echo(f"wrote {trace}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

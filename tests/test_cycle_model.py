@@ -224,3 +224,22 @@ def test_more_cores_are_faster_on_the_same_program(compiled):
     one = simulate(compiled, TINY, 4, 1, params=TimingParams(cores=1))
     two = simulate(compiled, TINY, 4, 1, params=TimingParams(cores=2, sync_latency_cycles=0))
     assert two.cores == 2 and two.total_cycles < one.total_cycles
+
+
+def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
+    from click.testing import CliRunner
+
+    from flightforge.cli import main
+
+    path = tmp_path / "dec.ffb"
+    compiled.save(path)
+    trace = tmp_path / "trace.json"
+    result = CliRunner().invoke(main, ["simulate", str(path), "--target", "tiny", "--prompt-len",
+                                       "4", "--decode", "3", "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    assert "token/s" in result.output and "time to first token" in result.output
+    assert json.loads(trace.read_text())["traceEvents"]
+    result = CliRunner().invoke(main, ["simulate", str(path), "--target", "tiny", "--prompt-len",
+                                       "4", "--decode", "5"])
+    assert result.exit_code == 1
+    assert "Error: the program has no decode section for 1 of the 5 positions" in result.output
