@@ -1,0 +1,82 @@
+"""One FlightForge core: controller, LD/ST units, MPE, SFU and the five on-chip buffers.
+
+Top-level ports (see :mod:`.bus` for the channel protocols):
+
+- ``start`` runs the section held by the instruction port from instruction 0;
+  ``halted`` rises when its HALT retires (``illegal``, ``token_error`` report faults);
+- ``imem``: instruction reads, 32-bit beats;
+- ``mem_rd``/``mem_wr``: external memory, ``hbm.burst_bytes`` per beat;
+- ``dbg_*``: host access to any buffer byte (highest arbitration priority; meant for
+  use while the core is halted): ``dbg_en`` with ``dbg_buf``/``dbg_addr`` (and
+  ``dbg_we``/``dbg_wdata``) reads the byte onto ``dbg_rdata`` in the next cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from flightforge import isa
+from flightforge.arch import ArchConfig
+
+from .buffers import Buffer
+from .bus import MemReadSignature, MemWriteSignature
+from .controller import IMEM_ADDR_BITS, Controller
+from .memory_units import LoadUnit, StoreUnit, _beat_bytes
+from .mpe import MatrixEngine
+from .sfu.unit import SpecialFunctionUnit
+
+
+class Core(wiring.Component):
+    """A core generated from ``arch`` (one core of ``arch.cores``)."""
+
+    def __init__(self, arch: ArchConfig) -> None:
+        if not isinstance(arch, ArchConfig):
+            raise TypeError(f"arch must be an ArchConfig, not {arch!r}")
+        self.arch = arch
+        beat = _beat_bytes(arch)
+        super().__init__({
+            "start": In(1), "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
+            "imem": Out(MemReadSignature(IMEM_ADDR_BITS, isa.WORD_BITS // 8)),
+            "mem_rd": Out(MemReadSignature(isa.EXT_ADDR_BITS, beat)),
+            "mem_wr": Out(MemWriteSignature(isa.EXT_ADDR_BITS, beat)),
+            "dbg_en": In(1), "dbg_we": In(1), "dbg_buf": In(3),
+            "dbg_addr": In(isa.BUF_ADDR_BITS), "dbg_wdata": In(8), "dbg_rdata": Out(8),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        arch = self.arch
+        m.submodules.controller = ctrl = Controller(arch)
+        units = {isa.Unit.LD: LoadUnit(arch), isa.Unit.ST: StoreUnit(arch),
+                 isa.Unit.MPE: MatrixEngine(arch), isa.Unit.SFU: SpecialFunctionUnit(arch)}
+        for u, unit in units.items():
+            m.submodules[u.name.lower()] = unit
+            port = getattr(ctrl, f"unit_{u.name.lower()}")
+            m.d.comb += [unit.instr.eq(port.instr), unit.start.eq(port.start),
+                         port.done.eq(unit.done)]
+        wiring.connect(m, wiring.flipped(self.imem), ctrl.imem)
+        wiring.connect(m, wiring.flipped(self.mem_rd), units[isa.Unit.LD].mem)
+        wiring.connect(m, wiring.flipped(self.mem_wr), units[isa.Unit.ST].mem)
+        m.d.comb += [ctrl.start.eq(self.start), self.halted.eq(ctrl.halted),
+                     self.illegal.eq(ctrl.illegal), self.token_error.eq(ctrl.token_error)]
+
+        # Buffers: the debug port first (priority), then every unit that uses the buffer.
+        dbg_was = {}
+        for b in isa.Buf:
+            users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
+            buf = Buffer(arch.buffers.of(b).size, 1 + len(users))
+            m.submodules[f"buf_{b.name.lower()}"] = buf
+            for i, user in enumerate(users):
+                wiring.connect(m, getattr(user, f"buf_{b.name.lower()}"), getattr(buf, f"p{i + 1}"))
+            m.d.comb += [buf.p0.req.eq(self.dbg_en & (self.dbg_buf == b)), buf.p0.we.eq(self.dbg_we),
+                         buf.p0.addr.eq(self.dbg_addr), buf.p0.wdata.eq(self.dbg_wdata)]
+            dbg_was[b] = buf.p0.rdata
+        sel = Signal(3)  # the buffer read in the previous cycle
+        m.d.sync += sel.eq(self.dbg_buf)
+        with m.Switch(sel):
+            for b in isa.Buf:
+                with m.Case(b):
+                    m.d.comb += self.dbg_rdata.eq(dbg_was[b])
+        return m

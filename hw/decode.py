@@ -1,0 +1,108 @@
+"""Instruction decode derived from :func:`flightforge.isa.layout`: no field position is
+written by hand here. A field's bits are wherever the ISA's layout puts them, so a width
+change in isa.py changes the RTL at the next elaboration.
+"""
+
+
+
+from functools import cache
+
+from amaranth import Cat, Const, Module, Mux, Value, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from flightforge import isa
+
+UNIT_BITS = max(1, (isa.NUM_UNITS - 1).bit_length())
+
+
+@cache
+def instr_layout(cls: type[isa.Instruction]) -> data.FlexibleLayout:
+    """The instruction word of ``cls`` as a layout: every field at its ISA bit offset."""
+    return data.FlexibleLayout(isa.INSTR_BITS, {
+        name: data.Field(unsigned(width), lsb) for name, lsb, width, _ in isa.layout(cls)})
+
+
+def used_bits(cls: type[isa.Instruction]) -> int:
+    """Bits up to the last field of ``cls``; the rest are reserved (zero)."""
+    _, lsb, width, _ = isa.layout(cls)[-1]
+    return lsb + width
+
+
+def unit_bits(unit: isa.Unit) -> int:
+    """Bits a unit's issue queue keeps of an instruction: the widest of its classes."""
+    return max(used_bits(c) for c in isa.INSTRUCTION_TYPES.values() if c.UNIT == unit)
+
+
+def view(cls: type[isa.Instruction], word: Value) -> data.View:
+    """``word`` (at least :func:`used_bits` wide) seen as an instruction of ``cls``."""
+    word = Value.cast(word)
+    if len(word) < isa.INSTR_BITS:
+        word = Cat(word, Const(0, isa.INSTR_BITS - len(word)))
+    return data.View(instr_layout(cls), word)
+
+
+def field(word: Value, classes: tuple[type[isa.Instruction], ...], opcode: Value,
+          name: str) -> Value:
+    """Field ``name`` of a word that is one of ``classes`` (chosen by ``opcode``).
+
+    When every class places the field at the same bits this is a plain slice; otherwise
+    a multiplexer on the opcode.
+    """
+    places = {cls: next((lsb, w) for n, lsb, w, _ in isa.layout(cls) if n == name)
+              for cls in classes}
+    first = view(classes[0], word)[name]
+    if len(set(places.values())) == 1:
+        return first
+    out = first
+    for cls in classes[1:]:
+        out = Mux(opcode == cls.OPCODE, view(cls, word)[name], out)
+    return out
+
+
+class Decoder(wiring.Component):
+    """Classifies an instruction word: opcode, unit, HALT/NOP, and whether it is legal.
+
+    ``legal`` is 0 for an unknown opcode, an enum field holding no member, or reserved
+    bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`.
+    (The semantic checks of ``Instruction.check``, like K being a multiple of the sparse
+    block, are the compiler's and the encoder's job and are not repeated in hardware.)
+    """
+
+    word: In(isa.INSTR_BITS)
+    opcode: Out(isa.OPCODE_BITS)
+    unit: Out(UNIT_BITS)
+    is_sys: Out(1)
+    is_halt: Out(1)
+    legal: Out(1)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        w = self.word
+        m.d.comb += self.opcode.eq(w[:isa.OPCODE_BITS])
+        with m.Switch(self.opcode):
+            for op, cls in isa.INSTRUCTION_TYPES.items():
+                with m.Case(op):
+                    v = view(cls, w)
+                    ok = w[used_bits(cls):] == 0
+                    for name, _, _, spec in isa.layout(cls)[1:]:
+                        if spec.enum is not None:
+                            members = [int(e) for e in spec.enum]
+                            ok &= v[name].matches(*members)
+                    m.d.comb += self.legal.eq(ok)
+                    if cls.UNIT is None:
+                        m.d.comb += [self.is_sys.eq(1),
+                                     self.is_halt.eq(v.op == isa.SysOp.HALT)]
+                    else:
+                        m.d.comb += self.unit.eq(cls.UNIT)
+        return m
+
+
+def unit_members(unit: isa.Unit) -> dict[str, wiring.Member]:
+    """Ports every execution unit has towards the controller.
+
+    ``start`` (one cycle) hands over ``instr``, which the unit latches; ``done`` pulses
+    for one cycle when the instruction's effects are complete. A unit is started only
+    when it is idle (the controller tracks this from ``start`` and ``done``).
+    """
+    return {"instr": In(unit_bits(unit)), "start": In(1), "done": Out(1)}

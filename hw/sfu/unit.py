@@ -1,0 +1,175 @@
+"""The SFU unit: runs one MISC instruction on its operation component.
+
+The operation components (:class:`.elementwise.Elementwise`, :class:`.elementwise.Rope`,
+:class:`.softmax.Softmax`, :class:`.norm.Norm`) see element ports with a fixed read
+latency of one cycle and no back-pressure. The buffers are byte-wide and shared, so the
+unit runs the active component with a clock enable: in a cycle where it requests
+element reads or a write, the unit freezes it, moves the bytes (write first, then the
+reads, each element ``1 << dt`` bytes, little-endian, sign-extended), and lets it run
+again with the read data in place, which the component then sees one (enabled) cycle
+after its request, as it expects.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed
+from amaranth.hdl import EnableInserter
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+
+from flightforge import isa
+from flightforge.arch import ArchConfig
+
+from ..buffers import addr_bits
+from ..bus import BufPortSignature
+from ..decode import unit_members, view
+from .common import ELEM_BITS
+from .elementwise import Elementwise, Rope
+from .norm import Norm
+from .softmax import Softmax
+
+
+def by_dtype_value(dt, raw):
+    """``raw`` (32 bits, little-endian bytes) sign-extended from the element type ``dt``."""
+    out = raw.as_signed()
+    for d in reversed(list(isa.DType)[:-1]):
+        out = Mux(dt == d, raw[:d.bits].as_signed(), out)
+    return out
+
+
+class SpecialFunctionUnit(wiring.Component):
+    """MISC unit; ports ``buf_act`` (operands, result) and ``buf_glb`` (parameters)."""
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        super().__init__({**unit_members(isa.Unit.SFU), **{
+            f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size)))
+            for b in (isa.Buf.ACT, isa.Buf.GLB)}})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        word = Signal.like(self.instr)
+        ins = view(isa.MISC, word)
+        run = Signal()
+        ops = {"elementwise": Elementwise(), "rope": Rope(), "softmax": Softmax(),
+               "norm": Norm()}
+        which = {isa.MiscOp.ADD: "elementwise", isa.MiscOp.MUL: "elementwise",
+                 isa.MiscOp.REQUANT: "elementwise", isa.MiscOp.SILU: "elementwise",
+                 isa.MiscOp.GELU: "elementwise", isa.MiscOp.RELU: "elementwise",
+                 isa.MiscOp.ROPE: "rope", isa.MiscOp.SOFTMAX: "softmax",
+                 isa.MiscOp.RMSNORM: "norm", isa.MiscOp.LAYERNORM: "norm"}
+        assert set(which) == set(isa.MiscOp), "every MiscOp needs a component"
+        for name, op in ops.items():
+            m.submodules[name] = EnableInserter(run)(op)
+            for fname, _ in isa.MISC.field_specs():
+                m.d.comb += op.instr[fname].eq(ins[fname])
+
+        # The active component's requests, merged (only it is ever started).
+        start, done = Signal(), Signal()
+        req = {k: Signal(name=f"{k}_en") for k in ("rd", "rdb", "prm", "wr")}
+        row, col, brow, bcol = (Signal(isa.DIM_BITS, name=n) for n in ("row", "col", "brow", "bcol"))
+        wrow, wcol = Signal(isa.DIM_BITS), Signal(isa.DIM_BITS)
+        index, wdata = Signal(isa.BUF_ADDR_BITS), Signal(signed(ELEM_BITS))
+        a_raw, b_raw, p_raw = Signal(32), Signal(32), Signal(32)
+        params_dt = Mux(ins.op.matches(*[o for o in isa.MiscOp if o.is_table]), ins.d_dt,
+                        isa.DType.INT16)
+        for name, op in ops.items():
+            ops_of = [o for o, n in which.items() if n == name]
+            with m.If(ins.op.matches(*ops_of)):
+                m.d.comb += [op.start.eq(start), done.eq(op.done),
+                             req["rd"].eq(op.rd.en), row.eq(op.rd.row), col.eq(op.rd.col),
+                             req["wr"].eq(op.wr.en), wrow.eq(op.wr.row), wcol.eq(op.wr.col),
+                             wdata.eq(op.wr.data)]
+                if hasattr(op, "rdb"):
+                    m.d.comb += [req["rdb"].eq(op.rdb.en), brow.eq(op.rdb.row),
+                                 bcol.eq(op.rdb.col)]
+                if hasattr(op, "prm"):
+                    m.d.comb += [req["prm"].eq(op.prm.en), index.eq(op.prm.index)]
+            m.d.comb += op.rd.data.eq(by_dtype_value(ins.a_dt, a_raw))
+            if hasattr(op, "rdb"):
+                m.d.comb += op.rdb.data.eq(by_dtype_value(ins.b_dt, b_raw))
+            if hasattr(op, "prm"):
+                m.d.comb += op.prm.data.eq(by_dtype_value(params_dt, p_raw))
+
+        # Byte addresses of the pending transfers, captured with the request.
+        A = isa.BUF_ADDR_BITS + 2
+        ptr = {k: Signal(A, name=f"{k}_ptr") for k in req}
+        pend = {k: Signal(name=f"{k}_pend") for k in req}
+        wval = Signal(32)
+        last = Signal()
+
+        def elem(base, stride, r, c, dt):
+            return base + r * stride + (c << dt)
+
+        addr_now = {
+            "wr": elem(ins.d_addr, ins.d_stride, wrow, wcol, ins.d_dt),
+            "rd": elem(ins.a_addr, ins.a_stride, row, col, ins.a_dt),
+            "rdb": elem(ins.b_addr, ins.b_stride, brow, bcol, ins.b_dt),
+            "prm": ins.p_addr + (index << params_dt),
+        }
+        nbytes = {"wr": ins.d_dt, "rd": ins.a_dt, "rdb": ins.b_dt, "prm": params_dt}
+        dest = {"rd": a_raw, "rdb": b_raw, "prm": p_raw}
+        port = {"wr": self.buf_act, "rd": self.buf_act, "rdb": self.buf_act,
+                "prm": self.buf_glb}
+        bcnt = Signal(2)
+        order = ["wr", "rd", "rdb", "prm"]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += run.eq(1)
+                with m.If(self.start):
+                    m.d.sync += word.eq(self.instr)
+                    m.next = "GO"
+            with m.State("GO"):
+                m.d.comb += [run.eq(1), start.eq(1)]
+                m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += run.eq(1)
+                any_req = req["wr"] | req["rd"] | req["rdb"] | req["prm"]
+                m.d.sync += [pend[k].eq(req[k]) for k in req]
+                m.d.sync += [ptr[k].eq(addr_now[k]) for k in req]
+                m.d.sync += [wval.eq(wdata), last.eq(done), bcnt.eq(0)]
+                with m.If(any_req):
+                    m.next = "XFER"
+                with m.Elif(done):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+            with m.State("XFER"):
+                # The first pending transfer in `order` moves one byte per grant.
+                busy = Const(0, 1)
+                for k in order:
+                    earlier = busy
+                    busy = busy | pend[k]
+                    with m.If(pend[k] & ~earlier):
+                        p = port[k]
+                        m.d.comb += [p.req.eq(1), p.addr.eq(ptr[k] + bcnt)]
+                        if k == "wr":
+                            m.d.comb += [p.we.eq(1), p.wdata.eq(wval.word_select(bcnt, 8))]
+                        with m.If(p.grant):
+                            end = bcnt == (1 << nbytes[k]) - 1
+                            m.d.sync += bcnt.eq(Mux(end, 0, bcnt + 1))
+                            with m.If(end):
+                                m.d.sync += pend[k].eq(0)
+                with m.If(~busy):
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):  # the last read byte lands in its lane
+                with m.If(last):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "RUN"
+        self._latch(m, order, pend, port, bcnt, dest)
+        return m
+
+    def _latch(self, m, order, pend, port, bcnt, dest):
+        """A granted read's byte arrives next cycle: write it to its lane then."""
+        for k in ("rd", "rdb", "prm"):
+            p = port[k]
+            got = Signal(name=f"{k}_got")
+            lane = Signal(2, name=f"{k}_lane")
+            earlier = Const(0, 1)
+            for j in order[:order.index(k)]:
+                earlier = earlier | pend[j]
+            m.d.sync += [got.eq(p.req & p.grant & pend[k] & ~earlier), lane.eq(bcnt)]
+            with m.If(got):
+                m.d.sync += dest[k].word_select(lane, 8).eq(p.rdata)
