@@ -441,5 +441,24 @@ def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interp
         click.echo(f"wrote {trace}")
 
 
+# --- rtl --------------------------------------------------------------------------------------
+
+
+@main.command("rtl")
+@click.option("--target", default="tiny", show_default=True, help=TARGET_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("build"), show_default=True, help="Directory for the Verilog.")
+@_clean_errors
+def rtl(target: str, out_dir: Path) -> None:
+    """Write the Verilog of one core for a target (Amaranth RTL, see docs/rtl.md), with
+    the Verilator control file holding its justified lint waivers."""
+    from .hw.export import export_verilog, waiver_path
+    arch = _target(target)
+    path = export_verilog(arch, out_dir)
+    click.echo(f"wrote {path} and {waiver_path(path)} (target {arch.name}, config digest "
+               f"{arch.digest().hex()[:16]})")
+    click.echo(f"lint: verilator --lint-only {waiver_path(path)} {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -32,3 +32,14 @@ def test_tiny_core_lints_clean(tmp_path) -> None:
                            str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "%Warning" not in proc.stderr and "%Error" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_cli_rtl_command_writes_verilog(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from flightforge.cli import main
+
+    result = CliRunner().invoke(main, ["rtl", "--target", "tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / f"{TOP}.v").exists() and (tmp_path / f"{TOP}.vlt").exists()
+    assert f"wrote {tmp_path / (TOP + '.v')}" in result.output
