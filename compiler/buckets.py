@@ -7,10 +7,16 @@ length-adaptive). A plan has three parts:
 
 - ``prefill``: whole-prompt sections, one per bucket of prompt lengths (the per-length
   policy, or an explicit plan);
-- ``chunk_starts``: chunked prefill: a prompt of ``L`` tokens runs as passes of
-  ``chunk`` rows starting at ``0, chunk, 2*chunk, ...`` (the host loops ``ceil(L /
-  chunk)`` times); one stream serves every chunk start of a bucket, attending over the
-  bucket's padded context, so prefill storage no longer grows with the prompt;
+- ``chunk_starts``: chunked prefill of prompts longer than one chunk: a prompt of ``L``
+  tokens runs as ``n = ceil(L / chunk)`` full passes of ``chunk`` rows, the first at
+  position 0 and the others ending at the prompt's end (:func:`chunk_starts`; the host
+  loops over them); one stream serves every start of a bucket, attending over the
+  bucket's padded context, so prefill storage no longer grows with the prompt. Passes
+  are always full, and the last prompt row is always the final pass's last row, so
+  neither the rows nor the logits row need to move at run time; the first two passes
+  overlap, and the overlap is recomputed to identical values. Prompts of at most one
+  chunk use ``prefill`` buckets: one for a single token (the matrix-vector path) and
+  one for the rest;
 - ``decode``: one section per bucket of decode positions.
 
 Policies:
@@ -34,6 +40,8 @@ from typing import Callable
 
 from flightforge.arch import ArchConfig
 
+from flightforge.generate import chunk_starts  # noqa: F401 - the host's pass plan, re-exported
+
 from .memory import CompileError
 
 Bucket = tuple[int, int]  #: inclusive ``(lo, hi)``
@@ -45,6 +53,13 @@ def bucket_name(stage: str, lo: int, hi: int) -> str:
 
 def _fixed(first: int, last: int, step: int) -> list[Bucket]:
     return [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)] if step else []
+
+
+def _short_prompts(max_len: int, chunk: int) -> tuple[tuple[Bucket, ...], int]:
+    """Whole-prompt buckets for prompts of at most one chunk, and the last chunk start."""
+    top = min(chunk, max_len)
+    short = ((1, 1),) + (((2, top),) if top >= 2 else ())
+    return short, (max_len - chunk if max_len > chunk else -1)
 
 
 def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float) -> list[Bucket]:
@@ -76,46 +91,42 @@ class BucketPlan:
     def fixed(cls, max_len: int, chunk: int, prefill_step: int = 128,
               decode_step: int = 16) -> BucketPlan:
         """Chunk starts grouped by ``prefill_step`` positions, decode by ``decode_step``."""
-        starts = list(range(0, max_len, chunk))
-        groups: dict[int, list[int]] = {}
-        for s in starts:
-            groups.setdefault(s // prefill_step, []).append(s)
-        return cls((), tuple(_fixed(1, max_len - 1, decode_step)),
-                   tuple((g[0], g[-1]) for g in groups.values()))
+        short, last_start = _short_prompts(max_len, chunk)
+        return cls(short, tuple(_fixed(1, max_len - 1, decode_step)),
+                   tuple(_fixed(0, last_start, prefill_step)) if last_start >= 0 else ())
 
     @classmethod
     def auto(cls, max_len: int, latency: Callable[[int, int], float], bound: float,
              chunk: int) -> BucketPlan:
         """Widest buckets whose pass at the top costs at most ``1 + bound`` times the
         pass at the bottom; ``latency(rows, ctx)`` models one pass."""
-        starts = list(range(0, max_len, chunk))
-        idx = _greedy(0, len(starts) - 1, lambda i: latency(chunk, starts[i] + chunk), bound)
-        return cls((), tuple(_greedy(1, max_len - 1, lambda p: latency(1, p + 1), bound)),
-                   tuple((starts[a], starts[b]) for a, b in idx))
+        short, last_start = _short_prompts(max_len, chunk)
+        starts = _greedy(0, last_start, lambda p: latency(chunk, p + chunk), bound) \
+            if last_start >= 0 else []
+        return cls(short, tuple(_greedy(1, max_len - 1, lambda p: latency(1, p + 1), bound)),
+                   tuple(starts))
 
     def check(self, max_len: int, last_chunk: int | None = None, chunk: int | None = None) -> None:
         """Every length covered exactly once; last-row buckets inside one prefill chunk;
         chunk-start buckets on multiples of the chunk."""
         parts = [("decode", self.decode, 1, max_len - 1, 1)]
-        if self.chunk_starts:
-            if self.prefill:
-                raise CompileError("a plan has either whole-prompt prefill buckets or chunk-start "
-                                   "buckets, not both")
+        top = max_len
+        if self.chunk_starts or chunk is not None:
             if chunk is None:
                 raise CompileError("chunk-start buckets need a chunked prefill")
-            parts.append(("chunk start", self.chunk_starts, 0, (max_len - 1) // chunk * chunk, chunk))
-        else:
-            parts.append(("prefill", self.prefill, 1, max_len, 1))
+            top = min(chunk, max_len)
+            if max_len > chunk:
+                parts.append(("chunk start", self.chunk_starts, 0, max_len - chunk, 1))
+        parts.append(("prefill", self.prefill, 1, top, 1))
         for stage, buckets, first, last, step in parts:
             expect = first
             for lo, hi in buckets:
-                if lo != expect or hi < lo or (hi - lo) % step:
-                    raise CompileError(f"{stage} buckets must cover {first}..{last} in steps of "
-                                       f"{step} without gaps or overlaps; bucket {lo}..{hi} "
-                                       f"follows {expect - step}")
-                expect = hi + step
-            if expect != last + step:
-                raise CompileError(f"{stage} buckets end at {expect - step}, not at {last}")
+                if lo != expect or hi < lo:
+                    raise CompileError(f"{stage} buckets must cover {first}..{last} without "
+                                       f"gaps or overlaps; bucket {lo}..{hi} follows {expect - 1}")
+                expect = hi + 1
+            if expect != last + 1:
+                raise CompileError(f"{stage} buckets end at {expect - 1}, not at {last}")
         if last_chunk is not None:
             for lo, hi in self.prefill:
                 if (lo - 1) // last_chunk != (hi - 1) // last_chunk:

@@ -33,7 +33,7 @@ from flightforge.isa import Buf, MiscOp
 from flightforge.program import Program
 
 from . import kernels
-from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
+from .buckets import BucketPlan, LinearShape, bucket_name, chunk_starts, estimate_cycles
 from .builder import Builder, Tile
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
 from .memory import CompileError
@@ -109,7 +109,7 @@ def _reads(op) -> tuple[str, ...]:
     return (op.a, op.b)
 
 
-HEADS = ("all", "last", "none", "rows0")
+HEADS = ("all", "last", "none")
 
 
 def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int,
@@ -119,8 +119,7 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
 
     The input rows come from row ``pos0`` of the input segment. ``head`` says which
     logits to compute: ``all`` rows (written from row ``pos0`` of the logits segment),
-    ``rows0``, all rows written from row 0 (the final chunk of a chunked prefill with
-    last-row logits: the host picks its row), the ``last`` row only (row ``last_row``, by
+    the ``last`` row only (row ``last_row``, by
     default the tile's last, written to row 0), or ``none`` (an inner prefill chunk,
     which only fills the KV caches).
 
@@ -179,9 +178,8 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
                 del env[name]
                 b.free(owner.pop(name))
     if head != "none":
-        at_row0 = last_only or head == "rows0"
-        b.store(env[prog.output], pl.logits + (0 if at_row0 else pos0 * prog.vocab * 2),
-                dyn_step=prog.vocab * 2 if dyn and not at_row0 else 0)
+        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
+                dyn_step=prog.vocab * 2 if dyn and not last_only else 0)
     b.free(*owner.values())
 
 
@@ -209,23 +207,20 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
 
 
 def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
-                  last_only: bool, padded: bool = False) -> int:
+                  last_only: bool) -> int:
     """The most prompt rows one pass can hold on chip at the longest context.
 
     Found by lowering trial chunks on scratch builders (bisection), with the very
     allocator and kernels of the real pass. Every layer has the same shapes, so a trial
-    runs the first layer and the LM head only. ``padded``: chunks of a chunked-prefill
-    bucket always run all their rows, so the last one may start at ``max_len - 1`` and
-    attend over ``max_len - 1 + rows`` positions, with logits for every row.
+    runs the first layer and the LM head only.
     """
     ops = _one_layer(qd)
 
-    head = "all" if padded or not last_only else "last"
+    head = "last" if last_only else "all"
 
     def fits(rows: int) -> bool:
-        pos0 = max_len - 1 if padded else max_len - rows
         try:
-            _emit_stage(Builder(arch), qd, pl, rows, pos0, max_len, head, ops)
+            _emit_stage(Builder(arch), qd, pl, rows, max_len - rows, max_len, head, ops)
         except CompileError:
             return False
         return True
@@ -239,21 +234,17 @@ def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
     return lo
 
 
-def _one_layer(qd: QuantDecoder) -> tuple:
-    """The first layer's ops followed by the final norm and LM head, reading its output."""
+def _one_layer(qd: QuantDecoder, layers: int = 1) -> tuple:
+    """The first ``layers`` layers' ops followed by the final norm and LM head."""
     ops = qd.prog.ops
-    first_norm = next(i for i, op in enumerate(ops) if isinstance(op, Norm))
-    second_layer = next((i for i, op in enumerate(ops) if isinstance(op, Norm)
-                         and i > first_norm and op.x != ops[first_norm].out
-                         and _layer_input(op.x)), None)
+    starts = [i for i, op in enumerate(ops) if isinstance(op, Norm) and _layer_input(op.x)]
     head = _final_norm_output(qd)
     tail = [op for op in ops if isinstance(op, (Norm, Linear)) and (op.out == head
                                                                    or op.out == qd.prog.output)]
-    if second_layer is None:
+    if len(starts) <= layers:
         return ops
-    body = ops[:second_layer]
-    layer_out = ops[second_layer].x
-    return (*body, dataclasses.replace(tail[0], x=layer_out), *tail[1:])
+    end = starts[layers]
+    return (*ops[:end], dataclasses.replace(tail[0], x=ops[end].x), *tail[1:])
 
 
 def _layer_input(name: str) -> bool:
@@ -318,11 +309,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
     chunked = policy in ("fixed", "auto") or (isinstance(policy, BucketPlan) and bool(policy.chunk_starts))
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
-    chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only, padded=chunked)
-    if chunked:
-        # Padded chunks may run past max_len: room for one more chunk in every segment.
-        b = Builder(arch)
-        pl = _place(b, qd, max_len + chunk - 1, with_data)
+    chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
     plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk)
     plan.check(max_len, chunk if last_logits_only else None, chunk if chunked else None)
     if lengths is not None:
@@ -350,11 +337,13 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
             else:
                 _emit_stage(b, qd, pl, rows, pos0, max_len, "none")
         b.end_section(bucket_name("prefill", lo, hi), "prefill", lo, hi)
-    kinds = (("prefill_chunk", "none"), ("prefill_final", "rows0")) if last_logits_only \
+    # Chunked prefill of prompts longer than a chunk: full passes ending at the prompt's
+    # end (see chunk_starts), so the last row is always the final pass's last row.
+    kinds = (("prefill_chunk", "none"), ("prefill_final", "last")) if last_logits_only \
         else (("prefill_chunk", "all"),)
+    needed = None if wanted is None else {p for n in wanted if n > chunk for p in chunk_starts(n, chunk)}
     for lo, hi in plan.chunk_starts:
-        # A chunk start is needed by a wanted length L when lo <= start < L.
-        if wanted is not None and not any(n > lo for n in wanted):
+        if needed is not None and not any(lo <= p <= hi for p in needed):
             continue
         for stage, head in kinds:
             b.begin_section(lo, hi)

@@ -89,9 +89,25 @@ class TokenScheduler:
     #: per (producer unit, consumer unit): stream indices of releases and of their waits
     _pair_release: dict[tuple[isa.Unit, isa.Unit], list[int]] = field(default_factory=dict)
     _pair_wait: dict[tuple[isa.Unit, isa.Unit], list[int]] = field(default_factory=dict)
+    _merged_from: int = -1  #: len(untracked_reads) when the merged ranges were built
+    _merged_lo: list[int] = field(default_factory=list)
+    _merged_hi: list[int] = field(default_factory=list)
 
     def _untracked(self, a: Access) -> bool:
-        return a.space == "EXT" and any(lo <= a.lo and a.hi <= hi for lo, hi in self.untracked_reads)
+        if a.space != "EXT" or not self.untracked_reads:
+            return False
+        if self._merged_from != len(self.untracked_reads):  # ranges were added: re-merge
+            merged: list[list[int]] = []
+            for lo, hi in sorted(self.untracked_reads):
+                if merged and lo <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], hi)
+                else:
+                    merged.append([lo, hi])
+            self._merged_lo = [m[0] for m in merged]
+            self._merged_hi = [m[1] for m in merged]
+            self._merged_from = len(self.untracked_reads)
+        i = bisect.bisect_right(self._merged_lo, a.lo) - 1
+        return i >= 0 and a.hi <= self._merged_hi[i]
 
     def add(self, instr: isa.Instruction) -> int:
         """Append ``instr`` with the tokens its hazards need; returns its stream index."""

@@ -41,24 +41,31 @@ class Run:
     length: int
 
 
+def chunk_starts(length: int, chunk: int) -> list[int]:
+    """Start positions of the full passes that prefill ``length > chunk`` tokens: the
+    first at 0, the others ending at the prompt's end."""
+    n = -(-length // chunk)
+    return [0] + [length - chunk * m for m in range(n - 1, 0, -1)]
+
+
 def prefill_runs(program: Program, length: int) -> list[Run]:
     """The runs that prefill a prompt of ``length`` tokens.
 
     A whole-prompt program has one section per prompt-length bucket. A chunked program
-    runs passes of ``prefill_chunk`` rows from positions ``0, chunk, ...``: the
-    ``prefill_chunk`` section whose bucket holds each start, and with last-row logits a
-    ``prefill_final`` section for the last pass, which also computes the LM head.
+    (see ``compiler/buckets.py``) runs prompts of at most one chunk the same way, and
+    longer ones as full passes of ``prefill_chunk`` rows whose start positions select
+    the ``prefill_chunk`` section (and, for the last pass of a last-row-logits program,
+    the ``prefill_final`` section, which also computes the LM head).
     """
     meta = program.metadata["decoder"]
-    if meta.get("prefill_mode") != "chunked":
+    chunk = meta.get("prefill_chunk", 0)
+    if meta.get("prefill_mode") != "chunked" or length <= chunk:
         return [Run(program.section_for("prefill", length).name, length)]
-    chunk = meta["prefill_chunk"]
     last_only = meta.get("prefill_logits") == "last"
-    runs = []
-    for pos0 in range(0, length, chunk):
-        stage = "prefill_final" if last_only and pos0 + chunk >= length else "prefill_chunk"
-        runs.append(Run(program.section_for(stage, pos0).name, pos0))
-    return runs
+    starts = chunk_starts(length, chunk)
+    return [Run(program.section_for("prefill_final" if last_only and i == len(starts) - 1
+                                    else "prefill_chunk", pos0).name, pos0)
+            for i, pos0 in enumerate(starts)]
 
 
 def decode_run(program: Program, position: int) -> Run:
@@ -111,12 +118,7 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
     runs = prefill_runs(program, len(prompt))
     for run in runs:
         cycles = add(device.run(run.section, run.length).cycles, cycles)
-    if not last_only:
-        logits = read_rows(0, len(prompt))
-    elif meta.get("prefill_mode") == "chunked":
-        logits = read_rows(len(prompt) - 1 - runs[-1].length, 1)  # the final chunk's rows start at 0
-    else:
-        logits = read_rows(0, 1)
+    logits = read_rows(0, 1 if last_only else len(prompt))
     all_logits = [logits]
     tokens: list[int] = []
     pos = len(prompt)

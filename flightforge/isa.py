@@ -244,7 +244,11 @@ class Instruction:
 
     @classmethod
     def field_specs(cls) -> list[tuple[str, FieldSpec]]:
-        return [(f.name, f.metadata["isa"]) for f in dataclasses.fields(cls)]
+        specs = cls.__dict__.get("_field_specs")
+        if specs is None:  # computed once per class: check() runs for every instruction
+            specs = [(f.name, f.metadata["isa"]) for f in dataclasses.fields(cls)]
+            setattr(cls, "_field_specs", specs)
+        return specs
 
     def values(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from flightforge import isa
 from flightforge.compiler.buckets import BucketPlan
@@ -59,14 +60,14 @@ def test_chunked_prefill_buckets_match_exact_lengths(policy, last_only):
     """Host-looped chunk streams, padded context and padded final chunk, bit for bit."""
     prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=4)
     opts = dict(max_len=160, last_logits_only=last_only)
-    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(100, 101, 137, 138))).program
+    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(1, 2, 7, 8, 100, 101, 137, 138))).program
     bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)).program
     meta = bucketed.metadata["decoder"]
     assert meta["prefill_mode"] == "chunked" and meta["prefill_chunk"] < 100
     stages = {s.stage for s in bucketed.sections}
-    assert stages == ({"prefill_chunk", "prefill_final", "decode"} if last_only
-                      else {"prefill_chunk", "decode"})
-    for length in (100, 137):
+    assert stages == ({"prefill", "prefill_chunk", "prefill_final", "decode"} if last_only
+                      else {"prefill", "prefill_chunk", "decode"})
+    for length in (1, 7, 100, 137):
         prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
         ref = generate(exact, FunctionalSim(TINY), prompt, 3)
         got = generate(bucketed, FunctionalSim(TINY), prompt, 3)
@@ -79,18 +80,34 @@ def test_plans_cover_every_length_once():
         BucketPlan(((1, 3), (5, 9)), ((1, 8),)).check(9, None)
     with pytest.raises(CompileError, match="spans a prefill chunk boundary"):
         BucketPlan(((1, 9),), ((1, 8),)).check(9, 4)
-    with pytest.raises(CompileError, match="chunk start buckets must cover 0..2040 in steps of 10"):
-        BucketPlan((), ((1, 2047),), ((0, 120), (140, 2040))).check(2048, chunk=10)
+    with pytest.raises(CompileError, match="chunk start buckets must cover 0..2038"):
+        BucketPlan(((1, 1), (2, 10)), ((1, 2047),), ((0, 120), (140, 2038))).check(2048, chunk=10)
     fixed = BucketPlan.fixed(2048, chunk=40)
     fixed.check(2048, chunk=40)
-    assert fixed.chunk_starts[:2] == ((0, 120), (160, 240)) and len(fixed.decode) == 128
+    assert fixed.prefill == ((1, 1), (2, 40))
+    assert fixed.chunk_starts[:2] == ((0, 127), (128, 255)) and len(fixed.decode) == 128
 
 
 def test_auto_policy_grows_buckets_to_the_latency_bound():
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
     c = compile_decoder(prog, load_target("u280"), CompileOptions(max_len=64, lengths=(1,)))
     plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.02, chunk=4)
-    plan.check(64, chunk=4)
+    plan.check(64, 4, chunk=4)
     tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=4)
     size = lambda p: len(p.chunk_starts) + len(p.decode)  # noqa: E731
     assert size(plan) < size(tight)
+
+
+@given(length=st.integers(2, 5000), chunk=st.integers(1, 300))
+def test_chunk_passes_cover_the_prompt_and_end_at_its_last_row(length, chunk):
+    from flightforge.generate import chunk_starts
+
+    if length <= chunk:
+        return
+    starts = chunk_starts(length, chunk)
+    assert len(starts) == -(-length // chunk) and starts[0] == 0
+    assert starts[-1] + chunk == length and starts == sorted(starts)
+    covered = set()
+    for s in starts:
+        covered |= set(range(s, s + chunk))
+    assert covered == set(range(length))
