@@ -55,12 +55,19 @@ def prefill_runs(program: Program, length: int) -> list[Run]:
     (see ``compiler/buckets.py``) runs prompts of at most one chunk the same way, and
     longer ones as full passes of ``prefill_chunk`` rows whose start positions select
     the ``prefill_chunk`` section (and, for the last pass of a last-row-logits program,
-    the ``prefill_final`` section, which also computes the LM head).
+    the ``prefill_final`` section, which also computes the LM head). A prompt one token
+    longer than a whole number of chunks ends with a decode step for its last token:
+    one row runs on the matrix-vector path instead of a full chunk.
     """
     meta = program.metadata["decoder"]
     chunk = meta.get("prefill_chunk", 0)
     if meta.get("prefill_mode") != "chunked" or length <= chunk:
         return [Run(program.section_for("prefill", length).name, length)]
+    if length % chunk == 1:
+        head = length - 1
+        body = ([Run(program.section_for("prefill", head).name, head)] if head <= chunk else
+                [Run(program.section_for("prefill_chunk", p).name, p) for p in chunk_starts(head, chunk)])
+        return body + [decode_run(program, length - 1)]
     last_only = meta.get("prefill_logits") == "last"
     starts = chunk_starts(length, chunk)
     return [Run(program.section_for("prefill_final" if last_only and i == len(starts) - 1
@@ -118,7 +125,10 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
     runs = prefill_runs(program, len(prompt))
     for run in runs:
         cycles = add(device.run(run.section, run.length).cycles, cycles)
-    logits = read_rows(0, 1 if last_only else len(prompt))
+    if program.section(runs[-1].section).stage == "decode":  # the last token ran as a decode step
+        logits = read_rows(len(prompt) - 1, 1) if last_only else read_rows(0, len(prompt))
+    else:
+        logits = read_rows(0, 1 if last_only else len(prompt))
     all_logits = [logits]
     tokens: list[int] = []
     pos = len(prompt)

@@ -60,14 +60,19 @@ def test_chunked_prefill_buckets_match_exact_lengths(policy, last_only):
     """Host-looped chunk streams, padded context and padded final chunk, bit for bit."""
     prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=4)
     opts = dict(max_len=160, last_logits_only=last_only)
-    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(1, 2, 7, 8, 100, 101, 137, 138))).program
     bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)).program
     meta = bucketed.metadata["decoder"]
-    assert meta["prefill_mode"] == "chunked" and meta["prefill_chunk"] < 100
+    chunk = meta["prefill_chunk"]
+    assert meta["prefill_mode"] == "chunked" and chunk < 70
     stages = {s.stage for s in bucketed.sections}
     assert stages == ({"prefill", "prefill_chunk", "prefill_final", "decode"} if last_only
                       else {"prefill", "prefill_chunk", "decode"})
-    for length in (1, 7, 100, 137):
+    # Short prompts, a multiple of the chunk plus one (its last token runs as a decode
+    # step), and long ones.
+    lengths = (1, 7, chunk + 1, 2 * chunk + 1, 100, 137)
+    exact = compile_decoder(prog, TINY, CompileOptions(
+        **opts, lengths=tuple(sorted({n + i for n in lengths for i in range(3)})))).program
+    for length in lengths:
         prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
         ref = generate(exact, FunctionalSim(TINY), prompt, 3)
         got = generate(bucketed, FunctionalSim(TINY), prompt, 3)
