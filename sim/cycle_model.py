@@ -24,6 +24,7 @@ import numpy as np
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
+from flightforge.generate import decode_run, prefill_runs
 from flightforge.program import Program, ProgramError
 
 from .device import DeviceError, RunResult, run_offset
@@ -227,7 +228,7 @@ class Report:
     bytes_loaded: int
     bytes_stored: int
     peak_bytes_per_cycle: float
-    prefill_run: SectionRun | None = field(default=None, repr=False)
+    prefill_runs: list[SectionRun] = field(default_factory=list, repr=False)
     decode_runs: list[SectionRun] = field(default_factory=list, repr=False)
 
     @property
@@ -287,7 +288,7 @@ class Report:
                        "args": {"name": "sections"}})
         us = 1.0 / self.clock_mhz
         offset = 0
-        runs = ([self.prefill_run] if self.prefill_run else []) + self.decode_runs
+        runs = self.prefill_runs + self.decode_runs
         for run in runs:
             events.append({"name": run.section, "ph": "X", "pid": 0, "tid": 0,
                            "ts": offset * us, "dur": run.cycles * us, "args": {"D": run.d}})
@@ -319,6 +320,9 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
              params: TimingParams = TimingParams(), interpolate: bool = False) -> Report:
     """Time a request: prefill of ``prompt_len`` tokens, then ``decode_steps`` steps.
 
+    The prefill is the runs :func:`flightforge.generate.prefill_runs` gives (one section,
+    or the chunk passes of a chunked program), exactly as a host would issue them.
+
     Decode step ``j`` runs at position ``prompt_len + j``. A position the program has a
     section for runs that section; all positions in one bucket run the same stream,
     timed once at the first of them this request reaches (``per-bucket``; with one
@@ -332,21 +336,22 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     model = CycleModel(arch, params)
     model.load(program)
     try:
-        sec = program.section_for("prefill", prompt_len)
-    except ProgramError as e:
-        raise DeviceError(str(e)) from None
-    model.run(sec.name, prompt_len)
-    prefill = model.runs[-1]
+        runs = prefill_runs(program, prompt_len)
+    except (ProgramError, KeyError) as e:
+        raise DeviceError(f"cannot prefill {prompt_len} tokens: {e}") from None
+    prefill = []
+    for r in runs:
+        model.run(r.section, r.length)
+        prefill.append(model.runs[-1])
     decode_secs = [s for s in program.sections if s.stage == "decode"]
     positions = range(prompt_len, prompt_len + decode_steps)
     by_section: dict[str, list[int]] = defaultdict(list)
     missing = []
     for p in positions:
-        owner = next((s for s in decode_secs if s.len_lo <= p <= s.len_hi), None)
-        if owner is None:
+        try:
+            by_section[decode_run(program, p).section].append(p)
+        except ProgramError:
             missing.append(p)
-        else:
-            by_section[owner.name].append(p)
     if missing and not interpolate:
         raise DeviceError(f"the program has no decode section for {len(missing)} of the "
                           f"{decode_steps} positions (first {missing[0]}); compile them, or "
@@ -379,7 +384,7 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     busy: dict = {}
     stalls: dict = {}
     loaded = stored = 0.0
-    for run in [prefill]:
+    for run in prefill:
         _accumulate(busy, run.busy, 1)
         _accumulate(stalls, run.stalls, 1)
         loaded += run.bytes_loaded
@@ -401,7 +406,7 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     sample_rows = [{"position": p, "section": r.section, "d": r.d, "cycles": r.cycles,
                     "weight": counts.get(p, 0.0)} for p, r in sorted(samples.items())]
     return Report(arch.name, timing.cores, arch.clock_mhz, prompt_len, decode_steps,
-                  prefill.cycles, int(round(decode_cycles)), method, sample_rows,
+                  sum(r.cycles for r in prefill), int(round(decode_cycles)), method, sample_rows,
                   {k: int(round(v)) for k, v in busy.items()},
                   {u: {k: int(round(v)) for k, v in d.items()} for u, d in stalls.items()},
                   int(round(loaded)), int(round(stored)), float(timing.peak_bytes_per_cycle),
