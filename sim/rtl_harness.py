@@ -38,8 +38,7 @@ from flightforge.program import Program, ProgramError
 from .device import DeviceError, RunResult
 from .functional import ExternalMemory
 
-TB_DIR = Path(__file__).parent / "cocotb_tests"
-TB_MODULE = "core_tb"
+TB_MODULE = "flightforge.sim.cocotb_tests.core_tb"
 DEFAULT_BUILD_ROOT = Path(os.environ.get("FLIGHTFORGE_RTL_BUILD", "build/rtl"))
 
 
@@ -126,7 +125,8 @@ def build(arch: ArchConfig, *, waves: bool = False, build_root: Path | None = No
 
 
 def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
-              max_cycles: int = 2_000_000, build_root: Path | None = None) -> list[Any]:
+              waves_file: Path | None = None, max_cycles: int = 2_000_000,
+              build_root: Path | None = None) -> list[Any]:
     """Replay ``steps`` in one simulation of the core; returns one result per step.
 
     A ``run`` step's result is ``{"section", "cycles", "timeout", "illegal",
@@ -134,6 +134,8 @@ def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
     "ext": {(addr, size): bytes}}``; a ``memory`` step's is ``{page: array}`` of the
     external-memory pages written so far (pages of ``ExternalMemory.PAGE_BITS``).
     Replay stops after a section that times out or decodes an illegal instruction.
+    With ``waves``, the FST trace goes to ``waves_file`` (default: ``waves.fst`` in the
+    build directory); FST needs the lz4 headers (Debian: ``liblz4-dev``).
     """
     from cocotb_tools.runner import get_runner
 
@@ -146,9 +148,11 @@ def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
         runner = get_runner("verilator")
         runner.test(test_module=TB_MODULE, hdl_toplevel=b.verilog.stem, hdl_toplevel_lang="verilog",
                     build_dir=b.directory,
-                    test_dir=TB_DIR, waves=waves, results_xml=str(Path(tmp) / "results.xml"),
+                    test_dir=tmp, waves=waves, results_xml=str(Path(tmp) / "results.xml"),
                     plusargs=[f"+steps={steps_file}", f"+results={results_file}"],
                     log_file=Path(tmp) / "sim.log")
+        if waves and (Path(tmp) / "dump.fst").exists():
+            shutil.move(Path(tmp) / "dump.fst", waves_file or b.directory / "waves.fst")
         if not results_file.exists():
             log = (Path(tmp) / "sim.log").read_text() if (Path(tmp) / "sim.log").exists() else ""
             raise DeviceError("the RTL simulation ended without results:\n" + log[-4000:])
