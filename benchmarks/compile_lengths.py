@@ -89,6 +89,8 @@ def main() -> None:
         # chunk over the bucket's padded context.
         if section.stage == "prefill":
             return latency(section.len_hi, section.len_hi)
+        if section.stage == "decode":
+            return latency(1, section.len_hi + 1)
         return latency(chunk_b, section.len_hi + chunk_b)
 
     pre_over, dec_over = [], []
@@ -101,8 +103,9 @@ def main() -> None:
         sec = program.section_for("decode", pos)
         dec_over.append(latency(1, sec.len_hi + 1) / latency(1, pos + 1) - 1)
     worst = max(max(pre_over), max(dec_over))
+    worst_len = 1 + max(range(len(pre_over)), key=pre_over.__getitem__)
     print(f"modelled latency overhead of bucketing: prefill max {max(pre_over):.2%} "
-          f"mean {sum(pre_over) / len(pre_over):.2%}; decode max {max(dec_over):.2%} "
+          f"mean {sum(pre_over) / len(pre_over):.2%} (worst at length {worst_len}); decode max {max(dec_over):.2%} "
           f"mean {sum(dec_over) / len(dec_over):.2%}")
     print(json.dumps({
         "benchmark": "compile_lengths", "model": program.metadata["model"], "target": arch.name,
