@@ -51,10 +51,7 @@ def _target(name_or_path: str) -> ArchConfig:
 
 
 def _functional_sim(arch: ArchConfig):
-    try:
-        from .sim.functional import FunctionalSim
-    except ImportError as e:
-        raise click.ClickException(f"the functional simulator is not available: {e}") from None
+    from .sim.functional import FunctionalSim
     return FunctionalSim(arch)
 
 
@@ -396,12 +393,7 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                                       with_data=model is not None, buckets=buckets,
                                       bucket_bound=bucket_bound)
     if model is not None:
-        compile_onnx = getattr(pipeline, "compile_onnx", None)
-        if compile_onnx is None:
-            raise click.ClickException("ONNX compilation is not available yet; "
-                                       "use --config CONFIG.json for a shape-only compile")
-        result = compile_onnx(str(model), arch, options)
-        program = getattr(result, "program", result)
+        program = pipeline.compile_onnx(str(model), arch, options).program
     else:
         program = pipeline.compile_shape_only(str(config), arch, options)
     program.save(out)

@@ -184,18 +184,6 @@ def test_compile_usage_errors(args, tmp_path):
     assert result.exit_code == 2, result.output
 
 
-def test_compile_onnx_says_when_unavailable(monkeypatch, tmp_path):
-    monkeypatch.delattr(pipeline, "compile_onnx", raising=False)
-    assert_clean_error(invoke("compile", tmp_path / "model.onnx", "--target", "tiny",
-                              "--out", tmp_path / "x.ffb"), "ONNX compilation is not available yet")
-
-
-def test_missing_simulator_is_a_clean_error(monkeypatch, demo_file):
-    monkeypatch.setitem(sys.modules, "flightforge.sim.functional", None)
-    assert_clean_error(invoke("run", demo_file, "--target", "tiny"),
-                       "functional simulator is not available")
-
-
 @pytest.mark.parametrize("value,fragments", [
     (np.zeros((3, 64)), ["input 'x'", "shape [3, 64]", "[12, 64]"]),
     (np.full((12, 64), 300), ["input 'x'", "exceed the int8 range"]),

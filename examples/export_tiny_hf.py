@@ -1,0 +1,74 @@
+"""Export a tiny random-weight Hugging Face decoder to ONNX with torch.onnx (dynamo).
+
+Needs the test extra (torch, transformers, onnxscript: ``pip install -e '.[test]'``).
+The sizes are deliberately not powers of two, and the weights are initialised with a
+large range so that the logits are far from uniform:
+
+    python examples/export_tiny_hf.py llama tiny-llama.onnx
+    flightforge compile tiny-llama.onnx --target tiny --out tiny-llama.ffb --max-len 32
+    flightforge run tiny-llama.ffb --target tiny --prompt-ids 1,2,3 --max-new-tokens 8
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build(family: str, init_range: float, seed: int):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=300, initializer_range=init_range)
+    if family == "llama":
+        cfg = transformers.LlamaConfig(hidden_size=96, intermediate_size=200, num_hidden_layers=2,
+                                       num_attention_heads=6, num_key_value_heads=2,
+                                       max_position_embeddings=128, **common)
+        return transformers.LlamaForCausalLM(cfg)
+    if family == "opt":
+        cfg = transformers.OPTConfig(hidden_size=96, num_hidden_layers=2, ffn_dim=200,
+                                     num_attention_heads=6, max_position_embeddings=64,
+                                     word_embed_proj_dim=96, init_std=init_range,
+                                     vocab_size=300)
+        return transformers.OPTForCausalLM(cfg)
+    cfg = transformers.GPT2Config(n_embd=96, n_layer=2, n_head=6, n_positions=64, n_inner=200,
+                                  **common)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def export(family: str, path: str, init_range: float = 0.2, seed: int = 0) -> None:
+    import torch
+
+    model = build(family, init_range, seed).eval()
+
+    class Logits(torch.nn.Module):
+        """input_ids, attention_mask -> logits, without the KV cache outputs."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    seq = torch.export.Dim("seq", min=2, max=60)
+    ids = torch.randint(0, 300, (1, 8))
+    torch.onnx.export(Logits(model), (ids, torch.ones(1, 8, dtype=torch.int64)), path,
+                      dynamo=True, opset_version=18, external_data=False,
+                      dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("family", choices=["llama", "opt", "gpt2"])
+    ap.add_argument("out", help="ONNX file to write")
+    ap.add_argument("--init-range", type=float, default=0.2,
+                    help="standard deviation of the random weights")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    export(args.family, args.out, args.init_range, args.seed)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
