@@ -42,7 +42,7 @@ def footprint(instr: isa.Instruction, d_max: int = 0) -> tuple[list[Access], lis
         return ([Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r)],
                 [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w)])
     if isinstance(instr, isa.LD):
-        return ([_span(EXT, instr.src, instr.rows, instr.row_bytes, instr.src_stride)],
+        return ([_span(EXT, instr.src, instr.rows, instr.src_row_bytes, instr.src_stride)],
                 [_span(isa.Buf(instr.buf).name, instr.dst, instr.rows, instr.row_bytes, instr.dst_stride)])
     if isinstance(instr, isa.ST):
         return ([_span(isa.Buf(instr.buf).name, instr.src, instr.rows, instr.row_bytes, instr.src_stride)],

@@ -85,6 +85,31 @@ def _to_signed(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
 
 
+def pack_lowbit(values: np.ndarray, bits: int) -> np.ndarray:
+    """Signed ``values[rows][n]`` as ``bits``-bit fields, LSB-first, ``ceil(n*bits/8)`` bytes
+    per row: the external layout that an LD with ``unpack`` widens to INT8."""
+    v = np.asarray(values, dtype=np.int64)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if v.size and (v.min() < lo or v.max() > hi):
+        raise FormatError(f"values span {int(v.min())}..{int(v.max())}, outside {bits}-bit "
+                          f"range {lo}..{hi}")
+    rows, n = v.shape
+    field_bits = ((v[:, :, None] & ((1 << bits) - 1)) >> np.arange(bits)) & 1
+    stream = field_bits.reshape(rows, n * bits).astype(np.uint8)
+    pad = (-n * bits) % 8
+    stream = np.pad(stream, ((0, 0), (0, pad)))
+    return np.packbits(stream, axis=1, bitorder="little")
+
+
+def unpack_lowbit(data: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_lowbit`: ``data[rows][bytes]`` to signed int64 ``[rows][n]``."""
+    data = np.asarray(data, dtype=np.uint8)
+    stream = np.unpackbits(data, axis=1, bitorder="little")[:, :n * bits]
+    fields = stream.reshape(data.shape[0], n, bits).astype(np.int64)
+    v = (fields << np.arange(bits)).sum(axis=2)
+    return _to_signed(v, bits)
+
+
 @dataclass(frozen=True)
 class PackedWeights:
     """A weight matrix in the matrix engine's layout."""

@@ -111,6 +111,25 @@ class WPrec(enum.IntEnum):
         return (8, 4)[self]
 
 
+class Unpack(enum.IntEnum):
+    """Dequantisation on load: the memory unit widens low-bit weights to INT8.
+
+    Source rows hold ``row_bytes`` two's-complement values of ``bits`` bits each, packed
+    LSB-first into ``ceil(row_bytes * bits / 8)`` bytes; the buffer receives one INT8 per
+    value. Storing 2- or 3-bit weights this way halves or more the external traffic
+    while the matrix engine runs its INT8 path (FlightLLM's mixed-precision loads).
+    """
+
+    NONE = 0
+    INT2 = 1
+    INT3 = 2
+    INT4 = 3
+
+    @property
+    def bits(self) -> int:
+        return (8, 2, 3, 4)[self]
+
+
 class SparseMode(enum.IntEnum):
     """Weight sparsity pattern: ``n`` kept weights in every block of ``m`` along K.
 
@@ -304,6 +323,12 @@ class LD(Instruction):
     src_stride: int = _f(EXT_STRIDE_BITS, "bytes between row starts in external memory")
     dst_stride: int = _f(BUF_STRIDE_BITS, "bytes between row starts in the buffer")
     dyn_step: int = _f(EXT_STRIDE_BITS, "src moves by D * dyn_step (length-adaptive sections)")
+    unpack: Unpack = _f(2, "widen packed low-bit values to INT8 on load", Unpack, Unpack.NONE)
+
+    @property
+    def src_row_bytes(self) -> int:
+        """Bytes read from external memory per row."""
+        return -(-self.row_bytes * Unpack(self.unpack).bits // 8)
 
     def _check(self) -> None:
         _nonzero(self, "rows", "row_bytes")
@@ -609,7 +634,7 @@ def markdown_table() -> str:
         + ", ".join(f"{u.name}={u.value}" for u in Unit) + ".",
         "",
     ]
-    for e in (Buf, DType, WPrec, SparseMode, MiscOp, SysOp):
+    for e in (Buf, DType, WPrec, Unpack, SparseMode, MiscOp, SysOp):
         lines.append(f"- `{e.__name__}`: " + ", ".join(f"{m.name}={m.value}" for m in e))
     for op, cls in INSTRUCTION_TYPES.items():
         doc = " ".join((cls.__doc__ or "").split())

@@ -205,9 +205,13 @@ class FunctionalSim:
     def _execute_one(self, ins: isa.Instruction, stats: _Stats) -> None:
         if isinstance(ins, isa.LD):
             buf = isa.Buf(ins.buf)
-            span = (ins.rows - 1) * ins.src_stride + ins.row_bytes
+            src_row = ins.src_row_bytes
+            span = (ins.rows - 1) * ins.src_stride + src_row
             src = self.ext.read(ins.src, span, "src")
-            data = src[_rows_index(0, ins.rows, ins.row_bytes, ins.src_stride)]
+            data = src[_rows_index(0, ins.rows, src_row, ins.src_stride)]
+            if ins.unpack != isa.Unpack.NONE:
+                data = formats.unpack_lowbit(data, isa.Unpack(ins.unpack).bits,
+                                             ins.row_bytes).astype(np.int8).view(np.uint8)
             idx = self._buf_index(buf, "dst", ins.dst, ins.rows, ins.row_bytes, ins.dst_stride)
             self.buffers[buf][idx] = data
             stats.bytes_loaded += ins.rows * ins.row_bytes

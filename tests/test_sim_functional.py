@@ -370,3 +370,29 @@ def test_a_program_for_another_architecture_is_refused():
     other = arch_from_dict({**ARCH.model_dump(), "name": "other", "token_depth": 2})
     with pytest.raises(DeviceError, match="cannot load program"):
         FunctionalSim(other).load(build_demo(ARCH).program)
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4]), rows=st.integers(1, 4), n=st.integers(1, 70),
+       pad=st.integers(0, 5), seed=st.integers(0, 1 << 16))
+def test_load_widens_packed_low_bit_weights_to_int8(bits, rows, n, pad, seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(rows, n))
+    packed = formats.pack_lowbit(values, bits)
+    assert packed.shape == (rows, -(-n * bits // 8))
+    # Reference bitstream: value j of a row occupies bits j*bits .. j*bits+bits-1, LSB first.
+    for r in range(rows):
+        stream = int.from_bytes(packed[r].tobytes(), "little")
+        for j in range(n):
+            field = (stream >> (j * bits)) & ((1 << bits) - 1)
+            assert field - ((field >> (bits - 1)) << bits) == values[r, j]
+    stride = packed.shape[1] + pad
+    image = np.zeros((rows, stride), np.uint8)
+    image[:, :packed.shape[1]] = packed
+    sim = FunctionalSim(ARCH)
+    sim.write(1000, image.tobytes())
+    ld = isa.LD(buf=isa.Buf.WGT, dst=8, src=1000, rows=rows, row_bytes=n, src_stride=stride,
+                dst_stride=n + 3, unpack=isa.Unpack(bits - 1))
+    assert ld.src_row_bytes == packed.shape[1]
+    run(sim, ld)
+    assert np.array_equal(get(sim, isa.Buf.WGT, 8, rows, n, isa.DType.INT8, stride=n + 3), values)
