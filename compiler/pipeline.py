@@ -20,6 +20,7 @@ from .calibrate import calibrate
 from .graph import DecoderProgram
 from .lower import lower_decoder
 from .memory import CompileError
+from .prune import prune_decoder
 from .schedule import unordered_hazards
 from .qdecoder import QuantDecoder, QuantOptions, quantize_decoder
 
@@ -37,6 +38,7 @@ class CompileOptions:
     lengths: tuple[int, ...] | None = None  #: compile only these lengths (default: all)
     last_logits_only: bool = False  #: prefill computes the LM head for its last row only
     verify: bool = False  #: prove every section's tokens order all hazards (slow on big models)
+    prune: str = "magnitude"  #: N:M pruning of sparse layers: magnitude or sparsegpt
     buckets: str | BucketPlan = "per-length"  #: per-length, fixed (FlightLLM's), auto, or a plan
     bucket_bound: float = 0.02  #: auto buckets: modelled latency overhead allowed per length
 
@@ -55,10 +57,32 @@ def calibration_prompts(prog: DecoderProgram, options: CompileOptions) -> list[n
     return [rng.integers(0, prog.vocab, size=length) for _ in range(DEFAULT_CALIBRATION_PROMPTS)]
 
 
+PRUNE_ROWS_PER_INPUT = 8  #: calibration rows per input feature for second-order pruning
+
+
+def pruning_prompts(prog: DecoderProgram, options: CompileOptions,
+                    prompts: list[np.ndarray]) -> list[np.ndarray]:
+    """Calibration prompts for second-order pruning: with fewer rows than input features
+    the Hessian is singular and the compensation fits the samples, not the layer."""
+    if options.prune == "magnitude":
+        return prompts
+    need = PRUNE_ROWS_PER_INPUT * max(p.w.shape[1] for p in prog.linears.values())
+    rng = np.random.default_rng(options.seed + 1)
+    out = list(prompts)
+    length = min(DEFAULT_CALIBRATION_LENGTH, options.max_len)
+    while sum(len(p) for p in out) < need:
+        out.append(rng.integers(0, prog.vocab, size=length))
+    return out
+
+
 def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
                     options: CompileOptions = CompileOptions(), metadata: dict | None = None) -> Compiled:
+    prompts = calibration_prompts(prog, options)
+    # Prune the layers whose weight plans are N:M sparse (second-order methods need data).
+    modes = {name: options.quant.plan_for(name, p.w.shape[1]).sparse for name, p in prog.linears.items()}
+    prog = prune_decoder(prog, pruning_prompts(prog, options, prompts), modes, options.prune)
     # Record every activation's range on sample prompts run through the float model.
-    stats = calibrate(prog, calibration_prompts(prog, options))
+    stats = calibrate(prog, prompts)
     # Fix scales, integer weights, norm gains and activation tables.
     qd = quantize_decoder(prog, stats, options.quant)
     # Emit one synchronised section per prefill length and decode position.

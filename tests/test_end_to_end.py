@@ -84,8 +84,9 @@ def test_chunked_prefill_and_last_row_logits_are_bit_exact():
     assert np.array_equal(gen.logits, full[len(prompt) - 1:])
 
 
-@pytest.mark.parametrize("mode", ["S2_4", "S8_16"])
-def test_sparse_int4_decoder_is_bit_exact(mode):
+@pytest.mark.parametrize("mode,prune", [("S2_4", "magnitude"), ("S8_16", "magnitude"),
+                                        ("S8_16", "sparsegpt")])
+def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     """N:M-sparse INT4 weights with group scales, through packing, META and the MPE."""
     from flightforge.compiler.graph import linear_shapes
     from flightforge.compiler.qdecoder import QuantOptions, WeightPlan
@@ -96,7 +97,8 @@ def test_sparse_int4_decoder_is_bit_exact(mode):
     sparse = SparseMode[mode]
     plans = {name: WeightPlan(WPrec.INT4, 16, sparse)
              for name, (_, k) in linear_shapes(shape).items() if name != "lm_head" and k % 16 == 0}
-    c = compile_decoder(prog, TINY, CompileOptions(max_len=16, quant=QuantOptions(weight_bits=4, plans=plans)))
+    c = compile_decoder(prog, TINY, CompileOptions(max_len=16, prune=prune,
+                                                   quant=QuantOptions(weight_bits=4, plans=plans)))
     assert mode in {p["sparse"] for p in c.program.metadata["decoder"]["weight_plans"].values()}
     prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
