@@ -1,0 +1,220 @@
+"""Calibrate the analytical resource model against Yosys synthesis of the RTL.
+
+Synthesises the blocks of one core (``hw/``) with Yosys ``synth_xilinx -family xcup``
+(UltraScale+) at small configurations, counts LUT, FF, DSP48E2 and block-RAM cells, fits
+the per-block coefficients of :mod:`flightforge.resources` and writes them, with every
+synthesis result and the model's error on each, to ``flightforge/resource_calibration.json``
+(committed: tests and the DSE read it and never need Yosys).
+
+What is synthesised, and what each gives:
+
+- ``DspChain(groups, window)`` for groups in 2, 4, 8 and window (the sparse MUX width,
+  ``sparse_m``) in 4, 16: LUT and FF per MAC as ``a + b * window`` (a least-squares fit);
+  ``groups=16, window=8`` is held out and only checked.
+- ``Controller``, ``LoadUnit``, ``StoreUnit``, ``SpecialFunctionUnit`` and
+  ``MatrixEngine`` (one chain instantiated, see docs/rtl.md) of the ``tiny`` target:
+  per-block constants; the MPE's cost beyond its one chain is the per-chain epilogue.
+- ``Buffer(size, 1)`` at 4 and 16 KiB: checks the block-RAM mapping rule.
+
+Needs Debian's ``yosys`` (``apt-get install yosys``); takes several minutes.
+
+``--power`` (no Yosys needed) instead refits the power model's scale on the committed
+file: LLaMA2-7B decode on the U280 mapping under FlightLLM's artifact assumptions (INT4
+g128 weights, q/k 4:16 sparse, fixed buckets, data over 24 channels at 70% efficiency)
+must draw FlightLLM's reported 45 W.
+
+    python benchmarks/calibrate_resources.py [--out flightforge/resource_calibration.json]
+    python benchmarks/calibrate_resources.py --power
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from amaranth.back import rtlil
+
+from flightforge.mappings import load_target
+
+OUT = Path(__file__).resolve().parent.parent / "flightforge" / "resource_calibration.json"
+CHAIN_FIT = [(g, w) for g in (2, 4, 8) for w in (4, 16)]
+CHAIN_HOLDOUT = [(16, 8)]
+CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
+FLIGHTLLM_U280_W = 45.0  #: FlightLLM (FPGA 2024): U280, LLaMA2-7B decode
+#: Assumed relative dynamic power per resource at 100 MHz and full activity (W), in the
+#: style of AMD's UltraScale+ power estimator; only the ratios matter (scale is fitted).
+ENERGY_W_AT_100MHZ = {"dsp": 0.6e-3, "lut": 0.01e-3, "ff": 0.004e-3, "bram": 0.9e-3,
+                      "uram": 2.0e-3}
+POWER_ASSUMED = {"static_w_per_lut": 10.0 / 1303680,  # 10 W static on the XCU280
+                 "pj_per_bit": {"hbm": 3.9, "ddr": 15.0},  # approximate literature values
+                 "energy_w_at_100mhz": ENERGY_W_AT_100MHZ}
+
+
+def calibrate_power(path: Path) -> dict:
+    """Fit ``power.scale`` so the U280 LLaMA2-7B decode reference point draws 45 W."""
+    from flightforge.explore import evaluate_point, spec_from_dict
+    from flightforge.resources import calibration
+    data = json.loads(path.read_text())
+    data["power"] = dict(POWER_ASSUMED, scale=1.0)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    calibration.cache_clear()
+    spec = spec_from_dict({
+        "name": "power-calibration", "model": str(CONFIGS / "llama2-7b.json"), "target": "u280",
+        "workload": {"prompt_len": 128, "decode_len": 512, "ttft": False},
+        "quant": {"weight_bits": 4, "group": 128, "sparse_n": 4, "sparse_m": 16},
+        "timing": {"interleave_bytes": 4096, "hbm_channels": 24, "mem_efficiency_pct": 70}})
+    row = evaluate_point(spec, {})
+    m = row["metrics"]
+    logic_target = FLIGHTLLM_U280_W - m["static_w"] - m["memory_w"]
+    data["power"]["scale"] = round(logic_target / m["logic_w"], 4)
+    data["power"]["reference"] = {
+        "point": "u280 LLaMA2-7B decode 128+512, artifact assumptions", "target_w": FLIGHTLLM_U280_W,
+        "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2), "static_w": round(m["static_w"], 2),
+        "memory_w": round(m["memory_w"], 2), "logic_w_unscaled": round(m["logic_w"], 3),
+        "busy": {u: round(m[f"busy_{u}"], 3) for u in ("LD", "ST", "MPE", "SFU")}}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    calibration.cache_clear()
+    return data["power"]
+
+
+def synth(component, name: str, yosys: str, flags: str = "") -> dict:
+    """Cell counts of ``component`` after ``synth_xilinx -family xcup``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        il = Path(tmp) / f"{name}.il"
+        il.write_text(rtlil.convert(component, name=name))
+        stat = Path(tmp) / "stat.txt"
+        t = time.perf_counter()
+        proc = subprocess.run([yosys, "-q", "-p", f"read_rtlil {il}; synth_xilinx -family xcup "
+                               f"-top {name} {flags}; tee -o {stat} stat"],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode:
+            raise RuntimeError(f"yosys failed on {name}: {proc.stderr[-2000:]}")
+        cells: dict[str, int] = {}
+        for line in stat.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and re.match(r"^[A-Z][A-Z0-9_]+$", parts[0]):
+                cells[parts[0]] = cells.get(parts[0], 0) + int(parts[1])
+    return {"cells": cells, "seconds": round(time.perf_counter() - t, 1), **classes(cells)}
+
+
+def classes(cells: dict[str, int]) -> dict[str, int]:
+    """LUT, FF, DSP, BRAM (36 Kb equivalents), URAM from Yosys' Xilinx cell names."""
+    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
+    lut += cells.get("RAM32M", 0) * 4 + cells.get("RAM64M", 0) * 4  # LUTRAM: 4 LUTs each
+    lut += sum(v for k, v in cells.items() if re.fullmatch(r"RAM(32|64|128|256)X1[SD]", k)) * 2
+    ff = sum(v for k, v in cells.items() if k in ("FDRE", "FDSE", "FDCE", "FDPE"))
+    dsp = sum(v for k, v in cells.items() if k.startswith("DSP48"))
+    bram = cells.get("RAMB36E2", 0) + cells.get("RAMB18E2", 0) / 2
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram": bram, "uram": cells.get("URAM288", 0)}
+
+
+def model_errors(runs: list[dict], coef: dict) -> list[dict]:
+    """The model's relative error on each chain and buffer run (held-out runs marked)."""
+    from flightforge.arch import BufferConfig
+    from flightforge.resources import bank_memories
+    out = []
+    for r in runs:
+        p = r["params"]
+        if r["block"] == "DspChain":
+            macs, w = 2 * p["groups"], p["window"]
+            model = {"lut": macs * (coef["lut_per_mac"] + coef["lut_per_mac_per_window"] * w),
+                     "ff": macs * (coef["ff_per_mac"] + coef["ff_per_mac_per_window"] * w),
+                     "dsp": macs}  # the RTL maps one MAC per DSP48E2 (docs/rtl.md)
+        elif r["block"] == "Buffer":
+            model = {"bram": bank_memories(BufferConfig(size=p["size"], banks=1, width=1), False)[0]}
+        else:
+            continue
+        out.append({"block": r["block"], "params": p,
+                    "held_out": (p.get("groups"), p.get("window")) in CHAIN_HOLDOUT,
+                    **{k: {"yosys": r[k], "model": round(v, 1),
+                           "rel_error": round((v - r[k]) / r[k], 4) if r[k] else None}
+                       for k, v in model.items()}})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--power", action="store_true", help="only refit the power scale")
+    args = ap.parse_args()
+    if args.power:
+        print(json.dumps({"benchmark": "calibrate_power", **calibrate_power(args.out)}))
+        return
+    yosys = shutil.which("yosys")
+    if yosys is None:
+        raise SystemExit("yosys is not on PATH (apt-get install yosys)")
+    version = subprocess.run([yosys, "-V"], capture_output=True, text=True).stdout.strip()
+    from flightforge.hw.buffers import Buffer
+    from flightforge.hw.controller import Controller
+    from flightforge.hw.dsp_chain import DspChain
+    from flightforge.hw.memory_units import LoadUnit, StoreUnit
+    from flightforge.hw.mpe import MatrixEngine
+    from flightforge.hw.sfu.unit import SpecialFunctionUnit
+
+    arch = load_target("tiny")
+    runs: list[dict] = []
+
+    def record(block: str, params: dict, component, flags: str = "") -> dict:
+        r = {"block": block, "params": params, **synth(component, block.lower(), yosys, flags)}
+        runs.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "cells"}), flush=True)
+        return r
+
+    for g, w in CHAIN_FIT + CHAIN_HOLDOUT:
+        record("DspChain", {"groups": g, "window": w}, DspChain(g, w))
+    for block, make in (("Controller", Controller), ("LoadUnit", LoadUnit),
+                        ("StoreUnit", StoreUnit), ("SpecialFunctionUnit", SpecialFunctionUnit),
+                        ("MatrixEngine", MatrixEngine)):
+        record(block, {"target": arch.name}, make(arch))
+    for size in (4096, 16384):
+        # Yosys 0.23 cannot map the byte RAM to LUT RAM (invalid ABITS/WIDTH): block RAM only.
+        record("Buffer", {"size": size, "ports": 2}, Buffer(size, 2), "-nolutram")
+
+    # Fit LUT and FF per MAC as a + b * window on the chain runs (MACs = 2 * groups).
+    fit = [r for r in runs if r["block"] == "DspChain" and
+           (r["params"]["groups"], r["params"]["window"]) in CHAIN_FIT]
+    a = np.array([[2 * r["params"]["groups"], 2 * r["params"]["groups"] * r["params"]["window"]]
+                  for r in fit], dtype=float)
+    coef = {}
+    for what in ("lut", "ff"):
+        y = np.array([r[what] for r in fit], dtype=float)
+        (base, per_window), *_ = np.linalg.lstsq(a, y, rcond=None)
+        coef[f"{what}_per_mac"] = round(float(base), 3)
+        coef[f"{what}_per_mac_per_window"] = round(float(per_window), 4)
+    by = {r["block"]: r for r in runs if r["block"] not in ("DspChain", "Buffer")}
+    chain_tiny = coef["lut_per_mac"] * 2 * arch.mpe.groups_per_chain + \
+        coef["lut_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
+    chain_tiny_ff = coef["ff_per_mac"] * 2 * arch.mpe.groups_per_chain + \
+        coef["ff_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
+    coef["lut_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["lut"] - chain_tiny), 1)
+    coef["ff_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["ff"] - chain_tiny_ff), 1)
+    coef["dsp_mpe_epilogue"] = by["MatrixEngine"]["dsp"] - 2 * arch.mpe.groups_per_chain
+    for key, block in (("controller", "Controller"), ("sfu_lane", "SpecialFunctionUnit"),
+                       ("load_unit", "LoadUnit"), ("store_unit", "StoreUnit")):
+        for what in ("lut", "ff", "dsp"):
+            coef[f"{what}_{key}"] = by[block][what]
+    errors = model_errors(runs, coef)
+    out = {"generated_by": "benchmarks/calibrate_resources.py", "yosys": version,
+           "family": "xcup", "calibration_target": arch.name, "coefficients": coef,
+           "runs": runs, "errors": errors}
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if "power" in old:
+        out["power"] = old["power"]
+    args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    for e in errors:
+        print(json.dumps(e))
+    if "power" not in out:
+        calibrate_power(args.out)
+    print(json.dumps({"benchmark": "calibrate_resources", "out": str(args.out),
+                      "coefficients": coef}))
+
+
+if __name__ == "__main__":
+    main()

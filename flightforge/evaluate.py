@@ -1,0 +1,367 @@
+"""Fast, exact timing of design points for design-space exploration.
+
+A design point is an :class:`~flightforge.arch.ArchConfig`, compile options and
+:class:`~flightforge.sim.timing.TimingParams`. Timing it with the cycle model costs a
+shape-only compile (seconds for LLaMA2-7B) and a cycle-model run per section (a few
+tenths of a second). Most of the space changes neither the instruction stream nor most
+instruction durations, so this module splits the work and caches every part by exactly
+what it depends on (docs/dse.md, "What is cached and why it is exact"):
+
+1. **Programs** by :func:`stream_key`: the model, the quantisation and bucket options,
+   the compiled lengths and the only architecture fields the compiler reads (buffer
+   sizes, ``token_depth``, the external memory's burst and capacity; with ``auto``
+   buckets, whose plan comes from a latency estimate, the whole architecture). Clock,
+   cores, chains, DSP groups, SFU lanes, bandwidth, latency and channel use only change
+   durations. ``tests/test_dse_evaluate.py`` compiles one model under two architectures
+   that differ in every other field and checks that the streams are identical.
+2. **Prepared streams** (:class:`Stream`): a section resolved at its bucket offset,
+   reduced to per-instruction integer arrays (unit, wait and release masks).
+3. **Durations**: matrix and SFU durations come from :class:`~flightforge.sim.timing.Timing`
+   itself, cached by the fields they read. Transfers are split into a geometry part
+   (worst per-channel bursts, channel crossings: depends on the address map only), which
+   :class:`~flightforge.sim.timing.Timing` computes on a unit-rate copy of the
+   architecture, and the rate part of ``docs/cycle_model.md``'s LD/ST formula, evaluated
+   for all transfers at once with numpy.
+4. **Dispatch**: :func:`dispatch_cycles` is the machine of :mod:`flightforge.sim.dispatch`
+   specialised to precomputed integer arrays (same cycle-by-cycle rules, no schedule kept);
+   results are memoised by the duration vector.
+
+Tests check durations against ``Timing.duration`` and cycles against ``run_dispatch``
+instruction for instruction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import formats, isa
+from .arch import ArchConfig, arch_from_dict
+from .program import Program
+
+Q = 256  #: the Q8 scale of memory rates (sim/timing.py)
+N_UNITS = len(isa.Unit)
+SYS_KIND, HALT_KIND = N_UNITS, N_UNITS + 1
+SPLIT_BUFFERS = frozenset({isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE})
+
+
+# --- stream keys ---------------------------------------------------------------------------
+
+
+def stream_fields(arch: ArchConfig, buckets: str) -> dict[str, Any]:
+    """The architecture fields the compiler reads (all of them under ``auto`` buckets)."""
+    if buckets == "auto":
+        d = arch.model_dump(mode="json")
+        for k in ("name", "description", "device"):
+            d.pop(k, None)
+        return d
+    return {"buffers": {b.name.lower(): arch.buffers.of(b).size for b in isa.Buf},
+            "token_depth": arch.token_depth, "burst_bytes": arch.hbm.burst_bytes,
+            "capacity": arch.hbm.capacity}
+
+
+def canonical_hash(obj: Any) -> str:
+    """SHA-256 (hex, 24 digits) of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# --- prepared streams ------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One section at one bucket offset, as integer arrays for timing."""
+
+    name: str
+    d: int
+    instrs: list[isa.Instruction]
+    kind: list[int]  #: unit index, SYS_KIND or HALT_KIND
+    waits: list[tuple[int, ...]]
+    releases: list[tuple[int, ...]]
+    mm_idx: np.ndarray  #: indices of MM/MV instructions
+    misc_idx: np.ndarray
+    xfer_idx: np.ndarray  #: LD and ST
+    xfer_bytes: np.ndarray
+    xfer_split: np.ndarray  #: bool: each core moves its share
+    xfer_buf: np.ndarray
+    bytes_moved: int  #: bytes loaded and stored
+    macs: int
+    _geometry: dict = field(default_factory=dict, repr=False)
+    _compute: dict = field(default_factory=dict, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+
+def _units(mask: int) -> tuple[int, ...]:
+    return tuple(u for u in range(N_UNITS) if mask >> u & 1)
+
+
+def prepare(program: Program, section: str, length: int | None = None) -> Stream:
+    """The section ``section`` of ``program`` run with ``length`` (its bucket offset)."""
+    sec = program.section(section)
+    d = 0 if length is None else length - sec.len_lo
+    instrs = [isa.resolve(i, d) if d and isa.is_dynamic(i) else i for i in sec.instructions]
+    kind, waits, releases = [], [], []
+    mm, misc, xfer, xbytes, xsplit, xbuf = [], [], [], [], [], []
+    macs = 0
+    for i, ins in enumerate(instrs):
+        if isinstance(ins, isa.SYS):
+            kind.append(HALT_KIND if ins.op == isa.SysOp.HALT else SYS_KIND)
+            waits.append(())
+            releases.append(())
+            continue
+        kind.append(int(ins.UNIT))
+        waits.append(_units(ins.wait))
+        releases.append(_units(ins.release))
+        if isinstance(ins, (isa.MM, isa.MV)):
+            mm.append(i)
+            macs += ins.rows * ins.n * formats.weight_entries(ins.k, isa.SparseMode(ins.sparse))
+        elif isinstance(ins, isa.MISC):
+            misc.append(i)
+        else:
+            xfer.append(i)
+            xbytes.append(ins.rows * ins.row_bytes)
+            buf = isa.Buf(ins.buf)
+            xsplit.append(isinstance(ins, isa.ST) or buf in SPLIT_BUFFERS)
+            xbuf.append(int(buf))
+    return Stream(section, d, instrs, kind, waits, releases, np.array(mm, dtype=np.int64),
+                  np.array(misc, dtype=np.int64), np.array(xfer, dtype=np.int64),
+                  np.array(xbytes, dtype=np.int64), np.array(xsplit, dtype=bool),
+                  np.array(xbuf, dtype=np.int64), int(sum(xbytes)), macs)
+
+
+# --- durations -------------------------------------------------------------------------------
+
+
+def _unit_rate_arch(arch: ArchConfig) -> ArchConfig:
+    """``arch`` with 1 byte per cycle per channel, no latency, no crossing penalty and
+    unbounded buffer ports: a transfer then lasts exactly ``worst_bursts * burst`` cycles."""
+    d = arch.model_dump(mode="json")
+    d["clock_mhz"] = 1000
+    d["hbm"].update(bandwidth_gbs=arch.hbm.channels, latency_ns=0, cross_channel_penalty_cycles=0)
+    for b in d["buffers"].values():
+        b["width"] = 1 << 30
+    return arch_from_dict(d, "<unit-rate arch>")
+
+
+def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.ndarray]:
+    """Worst per-channel bursts and channel crossings of every transfer (cached by map)."""
+    from .sim.timing import Timing, TimingParams
+    mem = arch.hbm
+    key = (mem.burst_bytes, mem.capacity, mem.channels, params.interleave_bytes, params.channels)
+    hit = stream._geometry.get(key)
+    if hit is not None:
+        return hit
+    unit = Timing(_unit_rate_arch(arch), TimingParams(interleave_bytes=params.interleave_bytes,
+                                                      channels=params.channels))
+    worst = np.empty(len(stream.xfer_idx), dtype=np.int64)
+    cross = np.empty(len(stream.xfer_idx), dtype=np.int64)
+    for j, i in enumerate(stream.xfer_idx):
+        ins = stream.instrs[i]
+        c = unit.ld(ins) if isinstance(ins, isa.LD) else unit.st(ins)
+        worst[j] = c.cycles // mem.burst_bytes
+        cross[j] = c.crossings
+    stream._geometry[key] = worst, cross
+    return worst, cross
+
+
+def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
+    """Cycles every instruction occupies its unit (``Timing.duration``, 0 for SYS)."""
+    from .sim.timing import Timing
+    timing = Timing(arch, params)
+    out = np.zeros(len(stream.instrs), dtype=np.int64)
+    ckey = (arch.mpe, arch.sfu, tuple(sorted(timing.port.items())), timing.cores,
+            params.sync_latency_cycles, params.link_bytes_per_cycle)
+    comp = stream._compute.get(ckey)
+    if comp is None:
+        comp = (np.array([timing.matmul(stream.instrs[i]) for i in stream.mm_idx], dtype=np.int64),
+                np.array([timing.misc(stream.instrs[i]) for i in stream.misc_idx], dtype=np.int64))
+        stream._compute[ckey] = comp
+    out[stream.mm_idx] = comp[0]
+    out[stream.misc_idx] = comp[1]
+    if len(stream.xfer_idx):
+        worst, cross = _geometry(stream, arch, params)
+        cores = timing.cores
+        share = np.where(stream.xfer_split, -(-stream.xfer_bytes // cores), stream.xfer_bytes)
+        port = np.array([timing.port[isa.Buf(b)] for b in range(len(isa.Buf))], dtype=np.int64)
+        port_cycles = -(-share // port[stream.xfer_buf])
+        channel_cycles = -(-(worst * timing.burst * Q) // timing.rate_q8)
+        out[stream.xfer_idx] = (timing.latency + np.maximum(channel_cycles, port_cycles)
+                                + timing.penalty * cross)
+    return out
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+
+class DispatchError(RuntimeError):
+    """The stream deadlocked or left tokens at HALT (run ``sim.dispatch`` for the details)."""
+
+
+def dispatch_cycles(kind: Sequence[int], waits: Sequence[tuple[int, ...]],
+                    releases: Sequence[tuple[int, ...]], dur: Sequence[int], *,
+                    token_depth: int, queue_depth: int) -> int:
+    """Cycles of one section: :func:`flightforge.sim.dispatch.run_dispatch`'s machine.
+
+    Same rules in the same order each cycle (retire, dispatch one, start heads in unit
+    order, advance time by one cycle or jump to the next completion), on plain lists.
+    """
+    n = len(kind)
+    queues = [deque() for _ in range(N_UNITS)]
+    idle = [True] * N_UNITS
+    tok = [0] * (N_UNITS * N_UNITS)  # tok[src * N + dst]
+    heap: list[tuple[int, int, int]] = []
+    pc = t = 0
+    last = -1
+    NU = N_UNITS
+
+    def can_start(i: int, u: int) -> bool:
+        for v in waits[i]:
+            if tok[v * NU + u] <= 0:
+                return False
+        for v in releases[i]:
+            if tok[u * NU + v] >= token_depth:
+                return False
+        return True
+
+    while True:
+        while heap and heap[0][0] <= t:
+            _, u, i = heapq.heappop(heap)
+            for v in releases[i]:
+                tok[u * NU + v] += 1
+            idle[u] = True
+        if pc < n and last < t:
+            k = kind[pc]
+            if k == HALT_KIND:
+                if all(idle) and not any(queues):
+                    if any(tok):
+                        raise DispatchError("tokens left over at HALT")
+                    return t + 1
+            elif k == SYS_KIND:
+                last = t
+                pc += 1
+            elif len(queues[k]) < queue_depth:
+                queues[k].append(pc)
+                last = t
+                pc += 1
+        for u in range(NU):
+            q = queues[u]
+            if idle[u] and q and can_start(q[0], u):
+                i = q.popleft()
+                for v in waits[i]:
+                    tok[v * NU + u] -= 1
+                d = dur[i]
+                heapq.heappush(heap, (t + (d if d > 1 else 1), u, i))
+                idle[u] = False
+        if pc < n:
+            k = kind[pc]
+            if k == HALT_KIND:
+                nxt = all(idle) and not any(queues)
+            elif k == SYS_KIND:
+                nxt = True
+            else:
+                nxt = len(queues[k]) < queue_depth
+        else:
+            nxt = False
+        if nxt or any(idle[u] and queues[u] and can_start(queues[u][0], u) for u in range(NU)):
+            t += 1
+        elif heap:
+            t = max(t + 1, heap[0][0])
+        else:
+            raise DispatchError(f"deadlock at instruction {pc}")
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """One timed run of a prepared stream."""
+
+    cycles: int
+    busy: tuple[int, ...]  #: cycles each unit is occupied (LD, ST, MPE, SFU)
+    bytes_moved: int
+    macs: int
+
+
+def time_stream(stream: Stream, arch: ArchConfig, params) -> StreamTiming:
+    """Time ``stream`` on ``arch`` with timing ``params`` (exactly the cycle model's cycles)."""
+    dur = durations(stream, arch, params)
+    dur1 = np.maximum(dur, 1)
+    kinds = np.asarray(stream.kind)
+    busy = tuple(int(dur1[kinds == u].sum()) for u in range(N_UNITS))
+    key = (hashlib.blake2b(dur.tobytes(), digest_size=16).digest(), arch.token_depth,
+           arch.queue_depth)
+    cycles = stream._memo.get(key)
+    if cycles is None:
+        cycles = dispatch_cycles(stream.kind, stream.waits, stream.releases, dur.tolist(),
+                                 token_depth=arch.token_depth, queue_depth=arch.queue_depth)
+        stream._memo[key] = cycles
+    return StreamTiming(cycles, busy, stream.bytes_moved, stream.macs)
+
+
+# --- program cache ---------------------------------------------------------------------------
+
+
+class ProgramCache:
+    """Compiled programs by stream key, in memory and (optionally) on disk.
+
+    The disk copy lets worker processes share compiles; a file is written under a
+    temporary name and renamed, so a reader never sees a partial program.
+    """
+
+    def __init__(self, directory: str | Path | None = None, max_streams: int = 64) -> None:
+        self.dir = Path(directory) if directory else None
+        self.programs: dict[str, Program | Exception] = {}
+        self.streams: dict[tuple, Stream] = {}
+        self.max_streams = max_streams
+        self.compiles = 0
+
+    def program(self, key: str, arch: ArchConfig, compile_fn) -> Program:
+        hit = self.programs.get(key)
+        if isinstance(hit, Exception):
+            raise hit
+        if hit is not None:
+            return hit
+        path = self.dir / f"{key}.ffb" if self.dir else None
+        err = self.dir / f"{key}.err" if self.dir else None
+        if err is not None and err.exists():
+            from .compiler.memory import CompileError
+            e = CompileError(err.read_text())
+            self.programs[key] = e
+            raise e
+        if path is not None and path.exists():
+            prog = Program.from_bytes(path.read_bytes())
+        else:
+            try:
+                prog = compile_fn(arch)
+                self.compiles += 1
+            except Exception as e:
+                self.programs[key] = e
+                if err is not None and type(e).__name__ == "CompileError":
+                    _atomic_write(err, str(e).encode())
+                raise
+            if path is not None:
+                _atomic_write(path, prog.to_bytes())
+        self.programs[key] = prog
+        return prog
+
+    def stream(self, key: str, program: Program, section: str, length: int) -> Stream:
+        skey = (key, section, length - program.section(section).len_lo)
+        s = self.streams.get(skey)
+        if s is None:
+            if len(self.streams) >= self.max_streams:
+                self.streams.pop(next(iter(self.streams)))
+            s = self.streams[skey] = prepare(program, section, length)
+        return s
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{id(data)}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
