@@ -433,6 +433,48 @@ def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interp
         click.echo(f"wrote {trace}")
 
 
+# --- dse --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("spec_file", metavar="SPEC.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (default: dse-<spec name>).")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite store of evaluated points (default: OUT/points.sqlite); an existing "
+                   "store is resumed.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Local worker processes (default: 2).")
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:port): evaluate there.")
+@click.option("--method", type=click.Choice(["grid", "nsga2"]), help="Override search.method.")
+@click.option("--trials", type=click.IntRange(min=1), help="Override search.trials (nsga2).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--report-only", is_flag=True, help="Only write the outputs of the store.")
+@_clean_errors
+def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | None,
+        scheduler: str | None, method: str | None, trials: int | None, no_progress: bool,
+        report_only: bool) -> None:
+    """Explore architectures and mappings for a model: grid or NSGA-II search, results in
+    SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
+    from .dse_report import write_outputs
+    from .explore import SpecError, Store, explore, load_spec
+    try:
+        spec = load_spec(spec_file)
+        out = out_dir or Path(f"dse-{spec.name}")
+        db = Store(store or out / "points.sqlite")
+        if not report_only:
+            stats = explore(spec, db, jobs=jobs, scheduler=scheduler, cache_dir=str(out / "programs"),
+                            progress=not no_progress, method=method, trials=trials)
+            click.echo(f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from "
+                       f"{db.path}")
+        rows = db.rows()
+        files = write_outputs(spec, rows, out)
+    except SpecError as e:
+        raise click.ClickException(str(e)) from None
+    ok = sum(r["status"] == "ok" for r in rows)
+    click.echo(f"{len(rows)} points ({ok} feasible, {len(rows) - ok} infeasible); "
+               f"report: {files['report_html']}")
+
+
 # --- rtl --------------------------------------------------------------------------------------
 
 

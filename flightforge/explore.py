@@ -322,6 +322,10 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
         m.update({f"busy_{u}": float(b) for u, b in zip(UNITS, busy)})
         bw = moved / m["decode_step_s"]
         m["hbm_utilisation"] = bw / (arch.hbm.bandwidth_gbs * 1e9)
+        used = (tparams.channels or arch.hbm.channels) if tparams.interleave_bytes else 1
+        m["bw_gbs"] = (arch.hbm.bandwidth_gbs * used / arch.hbm.channels
+                       * tparams.mem_efficiency_pct / 100)
+        m["peak_gops"] = 2 * arch.mpe.mv.macs * arch.cores * arch.clock_mhz / 1e3
         pw = power(arch, dict(zip(UNITS, busy)), bw)
         m.update(power_w=pw.total_w, static_w=pw.static_w, logic_w=pw.logic_w,
                  memory_w=pw.memory_w, energy_per_token_j=pw.total_w * m["decode_step_s"])

@@ -1,0 +1,244 @@
+"""DSE outputs: every point as CSV (and Parquet), the Pareto front, PNG plots, one HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+UNITS = ("LD", "ST", "MPE", "SFU")
+
+
+def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    """Non-dominated rows of ``values`` (n x k) for objectives to ``min`` or ``max``.
+
+    A row is dominated if another is at least as good in every objective and better in
+    one. Rows with a non-finite value are never on the front.
+    """
+    v = np.asarray(values, dtype=float).copy()
+    for j, d in enumerate(directions):
+        if d == "max":
+            v[:, j] = -v[:, j]
+    ok = np.all(np.isfinite(v), axis=1)
+    mask = ok.copy()
+    idx = np.flatnonzero(ok)
+    for i in idx:
+        if not mask[i]:
+            continue
+        others = v[idx]
+        dom = np.all(others <= v[i], axis=1) & np.any(others < v[i], axis=1)
+        if dom.any():
+            mask[i] = False
+    return mask
+
+
+def frame(rows: list[dict]):
+    """A pandas DataFrame: one row per point, parameters prefixed ``p_``."""
+    import pandas as pd
+    recs = []
+    for r in rows:
+        rec: dict[str, Any] = {"key": r["key"], "status": r["status"], "reason": r["reason"]}
+        rec.update({f"p_{k}": v for k, v in r["params"].items()})
+        rec.update(r["metrics"])
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+def write_outputs(spec, rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
+    """Write points.csv (+ .parquet), pareto.csv, the plots and report.html."""
+    import matplotlib
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = frame(rows)
+    files = {"points_csv": out / "points.csv"}
+    df.to_csv(files["points_csv"], index=False)
+    try:
+        import pyarrow  # noqa: F401
+        files["points_parquet"] = out / "points.parquet"
+        df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(
+            files["points_parquet"], index=False)
+    except ImportError:
+        pass
+    objs = list(spec.objectives)
+    dirs = [spec.objectives[k] for k in objs]
+    feasible = df[df["status"] == "ok"] if len(df) else df
+    if len(feasible) and all(k in feasible for k in objs):
+        front = feasible[pareto_mask(feasible[objs].to_numpy(dtype=float), dirs)]
+        front = front.sort_values(objs[0], ascending=dirs[0] == "min")
+    else:
+        front = feasible.iloc[0:0]
+    files["pareto_csv"] = out / "pareto.csv"
+    front.to_csv(files["pareto_csv"], index=False)
+    files["pareto_png"] = plot_pareto(df, front, objs, dirs, out / "pareto.png")
+    files["roofline_png"] = plot_roofline(df, front, out / "roofline.png")
+    files["utilisation_png"] = plot_utilisation(front, out / "utilisation.png")
+    best = front.iloc[0] if len(front) else None
+    if best is not None:
+        files["timeline_png"] = plot_timeline(spec, {c[2:]: best[c] for c in front.columns
+                                                     if c.startswith("p_")},
+                                              out / "timeline.png")
+    files["report_html"] = write_html(spec, df, front, files, out / "report.html")
+    return files
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if len(objs) >= 2 and len(df) and all(k in df for k in objs[:2]):
+        x, y = objs[0], objs[1]
+        bad = df[df["status"] != "ok"]
+        good = df[df["status"] == "ok"]
+        ax.scatter(bad[x], bad[y], c="lightgrey", marker="x", s=12, label="infeasible")
+        c = good[objs[2]] if len(objs) > 2 and objs[2] in good else None
+        sc = ax.scatter(good[x], good[y], c=c, s=14, cmap="viridis", label="feasible")
+        if c is not None:
+            fig.colorbar(sc, ax=ax, label=objs[2])
+        f = front.sort_values(x)
+        ax.plot(f[x], f[y], "r-o", ms=5, mfc="none", label="Pareto front")
+        ax.set_xlabel(f"{x} ({dirs[0]})")
+        ax.set_ylabel(f"{y} ({dirs[1]})")
+        ax.legend(loc="best", fontsize=8)
+    else:
+        _empty(ax, "no objective pair to plot")
+    ax.set_title("Design points and Pareto front")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roofline(df, front, path: Path) -> Path:
+    """Decode step: attained GOP/s against operational intensity (ops per external byte)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    need = ("macs_per_step", "bytes_per_step", "decode_step_s")
+    d = df.dropna(subset=[c for c in need if c in df]) if all(c in df for c in need) else df.iloc[0:0]
+    if len(d):
+        oi = 2 * d["macs_per_step"] / d["bytes_per_step"]
+        perf = 2 * d["macs_per_step"] / d["decode_step_s"] / 1e9
+        ok = d["status"] == "ok"
+        ax.scatter(oi[~ok], perf[~ok], c="lightgrey", marker="x", s=12, label="infeasible")
+        ax.scatter(oi[ok], perf[ok], s=14, label="feasible")
+        if len(front) and all(c in front for c in ("bw_gbs", "peak_gops")):
+            best = front.iloc[0]
+            xs = np.logspace(np.log10(max(oi.min() / 4, 1e-3)), np.log10(oi.max() * 4), 100)
+            ax.plot(xs, np.minimum(best["peak_gops"], best["bw_gbs"] * xs), "r-",
+                    label="roof of the first Pareto point")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("operational intensity (ops / external byte)")
+        ax.set_ylabel("attained GOP/s (decode step)")
+        ax.legend(fontsize=8)
+    else:
+        _empty(ax, "no timed points")
+    ax.set_title("Roofline of the decode step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    f = front.head(limit)
+    if len(f):
+        x = np.arange(len(f))
+        w = 0.8 / len(UNITS)
+        for j, u in enumerate(UNITS):
+            a1.bar(x + j * w, f.get(f"busy_{u}", 0), w, label=u)
+        a1.set_ylabel("busy share (decode)")
+        a1.legend(fontsize=8, ncol=4)
+        kinds = ("dsp", "lut", "ff", "bram", "uram")
+        w = 0.8 / len(kinds)
+        for j, k in enumerate(kinds):
+            a2.bar(x + j * w, f.get(f"{k}_util", 0), w, label=k.upper())
+        a2.axhline(1.0, color="r", lw=0.8)
+        a2.set_ylabel("device budget share")
+        a2.legend(fontsize=8, ncol=5)
+        a2.set_xticks(x + 0.4, [f"#{i}" for i in range(len(f))])
+        a2.set_xlabel("Pareto points (pareto.csv order)")
+    else:
+        _empty(a1, "no feasible points")
+    a1.set_title("Per-unit utilisation and resources of Pareto points")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(spec, params: dict, path: Path, max_instrs: int = 600) -> Path:
+    """Unit occupancy over the start of one decode step of a point (cycle model schedule)."""
+    import matplotlib.pyplot as plt
+    from .explore import _cache, build_point, decode_positions
+    from .sim.cycle_model import CycleModel
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    try:
+        params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()
+                  if not (isinstance(v, float) and np.isnan(v))}
+        arch, _, _, tparams = build_point(spec, params)
+        cache = _cache(None)
+        progs = [p for p in cache.programs.values() if not isinstance(p, Exception)]
+        _, samples = decode_positions(spec.workload)
+        prog = None
+        for p in progs:
+            try:
+                p.section_for("decode", samples[0])
+                prog = p
+                break
+            except Exception:
+                continue
+        if prog is None:
+            raise LookupError("no compiled program in this process")
+        sec = prog.section_for("decode", samples[0])
+        run = CycleModel(arch, tparams).execute(sec.instructions[:max_instrs] + [sec.instructions[-1]],
+                                                name=sec.name, d=samples[0] - sec.len_lo)
+        s, e = run.schedule.start, run.schedule.end
+        colors = {"LD": "tab:blue", "ST": "tab:orange", "MPE": "tab:green", "SFU": "tab:red"}
+        for i, ins in enumerate(run.instrs):
+            if ins.UNIT is None or s[i] < 0:
+                continue
+            u = ins.UNIT.name
+            ax.broken_barh([(int(s[i]), int(e[i] - s[i]))], (UNITS.index(u) - 0.4, 0.8),
+                           color=colors[u])
+        ax.set_yticks(range(len(UNITS)), UNITS)
+        ax.set_xlabel(f"cycle ({sec.name}, first {max_instrs} instructions)")
+    except Exception as exc:  # the timeline is illustrative; say why it is missing
+        _empty(ax, f"timeline unavailable: {exc}")
+    ax.set_title("Timeline of the first Pareto point's decode step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_html(spec, df, front, files: dict[str, Path], path: Path) -> Path:
+    n = len(df)
+    ok = int((df["status"] == "ok").sum()) if n else 0
+    reasons = (df[df["status"] != "ok"]["reason"].str.split(":").str[0].value_counts().to_dict()
+               if n else {})
+    cols = [c for c in front.columns if c.startswith("p_")] + [
+        c for c in (*spec.objectives, "power_w", "dsp", "lut", "bram", "uram") if c in front]
+    table = front[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}") if len(front) else "<p>none</p>"
+    imgs = "".join(f'<h2>{html.escape(k[:-4])}</h2><img src="{p.name}" alt="{k}">'
+                   for k, p in files.items() if k.endswith("_png"))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSE: {html.escape(spec.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px}}img{{max-width:900px}}</style></head><body>
+<h1>Design-space exploration: {html.escape(spec.name)}</h1>
+<p>Model <code>{html.escape(spec.model)}</code> on base target <code>{html.escape(spec.target)}</code>;
+workload: prompt {spec.workload.prompt_len}, decode {spec.workload.decode_len} tokens.
+Objectives: {html.escape(json.dumps(spec.objectives))}.</p>
+<p>{n} points: {ok} feasible, {n - ok} infeasible ({html.escape(json.dumps(reasons))}).
+All points: <a href="points.csv">points.csv</a>; front: <a href="pareto.csv">pareto.csv</a>.</p>
+<h2>Pareto front ({len(front)} points)</h2>{table}{imgs}</body></html>"""
+    path.write_text(page)
+    return path
