@@ -467,7 +467,7 @@ def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | N
             click.echo(f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from "
                        f"{db.path}")
         rows = db.rows()
-        files = write_outputs(spec, rows, out)
+        files = write_outputs(spec, rows, out, str(out / "programs"))
     except SpecError as e:
         raise click.ClickException(str(e)) from None
     ok = sum(r["status"] == "ok" for r in rows)

@@ -47,7 +47,8 @@ def frame(rows: list[dict]):
     return pd.DataFrame.from_records(recs)
 
 
-def write_outputs(spec, rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
+def write_outputs(spec, rows: list[dict], out_dir: str | Path,
+                  cache_dir: str | None = None) -> dict[str, Path]:
     """Write points.csv (+ .parquet), pareto.csv, the plots and report.html."""
     import matplotlib
     matplotlib.use("Agg")
@@ -80,7 +81,7 @@ def write_outputs(spec, rows: list[dict], out_dir: str | Path) -> dict[str, Path
     if best is not None:
         files["timeline_png"] = plot_timeline(spec, {c[2:]: best[c] for c in front.columns
                                                      if c.startswith("p_")},
-                                              out / "timeline.png")
+                                              out / "timeline.png", cache_dir)
     files["report_html"] = write_html(spec, df, front, files, out / "report.html")
     return files
 
@@ -175,35 +176,27 @@ def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
     return path
 
 
-def plot_timeline(spec, params: dict, path: Path, max_instrs: int = 600) -> Path:
+def plot_timeline(spec, params: dict, path: Path, cache_dir: str | None = None,
+                  max_instrs: int = 600) -> Path:
     """Unit occupancy over the start of one decode step of a point (cycle model schedule)."""
     import matplotlib.pyplot as plt
-    from .explore import _cache, build_point, decode_positions
+    from .explore import _cache, build_point, decode_positions, evaluate_point
     from .sim.cycle_model import CycleModel
     fig, ax = plt.subplots(figsize=(9, 3.2))
     try:
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()
                   if not (isinstance(v, float) and np.isnan(v))}
         arch, _, _, tparams = build_point(spec, params)
-        cache = _cache(None)
-        progs = [p for p in cache.programs.values() if not isinstance(p, Exception)]
+        # Loads the point's program from the DSE's program cache (or compiles it).
+        row = evaluate_point(spec, params, cache_dir)
+        prog = _cache(cache_dir).programs[row["metrics"]["stream_key"]]
         _, samples = decode_positions(spec.workload)
-        prog = None
-        for p in progs:
-            try:
-                p.section_for("decode", samples[0])
-                prog = p
-                break
-            except Exception:
-                continue
-        if prog is None:
-            raise LookupError("no compiled program in this process")
         sec = prog.section_for("decode", samples[0])
-        run = CycleModel(arch, tparams).execute(sec.instructions[:max_instrs] + [sec.instructions[-1]],
-                                                name=sec.name, d=samples[0] - sec.len_lo)
+        run = CycleModel(arch, tparams).execute(sec.instructions, name=sec.name,
+                                                d=samples[0] - sec.len_lo)
         s, e = run.schedule.start, run.schedule.end
         colors = {"LD": "tab:blue", "ST": "tab:orange", "MPE": "tab:green", "SFU": "tab:red"}
-        for i, ins in enumerate(run.instrs):
+        for i, ins in enumerate(run.instrs[:max_instrs]):
             if ins.UNIT is None or s[i] < 0:
                 continue
             u = ins.UNIT.name
