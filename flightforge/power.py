@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .arch import ArchConfig
-from .resources import calibration, core_resources
+from .resources import calibration, core_resources, sfu_copies
 
 UNITS = ("LD", "ST", "MPE", "SFU")
 
@@ -44,8 +44,8 @@ def logic_activity_w(arch: ArchConfig, busy: dict[str, float], cores: int | None
     c = coef or cal["coefficients"]
     e = cal["power"]["energy_w_at_100mhz"]
     cores = cores or arch.cores
-    res = core_resources(arch, c)
-    lanes = arch.sfu.lanes
+    res = core_resources(arch, c, cores)
+    lanes = sfu_copies(arch.sfu.lanes)
     mpe, sfu = busy.get("MPE", 0.0), busy.get("SFU", 0.0)
     mem_act = max(busy.get("LD", 0.0), mpe)
     mac_dsp = arch.mpe.macs / 2

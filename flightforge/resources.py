@@ -7,12 +7,14 @@ Per core (``cores`` copies), from the architecture config:
 - **LUT / FF**: per MAC ``a + b * sparse_m`` (the sparse MUX in front of each MAC picks
   1 of ``sparse_m`` activations: its LUTs grow with the window), fitted on Yosys runs of
   ``hw.dsp_chain.DspChain``; per-core constants for the controller, the LD and ST units
-  and the MPE epilogue; per SFU lane the cost of the RTL SFU (which processes one element
-  per cycle, so ``lanes`` lanes are taken as ``lanes`` copies of it).
+  and the MPE epilogue; the SFU as the RTL SFU (one element per cycle, with the row
+  units: divider, square root, exp table) plus, per extra lane, ``SFU_LANE_SHARE`` of it
+  (an assumption, not calibrated: the RTL has a single lane).
 - **BRAM / URAM**: each buffer bank (``size / banks`` bytes, ``8 * width`` bits wide) is
   mapped to the cheapest tiling of BRAM36 aspect ratios (32K x 1 .. 512 x 72) or of
-  URAM288 (4K x 72, no other aspect); a bank goes to URAM when the device has URAM and
-  one URAM replaces at least eight BRAM36 (its capacity), else to BRAM.
+  URAM288 (4K x 72, no other aspect); buffers that would fill at least half of their
+  URAMs go to URAM, largest first, while the device's URAM budget lasts; the rest go
+  to BRAM.
 
 Coefficients come from ``flightforge/resource_calibration.json``, written by
 ``benchmarks/calibrate_resources.py`` (Yosys ``synth_xilinx -family xcup``); the model's
@@ -34,6 +36,7 @@ CALIBRATION = Path(__file__).with_name("resource_calibration.json")
 KINDS = ("dsp", "lut", "ff", "bram", "uram")
 BRAM_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
 URAM_SHAPE = (4096, 72)
+SFU_LANE_SHARE = 0.2  #: assumed cost of one more SFU lane, as a share of the whole RTL SFU
 
 
 @lru_cache(maxsize=None)
@@ -66,40 +69,58 @@ def _tiles(width_bits: int, depth: int, shape: tuple[int, int]) -> int:
 
 
 def bank_memories(buf: BufferConfig, has_uram: bool) -> tuple[int, int]:
-    """(BRAM36, URAM288) for one buffer: every bank mapped on its own."""
+    """(BRAM36, URAM288) for one buffer on its own: URAM if it fills at least half of
+    the URAMs it needs."""
     depth = math.ceil(buf.size / (buf.banks * buf.width))
     width = 8 * buf.width
     bram = min(_tiles(width, depth, s) for s in BRAM_SHAPES)
     uram = _tiles(width, depth, URAM_SHAPE)
-    if has_uram and uram * 8 <= bram:
+    if has_uram and depth * width >= 0.5 * uram * URAM_SHAPE[0] * URAM_SHAPE[1]:
         return 0, uram * buf.banks
     return bram * buf.banks, 0
 
 
-def core_resources(arch: ArchConfig, coef: dict | None = None) -> Resources:
-    """Resources of one core."""
+def buffer_memories(arch: ArchConfig, cores: int) -> tuple[int, int]:
+    """(BRAM36, URAM288) of every core's buffers, URAM given to the largest deep buffers
+    first while ``cores`` copies fit the device's URAM."""
+    budget = arch.device.uram if arch.device is not None else math.inf
+    bram = uram = 0
+    for b in sorted(isa.Buf, key=lambda b: -arch.buffers.of(b).size):
+        buf = arch.buffers.of(b)
+        br, ur = bank_memories(buf, budget > 0)
+        if ur and (uram + ur) * cores > budget:
+            br, ur = bank_memories(buf, False)
+        bram += br
+        uram += ur
+    return bram, uram
+
+
+def core_resources(arch: ArchConfig, coef: dict | None = None, cores: int = 1) -> Resources:
+    """Resources of one core (of ``cores`` sharing the device's URAM)."""
     c = coef or calibration()["coefficients"]
     macs = arch.mpe.macs
     window = arch.sparse_m
     lanes = arch.sfu.lanes
     fixed = ("controller", "load_unit", "store_unit")
-    dsp = macs / 2 + c["dsp_mpe_epilogue"] + lanes * c["dsp_sfu_lane"] + sum(c[f"dsp_{k}"] for k in fixed)
+    sfu = sfu_copies(lanes)
+    dsp = macs / 2 + c["dsp_mpe_epilogue"] + sfu * c["dsp_sfu_lane"] + sum(c[f"dsp_{k}"] for k in fixed)
     lut = (macs * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * window) + c["lut_mpe_epilogue"]
-           + lanes * c["lut_sfu_lane"] + sum(c[f"lut_{k}"] for k in fixed))
+           + sfu * c["lut_sfu_lane"] + sum(c[f"lut_{k}"] for k in fixed))
     ff = (macs * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * window) + c["ff_mpe_epilogue"]
-          + lanes * c["ff_sfu_lane"] + sum(c[f"ff_{k}"] for k in fixed))
-    has_uram = arch.device is None or arch.device.uram > 0
-    bram = uram = 0
-    for b in isa.Buf:
-        br, ur = bank_memories(arch.buffers.of(b), has_uram)
-        bram += br
-        uram += ur
+          + sfu * c["ff_sfu_lane"] + sum(c[f"ff_{k}"] for k in fixed))
+    bram, uram = buffer_memories(arch, cores)
     return Resources(dsp, lut, ff, bram, uram)
+
+
+def sfu_copies(lanes: int) -> float:
+    """The SFU's cost in RTL SFUs (single-lane) for ``lanes`` lanes."""
+    return 1 + (lanes - 1) * SFU_LANE_SHARE
 
 
 def design_resources(arch: ArchConfig, cores: int | None = None) -> Resources:
     """Resources of the whole design: ``cores`` (default ``arch.cores``) cores."""
-    return core_resources(arch).scaled(cores or arch.cores)
+    cores = cores or arch.cores
+    return core_resources(arch, cores=cores).scaled(cores)
 
 
 def utilisation(res: Resources, arch: ArchConfig) -> dict[str, float]:

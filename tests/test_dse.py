@@ -1,0 +1,226 @@
+"""Design-space exploration: exact fast evaluation, resume after a kill, infeasible points,
+Pareto front. Small models on the tiny target; no Yosys (the committed calibration)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
+from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.evaluate import dispatch_cycles, durations, prepare, time_stream
+from flightforge.explore import (Store, build_point, evaluate_point, explore, grid, point_key,
+                                 spec_from_dict)
+from flightforge.dse_report import pareto_mask, write_outputs
+from flightforge.mappings import load_target
+from flightforge.resources import design_resources, over_budget
+from flightforge.sim.cycle_model import CycleModel
+from flightforge.sim.dispatch import run_dispatch
+from flightforge.sim.timing import Timing, TimingParams
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 128,
+              "vocab_size": 256, "rope_theta": 10000.0}
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    p = tmp_path / "tiny-llama.json"
+    p.write_text(json.dumps(TINY_LLAMA))
+    return p
+
+
+def spec_dict(model: Path, **over) -> dict:
+    d = {"name": "t", "model": str(model), "target": "tiny",
+         "workload": {"prompt_len": 8, "decode_len": 8},
+         "quant": {"weight_bits": 4, "group": 32}, "timing": {"interleave_bytes": 64},
+         "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
+         "search": {"batch": 1}}
+    d.update(over)
+    return d
+
+
+def _compile(model: Path, arch):
+    return compile_shape_only(str(model), arch, CompileOptions(
+        with_data=False, lengths=(8,), max_len=16, last_logits_only=True, buckets="fixed",
+        quant=QuantOptions(weight_bits=4, group=32)))
+
+
+def _variant(arch, **timing_only):
+    d = arch.model_dump(mode="json")
+    d.update(clock_mhz=173, cores=3, token_depth=d["token_depth"])
+    d["mpe"].update(chains=8, groups_per_chain=2, mm={"n": 2, "k": 2, "m": 8},
+                    mv={"n": 4, "k": 4, "m": 1}, pipeline_depth=7)
+    d["sfu"].update(lanes=2, pipeline_depth=3)
+    d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)
+    for b in d["buffers"].values():
+        b.update(banks=b["banks"] * 2, width=b["width"] * 2)
+    from flightforge.arch import arch_from_dict
+    return arch_from_dict(d)
+
+
+def test_stream_cache_key_is_exact(model):
+    """Every field outside stream_fields leaves the instruction streams unchanged."""
+    arch = load_target("tiny")
+    a, b = _compile(model, arch), _compile(model, _variant(arch))
+    assert [s.name for s in a.sections] == [s.name for s in b.sections]
+    for sa, sb in zip(a.sections, b.sections):
+        assert sa.instructions == sb.instructions, f"section {sa.name} differs: update stream_fields"
+
+
+@pytest.mark.parametrize("params", [TimingParams(), TimingParams(interleave_bytes=16, channels=1),
+                                    TimingParams(interleave_bytes=64, mem_efficiency_pct=70, cores=2)])
+def test_fast_timing_equals_cycle_model(model, params):
+    arch = load_target("tiny")
+    prog = _compile(model, arch)
+    for sec in prog.sections:
+        length = sec.len_hi
+        s = prepare(prog, sec.name, length)
+        d = durations(s, arch, params)
+        t = Timing(arch, params)
+        assert [int(x) for x in d] == [t.duration(i) for i in s.instrs]
+        ref = CycleModel(arch, params).execute(sec.instructions, name=sec.name, d=length - sec.len_lo)
+        st = time_stream(s, arch, params)
+        assert st.cycles == ref.cycles
+        assert dict(zip(("LD", "ST", "MPE", "SFU"), st.busy)) == ref.busy
+
+
+def test_dispatch_cycles_matches_run_dispatch_on_random_durations(model):
+    arch = load_target("tiny")
+    prog = _compile(model, arch)
+    s = prepare(prog, prog.sections[-1].name, prog.sections[-1].len_lo)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        dur = rng.integers(0, 50, size=len(s.instrs)).tolist()
+        ref = run_dispatch(s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _: dur[i])
+        assert dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2) == ref.cycles
+
+
+def test_infeasible_points_are_recorded_with_reasons(model, tmp_path):
+    spec = spec_from_dict(spec_dict(model, target="kv260", parameters={
+        "sparse_m": [8],            # no N:M mode with M = 8: ConfigError
+        "chains": [32, 4096],       # 4096 chains: over the KV260's DSP budget
+        "buffers.act.size": [524288, 64],  # 64 B of activations: the compiler cannot fit it
+    }, workload={"prompt_len": 8, "decode_len": 8, "ttft": False}))
+    store = Store(tmp_path / "s.sqlite")
+    explore(spec, store, jobs=1, progress=False)
+    rows = store.rows()
+    assert len(rows) == 4 and all(r["status"] == "infeasible" for r in rows)
+    assert all("no N:M mode with M=8" in r["reason"] for r in rows)
+    spec = spec_from_dict(spec_dict(model, target="kv260", parameters={
+        "chains": [32, 4096], "buffers.act.size": [524288, 64]}, workload={"prompt_len": 8, "decode_len": 8,
+                                                              "ttft": False}))
+    rows = {json.dumps(r["params"], sort_keys=True): r for r in
+            (evaluate_point(spec, p) for p in grid(spec))}
+    ok = rows['{"buffers.act.size": 524288, "chains": 32}']
+    assert ok["status"] == "ok", ok["reason"]
+    assert rows['{"buffers.act.size": 524288, "chains": 4096}']["reason"].startswith("over budget: DSP")
+    assert rows['{"buffers.act.size": 524288, "chains": 4096}']["metrics"]["decode_tokens_per_s"] > 0
+    assert rows['{"buffers.act.size": 64, "chains": 32}']["reason"].startswith("compile: ")
+
+
+def test_pareto_front_on_a_synthetic_objective():
+    rng = np.random.default_rng(1)
+    v = rng.random((300, 2))
+    mask = pareto_mask(v, ["min", "max"])
+    for i in range(len(v)):
+        dominated = any((v[j, 0] <= v[i, 0]) and (v[j, 1] >= v[i, 1]) and
+                        ((v[j, 0] < v[i, 0]) or (v[j, 1] > v[i, 1])) for j in range(len(v)))
+        assert mask[i] == (not dominated)
+    # the points on x + y = 1 (minimise x, minimise y) are all on the front, others are not
+    pts = np.array([[x, 1 - x] for x in np.linspace(0, 1, 11)] + [[0.6, 0.6], [1, 1]])
+    assert pareto_mask(pts, ["min", "min"]).tolist() == [True] * 11 + [False, False]
+    assert not pareto_mask(np.array([[np.nan, 0.0], [1.0, 1.0]]), ["min", "min"])[0]
+
+
+def test_grid_run_writes_outputs(model, tmp_path):
+    spec = spec_from_dict(spec_dict(model))
+    store = Store(tmp_path / "s.sqlite")
+    stats = explore(spec, store, jobs=1, progress=False)
+    assert stats == {"points": 12, "evaluated": 12, "resumed": 0}
+    assert explore(spec, store, jobs=1, progress=False)["evaluated"] == 0
+    files = write_outputs(spec, store.rows(), tmp_path / "out")
+    for k in ("points_csv", "pareto_csv", "pareto_png", "roofline_png", "utilisation_png",
+              "timeline_png", "report_html"):
+        assert files[k].stat().st_size > 0, k
+    assert "Pareto front" in files["report_html"].read_text()
+
+
+def test_store_refuses_another_spec(model, tmp_path):
+    from flightforge.explore import SpecError
+    store = Store(tmp_path / "s.sqlite")
+    store.bind(spec_from_dict(spec_dict(model)).fingerprint())
+    other = spec_from_dict(spec_dict(model, workload={"prompt_len": 9, "decode_len": 8}))
+    with pytest.raises(SpecError, match="another spec"):
+        store.bind(other.fingerprint())
+
+
+def _count(db: Path) -> int:
+    import sqlite3
+    if not db.exists():
+        return 0
+    try:
+        return sqlite3.connect(str(db)).execute("SELECT COUNT(*) FROM points").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.parametrize("method", ["grid", "nsga2"])
+def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, method):
+    params = {"clock_mhz": [100, 125, 150, 175, 200, 225], "cores": [1, 2, 3], "sparse_n": [0, 4],
+              "wgt_kib": [16, 32, 64]}
+    spec = spec_dict(model, parameters=params,
+                     search={"method": method, "trials": 40, "population": 8, "batch": 1})
+    spec_path = tmp_path / "spec.yaml"
+    import yaml
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    db = out / "points.sqlite"
+    cmd = [sys.executable, "-m", "flightforge.cli", "dse", str(spec_path), "--out", str(out),
+           "--jobs", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _count(db) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = Store(db).rows()
+    total = 108 if method == "grid" else 40
+    assert 5 <= len(before) < total
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    after = Store(db).rows()
+    keys = [r["key"] for r in after]
+    assert len(keys) == len(set(keys)) == total
+    assert [r["key"] for r in after[:len(before)]] == [r["key"] for r in before]
+    for r in after:
+        assert r["key"] == point_key(r["params"])
+    if method == "grid":
+        assert {point_key(p) for p in grid(spec_from_dict(spec))} == set(keys)
+
+
+def test_resources_and_power_reproduce_their_calibration():
+    from flightforge.resources import calibration
+    cal = calibration()
+    for e in cal["errors"]:
+        for k in ("lut", "ff", "dsp", "bram"):
+            if k in e and e[k]["yosys"]:
+                assert abs(e[k]["rel_error"]) < 0.35, e
+    u280 = load_target("u280")
+    res = design_resources(u280)
+    assert res.dsp >= u280.cores * u280.mpe.macs / 2
+    assert cal["power"]["reference"]["target_w"] == 45.0
+
+
+def test_build_point_rescales_the_mpe(model):
+    spec = spec_from_dict(spec_dict(model, target="u280"))
+    arch, *_ = build_point(spec, {"chains": 64, "groups_per_chain": 8})
+    assert (arch.mpe.mm.m, arch.mpe.mm.k, arch.mpe.mv.n, arch.mpe.mv.k) == (64, 8, 32, 8)
