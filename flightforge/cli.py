@@ -455,8 +455,11 @@ def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | N
         report_only: bool) -> None:
     """Explore architectures and mappings for a model: grid or NSGA-II search, results in
     SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
-    from .dse_report import write_outputs
-    from .explore import SpecError, Store, explore, load_spec
+    try:
+        from .dse_report import write_outputs
+        from .explore import SpecError, Store, explore, load_spec
+    except ImportError as e:
+        raise click.ClickException(f"{e}; install the DSE extra: pip install -e '.[dse]'") from None
     try:
         spec = load_spec(spec_file)
         out = out_dir or Path(f"dse-{spec.name}")
