@@ -1,14 +1,24 @@
-"""On-chip buffers: single-ported byte RAMs (amaranth.lib.memory) with an arbiter.
+"""On-chip buffers: ``banks * width`` byte lanes, one independent port per user.
 
-Each buffer serves one byte per cycle to whichever requester has priority (the lowest
-port index). Requesters hold their request until granted, so a unit that loses
-arbitration simply waits: units never need to know who else uses the buffer, and the
-wait/release tokens (not the arbiter) order accesses that overlap.
+A buffer of ``size`` bytes is cut into ``lanes = banks * width`` byte-wide RAMs
+(``amaranth.lib.memory``), byte address ``a`` in lane ``a % lanes``, row ``a // lanes``.
+Every lane computes its own row, so a port moves up to ``lanes`` bytes at ANY byte
+address in one cycle (a rotate network in front of and behind the lanes): this is the
+``banks * width`` bytes per cycle the cycle model charges (``port[buf]`` in
+sim/timing.py), without alignment restrictions.
+
+Every user (debug port, LD, ST, MPE, SFU) has its own port and is granted at once
+(``grant = req``): the cycle model lets the decoupled units use a buffer concurrently
+at their full rates, and the wait/release tokens, not an arbiter, order accesses that
+overlap. (On an FPGA this is a multi-ported RAM: BRAM true dual port plus replication or
+multi-pumping; the simulation models the ports directly.) A read returns its bytes on
+``rdata`` in the next cycle; ``strb`` (ports wider than one byte) enables the bytes of a
+write.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 
@@ -20,41 +30,88 @@ def addr_bits(size: int) -> int:
     return max(1, (size - 1).bit_length())
 
 
-class Buffer(wiring.Component):
-    """A ``size``-byte buffer with ``ports`` arbitrated byte ports ``p0``, ``p1``, ..."""
+def _pow2(name: str, v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an integer, not {v!r}")
+    if v < 1 or v & (v - 1):
+        raise ValueError(f"{name} must be a power of two, not {v!r}")
+    return v
 
-    def __init__(self, size: int, ports: int) -> None:
-        for name, v in (("size", size), ("ports", ports)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an integer, not {v!r}")
-            if v < 1:
-                raise ValueError(f"{name} must be at least 1, not {v!r}")
+
+class Buffer(wiring.Component):
+    """A ``size``-byte buffer of ``lanes`` byte lanes with ports ``p0``, ``p1``, ... of
+    ``widths[i]`` bytes each (every width at most ``lanes``)."""
+
+    def __init__(self, size: int, widths, lanes: int = 1) -> None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be an integer, not {size!r}")
+        if size < 1:
+            raise ValueError(f"size must be at least 1, not {size!r}")
+        if isinstance(widths, bool) or not isinstance(widths, (int, list, tuple)):
+            raise TypeError(f"ports must be an integer, not {widths!r}")
+        if isinstance(widths, int):  # that many byte ports
+            if widths < 1:
+                raise ValueError(f"ports must be at least 1, not {widths!r}")
+            widths = [1] * widths
+        widths = list(widths)
+        if not widths:
+            raise ValueError("a buffer needs at least one port")
+        self.lanes = _pow2("lanes", lanes)
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= lanes:
+                raise ValueError(f"port width {w!r} must be 1..lanes ({lanes})")
+        if size % lanes:
+            raise ValueError(f"size {size} is not a multiple of the {lanes} lanes")
         self.size = size
-        self.ports = ports
+        self.widths = widths
+        self.ports = len(widths)
         self.addr_bits = addr_bits(size)
-        super().__init__({f"p{i}": In(BufPortSignature(self.addr_bits)) for i in range(ports)})
+        super().__init__({f"p{i}": In(BufPortSignature(self.addr_bits, w))
+                          for i, w in enumerate(widths)})
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.mem = mem = memory.Memory(shape=8, depth=self.size, init=[])
-        rd = mem.read_port()
-        wr = mem.write_port()
-        ports = [getattr(self, f"p{i}") for i in range(self.ports)]
-        # taken[i]: a port before i requests (separate signals, not one vector, so
-        # Verilator sees no self-dependent vector: UNOPTFLAT).
-        taken = [Signal(name=f"taken{i}") for i in range(self.ports + 1)]
-        addr, we, wdata = Signal(self.addr_bits), Signal(), Signal(8)
-        for i in range(self.ports):
-            p = ports[i]
-            m.d.comb += [taken[i + 1].eq(taken[i] | p.req), p.grant.eq(p.req & ~taken[i]),
-                         p.rdata.eq(rd.data)]
-        # Priority mux: the last assignment in the loop (lowest index) wins.
-        sel_addr, sel_we, sel_wdata = 0, 0, 0
-        for p in reversed(ports):
-            sel_addr = Mux(p.req, p.addr, sel_addr)
-            sel_we = Mux(p.req, p.we, sel_we)
-            sel_wdata = Mux(p.req, p.wdata, sel_wdata)
-        m.d.comb += [addr.eq(sel_addr), we.eq(sel_we), wdata.eq(sel_wdata),
-                     rd.addr.eq(addr), wr.addr.eq(addr), wr.data.eq(wdata),
-                     wr.en.eq(taken[self.ports] & we)]
+        L = self.lanes
+        lb = L.bit_length() - 1
+        depth = self.size // L
+        rows_bits = max(1, (depth - 1).bit_length())
+        mems = []
+        for j in range(L):
+            mem = memory.Memory(shape=8, depth=depth, init=[])
+            m.submodules[f"lane{j}"] = mem
+            mems.append(mem)
+        for i, w in enumerate(self.widths):
+            p = getattr(self, f"p{i}")
+            m.d.comb += p.grant.eq(p.req)
+            off = p.addr[:lb] if lb else Const(0, 1)
+            row = p.addr[lb:] if lb else p.addr
+            strb = p.strb if w > 1 else Const(1, 1)
+            off_q = Signal.like(off, name=f"p{i}_off")
+            m.d.sync += off_q.eq(off)
+            lane_data = []
+            for j, mem in enumerate(mems):
+                rd = mem.read_port()
+                wr = mem.write_port()
+                # Byte i of the port lands in lane (off + i) % L: lane j takes byte
+                # (j - off) % L, one row further on when j < off.
+                i_sel = Signal(max(1, lb), name=f"p{i}_i{j}") if lb else Const(0, 1)
+                if lb:
+                    m.d.comb += i_sel.eq(j - off)
+                lane_row = Signal(rows_bits, name=f"p{i}_row{j}")
+                later = (off > j) if lb and j < L - 1 else 0  # (the last lane never is)
+                m.d.comb += lane_row.eq(row + later)
+                in_port = i_sel < w if w < L else Const(1, 1)
+                byte = p.wdata.word_select(i_sel, 8) if w > 1 else p.wdata
+                en = strb.bit_select(i_sel, 1) if w > 1 else Const(1, 1)
+                m.d.comb += [rd.addr.eq(lane_row), wr.addr.eq(lane_row), wr.data.eq(byte),
+                             wr.en.eq(p.req & p.we & in_port & en)]
+                lane_data.append(rd.data)
+            # Read data: byte i comes from lane (off + i) % L of the row read last cycle.
+            for k in range(w):
+                sel = Signal(max(1, lb), name=f"p{i}_rsel{k}") if lb else None
+                if lb:
+                    m.d.comb += sel.eq(off_q + k)
+                    m.d.comb += p.rdata.word_select(k, 8).eq(Cat(*lane_data).word_select(sel, 8))
+                else:
+                    m.d.comb += p.rdata.word_select(k, 8).eq(lane_data[0])
         return m

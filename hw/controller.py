@@ -1,35 +1,41 @@
-"""Instruction fetch, decode, in-order dispatch and the wait/release scoreboard.
+"""Instruction buffer, decode, in-order dispatch and the wait/release scoreboard.
 
-This is the control machine of :mod:`flightforge.sim.dispatch` in hardware:
+This is the control machine of :mod:`flightforge.sim.dispatch` in hardware, cycle for
+cycle (model time ``t`` is the ``t``-th cycle after the one in which ``start`` is seen):
 
-- fetch reads one instruction (``INSTR_WORDS`` 32-bit words) at a time over the
-  instruction port, from byte address ``pc * INSTR_BYTES``;
+- the section's code sits in an on-chip instruction buffer of ``IMEM_DEPTH`` whole
+  instructions (written by the host through ``imem_we``/``imem_addr``/``imem_wdata``
+  while the core is idle) with a one-cycle read: the buffer is read one instruction
+  ahead, so dispatch can take one instruction every cycle;
 - dispatch moves at most one instruction per cycle, in order, into its unit's issue
   queue (``queue_depth`` entries); NOP retires at dispatch; HALT waits until every
   queue is empty and every unit idle, then ends the section (``halted``), flagging
   ``token_error`` if any token counter is not back at zero;
-- a queue head starts when its unit is idle, every counter it waits on is non-zero and
-  every counter it releases into is below ``token_depth``; starting consumes the waited
-  tokens, completion (the unit's ``done``) adds the released ones.
+- a head starts when its unit is idle, every counter it waits on is non-zero and every
+  counter it releases into is below ``token_depth`` (after the consumption of units
+  started earlier in the same cycle, in unit order, as the model's start loop); an
+  instruction dispatched into an empty queue is itself the head and may start in the
+  same cycle. Starting consumes the waited tokens; completion (the unit's ``done``, in
+  its last busy cycle) adds the released ones for the next cycle.
 
-An unknown opcode, an enum field out of range or non-zero reserved bits stop fetch with
-``illegal`` set. A deadlocked program simply stops making progress; the simulation
-harness reports it with the queue heads and counters it reads from this block.
+An unknown opcode, an enum field out of range or non-zero reserved bits stop the
+section with ``illegal`` set. A deadlocked program simply stops making progress; the
+simulation harness reports it by its cycle limit.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
-from amaranth.lib import fifo, wiring
+from amaranth import Const, Module, Mux, Signal
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from .bus import MemReadSignature
 from .decode import Decoder, field, unit_bits, unit_members
 
-IMEM_ADDR_BITS = 32
+IMEM_DEPTH = 4096  #: instructions the on-chip instruction buffer holds (one section)
+IMEM_ADDR_BITS = (IMEM_DEPTH - 1).bit_length()
 UNITS = tuple(isa.Unit)
 
 
@@ -38,14 +44,14 @@ def _classes(unit: isa.Unit) -> tuple[type[isa.Instruction], ...]:
 
 
 class Controller(wiring.Component):
-    """Fetch/decode/dispatch and scoreboard; ``unit_<name>`` drive the four units."""
+    """Dispatch and scoreboard; ``unit_<name>`` drive the four units."""
 
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
         members = {
             "start": In(1), "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
-            "pc": Out(isa.DIM_BITS * 2),
-            "imem": Out(MemReadSignature(IMEM_ADDR_BITS, isa.WORD_BITS // 8)),
+            "pc": Out(IMEM_ADDR_BITS + 1),
+            "imem_we": In(1), "imem_addr": In(IMEM_ADDR_BITS), "imem_wdata": In(isa.INSTR_BITS),
         }
         for u in UNITS:
             members[f"unit_{u.name.lower()}"] = In(wiring.Signature(unit_members(u)))
@@ -54,90 +60,91 @@ class Controller(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         depth = self.arch.token_depth
+        qd = self.arch.queue_depth
         m.submodules.decoder = dec = Decoder()
-        word = Signal(isa.INSTR_BITS)
+        m.submodules.imem = imem = memory.Memory(shape=isa.INSTR_BITS, depth=IMEM_DEPTH, init=[])
+        wr, rd = imem.write_port(), imem.read_port()
+        m.d.comb += [wr.en.eq(self.imem_we), wr.addr.eq(self.imem_addr), wr.data.eq(self.imem_wdata)]
+        word = rd.data
         m.d.comb += dec.word.eq(word)
         ports = {u: getattr(self, f"unit_{u.name.lower()}") for u in UNITS}
-        queues = {}
-        for u in UNITS:
-            queues[u] = q = fifo.SyncFIFOBuffered(width=unit_bits(u), depth=self.arch.queue_depth)
-            m.submodules[f"queue_{u.name.lower()}"] = q
-            m.d.comb += q.w_data.eq(word)
+        run = Signal()  # a section is running: ``word`` is the instruction at ``pc``
+        pc = self.pc
 
-        # --- scoreboard -------------------------------------------------------------------
-        tok = {(v, u): Signal(range(depth + 1), name=f"tok_{v.name}_{u.name}")
-               for v in UNITS for u in UNITS if v != u}
+        # --- dispatch decision (before this cycle's starts, as in the model) ------------
+        cnt = {u: Signal(range(qd + 1), name=f"cnt_{u.name}") for u in UNITS}
+        ents = {u: [Signal(unit_bits(u), name=f"q_{u.name}_{i}") for i in range(qd)] for u in UNITS}
         running = {u: Signal(name=f"running_{u.name}") for u in UNITS}
         released = {u: Signal(isa.MASK_BITS, name=f"release_{u.name}") for u in UNITS}
-        start = {u: Signal(name=f"start_{u.name}") for u in UNITS}
+        idle = 1
         for u in UNITS:
-            q = queues[u]
-            head = q.r_data
-            wait = field(head, _classes(u), head[:isa.OPCODE_BITS], "wait")
+            idle &= (cnt[u] == 0) & ~running[u]
+        disp = {u: Signal(name=f"disp_{u.name}") for u in UNITS}
+        advance = Signal()
+        is_unit = run & dec.legal & ~dec.is_sys
+        for u in UNITS:
+            m.d.comb += disp[u].eq(is_unit & (dec.unit == u) & (cnt[u] < qd))
+            with m.If(disp[u]):
+                m.d.comb += advance.eq(1)
+        with m.If(run & dec.legal & dec.is_sys & ~dec.is_halt):
+            m.d.comb += advance.eq(1)
+
+        # --- scoreboard: heads, start rule in unit order --------------------------------
+        tok = {(v, u): Signal(range(depth + 1), name=f"tok_{v.name}_{u.name}")
+               for v in UNITS for u in UNITS if v != u}
+        start = {u: Signal(name=f"start_{u.name}") for u in UNITS}
+        heads, waits = {}, {}
+        for u in UNITS:
+            head = Signal(unit_bits(u), name=f"head_{u.name}")
+            m.d.comb += head.eq(Mux(cnt[u] != 0, ents[u][0], word[:unit_bits(u)]))
+            heads[u] = head
+            waits[u] = field(head, _classes(u), head[:isa.OPCODE_BITS], "wait")
+        for k, u in enumerate(UNITS):
+            head = heads[u]
             rel = field(head, _classes(u), head[:isa.OPCODE_BITS], "release")
-            ok = ~running[u] & q.r_rdy
+            ok = ~running[u] & ((cnt[u] != 0) | disp[u])
             for v in UNITS:
-                if v != u:
-                    ok &= ~wait[v] | (tok[v, u] != 0)
-                    ok &= ~rel[v] | (tok[u, v] < depth)
-            m.d.comb += [start[u].eq(ok), q.r_en.eq(ok), ports[u].start.eq(ok),
-                         ports[u].instr.eq(head)]
+                if v == u:
+                    continue
+                ok &= ~waits[u][v] | (tok[v, u] != 0)
+                level = tok[u, v]
+                if UNITS.index(v) < k:  # v started earlier in this cycle's loop
+                    level = level - (start[v] & waits[v][u])
+                ok &= ~rel[v] | (level < depth)
+            m.d.comb += [start[u].eq(ok), ports[u].start.eq(ok), ports[u].instr.eq(head)]
             with m.If(ok):
                 m.d.sync += [running[u].eq(1), released[u].eq(rel)]
             with m.Elif(ports[u].done):
                 m.d.sync += running[u].eq(0)
+            # Queue update: pop the head if it started from the queue; push the dispatched
+            # instruction unless it started directly.
+            pop = ok & (cnt[u] != 0)
+            push = disp[u] & ~(ok & (cnt[u] == 0))
+            tail = cnt[u] - pop
+            for i in range(qd):
+                nxt = ents[u][i + 1] if i + 1 < qd else Const(0, unit_bits(u))
+                with m.If(push & (tail == i)):
+                    m.d.sync += ents[u][i].eq(word[:unit_bits(u)])
+                with m.Elif(pop):
+                    m.d.sync += ents[u][i].eq(nxt)
+            m.d.sync += cnt[u].eq(cnt[u] + push - pop)
         for (v, u), t in tok.items():
-            head = queues[u].r_data
-            waits = field(head, _classes(u), head[:isa.OPCODE_BITS], "wait")[v]
             inc = ports[v].done & released[v][u]
-            dec_ = start[u] & waits
+            dec_ = start[u] & waits[u][v]
             m.d.sync += t.eq(t + inc - dec_)
 
-        # --- fetch and dispatch -------------------------------------------------------------
-        idle = 1
-        for u in UNITS:
-            idle &= (queues[u].level == 0) & ~running[u]
+        # --- instruction buffer read and section control ----------------------------------
         tokens_left = 0
         for t in tok.values():
             tokens_left |= t != 0
-        wcnt = Signal(range(isa.INSTR_WORDS))
-        pc = self.pc
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [pc.eq(0), self.halted.eq(0), self.illegal.eq(0),
-                                 self.token_error.eq(0)]
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                m.d.comb += [self.imem.cmd_valid.eq(1), self.imem.cmd_addr.eq(pc * isa.INSTR_BYTES),
-                             self.imem.cmd_beats.eq(isa.INSTR_WORDS)]
-                with m.If(self.imem.cmd_ready):
-                    m.d.sync += wcnt.eq(0)
-                    m.next = "RECV"
-            with m.State("RECV"):
-                m.d.comb += self.imem.data_ready.eq(1)
-                with m.If(self.imem.data_valid):
-                    m.d.sync += [word.word_select(wcnt, isa.WORD_BITS).eq(self.imem.data),
-                                 wcnt.eq(wcnt + 1)]
-                    with m.If(wcnt == isa.INSTR_WORDS - 1):
-                        m.next = "DISPATCH"
-            with m.State("DISPATCH"):
-                with m.If(~dec.legal):
-                    m.d.sync += [self.illegal.eq(1), self.halted.eq(1)]
-                    m.next = "IDLE"
-                with m.Elif(dec.is_halt):
-                    with m.If(idle):
-                        m.d.sync += [self.halted.eq(1), self.token_error.eq(tokens_left)]
-                        m.next = "IDLE"
-                with m.Elif(dec.is_sys):
-                    m.d.sync += pc.eq(pc + 1)
-                    m.next = "FETCH"
-                with m.Else():
-                    with m.Switch(dec.unit):
-                        for u in UNITS:
-                            with m.Case(u):
-                                with m.If(queues[u].w_rdy):
-                                    m.d.comb += queues[u].w_en.eq(1)
-                                    m.d.sync += pc.eq(pc + 1)
-                                    m.next = "FETCH"
+        m.d.comb += rd.addr.eq(Mux(run, pc + advance, 0))
+        with m.If(run):
+            m.d.sync += pc.eq(pc + advance)
+            with m.If(~dec.legal):
+                m.d.sync += [self.illegal.eq(1), self.halted.eq(1), run.eq(0)]
+            with m.Elif(dec.is_halt & idle):
+                m.d.sync += [self.halted.eq(1), self.token_error.eq(tokens_left), run.eq(0)]
+        with m.Elif(self.start):
+            m.d.sync += [pc.eq(0), run.eq(1), self.halted.eq(0), self.illegal.eq(0),
+                         self.token_error.eq(0)]
         return m

@@ -4,7 +4,8 @@ Top-level ports (see :mod:`.bus` for the channel protocols):
 
 - ``start`` runs the section held by the instruction port from instruction 0;
   ``halted`` rises when its HALT retires (``illegal``, ``token_error`` report faults);
-- ``imem``: instruction reads, 32-bit beats;
+- ``imem_we``/``imem_addr``/``imem_wdata``: host writes into the instruction buffer
+  (one instruction per cycle, while idle);
 - ``mem_rd``/``mem_wr``: external memory, ``hbm.burst_bytes`` per beat;
 - ``dbg_*``: host access to any buffer byte (highest arbitration priority; meant for
   use while the core is halted): ``dbg_en`` with ``dbg_buf``/``dbg_addr`` (and
@@ -23,7 +24,7 @@ from flightforge.arch import ArchConfig
 from .buffers import Buffer
 from .bus import MemReadSignature, MemWriteSignature
 from .controller import IMEM_ADDR_BITS, Controller
-from .memory_units import LoadUnit, StoreUnit, _beat_bytes
+from .memory_units import LoadUnit, StoreUnit, _beat_bytes, port_width
 from .mpe import MatrixEngine
 from .sfu.unit import SpecialFunctionUnit
 
@@ -38,7 +39,7 @@ class Core(wiring.Component):
         beat = _beat_bytes(arch)
         super().__init__({
             "start": In(1), "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
-            "imem": Out(MemReadSignature(IMEM_ADDR_BITS, isa.WORD_BITS // 8)),
+            "imem_we": In(1), "imem_addr": In(IMEM_ADDR_BITS), "imem_wdata": In(isa.INSTR_BITS),
             "mem_rd": Out(MemReadSignature(isa.EXT_ADDR_BITS, beat)),
             "mem_wr": Out(MemWriteSignature(isa.EXT_ADDR_BITS, beat)),
             "dbg_en": In(1), "dbg_we": In(1), "dbg_buf": In(3),
@@ -56,7 +57,8 @@ class Core(wiring.Component):
             port = getattr(ctrl, f"unit_{u.name.lower()}")
             m.d.comb += [unit.instr.eq(port.instr), unit.start.eq(port.start),
                          port.done.eq(unit.done)]
-        wiring.connect(m, wiring.flipped(self.imem), ctrl.imem)
+        m.d.comb += [ctrl.imem_we.eq(self.imem_we), ctrl.imem_addr.eq(self.imem_addr),
+                     ctrl.imem_wdata.eq(self.imem_wdata)]
         wiring.connect(m, wiring.flipped(self.mem_rd), units[isa.Unit.LD].mem)
         wiring.connect(m, wiring.flipped(self.mem_wr), units[isa.Unit.ST].mem)
         m.d.comb += [ctrl.start.eq(self.start), self.halted.eq(ctrl.halted),
@@ -66,7 +68,10 @@ class Core(wiring.Component):
         dbg_was = {}
         for b in isa.Buf:
             users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
-            buf = Buffer(arch.buffers.of(b).size, 1 + len(users))
+            cfg = arch.buffers.of(b)
+            widths = [1] + [port_width(arch, b) if isinstance(u, (LoadUnit, StoreUnit)) else 1
+                            for u in users]
+            buf = Buffer(cfg.size, widths, cfg.banks * cfg.width)
             m.submodules[f"buf_{b.name.lower()}"] = buf
             for i, user in enumerate(users):
                 wiring.connect(m, getattr(user, f"buf_{b.name.lower()}"), getattr(buf, f"p{i + 1}"))

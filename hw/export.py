@@ -25,6 +25,8 @@ def _compact_zero_init(text: str) -> str:
     A 64 KiB buffer is otherwise 65536 lines that Verilator compiles one by one; the
     loop means exactly the same (every entry zero at time 0).
     """
+    counter = iter(range(1 << 30))
+
     def repl(mt: re.Match) -> str:
         body = mt.group("body")
         mem = mt.group("mem")
@@ -34,9 +36,10 @@ def _compact_zero_init(text: str) -> str:
             return mt.group(0)
         width = first.split("=")[1].strip().rstrip(";")
         ind = mt.group("ind")
-        return (f"{ind}integer ff_init_i;\n"
-                f"{ind}initial for (ff_init_i = 0; ff_init_i < {n}; ff_init_i = ff_init_i + 1)"
-                f" {mem}[ff_init_i] = {width};\n")
+        i = f"ff_init_{next(counter)}"  # one loop variable per memory (a module may hold several)
+        return (f"{ind}integer {i};\n"
+                f"{ind}initial for ({i} = 0; {i} < {n}; {i} = {i} + 1)"
+                f" {mem}[{i}] = {width};\n")
     return _ZERO_INIT.sub(repl, text)
 
 

@@ -124,6 +124,29 @@ def build(arch: ArchConfig, *, waves: bool = False, build_root: Path | None = No
     return result
 
 
+#: Cycles from a LD's start to its first command, and from the last command's first beat
+#: to its ``done`` (LD), or from the last beat to ``done`` (ST), that the units add to the
+#: memory's own latency: the memory model's latency is the config's minus these.
+LD_OVERHEAD, ST_OVERHEAD = 1, 2
+
+
+def memory_timing(arch: ArchConfig) -> dict:
+    """The external-memory model's timing for ``arch``, consistent with sim/timing.py:
+    a LD or ST of ``b`` beats lasts ``latency + b`` cycles on the RTL."""
+    from .timing import Q, timing_for
+
+    t = timing_for(arch)
+    if t.rate_q8 != arch.hbm.burst_bytes * Q:
+        raise DeviceError(f"{arch.name}: the RTL memory model streams one {arch.hbm.burst_bytes}-byte "
+                          f"burst per cycle per channel, but the config's rate is "
+                          f"{t.rate_q8 / Q} bytes per cycle")
+    if t.latency < max(LD_OVERHEAD, ST_OVERHEAD) + 1:
+        raise DeviceError(f"{arch.name}: memory latency {t.latency} cycles is below the units' "
+                          f"pipeline overhead")
+    return {"rd_latency": t.latency - LD_OVERHEAD, "wr_latency": t.latency - ST_OVERHEAD,
+            "penalty": t.penalty, "channel_bytes": arch.hbm.channel_bytes}
+
+
 def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
               waves_file: Path | None = None, max_cycles: int = 2_000_000,
               build_root: Path | None = None) -> list[Any]:
@@ -139,11 +162,17 @@ def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
     """
     from cocotb_tools.runner import get_runner
 
+    from flightforge.hw.controller import IMEM_DEPTH
+
+    for step in steps:
+        if step[0] == "run" and len(step[2]) // isa.INSTR_BYTES > IMEM_DEPTH:
+            raise DeviceError(f"section {step[1]!r} has {len(step[2]) // isa.INSTR_BYTES} "
+                              f"instructions; the RTL's instruction buffer holds {IMEM_DEPTH}")
     b = build(arch, waves=waves, build_root=build_root)
     with tempfile.TemporaryDirectory(prefix="ffrtl-") as tmp:
         steps_file, results_file = Path(tmp) / "steps.pkl", Path(tmp) / "results.pkl"
         job = {"beat_bytes": arch.hbm.burst_bytes, "capacity": arch.hbm.capacity,
-               "max_cycles": max_cycles, "steps": list(steps)}
+               "max_cycles": max_cycles, "steps": list(steps), "timing": memory_timing(arch)}
         steps_file.write_bytes(pickle.dumps(job))
         runner = get_runner("verilator")
         runner.test(test_module=TB_MODULE, hdl_toplevel=b.verilog.stem, hdl_toplevel_lang="verilog",

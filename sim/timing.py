@@ -15,7 +15,9 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   ``channel_cycles = ceil(max_bursts_per_channel * burst * 256 / rate_q8)``. The on-chip
   side moves at most ``banks * width`` bytes per cycle per core (``port_cycles``). A
   row that runs over a channel boundary pays ``cross_channel_penalty_cycles`` per
-  boundary (linear map only).
+  boundary (linear map only). A transfer is one span only when it is contiguous on both
+  sides (one row, or both strides equal to ``row_bytes``); a port narrower than a burst
+  moves each burst's bytes in ``ceil(bytes / port)`` cycles.
 - **MM/MV**: ``max(compute, weight_port, index_port) + pipeline_depth`` with
   ``compute = ceil(M / m) * ceil(N / n) * ceil(K_eff / k)`` for the mode's parallel
   shape ``n x k x m``, ``K_eff = K * N_keep / M_block`` for N:M-sparse weights (the
@@ -160,31 +162,52 @@ class Timing:
             loads[c] = loads.get(c, 0) + hi_b - lo_b + 1
         return c1 - c0
 
+    def _span_port(self, lo: int, n: int, port: int) -> int:
+        """Buffer-port cycles of the span ``[lo, lo + n)`` when the port is narrower than
+        a burst: every burst's bytes in ``ceil(bytes / port)`` cycles (not re-packed)."""
+        b = self.burst
+        first = min(n, b - lo % b)
+        full, tail = divmod(n - first, b)
+        return cdiv(first, port) + full * cdiv(b, port) + cdiv(tail, port)
+
     def transfer(self, ext: int, rows: int, row_bytes: int, ext_stride: int, buf: isa.Buf,
-                 split: bool) -> TransferCost:
+                 split: bool, buf_stride: int | None = None) -> TransferCost:
         """Cycles of a 2-D transfer between external memory and buffer ``buf``."""
         loads: dict[int, int] = {}
         crossings = 0
-        if rows == 1 or ext_stride == row_bytes:
+        if buf_stride is None:
+            buf_stride = row_bytes
+        port = self.port[buf]
+        narrow = port < self.burst
+        beatwise = 0
+        if rows == 1 or (ext_stride == row_bytes and buf_stride == row_bytes):
             crossings += self._span_bursts(ext, ext + rows * row_bytes, loads)
+            if narrow:
+                beatwise = self._span_port(ext, rows * row_bytes, port)
         else:
             for r in range(rows):
                 a = ext + r * ext_stride
                 crossings += self._span_bursts(a, a + row_bytes, loads)
+                if narrow:
+                    beatwise += self._span_port(a, row_bytes, port)
         worst = max(loads.values())
         channel_cycles = cdiv(worst * self.burst * Q, self.rate_q8)
         nbytes = rows * row_bytes
-        share = cdiv(nbytes, self.cores) if split else nbytes
-        port_cycles = cdiv(share, self.port[buf])
+        if narrow:
+            port_cycles = cdiv(beatwise, self.cores) if split else beatwise
+        else:
+            share = cdiv(nbytes, self.cores) if split else nbytes
+            port_cycles = cdiv(share, port)
         cycles = self.latency + max(channel_cycles, port_cycles) + self.penalty * crossings
         return TransferCost(cycles, nbytes, sum(loads.values()) * self.burst, crossings)
 
     def ld(self, i: isa.LD) -> TransferCost:
         return self.transfer(i.src, i.rows, i.row_bytes, i.src_stride, isa.Buf(i.buf),
-                             isa.Buf(i.buf) in SPLIT_BUFFERS)
+                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride)
 
     def st(self, i: isa.ST) -> TransferCost:
-        return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True)
+        return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True,
+                             i.src_stride)
 
     # --- matrix engine -------------------------------------------------------------
 

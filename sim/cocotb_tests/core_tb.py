@@ -5,9 +5,10 @@ external memory, section runs, dumps of buffers and memory) that
 :mod:`flightforge.sim.rtl_harness` pickled, and pickles back what the core did. The
 harness compares those results with the functional simulator.
 
-Memory models follow the bus protocol of :mod:`flightforge.hw.bus`. Each serves one
-channel: while a channel is idle the model sleeps on the valid/ready signal it waits
-for, so the clock runs in the simulator, not in Python.
+Memory models follow the bus protocol of :mod:`flightforge.hw.bus` and the timing of
+sim/timing.py (latency once per pipelined transfer, one burst per cycle, the crossing
+penalty); the harness derives their latencies from the config. While a channel is idle
+its model sleeps on ``cmd_valid``, so the clock runs in the simulator, not in Python.
 """
 
 import pickle
@@ -36,65 +37,124 @@ async def _wait_high(clk, sig):
         await ReadOnly()
 
 
-async def serve_reads(dut, prefix, beat_bytes, source):
-    """A read channel: ``source()`` gives the object with ``read(addr, size)``."""
+def _crossings(addr, nbytes, channel_bytes):
+    """Channel boundaries the byte span ``[addr, addr + nbytes)`` runs over."""
+    return (addr + nbytes - 1) // channel_bytes - addr // channel_bytes
+
+
+async def serve_reads(dut, prefix, beat_bytes, source, timing):
+    """A read channel with the cycle model's timing (sim/timing.py ``transfer``).
+
+    Commands are always accepted; the first beat of a command is presented
+    ``timing["rd_latency"]`` cycles after the cycle in which it was accepted, at the
+    earliest, and after the previous command's beats; beats follow one per cycle while
+    the core takes them. A command whose span runs over a channel boundary waits
+    ``penalty`` cycles per boundary (the request is split and re-issued).
+    """
+    from collections import deque
+
     clk = dut.clk
     cmd_valid, cmd_ready = _port(dut, prefix, "cmd_valid"), _port(dut, prefix, "cmd_ready")
     cmd_addr, cmd_beats = _port(dut, prefix, "cmd_addr"), _port(dut, prefix, "cmd_beats")
     data, data_valid = _port(dut, prefix, "data"), _port(dut, prefix, "data_valid")
     data_ready = _port(dut, prefix, "data_ready")
+    lat, pen, chb = timing["rd_latency"], timing["penalty"], timing["channel_bytes"]
     cmd_ready.value = 1
     data_valid.value = 0
+    pending = deque()  # [first cycle, payload, beats]
+    cur = None  # [next beat index, payload, beats]
+    free_at = 0  # first cycle the data bus is free for the next command's beats
     while True:
-        await _wait_high(clk, cmd_valid)
-        addr, beats = int(cmd_addr.value), int(cmd_beats.value)
-        payload = source().read(addr, beats * beat_bytes)
-        await RisingEdge(clk)  # the command handshake happened at this edge
-        cmd_ready.value = 0
-        for i in range(beats):
-            data.value = int.from_bytes(bytes(payload[i * beat_bytes:(i + 1) * beat_bytes]), "little")
+        if not pending and cur is None:
+            await _wait_high(clk, cmd_valid)
+        else:
+            await ReadOnly()
+        now = get_sim_time("ns") // PERIOD_NS
+        if cur is not None and int(data_ready.value):
+            cur[0] += 1
+            if cur[0] == cur[2]:
+                cur = None
+                free_at = now + 1
+        if int(cmd_valid.value):
+            addr, beats = int(cmd_addr.value), int(cmd_beats.value)
+            payload = bytes(source().read(addr, beats * beat_bytes))
+            pending.append([now + lat, payload, beats, _crossings(addr, beats * beat_bytes, chb)])
+        await RisingEdge(clk)
+        now += 1
+        if cur is None and pending and pending[0][0] <= now:
+            first, payload, beats, cross = pending[0]
+            start = max(first, free_at) + pen * cross
+            if start <= now:
+                pending.popleft()
+                cur = [0, payload, beats]
+        if cur is not None:
+            i = cur[0]
+            data.value = int.from_bytes(cur[1][i * beat_bytes:(i + 1) * beat_bytes], "little")
             data_valid.value = 1
-            await _wait_high(clk, data_ready)
-            await RisingEdge(clk)
-        data_valid.value = 0
-        cmd_ready.value = 1
+        else:
+            data_valid.value = 0
 
 
-async def serve_writes(dut, prefix, beat_bytes, mem):
+async def serve_writes(dut, prefix, beat_bytes, mem, timing):
+    """A write channel: commands and beats always taken; each command's response pulses
+    ``timing["wr_latency"]`` cycles after its last beat (plus the crossing penalty)."""
+    from collections import deque
+
     clk = dut.clk
     cmd_valid, cmd_ready = _port(dut, prefix, "cmd_valid"), _port(dut, prefix, "cmd_ready")
     cmd_addr, cmd_beats = _port(dut, prefix, "cmd_addr"), _port(dut, prefix, "cmd_beats")
     data, data_valid = _port(dut, prefix, "data"), _port(dut, prefix, "data_valid")
     data_ready, strb = _port(dut, prefix, "data_ready"), _port(dut, prefix, "strb")
+    resp_valid = _port(dut, prefix, "resp_valid")
+    lat, pen, chb = timing["wr_latency"], timing["penalty"], timing["channel_bytes"]
     cmd_ready.value = 1
-    data_ready.value = 0
+    data_ready.value = 1
+    resp_valid.value = 0
+    cmds = deque()  # [addr, beats, beats received, crossings]
+    resps = deque()  # cycles at which a response pulses
+    pulsing = False
     while True:
-        await _wait_high(clk, cmd_valid)
-        addr, beats = int(cmd_addr.value), int(cmd_beats.value)
-        await RisingEdge(clk)
-        cmd_ready.value = 0
-        data_ready.value = 1
-        for i in range(beats):
-            await _wait_high(clk, data_valid)
+        if not cmds and not resps and not pulsing:
+            await _wait_high(clk, cmd_valid)
+        else:
+            await ReadOnly()
+        now = get_sim_time("ns") // PERIOD_NS
+        if int(cmd_valid.value):
+            addr, beats = int(cmd_addr.value), int(cmd_beats.value)
+            cmds.append([addr, beats, 0, _crossings(addr, beats * beat_bytes, chb)])
+        if int(data_valid.value):
+            if not cmds:
+                raise RuntimeError(f"{prefix}: a write beat without a command")
+            c = cmds[0]
             word = int(data.value).to_bytes(beat_bytes, "little")
             mask = int(strb.value)
+            base = c[0] + c[2] * beat_bytes
             for b in range(beat_bytes):
                 if mask >> b & 1:
-                    mem.write(addr + i * beat_bytes + b, word[b:b + 1], "ST beat")
-            await RisingEdge(clk)
-        data_ready.value = 0
-        cmd_ready.value = 1
+                    mem.write(base + b, word[b:b + 1], "ST beat")
+            c[2] += 1
+            if c[2] == c[1]:
+                cmds.popleft()
+                resps.append(now + lat + pen * c[3])
+        await RisingEdge(clk)
+        now += 1
+        pulsing = bool(resps) and resps[0] == now
+        if pulsing:
+            resps.popleft()
+        resp_valid.value = int(pulsing)
 
 
-class Code:
-    """The instruction memory: the running section's code."""
-
-    def __init__(self):
-        self.code = b""
-
-    def read(self, addr, size):
-        out = self.code[addr:addr + size]
-        return out + bytes(size - len(out))
+async def load_code(dut, code):
+    """Write a section's code into the instruction buffer (one instruction per cycle)."""
+    clk = dut.clk
+    n = len(code) // isa.INSTR_BYTES
+    for i in range(n):
+        dut.imem_we.value = 1
+        dut.imem_addr.value = i
+        dut.imem_wdata.value = int.from_bytes(code[i * isa.INSTR_BYTES:(i + 1) * isa.INSTR_BYTES],
+                                              "little")
+        await RisingEdge(clk)
+    dut.imem_we.value = 0
 
 
 async def dump_buffer(dut, buf, lo, hi):
@@ -116,7 +176,7 @@ async def dump_buffer(dut, buf, lo, hi):
 async def run_section(dut, code, max_cycles):
     """Run one section; returns the result record."""
     clk = dut.clk
-    CODE.code = code
+    await load_code(dut, code)
     dut.start.value = 1
     await RisingEdge(clk)
     t0 = get_sim_time("ns")
@@ -132,7 +192,17 @@ async def run_section(dut, code, max_cycles):
     return rec
 
 
-CODE = Code()
+async def _trace(dut, cycles):
+    """Debug aid: print the external-memory handshakes of the first ``cycles`` cycles."""
+    names = [f"{p}__{n}" for p in ("mem_rd", "mem_wr") for n in
+             ("cmd_valid", "cmd_ready", "data_valid", "data_ready")] + ["mem_wr__resp_valid",
+                                                                         "halted", "start"]
+    for _ in range(cycles):
+        await ReadOnly()
+        now = get_sim_time("ns") // PERIOD_NS
+        vals = {n: int(getattr(dut, n).value) for n in names}
+        print(now, " ".join(n.split("__")[-1] if "__" not in n else n for n, v in vals.items() if v))
+        await RisingEdge(dut.clk)
 
 
 @cocotb.test()
@@ -143,15 +213,16 @@ async def replay(dut):
     arch_beat = job["beat_bytes"]
     mem = ExternalMemory(job["capacity"])
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    for name in ("start", "dbg_en", "dbg_we"):
+    for name in ("start", "dbg_en", "dbg_we", "imem_we"):
         getattr(dut, name).value = 0
     dut.rst.value = 1
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    cocotb.start_soon(serve_reads(dut, "imem", isa.WORD_BITS // 8, lambda: CODE))
-    cocotb.start_soon(serve_reads(dut, "mem_rd", arch_beat, lambda: mem))
-    cocotb.start_soon(serve_writes(dut, "mem_wr", arch_beat, mem))
+    cocotb.start_soon(serve_reads(dut, "mem_rd", arch_beat, lambda: mem, job["timing"]))
+    cocotb.start_soon(serve_writes(dut, "mem_wr", arch_beat, mem, job["timing"]))
+    if job.get("trace"):
+        cocotb.start_soon(_trace(dut, job["trace"]))
     await RisingEdge(dut.clk)
     results = []
     for step in job["steps"]:
