@@ -398,18 +398,18 @@ class Store:
         return cur.rowcount == 1
 
     def get(self, key: str) -> dict | None:
-        r = self.db.execute("SELECT key, params, status, reason, metrics, extra FROM points "
-                            "WHERE key=?", (key,)).fetchone()
+        r = self.db.execute("SELECT key, params, status, reason, metrics, extra, seconds FROM "
+                            "points WHERE key=?", (key,)).fetchone()
         return None if r is None else self._row(r)
 
     def rows(self) -> list[dict]:
         return [self._row(r) for r in self.db.execute(
-            "SELECT key, params, status, reason, metrics, extra FROM points ORDER BY seq")]
+            "SELECT key, params, status, reason, metrics, extra, seconds FROM points ORDER BY seq")]
 
     @staticmethod
     def _row(r) -> dict:
         return {"key": r[0], "params": json.loads(r[1]), "status": r[2], "reason": r[3],
-                "metrics": json.loads(r[4]), "extra": json.loads(r[5])}
+                "metrics": json.loads(r[4]), "extra": json.loads(r[5]), "seconds": r[6]}
 
     def close(self) -> None:
         self.db.close()
