@@ -477,8 +477,10 @@ def explore(spec: Spec, store: Store, *, jobs: int | None = None, scheduler: str
         return _explore_nsga2(spec, store, executor, cache_dir, progress,
                               trials or spec.search.trials, jobs)
     finally:
-        if executor is not None:
+        if isinstance(executor, cf.ProcessPoolExecutor):
             executor.shutdown(wait=False, cancel_futures=True)
+        elif executor is not None:
+            executor.shutdown(wait=False)
         if client is not None:
             client.close()
 
