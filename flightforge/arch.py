@@ -98,8 +98,14 @@ class SfuConfig(_Model):
 
 
 class MemoryConfig(_Model):
-    """External memory: ``channels`` equal channels laid out contiguously in the address
-    space (channel = address // channel_bytes), as HBM pseudo-channels are."""
+    """External memory of ``channels`` equal channels.
+
+    The address map is the memory controller's: channels laid out contiguously
+    (channel = address // channel_bytes, as raw HBM pseudo-channels are) when
+    ``interleave_bytes`` is 0, else consecutive ``interleave_bytes`` blocks go to the
+    channels in turn, so one transfer of a weight tile draws on every channel (as
+    FlightLLM spreads each tile over its die's channels).
+    """
 
     kind: Literal["hbm", "ddr"]
     channels: int = Field(ge=1)
@@ -108,6 +114,8 @@ class MemoryConfig(_Model):
     latency_ns: float = Field(ge=0, description="first-beat latency of a request")
     burst_bytes: int = Field(default=64, ge=1, description="bytes per burst beat of one channel")
     cross_channel_penalty_cycles: int = Field(default=0, ge=0)
+    interleave_bytes: int = Field(default=0, ge=0, description="0: contiguous channels; else "
+                                  "bytes per channel in turn")
 
     @property
     def channel_bytes(self) -> int:
@@ -120,6 +128,9 @@ class MemoryConfig(_Model):
                              f"{isa.EXT_ADDR_BITS}-bit external address space")
         if self.capacity % self.channels:
             raise ValueError(f"capacity {self.capacity} is not divisible by {self.channels} channels")
+        if self.interleave_bytes % self.burst_bytes:
+            raise ValueError(f"interleave_bytes {self.interleave_bytes} is not a multiple of "
+                             f"burst_bytes {self.burst_bytes}")
         return self
 
 
