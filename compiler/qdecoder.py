@@ -16,7 +16,7 @@ from flightforge.isa import DType, SparseMode, WPrec
 
 from . import kernels
 from .calibrate import ACT_FNS, TensorStats
-from .graph import Act, DecoderProgram, Linear, Norm, Rope, linear_shapes
+from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope, linear_shapes
 from .memory import CompileError
 from .quantize import LinearLayout, QuantLinear, quantize_linear
 
@@ -40,6 +40,12 @@ class QuantOptions:
     group: int = 32  #: used for INT4 weights; the largest valid size dividing K otherwise
     plans: dict[str, WeightPlan] = field(default_factory=dict)  #: per-layer overrides
     mse_clip: bool = False  #: INT8 activation scales by MSE-optimal clipping (else max)
+    #: Room above the calibrated peak (see docs/compiler.md, "Quantisation"). The attention's
+    #: q and k get some: a clipped q or k outlier is the largest term of the winning score,
+    #: so clipping it changes which key wins. INT16 tensors get a factor that costs one of
+    #: their 15 bits, so that later positions and other prompts do not clip them.
+    qk_headroom: float = 1.15
+    wide_headroom: float = 2.0
 
     def plan_for(self, name: str, k: int) -> WeightPlan:
         if name in self.plans:
@@ -109,11 +115,20 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
     emb_peak = float(np.abs(prog.embed).max())
     if prog.positions is not None:
         emb_peak += float(np.abs(prog.positions).max())
+    for what in ("qk_headroom", "wide_headroom"):
+        if not getattr(options, what) >= 1.0:
+            raise CompileError(f"QuantOptions.{what} must be at least 1, not {getattr(options, what)}")
     scales: dict[str, float] = {}
     for name, st in stats.items():
         wide = name in prog.wide
         scales[name] = st.scale(INT16_MAX if wide else INT8_MAX, search=options.mse_clip and not wide)
-    scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX
+        if wide:
+            scales[name] *= options.wide_headroom
+    scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX  # the table's own range: exact
+    for op in prog.ops:
+        if isinstance(op, Attention):
+            for name in {op.q, op.k}:
+                scales[name] *= options.qk_headroom
     linears, plans, norms, tables = {}, {}, {}, {}
     for op in prog.ops:
         if isinstance(op, Linear):

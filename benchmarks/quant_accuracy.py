@@ -1,0 +1,223 @@
+"""Accuracy of the compiler's quantisation on random-weight decoders of each family.
+
+The integer reference (``qref.run_decoder``, bit-exact with every simulator) is compared
+with the float model (``calibrate.run_float``, equal to onnxruntime on the ONNX exports)
+on 4 random prompts of 16 tokens, each followed by 16 greedy decode steps (the float
+model's tokens are fed to both, so every position compares the same context): 128
+positions per decoder. The acceptance criterion is a cosine of at least 0.99 at every
+position and top-1 agreement on at least 90% of them.
+
+    python benchmarks/quant_accuracy.py [--seeds 16] [--family llama-gqa,gpt2,opt]
+    python benchmarks/quant_accuracy.py --ops llama-gqa --seed 0   # per-tensor analysis
+    python benchmarks/quant_accuracy.py --bits llama-gqa            # precision needed
+
+``--ops`` prints, per tensor, the relative error of the dequantised integer tensor
+against the float one (teacher forced over the same sequences) and how much 1% of
+Gaussian noise added to that tensor alone moves the logits (the model's gain from that
+point on). ``--bits`` fake-quantises every INT8 activation of the float model at 8 to 11
+bits with clip-free scales (the evaluation data's own peaks), with INT8 or float weights,
+to show what precision the criterion needs (probabilities and the SFU stay exact there). Every mode ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+
+from flightforge.compiler import kernels, qref
+from flightforge.compiler.calibrate import FloatState, calibrate, run_float
+from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
+from flightforge.compiler.pipeline import CompileOptions, calibration_prompts
+from flightforge.compiler.qdecoder import QuantDecoder, QuantOptions, quantize_decoder
+
+FAMILIES = {  # the families of tests/test_compiler_decoder.py
+    "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
+    "gpt2": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
+             dict(norm="layer", bias=True, learned_positions=64)),
+    "opt": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
+            dict(norm="layer", bias=True, learned_positions=64)),
+}
+PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
+COS_MIN, TOP1_MIN = 0.99, 0.90
+
+
+def quantize(prog, quant: QuantOptions = QuantOptions()) -> QuantDecoder:
+    """What ``compile_decoder`` does before lowering."""
+    options = CompileOptions(max_len=PROMPT_LEN + DECODE, quant=quant)
+    return quantize_decoder(prog, calibrate(prog, calibration_prompts(prog, options)), quant)
+
+
+def sequences(prog) -> list[np.ndarray]:
+    """Each prompt followed by the float model's greedy continuation."""
+    out = []
+    for s in range(PROMPTS):
+        ids = list(np.random.default_rng(100 + s).integers(0, prog.vocab, size=PROMPT_LEN))
+        state = FloatState()
+        logits = run_float(prog, np.array(ids), 0, state)
+        for _ in range(DECODE):
+            ids.append(int(np.argmax(logits[-1])))
+            logits = run_float(prog, np.array(ids[-1:]), len(ids) - 1, state)
+        out.append(np.array(ids[:PROMPT_LEN + DECODE]))
+    return out
+
+
+def integer_logits(qd: QuantDecoder, ids: np.ndarray, envs: list | None = None) -> np.ndarray:
+    """Prefill of the prompt, then one decode step per further token."""
+    prog = qd.prog
+    table = kernels.rope_table_bytes(len(ids), prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
+    state = qref.IntState()
+    rows = []
+    steps = [(0, ids[:PROMPT_LEN])] + [(p, ids[p:p + 1]) for p in range(PROMPT_LEN, len(ids))]
+    for pos0, chunk in steps:
+        env: dict = {}
+        rows.append(qref.run_decoder(qd, chunk, pos0, state, table, env=env) * qd.scales[prog.output])
+        if envs is not None:
+            envs.append(env)
+    return np.vstack(rows)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def accuracy(prog, qd: QuantDecoder) -> tuple[np.ndarray, np.ndarray]:
+    cos, top = [], []
+    for ids in sequences(prog):
+        want = run_float(prog, ids, 0, FloatState())
+        got = integer_logits(qd, ids)
+        cos.append(cosines(want, got))
+        top.append(want.argmax(1) == got.argmax(1))
+    return np.concatenate(cos), np.concatenate(top)
+
+
+def table(families: list[str], seeds: int) -> dict:
+    result = {}
+    print(f"{'family':10s} {'seed':>4s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  criterion")
+    for fam in families:
+        shape, kw = FAMILIES[fam]
+        rows = []
+        for seed in range(seeds):
+            prog = random_decoder(shape, seed=seed, **kw)
+            cos, top = accuracy(prog, quantize(prog))
+            ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
+            rows.append({"seed": seed, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+                         "top1": float(top.mean()), "pass": bool(ok)})
+            print(f"{fam:10s} {seed:4d} {cos.min():8.4f} {cos.mean():8.4f} {top.mean():6.1%}  "
+                  f"{'pass' if ok else 'FAIL'}", flush=True)
+        r = {k: np.array([row[k] for row in rows]) for k in ("cos_min", "cos_mean", "top1")}
+        passed = sum(row["pass"] for row in rows)
+        print(f"{fam:10s}  all: cos min worst {r['cos_min'].min():.4f} (mean of seeds "
+              f"{r['cos_min'].mean():.4f}), cos mean {r['cos_mean'].mean():.4f}, top-1 "
+              f"{r['top1'].mean():.1%} (worst {r['top1'].min():.1%}), criterion met on "
+              f"{passed}/{seeds} seeds")
+        result[fam] = {"seeds": rows, "passed": passed}
+    return result
+
+
+def ops(fam: str, seed: int) -> dict:
+    shape, kw = FAMILIES[fam]
+    prog = random_decoder(shape, seed=seed, **kw)
+    qd = quantize(prog)
+    seqs = sequences(prog)
+    err: dict[str, list[float]] = {}
+    for ids in seqs:
+        envs: list[dict] = []
+        integer_logits(qd, ids, envs)
+        fe: dict = {}
+        run_float(prog, ids, 0, FloatState(), env=fe)
+        for name in envs[0]:
+            q = np.vstack([e[name] for e in envs]) * qd.scales[name]
+            e = err.setdefault(name, [0.0, 0.0])
+            e[0] += float(((fe[name] - q) ** 2).sum())
+            e[1] += float((fe[name] ** 2).sum())
+    rng = np.random.default_rng(7)
+    out = {}
+    print(f"{fam} seed {seed}: per-tensor relative error (integer vs float) and the logits' "
+          f"relative error caused by 1% noise on that tensor alone")
+    for name, (num, den) in err.items():
+        def noisy(n, x, target=name):
+            return x + rng.normal(size=x.shape) * 0.01 * np.sqrt(np.mean(x * x)) if n == target else x
+        gain = []
+        for ids in seqs:
+            want = run_float(prog, ids, 0, FloatState())
+            got = run_float(prog, ids, 0, FloatState(), fake=noisy)
+            gain.append(np.sqrt(np.mean(2 * (1 - cosines(want, got)))))
+        out[name] = {"rel_err": float(np.sqrt(num / den)), "logit_err_per_1pct": float(np.mean(gain))}
+        dt = "INT16" if name in prog.wide else "INT8"
+        print(f"  {name:12s} {dt:5s} rel err {out[name]['rel_err']:.4f}   1% noise -> logits "
+              f"{out[name]['logit_err_per_1pct']:.4f}")
+    return out
+
+
+def bits(fam: str, seeds: int) -> dict:
+    shape, kw = FAMILIES[fam]
+    configs = [(8, True), (9, True), (10, True), (11, True), (None, True), (10, False)]
+    out = {}
+    for act_bits, int8_weights in configs:
+        rows = []
+        for seed in range(seeds):
+            prog = random_decoder(shape, seed=seed, **kw)
+            qd = quantize(prog)
+            seqs = sequences(prog)
+            peak: dict[str, float] = {}
+            for ids in seqs:
+                env: dict = {}
+                run_float(prog, ids, 0, FloatState(), env=env)
+                for n, v in env.items():
+                    peak[n] = max(peak.get(n, 0.0), float(np.abs(v).max()))
+
+            def fake(n, x):
+                if act_bits is None:
+                    return x
+                if n in prog.wide:
+                    s = qd.scales[n]
+                    return np.clip(np.round(x / s), -32768, 32767) * s
+                top = (1 << (act_bits - 1)) - 1
+                s = max(peak[n], 1e-9) / top
+                return np.clip(np.round(x / s), -top - 1, top) * s
+            model = prog
+            if int8_weights:
+                model = dataclasses.replace(prog, linears={
+                    k: LinearParams(qd.linears[k].dequantized(), p.b) for k, p in prog.linears.items()})
+            cos, agree = [], []
+            for ids in seqs:
+                want = run_float(prog, ids, 0, FloatState())
+                got = run_float(model, ids, 0, FloatState(), fake=fake)
+                cos.append(cosines(want, got))
+                agree.append(want.argmax(1) == got.argmax(1))
+            cos, agree = np.concatenate(cos), np.concatenate(agree)
+            rows.append((cos.min(), cos.mean(), agree.mean()))
+        r = np.array(rows)
+        passed = int(sum(1 for a in rows if a[0] >= COS_MIN and a[2] >= TOP1_MIN))
+        label = (f"INT{act_bits} activations (clip-free)" if act_bits else "float activations") + \
+            (", INT8 weights" if int8_weights else ", float weights")
+        print(f"{fam}: {label:45s} cos min worst {r[:, 0].min():.4f} (mean of seeds "
+              f"{r[:, 0].mean():.4f}), cos mean {r[:, 1].mean():.4f}, top-1 {r[:, 2].mean():.1%}, "
+              f"criterion met on {passed}/{seeds}", flush=True)
+        out[label] = {"cos_min": float(r[:, 0].min()), "cos_mean": float(r[:, 1].mean()),
+                      "top1": float(r[:, 2].mean()), "passed": passed}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--family", default=",".join(FAMILIES))
+    ap.add_argument("--ops", metavar="FAMILY", help="per-tensor error analysis of one decoder")
+    ap.add_argument("--seed", type=int, default=0, help="the decoder --ops analyses")
+    ap.add_argument("--bits", metavar="FAMILY", help="activation precision the criterion needs")
+    a = ap.parse_args()
+    if a.ops:
+        res = ops(a.ops, a.seed)
+    elif a.bits:
+        res = bits(a.bits, min(a.seeds, 8))
+    else:
+        res = table(a.family.split(","), a.seeds)
+    print(json.dumps(res, default=float))
+
+
+if __name__ == "__main__":
+    main()
