@@ -16,7 +16,8 @@ against the float one (teacher forced over the same sequences) and how much 1% o
 Gaussian noise added to that tensor alone moves the logits (the model's gain from that
 point on). ``--bits`` fake-quantises every INT8 activation of the float model at 8 to 11
 bits with clip-free scales (the evaluation data's own peaks), with INT8 or float weights,
-to show what precision the criterion needs (probabilities and the SFU stay exact there). Every mode ends with one JSON line.
+to show what precision the criterion needs (probabilities and the SFU stay exact there).
+Every mode ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -67,13 +68,15 @@ def sequences(prog) -> list[np.ndarray]:
 def integer_logits(qd: QuantDecoder, ids: np.ndarray, envs: list | None = None) -> np.ndarray:
     """Prefill of the prompt, then one decode step per further token."""
     prog = qd.prog
-    table = kernels.rope_table_bytes(len(ids), prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
+    theta = prog.rope_theta or 1.0
+    table = kernels.rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
     state = qref.IntState()
     rows = []
     steps = [(0, ids[:PROMPT_LEN])] + [(p, ids[p:p + 1]) for p in range(PROMPT_LEN, len(ids))]
     for pos0, chunk in steps:
         env: dict = {}
-        rows.append(qref.run_decoder(qd, chunk, pos0, state, table, env=env) * qd.scales[prog.output])
+        logits = qref.run_decoder(qd, chunk, pos0, state, table, env=env)
+        rows.append(logits * qd.scales[prog.output])
         if envs is not None:
             envs.append(env)
     return np.vstack(rows)
@@ -139,13 +142,16 @@ def ops(fam: str, seed: int) -> dict:
           f"relative error caused by 1% noise on that tensor alone")
     for name, (num, den) in err.items():
         def noisy(n, x, target=name):
-            return x + rng.normal(size=x.shape) * 0.01 * np.sqrt(np.mean(x * x)) if n == target else x
+            if n != target:
+                return x
+            return x + rng.normal(size=x.shape) * 0.01 * np.sqrt(np.mean(x * x))
         gain = []
         for ids in seqs:
             want = run_float(prog, ids, 0, FloatState())
             got = run_float(prog, ids, 0, FloatState(), fake=noisy)
             gain.append(np.sqrt(np.mean(2 * (1 - cosines(want, got)))))
-        out[name] = {"rel_err": float(np.sqrt(num / den)), "logit_err_per_1pct": float(np.mean(gain))}
+        out[name] = {"rel_err": float(np.sqrt(num / den)),
+                     "logit_err_per_1pct": float(np.mean(gain))}
         dt = "INT16" if name in prog.wide else "INT8"
         print(f"  {name:12s} {dt:5s} rel err {out[name]['rel_err']:.4f}   1% noise -> logits "
               f"{out[name]['logit_err_per_1pct']:.4f}")
@@ -181,7 +187,8 @@ def bits(fam: str, seeds: int) -> dict:
             model = prog
             if int8_weights:
                 model = dataclasses.replace(prog, linears={
-                    k: LinearParams(qd.linears[k].dequantized(), p.b) for k, p in prog.linears.items()})
+                    k: LinearParams(qd.linears[k].dequantized(), p.b)
+                    for k, p in prog.linears.items()})
             cos, agree = [], []
             for ids in seqs:
                 want = run_float(prog, ids, 0, FloatState())

@@ -116,8 +116,9 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
     if prog.positions is not None:
         emb_peak += float(np.abs(prog.positions).max())
     for what in ("qk_headroom", "wide_headroom"):
-        if not getattr(options, what) >= 1.0:
-            raise CompileError(f"QuantOptions.{what} must be at least 1, not {getattr(options, what)}")
+        value = getattr(options, what)
+        if not value >= 1.0:
+            raise CompileError(f"QuantOptions.{what} must be at least 1, not {value}")
     scales: dict[str, float] = {}
     for name, st in stats.items():
         wide = name in prog.wide

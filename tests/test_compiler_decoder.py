@@ -1,21 +1,22 @@
 """The decoder compiler on random-weight decoders of each family (no ONNX needed).
 
 The integer reference is the bit-exact target of every simulator; here it is checked
-against the float model, and the lowered sections are checked for synchronisation.
+against the float model (prefill and decode, see tests/accuracy.py), and the lowered
+sections are checked for synchronisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
-from flightforge.compiler import kernels, qref
-from flightforge.compiler.calibrate import FloatState, run_float
+import accuracy
+from flightforge.compiler.calibrate import calibrate
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.memory import CompileError
-from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.compiler.pipeline import CompileOptions, calibration_prompts, compile_decoder
+from flightforge.compiler.qdecoder import quantize_decoder
 from flightforge.compiler.schedule import unordered_hazards
 from flightforge.mappings import load_target
 
@@ -28,35 +29,58 @@ FAMILIES = {
 }
 
 
+#: (worst position's cosine, mean cosine, top-1) that every seed of FLOORS_SEEDS stays
+#: above: the weakest seed's figures (``python benchmarks/quant_accuracy.py --seeds 5``)
+#: less a margin of a few near-tie positions. A lowering or arithmetic bug, or a clipped
+#: outlier, gives far lower figures.
+FLOORS = {"llama-gqa": (0.93, 0.990, 0.78), "gpt2": (0.985, 0.997, 0.85),
+          "opt": (0.98, 0.997, 0.85)}
+FLOORS_SEEDS = range(5)
+#: The families whose test decoder (seed 0) meets the acceptance criterion. Random
+#: Llama-style decoders do not with INT8 activations; random GPT-2 and OPT ones average
+#: 91% top-1, so about half of their seeds do (docs/compiler.md, "Accuracy").
+MEETS_CRITERION = {"gpt2", "opt"}
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def compiled(request):
     shape, kw = FAMILIES[request.param]
     prog = random_decoder(shape, **kw)
-    return prog, compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=24, verify=True))
+    options = CompileOptions(max_len=accuracy.MAX_LEN, verify=True)
+    return request.param, prog, compile_decoder(prog, load_target("tiny"), options)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+def test_integer_reference_meets_the_acceptance_criterion(compiled, request):
+    """Cosine >= 0.99 at every position and top-1 >= 90%, prefill and 16 decode steps."""
+    name, prog, c = compiled
+    if name not in MEETS_CRITERION:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "random Llama-style decoders amplify INT8 activation noise through nearly one-hot "
+            "attention beyond the criterion; needs >= 10-bit activations (docs/compiler.md)")))
+    cos, top = accuracy.measure(c.quantized, accuracy.float_reference(prog))
+    print("\n" + accuracy.summary(name, cos, top))
+    assert accuracy.meets_criterion(cos, top), accuracy.summary(name, cos, top)
 
 
-def test_integer_reference_tracks_the_float_model(compiled):
-    prog, c = compiled
-    qd = c.quantized
-    table = kernels.rope_table_bytes(24, prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
-    ids = np.random.default_rng(5).integers(0, prog.vocab, size=10)
-    fl = run_float(prog, ids, 0, FloatState())
-    qi = qref.run_decoder(qd, ids, 0, qref.IntState(), table) * qd.scales["logits"]
-    # Measured on these seeds (prefill of 10 tokens): mean cosine 0.993 (llama-gqa) to 0.999,
-    # minimum 0.972 (llama-gqa, last position: its nearly one-hot attention turns INT8
-    # noise in q and k into a different winning key) to 0.998. A lowering or arithmetic bug
-    # gives cosines far below these bounds.
-    cos = _cosines(fl, qi)
-    assert cos.mean() > 0.99 and cos.min() > 0.95, cos
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_integer_reference_accuracy_over_seeds(family):
+    """Every seed's decoder stays above the family's measured floors (quantisation only)."""
+    shape, kw = FAMILIES[family]
+    cos_min, cos_mean, top1 = FLOORS[family]
+    options = CompileOptions(max_len=accuracy.MAX_LEN)
+    for seed in FLOORS_SEEDS:
+        prog = random_decoder(shape, seed=seed, **kw)
+        stats = calibrate(prog, calibration_prompts(prog, options))
+        qd = quantize_decoder(prog, stats, options.quant)
+        cos, top = accuracy.measure(qd, accuracy.float_reference(prog))
+        msg = accuracy.summary(f"{family} seed {seed}", cos, top)
+        print("\n" + msg)
+        assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, msg
 
 
 def test_every_section_is_synchronised(compiled):
     """compile_decoder(verify=True) proved all sections; check the proof is not vacuous."""
-    _, c = compiled
+    _, _, c = compiled
     section = c.program.section("decode_5").instructions
     assert unordered_hazards(section) == []
     stripped = [dataclasses.replace(i, wait=0, release=0) for i in section]
@@ -64,7 +88,7 @@ def test_every_section_is_synchronised(compiled):
 
 
 def test_sections_cover_every_length(compiled):
-    _, c = compiled
+    _, _, c = compiled
     prog = c.program
     assert [prog.section_for("prefill", n).name for n in (1, 24)] == ["prefill_1", "prefill_24"]
     assert prog.section_for("decode", 23).name == "decode_23"

@@ -1,11 +1,12 @@
 """The ONNX frontend on tiny exports in each exporter's style (tests/onnx_builders.py).
 
 Per style: the recovered DecoderProgram reproduces onnxruntime's float logits; compiled
-for ``tiny``, the integer reference tracks onnxruntime. Bad input gives errors naming the
-node, op, layer or file. Real torch.onnx exports of Hugging Face models run when torch
-and transformers are installed (marked slow).
+for ``tiny``, the integer reference tracks onnxruntime over a prefill and 16 decode steps
+(tests/accuracy.py). Bad input gives errors naming the node, op, layer or file. Real
+torch.onnx exports of Hugging Face models run when torch and transformers are installed
+(marked slow).
 
-Accuracy figures: ``python -m pytest tests/test_onnx_import.py -q -rA -k accuracy -s``
+Accuracy figures: ``python -m pytest tests/test_onnx_import.py -q -rA -k "accuracy or torch" -s``
 prints, per style, the minimum and mean cosine and the top-1 agreement.
 """
 
@@ -19,13 +20,15 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+import accuracy as acc
 import onnx_builders as ob
-from flightforge.compiler import kernels, qref
-from flightforge.compiler.calibrate import FloatState, run_float
+from flightforge.compiler.calibrate import FloatState, calibrate, run_float
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.onnx_graph import FrontendError
 from flightforge.compiler.onnx_import import import_onnx, load_onnx
-from flightforge.compiler.pipeline import CompileOptions, compile_decoder, compile_onnx
+from flightforge.compiler.pipeline import (CompileOptions, calibration_prompts, compile_decoder,
+                                           compile_onnx)
+from flightforge.compiler.qdecoder import quantize_decoder
 from flightforge.mappings import load_target
 
 LLAMA = DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True)
@@ -102,31 +105,64 @@ def test_float_program_reproduces_onnxruntime(exported):
         assert np.abs(run_float(src, ids, 0, FloatState()) - want).max() / np.abs(want).max() < 1e-4
 
 
-def accuracy(prog, qd, sess, prompts: int = 4, length: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position cosine and top-1 agreement of the integer reference vs onnxruntime."""
-    table = kernels.rope_table_bytes(24, prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
-    cos, top = [], []
-    for seed in range(prompts):
-        ids = np.random.default_rng(100 + seed).integers(0, prog.vocab, size=length)
-        want = ort_logits(sess, ids, prog.kv_heads, prog.head_dim)
-        got = qref.run_decoder(qd, ids, 0, qref.IntState(), table) * qd.scales["logits"]
-        cos.append((want * got).sum(1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1))
-        top.append(want.argmax(1) == got.argmax(1))
-    return np.concatenate(cos), np.concatenate(top)
+def accuracy(prog, qd, sess) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position cosine and top-1 agreement of the integer reference vs onnxruntime:
+    4 prompts x (16 prefill + 16 greedy decode steps of onnxruntime's own tokens)."""
+    return acc.measure(qd, lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim))
+
+
+#: Styles whose test graph meets the acceptance criterion (cosine >= 0.99 at every
+#: position, top-1 >= 90%). The random Llama-style graphs do not, and random GPT-2 and OPT
+#: graphs meet it on about half of the seeds: docs/frontend.md, "Accuracy", and
+#: docs/compiler.md give the measurements and the reason.
+MEETS_CRITERION = {"gpt2", "opt"}
+#: (worst position's cosine, mean cosine, top-1) every style's graph stays above, seeds 1-4
+#: of the builder styles included (test_accuracy_over_seeds): the weakest measured figures
+#: less a margin of a few near-tie positions. A misread pattern gives far lower figures.
+FLOORS = {"gpt2": (0.985, 0.997, 0.85), "opt": (0.98, 0.997, 0.85)}
+LLAMA_FLOOR = (0.93, 0.990, 0.78)
 
 
 def test_integer_reference_accuracy_against_onnxruntime(exported):
     name, _, path, imp = exported
     prog = imp.program
-    c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=24))
+    c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=acc.MAX_LEN))
     cos, top = accuracy(prog, c.quantized, session(path))
-    print(f"\n{name}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%}")
-    # Measured (4 prompts x 16 tokens, random weights of scale 0.2): gpt2 0.996 / 95%, opt
-    # 0.996 / 91%, Llama-style 0.97-0.98 min, 0.994-0.995 mean, 80-89% top-1. The floor is
-    # INT8 activation error in near one-hot attention (see test_compiler_decoder.py); a
-    # misread pattern gives cosines far below these bounds.
-    assert cos.mean() > 0.99 and cos.min() > 0.95, cos
-    assert top.mean() >= 0.75, top.mean()
+    print("\n" + acc.summary(name, cos, top))
+    cos_min, cos_mean, top1 = FLOORS.get(name, LLAMA_FLOOR)
+    assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, \
+        acc.summary(name, cos, top)
+
+
+def test_acceptance_criterion_against_onnxruntime(exported, request):
+    """Cosine >= 0.99 at every position and top-1 >= 90%, prefill and 16 decode steps."""
+    name, _, path, imp = exported
+    if name not in MEETS_CRITERION:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "random Llama-style graphs amplify INT8 activation noise through nearly one-hot "
+            "attention beyond the criterion; needs >= 10-bit activations (docs/frontend.md)")))
+    prog = imp.program
+    qd = quantize_decoder(prog, calibrate(prog, calibration_prompts(prog, CompileOptions(
+        max_len=acc.MAX_LEN))))
+    cos, top = accuracy(prog, qd, session(path))
+    assert acc.meets_criterion(cos, top), acc.summary(name, cos, top)
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2", "opt"])
+def test_accuracy_over_seeds(style, tmp_path):
+    """Graphs of seeds 1-4 (the test graphs are seed 0) stay above the style's floors."""
+    shape, kw, build = STYLES[style]
+    cos_min, cos_mean, top1 = FLOORS.get(style, LLAMA_FLOOR)
+    options = CompileOptions(max_len=acc.MAX_LEN)
+    for seed in range(1, 5):
+        path = build(random_decoder(shape, seed=seed, **kw), tmp_path / f"{style}{seed}.onnx")
+        prog = import_onnx(path).program
+        stats = calibrate(prog, calibration_prompts(prog, options))
+        qd = quantize_decoder(prog, stats, options.quant)
+        cos, top = accuracy(prog, qd, session(path))
+        msg = acc.summary(f"{style} seed {seed}", cos, top)
+        print("\n" + msg)
+        assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, msg
 
 
 def test_compile_onnx_records_the_model(tmp_path):
@@ -297,10 +333,10 @@ def test_torch_dynamo_export_of_hugging_face_models(family, tmp_path):
     want_logits = ort_logits(sess, ids, prog.kv_heads, prog.head_dim)
     got = run_float(prog, ids, 0, FloatState())
     assert np.abs(got - want_logits).max() / np.abs(want_logits).max() < 1e-4
-    c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=24))
+    c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=acc.MAX_LEN))
     cos, top = accuracy(prog, c.quantized, sess)
-    print(f"\ntorch {family}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%}")
-    assert cos.min() >= 0.99 and top.mean() >= 0.9, (cos.min(), top.mean())
+    print("\n" + acc.summary(f"torch {family}", cos, top))
+    assert acc.meets_criterion(cos, top), acc.summary(f"torch {family}", cos, top)
 
 
 def test_fit_theta_recovers_the_base():

@@ -1,0 +1,79 @@
+"""The acceptance measurement of a compiled decoder's accuracy, shared by the tests.
+
+Each of ``PROMPTS`` random prompts of ``PROMPT_LEN`` tokens is extended by ``DECODE``
+greedy steps of the float reference; the integer reference (``qref.run_decoder``, which
+every simulator matches bit for bit) runs the prompt as one prefill and then one decode
+step per further token, and every position's logits are compared with the float ones:
+the cosine, and whether the top-1 token agrees. The criterion: cosine at least
+``COS_MIN`` at every position, top-1 agreement on at least ``TOP1_MIN`` of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from flightforge.compiler import kernels, qref
+from flightforge.compiler.calibrate import FloatState, run_float
+from flightforge.compiler.graph import DecoderProgram
+from flightforge.compiler.qdecoder import QuantDecoder
+
+PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
+MAX_LEN = PROMPT_LEN + DECODE
+COS_MIN, TOP1_MIN = 0.99, 0.90
+
+
+def integer_logits(qd: QuantDecoder, ids: np.ndarray, prompt_len: int = PROMPT_LEN) -> np.ndarray:
+    """Dequantised logits of every position: a prefill of the prompt, then decode steps."""
+    prog = qd.prog
+    theta = prog.rope_theta or 1.0
+    table = kernels.rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
+    state = qref.IntState()
+    rows = [qref.run_decoder(qd, ids[:prompt_len], 0, state, table)]
+    for pos in range(prompt_len, len(ids)):
+        rows.append(qref.run_decoder(qd, ids[pos:pos + 1], pos, state, table))
+    return np.vstack(rows) * qd.scales[prog.output]
+
+
+def float_reference(prog: DecoderProgram) -> Callable[[np.ndarray], np.ndarray]:
+    """``ids -> logits`` of the float model; a sequence that extends the previous call's by
+    tokens runs only the new rows (a decode step), so greedy continuation stays cheap."""
+    last = {"ids": np.zeros(0, np.int64), "logits": np.zeros((0, prog.vocab)),
+            "state": FloatState()}
+
+    def logits(ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        n = len(last["ids"])
+        if not (len(ids) > n and np.array_equal(ids[:n], last["ids"])):
+            last.update(ids=ids[:0], logits=np.zeros((0, prog.vocab)), state=FloatState())
+            n = 0
+        new = run_float(prog, ids[n:], n, last["state"])
+        last.update(ids=ids.copy(), logits=np.vstack([last["logits"], new]))
+        return last["logits"]
+    return logits
+
+
+def measure(qd: QuantDecoder, float_logits: Callable[[np.ndarray], np.ndarray],
+            prompts: int = PROMPTS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position cosine and top-1 agreement against ``float_logits(ids) -> [len][vocab]``."""
+    cos, top = [], []
+    for seed in range(prompts):
+        ids = list(np.random.default_rng(100 + seed).integers(0, qd.prog.vocab, size=PROMPT_LEN))
+        for _ in range(DECODE):
+            ids.append(int(np.argmax(float_logits(np.array(ids))[-1])))
+        ids = np.array(ids)
+        want = float_logits(ids)
+        got = integer_logits(qd, ids)
+        cos.append((want * got).sum(1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1))
+        top.append(want.argmax(1) == got.argmax(1))
+    return np.concatenate(cos), np.concatenate(top)
+
+
+def summary(name: str, cos: np.ndarray, top: np.ndarray) -> str:
+    return (f"{name}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%} "
+            f"({len(cos)} positions: {PROMPTS} prompts x ({PROMPT_LEN} prefill + {DECODE} decode))")
+
+
+def meets_criterion(cos: np.ndarray, top: np.ndarray) -> bool:
+    return bool(cos.min() >= COS_MIN and top.mean() >= TOP1_MIN)
