@@ -65,10 +65,20 @@ def bench_demo(arch) -> list[dict]:
     return out
 
 
-def bench_random(arch, sections: int = 20, seed: int = 7) -> dict:
+def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
-    secs = [h.random_section(arch, rng) for _ in range(sections)]
+    if ldst_only:
+        from flightforge.compiler.schedule import TokenScheduler
+
+        secs = []
+        for _ in range(sections):
+            sched = TokenScheduler(token_depth=arch.token_depth)
+            while len(sched.instrs) < 8:
+                sched.add(h._random_ld_st(rng, st=rng.random() < 0.4))
+            secs.append(sched.finish())
+    else:
+        secs = [h.random_section(arch, rng) for _ in range(sections)]
     steps = [("write", h.EXT_DATA[0], data)] + [("run", f"r{i}", isa.encode(s))
                                                 for i, s in enumerate(secs)]
     runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
@@ -78,13 +88,14 @@ def bench_random(arch, sections: int = 20, seed: int = 7) -> dict:
             errs.append(r["cycles"] / model_cycles(arch, s) - 1)
         except Exception:  # a stream that deadlocks under the model's timing: skip it
             continue
-    return {"bench": "rtl_vs_cycle_model", "program": f"random x{len(errs)}",
+    name = "random LD/ST" if ldst_only else "random"
+    return {"bench": "rtl_vs_cycle_model", "program": f"{name} x{len(errs)}",
             "mean_error": round(float(np.mean(errs)), 3),
             "min_error": round(float(np.min(errs)), 3), "max_error": round(float(np.max(errs)), 3)}
 
 
 def bench_pysim(arch, cycles: int = 2000) -> dict:
-    """Amaranth's Python simulator on the same core, running a demo-like LD+MM+ST loop."""
+    """Amaranth's Python simulator on the same core, running a LD+MV loop."""
     from amaranth.sim import Simulator
 
     from flightforge.hw.core import Core
@@ -96,34 +107,26 @@ def bench_pysim(arch, cycles: int = 2000) -> dict:
     done = {}
 
     async def bench(ctx):
+        for i in range(len(prog)):
+            ctx.set(dut.imem_we, 1)
+            ctx.set(dut.imem_addr, i)
+            ctx.set(dut.imem_wdata, int.from_bytes(code[i * isa.INSTR_BYTES:(i + 1) * isa.INSTR_BYTES],
+                                                   "little"))
+            await ctx.tick()
+        ctx.set(dut.imem_we, 0)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
+        ctx.set(dut.mem_rd.cmd_ready, 1)
         beats = 0
-        mode = None
         t = time.perf_counter()
         for n in range(cycles):
-            ctx.set(dut.imem.cmd_ready, 1)
-            ctx.set(dut.mem_rd.cmd_ready, 1)
-            if ctx.get(dut.imem.cmd_valid):
-                base, beats = ctx.get(dut.imem.cmd_addr), ctx.get(dut.imem.cmd_beats)
-                mode, i = "imem", 0
-            if mode == "imem":
-                ctx.set(dut.imem.data_valid, 1)
-                ctx.set(dut.imem.data, int.from_bytes(code[base + 4 * i:base + 4 * i + 4].ljust(4, b"\0"), "little"))
             if ctx.get(dut.mem_rd.cmd_valid):
-                mode, i, beats = "mem", 0, ctx.get(dut.mem_rd.cmd_beats)
-            if mode == "mem":
-                ctx.set(dut.mem_rd.data_valid, 1)
+                beats += ctx.get(dut.mem_rd.cmd_beats)
+            ctx.set(dut.mem_rd.data_valid, int(beats > 0))
             await ctx.tick()
-            if mode == "imem" and ctx.get(dut.imem.data_ready):
-                i += 1
-            if mode == "mem" and ctx.get(dut.mem_rd.data_ready):
-                i += 1
-            if mode and i >= beats:
-                mode = None
-                ctx.set(dut.imem.data_valid, 0)
-                ctx.set(dut.mem_rd.data_valid, 0)
+            if beats and ctx.get(dut.mem_rd.data_ready):
+                beats -= 1
         done["s"] = time.perf_counter() - t
 
     sim = Simulator(dut)
@@ -176,6 +179,7 @@ def main() -> None:
         lines.append(bench_build(arch))
     lines += bench_demo(arch)
     lines.append(bench_random(arch))
+    lines.append(bench_random(arch, ldst_only=True))
     lines.append(bench_pysim(arch))
     if args.synth:
         lines.append(bench_synth(arch))

@@ -35,7 +35,7 @@ from flightforge import formats, isa
 from flightforge.arch import ArchConfig
 from flightforge.program import Program, ProgramError
 
-from .device import DeviceError, RunResult
+from .device import DeviceError, RunResult, run_offset
 from .functional import ExternalMemory
 
 TB_MODULE = "flightforge.sim.cocotb_tests.core_tb"
@@ -231,14 +231,18 @@ class RtlDevice:
     def read(self, addr: int, size: int) -> bytes:
         return self.ext.read(addr, size).tobytes()
 
-    def run(self, section: str) -> RunResult:
+    def run(self, section: str, length: int | None = None) -> RunResult:
         if self.program is None:
             raise DeviceError("no program loaded: call load() first")
         try:
             sec = self.program.section(section)
         except ProgramError as e:
             raise DeviceError(str(e)) from None
-        self._steps.append(("run", section, sec.code))
+        d = run_offset(sec, length)
+        # The RTL has no length register yet: a length-adaptive section's dynamic fields
+        # are resolved for this run's D on the host (isa.resolve), as a loader would.
+        code = sec.code if d == 0 else isa.encode([isa.resolve(i, d) for i in sec.instructions])
+        self._steps.append(("run", section, code))
         results = run_steps(self.arch, [*self._steps, ("memory",)], waves=self.waves,
                             build_root=self.build_root)
         runs = [r for r in results if isinstance(r, dict) and "section" in r]

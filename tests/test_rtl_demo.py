@@ -1,6 +1,8 @@
 """The compiler's demo program (Linear + attention prefill and decode) through the one
 driver, :func:`flightforge.compiler.demo.run_demo`, on the RTL and on the functional
-simulator: every output equals bit for bit, and equals the quantised reference."""
+simulator: every output equals bit for bit, and equals the quantised reference. Each
+section's RTL cycle count is compared with the cycle model's (a strict xfail until the
+MPE and SFU datapaths match sim/timing.py; docs/rtl.md)."""
 
 import pytest
 
@@ -23,11 +25,15 @@ def arch():
     return load_target("tiny")
 
 
-def test_demo_on_rtl_equals_functional_sim(arch) -> None:
+@pytest.fixture(scope="module")
+def demo(arch):
     build = build_demo(arch)
     rtl, ref = h.RtlDevice(arch), FunctionalSim(arch)
-    report = run_demo(arch, rtl, build)
-    ref_report = run_demo(arch, ref, build)
+    return build, rtl, ref, run_demo(arch, rtl, build), run_demo(arch, ref, build)
+
+
+def test_demo_on_rtl_equals_functional_sim(arch, demo) -> None:
+    build, rtl, ref, report, ref_report = demo
     assert ref_report.bit_exact
     for a in report.outputs:
         assert a.bit_exact, f"{a.name}: RTL differs from the quantised reference by {a.max_abs_diff}"
@@ -36,3 +42,23 @@ def test_demo_on_rtl_equals_functional_sim(arch) -> None:
         want = hostio.read_output(ref, build.program, tio)
         assert (got == want).all(), f"{tio.name}: RTL and functional simulator differ"
     assert all(r.cycles and r.cycles > 0 for r in report.runs)
+
+
+@pytest.mark.xfail(strict=True, reason="MPE/SFU datapaths are not throughput-matched yet "
+                                        "(docs/rtl.md)")
+def test_demo_cycles_match_cycle_model(arch, demo) -> None:
+    from flightforge.sim.dispatch import run_dispatch
+    from flightforge.sim.timing import duration
+
+    build, _, _, report, _ = demo
+    lines, bad = [], []
+    for r in report.runs:
+        model = run_dispatch(build.program.section(r.section).instructions,
+                             token_depth=arch.token_depth, queue_depth=arch.queue_depth,
+                             duration=lambda i, ins: duration(arch, ins)).cycles
+        err = r.cycles / model - 1
+        lines.append(f"demo.{r.section}: rtl {r.cycles} model {model} error {err:+.2%}")
+        if abs(err) > 0.02:
+            bad.append(lines[-1])
+    print("\n".join(lines))
+    assert not bad, "\n".join(bad)

@@ -1,8 +1,16 @@
 """Differential test: seeded random instruction streams on the RTL (Verilator) and on
-the functional simulator agree bit for bit in every buffer window and in memory.
+the functional simulator agree bit for bit in every buffer window and in memory, and
+the RTL's cycle count is compared with the cycle model's (sim/timing.py on
+sim/dispatch.py) per section.
 
 All sections run back to back in ONE simulation of ONE Verilator build (buffers carry
-over from section to section on both sides), so the test costs one build and one run.
+over from section to section on both sides), so the module costs one build and one run.
+
+Cycles: sections of LD, ST and SYS only (control, tokens, queues, pipelined bursts,
+memory latency) must match the model exactly. Mixed sections (MM/MV/MISC) do not yet:
+the MPE and SFU datapaths still move operands a byte per cycle (docs/rtl.md); their
+check is a strict xfail that reports every section's error, so it fails loudly once the
+gap is closed.
 """
 
 from collections import Counter
@@ -14,12 +22,16 @@ from flightforge import isa
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.device import DeviceError
+from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.functional import FunctionalSim
+from flightforge.sim.timing import duration
 
 pytestmark = pytest.mark.rtl
 
 SECTIONS = 56
+LDST_SECTIONS = 24
 SEED = 2024
+TOLERANCE = 0.02  #: the issue's bound on |RTL / model - 1| per program
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +60,35 @@ def _coverage(sections) -> Counter:
     return seen
 
 
-def test_random_streams_match_functional_sim(arch) -> None:
+def model_cycles(arch, instrs) -> int:
+    return run_dispatch(instrs, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
+                        duration=lambda i, ins: duration(arch, ins)).cycles
+
+
+def ldst_section(arch, rng: np.random.Generator, length: int = 8) -> list[isa.Instruction]:
+    """A random LD/ST-only stream (with NOPs) synchronised by the compiler's scheduler."""
+    from flightforge.compiler.schedule import TokenScheduler
+
+    sched = TokenScheduler(token_depth=arch.token_depth)
+    while len(sched.instrs) < length:
+        if rng.random() < 0.1:
+            sched.add(isa.SYS(op=isa.SysOp.NOP))
+        sched.add(h._random_ld_st(rng, st=rng.random() < 0.4))
+    return sched.finish()
+
+
+@pytest.fixture(scope="module")
+def replay(arch):
+    """Build the mixed and LD/ST-only sections, run them on the functional simulator and
+    the cycle model, then all in one RTL simulation."""
     rng = np.random.default_rng(SEED)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
     ref = FunctionalSim(arch)
     ref.write(h.EXT_DATA[0], data)
     steps, sections, expected = [("write", h.EXT_DATA[0], data)], [], []
-    while len(sections) < SECTIONS:
-        sec = h.random_section(arch, rng, length=10)
+    while len(sections) < SECTIONS + LDST_SECTIONS:
+        mixed = len(sections) < SECTIONS
+        sec = h.random_section(arch, rng, length=10) if mixed else ldst_section(arch, rng)
         before = ({b: ref.buffer(b).copy() for b in isa.Buf}, dict(ref.ext._pages))
         try:
             ref.execute(sec, name=f"random{len(sections)}")
@@ -66,16 +99,21 @@ def test_random_streams_match_functional_sim(arch) -> None:
         steps += [("run", f"random{len(sections) - 1}", isa.encode(sec)), h.dump_step()]
         expected.append(({b: ref.buffer(b)[:n].tobytes() for b, n in h.WINDOWS.items()},
                          ref.read(*h.EXT_OUT)))
+    results = h.run_steps(arch, steps, max_cycles=300_000)
+    runs = [r for r in results if r and "section" in r]
+    dumps = [r for r in results if r and "buffers" in r]
+    model = [model_cycles(arch, sec) for sec in sections]
+    return sections, expected, runs, dumps, model
+
+
+def test_random_streams_match_functional_sim(arch, replay) -> None:
+    sections, expected, runs, dumps, _ = replay
     seen = _coverage(sections)
     for feature in ("LD", "ST", "MM", "MV", "MISC", "S2_4", "S2_16", "S4_16", "S8_16",
                     "S16_16", "wINT4", "gsz", "wkn", "acc_in", "wait", *(
                         o.name for o in h.RANDOM_MISC_OPS)):
         assert seen[feature], f"the random streams never exercise {feature}: {dict(seen)}"
-
-    results = h.run_steps(arch, steps, max_cycles=300_000)
-    runs = [r for r in results if r and "section" in r]
-    dumps = [r for r in results if r and "buffers" in r]
-    assert len(runs) == SECTIONS, f"replay stopped after {runs[-1]}"
+    assert len(runs) == len(sections), f"replay stopped after {runs[-1]}"
     for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected)):
         h.check_run(run, run["section"])
         listing = "\n".join(f"  {j}: {ins}" for j, ins in enumerate(sections[i]))
@@ -90,3 +128,35 @@ def test_random_streams_match_functional_sim(arch) -> None:
         bad = np.nonzero(got != want)[0]
         assert not len(bad), (f"section {i}: external memory differs at "
                               f"{[h.EXT_OUT[0] + int(x) for x in bad[:16]]}\n{listing}")
+
+
+def _report(sections, runs, model, idx) -> list[str]:
+    lines = []
+    for i in idx:
+        ops = "".join(type(x).__name__[0] for x in sections[i] if not isinstance(x, isa.SYS))
+        err = runs[i]["cycles"] / model[i] - 1
+        lines.append(f"random{i}: rtl {runs[i]['cycles']} model {model[i]} error {err:+.2%} ({ops})")
+    return lines
+
+
+def test_ldst_streams_cycle_exact(replay) -> None:
+    """LD/ST/SYS sections: the RTL's cycles equal the cycle model's exactly."""
+    sections, _, runs, _, model = replay
+    idx = range(SECTIONS, len(sections))
+    assert sum(isinstance(x, isa.SYS) and x.op == isa.SysOp.NOP
+               for i in idx for x in sections[i]), "no NOP in the LD/ST streams"
+    bad = [line for i, line in zip(idx, _report(sections, runs, model, idx))
+           if runs[i]["cycles"] != model[i]]
+    print("\n".join(_report(sections, runs, model, idx)))
+    assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
+
+
+@pytest.mark.xfail(strict=True, reason="MPE/SFU datapaths are not throughput-matched yet "
+                                        "(docs/rtl.md): 2x-100x slower than sim/timing.py")
+def test_mixed_streams_within_tolerance(replay) -> None:
+    sections, _, runs, _, model = replay
+    idx = range(SECTIONS)
+    lines = _report(sections, runs, model, idx)
+    print("\n".join(lines))
+    bad = [line for i, line in zip(idx, lines) if abs(runs[i]["cycles"] / model[i] - 1) > TOLERANCE]
+    assert not bad, f"{len(bad)} of {len(lines)} sections beyond {TOLERANCE:.0%}:\n" + "\n".join(bad)

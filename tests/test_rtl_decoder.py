@@ -1,0 +1,91 @@
+"""A one-layer decoder compiled by the real compiler for ``tiny`` (prefill and decode
+sections) through :func:`flightforge.generate.generate` on the RTL and on the
+functional simulator: the generated tokens and the final external memory are identical.
+Every section's RTL cycles are compared with the cycle model's (a strict xfail until the
+MPE and SFU datapaths match sim/timing.py; docs/rtl.md)."""
+
+import numpy as np
+import pytest
+
+from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.generate import generate
+from flightforge.mappings import load_target
+from flightforge.sim import rtl_harness as h
+from flightforge.sim.cycle_model import CycleModel
+from flightforge.sim.functional import FunctionalSim
+
+pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+
+PROMPT = [3, 17, 42]
+NEW_TOKENS = 2
+
+
+@pytest.fixture(scope="module")
+def arch():
+    try:
+        h.verilator_setup()
+        import cocotb_tools.runner  # noqa: F401
+    except (h.RtlUnavailable, ImportError) as e:
+        pytest.skip(f"RTL simulation unavailable: {e}")
+    return load_target("tiny")
+
+
+class Recorder:
+    """Forwards the Device calls and keeps every run's result."""
+
+    def __init__(self, device) -> None:
+        self.device, self.runs = device, []
+
+    def load(self, program) -> None:
+        self.device.load(program)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.device.write(addr, data)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.device.read(addr, size)
+
+    def run(self, section: str, length: int | None = None):
+        r = self.device.run(section, length)
+        self.runs.append(r)
+        return r
+
+
+@pytest.fixture(scope="module")
+def decoder(arch):
+    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
+                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    program = compile_decoder(random_decoder(shape, seed=1), arch,
+                              CompileOptions(max_len=len(PROMPT) + NEW_TOKENS)).program
+    rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
+    got = generate(program, rtl, PROMPT, NEW_TOKENS)
+    want = generate(program, ref, PROMPT, NEW_TOKENS)
+    model = Recorder(CycleModel(arch))
+    generate(program, model, PROMPT, NEW_TOKENS)  # timing does not depend on the data
+    return program, rtl, ref, got, want, model
+
+
+def test_decoder_layer_on_rtl_equals_functional_sim(decoder) -> None:
+    program, rtl, ref, got, want, _ = decoder
+    assert got.tokens == want.tokens
+    for seg in program.segments:
+        a = np.frombuffer(rtl.read(seg.addr, seg.size), np.uint8)
+        b = np.frombuffer(ref.read(seg.addr, seg.size), np.uint8)
+        bad = np.nonzero(a != b)[0]
+        assert not len(bad), f"segment {seg.name}: RTL and functional simulator differ at {bad[:8]}"
+
+
+@pytest.mark.xfail(strict=True, reason="MPE/SFU datapaths are not throughput-matched yet "
+                                        "(docs/rtl.md)")
+def test_decoder_layer_cycles_match_cycle_model(decoder) -> None:
+    _, rtl, _, _, _, model = decoder
+    assert [r.section for r in rtl.runs] == [r.section for r in model.runs]
+    lines, bad = [], []
+    for a, b in zip(rtl.runs, model.runs):
+        err = a.cycles / b.cycles - 1
+        lines.append(f"decoder.{a.section}: rtl {a.cycles} model {b.cycles} error {err:+.2%}")
+        if abs(err) > 0.02:
+            bad.append(lines[-1])
+    print("\n".join(lines))
+    assert not bad, "\n".join(bad)
