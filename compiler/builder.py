@@ -108,11 +108,16 @@ class Builder:
         self.sched.d_max = len_hi - len_lo
 
     def transfer(self, load: bool, buf: isa.Buf, buf_addr: int, ext_addr: int, rows: int,
-                 row_bytes: int, buf_stride: int, ext_stride: int, dyn_step: int = 0) -> None:
+                 row_bytes: int, buf_stride: int, ext_stride: int, dyn_step: int = 0,
+                 unpack: int = 0) -> None:
         """A 2D transfer, split into several instructions when fields would overflow.
 
         A contiguous transfer longer than one row field is re-shaped into rows.
         """
+        if unpack:
+            self._unpack_load(buf, buf_addr, ext_addr, rows, row_bytes, buf_stride, ext_stride,
+                              dyn_step, unpack)
+            return
         if rows == 1 or (buf_stride == row_bytes and ext_stride == row_bytes):
             total = rows * row_bytes
             if total <= ROW_BYTES_MAX:
@@ -136,10 +141,34 @@ class Builder:
                 self.emit(isa.ST(buf=buf, src=b, dst=e, rows=n, row_bytes=row_bytes,
                                  src_stride=buf_stride, dst_stride=ext_stride, dyn_step=dyn_step))
 
-    def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0) -> None:
+    def _unpack_load(self, buf: isa.Buf, buf_addr: int, ext_addr: int, rows: int, row_bytes: int,
+                     buf_stride: int, ext_stride: int, dyn_step: int, bits: int) -> None:
+        """Loads that widen ``bits``-bit packed rows to INT8 rows (``ext_stride`` in packed
+        bytes). Whole rows of packed bytes merge into one row when both sides are contiguous."""
+        mode = isa.Unpack(bits - 1)
+        src_row = -(-row_bytes * bits // 8)
+        if rows > 1 and buf_stride == row_bytes and ext_stride == src_row and row_bytes * bits % 8 == 0:
+            total = rows * row_bytes
+            if total <= ROW_BYTES_MAX:
+                rows, row_bytes, buf_stride = 1, total, total
+                ext_stride = src_row = -(-total * bits // 8)
+        if row_bytes > ROW_BYTES_MAX:
+            raise CompileError(f"a row of {row_bytes} bytes exceeds the {isa.ROW_BYTES_BITS}-bit "
+                               f"row_bytes field")
+        for r0 in range(0, rows, ROWS_MAX):
+            n = min(ROWS_MAX, rows - r0)
+            self.emit(isa.LD(buf=buf, dst=buf_addr + r0 * buf_stride, src=ext_addr + r0 * ext_stride,
+                             rows=n, row_bytes=row_bytes, src_stride=ext_stride,
+                             dst_stride=buf_stride, dyn_step=dyn_step, unpack=mode))
+
+    def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0,
+             unpack: int = 0) -> None:
+        """Load a tile; ``unpack`` 2/3/4: the external rows hold packed values of that many
+        bits, widened to INT8 on load."""
         row = t.cols * t.dtype.nbytes
+        ext_row = -(-row * unpack // 8) if unpack else row
         self.transfer(True, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
-                      row if ext_stride is None else ext_stride, dyn_step)
+                      ext_row if ext_stride is None else ext_stride, dyn_step, unpack)
 
     def store(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0) -> None:
         row = t.cols * t.dtype.nbytes

@@ -48,6 +48,10 @@ class PlacedLinear:
         return self.layout.weight_row_bytes
 
     @property
+    def ext_wrb(self) -> int:
+        return self.layout.ext_row_bytes
+
+    @property
     def mrb(self) -> int:
         return self.layout.meta_row_bytes
 
@@ -73,7 +77,7 @@ def place_linear(b: Builder, name: str, ql: QuantLinear | LinearLayout, s_x: flo
         lay = ql
         _, shift = numerics.quantize_multiplier(s_x / s_y)
         data = (None, None, None)
-    sizes = (lay.n * lay.weight_row_bytes, lay.n * lay.meta_row_bytes, lay.n * lay.record_bytes)
+    sizes = (lay.n * lay.ext_row_bytes, lay.n * lay.meta_row_bytes, lay.n * lay.record_bytes)
     w = b.place(f"{name}.weight", "weights", sizes[0], data[0])
     m = b.place(f"{name}.meta", "weights", sizes[1], data[1]) if sizes[1] else 0
     r = b.place(f"{name}.records", "weights", sizes[2], data[2])
@@ -109,7 +113,7 @@ def linear(b: Builder, x: Tile, pl: PlacedLinear, out: Tile) -> None:
     for t, n0 in enumerate(range(0, pl.n, nt)):
         cols = min(nt, pl.n - n0)
         w_t, m_t, r_t = slots[t % len(slots)]
-        b.load(w_t.view(rows=cols), pl.w_addr + n0 * pl.wrb)
+        b.load(w_t.view(rows=cols), pl.w_addr + n0 * pl.ext_wrb, unpack=pl.layout.store_bits)
         if m_t is not None:
             b.load(m_t.view(rows=cols), pl.meta_addr + n0 * pl.mrb)
         b.load(r_t.view(rows=cols), pl.rec_addr + n0 * pl.recb)

@@ -278,7 +278,7 @@ def latency_model(qd: QuantDecoder, arch: ArchConfig):
         if isinstance(op, Linear):
             lay = qd.linear(op.weight)
             lay = getattr(lay, "layout", lay)
-            shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.weight_row_bytes + lay.meta_row_bytes
+            shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.ext_row_bytes + lay.meta_row_bytes
                                                              + lay.record_bytes)))
     heads = next(op.heads for op in prog.ops if isinstance(op, Attention))
 
@@ -368,7 +368,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,
-        "weight_plans": {k: {"prec": v.prec.name, "group": v.group, "sparse": v.sparse.name}
-                         for k, v in qd.plans.items()},
+        "weight_plans": {k: {"bits": v.bits, "prec": v.prec.name, "group": v.group,
+                             "sparse": v.sparse.name} for k, v in qd.plans.items()},
     }
     return b.program()

@@ -77,6 +77,8 @@ def pruning_prompts(prog: DecoderProgram, options: CompileOptions,
 
 def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
                     options: CompileOptions = CompileOptions(), metadata: dict | None = None) -> Compiled:
+    if options.quant.spec is not None:
+        options.quant.spec.check_names(list(prog.linears))
     prompts = calibration_prompts(prog, options)
     # Prune the layers whose weight plans are N:M sparse (second-order methods need data).
     modes = {name: options.quant.plan_for(name, p.w.shape[1]).sparse for name, p in prog.linears.items()}
@@ -119,6 +121,8 @@ def compile_shape_only(config_path: str, arch: ArchConfig,
     st = load_structure(config_path)
     prog = shape_program(st.shape, rope_theta=st.rope_theta, n_positions=st.n_positions,
                          position_offset=st.position_offset)
+    if options.quant.spec is not None:
+        options.quant.spec.check_names(list(linear_shapes(st.shape)))
     qd = shape_only_decoder(prog, linear_shapes(st.shape), options.quant,
                             layer_norm=st.norm == "layer")
     return lower_decoder(qd, arch, options.max_len, with_data=False,

@@ -18,6 +18,7 @@ from . import kernels
 from .calibrate import ACT_FNS, TensorStats
 from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope, linear_shapes
 from .memory import CompileError
+from .plans import PlanSpec, sparse_mode
 from .quantize import LinearLayout, QuantLinear, quantize_linear
 
 INT16_MAX = 32767
@@ -27,11 +28,32 @@ MIN_RANGE = 1e-6
 
 @dataclass(frozen=True)
 class WeightPlan:
-    """How one Linear layer's weights are stored (per layer; issue 4 adds sparsity)."""
+    """How one Linear layer's weights are stored: engine precision, group scales, N:M
+    sparsity, and ``store_bits`` 2 or 3 for weights kept packed in external memory and
+    widened to INT8 as they are loaded (the engine then runs its INT8 path)."""
 
     prec: WPrec = WPrec.INT8
     group: int = 0
     sparse: SparseMode = SparseMode.DENSE
+    store_bits: int = 0
+
+    @property
+    def bits(self) -> int:
+        """Bits per stored weight."""
+        return self.store_bits or WPrec(self.prec).bits
+
+    @classmethod
+    def for_bits(cls, bits: int, group: int, sparse: SparseMode = SparseMode.DENSE) -> WeightPlan:
+        if bits == 8:
+            return cls(WPrec.INT8, group, sparse)
+        if bits == 4:
+            return cls(WPrec.INT4, group, sparse)
+        if bits in (2, 3):
+            if SparseMode(sparse).is_sparse:
+                raise CompileError(f"{bits}-bit weights are stored dense (packed); "
+                                   f"N:M sparsity needs 4 or 8 bits")
+            return cls(WPrec.INT8, group, sparse, bits)
+        raise CompileError(f"weight bits must be 2, 3, 4 or 8, not {bits}")
 
 
 @dataclass(frozen=True)
@@ -46,15 +68,17 @@ class QuantOptions:
     #: their 15 bits, so that later positions and other prompts do not clip them.
     qk_headroom: float = 1.15
     wide_headroom: float = 2.0
+    spec: PlanSpec | None = None  #: per-layer rules from a plan file (compiler/plans.py)
 
     def plan_for(self, name: str, k: int) -> WeightPlan:
         if name in self.plans:
             return self.plans[name]
-        if self.weight_bits == 8:
-            return WeightPlan(WPrec.INT8, 0)
-        if self.weight_bits != 4:
-            raise CompileError(f"weight_bits must be 8 or 4, not {self.weight_bits}")
-        return WeightPlan(WPrec.INT4, _fit_group(self.group, k))
+        rule = self.spec.resolve(name) if self.spec is not None else {}
+        bits = rule.get("bits", self.weight_bits)
+        sparse = sparse_mode(rule.get("sparse", "dense"))
+        if bits == 8 and "group" not in rule:
+            return WeightPlan(WPrec.INT8, 0, sparse)
+        return WeightPlan.for_bits(bits, _fit_group(rule.get("group", self.group), k), sparse)
 
 
 def _fit_group(group: int, k: int) -> int:
@@ -137,7 +161,7 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
             plan = options.plan_for(op.weight, p.w.shape[1])
             plans[op.weight] = plan
             linears[op.weight] = quantize_linear(p.w, p.b, prec=plan.prec, group=plan.group,
-                                                 sparse=plan.sparse)
+                                                 sparse=plan.sparse, store_bits=plan.store_bits)
         elif isinstance(op, Norm):
             n = prog.norms[op.params]
             gamma, shift = kernels.norm_gain(n.gamma, scales[op.out])
@@ -172,7 +196,8 @@ def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
             n, k = shapes[op.weight]
             plan = options.plan_for(op.weight, k)
             plans[op.weight] = plan
-            layouts[op.weight] = LinearLayout(n, k, plan.prec, plan.sparse, plan.group)
+            layouts[op.weight] = LinearLayout(n, k, plan.prec, plan.sparse, plan.group,
+                                              plan.store_bits)
         elif isinstance(op, Norm):
             zeros = np.zeros(prog.hidden, dtype=np.int64)
             norms[op.params] = NormQ(zeros, zeros if layer_norm else None, 0, 0)

@@ -63,6 +63,7 @@ class LinearLayout:
     prec: WPrec
     sparse: SparseMode
     group: int
+    store_bits: int = 0  #: 2 or 3: stored packed in external memory, widened to INT8 on load
 
     @property
     def gsz(self) -> int:
@@ -70,7 +71,15 @@ class LinearLayout:
 
     @property
     def weight_row_bytes(self) -> int:
+        """Bytes of one column in the weight buffer."""
         return formats.weight_row_bytes(self.k, self.prec, self.sparse)
+
+    @property
+    def ext_row_bytes(self) -> int:
+        """Bytes of one column in external memory."""
+        if self.store_bits:
+            return -(-self.k * self.store_bits // 8)
+        return self.weight_row_bytes
 
     @property
     def meta_row_bytes(self) -> int:
@@ -92,6 +101,7 @@ class QuantLinear:
     col_unit: np.ndarray  #: float64 [N]: real value of one accumulator unit per unit input
     gscale: np.ndarray  #: int64 [N][K/group] uint8 group scales ([N][0] without groups)
     bias: np.ndarray | None  #: float64 [N]
+    store_bits: int = 0  #: 2 or 3: values in that range, stored packed (see LinearLayout)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -103,7 +113,7 @@ class QuantLinear:
 
     @property
     def layout(self) -> LinearLayout:
-        return LinearLayout(*self.shape, self.prec, self.sparse, self.group)
+        return LinearLayout(*self.shape, self.prec, self.sparse, self.group, self.store_bits)
 
     def dequantized(self) -> np.ndarray:
         """The float weights the integer weights represent."""
@@ -113,6 +123,9 @@ class QuantLinear:
         return self.q * u * self.col_unit[:, None]
 
     def packed(self) -> formats.PackedWeights:
+        """The external-memory image: the engine's layout, or packed low-bit columns."""
+        if self.store_bits:
+            return formats.PackedWeights(formats.pack_lowbit(self.q, self.store_bits).tobytes(), b"")
         return formats.pack_weights(self.q, self.prec, self.sparse)
 
     def requant(self, s_x: float, s_y: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -148,11 +161,20 @@ def _zero_columns_borrow(peak: np.ndarray) -> np.ndarray:
 
 
 def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPrec = WPrec.INT8,
-                    group: int = 0, sparse: SparseMode = SparseMode.DENSE) -> QuantLinear:
-    """Quantise float weights ``w[N][K]`` (PyTorch Linear layout)."""
+                    group: int = 0, sparse: SparseMode = SparseMode.DENSE,
+                    store_bits: int = 0) -> QuantLinear:
+    """Quantise float weights ``w[N][K]`` (PyTorch Linear layout).
+
+    ``store_bits`` 2 or 3 quantises to that many bits for packed storage; the engine
+    then reads INT8 (``prec`` must be INT8 and the layer dense).
+    """
+    if store_bits:
+        if store_bits not in (2, 3) or WPrec(prec) != WPrec.INT8 or SparseMode(sparse).is_sparse:
+            raise CompileError(f"{store_bits}-bit storage needs dense weights on the INT8 engine "
+                               f"path (store_bits 2 or 3)")
     w = prune_nm(np.asarray(w, dtype=np.float64), sparse)
     n_out, k = w.shape
-    qmax = (1 << (WPrec(prec).bits - 1)) - 1
+    qmax = (1 << ((store_bits or WPrec(prec).bits) - 1)) - 1
     tiny = 1e-12
     if group:
         gsz_code(group)  # validates the size
@@ -167,8 +189,8 @@ def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPre
         unit = big / 255
         eff = np.repeat(u * unit[:, None], group, axis=1)
         q = np.clip(np.round(w / eff), -qmax - 1, qmax).astype(np.int64)
-        return QuantLinear(q, WPrec(prec), SparseMode(sparse), group, unit, u, bias)
+        return QuantLinear(q, WPrec(prec), SparseMode(sparse), group, unit, u, bias, store_bits)
     s = _zero_columns_borrow(np.abs(w).max(axis=1)) / qmax
     q = np.clip(np.round(w / s[:, None]), -qmax - 1, qmax).astype(np.int64)
     return QuantLinear(q, WPrec(prec), SparseMode(sparse), 0, s,
-                       np.zeros((n_out, 0), dtype=np.int64), bias)
+                       np.zeros((n_out, 0), dtype=np.int64), bias, store_bits)

@@ -357,8 +357,13 @@ def demo(target: str, save_dir: Path | None) -> None:
                    "[default: the largest of --lengths, else 32].")
 @click.option("--lengths", help="Compile only these prefill lengths and decode positions, "
                                 "e.g. 128,512 [default: every length 1..max-len].")
-@click.option("--weight-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
-              help="Weight precision.")
+@click.option("--weight-bits", type=click.Choice(["2", "3", "4", "8"]), default="8", show_default=True,
+              help="Weight precision (2 and 3 bits are stored packed and widened to INT8 on load).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Per-layer weight plan YAML: bits, group and N:M sparsity by layer name "
+                   "(see compiler/plans.py).")
+@click.option("--prune", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
+              show_default=True, help="How sparse layers are pruned (sparsegpt needs weights).")
 @click.option("--group", type=click.IntRange(min=0), default=32, show_default=True,
               help="Group size along K for INT4 weight scales (the largest valid size <= this).")
 @click.option("--last-logits-only", is_flag=True,
@@ -371,7 +376,8 @@ def demo(target: str, save_dir: Path | None) -> None:
               help="--buckets auto: modelled latency overhead allowed at any length.")
 @_clean_errors
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
-                max_len: int | None, lengths: str | None, weight_bits: str, group: int,
+                max_len: int | None, lengths: str | None, weight_bits: str,
+                plan_file: Path | None, prune: str, group: int,
                 last_logits_only: bool, buckets: str, bucket_bound: float) -> None:
     """Compile a decoder-only LLM into a program binary.
 
@@ -387,10 +393,13 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     if max_len is None:
         max_len = max(wanted) if wanted else pipeline.CompileOptions().max_len
     arch = _target(target)
-    quant = QuantOptions(weight_bits=int(weight_bits), group=group)
+    from .compiler.plans import load_plan
+
+    spec = load_plan(plan_file) if plan_file is not None else None
+    quant = QuantOptions(weight_bits=int(weight_bits), group=group, spec=spec)
     options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
                                       last_logits_only=last_logits_only,
-                                      with_data=model is not None, buckets=buckets,
+                                      with_data=model is not None, buckets=buckets, prune=prune,
                                       bucket_bound=bucket_bound)
     if model is not None:
         program = pipeline.compile_onnx(str(model), arch, options).program

@@ -103,3 +103,23 @@ def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
     assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 16))
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_low_bit_weights_widened_on_load_are_bit_exact(bits):
+    """2- and 3-bit weights stored packed, widened to INT8 by LD unpack, with group scales."""
+    from flightforge.compiler.qdecoder import QuantOptions
+    from flightforge.isa import Unpack
+
+    shape, _ = FAMILIES["llama-gqa"]
+    prog = random_decoder(shape)
+    c = compile_decoder(prog, TINY, CompileOptions(max_len=16, quant=QuantOptions(weight_bits=bits, group=32)))
+    loads = [i for s in c.program.sections for i in s.instructions
+             if getattr(i, "unpack", Unpack.NONE) != Unpack.NONE]
+    assert loads and all(i.unpack == Unpack(bits - 1) for i in loads)
+    dense = compile_decoder(prog, TINY, CompileOptions(max_len=16)).program
+    weights = lambda p: sum(s.size for s in p.segments if s.name.endswith(".weight"))  # noqa: E731
+    assert weights(c.program) * 8 < weights(dense) * (bits + 1)
+    prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
+    gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
+    assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 16))
