@@ -116,7 +116,7 @@ class Timing:
         if params.channels > mem.channels:
             raise ValueError(f"channels {params.channels} exceeds the {mem.channels} channels "
                              f"of {arch.name}")
-        self.interleave = params.interleave_bytes
+        self.interleave = params.interleave_bytes or mem.interleave_bytes  #: the config's map by default
         if self.interleave and self.interleave % self.burst:
             raise ValueError(f"interleave_bytes {self.interleave} must be a multiple of the "
                              f"burst size {self.burst}")
@@ -171,25 +171,31 @@ class Timing:
         return cdiv(first, port) + full * cdiv(b, port) + cdiv(tail, port)
 
     def transfer(self, ext: int, rows: int, row_bytes: int, ext_stride: int, buf: isa.Buf,
-                 split: bool, buf_stride: int | None = None) -> TransferCost:
-        """Cycles of a 2-D transfer between external memory and buffer ``buf``."""
+                 split: bool, buf_stride: int | None = None,
+                 ext_row_bytes: int | None = None) -> TransferCost:
+        """Cycles of a 2-D transfer between external memory and buffer ``buf``.
+
+        ``ext_row_bytes``: bytes per row on the external side when they differ from the
+        buffer side (a load that widens packed low-bit weights).
+        """
         loads: dict[int, int] = {}
         crossings = 0
         if buf_stride is None:
             buf_stride = row_bytes
+        ext_row = row_bytes if ext_row_bytes is None else ext_row_bytes
         port = self.port[buf]
         narrow = port < self.burst
         beatwise = 0
-        if rows == 1 or (ext_stride == row_bytes and buf_stride == row_bytes):
-            crossings += self._span_bursts(ext, ext + rows * row_bytes, loads)
+        if rows == 1 or (ext_stride == ext_row and buf_stride == row_bytes):
+            crossings += self._span_bursts(ext, ext + rows * ext_row, loads)
             if narrow:
-                beatwise = self._span_port(ext, rows * row_bytes, port)
+                beatwise = self._span_port(ext, rows * ext_row, port)
         else:
             for r in range(rows):
                 a = ext + r * ext_stride
-                crossings += self._span_bursts(a, a + row_bytes, loads)
+                crossings += self._span_bursts(a, a + ext_row, loads)
                 if narrow:
-                    beatwise += self._span_port(a, row_bytes, port)
+                    beatwise += self._span_port(a, ext_row, port)
         worst = max(loads.values())
         channel_cycles = cdiv(worst * self.burst * Q, self.rate_q8)
         nbytes = rows * row_bytes
@@ -203,7 +209,7 @@ class Timing:
 
     def ld(self, i: isa.LD) -> TransferCost:
         return self.transfer(i.src, i.rows, i.row_bytes, i.src_stride, isa.Buf(i.buf),
-                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride)
+                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride, i.src_row_bytes)
 
     def st(self, i: isa.ST) -> TransferCost:
         return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True,

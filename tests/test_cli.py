@@ -176,7 +176,7 @@ def test_compile_errors_are_clean(tmp_path):
 @pytest.mark.parametrize("args", [
     ["--target", "u280"],  # neither MODEL nor --config
     ["m.onnx", "--config", str(LLAMA_1B), "--target", "u280"],  # both
-    ["--config", str(LLAMA_1B), "--target", "u280", "--weight-bits", "3"],
+    ["--config", str(LLAMA_1B), "--target", "u280", "--weight-bits", "5"],
     ["--config", str(LLAMA_1B), "--target", "u280", "--lengths", "16,x"],
 ])
 def test_compile_usage_errors(args, tmp_path):
