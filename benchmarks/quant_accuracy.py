@@ -209,6 +209,59 @@ def bits(fam: str, seeds: int) -> dict:
     return out
 
 
+#: Weight formats of the mixed-precision and sparsity study: (label, plan file dict, prune).
+WEIGHT_CONFIGS = [
+    ("INT8 dense", {"default": {"bits": 8}}, "magnitude"),
+    ("INT4 g32", {"default": {"bits": 4, "group": 32}}, "magnitude"),
+    ("INT4 g32 2:4", {"default": {"bits": 4, "group": 32, "sparse": "2:4"}}, "magnitude"),
+    ("INT4 g32 2:4 sgpt", {"default": {"bits": 4, "group": 32, "sparse": "2:4"}}, "sparsegpt"),
+    ("INT4 g32 8:16", {"default": {"bits": 4, "group": 32, "sparse": "8:16"}}, "magnitude"),
+    ("INT4 g32 8:16 sgpt", {"default": {"bits": 4, "group": 32, "sparse": "8:16"}}, "sparsegpt"),
+    ("INT4 g32 4:16 sgpt", {"default": {"bits": 4, "group": 32, "sparse": "4:16"}}, "sparsegpt"),
+    ("3-bit g32", {"default": {"bits": 3, "group": 32}}, "magnitude"),
+    ("2-bit g32", {"default": {"bits": 2, "group": 32}}, "magnitude"),
+]
+
+
+def weights(families: list[str], seeds: int) -> dict:
+    """Accuracy of each weight format against the dense float model (the LM head stays
+    INT8; layers whose K is not a multiple of the sparse block stay dense)."""
+    from flightforge.compiler.graph import linear_shapes
+    from flightforge.compiler.pipeline import compile_decoder
+    from flightforge.compiler.plans import parse_plan
+    from flightforge.mappings import load_target
+
+    tiny = load_target("tiny")
+    result: dict = {}
+    print(f"{'family':10s} {'weights':20s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  (over {seeds} seeds)")
+    for fam in families:
+        shape, kw = FAMILIES[fam]
+        for label, plan, prune in WEIGHT_CONFIGS:
+            sparse = plan["default"].get("sparse")
+            mins, means, tops = [], [], []
+            for seed in range(seeds):
+                prog = random_decoder(shape, seed=seed, **kw)
+                layers = [{"match": "lm_head", "bits": 8, "group": 0, "sparse": "dense"}]
+                if sparse:
+                    m = int(sparse.split(":")[1])
+                    layers += [{"match": n, "sparse": "dense"}
+                               for n, (_, k) in linear_shapes(shape).items() if k % m]
+                spec = parse_plan({**plan, "layers": layers})
+                c = compile_decoder(prog, tiny, CompileOptions(
+                    max_len=PROMPT_LEN + DECODE, lengths=(1,), prune=prune,
+                    quant=QuantOptions(spec=spec)))
+                cos, top = accuracy(prog, c.quantized)
+                mins.append(cos.min())
+                means.append(cos.mean())
+                tops.append(top.mean())
+            row = {"cos_min": float(min(mins)), "cos_mean": float(np.mean(means)),
+                   "top1": float(np.mean(tops))}
+            result.setdefault(fam, {})[label] = row
+            print(f"{fam:10s} {label:20s} {row['cos_min']:8.4f} {row['cos_mean']:8.4f} "
+                  f"{row['top1']:6.1%}", flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=16)
@@ -216,8 +269,12 @@ def main() -> None:
     ap.add_argument("--ops", metavar="FAMILY", help="per-tensor error analysis of one decoder")
     ap.add_argument("--seed", type=int, default=0, help="the decoder --ops analyses")
     ap.add_argument("--bits", metavar="FAMILY", help="activation precision the criterion needs")
+    ap.add_argument("--weights", action="store_true",
+                    help="accuracy of mixed-precision and N:M-sparse weight formats")
     a = ap.parse_args()
-    if a.ops:
+    if a.weights:
+        res = weights(a.family.split(","), a.seeds)
+    elif a.ops:
         res = ops(a.ops, a.seed)
     elif a.bits:
         res = bits(a.bits, min(a.seeds, 8))
