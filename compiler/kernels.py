@@ -156,6 +156,9 @@ def pv_params(s_v: float, s_o: float) -> tuple[int, int]:
     return numerics.quantize_multiplier(2.0 ** -PROB_FRAC_BITS * s_v / s_o)
 
 
+ATTENTION_BLOCK_MIN = 16  #: fewest query rows per attention block (fewer: more instructions than skipped work)
+
+
 def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: int,
               s_k: float, s_v: float, out: Tile, dyn: bool = False) -> None:
     """Causal attention of ``q`` (rows at positions ``pos0..``) over cache rows ``0..ctx``.
@@ -165,31 +168,41 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
     ``pos0 + D``; ``ctx`` is then the bucket's padded context, and the causal mask, which
     moves with ``D``, gives the columns beyond the real context probability 0, so the
     padded products add exact zeros.
+
+    Block-sparse causal attention: the query rows run in blocks of the MM tile height
+    (at least ``ATTENTION_BLOCK_MIN``), and each block's score, softmax and PV products
+    stop at its last row's causal limit, so the key blocks above the diagonal, all
+    masked, are never computed. Masked columns contribute exact zeros, so every block
+    gives the same bits as the full product.
     """
     d = q.cols
     rows = q.rows
     kt = b.tile(Buf.WGT, ctx, d, DType.INT8, "K cache tile")
     b.load(kt, k_cache)
-    scores = b.tile(Buf.ACT, rows, ctx, DType.INT32, "attention scores")
-    mm_or_mv = isa.MV if rows == 1 else isa.MM
-    extra = {} if rows == 1 else {"m": rows, "a_stride": q.stride}
-    b.emit(mm_or_mv(n=ctx, k=d, a_addr=q.addr, w_addr=kt.addr, d_addr=scores.addr,
-                    d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **extra))
-    b.free(kt)
-    probs = b.tile(Buf.ACT, rows, ctx, DType.INT8, "attention probabilities")
-    m0, sh = softmax_params(q.scale, s_k, d)
-    b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=rows, cols=ctx, a_addr=scores.addr,
-                    a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
-                    d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0, causal=1,
-                    dyn_pos=int(dyn)))
-    b.free(scores)
     vt = b.tile(Buf.WGT, ctx, d, DType.INT8, "V cache tile")
     b.load(vt, v_cache)
-    mult, sh = pv_params(s_v, out.scale)
-    extra = {} if rows == 1 else {"m": rows, "a_stride": probs.stride}
-    b.emit(mm_or_mv(n=d, k=ctx, a_addr=probs.addr, w_addr=vt.addr, wkn=1, d_addr=out.addr,
-                    d_stride=out.stride, odt=out.dtype, mult=mult, shift=sh, **extra))
-    b.free(vt, probs)
+    m0, sh = softmax_params(q.scale, s_k, d)
+    mult, psh = pv_params(s_v, out.scale)
+    block = max(b.arch.mpe.mm.m, ATTENTION_BLOCK_MIN)
+    for r0 in range(0, rows, block):
+        br = min(block, rows - r0)
+        n = ctx - rows + r0 + br  # columns up to the block's last row's causal limit
+        mm_or_mv = isa.MV if br == 1 else isa.MM
+        scores = b.tile(Buf.ACT, br, n, DType.INT32, "attention scores")
+        extra = {} if br == 1 else {"m": br, "a_stride": q.stride}
+        b.emit(mm_or_mv(n=n, k=d, a_addr=q.at(r0), w_addr=kt.addr, d_addr=scores.addr,
+                        d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **extra))
+        probs = b.tile(Buf.ACT, br, n, DType.INT8, "attention probabilities")
+        b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=br, cols=n, a_addr=scores.addr,
+                        a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
+                        d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0 + r0,
+                        causal=1, dyn_pos=int(dyn)))
+        b.free(scores)
+        extra = {} if br == 1 else {"m": br, "a_stride": probs.stride}
+        b.emit(mm_or_mv(n=d, k=n, a_addr=probs.addr, w_addr=vt.addr, wkn=1, d_addr=out.at(r0),
+                        d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh, **extra))
+        b.free(probs)
+    b.free(kt, vt)
 
 
 def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:

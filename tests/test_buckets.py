@@ -58,7 +58,7 @@ def test_bucket_streams_are_dynamic_and_run_only_inside_their_range(programs):
 @pytest.mark.parametrize("policy", ["fixed", "auto"])
 def test_chunked_prefill_buckets_match_exact_lengths(policy, last_only):
     """Host-looped chunk streams, padded context and padded final chunk, bit for bit."""
-    prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=4)
+    prog = random_decoder(DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True), seed=4)
     opts = dict(max_len=160, last_logits_only=last_only)
     bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)).program
     meta = bucketed.metadata["decoder"]
