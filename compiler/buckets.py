@@ -55,11 +55,18 @@ def _fixed(first: int, last: int, step: int) -> list[Bucket]:
     return [(lo, min(lo + step - 1, last)) for lo in range(first, last + 1, step)] if step else []
 
 
-def _short_prompts(max_len: int, chunk: int) -> tuple[tuple[Bucket, ...], int]:
-    """Whole-prompt buckets for prompts of at most one chunk, and the last chunk start."""
+def _short_prompts(max_len: int, chunk: int, tile: int = 0) -> tuple[tuple[Bucket, ...], int]:
+    """Whole-prompt buckets for prompts of at most one chunk (split at multiples of the
+    MM tile height ``tile``, past which padded rows cost another row tile), and the last
+    chunk start."""
     top = min(chunk, max_len)
-    short = ((1, 1),) + (((2, top),) if top >= 2 else ())
-    return short, (max_len - chunk if max_len > chunk else -1)
+    short = [(1, 1)]
+    lo = 2
+    while lo <= top:
+        hi = min(top, (lo - 1) // tile * tile + tile) if tile else top
+        short.append((lo, hi))
+        lo = hi + 1
+    return tuple(short), (max_len - chunk if max_len > chunk else -1)
 
 
 def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float) -> list[Bucket]:
@@ -89,9 +96,10 @@ class BucketPlan:
 
     @classmethod
     def fixed(cls, max_len: int, chunk: int, prefill_step: int = 128,
-              decode_step: int = 16) -> BucketPlan:
-        """Chunk starts grouped by ``prefill_step`` positions, decode by ``decode_step``."""
-        short, last_start = _short_prompts(max_len, chunk)
+              decode_step: int = 16, tile: int = 0) -> BucketPlan:
+        """Chunk starts grouped by ``prefill_step`` positions, decode by ``decode_step``;
+        short prompts split at multiples of the MM tile height ``tile``."""
+        short, last_start = _short_prompts(max_len, chunk, tile)
         return cls(short, tuple(_fixed(1, max_len - 1, decode_step)),
                    tuple(_fixed(0, last_start, prefill_step)) if last_start >= 0 else ())
 
@@ -100,7 +108,9 @@ class BucketPlan:
              chunk: int) -> BucketPlan:
         """Widest buckets whose pass at the top costs at most ``1 + bound`` times the
         pass at the bottom; ``latency(rows, ctx)`` models one pass."""
-        short, last_start = _short_prompts(max_len, chunk)
+        short = ((1, 1),) + (tuple(_greedy(2, min(chunk, max_len), lambda n: latency(n, n), bound))
+                             if min(chunk, max_len) >= 2 else ())
+        last_start = max_len - chunk if max_len > chunk else -1
         starts = _greedy(0, last_start, lambda p: latency(chunk, p + chunk), bound) \
             if last_start >= 0 else []
         return cls(short, tuple(_greedy(1, max_len - 1, lambda p: latency(1, p + 1), bound)),

@@ -212,7 +212,8 @@ def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
 
     Found by lowering trial chunks on scratch builders (bisection), with the very
     allocator and kernels of the real pass. Every layer has the same shapes, so a trial
-    runs the first layer and the LM head only.
+    runs the first layer and the LM head only. A chunk larger than the MM tile height is
+    rounded down to whole tiles.
     """
     ops = _one_layer(qd)
 
@@ -231,7 +232,9 @@ def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    # Whole MM row tiles: a pass of a few rows past a tile costs a whole extra tile.
+    tile = arch.mpe.mm.m
+    return lo // tile * tile if lo > tile else lo
 
 
 def _one_layer(qd: QuantDecoder, layers: int = 1) -> tuple:
@@ -263,7 +266,7 @@ def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPl
     if policy == "per-length":
         return BucketPlan.per_length(max_len)
     if policy == "fixed":
-        return BucketPlan.fixed(max_len, chunk=chunk)
+        return BucketPlan.fixed(max_len, chunk=chunk, tile=arch.mpe.mm.m)
     if policy == "auto":
         return BucketPlan.auto(max_len, latency_model(qd, arch), bound, chunk)
     raise CompileError(f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}")
