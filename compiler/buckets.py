@@ -70,16 +70,32 @@ def _short_prompts(max_len: int, chunk: int, tile: int = 0) -> tuple[tuple[Bucke
 
 
 def _greedy(first: int, last: int, cost: Callable[[int], float], bound: float) -> list[Bucket]:
+    """Buckets grown to the bound. For a cost that grows with length the widest bucket
+    from ``lo`` ends at the last ``hi`` with ``cost(hi) <= (1 + bound) cost(lo)``, found by
+    galloping then bisecting, so an expensive cost (the cycle model) is called
+    O(log width) times per bucket."""
     out = []
     lo = first
     while lo <= last:
-        hi = lo
-        base = cost(lo)
-        # Latency grows with length, so the bucket's worst case is its shortest length.
-        while hi < last and cost(hi + 1) <= base * (1 + bound):
-            hi += 1
-        out.append((lo, hi))
-        lo = hi + 1
+        limit = cost(lo) * (1 + bound)
+        ok, step = lo, 1
+        bad = None
+        while True:  # gallop: ok is within the bound, bad (if any) is not
+            probe = min(ok + step, last)
+            if probe == ok:
+                break
+            if cost(probe) <= limit:
+                ok = probe
+                step *= 2
+            else:
+                bad = probe
+                break
+        if bad is not None:
+            while bad - ok > 1:
+                mid = (ok + bad) // 2
+                ok, bad = (mid, bad) if cost(mid) <= limit else (ok, mid)
+        out.append((lo, ok))
+        lo = ok + 1
     return out
 
 

@@ -258,9 +258,9 @@ BUCKET_POLICIES = ("per-length", "fixed", "auto")
 
 
 def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPlan | str,
-              bound: float = 0.02, chunk: int = 1) -> BucketPlan:
+              bound: float = 0.02, chunk: int = 1, latency: str = "analytical") -> BucketPlan:
     """The bucket plan a policy gives for this model and target (``chunk``: prefill rows
-    per pass)."""
+    per pass; ``latency``: the auto policy's model, ``analytical`` or ``cycle``)."""
     if isinstance(policy, BucketPlan):
         return policy
     if policy == "per-length":
@@ -268,7 +268,8 @@ def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPl
     if policy == "fixed":
         return BucketPlan.fixed(max_len, chunk=chunk, tile=arch.mpe.mm.m)
     if policy == "auto":
-        return BucketPlan.auto(max_len, latency_model(qd, arch), bound, chunk)
+        model = cycle_latency_model(qd, arch, max_len) if latency == "cycle" else latency_model(qd, arch)
+        return BucketPlan.auto(max_len, model, bound, chunk)
     raise CompileError(f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}")
 
 
@@ -292,10 +293,46 @@ def latency_model(qd: QuantDecoder, arch: ArchConfig):
     return latency
 
 
+LATENCY_MODELS = ("analytical", "cycle")
+
+
+def cycle_latency_model(qd: QuantDecoder, arch: ArchConfig, max_len: int):
+    """``latency(rows, ctx)`` measured by the cycle model: a pass over the first layer and
+    over the first two layers are lowered and timed, and the layers in between add the
+    difference (every layer has the same shapes and kernels). The LM head, the same at
+    every length, is left out, which makes the relative overheads the policy bounds
+    slightly larger than they are (the safe side)."""
+    import functools
+
+    from flightforge.sim.cycle_model import CycleModel
+
+    model = CycleModel(arch)
+    placer = Builder(arch)
+    pl = _place(placer, qd, max_len, False)
+    stacks = (_one_layer(qd, 1), _one_layer(qd, 2))
+    layers = qd.prog.layers
+
+    def timed(rows: int, ctx: int, ops: tuple) -> int:
+        b = Builder(arch)
+        b.sched.untracked_reads = placer._readonly
+        _emit_stage(b, qd, pl, rows, ctx - rows, max_len, "none", ops)
+        return model.execute(b.sched.finish()).cycles
+
+    @functools.lru_cache(maxsize=None)
+    def latency(rows: int, ctx: int) -> float:
+        one = timed(rows, ctx, stacks[0])
+        if layers == 1:
+            return float(one)
+        return float(one + (layers - 1) * (timed(rows, ctx, stacks[1]) - one))
+
+    return latency
+
+
 def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data: bool = True,
                   last_logits_only: bool = False, lengths: list[int] | range | None = None,
                   metadata: dict | None = None,
-                  buckets: BucketPlan | str | None = None, bucket_bound: float = 0.02) -> Program:
+                  buckets: BucketPlan | str | None = None, bucket_bound: float = 0.02,
+                  bucket_latency: str = "analytical") -> Program:
     """Compile prefill for prompt lengths 1..max_len and decode for positions 1..max_len-1.
 
     ``buckets`` groups lengths into sections (one per bucket and stage): a
@@ -313,7 +350,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
     chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
-    plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk)
+    plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk, bucket_latency)
     plan.check(max_len, chunk if last_logits_only else None, chunk if chunked else None)
     if lengths is not None:
         for length in lengths:

@@ -41,6 +41,7 @@ class CompileOptions:
     prune: str = "magnitude"  #: N:M pruning of sparse layers: magnitude or sparsegpt
     buckets: str | BucketPlan = "per-length"  #: per-length, fixed (FlightLLM's), auto, or a plan
     bucket_bound: float = 0.02  #: auto buckets: modelled latency overhead allowed per length
+    bucket_latency: str = "analytical"  #: auto buckets' latency model: analytical or cycle
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
                             last_logits_only=options.last_logits_only,
                             lengths=None if options.lengths is None else list(options.lengths),
                             metadata=metadata, buckets=options.buckets,
-                            bucket_bound=options.bucket_bound)
+                            bucket_bound=options.bucket_bound, bucket_latency=options.bucket_latency)
     # Optionally prove every section synchronised on its happens-before graph.
     if options.verify:
         verify_program(program)
@@ -129,7 +130,8 @@ def compile_shape_only(config_path: str, arch: ArchConfig,
                          last_logits_only=options.last_logits_only,
                          lengths=None if options.lengths is None else list(options.lengths),
                          metadata={"model": st.name, "config": str(config_path), "shape_only": True},
-                         buckets=options.buckets, bucket_bound=options.bucket_bound)
+                         buckets=options.buckets, bucket_bound=options.bucket_bound,
+                         bucket_latency=options.bucket_latency)
 
 
 def compile_onnx(path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()) -> Compiled:

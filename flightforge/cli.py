@@ -374,11 +374,15 @@ def demo(target: str, save_dir: Path | None) -> None:
                                       "--bucket-bound.")
 @click.option("--bucket-bound", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="--buckets auto: modelled latency overhead allowed at any length.")
+@click.option("--bucket-latency", type=click.Choice(["analytical", "cycle"]), default="analytical",
+              show_default=True, help="--buckets auto: latency model of a pass (the cycle model "
+                                      "is exact for our timing but takes minutes on 7B models).")
 @_clean_errors
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                 max_len: int | None, lengths: str | None, weight_bits: str,
                 plan_file: Path | None, prune: str, group: int,
-                last_logits_only: bool, buckets: str, bucket_bound: float) -> None:
+                last_logits_only: bool, buckets: str, bucket_bound: float,
+                bucket_latency: str) -> None:
     """Compile a decoder-only LLM into a program binary.
 
     MODEL is an ONNX export (compiled with its weights); --config CONFIG.json instead
@@ -400,7 +404,7 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
                                       last_logits_only=last_logits_only,
                                       with_data=model is not None, buckets=buckets, prune=prune,
-                                      bucket_bound=bucket_bound)
+                                      bucket_bound=bucket_bound, bucket_latency=bucket_latency)
     if model is not None:
         program = pipeline.compile_onnx(str(model), arch, options).program
     else:

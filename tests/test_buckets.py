@@ -116,3 +116,18 @@ def test_chunk_passes_cover_the_prompt_and_end_at_its_last_row(length, chunk):
     for s in starts:
         covered |= set(range(s, s + chunk))
     assert covered == set(range(length))
+
+
+def test_auto_buckets_from_the_cycle_model_run_bit_exactly():
+    """The cycle model as the auto policy's latency model: its buckets are exact too."""
+    prog = random_decoder(DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True), seed=2)
+    opts = dict(max_len=40, last_logits_only=True)
+    cyc = compile_decoder(prog, TINY, CompileOptions(**opts, buckets="auto", bucket_latency="cycle",
+                                                     bucket_bound=0.05)).program
+    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(9, 10, 11, 31, 32, 33))).program
+    assert len(cyc.sections) < 2 * 40 - 1  # fewer than one section per length and stage
+    for length in (9, 31):
+        prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
+        got = generate(cyc, FunctionalSim(TINY), prompt, 3)
+        ref = generate(exact, FunctionalSim(TINY), prompt, 3)
+        assert np.array_equal(got.logits, ref.logits)
