@@ -64,7 +64,9 @@ def stream_fields(arch: ArchConfig, buckets: str) -> dict[str, Any]:
         return d
     return {"buffers": {b.name.lower(): arch.buffers.of(b).size for b in isa.Buf},
             "token_depth": arch.token_depth, "burst_bytes": arch.hbm.burst_bytes,
-            "capacity": arch.hbm.capacity}
+            "capacity": arch.hbm.capacity,
+            # prefill chunks and short-prompt buckets come in whole MM row tiles
+            "mm_rows": arch.mpe.mm.m}
 
 
 def canonical_hash(obj: Any) -> str:

@@ -57,7 +57,7 @@ def _compile(model: Path, arch):
 def _variant(arch, **timing_only):
     d = arch.model_dump(mode="json")
     d.update(clock_mhz=173, cores=3, token_depth=d["token_depth"])
-    d["mpe"].update(chains=8, groups_per_chain=2, mm={"n": 2, "k": 2, "m": 8},
+    d["mpe"].update(chains=8, groups_per_chain=2, mm={"n": 2, "k": 2, "m": d["mpe"]["mm"]["m"]},
                     mv={"n": 4, "k": 4, "m": 1}, pipeline_depth=7)
     d["sfu"].update(lanes=2, pipeline_depth=3)
     d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)
