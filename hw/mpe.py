@@ -1,17 +1,20 @@
 """The matrix processing engine: MM and MV, dense and N:M sparse, INT8/INT4 weights.
 
-The MPE computes one output element at a time on a :class:`~.dsp_chain.DspChain`:
-for output ``(row, col)`` it streams the column's stored weight entries through the
-chain ``2 * groups_per_chain`` at a time (one chunk), staging each entry's weight, its
-sparse index and its activation window. Chunks never straddle a group-scale group, so
-the chain's sum is the group's partial sum; the group sum is scaled by the column's
-uint8 group scale into the 48-bit accumulator. The epilogue adds the partial sums and
-the bias, multiplies by the requantisation multiplier, rounds, shifts and saturates to
-``odt`` exactly as :func:`flightforge.numerics.matmul`.
-
-Operands come byte by byte through the buffers' byte ports, so throughput is bounded by
-buffer bandwidth (one byte per buffer per cycle), not by the chain: staging is serial.
-Widening the buffer ports is the next step for performance (docs/rtl.md).
+Tiled as :func:`sim.timing.Timing.matmul` counts: the instruction is cut into output
+tiles of the mode's shape (``mpe.mm`` or ``mpe.mv``: ``m`` rows x ``n`` columns), and a
+tile into steps of ``k`` stored weight entries. Every ``(row, column)`` pair of a tile is
+one segment of ``k`` MACs on the chains (reduction-node cuts end segments and
+group-scale groups), all chains in parallel. A step lasts ``max(1, ceil(n * wbytes /
+port[WGT]), ceil(n * mbytes / port[META]))`` cycles: the WGT (META) port is split over
+the tile's ``n`` columns (``[K][N]`` weights: into row reads), and the bytes are staged
+per column. In the step's last fetch cycle the unit also reads the rows' activation
+spans (the ``k`` activations, or the sparse blocks the step's entries index), the
+step's group scales and, at a tile's last step, the column records and partial sums.
+Then, pipelined behind the fetch of the next step: MACs (one cycle), reduction nodes
+(one cycle), group scaling and accumulation into one 50-bit accumulator per segment
+and, at the tile's last step, the epilogue ``sat(rnd((acc + psum + bias) * mult >>
+shift))`` written in the same cycle. An instruction of ``T`` fetch cycles is done
+``T + 4`` cycles after it started (tiny's ``pipeline_depth``).
 """
 
 from __future__ import annotations
@@ -30,38 +33,105 @@ from .dsp_chain import DspChain
 from .sfu.common import by_dtype, rnd_shift, saturate
 
 ACC_BITS = 50  #: accumulator: scaled sums < 2**46 plus bias and partial sums (numerics)
-GSUM_BITS = 36  #: one group's sum of products: K < 2**16 products of at most 2**14
+HDR = formats.RECORD_HEADER_BYTES
+
+
+def _cdiv(a, b):
+    return -(-a // b)
 
 
 class MatrixEngine(wiring.Component):
-    """MM/MV unit; ports ``buf_act``, ``buf_wgt``, ``buf_meta``, ``buf_scale``."""
+    """MM/MV unit; ports ``buf_<buffer><i>`` (see :meth:`port_widths`)."""
 
     BUFFERS = (isa.Buf.ACT, isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE)
 
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
-        self.groups = arch.mpe.groups_per_chain
+        mp = arch.mpe
+        self.G = mp.groups_per_chain
+        self.macs = 2 * self.G
         self.window = arch.sparse_m
-        super().__init__({**unit_members(isa.Unit.MPE), **{
-            f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size)))
-            for b in self.BUFFERS}})
+        self.modes = {"mm": (mp.mm.m, mp.mm.n, mp.mm.k), "mv": (1, mp.mv.n, mp.mv.k)}
+        P = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
+        self.P = P
+        for name, (rm, n, k) in self.modes.items():
+            if rm * n * k > mp.chains * self.macs or self.macs % k or k % 2:
+                raise ValueError(f"mpe.{name} {rm}x{n}x{k} does not map onto the chains")
+            if mp.pipeline_depth < 4:
+                raise ValueError("the MPE pipeline needs mpe.pipeline_depth >= 4")
+            if P[isa.Buf.WGT] % n or P[isa.Buf.META] % n or self.window % 2:
+                raise ValueError(f"mpe.{name}: n={n} must divide the WGT and META ports")
+        nmax = max(n for _, n, _ in self.modes.values())
+        self.nmax = nmax
+        self.segs = max(rm * n for rm, n, _ in self.modes.values())
+        self.wb = max(k for _, _, k in self.modes.values())  # staged weight bytes/column
+        self.mb = _cdiv(self.wb * 4, 8)
+        # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
+        # records per column, ACT: activation spans per row, partial sums, results.
+        wgt_w = max(max(P[isa.Buf.WGT] // n, n) for _, n, _ in self.modes.values())
+        self.n_wgt = max(max(n, min(k, P[isa.Buf.WGT] // n)) for _, n, k in self.modes.values())
+        self.wgt_w = min(wgt_w, P[isa.Buf.WGT])
+        self.meta_w = max(P[isa.Buf.META] // n for _, n, _ in self.modes.values())
+        pa = P[isa.Buf.ACT]
+        self.span = max(k * self.window // 2 for _, _, k in self.modes.values())
+        self.apr = {nm: _cdiv(k * self.window // 2, pa) for nm, (_, _, k) in self.modes.items()}
+        self.n_act = max(rm * self.apr[nm] for nm, (rm, _, _) in self.modes.items())
+        self.ppr = {nm: _cdiv(4 * n, pa) for nm, (_, n, _) in self.modes.items()}
+        self.n_psum = max(rm * self.ppr[nm] for nm, (rm, _, _) in self.modes.items())
+        ps = P[isa.Buf.SCALE]
+        self.rec_reads = _cdiv(6, ps)
+        widths = {
+            isa.Buf.WGT: [self.wgt_w] * self.n_wgt,
+            isa.Buf.META: [self.meta_w] * nmax,
+            isa.Buf.SCALE: [min(ps, max(k // 2 for _, _, k in self.modes.values()))] * nmax
+            + [ps] * (nmax * self.rec_reads),
+            isa.Buf.ACT: [pa] * self.n_act + [pa] * (2 * self.n_psum),  # reads, psum, writes
+        }
+        self.widths = widths
+        members = {}
+        for b in self.BUFFERS:
+            for i, w in enumerate(widths[b]):
+                members[f"buf_{b.name.lower()}{i}"] = Out(
+                    BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
+        super().__init__({**unit_members(isa.Unit.MPE), **members})
+
+    def port_widths(self, buf: isa.Buf) -> list[int]:
+        return self.widths.get(buf, [])
+
+    def ports(self, buf: isa.Buf):
+        return [getattr(self, f"buf_{buf.name.lower()}{i}") for i in range(len(self.widths[buf]))]
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.chain = chain = DspChain(self.groups, self.window)
+        chains = []
+        for c in range(self.arch.mpe.chains):
+            ch = DspChain(self.G, self.window)
+            m.submodules[f"chain{c}"] = ch
+            chains.append(ch)
+        P = self.P
+        pw, pm, pa = P[isa.Buf.WGT], P[isa.Buf.META], P[isa.Buf.ACT]
         word = Signal.like(self.instr)
         opcode = word[:isa.OPCODE_BITS]
         f = {name: field(word, (isa.MM, isa.MV), opcode, name)
              for name, *_ in isa.layout(isa.MV)[1:]}
         is_mm = opcode == isa.Opcode.MM
-        mm = field(word, (isa.MM,), opcode, "m"), field(word, (isa.MM,), opcode, "a_stride")
-        rows = Mux(is_mm, mm[0], 1)
-        a_stride = mm[1]
+        mmf = field(word, (isa.MM,), opcode, "m"), field(word, (isa.MM,), opcode, "a_stride")
+        rows = Mux(is_mm, mmf[0], 1)
+        a_stride = mmf[1]
+
+        def sel(fn):
+            """``fn(mode)`` of the instruction's mode (MM or MV)."""
+            return Mux(is_mm, fn("mm"), fn("mv"))
+
+        lg = lambda v: v.bit_length() - 1  # noqa: E731
+        tm, tn, tk = (sel(lambda nm, i=i: self.modes[nm][i]) for i in range(3))
+        ltn = sel(lambda nm: lg(self.modes[nm][1]))
+        ltk = sel(lambda nm: lg(self.modes[nm][2]))
 
         # --- derived sizes (formats.py's layout, computed from the fields) ---------------
-        lm = Signal(range(8))  # log2 of the sparse block m (0 when dense)
-        ln = Signal(range(8))  # log2 of the kept weights n per block
-        lib = Signal(range(4))  # log2 of the index bits
+        lm = Signal(range(8))
+        ln = Signal(range(8))
+        lib = Signal(range(4))
         with m.Switch(f["sparse"]):
             for mode in isa.SparseMode:
                 if mode.is_sparse:
@@ -71,203 +141,314 @@ class MatrixEngine(wiring.Component):
                                      lib.eq(ib.bit_length() - 1)]
         sparse = f["sparse"] != isa.SparseMode.DENSE
         int4 = f["wprec"] == isa.WPrec.INT4
-        k = f["k"]
+        wkn = f["wkn"]
         entries = Signal(isa.DIM_BITS + 1)
-        m.d.comb += entries.eq((k >> lm) << ln)
-        gshift = f["gsz"] + 3
-        group_entries = Signal(isa.DIM_BITS + 1)
-        m.d.comb += group_entries.eq(Mux(f["gsz"] != 0, ((1 << gshift) >> lm) << ln, entries))
+        m.d.comb += entries.eq((f["k"] >> lm) << ln)
+        gsz_on = f["gsz"] != 0
+        lge = Signal(range(32))  # log2 of the stored entries per scale group
+        m.d.comb += lge.eq(f["gsz"] + 3 - lm + ln)
         wrb = Mux(int4, (entries + 1) >> 1, entries)
         mrb = Mux(sparse, ((entries << lib) + 7) >> 3, 0)
-        ngroups = Mux(f["gsz"] != 0, k >> gshift, 0)
-        recb = formats.RECORD_HEADER_BYTES + (((ngroups + 3) >> 2) << 2)
+        ngroups = Mux(gsz_on, f["k"] >> (f["gsz"] + 3), 0)
+        recb = HDR + (((ngroups + 3) >> 2) << 2)
         obytes = by_dtype(f["odt"], lambda d: d.nbytes)
+        steps = Signal(isa.DIM_BITS + 1)
+        m.d.comb += steps.eq((entries + tk - 1) >> ltk)
 
-        # --- loop state ---------------------------------------------------------------------
+        # --- fetch loop state ------------------------------------------------------------
         A = isa.BUF_ADDR_BITS + 2
-        row, col = Signal(isa.DIM_BITS), Signal(isa.DIM_BITS)
-        a_row, d_row, p_row = Signal(A), Signal(A), Signal(A)
-        d_ptr, p_ptr, w_col, m_col, q_col, wk_ptr = (Signal(A, name=n) for n in
-                                                     ("d_ptr", "p_ptr", "w_col", "m_col", "q_col", "wk_ptr"))
-        e, left = Signal(isa.DIM_BITS + 1), Signal(isa.DIM_BITS + 1)
-        gi = Signal(isa.DIM_BITS)
-        acc = Signal(signed(ACC_BITS))
-        gsum = Signal(signed(GSUM_BITS))
-        rec = Signal(48)  # bias:int32, mult:uint16
-        tmp = Signal(32)
-        bcnt = Signal(range(max(self.window, 8)))
-        slot = Signal(range(chain.macs))
-        win = Signal(8 * self.window)
-        blk = Signal(isa.DIM_BITS + 1)
-        blk_ok = Signal()
-        st_act = Signal.like(chain.act)
-        st_wgt = Signal.like(chain.wgt)
-        st_idx = Signal.like(chain.idx)
-        m.d.comb += [chain.act.eq(st_act), chain.wgt.eq(st_wgt), chain.idx.eq(st_idx)]
-        ports = {b: getattr(self, f"buf_{b.name.lower()}") for b in self.BUFFERS}
+        busy = Signal()
+        rt_row = Signal(isa.DIM_BITS + 1)  # first row of the tile
+        c0 = Signal(isa.DIM_BITS + 1)  # first column of the tile
+        s = Signal(isa.DIM_BITS + 1)  # step
+        cyc = Signal(8)
+        a_base, d_base, p_base = Signal(A), Signal(A), Signal(A)
+        w_tile, m_tile, q_tile = Signal(A), Signal(A), Signal(A)
+        sk = Signal(isa.DIM_BITS + 8)
+        m.d.comb += sk.eq(s << ltk)
+        rem = Signal(isa.DIM_BITS + 1)
+        m.d.comb += rem.eq(entries - sk)
+        ent = Signal(isa.DIM_BITS + 1)
+        m.d.comb += ent.eq(Mux(rem < tk, rem, tk))
+        wbytes = Mux(int4 & ~wkn, (ent + 1) >> 1, ent)
+        mbytes = Mux(sparse, ((ent << lib) + 7) >> 3, 0)
+        lpw, lpm = lg(pw), lg(pm)
+        wcyc = Signal(16)
+        mcyc = Signal(16)
+        m.d.comb += [wcyc.eq(((wbytes << ltn) + pw - 1) >> lpw),
+                     mcyc.eq(((mbytes << ltn) + pm - 1) >> lpm)]
+        ccyc = Signal(16)
+        m.d.comb += ccyc.eq(Mux(wcyc > mcyc, wcyc, mcyc))
+        last_cyc = (cyc + 1 >= ccyc)
+        last_step = s + 1 == steps
+        last_ctile = c0 + tn >= f["n"]
+        last_rtile = rt_row + tm >= rows
+        wcol = sel(lambda nm: pw // self.modes[nm][1])
+        wrows = sel(lambda nm: pw // self.modes[nm][1])  # [K][N] rows per cycle
+        mcol = sel(lambda nm: pm // self.modes[nm][1])
 
-        def read(state, buf, addr, count, dest, then):
-            """States reading ``count`` bytes at ``addr + i`` into byte lanes of ``dest``."""
-            port = ports[buf]
-            with m.State(state):
-                m.d.comb += [port.req.eq(1), port.addr.eq(addr + bcnt)]
-                with m.If(port.grant):
-                    m.next = state + "_D"
-            with m.State(state + "_D"):
-                m.d.sync += dest.word_select(bcnt, 8).eq(port.rdata)
-                with m.If(bcnt == count - 1):
-                    m.d.sync += bcnt.eq(0)
-                    then()
-                with m.Else():
-                    m.d.sync += bcnt.eq(bcnt + 1)
-                    m.next = state
+        with m.If(~busy):
+            with m.If(self.start):
+                m.d.sync += [word.eq(self.instr), busy.eq(1)]
+                ins = self.instr
+                fi = {name: field(ins, (isa.MM, isa.MV), ins[:isa.OPCODE_BITS], name)
+                      for name in ("a_addr", "d_addr", "p_addr", "w_addr", "meta_addr", "q_addr")}
+                m.d.sync += [rt_row.eq(0), c0.eq(0), s.eq(0), cyc.eq(0),
+                             a_base.eq(fi["a_addr"]), d_base.eq(fi["d_addr"]),
+                             p_base.eq(fi["p_addr"]), w_tile.eq(fi["w_addr"]),
+                             m_tile.eq(fi["meta_addr"]), q_tile.eq(fi["q_addr"])]
+        issue = Signal()
+        last_issue = Signal()
+        m.d.comb += issue.eq(busy)
+        with m.If(busy):
+            m.d.sync += cyc.eq(cyc + 1)
+            with m.If(last_cyc):
+                m.d.sync += [cyc.eq(0), s.eq(s + 1)]
+                with m.If(last_step):
+                    m.d.sync += [s.eq(0), c0.eq(c0 + tn), w_tile.eq(w_tile + Mux(wkn, tn, wrb << ltn)),
+                                 m_tile.eq(m_tile + (mrb << ltn)), q_tile.eq(q_tile + (recb << ltn))]
+                    with m.If(last_ctile):
+                        m.d.sync += [c0.eq(0), w_tile.eq(f["w_addr"]), m_tile.eq(f["meta_addr"]),
+                                     q_tile.eq(f["q_addr"]), rt_row.eq(rt_row + tm),
+                                     a_base.eq(a_base + (a_stride << sel(lambda nm: lg(self.modes[nm][0])))),
+                                     d_base.eq(d_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0])))),
+                                     p_base.eq(p_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0]))))]
+                        with m.If(last_rtile):
+                            m.d.sync += busy.eq(0)
+                            m.d.comb += last_issue.eq(1)
 
-        def goto(state):
-            return lambda: setattr(m, "next", state)
+        # --- issue: weights and indices (every cycle of a step) ---------------------------
+        wp = self.ports(isa.Buf.WGT)
+        w_step = Mux(int4, sk >> 1, sk)
+        for p, port in enumerate(wp):
+            nk_addr = (w_tile + (sk + (cyc << sel(lambda nm: lg(pw // self.modes[nm][1]))) + p) * f["n"])
+            col_addr = w_tile + p * wrb + w_step + cyc * wcol
+            m.d.comb += [port.addr.eq(Mux(wkn, nk_addr, col_addr)),
+                         port.req.eq(busy & (cyc < wcyc) &
+                                     Mux(wkn, p < wrows, p < tn))]
+        mp_ = self.ports(isa.Buf.META)
+        for j, port in enumerate(mp_):
+            m.d.comb += [port.addr.eq(m_tile + j * mrb + ((sk << lib) >> 3) + cyc * mcol),
+                         port.req.eq(busy & (cyc < mcyc) & (j < tn))]
+        fire = busy & last_cyc
+        # --- issue at the step's last cycle: activations, scales, records, psums -------------
+        ap = self.ports(isa.Buf.ACT)
+        act_ports, psum_ports, wr_ports = (ap[:self.n_act], ap[self.n_act:self.n_act + self.n_psum],
+                                           ap[self.n_act + self.n_psum:])
+        a_off = Mux(sparse, (sk >> ln) << lm, sk)
+        for i, port in enumerate(act_ports):
+            for nm, (rm, n, k) in self.modes.items():
+                apr = self.apr[nm]
+                r, q = divmod(i, apr)
+                if r < rm:
+                    with m.If(is_mm if nm == "mm" else ~is_mm):
+                        m.d.comb += [port.addr.eq(a_base + r * a_stride + a_off + q * pa),
+                                     port.req.eq(fire)]
+        sp = self.ports(isa.Buf.SCALE)
+        scale_ports, rec_ports = sp[:self.nmax], sp[self.nmax:]
+        gi0 = Signal(isa.DIM_BITS + 8)
+        m.d.comb += gi0.eq(sk >> lge)
+        for j, port in enumerate(scale_ports):
+            m.d.comb += [port.addr.eq(q_tile + j * recb + HDR + gi0),
+                         port.req.eq(fire & gsz_on & (j < tn))]
+        ps = P[isa.Buf.SCALE]
+        for i, port in enumerate(rec_ports):
+            j, h = divmod(i, self.rec_reads)
+            m.d.comb += [port.addr.eq(q_tile + j * recb + h * ps),
+                         port.req.eq(fire & last_step & f["colp"] & (j < tn))]
+        for i, port in enumerate(psum_ports):
+            for nm, (rm, n, k) in self.modes.items():
+                r, h = divmod(i, self.ppr[nm])
+                if r < rm:
+                    with m.If(is_mm if nm == "mm" else ~is_mm):
+                        m.d.comb += [port.addr.eq(p_base + r * f["d_stride"] + (c0 << 2) + h * pa),
+                                     port.req.eq(fire & last_step & f["acc_in"])]
 
-        chunk_full = (slot == chain.macs - 1) | (left == 1)
-        w_byte = Signal(8)
-        meta_bit = Signal(isa.DIM_BITS + 4)
-        m.d.comb += meta_bit.eq(e << lib)
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += word.eq(self.instr)
-                    m.next = "INIT"
-            with m.State("INIT"):
-                m.d.sync += [row.eq(0), a_row.eq(f["a_addr"]), d_row.eq(f["d_addr"]),
-                             p_row.eq(f["p_addr"])]
-                m.next = "ROW"
-            with m.State("ROW"):
-                m.d.sync += [col.eq(0), w_col.eq(f["w_addr"]), m_col.eq(f["meta_addr"]),
-                             q_col.eq(f["q_addr"]), d_ptr.eq(d_row), p_ptr.eq(p_row)]
-                m.next = "COL"
-            with m.State("COL"):
-                m.d.sync += [acc.eq(0), e.eq(0), gi.eq(0), blk_ok.eq(0), bcnt.eq(0),
-                             rec.eq(Cat(Const(0, 32), f["mult"])), wk_ptr.eq(f["w_addr"] + col)]
-                with m.If(f["acc_in"]):
-                    m.next = "PSUM"
-                with m.Elif(f["colp"]):
-                    m.next = "REC"
-                with m.Else():
-                    m.next = "GROUP"
-            read("PSUM", isa.Buf.ACT, p_ptr, 4, tmp, goto("PSUM_END"))
-            with m.State("PSUM_END"):
-                m.d.sync += acc.eq(tmp.as_signed())
-                with m.If(f["colp"]):
-                    m.next = "REC"
-                with m.Else():
-                    m.next = "GROUP"
-            read("REC", isa.Buf.SCALE, q_col, 6, rec, goto("GROUP"))
-            with m.State("GROUP"):
-                m.d.sync += [gsum.eq(0), left.eq(group_entries), slot.eq(0)]
-                m.next = "WGT"
-            # Stage one entry: weight, then (sparse) index and window, else the activation.
-            with m.State("WGT"):
-                port = ports[isa.Buf.WGT]
-                m.d.comb += [port.req.eq(1),
-                             port.addr.eq(Mux(f["wkn"], wk_ptr, w_col + Mux(int4, e >> 1, e)))]
-                with m.If(port.grant):
-                    m.next = "WGT_D"
-            with m.State("WGT_D"):
-                rd = ports[isa.Buf.WGT].rdata
-                nib = Mux(e[0], rd[4:8], rd[0:4])
-                m.d.sync += st_wgt[slot].eq(Mux(int4, nib.as_signed(), rd.as_signed()))
-                with m.If(sparse):
-                    m.next = "META"
-                with m.Else():
-                    m.next = "ACT"
-            with m.State("META"):
-                port = ports[isa.Buf.META]
-                m.d.comb += [port.req.eq(1), port.addr.eq(m_col + (meta_bit >> 3))]
-                with m.If(port.grant):
-                    m.next = "META_D"
-            with m.State("META_D"):
-                rd = ports[isa.Buf.META].rdata
-                mask = (Const(1, 9) << (Const(1, 4) << lib)) - 1
-                m.d.sync += st_idx[slot].eq((rd >> meta_bit[:3]) & mask)
-                with m.If(blk_ok & (blk == (e >> ln))):
-                    m.next = "STAGE"
-                with m.Else():
-                    m.d.sync += [blk.eq(e >> ln), bcnt.eq(0)]
-                    m.next = "WIN"
-
-            def after_win():
-                m.d.sync += blk_ok.eq(1)
-                m.next = "STAGE"
-            read("WIN", isa.Buf.ACT, a_row + (blk << lm), 1 << lm, win, after_win)
-            with m.State("ACT"):
-                port = ports[isa.Buf.ACT]
-                m.d.comb += [port.req.eq(1), port.addr.eq(a_row + e)]
-                with m.If(port.grant):
-                    m.next = "ACT_D"
-            with m.State("ACT_D"):
-                m.d.sync += [st_act[slot].eq(ports[isa.Buf.ACT].rdata), st_idx[slot].eq(0)]
-                m.next = "NEXT"
-            with m.State("STAGE"):
-                m.d.sync += st_act[slot].eq(win)
-                m.next = "NEXT"
-            with m.State("NEXT"):
-                m.d.sync += [e.eq(e + 1), left.eq(left - 1), slot.eq(slot + 1),
-                             wk_ptr.eq(wk_ptr + f["n"])]
-                with m.If(chunk_full):
-                    m.next = "FIRE"
-                with m.Else():
-                    m.next = "WGT"
-            with m.State("FIRE"):
-                m.d.comb += chain.valid.eq(1)
-                m.next = "CHAIN"
-            with m.State("CHAIN"):
-                with m.If(chain.out_valid):
-                    m.d.sync += [gsum.eq(gsum + chain.sums[self.groups - 1]), slot.eq(0),
-                                 st_wgt.eq(0)]
-                    with m.If(left == 0):
-                        with m.If(f["gsz"] != 0):
-                            m.next = "SCALE"
-                        with m.Else():
-                            m.next = "GROUP_END"
+        # --- stage F: staged data arrives -------------------------------------------------
+        cyc_q = Signal.like(cyc)
+        wvalid_q = Signal()
+        mvalid_q = Signal()
+        m.d.sync += [cyc_q.eq(cyc), wvalid_q.eq(busy & (cyc < wcyc)), mvalid_q.eq(busy & (cyc < mcyc))]
+        wst = [Signal(8 * self.wb, name=f"wst{j}") for j in range(self.nmax)]
+        wst_n = [Signal(8 * self.wb, name=f"wstn{j}") for j in range(self.nmax)]
+        mst = [Signal(8 * self.mb, name=f"mst{j}") for j in range(self.nmax)]
+        mst_n = [Signal(8 * self.mb, name=f"mstn{j}") for j in range(self.nmax)]
+        wkn_q = Signal()
+        m.d.sync += wkn_q.eq(wkn)
+        for j in range(self.nmax):
+            m.d.comb += [wst_n[j].eq(wst[j]), mst_n[j].eq(mst[j])]
+            m.d.sync += [wst[j].eq(wst_n[j]), mst[j].eq(mst_n[j])]
+        with m.If(wvalid_q):
+            for nm, (rm, n, k) in self.modes.items():
+                wc = pw // n
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    for c in range(_cdiv(self.wb, min(wc, self.wb))):
+                        with m.If(cyc_q == c):
+                            with m.If(~wkn):
+                                for j in range(n):
+                                    for b in range(wc):
+                                        if c * wc + b < self.wb:
+                                            m.d.comb += wst_n[j].word_select(c * wc + b, 8).eq(
+                                                wp[j].rdata.word_select(b, 8))
+                            with m.Else():  # rows of n bytes
+                                for p in range(min(pw // n, len(wp))):
+                                    row = c * (pw // n) + p
+                                    if row < self.wb:
+                                        for j in range(n):
+                                            m.d.comb += wst_n[j].word_select(row, 8).eq(
+                                                wp[p].rdata.word_select(j, 8))
+        with m.If(mvalid_q):
+            for nm, (rm, n, k) in self.modes.items():
+                mc = pm // n
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    for c in range(_cdiv(self.mb, mc)):
+                        with m.If(cyc_q == c):
+                            for j in range(n):
+                                for b in range(mc):
+                                    if c * mc + b < self.mb:
+                                        m.d.comb += mst_n[j].word_select(c * mc + b, 8).eq(
+                                            mp_[j].rdata.word_select(b, 8))
+        # tags of the fired step
+        fv = Signal()
+        f_sk = Signal.like(sk)
+        f_ent = Signal.like(ent)
+        f_last = Signal()
+        f_first = Signal()
+        f_c0, f_r0 = Signal.like(c0), Signal.like(rt_row)
+        f_d = Signal(A)
+        f_done = Signal()
+        m.d.sync += [fv.eq(fire), f_done.eq(last_issue), f_sk.eq(sk), f_ent.eq(ent), f_last.eq(last_step),
+                     f_first.eq(s == 0), f_c0.eq(c0), f_r0.eq(rt_row), f_d.eq(d_base)]
+        f_int4 = int4 & ~wkn
+        # MAC inputs
+        for g in range(len(chains) * self.macs):
+            ch, mac = divmod(g, self.macs)
+            chain = chains[ch]
+            wv = Signal(signed(8), name=f"w{g}")
+            iv = Signal(range(self.window), name=f"i{g}")
+            win = Signal(8 * self.window, name=f"win{g}")
+            for nm, (rm, n, k) in self.modes.items():
+                seg, i = divmod(g, k)
+                r, j = divmod(seg, n)
+                if r >= rm:
+                    continue
+                apr = self.apr[nm]
+                rowdata = Cat(*(p.rdata for p in act_ports[r * apr:(r + 1) * apr]))
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    byte = wst_n[j].word_select(Mux(f_int4, i >> 1, i), 8)
+                    nib = byte[4:8] if i % 2 else byte[0:4]
+                    ok = (i < f_ent)
+                    m.d.comb += wv.eq(Mux(ok, Mux(f_int4, nib.as_signed(), byte.as_signed()), 0))
+                    idx = (mst_n[j] >> (Const(i, 8) << lib)) & ((Const(1, 5) << (Const(1, 4) << lib)) - 1)
+                    blk = (((f_sk & ((Const(1, 8) << ln) - 1)[:8]) + i) >> ln).as_unsigned()
+                    with m.If(sparse):
+                        m.d.comb += [iv.eq(idx),
+                                     win.eq(Cat(rowdata, Const(0, 8 * self.window)).bit_select(
+                                         (blk << lm) << 3, 8 * self.window))]
                     with m.Else():
-                        m.next = "WGT"
-            read("SCALE", isa.Buf.SCALE, q_col + formats.RECORD_HEADER_BYTES + gi, 1, tmp,
-                 goto("SCALED"))
-            with m.State("SCALED"):
-                m.d.sync += acc.eq(acc + gsum * tmp[:8])
-                m.next = "GROUP_NEXT"
-            with m.State("GROUP_END"):
-                m.d.sync += acc.eq(acc + gsum)
-                m.next = "GROUP_NEXT"
-            with m.State("GROUP_NEXT"):
-                m.d.sync += gi.eq(gi + 1)
-                with m.If(e == entries):
-                    m.next = "EPILOGUE"
-                with m.Else():
-                    m.next = "GROUP"
-            with m.State("EPILOGUE"):
-                scaled = (acc + rec[:32].as_signed()) * rec[32:48]
-                m.d.sync += [tmp.eq(saturate(rnd_shift(scaled, f["shift"]), f["odt"])), bcnt.eq(0)]
-                m.next = "WRITE"
-            with m.State("WRITE"):
-                port = ports[isa.Buf.ACT]
-                m.d.comb += [port.req.eq(1), port.we.eq(1), port.addr.eq(d_ptr + bcnt),
-                             port.wdata.eq(tmp.word_select(bcnt, 8))]
-                with m.If(port.grant):
-                    m.d.sync += bcnt.eq(bcnt + 1)
-                    with m.If(bcnt == obytes - 1):
-                        m.d.sync += bcnt.eq(0)
-                        m.next = "COL_NEXT"
-            with m.State("COL_NEXT"):
-                m.d.sync += [col.eq(col + 1), w_col.eq(w_col + wrb), m_col.eq(m_col + mrb),
-                             q_col.eq(q_col + recb), d_ptr.eq(d_ptr + obytes), p_ptr.eq(p_ptr + 4)]
-                with m.If(col == f["n"] - 1):
-                    m.next = "ROW_NEXT"
-                with m.Else():
-                    m.next = "COL"
-            with m.State("ROW_NEXT"):
-                m.d.sync += [row.eq(row + 1), a_row.eq(a_row + a_stride),
-                             d_row.eq(d_row + f["d_stride"]), p_row.eq(p_row + f["d_stride"])]
-                with m.If(row == rows - 1):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "ROW"
+                        m.d.comb += [iv.eq(0), win.eq(rowdata.word_select(i, 8))]
+            m.d.comb += [chain.act[mac].eq(win), chain.wgt[mac].eq(wv), chain.idx[mac].eq(iv),
+                         chain.valid.eq(fv)]
+        # cuts: segment ends and scale-group ends
+        cutsig = {}
+        for ch, chain in enumerate(chains):
+            for gg in range(self.G):
+                g = ch * self.macs + 2 * gg  # first MAC of the DSP group
+                cut = Signal(name=f"cut{ch}_{gg}")
+                for nm, (rm, n, k) in self.modes.items():
+                    i = g % k
+                    with m.If(is_mm if nm == "mm" else ~is_mm):
+                        gend = gsz_on & ((((f_sk + i + 2) & ((Const(1, 32) << lge) - 1)) == 0))
+                        m.d.comb += cut.eq(Const(int(i + 2 == k), 1) | gend)
+                m.d.comb += chain.cut[gg].eq(cut)
+        # --- stage F+2: scale, accumulate, epilogue, write ----------------------------------
+        D = 2
+        def dl(v, name):
+            cur = v
+            for t in range(D):
+                r = Signal.like(cur, name=f"{name}_d{t}")
+                m.d.sync += r.eq(cur)
+                cur = r
+            return cur
+        ev = dl(fv, "ev")
+        e_sk, e_last, e_first = dl(f_sk, "esk"), dl(f_last, "elast"), dl(f_first, "efirst")
+        e_c0, e_r0, e_d = dl(f_c0, "ec0"), dl(f_r0, "er0"), dl(f_d, "ed")
+        scales = [dl(p.rdata, f"sc{j}") for j, p in enumerate(scale_ports)]
+        recs = [dl(p.rdata, f"rec{i}") for i, p in enumerate(rec_ports)]
+        psums = [dl(p.rdata, f"ps{i}") for i, p in enumerate(psum_ports)]
+        accs = [Signal(signed(ACC_BITS), name=f"acc{t}") for t in range(self.segs)]
+        results = [Signal(32, name=f"res{t}") for t in range(self.segs)]
+        totals = [Signal(signed(ACC_BITS), name=f"tot{t}") for t in range(self.segs)]
+        for t in range(self.segs):
+            contrib = Signal(signed(ACC_BITS), name=f"contrib{t}")
+            bias = Signal(signed(32), name=f"bias{t}")
+            mult = Signal(16, name=f"mult{t}")
+            psv = Signal(signed(32), name=f"psv{t}")
+            for nm, (rm, n, k) in self.modes.items():
+                if t >= rm * n:
+                    continue
+                r, j = divmod(t, n)
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    terms = []
+                    for q in range(k // 2):
+                        g = t * k + 2 * q
+                        ch, gg = divmod(g, self.macs)
+                        gg //= 2
+                        sm = chains[ch].sums[gg]
+                        ended = Signal(name=f"end{t}_{q}_{nm}")
+                        m.d.comb += ended.eq(Const(int(2 * q + 2 == k), 1) |
+                                             (gsz_on & (((e_sk + 2 * q + 2) & ((Const(1, 32) << lge) - 1)) == 0)))
+                        li = ((e_sk + 2 * q) >> lge) - (e_sk >> lge)
+                        sc = scales[j].word_select(li[:max(1, (len(scales[j]) // 8 - 1).bit_length())], 8) \
+                            if len(scales[j]) > 8 else scales[j]
+                        terms.append(Mux(ended, sm * Mux(gsz_on, sc, 1), 0))
+                    tot = terms[0]
+                    for x in terms[1:]:
+                        tot = tot + x
+                    m.d.comb += contrib.eq(tot)
+                    recbytes = Cat(*recs[j * self.rec_reads:(j + 1) * self.rec_reads])
+                    m.d.comb += [bias.eq(Mux(f["colp"], recbytes[0:32], 0)),
+                                 mult.eq(Mux(f["colp"], recbytes[32:48], f["mult"]))]
+                    pr = Cat(*psums[r * self.ppr[nm]:(r + 1) * self.ppr[nm]])
+                    m.d.comb += psv.eq(Mux(f["acc_in"], pr.word_select(j, 32), 0))
+            base = Mux(e_first, 0, accs[t])
+            m.d.comb += totals[t].eq(base + contrib)
+            with m.If(ev):
+                m.d.sync += accs[t].eq(totals[t])
+            scaled = (totals[t] + psv + bias) * mult
+            m.d.comb += results[t].eq(saturate(rnd_shift(scaled, f["shift"]), f["odt"]))
+        # writes: one port per output row (and per port width of the row)
+        for i, port in enumerate(wr_ports):
+            for nm, (rm, n, k) in self.modes.items():
+                r, h = divmod(i, self.ppr[nm])
+                if r >= rm:
+                    continue
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    # the row's n results packed at obytes each, bytes h*pa .. h*pa+pa
+                    packed = Signal(8 * 4 * n, name=f"pk{i}_{nm}")
+                    with m.Switch(f["odt"]):
+                        for d in isa.DType:
+                            with m.Case(d):
+                                m.d.comb += packed.eq(Cat(*(results[r * n + j][:8 * d.nbytes]
+                                                            for j in range(n))))
+                    strb = Signal(4 * n, name=f"strb{i}_{nm}")
+                    ncols = f["n"] - e_c0
+                    with m.Switch(f["odt"]):
+                        for d in isa.DType:
+                            with m.Case(d):
+                                m.d.comb += strb.eq(Cat(*(Mux(j < ncols, (1 << d.nbytes) - 1, 0)[:d.nbytes]
+                                                          for j in range(n))))
+                    m.d.comb += [port.addr.eq(e_d + r * f["d_stride"] + e_c0 * obytes + h * pa),
+                                 port.we.eq(1),
+                                 port.wdata.eq(packed.word_select(h, 8 * pa) if len(packed) > 8 * pa
+                                               else packed),
+                                 port.strb.eq(strb.word_select(h, pa) if len(strb) > pa else strb),
+                                 port.req.eq(ev & e_last & (e_r0 + r < rows) & (h * pa < (obytes << ltn)))]
+        # done: the last write (the cycle of the last step's epilogue)
+        done = ev & e_last & dl(f_done, "edone")
+        for t in range(self.arch.mpe.pipeline_depth - 4):
+            r = Signal(name=f"done_d{t}")
+            m.d.sync += r.eq(done)
+            done = r
+        m.d.comb += self.done.eq(done)
         return m

@@ -18,12 +18,13 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   boundary (linear map only). A transfer is one span only when it is contiguous on both
   sides (one row, or both strides equal to ``row_bytes``); a port narrower than a burst
   moves each burst's bytes in ``ceil(bytes / port)`` cycles.
-- **MM/MV**: ``max(compute, weight_port, index_port) + pipeline_depth`` with
-  ``compute = ceil(M / m) * ceil(N / n) * ceil(K_eff / k)`` for the mode's parallel
-  shape ``n x k x m``, ``K_eff = K * N_keep / M_block`` for N:M-sparse weights (the
-  stored entries), and the weight read port bounding how fast weights reach the MACs
-  (``ceil(M / m) * ceil(weight_bytes / (banks * width))``): precision matters only
-  through the bytes the port has to deliver.
+- **MM/MV**: ``ceil(M / m) * ceil(N / n) * tile + pipeline_depth`` for the mode's
+  parallel shape ``n x k x m``: an output tile runs ``ceil(K_eff / k)`` steps
+  (``K_eff = K * N_keep / M_block`` stored entries for N:M-sparse weights), each lasting
+  ``max(1, ceil(n * weight_bytes / wgt_port), ceil(n * index_bytes / meta_port))``
+  cycles for one column's bytes of the step: the compute bound
+  ``ceil(M/m) * ceil(N/n) * ceil(K_eff/k)`` or the weight/index port bound, whichever
+  is larger step by step (precision matters only through the bytes the port delivers).
 - **MISC**: ``passes * rows * max(ceil(cols / lanes), ceil(cols * elem_bytes / act_port))
   + pipeline_depth``; softmax makes 3 passes over a row (max, exp-sum, normalise),
   RMSNorm/LayerNorm 2 (statistics, scale), everything else 1.
@@ -224,16 +225,35 @@ class Timing:
         n_c = cdiv(i.n, self.cores)
         return cdiv(i.rows, shape.m) * cdiv(n_c, shape.n) * cdiv(k_eff, shape.k)
 
-    def matmul(self, i: isa.MM | isa.MV) -> int:
+    def matmul_tile(self, i: isa.MM | isa.MV) -> int:
+        """Cycles of one output tile (``s.m`` rows x ``s.n`` columns, all of K).
+
+        The tile runs ``S = ceil(K_eff / s.k)`` steps of ``s.k`` stored entries; a step
+        lasts ``max(1, ceil(n * wbytes / port[WGT]), ceil(n * mbytes / port[META]))``
+        cycles, where ``wbytes``/``mbytes`` are one column's weight and index bytes of the
+        step (the ports are split evenly over the tile's ``n`` columns). Only the last
+        step can be short."""
         shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         mode = isa.SparseMode(i.sparse)
+        k_eff = formats.weight_entries(i.k, mode)
+        steps = cdiv(k_eff, shape.k)
+        bits = 8 if i.wkn else isa.WPrec(i.wprec).bits
+        ib = formats.index_bits(mode) if mode.is_sparse else 0
+        pw, pm = self.port[isa.Buf.WGT], self.port[isa.Buf.META]
+
+        def step(entries: int) -> int:
+            w = cdiv(shape.n * cdiv(entries * bits, 8), pw)
+            mt = cdiv(shape.n * cdiv(entries * ib, 8), pm)
+            return max(1, w, mt)
+
+        last = k_eff - (steps - 1) * shape.k
+        return (steps - 1) * step(shape.k) + step(last)
+
+    def matmul(self, i: isa.MM | isa.MV) -> int:
+        shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         n_c = cdiv(i.n, self.cores)
-        row_tiles = cdiv(i.rows, shape.m)
-        wrb = i.k if i.wkn else formats.weight_row_bytes(i.k, i.wprec, mode)
-        weight_port = row_tiles * cdiv(n_c * wrb, self.port[isa.Buf.WGT])
-        mrb = formats.meta_row_bytes(i.k, mode)
-        index_port = row_tiles * cdiv(n_c * mrb, self.port[isa.Buf.META]) if mrb else 0
-        cycles = max(self.matmul_compute(i), weight_port, index_port) + self.arch.mpe.pipeline_depth
+        tiles = cdiv(i.rows, shape.m) * cdiv(n_c, shape.n)
+        cycles = tiles * self.matmul_tile(i) + self.arch.mpe.pipeline_depth
         return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)
 
     def sync(self, out_bytes: int) -> int:
