@@ -69,14 +69,15 @@ class Core(wiring.Component):
         for b in isa.Buf:
             users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
             cfg = arch.buffers.of(b)
-            mpe = units[isa.Unit.MPE]
+            extra = [u for u in units.values() if hasattr(u, "port_widths")]
             widths = [1] + [port_width(arch, b) if isinstance(u, (LoadUnit, StoreUnit)) else 1
-                            for u in users] + mpe.port_widths(b)
+                            for u in users] + [w for u in extra for w in u.port_widths(b)]
             buf = Buffer(cfg.size, widths, cfg.banks * cfg.width)
             m.submodules[f"buf_{b.name.lower()}"] = buf
             for i, user in enumerate(users):
                 wiring.connect(m, getattr(user, f"buf_{b.name.lower()}"), getattr(buf, f"p{i + 1}"))
-            for i, port in enumerate(mpe.ports(b) if mpe.port_widths(b) else []):
+            xports = [p for u in extra if u.port_widths(b) for p in u.ports(b)]
+            for i, port in enumerate(xports):
                 wiring.connect(m, port, getattr(buf, f"p{len(users) + 1 + i}"))
             m.d.comb += [buf.p0.req.eq(self.dbg_en & (self.dbg_buf == b)), buf.p0.we.eq(self.dbg_we),
                          buf.p0.addr.eq(self.dbg_addr), buf.p0.wdata.eq(self.dbg_wdata)]

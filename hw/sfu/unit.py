@@ -27,6 +27,7 @@ from .common import ELEM_BITS
 from .elementwise import Elementwise, Rope
 from .norm import Norm
 from .softmax import Softmax
+from .stream import STREAM_OPS, ElementStream
 
 
 def by_dtype_value(dt, raw):
@@ -42,9 +43,21 @@ class SpecialFunctionUnit(wiring.Component):
 
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
+        act = arch.buffers.of(isa.Buf.ACT)
+        pa = act.banks * act.width
+        self.widths = {isa.Buf.ACT: [pa] * 3, isa.Buf.GLB: [4] * arch.sfu.lanes}
         super().__init__({**unit_members(isa.Unit.SFU), **{
             f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size)))
-            for b in (isa.Buf.ACT, isa.Buf.GLB)}})
+            for b in (isa.Buf.ACT, isa.Buf.GLB)}, **{
+            f"buf_{b.name.lower()}_s{i}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
+            for b, ws in self.widths.items() for i, w in enumerate(ws)}})
+
+    def port_widths(self, buf: isa.Buf) -> list[int]:
+        """Widths of the element-stream pipeline's extra ports on ``buf``."""
+        return self.widths.get(buf, [])
+
+    def ports(self, buf: isa.Buf):
+        return [getattr(self, f"buf_{buf.name.lower()}_s{i}") for i in range(len(self.widths[buf]))]
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -63,6 +76,16 @@ class SpecialFunctionUnit(wiring.Component):
             m.submodules[name] = EnableInserter(run)(op)
             for fname, _ in isa.MISC.field_specs():
                 m.d.comb += op.instr[fname].eq(ins[fname])
+
+        # The lane-parallel element-wise pipeline (ADD, MUL, REQUANT, tables).
+        m.submodules.stream = stream = ElementStream(self.arch)
+        for fname, _ in isa.MISC.field_specs():
+            m.d.comb += stream.instr[fname].eq(ins[fname])
+        for i, p in enumerate((stream.port_a, stream.port_b, stream.port_d)):
+            wiring.connect(m, p, wiring.flipped(self.ports(isa.Buf.ACT)[i]))
+        for j in range(self.arch.sfu.lanes):
+            wiring.connect(m, getattr(stream, f"port_t{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[j]))
+        fast = ins.op.matches(*STREAM_OPS)
 
         # The active component's requests, merged (only it is ever started).
         start, done = Signal(), Signal()
@@ -120,9 +143,17 @@ class SpecialFunctionUnit(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += word.eq(self.instr)
                     m.next = "GO"
+            with m.State("STREAM"):
+                with m.If(stream.done):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
             with m.State("GO"):
-                m.d.comb += [run.eq(1), start.eq(1)]
-                m.next = "RUN"
+                with m.If(fast):
+                    m.d.comb += stream.start.eq(1)
+                    m.next = "STREAM"
+                with m.Else():
+                    m.d.comb += [run.eq(1), start.eq(1)]
+                    m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += run.eq(1)
                 any_req = req["wr"] | req["rd"] | req["rdb"] | req["prm"]
