@@ -103,7 +103,11 @@ def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
         if c is not None:
             fig.colorbar(sc, ax=ax, label=objs[2])
         f = front.sort_values(x)
-        ax.plot(f[x], f[y], "r-o", ms=5, mfc="none", label="Pareto front")
+        if len(objs) == 2:
+            ax.plot(f[x], f[y], "r-o", ms=5, mfc="none", label="Pareto front")
+        else:  # a front over more objectives is not a curve in this plane: mark its points
+            ax.plot(f[x], f[y], "ro", ms=6, mfc="none",
+                    label=f"Pareto front (all {len(objs)} objectives)")
         ax.set_xlabel(f"{x} ({dirs[0]})")
         ax.set_ylabel(f"{y} ({dirs[1]})")
         ax.legend(loc="best", fontsize=8)
