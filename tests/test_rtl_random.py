@@ -6,9 +6,9 @@ sim/dispatch.py) per section.
 All sections run back to back in ONE simulation of ONE Verilator build (buffers carry
 over from section to section on both sides), so the module costs one build and one run.
 
-Cycles: sections of LD, ST, SYS, MM, MV and the element-wise MISC operations (control,
-tokens, queues, pipelined bursts, memory latency, the tiled MPE, the SFU's lane
-pipeline) must match the model exactly. Sections with ROPE, SOFTMAX or the norms do not
+Cycles: sections of LD, ST, SYS, MM, MV, ROPE and the element-wise MISC operations
+(control, tokens, queues, pipelined bursts, memory latency, the tiled MPE, the SFU's
+lane pipelines) must match the model exactly. Sections with SOFTMAX or the norms do not
 yet: those SFU components still move operands a byte per cycle (docs/rtl.md); their
 check is a strict xfail that reports every section's error, so it fails loudly once the
 gap is closed.
@@ -146,11 +146,11 @@ def _report(sections, runs, model, idx) -> list[str]:
 
 
 def _has_misc(sec) -> bool:
-    """Whether ``sec`` has a MISC operation the RTL does not yet time exactly (ROPE,
-    SOFTMAX, RMSNORM, LAYERNORM; the element-wise ones are exact)."""
-    from flightforge.hw.sfu.stream import STREAM_OPS
+    """Whether ``sec`` has a MISC operation the RTL does not yet time exactly (SOFTMAX,
+    RMSNORM, LAYERNORM; the element-wise ones and ROPE are exact)."""
+    from flightforge.hw.sfu.stream import EXACT_OPS
 
-    return any(isinstance(x, isa.MISC) and x.op not in STREAM_OPS for x in sec)
+    return any(isinstance(x, isa.MISC) and x.op not in EXACT_OPS for x in sec)
 
 
 def test_ldst_streams_cycle_exact(replay) -> None:
@@ -167,7 +167,8 @@ def test_ldst_streams_cycle_exact(replay) -> None:
 
 def test_matmul_streams_cycle_exact(replay) -> None:
     """Sections of LD/ST/MM/MV (every sparse mode, INT4/INT8, groups, records, partial
-    sums, ``wkn``) and element-wise MISC: the RTL's cycles equal the cycle model's exactly."""
+    sums, ``wkn``), element-wise MISC and ROPE: the RTL's cycles equal the cycle model's
+    exactly."""
     sections, _, runs, _, model = replay
     idx = [i for i in range(SECTIONS + MPE_SECTIONS) if not _has_misc(sections[i])]
     assert len(idx) >= MPE_SECTIONS
@@ -178,10 +179,10 @@ def test_matmul_streams_cycle_exact(replay) -> None:
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="ROPE/SOFTMAX/norm SFU components are not "
-                                        "throughput-matched yet (docs/rtl.md)")
+@pytest.mark.xfail(strict=True, reason="the SOFTMAX/RMSNORM/LAYERNORM SFU components are "
+                                        "not throughput-matched yet (docs/rtl.md)")
 def test_mixed_streams_within_tolerance(replay) -> None:
-    """Sections with ROPE/SOFTMAX/norms (strict xfail until those are cycle-accurate)."""
+    """Sections with SOFTMAX/norms (strict xfail until those are cycle-accurate)."""
     sections, _, runs, _, model = replay
     idx = [i for i in range(SECTIONS) if _has_misc(sections[i])]
     lines = _report(sections, runs, model, idx)

@@ -29,6 +29,8 @@ from .elementwise import WIDE_BITS
 #: The operations this pipeline runs.
 STREAM_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT, isa.MiscOp.SILU,
               isa.MiscOp.GELU, isa.MiscOp.RELU)
+#: The MISC operations the RTL times exactly (these and ROPE, :class:`RopeStream`).
+EXACT_OPS = STREAM_OPS + (isa.MiscOp.ROPE,)
 
 
 def _sext(raw, dt):
@@ -140,6 +142,135 @@ class ElementStream(wiring.Component):
                      self.port_d.strb.eq(((Const(1, P + 1) << nbytes) - 1)[:P]),
                      self.port_d.req.eq(v2 & (e2 != 0))]
         out = last2  # the unit starts this pipeline one cycle after its own start
+        for t in range(self.arch.sfu.pipeline_depth - 4):
+            reg = Signal(name=f"done_d{t}")
+            m.d.sync += reg.eq(out)
+            out = reg
+        m.d.comb += self.done.eq(out)
+        return m
+
+
+class RopeStream(wiring.Component):
+    """ROPE at the lane rate, timed as ``Timing.misc`` counts it (one pass, ``elem_bytes``
+    = input + result bytes).
+
+    Rotate-half works on pairs ``(x1, x2)`` = columns ``(c, c + len/2)`` of a
+    ``len``-column chunk, so the byte-credit schedule of :class:`ElementStream` issues an
+    even number of elements per cycle (``lanes / 2`` pairs at most): every pair slot has
+    its own ACT read ports for ``x1`` and ``x2`` and GLB ports for ``cos`` and ``sin``
+    (INT16, position ``pos + row``), computes both rotated values one cycle later and
+    writes them one cycle after that. Both halves of a pair are read before either is
+    written, so the operation may run in place.
+    """
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        self.lanes = arch.sfu.lanes
+        if self.lanes % 2:
+            raise ValueError("ROPE needs an even number of SFU lanes")
+        act, glb = arch.buffers.of(isa.Buf.ACT), arch.buffers.of(isa.Buf.GLB)
+        self.P = act.banks * act.width
+        aw, gw = addr_bits(act.size), addr_bits(glb.size)
+        self.slots = self.lanes // 2
+        super().__init__({
+            "instr": In(MiscFields), "start": In(1), "done": Out(1),
+            **{f"rd{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+            **{f"wr{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+            **{f"tab{j}": Out(BufPortSignature(gw, 2)) for j in range(self.lanes)},
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        ins = self.instr
+        L, P, S = self.lanes, self.P, self.slots
+        nb = lambda dt: Const(1, 4) << dt  # noqa: E731
+        eb = Signal(5)
+        m.d.comb += eb.eq(nb(ins.a_dt) + nb(ins.d_dt))
+        half = (ins.len >> 1)
+        busy = Signal()
+        row = Signal(isa.DIM_BITS)
+        done_e = Signal(isa.DIM_BITS + 1)  # elements issued in this row
+        base = Signal(isa.DIM_BITS + 1)  # first column of the current chunk
+        i = Signal(isa.DIM_BITS)  # pair index within the chunk
+        q = Signal(isa.DIM_BITS + 8)
+        r = Signal(5)
+        x = r + P
+        q_inc = sum(((x >= k * eb) for k in range(1, P // 2 + 2)), Const(0, 8))
+        r_next = Signal(8)
+        m.d.comb += r_next.eq(x - q_inc * eb)
+        avail = Signal(isa.DIM_BITS + 9)
+        m.d.comb += avail.eq(q + q_inc - done_e)
+        left = ins.cols - done_e
+        lim = Mux(left < L, left, L)
+        ne = Mux(avail < lim, avail, lim)
+        npairs = Signal(range(S + 1))
+        m.d.comb += npairs.eq(ne >> 1)
+        row_end = done_e + (npairs << 1) >= ins.cols
+        last = busy & row_end & (row + 1 >= ins.rows)
+        # the pairs of this cycle: chunk base and index per slot
+        bases, idxs = [base], [i]
+        for s in range(1, S + 1):
+            wrap = idxs[-1] + 1 >= half
+            nb_ = Signal.like(base, name=f"base{s}")
+            ni = Signal.like(i, name=f"idx{s}")
+            m.d.comb += [nb_.eq(Mux(wrap, bases[-1] + ins.len, bases[-1])),
+                         ni.eq(Mux(wrap, 0, idxs[-1] + 1))]
+            bases.append(nb_)
+            idxs.append(ni)
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), row.eq(0), done_e.eq(0), q.eq(0), r.eq(0), base.eq(0), i.eq(0)]
+        with m.If(busy):
+            m.d.sync += [done_e.eq(done_e + (npairs << 1)), q.eq(q + q_inc), r.eq(r_next)]
+            with m.Switch(npairs):
+                for n in range(S + 1):
+                    with m.Case(n):
+                        m.d.sync += [base.eq(bases[n]), i.eq(idxs[n])]
+            with m.If(row_end):
+                m.d.sync += [done_e.eq(0), q.eq(0), r.eq(0), base.eq(0), i.eq(0), row.eq(row + 1)]
+                with m.If(row + 1 >= ins.rows):
+                    m.d.sync += busy.eq(0)
+
+        def elem(b, stride, rw, c, dt):
+            return b + rw * stride + (c << dt)
+        tab_row = (ins.pos + row) * ins.len
+        v1 = [Signal(name=f"v1_{s}") for s in range(S)]
+        c1 = [Signal.like(base, name=f"c1_{s}") for s in range(S)]
+        r1, last1 = Signal.like(row), Signal()
+        m.d.sync += [r1.eq(row), last1.eq(last)]
+        for s in range(S):
+            on = busy & (s < npairs)
+            col = bases[s] + idxs[s]
+            x1p, x2p = getattr(self, f"rd{2 * s}"), getattr(self, f"rd{2 * s + 1}")
+            cp, sp = getattr(self, f"tab{2 * s}"), getattr(self, f"tab{2 * s + 1}")
+            m.d.comb += [x1p.addr.eq(elem(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
+                         x2p.addr.eq(elem(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)),
+                         cp.addr.eq(ins.p_addr + ((tab_row + idxs[s]) << 1)),
+                         sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
+                         x1p.req.eq(on), x2p.req.eq(on), cp.req.eq(on), sp.req.eq(on)]
+            m.d.sync += [v1[s].eq(on), c1[s].eq(col)]
+        # stage 1: rotate
+        v2 = [Signal(name=f"v2_{s}") for s in range(S)]
+        c2 = [Signal.like(base, name=f"c2_{s}") for s in range(S)]
+        y = [[Signal(32, name=f"y{s}_{h}") for h in range(2)] for s in range(S)]
+        r2, last2 = Signal.like(row), Signal()
+        m.d.sync += [r2.eq(r1), last2.eq(last1)]
+        for s in range(S):
+            x1 = _sext(getattr(self, f"rd{2 * s}").rdata, ins.a_dt)
+            x2 = _sext(getattr(self, f"rd{2 * s + 1}").rdata, ins.a_dt)
+            cos = getattr(self, f"tab{2 * s}").rdata.as_signed()
+            sin = getattr(self, f"tab{2 * s + 1}").rdata.as_signed()
+            m.d.sync += [y[s][0].eq(saturate(rnd_shift(x1 * cos - x2 * sin, ins.shift), ins.d_dt)),
+                         y[s][1].eq(saturate(rnd_shift(x2 * cos + x1 * sin, ins.shift), ins.d_dt)),
+                         v2[s].eq(v1[s]), c2[s].eq(c1[s])]
+        # stage 2: write both halves
+        strb = ((Const(1, 5) << nb(ins.d_dt)) - 1)[:4]
+        for s in range(S):
+            for h in range(2):
+                p = getattr(self, f"wr{2 * s + h}")
+                m.d.comb += [p.addr.eq(elem(ins.d_addr, ins.d_stride, r2, c2[s] + (half if h else 0),
+                                            ins.d_dt)),
+                             p.we.eq(1), p.wdata.eq(y[s][h]), p.strb.eq(strb), p.req.eq(v2[s])]
+        out = last2
         for t in range(self.arch.sfu.pipeline_depth - 4):
             reg = Signal(name=f"done_d{t}")
             m.d.sync += reg.eq(out)

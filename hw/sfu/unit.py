@@ -27,7 +27,7 @@ from .common import ELEM_BITS
 from .elementwise import Elementwise, Rope
 from .norm import Norm
 from .softmax import Softmax
-from .stream import STREAM_OPS, ElementStream
+from .stream import STREAM_OPS, ElementStream, RopeStream
 
 
 def by_dtype_value(dt, raw):
@@ -45,7 +45,9 @@ class SpecialFunctionUnit(wiring.Component):
         self.arch = arch
         act = arch.buffers.of(isa.Buf.ACT)
         pa = act.banks * act.width
-        self.widths = {isa.Buf.ACT: [pa] * 3, isa.Buf.GLB: [4] * arch.sfu.lanes}
+        lanes = arch.sfu.lanes
+        self.widths = {isa.Buf.ACT: [pa] * 3 + [4] * (2 * lanes),
+                       isa.Buf.GLB: [4] * lanes + [2] * lanes}
         super().__init__({**unit_members(isa.Unit.SFU), **{
             f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size)))
             for b in (isa.Buf.ACT, isa.Buf.GLB)}, **{
@@ -85,7 +87,16 @@ class SpecialFunctionUnit(wiring.Component):
             wiring.connect(m, p, wiring.flipped(self.ports(isa.Buf.ACT)[i]))
         for j in range(self.arch.sfu.lanes):
             wiring.connect(m, getattr(stream, f"port_t{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[j]))
+        m.submodules.rope_stream = rope = RopeStream(self.arch)
+        for fname, _ in isa.MISC.field_specs():
+            m.d.comb += rope.instr[fname].eq(ins[fname])
+        L = self.arch.sfu.lanes
+        for j in range(L):
+            wiring.connect(m, getattr(rope, f"rd{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + j]))
+            wiring.connect(m, getattr(rope, f"wr{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + L + j]))
+            wiring.connect(m, getattr(rope, f"tab{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[L + j]))
         fast = ins.op.matches(*STREAM_OPS)
+        is_rope = ins.op == isa.MiscOp.ROPE
 
         # The active component's requests, merged (only it is ever started).
         start, done = Signal(), Signal()
@@ -144,12 +155,15 @@ class SpecialFunctionUnit(wiring.Component):
                     m.d.sync += word.eq(self.instr)
                     m.next = "GO"
             with m.State("STREAM"):
-                with m.If(stream.done):
+                with m.If(stream.done | rope.done):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
             with m.State("GO"):
                 with m.If(fast):
                     m.d.comb += stream.start.eq(1)
+                    m.next = "STREAM"
+                with m.Elif(is_rope):
+                    m.d.comb += rope.start.eq(1)
                     m.next = "STREAM"
                 with m.Else():
                     m.d.comb += [run.eq(1), start.eq(1)]
