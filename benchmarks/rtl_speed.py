@@ -65,7 +65,8 @@ def bench_demo(arch) -> list[dict]:
     return out
 
 
-def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = False) -> dict:
+def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = False,
+                 misc_ops=None, name: str | None = None) -> dict:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
     if ldst_only:
@@ -78,7 +79,8 @@ def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = Fals
                 sched.add(h._random_ld_st(rng, st=rng.random() < 0.4))
             secs.append(sched.finish())
     else:
-        secs = [h.random_section(arch, rng) for _ in range(sections)]
+        secs = [h.random_section(arch, rng, **({} if misc_ops is None else {"misc_ops": misc_ops}))
+                for _ in range(sections)]
     steps = [("write", h.EXT_DATA[0], data)] + [("run", f"r{i}", isa.encode(s))
                                                 for i, s in enumerate(secs)]
     runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
@@ -88,7 +90,7 @@ def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = Fals
             errs.append(r["cycles"] / model_cycles(arch, s) - 1)
         except Exception:  # a stream that deadlocks under the model's timing: skip it
             continue
-    name = "random LD/ST" if ldst_only else "random"
+    name = name or ("random LD/ST" if ldst_only else "random")
     return {"bench": "rtl_vs_cycle_model", "program": f"{name} x{len(errs)}",
             "mean_error": round(float(np.mean(errs)), 3),
             "min_error": round(float(np.min(errs)), 3), "max_error": round(float(np.max(errs)), 3)}
@@ -179,6 +181,9 @@ def main() -> None:
         lines.append(bench_build(arch))
     lines += bench_demo(arch)
     lines.append(bench_random(arch))
+    from flightforge.hw.sfu.stream import EXACT_OPS
+
+    lines.append(bench_random(arch, misc_ops=EXACT_OPS, name="random without softmax/norms"))
     lines.append(bench_random(arch, ldst_only=True))
     lines.append(bench_pysim(arch))
     if args.synth:
