@@ -79,3 +79,15 @@ def test_isqrt_matches_numerics(width: int, seed: int) -> None:
 def test_parameter_checks(make, message: str, exc: type[Exception]) -> None:
     with pytest.raises(exc, match=f"^{message}$"):
         make()
+
+
+
+def test_sfu_row_gaps() -> None:
+    """The per-row waits of the lane-parallel SOFTMAX and norm streams: the divider and
+    square-root latencies they are made of (docs/rtl.md)."""
+    from flightforge.hw.sfu.divider import Divider, ISqrt
+    from flightforge.hw.sfu.stream import SOFTMAX_ROW_GAP, norm_row_gap
+
+    assert SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
+    assert norm_row_gap(False) == 2 * Divider.latency_of(48) + ISqrt.latency_of(50) == 124
+    assert norm_row_gap(True) == norm_row_gap(False) + Divider.latency_of(48) + 3 == 176

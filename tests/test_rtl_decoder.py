@@ -76,8 +76,9 @@ def test_decoder_layer_on_rtl_equals_functional_sim(decoder) -> None:
         assert not len(bad), f"segment {seg.name}: RTL and functional simulator differ at {bad[:8]}"
 
 
-@pytest.mark.xfail(strict=True, reason="the SOFTMAX/RMSNORM/LAYERNORM SFU components are not "
-                                        "throughput-matched yet (docs/rtl.md); every decoder "
+@pytest.mark.xfail(strict=True, reason="SOFTMAX/RMSNORM/LAYERNORM wait per row for the "
+                                        "sequential divide/square root, which Timing.misc "
+                                        "does not charge (docs/rtl.md); every decoder "
                                         "section has them")
 def test_decoder_layer_cycles_match_cycle_model(decoder) -> None:
     _, rtl, _, _, _, model = decoder

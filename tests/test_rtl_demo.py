@@ -72,8 +72,9 @@ def test_demo_cycles_exact_without_softmax_norm(arch, demo) -> None:
         assert rtl == model, f"demo.{sec}: RTL {rtl} cycles, cycle model {model}"
 
 
-@pytest.mark.xfail(strict=True, reason="the SOFTMAX/RMSNORM/LAYERNORM SFU components are not "
-                                        "throughput-matched yet (docs/rtl.md)")
+@pytest.mark.xfail(strict=True, reason="SOFTMAX/RMSNORM/LAYERNORM wait per row for the "
+                                        "sequential divide/square root, which Timing.misc "
+                                        "does not charge (docs/rtl.md)")
 def test_demo_cycles_match_cycle_model(arch, demo) -> None:
     """Sections with softmax/norms (strict xfail until those are cycle-accurate)."""
     build, _, _, report, _ = demo

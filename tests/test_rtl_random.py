@@ -179,8 +179,9 @@ def test_matmul_streams_cycle_exact(replay) -> None:
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="the SOFTMAX/RMSNORM/LAYERNORM SFU components are "
-                                        "not throughput-matched yet (docs/rtl.md)")
+@pytest.mark.xfail(strict=True, reason="SOFTMAX/RMSNORM/LAYERNORM wait per row for the "
+                                        "sequential divide/square root, which Timing.misc "
+                                        "does not charge (docs/rtl.md)")
 def test_mixed_streams_within_tolerance(replay) -> None:
     """Sections with SOFTMAX/norms (strict xfail until those are cycle-accurate)."""
     sections, _, runs, _, model = replay

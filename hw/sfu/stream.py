@@ -14,7 +14,7 @@ the result port with byte strobes.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -277,3 +277,367 @@ class RopeStream(wiring.Component):
             out = reg
         m.d.comb += self.done.eq(out)
         return m
+
+
+#: Cycles the SOFTMAX stream waits per row between the exponent-sum pass and the output
+#: pass: the reciprocal ``2**38 // sum`` on the restoring divider (one quotient bit per
+#: cycle, 39 bits, plus its start cycle). ``Timing.misc`` does not charge it (yet): see
+#: docs/rtl.md.
+SOFTMAX_ROW_GAP = 40
+
+
+class SoftmaxStream(wiring.Component):
+    """SOFTMAX at the lane rate: three passes per row (MAX, SUM, OUT) on the byte-credit
+    schedule of :class:`ElementStream` (``elem_bytes`` = input + result bytes), with
+    :data:`SOFTMAX_ROW_GAP` cycles between SUM and OUT for the reciprocal.
+
+    Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port. An
+    element issued in cycle ``t`` arrives in ``t + 1``: MAX folds it into the row maximum
+    (registered, ready for the SUM pass issued from ``t + 1``); SUM and OUT compute
+    ``d = max - x``, ``t = rnd(d * m0 >> shift)`` and the ROM address, the ROM answers in
+    ``t + 2``, where SUM adds ``e`` to the row sum and OUT writes ``y``. The divider starts
+    when the last ``e`` is summed and its quotient is valid when the first OUT ``y`` is
+    computed. Bit-exact with :func:`flightforge.numerics.softmax`.
+    """
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        self.lanes = arch.sfu.lanes
+        act = arch.buffers.of(isa.Buf.ACT)
+        self.P = act.banks * act.width
+        if arch.sfu.pipeline_depth < 4:
+            raise ValueError("the SFU stream pipeline needs sfu.pipeline_depth >= 4")
+        aw = addr_bits(act.size)
+        super().__init__({
+            "instr": In(MiscFields), "start": In(1), "done": Out(1),
+            **{f"rd{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+            **{f"wr{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+        })
+
+    def elaborate(self, platform) -> Module:
+        from amaranth.lib import memory
+        from flightforge import numerics
+        from .divider import Divider
+        from .softmax import EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SUM_BITS
+        from .common import by_dtype
+        assert Divider.latency_of(RECIP_DIVIDEND_BITS) == SOFTMAX_ROW_GAP
+        m = Module()
+        ins = self.instr
+        L, P = self.lanes, self.P
+        nb = lambda dt: Const(1, 4) << dt  # noqa: E731
+        eb = Signal(5)
+        m.d.comb += eb.eq(nb(ins.a_dt) + nb(ins.d_dt))
+
+        busy = Signal()
+        phase = Signal(2)  # 0 MAX, 1 SUM, 2 WAIT, 3 OUT
+        wait = Signal(range(SOFTMAX_ROW_GAP + 1))
+        row = Signal(isa.DIM_BITS)
+        col = Signal(isa.DIM_BITS + 1)
+        q = Signal(isa.DIM_BITS + 8)
+        r = Signal(5)
+        x_ = r + P
+        q_inc = sum(((x_ >= i * eb) for i in range(1, P // 2 + 2)), Const(0, 8))
+        r_next = Signal(8)
+        m.d.comb += r_next.eq(x_ - q_inc * eb)
+        avail = Signal(isa.DIM_BITS + 9)
+        m.d.comb += avail.eq(q + q_inc - col)
+        left = ins.cols - col
+        E = Signal(range(L + 1))
+        lim = Mux(left < L, left, L)
+        m.d.comb += E.eq(Mux(avail < lim, avail, lim))
+        issuing = busy & (phase != 2)
+        row_end = issuing & (col + E >= ins.cols)
+        last = Signal()
+        m.d.comb += last.eq(row_end & (phase == 3) & (row + 1 >= ins.rows))
+
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), phase.eq(0), row.eq(0), col.eq(0), q.eq(0), r.eq(0)]
+        with m.If(issuing):
+            m.d.sync += [col.eq(col + E), q.eq(q + q_inc), r.eq(r_next)]
+            with m.If(row_end):
+                m.d.sync += [col.eq(0), q.eq(0), r.eq(0)]
+                with m.Switch(phase):
+                    with m.Case(0):
+                        m.d.sync += phase.eq(1)
+                    with m.Case(1):
+                        m.d.sync += [phase.eq(2), wait.eq(SOFTMAX_ROW_GAP - 1)]
+                    with m.Case(3):
+                        m.d.sync += [phase.eq(0), row.eq(row + 1)]
+                        with m.If(row + 1 >= ins.rows):
+                            m.d.sync += busy.eq(0)
+        with m.If(busy & (phase == 2)):
+            m.d.sync += wait.eq(wait - 1)
+            with m.If(wait == 0):
+                m.d.sync += phase.eq(3)
+
+        def elem(b, stride, rw, c, dt):
+            return b + rw * stride + (c << dt)
+        limit = Mux(ins.len == 0, ins.cols, ins.len)
+        for j in range(L):
+            p = getattr(self, f"rd{j}")
+            m.d.comb += [p.addr.eq(elem(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                         p.req.eq(issuing & (j < E))]
+        # stage 1: arrival
+        v1 = Signal(L)
+        ph1, r1, c1, last1 = Signal(2), Signal.like(row), Signal.like(col), Signal()
+        first1 = Signal()
+        m.d.sync += [ph1.eq(phase), r1.eq(row), c1.eq(col), last1.eq(last),
+                     first1.eq(col == 0)]
+        m.d.sync += v1.eq(Cat(*(issuing & (j < E) for j in range(L))))
+        mx = Signal(signed(ELEM_BITS))
+        xs, vc = [], []
+        for j in range(L):
+            xj = Signal(signed(ELEM_BITS), name=f"x{j}")
+            cj = c1 + j
+            vj = Signal(name=f"vc{j}")
+            m.d.comb += [xj.eq(_sext(getattr(self, f"rd{j}").rdata, ins.a_dt)),
+                         vj.eq(v1[j] & (cj < limit) & (~ins.causal | (cj <= ins.pos + r1)))]
+            xs.append(xj)
+            vc.append(vj)
+        # MAX: fold the lanes into the running maximum (restarted at a row's first cycle)
+        run = Mux(first1, -(1 << (ELEM_BITS - 1)), mx)
+        for j in range(L):
+            nxt = Signal(signed(ELEM_BITS), name=f"mx{j}")
+            m.d.comb += nxt.eq(Mux(vc[j] & (xs[j] > run), xs[j], run))
+            run = nxt
+        with m.If(v1.any() & (ph1 == 0)):
+            m.d.sync += mx.eq(run)
+        # SUM / OUT: d, t, ROM address (combinational on arrival), ROM data next cycle
+        rom = memory.Memory(shape=unsigned(EXP_BITS), depth=len(numerics.EXP2_LUT),
+                            init=[int(v) for v in numerics.EXP2_LUT])
+        m.submodules.exp2_rom = rom
+        v2 = Signal(L)
+        vc2 = Signal(L)
+        ph2, r2, c2, last2 = Signal(2), Signal.like(row), Signal.like(col), Signal()
+        m.d.sync += [v2.eq(v1), vc2.eq(Cat(*vc)), ph2.eq(ph1), r2.eq(r1), c2.eq(c1),
+                     last2.eq(last1)]
+        es = []
+        for j in range(L):
+            rp = rom.read_port()
+            d = Signal(ELEM_BITS, name=f"d{j}")
+            t = Signal(ELEM_BITS + isa.MULT_BITS, name=f"t{j}")
+            sh = Signal(range(EXP_MAX_SHIFT + 1), name=f"sh{j}")
+            m.d.comb += [d.eq(Mux(vc[j], mx - xs[j], 0)),
+                         t.eq(rnd_shift(d * ins.m0, ins.shift)),
+                         rp.addr.eq(t[:8])]
+            m.d.sync += sh.eq(Mux(t >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT, EXP_MAX_SHIFT,
+                                  t >> numerics.FRAC_BITS_EXP))
+            e = Signal(EXP_BITS, name=f"e{j}")
+            m.d.comb += e.eq(Mux(vc2[j], rp.data >> sh, 0))
+            es.append(e)
+        total = Signal(SUM_BITS)
+        with m.If(busy & (phase == 0)):
+            m.d.sync += total.eq(0)
+        with m.Elif(v2.any() & (ph2 == 1)):
+            m.d.sync += total.eq(total + sum(es))
+        m.submodules.divider = div = Divider(RECIP_DIVIDEND_BITS, SUM_BITS)
+        sum_end2 = Signal()
+        m.d.sync += sum_end2.eq(row_end & (phase == 1))
+        sum_end3, sum_end4 = Signal(), Signal()
+        # the last e of the pass is summed two cycles after its issue: start then
+        m.d.sync += [sum_end3.eq(sum_end2), sum_end4.eq(sum_end3)]
+        m.d.comb += [div.start.eq(sum_end4), div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
+                     div.divisor.eq(total)]
+        zero = Signal()  # the row's sum was 0 (every column masked): y = 0
+        with m.If(sum_end4):
+            m.d.sync += zero.eq(total == 0)
+        recip = Mux(zero, 0, div.quotient)
+        frac_shift = by_dtype(ins.d_dt, lambda dt: numerics.SOFTMAX_RECIP_BITS - (dt.bits - 1))
+        y_max = by_dtype(ins.d_dt, lambda dt: (1 << (dt.bits - 1)) - 1)
+        strb = ((Const(1, 5) << nb(ins.d_dt)) - 1)[:4]
+        for j in range(L):
+            yf = Signal(len(div.quotient) + EXP_BITS, name=f"yf{j}")
+            m.d.comb += yf.eq(rnd_shift(es[j] * recip, frac_shift))
+            p = getattr(self, f"wr{j}")
+            m.d.comb += [p.addr.eq(elem(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                         p.we.eq(1), p.wdata.eq(Mux(yf > y_max, y_max, yf)), p.strb.eq(strb),
+                         p.req.eq(v2[j] & (ph2 == 3))]
+        out = last2
+        for k in range(self.arch.sfu.pipeline_depth - 4):
+            reg = Signal(name=f"done_d{k}")
+            m.d.sync += reg.eq(out)
+            out = reg
+        m.d.comb += self.done.eq(out)
+        return m
+
+
+def norm_row_gap(layer: bool) -> int:
+    """Cycles the norm stream waits per row between the statistics and the output pass:
+    LAYERNORM's mean (a division) and centring (2 steps), the mean square (a division),
+    the integer square root and the inverse root (a division), all sequential; see
+    :class:`NormStream`. ``Timing.misc`` does not charge them (yet): see docs/rtl.md."""
+    from .divider import Divider, ISqrt
+    from .norm import DIV_DIVIDEND_BITS, RADICAND_BITS
+    div, sq = Divider.latency_of(DIV_DIVIDEND_BITS), ISqrt.latency_of(RADICAND_BITS)
+    base = 2 + (div + 3 if layer else 0)
+    return base + div + sq + div - 2
+
+
+class NormStream(wiring.Component):
+    """RMSNORM / LAYERNORM at the lane rate: a statistics pass and an output pass per row
+    on the byte-credit schedule of :class:`ElementStream` (``elem_bytes`` = input + result
+    bytes), with :func:`norm_row_gap` cycles between them for the sequential divisions
+    and square root (the arithmetic of :class:`.norm.Norm`).
+
+    Every lane has its own ACT read and write port and GLB ports for ``gamma`` and
+    ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols`` gains). Statistics: the lanes'
+    ``x`` and ``x**2`` are summed on arrival (``t + 1``). Output: on arrival ``y`` =
+    ``sat(rnd(rnd((x - mean) * inv, 16) * gamma, shift) + beta)`` is computed and written
+    in ``t + 2``. Bit-exact with :func:`flightforge.numerics.rmsnorm` / ``layernorm``.
+    """
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        self.lanes = arch.sfu.lanes
+        act, glb = arch.buffers.of(isa.Buf.ACT), arch.buffers.of(isa.Buf.GLB)
+        self.P = act.banks * act.width
+        if arch.sfu.pipeline_depth < 4:
+            raise ValueError("the SFU stream pipeline needs sfu.pipeline_depth >= 4")
+        aw, gw = addr_bits(act.size), addr_bits(glb.size)
+        super().__init__({
+            "instr": In(MiscFields), "start": In(1), "done": Out(1),
+            **{f"rd{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+            **{f"wr{j}": Out(BufPortSignature(aw, 4)) for j in range(self.lanes)},
+            **{f"g{j}": Out(BufPortSignature(gw, 2)) for j in range(self.lanes)},
+            **{f"b{j}": Out(BufPortSignature(gw, 2)) for j in range(self.lanes)},
+        })
+
+    def elaborate(self, platform) -> Module:
+        from flightforge import numerics
+        from .divider import Divider, ISqrt
+        from .norm import (DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS, MS_BITS, RADICAND_BITS,
+                           S1_BITS, S2_BITS, X_BITS)
+        m = Module()
+        ins = self.instr
+        L, P = self.lanes, self.P
+        layer = ins.op == isa.MiscOp.LAYERNORM
+        nb = lambda dt: Const(1, 4) << dt  # noqa: E731
+        eb = Signal(5)
+        m.d.comb += eb.eq(nb(ins.a_dt) + nb(ins.d_dt))
+        gap_r, gap_l = norm_row_gap(False), norm_row_gap(True)
+        dl = Divider.latency_of(DIV_DIVIDEND_BITS)
+        sl = ISqrt.latency_of(RADICAND_BITS)
+
+        busy = Signal()
+        phase = Signal(2)  # 0 STATS, 1 WAIT, 2 OUT
+        k = Signal(range(gap_l + 2))  # cycles since the statistics pass ended (1 first)
+        row = Signal(isa.DIM_BITS)
+        col = Signal(isa.DIM_BITS + 1)
+        q = Signal(isa.DIM_BITS + 8)
+        r = Signal(5)
+        x_ = r + P
+        q_inc = sum(((x_ >= i * eb) for i in range(1, P // 2 + 2)), Const(0, 8))
+        r_next = Signal(8)
+        m.d.comb += r_next.eq(x_ - q_inc * eb)
+        avail = Signal(isa.DIM_BITS + 9)
+        m.d.comb += avail.eq(q + q_inc - col)
+        left = ins.cols - col
+        E = Signal(range(L + 1))
+        lim = Mux(left < L, left, L)
+        m.d.comb += E.eq(Mux(avail < lim, avail, lim))
+        issuing = busy & (phase != 1)
+        row_end = issuing & (col + E >= ins.cols)
+        last = Signal()
+        m.d.comb += last.eq(row_end & (phase == 2) & (row + 1 >= ins.rows))
+        gap = Mux(layer, gap_l, gap_r)
+
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), phase.eq(0), row.eq(0), col.eq(0), q.eq(0), r.eq(0)]
+        with m.If(issuing):
+            m.d.sync += [col.eq(col + E), q.eq(q + q_inc), r.eq(r_next)]
+            with m.If(row_end):
+                m.d.sync += [col.eq(0), q.eq(0), r.eq(0)]
+                with m.If(phase == 0):
+                    m.d.sync += [phase.eq(1), k.eq(1)]
+                with m.Else():
+                    m.d.sync += [phase.eq(0), row.eq(row + 1)]
+                    with m.If(row + 1 >= ins.rows):
+                        m.d.sync += busy.eq(0)
+        with m.If(busy & (phase == 1)):
+            m.d.sync += k.eq(k + 1)
+            with m.If(k == gap):
+                m.d.sync += phase.eq(2)
+
+        def elem(b, stride, rw, c, dt):
+            return b + rw * stride + (c << dt)
+        for j in range(L):
+            on = issuing & (j < E)
+            p, g, b = (getattr(self, f"{n}{j}") for n in ("rd", "g", "b"))
+            m.d.comb += [p.addr.eq(elem(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                         p.req.eq(on),
+                         g.addr.eq(ins.p_addr + ((col + j) << 1)),
+                         b.addr.eq(ins.p_addr + ((ins.cols + col + j) << 1)),
+                         g.req.eq(on & (phase == 2)), b.req.eq(on & (phase == 2) & layer)]
+        # stage 1: arrival
+        v1 = Signal(L)
+        ph1, r1, c1, last1 = Signal(2), Signal.like(row), Signal.like(col), Signal()
+        m.d.sync += [v1.eq(Cat(*(issuing & (j < E) for j in range(L)))), ph1.eq(phase),
+                     r1.eq(row), c1.eq(col), last1.eq(last)]
+        xs = [Signal(signed(X_BITS), name=f"x{j}") for j in range(L)]
+        for j in range(L):
+            m.d.comb += xs[j].eq(_sext(getattr(self, f"rd{j}").rdata, ins.a_dt))
+        s1 = Signal(signed(S1_BITS))
+        s2 = Signal(unsigned(S2_BITS))
+        add1 = sum((Mux(v1[j], xs[j], 0) for j in range(L)), Const(0, signed(S1_BITS)))
+        add2 = sum((Mux(v1[j], xs[j] * xs[j], 0) for j in range(L)), Const(0, unsigned(S2_BITS)))
+        # the first arrival of a row's statistics pass restarts the sums
+        first1 = Signal()
+        m.d.sync += first1.eq(busy & (phase == 0) & (col == 0))
+        with m.If(v1.any() & (ph1 == 0)):
+            m.d.sync += [s1.eq(Mux(first1, 0, s1) + add1), s2.eq(Mux(first1, 0, s2) + add2)]
+
+        # the per-row sequence, at fixed cycles k after the statistics pass
+        m.submodules.divider = div = Divider(DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS)
+        m.submodules.isqrt = sqrt = ISqrt(RADICAND_BITS)
+        mean = Signal(signed(X_BITS + 1))
+        centre = Signal(signed(S1_BITS + X_BITS + 3))
+        waiting = busy & (phase == 1)
+        b0 = Mux(layer, 2 + dl + 3, 2)  # k of the mean-square division's start
+        ms = Signal(MS_BITS)
+        m.d.comb += ms.eq(div.quotient + ins.eps)
+        with m.If(waiting & (k == 2) & layer):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(abs(s1)), div.divisor.eq(ins.cols)]
+        with m.If(waiting & (k == 2) & ~layer):
+            m.d.sync += mean.eq(0)
+        with m.If(waiting & (k == 2 + dl) & layer):
+            m.d.sync += mean.eq(Mux(s1 >= 0, div.quotient, -div.quotient - (div.remainder != 0)))
+        with m.If(waiting & (k == 3 + dl) & layer):
+            m.d.sync += centre.eq(2 * s1 - ins.cols * mean)
+        with m.If(waiting & (k == 4 + dl) & layer):
+            m.d.sync += s2.eq(s2 - mean * centre)
+        with m.If(waiting & (k == b0)):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(s2), div.divisor.eq(ins.cols)]
+        with m.If(waiting & (k == b0 + dl)):
+            m.d.comb += [sqrt.start.eq(1), sqrt.value.eq(ms << 16)]
+        with m.If(waiting & (k == b0 + dl + sl)):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(1 << numerics.NORM_RSQRT_BITS),
+                         div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root))]
+        inv = div.quotient[:numerics.NORM_RSQRT_BITS + 1]  # valid from k = b0 + 2*dl + sl
+
+        # output: computed on arrival, written next cycle
+        v2 = Signal(L)
+        r2, c2, last2, ph2 = Signal.like(row), Signal.like(col), Signal(), Signal(2)
+        m.d.sync += [v2.eq(v1), r2.eq(r1), c2.eq(c1), last2.eq(last1), ph2.eq(ph1)]
+        strb = ((Const(1, 5) << nb(ins.d_dt)) - 1)[:4]
+        for j in range(L):
+            gam = getattr(self, f"g{j}").rdata.as_signed()
+            bet = getattr(self, f"b{j}").rdata.as_signed()
+            xc = Signal(signed(X_BITS + 2), name=f"xc{j}")
+            t = Signal(signed(len(xc) + len(inv) - numerics.NORM_T_SHIFT + 1), name=f"t{j}")
+            u = Signal(signed(len(t) + X_BITS), name=f"u{j}")
+            y = Signal(32, name=f"y{j}")
+            m.d.comb += [xc.eq(xs[j] - mean), t.eq(rnd_shift(xc * inv, numerics.NORM_T_SHIFT)),
+                         u.eq(rnd_shift(t * gam, ins.shift))]
+            m.d.sync += y.eq(saturate(u + Mux(layer, bet, 0), ins.d_dt))
+            p = getattr(self, f"wr{j}")
+            m.d.comb += [p.addr.eq(elem(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                         p.we.eq(1), p.wdata.eq(y), p.strb.eq(strb),
+                         p.req.eq(v2[j] & (ph2 == 2))]
+        out = last2
+        for n in range(self.arch.sfu.pipeline_depth - 4):
+            reg = Signal(name=f"done_d{n}")
+            m.d.sync += reg.eq(out)
+            out = reg
+        m.d.comb += self.done.eq(out)
+        return m
+

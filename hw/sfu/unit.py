@@ -1,5 +1,9 @@
 """The SFU unit: runs one MISC instruction on its operation component.
 
+Every operation now runs on a lane-parallel pipeline of ``stream.py`` (ADD/MUL/REQUANT/
+tables, ROPE, SOFTMAX, RMSNORM/LAYERNORM); the byte-serial path below is no longer
+started by any operation.
+
 The operation components (:class:`.elementwise.Elementwise`, :class:`.elementwise.Rope`,
 :class:`.softmax.Softmax`, :class:`.norm.Norm`) see element ports with a fixed read
 latency of one cycle and no back-pressure. The buffers are byte-wide and shared, so the
@@ -27,7 +31,7 @@ from .common import ELEM_BITS
 from .elementwise import Elementwise, Rope
 from .norm import Norm
 from .softmax import Softmax
-from .stream import STREAM_OPS, ElementStream, RopeStream
+from .stream import STREAM_OPS, ElementStream, NormStream, RopeStream, SoftmaxStream
 
 
 def by_dtype_value(dt, raw):
@@ -46,8 +50,8 @@ class SpecialFunctionUnit(wiring.Component):
         act = arch.buffers.of(isa.Buf.ACT)
         pa = act.banks * act.width
         lanes = arch.sfu.lanes
-        self.widths = {isa.Buf.ACT: [pa] * 3 + [4] * (2 * lanes),
-                       isa.Buf.GLB: [4] * lanes + [2] * lanes}
+        self.widths = {isa.Buf.ACT: [pa] * 3 + [4] * (6 * lanes),
+                       isa.Buf.GLB: [4] * lanes + [2] * (3 * lanes)}
         super().__init__({**unit_members(isa.Unit.SFU), **{
             f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size)))
             for b in (isa.Buf.ACT, isa.Buf.GLB)}, **{
@@ -95,7 +99,23 @@ class SpecialFunctionUnit(wiring.Component):
             wiring.connect(m, getattr(rope, f"rd{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + j]))
             wiring.connect(m, getattr(rope, f"wr{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + L + j]))
             wiring.connect(m, getattr(rope, f"tab{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[L + j]))
+        m.submodules.softmax_stream = smx = SoftmaxStream(self.arch)
+        for fname, _ in isa.MISC.field_specs():
+            m.d.comb += smx.instr[fname].eq(ins[fname])
+        for j in range(L):
+            wiring.connect(m, getattr(smx, f"rd{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + 2 * L + j]))
+            wiring.connect(m, getattr(smx, f"wr{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + 3 * L + j]))
+        m.submodules.norm_stream = nrm = NormStream(self.arch)
+        for fname, _ in isa.MISC.field_specs():
+            m.d.comb += nrm.instr[fname].eq(ins[fname])
+        for j in range(L):
+            wiring.connect(m, getattr(nrm, f"rd{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + 4 * L + j]))
+            wiring.connect(m, getattr(nrm, f"wr{j}"), wiring.flipped(self.ports(isa.Buf.ACT)[3 + 5 * L + j]))
+            wiring.connect(m, getattr(nrm, f"g{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[2 * L + j]))
+            wiring.connect(m, getattr(nrm, f"b{j}"), wiring.flipped(self.ports(isa.Buf.GLB)[3 * L + j]))
+        is_norm = ins.op.matches(isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM)
         fast = ins.op.matches(*STREAM_OPS)
+        is_smx = ins.op == isa.MiscOp.SOFTMAX
         is_rope = ins.op == isa.MiscOp.ROPE
 
         # The active component's requests, merged (only it is ever started).
@@ -155,7 +175,7 @@ class SpecialFunctionUnit(wiring.Component):
                     m.d.sync += word.eq(self.instr)
                     m.next = "GO"
             with m.State("STREAM"):
-                with m.If(stream.done | rope.done):
+                with m.If(stream.done | rope.done | smx.done | nrm.done):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
             with m.State("GO"):
@@ -164,6 +184,12 @@ class SpecialFunctionUnit(wiring.Component):
                     m.next = "STREAM"
                 with m.Elif(is_rope):
                     m.d.comb += rope.start.eq(1)
+                    m.next = "STREAM"
+                with m.Elif(is_smx):
+                    m.d.comb += smx.start.eq(1)
+                    m.next = "STREAM"
+                with m.Elif(is_norm):
+                    m.d.comb += nrm.start.eq(1)
                     m.next = "STREAM"
                 with m.Else():
                     m.d.comb += [run.eq(1), start.eq(1)]
