@@ -27,7 +27,7 @@ from flightforge.arch import ArchConfig
 from flightforge.generate import decode_run, prefill_runs
 from flightforge.program import Program, ProgramError
 
-from .device import DeviceError, RunResult, run_offset
+from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
 from .dispatch import Schedule, run_dispatch
 from .timing import Timing, TimingParams, timing_for
 
@@ -133,10 +133,7 @@ class CycleModel:
     # --- Device protocol ------------------------------------------------------------
 
     def load(self, program: Program) -> None:
-        try:
-            program.validate(self.arch)
-        except ProgramError as e:
-            raise DeviceError(f"cannot load program: {e}") from None
+        check_program(program, self.arch)
         self.program = program
         self.runs = []
 
@@ -153,12 +150,7 @@ class CycleModel:
         return bytes(size)
 
     def run(self, section: str, length: int | None = None) -> RunResult:
-        if self.program is None:
-            raise DeviceError("no program loaded: call load() first")
-        try:
-            sec = self.program.section(section)
-        except ProgramError as e:
-            raise DeviceError(str(e)) from None
+        sec = loaded_section(self.program, section)
         r = self.execute(sec.instructions, name=section, d=run_offset(sec, length))
         self.runs.append(r)
         return RunResult(section, len(sec), r.cycles, r.stats(self.timing))

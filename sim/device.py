@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flightforge.arch import ArchConfig
-from flightforge.program import Program, Section
+from flightforge.program import Program, ProgramError, Section
 
 
 class DeviceError(RuntimeError):
@@ -52,6 +52,24 @@ class Device(Protocol):
         ``length`` is the actual prompt length (prefill) or position (decode); it must lie
         in the section's length range and defaults to its low end.
         """
+
+
+def check_program(program: Program, arch: ArchConfig) -> None:
+    """What every back end checks at ``load``: the program is for this architecture."""
+    try:
+        program.validate(arch)
+    except ProgramError as e:
+        raise DeviceError(f"cannot load program: {e}") from None
+
+
+def loaded_section(program: Program | None, name: str) -> Section:
+    """The section ``run`` was asked for, as a DeviceError when it cannot be."""
+    if program is None:
+        raise DeviceError("no program loaded: call load() first")
+    try:
+        return program.section(name)
+    except ProgramError as e:
+        raise DeviceError(str(e)) from None
 
 
 def run_offset(section: Section, length: int | None) -> int:

@@ -21,9 +21,9 @@ import numpy as np
 from flightforge import formats, isa, numerics
 from flightforge.arch import ArchConfig
 from flightforge.footprint import misc_param_bytes
-from flightforge.program import Program, ProgramError
+from flightforge.program import Program
 
-from .device import DeviceError, RunResult, run_offset
+from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
 from .dispatch import run_dispatch
 
 _NP_DTYPE = {isa.DType.INT8: np.dtype("<i1"), isa.DType.INT16: np.dtype("<i2"),
@@ -115,10 +115,7 @@ class FunctionalSim:
     # --- Device protocol ------------------------------------------------------------
 
     def load(self, program: Program) -> None:
-        try:
-            program.validate(self.arch)
-        except ProgramError as e:
-            raise DeviceError(f"cannot load program: {e}") from None
+        check_program(program, self.arch)
         self.reset()
         self.program = program
         for seg in program.segments:
@@ -132,12 +129,7 @@ class FunctionalSim:
         return self.ext.read(addr, size).tobytes()
 
     def run(self, section: str, length: int | None = None) -> RunResult:
-        if self.program is None:
-            raise DeviceError("no program loaded: call load() first")
-        try:
-            sec = self.program.section(section)
-        except ProgramError as e:
-            raise DeviceError(str(e)) from None
+        sec = loaded_section(self.program, section)
         return self.execute(sec.instructions, name=section, d=run_offset(sec, length))
 
     # --- direct access, for tests and tools ---------------------------------------
@@ -157,9 +149,7 @@ class FunctionalSim:
         def on_start(i: int, ins: isa.Instruction) -> None:
             try:
                 self._execute_one(isa.resolve(ins, d), stats)
-            except isa.EncodeError as e:
-                raise DeviceError(f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}") from None
-            except DeviceError as e:
+            except (isa.EncodeError, DeviceError) as e:
                 raise DeviceError(f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}") from None
             stats.by_opcode[ins.OPCODE.name] += 1
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
-from flightforge.program import Program, ProgramError
+from flightforge.program import Program
 
-from .device import DeviceError, RunResult, run_offset
+from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
 from .functional import ExternalMemory
 
 TB_MODULE = "flightforge.sim.cocotb_tests.core_tb"
@@ -213,10 +213,7 @@ class RtlDevice:
         self.last_run: dict | None = None
 
     def load(self, program: Program) -> None:
-        try:
-            program.validate(self.arch)
-        except ProgramError as e:
-            raise DeviceError(f"cannot load program: {e}") from None
+        check_program(program, self.arch)
         self.program = program
         self._steps = []
         self.ext = ExternalMemory(self.arch.hbm.capacity)
@@ -232,12 +229,7 @@ class RtlDevice:
         return self.ext.read(addr, size).tobytes()
 
     def run(self, section: str, length: int | None = None) -> RunResult:
-        if self.program is None:
-            raise DeviceError("no program loaded: call load() first")
-        try:
-            sec = self.program.section(section)
-        except ProgramError as e:
-            raise DeviceError(str(e)) from None
+        sec = loaded_section(self.program, section)
         d = run_offset(sec, length)
         # The RTL has no length register yet: a length-adaptive section's dynamic fields
         # are resolved for this run's D on the host (isa.resolve), as a loader would.
