@@ -181,9 +181,6 @@ def main() -> None:
         lines.append(bench_build(arch))
     lines += bench_demo(arch)
     lines.append(bench_random(arch))
-    from flightforge.hw.sfu.stream import EXACT_OPS
-
-    lines.append(bench_random(arch, misc_ops=EXACT_OPS, name="random without softmax/norms"))
     lines.append(bench_random(arch, ldst_only=True))
     lines.append(bench_pysim(arch))
     if args.synth:

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from flightforge import formats, isa
+from flightforge import sfu as row_ops
 from flightforge.arch import ArchConfig
 
 Q = 256  #: fixed-point scale of memory rates (Q8: rate_q8 / 256 bytes per cycle)
 
-#: SFU passes over a row per operation (see the module docstring)
-SFU_PASSES = {isa.MiscOp.SOFTMAX: 3, isa.MiscOp.RMSNORM: 2, isa.MiscOp.LAYERNORM: 2}
 #: SFU operations that reduce along a row: replicated, not split, across cores
-ROW_REDUCTIONS = frozenset(SFU_PASSES)
+ROW_REDUCTIONS = frozenset({isa.MiscOp.SOFTMAX, isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM})
 #: buffers whose loads are split across cores (each core holds its share of the columns)
 SPLIT_BUFFERS = frozenset({isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE})
 
@@ -268,14 +267,20 @@ class Timing:
 
     def misc(self, i: isa.MISC) -> int:
         op = isa.MiscOp(i.op)
-        passes = SFU_PASSES.get(op, 1)
         cols = i.cols if op in ROW_REDUCTIONS else cdiv(i.cols, self.cores)
         elem = isa.DType(i.a_dt).nbytes + isa.DType(i.d_dt).nbytes
         if op in (isa.MiscOp.ADD, isa.MiscOp.MUL):
             elem += isa.DType(i.b_dt).nbytes
         sfu = self.arch.sfu
         per_row = max(cdiv(cols, sfu.lanes), cdiv(cols * elem, self.port[isa.Buf.ACT]))
-        return passes * i.rows * per_row + sfu.pipeline_depth
+        if op == isa.MiscOp.SOFTMAX:
+            issue = row_ops.softmax_cycles(i.rows, per_row)
+        elif op in (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM):
+            issue = row_ops.norm_cycles(i.rows, per_row,
+                                        row_ops.norm_row_gap(op == isa.MiscOp.LAYERNORM))
+        else:
+            issue = i.rows * per_row
+        return issue + sfu.pipeline_depth
 
     # --- dispatch --------------------------------------------------------------------
 

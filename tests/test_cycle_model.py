@@ -106,8 +106,26 @@ def test_sfu_passes_and_port():
     soft = isa.MISC(op=MiscOp.SOFTMAX, rows=1, cols=64, a_dt=DType.INT32)
     # ADD: 3 bytes per element through the 8 B/cycle ACT port: 24 cycles a row (> 16 lanes)
     assert t.misc(add) == 2 * 24 + 4
-    # SOFTMAX: 3 passes over 64 columns of INT32 in, INT8 out: 5 bytes an element -> 40
-    assert t.misc(soft) == 3 * 40 + 4
+    # SOFTMAX: 3 passes over 64 columns of INT32 in, INT8 out: 5 bytes an element -> 40,
+    # then the row's reciprocal (40 cycles) before its output pass
+    assert t.misc(soft) == 3 * 40 + 40 + 4
+
+
+def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
+    """Hand-computed schedules of the pass orders in flightforge.sfu."""
+    t = Timing(TINY)
+    # SOFTMAX, 3 rows of p = 5 (20 INT8 columns, 4 lanes): MAX0 SUM0 MAX1 [wait 35] OUT0
+    # SUM1 MAX2 [35] OUT1 SUM2 [40] OUT2
+    soft = isa.MISC(op=MiscOp.SOFTMAX, rows=3, cols=20)
+    assert t.misc(soft) == 9 * 5 + 2 * 35 + 40 + 4
+    # p = 50 > 40: only the last row waits
+    assert t.misc(isa.MISC(op=MiscOp.SOFTMAX, rows=3, cols=200)) == 9 * 50 + 40 + 4
+    # RMSNORM (gap 126), 4 rows of p = 50: STATS0 STATS1 [76] OUT0 STATS2 [26] OUT1
+    # STATS3 [26] OUT2 [76] OUT3
+    norm = isa.MISC(op=MiscOp.RMSNORM, rows=4, cols=200)
+    assert t.misc(norm) == 8 * 50 + 76 + 26 + 26 + 76 + 4
+    # one row: statistics, the whole sequence, output
+    assert t.misc(isa.MISC(op=MiscOp.LAYERNORM, rows=1, cols=200)) == 2 * 50 + 178 + 4
 
 
 def test_ld_overlaps_an_independent_mv():

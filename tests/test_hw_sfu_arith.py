@@ -81,13 +81,12 @@ def test_parameter_checks(make, message: str, exc: type[Exception]) -> None:
         make()
 
 
-
 def test_sfu_row_gaps() -> None:
-    """The per-row waits of the lane-parallel SOFTMAX and norm streams: the divider and
-    square-root latencies they are made of (docs/rtl.md)."""
-    from flightforge.hw.sfu.divider import Divider, ISqrt
-    from flightforge.hw.sfu.stream import SOFTMAX_ROW_GAP, norm_row_gap
+    """The per-row waits of SOFTMAX and the norms (flightforge.sfu), from the latencies
+    of the divider and square root measured above."""
+    from flightforge import sfu
 
-    assert SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
-    assert norm_row_gap(False) == 2 * Divider.latency_of(48) + ISqrt.latency_of(50) == 124
-    assert norm_row_gap(True) == norm_row_gap(False) + Divider.latency_of(48) + 3 == 176
+    assert sfu.SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
+    # mean square, square root, inverse root, latch; LAYERNORM first its mean and centring
+    assert sfu.norm_row_gap(False) == 2 + 2 * Divider.latency_of(48) + ISqrt.latency_of(50) == 126
+    assert sfu.norm_row_gap(True) == sfu.norm_row_gap(False) + Divider.latency_of(48) + 3 == 178

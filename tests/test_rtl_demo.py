@@ -1,8 +1,7 @@
 """The compiler's demo program (Linear + attention prefill and decode) through the one
 driver, :func:`flightforge.compiler.demo.run_demo`, on the RTL and on the functional
 simulator: every output equals bit for bit, and equals the quantised reference. Each
-section's RTL cycle count is compared with the cycle model's (a strict xfail until the
-MPE and SFU datapaths match sim/timing.py; docs/rtl.md)."""
+section's RTL cycle count equals the cycle model's."""
 
 import pytest
 
@@ -44,47 +43,20 @@ def test_demo_on_rtl_equals_functional_sim(arch, demo) -> None:
     assert all(r.cycles and r.cycles > 0 for r in report.runs)
 
 
-def _cycles(arch, build, report):
-    """(section, RTL cycles, model cycles, whether the RTL times every instruction of the
-    section exactly: no SOFTMAX/RMSNORM/LAYERNORM) for every run of the demo."""
-    from flightforge.hw.sfu.stream import EXACT_OPS
+def test_demo_cycles_match_cycle_model(arch, demo) -> None:
+    """Every demo section (linear, attention prefill and decode): RTL cycles equal the
+    cycle model's."""
     from flightforge.sim.dispatch import run_dispatch
     from flightforge.sim.timing import duration
 
-    out = []
+    build, _, _, report, _ = demo
+    lines, bad = [], []
     for r in report.runs:
         instrs = build.program.section(r.section).instructions
         model = run_dispatch(instrs, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
                              duration=lambda i, ins: duration(arch, ins)).cycles
-        exact = not any(isinstance(x, isa.MISC) and x.op not in EXACT_OPS for x in instrs)
-        out.append((r.section, r.cycles, model, exact))
-    return out
-
-
-def test_demo_cycles_exact_without_softmax_norm(arch, demo) -> None:
-    """Sections of LD/ST/MM/MV/element-wise MISC/ROPE (demo.linear): RTL cycles equal
-    the cycle model's."""
-    build, _, _, report, _ = demo
-    rows = [x for x in _cycles(arch, build, report) if x[3]]
-    assert rows, "the demo has no section without softmax/norms"
-    for sec, rtl, model, _ in rows:
-        print(f"demo.{sec}: rtl {rtl} model {model} error {rtl / model - 1:+.2%}")
-        assert rtl == model, f"demo.{sec}: RTL {rtl} cycles, cycle model {model}"
-
-
-@pytest.mark.xfail(strict=True, reason="SOFTMAX/RMSNORM/LAYERNORM wait per row for the "
-                                        "sequential divide/square root, which Timing.misc "
-                                        "does not charge (docs/rtl.md)")
-def test_demo_cycles_match_cycle_model(arch, demo) -> None:
-    """Sections with softmax/norms (strict xfail until those are cycle-accurate)."""
-    build, _, _, report, _ = demo
-    lines, bad = [], []
-    for sec, rtl, model, exact in _cycles(arch, build, report):
-        if exact:
-            continue
-        err = rtl / model - 1
-        lines.append(f"demo.{sec}: rtl {rtl} model {model} error {err:+.2%}")
-        if abs(err) > 0.02:
+        lines.append(f"demo.{r.section}: rtl {r.cycles} model {model} error {r.cycles / model - 1:+.2%}")
+        if r.cycles != model:
             bad.append(lines[-1])
     print("\n".join(lines))
-    assert not bad, "\n".join(bad)
+    assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)

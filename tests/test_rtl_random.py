@@ -6,12 +6,8 @@ sim/dispatch.py) per section.
 All sections run back to back in ONE simulation of ONE Verilator build (buffers carry
 over from section to section on both sides), so the module costs one build and one run.
 
-Cycles: sections of LD, ST, SYS, MM, MV, ROPE and the element-wise MISC operations
-(control, tokens, queues, pipelined bursts, memory latency, the tiled MPE, the SFU's
-lane pipelines) must match the model exactly. Sections with SOFTMAX or the norms do not
-yet: those SFU components still move operands a byte per cycle (docs/rtl.md); their
-check is a strict xfail that reports every section's error, so it fails loudly once the
-gap is closed.
+Cycles: every section (control, tokens, queues, pipelined bursts, memory latency, the
+tiled MPE, every SFU pipeline) must match the model exactly.
 """
 
 from collections import Counter
@@ -33,7 +29,6 @@ SECTIONS = 56
 MPE_SECTIONS = 24  #: LD/ST/MM/MV sections (no MISC)
 LDST_SECTIONS = 24
 SEED = 2024
-TOLERANCE = 0.02  #: the issue's bound on |RTL / model - 1| per program
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +140,6 @@ def _report(sections, runs, model, idx) -> list[str]:
     return lines
 
 
-def _has_misc(sec) -> bool:
-    """Whether ``sec`` has a MISC operation the RTL does not yet time exactly (SOFTMAX,
-    RMSNORM, LAYERNORM; the element-wise ones and ROPE are exact)."""
-    from flightforge.hw.sfu.stream import EXACT_OPS
-
-    return any(isinstance(x, isa.MISC) and x.op not in EXACT_OPS for x in sec)
-
-
 def test_ldst_streams_cycle_exact(replay) -> None:
     """LD/ST/SYS sections: the RTL's cycles equal the cycle model's exactly."""
     sections, _, runs, _, model = replay
@@ -165,28 +152,15 @@ def test_ldst_streams_cycle_exact(replay) -> None:
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
 
 
-def test_matmul_streams_cycle_exact(replay) -> None:
+def test_mixed_streams_cycle_exact(replay) -> None:
     """Sections of LD/ST/MM/MV (every sparse mode, INT4/INT8, groups, records, partial
-    sums, ``wkn``), element-wise MISC and ROPE: the RTL's cycles equal the cycle model's
-    exactly."""
+    sums, ``wkn``) and every MISC operation: the RTL's cycles equal the cycle model's."""
     sections, _, runs, _, model = replay
-    idx = [i for i in range(SECTIONS + MPE_SECTIONS) if not _has_misc(sections[i])]
-    assert len(idx) >= MPE_SECTIONS
+    idx = list(range(SECTIONS + MPE_SECTIONS))
     assert sum(isinstance(x, (isa.MM, isa.MV)) for i in idx for x in sections[i]) > 100
+    assert sum(isinstance(x, isa.MISC) and x.op == isa.MiscOp.SOFTMAX
+               for i in idx for x in sections[i]) >= 5
     lines = _report(sections, runs, model, idx)
     print("\n".join(lines))
     bad = [line for i, line in zip(idx, lines) if runs[i]["cycles"] != model[i]]
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
-
-
-@pytest.mark.xfail(strict=True, reason="SOFTMAX/RMSNORM/LAYERNORM wait per row for the "
-                                        "sequential divide/square root, which Timing.misc "
-                                        "does not charge (docs/rtl.md)")
-def test_mixed_streams_within_tolerance(replay) -> None:
-    """Sections with SOFTMAX/norms (strict xfail until those are cycle-accurate)."""
-    sections, _, runs, _, model = replay
-    idx = [i for i in range(SECTIONS) if _has_misc(sections[i])]
-    lines = _report(sections, runs, model, idx)
-    print("\n".join(lines))
-    bad = [line for i, line in zip(idx, lines) if abs(runs[i]["cycles"] / model[i] - 1) > TOLERANCE]
-    assert not bad, f"{len(bad)} of {len(lines)} sections beyond {TOLERANCE:.0%}:\n" + "\n".join(bad)

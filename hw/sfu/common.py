@@ -1,99 +1,147 @@
-"""Shared pieces of the SFU operation components: ports, instruction fields, arithmetic.
+"""Shared pieces of the SFU's lane-parallel pipelines: instruction fields, the issue
+schedule, buffer ports and arithmetic.
 
-Every operation component talks to the core through the same three element ports, so
-the core's SFU wrapper (address generation, byte lanes, sign extension) is written once
-and the operations stay free of buffer layouts:
-
-- ``rd``: element reads of the first operand. The component drives ``en`` with an
-  element coordinate ``(row, col)``; the wrapper returns the element, sign-extended to
-  32 bits, on ``data`` exactly ``read_latency`` cycles later (a synchronous buffer
-  read port has latency 1). There is no back-pressure: one read per cycle at most.
-- ``prm``: element reads of the GLB parameters at an element index from ``p_addr``
-  (the wrapper knows the element type: INT16 gains, biases and RoPE tables; ``d_dt``
-  entries for SILU/GELU tables), with the same fixed latency.
-- ``wr``: element writes of the result ``(row, col, data)``; ``data`` is already
-  saturated to ``d_dt``, and the wrapper truncates it to the element type.
-
-Instruction fields arrive on ``instr``, a struct derived from :class:`flightforge.isa.MISC`;
-the core holds it stable from the ``start`` pulse until ``done``.
+Every pipeline (:mod:`.elementwise`, :mod:`.rope`, :mod:`.softmax`, :mod:`.norm`) moves
+up to ``sfu.lanes`` elements a cycle on the byte-credit schedule ``Timing.misc`` counts
+(:class:`ByteCredit`), through ports of its own on the ACT and GLB buffers
+(:class:`StreamComponent` declares them; the unit connects them), and computes exactly
+the integer arithmetic of :mod:`flightforge.numerics`. Instruction fields arrive on
+``instr``, a struct derived from :class:`flightforge.isa.MISC` that the unit holds
+stable from ``start`` until ``done``.
 """
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
+from dataclasses import dataclass
+
+from amaranth import Const, Module, Mux, Signal, Value, unsigned
 from amaranth.hdl import ValueCastable
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa, numerics
+from flightforge.arch import ArchConfig
 
-#: Width of an element value on the ports: the widest :class:`~flightforge.isa.DType`.
+from ..buffers import addr_bits
+from ..bus import BufPortSignature
+
+#: Width of an element value in the pipelines: the widest :class:`~flightforge.isa.DType`.
 ELEM_BITS = max(d.bits for d in isa.DType)
-#: Width of a GLB element index: a byte address is never wider than the buffer space.
-PRM_INDEX_BITS = isa.BUF_ADDR_BITS
 
 #: The fields of a decoded MISC instruction, with the widths isa.py gives them.
 MiscFields = data.StructLayout({name: unsigned(spec.width)
                                 for name, spec in isa.MISC.field_specs()})
 
 
-class ElemReadSignature(wiring.Signature):
-    """A fixed-latency element read port (component side: ``Out``)."""
-
-    def __init__(self) -> None:
-        super().__init__({
-            "en": Out(1),
-            "row": Out(isa.DIM_BITS),
-            "col": Out(isa.DIM_BITS),
-            "data": In(signed(ELEM_BITS)),
-        })
+@dataclass(frozen=True)
+class PortGroup:
+    """``count`` ports named ``{name}0``, ``{name}1``, ... of ``width`` bytes on ``buf``;
+    ``width=None`` means the buffer's full port (``banks * width`` bytes)."""
+    name: str
+    buf: isa.Buf
+    width: int | None
+    count: int
 
 
-class ParamReadSignature(wiring.Signature):
-    """A fixed-latency GLB element read port (component side: ``Out``)."""
+class StreamComponent(wiring.Component):
+    """A lane-parallel SFU pipeline: ``instr``/``start``/``done`` and its buffer ports.
 
-    def __init__(self) -> None:
-        super().__init__({
-            "en": Out(1),
-            "index": Out(PRM_INDEX_BITS),
-            "data": In(signed(ELEM_BITS)),
-        })
+    ``done`` pulses when the last result is written, ``sfu.pipeline_depth`` cycles after
+    the last issue counted from the unit's own ``start`` (which precedes the pipeline's
+    by one cycle): the term ``Timing.misc`` adds per instruction.
+    """
+
+    #: the cycles from an issue to its write that every pipeline has (issue, arrive,
+    #: compute, write) plus the unit's start cycle; ``pipeline_depth`` pads the rest
+    MIN_DEPTH = 4
+
+    def __init__(self, arch: ArchConfig, groups: list[PortGroup]) -> None:
+        self.arch = arch
+        self.lanes = arch.sfu.lanes
+        act = arch.buffers.of(isa.Buf.ACT)
+        self.P = act.banks * act.width
+        if arch.sfu.pipeline_depth < self.MIN_DEPTH:
+            raise ValueError(f"the SFU pipelines need sfu.pipeline_depth >= {self.MIN_DEPTH}")
+        self.groups = groups
+        members: dict[str, wiring.Member] = {"instr": In(MiscFields), "start": In(1),
+                                             "done": Out(1)}
+        for g in groups:
+            cfg = arch.buffers.of(g.buf)
+            width = cfg.banks * cfg.width if g.width is None else g.width
+            for j in range(g.count):
+                members[f"{g.name}{j}"] = Out(BufPortSignature(addr_bits(cfg.size), width))
+        super().__init__(members)
+
+    def port(self, name: str, j: int = 0):
+        return getattr(self, f"{name}{j}")
+
+    def buffer_ports(self, buf: isa.Buf) -> list:
+        """This pipeline's ports on ``buf``, in a fixed order."""
+        return [self.port(g.name, j) for g in self.groups if g.buf == buf
+                for j in range(g.count)]
+
+    def finish(self, m: Module, last_write: Value) -> None:
+        """Drive ``done`` from the cycle of the last write (``MIN_DEPTH - 1`` after the
+        unit's start of a one-element instruction), padded to ``sfu.pipeline_depth``."""
+        m.d.comb += self.done.eq(delay(m, last_write, self.arch.sfu.pipeline_depth - self.MIN_DEPTH,
+                                       "done"))
 
 
-class ElemWriteSignature(wiring.Signature):
-    """An element write port without back-pressure (component side: ``Out``)."""
+class ByteCredit:
+    """The issue schedule of one pass over a row: in cycle ``t`` of the pass the elements
+    up to ``min(cols, lanes * (t+1), floor(port * (t+1) / elem_bytes))`` are issued, so a
+    pass takes ``max(ceil(cols / lanes), ceil(cols * elem_bytes / port))`` cycles.
 
-    def __init__(self) -> None:
-        super().__init__({
-            "en": Out(1),
-            "row": Out(isa.DIM_BITS),
-            "col": Out(isa.DIM_BITS),
-            "data": Out(signed(ELEM_BITS)),
-        })
+    ``col`` counts the elements issued in the pass (the caller's register);
+    ``issue`` is how many to issue this cycle. Call :meth:`advance` in cycles that issue
+    and :meth:`restart` when a pass begins.
+    """
+
+    def __init__(self, m: Module, *, port: int, lanes: int, elem_bytes: Value, cols: Value,
+                 col: Signal) -> None:
+        self.q = Signal(isa.DIM_BITS + 8)  # floor(port * t / elem_bytes)
+        self.r = Signal(5)  # port * t - q * elem_bytes
+        x = self.r + port
+        self.q_inc = sum(((x >= i * elem_bytes) for i in range(1, port // 2 + 2)), Const(0, 8))
+        self.r_next = Signal(8)
+        m.d.comb += self.r_next.eq(x - self.q_inc * elem_bytes)
+        avail = Signal(isa.DIM_BITS + 9)
+        m.d.comb += avail.eq(self.q + self.q_inc - col)
+        left = cols - col
+        lim = Mux(left < lanes, left, lanes)
+        self.issue = Signal(range(lanes + 1))
+        m.d.comb += self.issue.eq(Mux(avail < lim, avail, lim))
+        #: this cycle issues the pass's last elements
+        self.pass_end = col + self.issue >= cols
+
+    def advance(self) -> list:
+        return [self.q.eq(self.q + self.q_inc), self.r.eq(self.r_next)]
+
+    def restart(self) -> list:
+        return [self.q.eq(0), self.r.eq(0)]
 
 
-def op_signature(*, params: bool) -> dict[str, wiring.Member]:
-    """Members every operation component has; ``params`` adds the GLB read port."""
-    members = {
-        "instr": In(MiscFields),
-        "start": In(1),
-        "busy": Out(1),
-        "done": Out(1),
-        "rd": Out(ElemReadSignature()),
-        "wr": Out(ElemWriteSignature()),
-    }
-    if params:
-        members["prm"] = Out(ParamReadSignature())
-    return members
+def elem_bytes(*dts: Value) -> Value:
+    """Bytes of one element of each of the types ``dts`` together (the credit per element)."""
+    return sum((Const(1, 4) << dt for dt in dts), Const(0, 5))
 
 
-def check_latency(read_latency: object) -> int:
-    """Validate the read latency of the element and parameter ports."""
-    if isinstance(read_latency, bool) or not isinstance(read_latency, int):
-        raise TypeError(f"read_latency must be an integer, not {read_latency!r}")
-    if read_latency < 1:
-        raise ValueError(f"read_latency must be at least 1, not {read_latency!r}")
-    return read_latency
+def elem_addr(base: Value, stride: Value, row: Value, col: Value, dt: Value) -> Value:
+    """Byte address of element ``(row, col)`` of a tile at ``base`` with row ``stride``."""
+    return base + row * stride + (col << dt)
+
+
+def sext(raw: Value, dt: Value) -> Value:
+    """The element of type ``dt`` in the low bits of ``raw``, sign-extended."""
+    out = raw[:32].as_signed()
+    for d in reversed(list(isa.DType)[:-1]):
+        out = Mux(dt == d, raw[:d.bits].as_signed(), out)
+    return out
+
+
+def strobe(dt: Value) -> Value:
+    """Byte strobes of one element of type ``dt`` on a 4-byte port."""
+    return ((Const(1, 5) << (Const(1, 4) << dt)) - 1)[:4]
 
 
 def rnd_shift(x: Value, s: Value | int) -> Value:

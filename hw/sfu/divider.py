@@ -11,6 +11,8 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from flightforge.sfu import divider_latency, isqrt_latency
+
 
 def _check_width(name: str, width: object) -> int:
     if isinstance(width, bool) or not isinstance(width, int):
@@ -47,7 +49,7 @@ class Divider(wiring.Component):
     @staticmethod
     def latency_of(dividend_width: int) -> int:
         """Cycles from ``start`` to ``done`` for a divider of ``dividend_width`` bits."""
-        return dividend_width + 1
+        return divider_latency(dividend_width)
 
     @property
     def latency(self) -> int:
@@ -101,7 +103,7 @@ class ISqrt(wiring.Component):
     @staticmethod
     def latency_of(width: int) -> int:
         """Cycles from ``start`` to ``done`` for a radicand of ``width`` bits."""
-        return (width + 1) // 2 + 1
+        return isqrt_latency(width)
 
     @property
     def latency(self) -> int:

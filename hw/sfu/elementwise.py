@@ -1,153 +1,114 @@
-"""Element-by-element SFU operations: ADD, MUL, REQUANT, table lookups and ROPE.
+"""ADD, MUL, REQUANT and the 256-entry tables (SILU, GELU, RELU) at the lane rate.
 
-Both components use the element ports of :mod:`.common` (latency 1, served by the SFU
-unit's memory adapter) and compute exactly :mod:`flightforge.numerics`' ``add``,
-``mul``, ``requant``, ``table`` and ``rope``.
+One pass per row on the :class:`.common.ByteCredit` schedule (``elem_bytes`` = the
+operands' and the result's bytes, so operand reads and the result write share
+``port[ACT]`` bytes a cycle on average): a row of ``cols`` elements takes
+``max(ceil(cols / lanes), ceil(cols * elem_bytes / port[ACT]))`` cycles, rows back to
+back, then ``sfu.pipeline_depth`` cycles. Elements issued in cycle ``t`` arrive in
+``t + 1`` on the ``a`` (and ``b``) ports, where the ``lanes`` arithmetic units compute
+``sat(rnd(wide >> shift))`` or issue the GLB table reads (one port a lane); the results
+are written in ``t + 2`` through the ``d`` port with byte strobes.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 
 from flightforge import isa
+from flightforge.arch import ArchConfig
 
-from .common import ELEM_BITS, ElemReadSignature, op_signature, rnd_shift, saturate
+from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes,
+                     rnd_shift, saturate, sext)
 
 #: Widest intermediate: an INT32 operand times a 16-bit multiplier, plus another one.
 WIDE_BITS = ELEM_BITS + isa.MULT_BITS + 3
+#: The operations this pipeline runs.
+ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT, isa.MiscOp.SILU,
+                   isa.MiscOp.GELU, isa.MiscOp.RELU)
 
 
-def _walk(m: Module, row: Signal, col: Signal, ins, step: int = 1):
-    """Advance ``(row, col)`` by ``step`` columns; returns the 'last element' condition."""
-    last_col = col + step >= ins.cols
-    last = last_col & (row == ins.rows - 1)
-    with m.If(last_col):
-        m.d.sync += [col.eq(0), row.eq(row + 1)]
-    with m.Else():
-        m.d.sync += col.eq(col + step)
-    return last
+class ElementStream(StreamComponent):
+    """Ports: ``a0``, ``b0`` (operands) and ``d0`` (result), full ACT ports; ``t0`` ..
+    one 4-byte GLB port a lane for the tables."""
 
+    OPS = ELEMENTWISE_OPS
 
-class Elementwise(wiring.Component):
-    """ADD, MUL, REQUANT and the 256-entry tables (SILU, GELU, RELU): one element at a time."""
-
-    read_latency = 1
-
-    def __init__(self) -> None:
-        super().__init__({**op_signature(params=True), "rdb": Out(ElemReadSignature())})
+    def __init__(self, arch: ArchConfig) -> None:
+        glb = arch.buffers.of(isa.Buf.GLB)
+        if glb.banks * glb.width < 4:
+            raise ValueError("the SFU table lookups need a GLB port of at least 4 bytes")
+        super().__init__(arch, [PortGroup("a", isa.Buf.ACT, None, 1),
+                                PortGroup("b", isa.Buf.ACT, None, 1),
+                                PortGroup("d", isa.Buf.ACT, None, 1),
+                                PortGroup("t", isa.Buf.GLB, 4, arch.sfu.lanes)])
 
     def elaborate(self, platform) -> Module:
         m = Module()
         ins = self.instr
-        row, col = Signal(isa.DIM_BITS), Signal(isa.DIM_BITS)
-        is_table = ins.op.matches(*[op for op in isa.MiscOp if op.is_table])
+        L, P = self.lanes, self.P
         two = ins.op.matches(isa.MiscOp.ADD, isa.MiscOp.MUL)
-        a, b = self.rd.data, self.rdb.data
-        wide = Signal(signed(WIDE_BITS))
-        with m.Switch(ins.op):
-            with m.Case(isa.MiscOp.ADD):
-                m.d.comb += wide.eq(a * ins.m0 + b * ins.m1)
-            with m.Case(isa.MiscOp.MUL):
-                m.d.comb += wide.eq(a[:16].as_signed() * b[:16].as_signed() * ins.m0)
-            with m.Default():
-                m.d.comb += wide.eq(a * ins.m0)
-        for port in (self.rd, self.rdb):
-            m.d.comb += [port.row.eq(row), port.col.eq(col)]
-        m.d.comb += [self.wr.row.eq(row), self.wr.col.eq(col), self.prm.index.eq(a[:8])]
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [row.eq(0), col.eq(0)]
-                    m.next = "READ"
-            with m.State("READ"):
-                m.d.comb += [self.rd.en.eq(1), self.rdb.en.eq(two)]
-                m.next = "CALC"
-            with m.State("CALC"):
-                with m.If(is_table):
-                    m.d.comb += self.prm.en.eq(1)
-                    m.next = "LUT"
-                with m.Else():
-                    m.d.comb += [self.wr.en.eq(1),
-                                 self.wr.data.eq(saturate(rnd_shift(wide, ins.shift), ins.d_dt))]
-                    self._advance(m, row, col)
-            with m.State("LUT"):
-                m.d.comb += [self.wr.en.eq(1), self.wr.data.eq(self.prm.data)]
-                self._advance(m, row, col)
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
-        return m
+        is_table = ins.op.matches(*[o for o in isa.MiscOp if o.is_table])
+        eb = Signal(5)
+        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt) + Mux(two, Const(1, 4) << ins.b_dt, 0))
 
-    def _advance(self, m: Module, row: Signal, col: Signal) -> None:
-        with m.If(_walk(m, row, col, self.instr)):
-            m.d.comb += self.done.eq(1)
-            m.next = "IDLE"
-        with m.Else():
-            m.next = "READ"
+        busy = Signal()
+        row = Signal(isa.DIM_BITS)
+        col = Signal(isa.DIM_BITS + 1)  # elements issued in this row
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        E = sched.issue
+        last = Signal()
+        m.d.comb += last.eq(busy & sched.pass_end & (row + 1 >= ins.rows))
 
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), row.eq(0), col.eq(0), *sched.restart()]
+        with m.If(busy):
+            m.d.sync += [col.eq(col + E), *sched.advance()]
+            with m.If(sched.pass_end):
+                m.d.sync += [col.eq(0), row.eq(row + 1), *sched.restart()]
+                with m.If(row + 1 >= ins.rows):
+                    m.d.sync += busy.eq(0)
 
-class Rope(wiring.Component):
-    """ROPE: rotate-half of every ``len``-column chunk with the Q14 table in GLB.
-
-    GLB holds INT16 ``[pos + rows][2][len / 2]`` (cos then sin per position); row ``r``
-    uses position ``pos + r``. Both halves are read before either is written, so the
-    operation may run in place.
-    """
-
-    read_latency = 1
-
-    def __init__(self) -> None:
-        super().__init__(op_signature(params=True))
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        ins = self.instr
-        half = ins.len >> 1
-        row, col = Signal(isa.DIM_BITS), Signal(isa.DIM_BITS)  # col: first-half column
-        i = Signal(isa.DIM_BITS)  # index within the half
-        x1, cos = Signal(signed(ELEM_BITS)), Signal(signed(16))
-        y2 = Signal(signed(ELEM_BITS))
-        tab_row = (ins.pos + row) * ins.len
-        x2, sin = self.rd.data, self.prm.data[:16].as_signed()
-        m.d.comb += self.rd.row.eq(row)
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [row.eq(0), col.eq(0), i.eq(0)]
-                    m.next = "X1"
-            with m.State("X1"):
-                m.d.comb += [self.rd.en.eq(1), self.rd.col.eq(col),
-                             self.prm.en.eq(1), self.prm.index.eq(tab_row + i)]
-                m.next = "X2"
-            with m.State("X2"):
-                m.d.sync += [x1.eq(self.rd.data), cos.eq(self.prm.data[:16].as_signed())]
-                m.d.comb += [self.rd.en.eq(1), self.rd.col.eq(col + half),
-                             self.prm.en.eq(1), self.prm.index.eq(tab_row + half + i)]
-                m.next = "Y1"
-            with m.State("Y1"):
-                y1 = rnd_shift(x1 * cos - x2 * sin, ins.shift)
-                m.d.sync += y2.eq(saturate(rnd_shift(x2 * cos + x1 * sin, ins.shift), ins.d_dt))
-                m.d.comb += [self.wr.en.eq(1), self.wr.row.eq(row), self.wr.col.eq(col),
-                             self.wr.data.eq(saturate(y1, ins.d_dt))]
-                m.next = "Y2"
-            with m.State("Y2"):
-                m.d.comb += [self.wr.en.eq(1), self.wr.row.eq(row), self.wr.col.eq(col + half),
-                             self.wr.data.eq(y2)]
-                end_half = i == half - 1
-                last_chunk = col + half + 1 >= ins.cols
-                m.d.sync += [i.eq(i + 1), col.eq(col + 1)]
-                with m.If(end_half):
-                    m.d.sync += [i.eq(0), col.eq(col + half + 1)]
-                    with m.If(last_chunk):
-                        m.d.sync += [col.eq(0), row.eq(row + 1)]
-                        with m.If(row == ins.rows - 1):
-                            m.d.comb += self.done.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "X1"
-                    with m.Else():
-                        m.next = "X1"
-                with m.Else():
-                    m.next = "X1"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        a_port, b_port, d_port = self.port("a"), self.port("b"), self.port("d")
+        issue = busy & (E != 0)
+        m.d.comb += [a_port.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
+                     a_port.req.eq(issue),
+                     b_port.addr.eq(elem_addr(ins.b_addr, ins.b_stride, row, col, ins.b_dt)),
+                     b_port.req.eq(issue & two)]
+        # stage 1: operands arrive; compute or look up
+        v1, e1, r1, c1, last1 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
+        m.d.sync += [v1.eq(issue), e1.eq(E), r1.eq(row), c1.eq(col), last1.eq(last)]
+        res = [Signal(32, name=f"res{j}") for j in range(L)]
+        for j in range(L):
+            araw = Cat(a_port.rdata, Const(0, 32)).bit_select(j << (ins.a_dt + 3), 32)
+            braw = Cat(b_port.rdata, Const(0, 32)).bit_select(j << (ins.b_dt + 3), 32)
+            a = Signal(signed(ELEM_BITS), name=f"a{j}")
+            b = Signal(signed(ELEM_BITS), name=f"b{j}")
+            m.d.comb += [a.eq(sext(araw, ins.a_dt)), b.eq(sext(braw, ins.b_dt))]
+            wide = Signal(signed(WIDE_BITS), name=f"wide{j}")
+            with m.Switch(ins.op):
+                with m.Case(isa.MiscOp.ADD):
+                    m.d.comb += wide.eq(a * ins.m0 + b * ins.m1)
+                with m.Case(isa.MiscOp.MUL):
+                    m.d.comb += wide.eq(a[:16].as_signed() * b[:16].as_signed() * ins.m0)
+                with m.Default():
+                    m.d.comb += wide.eq(a * ins.m0)
+            m.d.sync += res[j].eq(saturate(rnd_shift(wide, ins.shift), ins.d_dt))
+            tp = self.port("t", j)
+            m.d.comb += [tp.addr.eq(ins.p_addr + (a[:8] << ins.d_dt)),
+                         tp.req.eq(v1 & is_table & (j < e1))]
+        # stage 2: write
+        v2, e2, r2, c2, last2 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
+        m.d.sync += [v2.eq(v1), e2.eq(e1), r2.eq(r1), c2.eq(c1), last2.eq(last1)]
+        outs = [Mux(is_table, self.port("t", j).rdata, res[j]) for j in range(L)]
+        packed = Signal(32 * L)
+        with m.Switch(ins.d_dt):
+            for d in isa.DType:
+                with m.Case(d):
+                    m.d.comb += packed.eq(Cat(*(o[:d.bits] for o in outs)))
+        nbytes = e2 << ins.d_dt
+        m.d.comb += [d_port.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)),
+                     d_port.we.eq(1), d_port.wdata.eq(packed[:8 * P]),
+                     d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[:P]),
+                     d_port.req.eq(v2 & (e2 != 0))]
+        self.finish(m, last2)
         return m

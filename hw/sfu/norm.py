@@ -1,192 +1,204 @@
-"""RMSNORM and LAYERNORM: one statistics pass, four sequential steps, one output pass.
+"""RMSNORM and LAYERNORM at the lane rate: a statistics pass and an output pass per row,
+with the row's sequential divisions and square root hidden behind the passes of its
+neighbours.
 
-The two norms share everything but the mean, so one component runs both (``instr.op``
+The two norms share everything but the mean, so one pipeline runs both (``instr.op``
 chooses). LAYERNORM needs ``sum (x - mean)**2`` with the floor mean, which would take a
 second pass over the row; the exact identity ``sum (x - m)**2 = S2 - m * (2*S1 - n*m)``
 (``S1 = sum x``, ``S2 = sum x**2``, any integer ``m``) gives it from the statistics of
 the single pass, with two multiplications once per row.
+
+Between a row's statistics and its output the row's sequence runs
+(:func:`flightforge.sfu.norm_steps`: mean, mean square, square root, inverse root, on
+one divider and one square-root unit). The passes are ordered STATS0 STATS1 OUT0 STATS2
+OUT1 ...: row ``r + 1``'s statistics are gathered while row ``r``'s sequence runs, and
+row ``r + 1``'s sequence starts as row ``r``'s output pass does, so rows follow every
+``max(2p, gap)`` cycles (:func:`flightforge.sfu.norm_cycles`, which the cycle model
+charges). The statistics, the mean and the inverse root are kept per row parity.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 
 from flightforge import isa, numerics
+from flightforge.arch import ArchConfig
+from flightforge.sfu import (DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS, MS_BITS, RADICAND_BITS,
+                             S1_BITS, S2_BITS, X_BITS, divider_latency, norm_row_gap,
+                             norm_steps)
 
-from .common import check_latency, delay, op_signature, rnd_shift, saturate
+from .common import (ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, rnd_shift,
+                     saturate, sext, strobe)
 from .divider import Divider, ISqrt
 
-#: Input bits: norms take INT8 or INT16 (isa.MISC refuses INT32).
-X_BITS = isa.DType.INT16.bits
-#: |sum x| < 2**(X_BITS - 1 + DIM_BITS); one more bit for the sign.
-S1_BITS = X_BITS + isa.DIM_BITS
-#: sum x**2 (or of the centred values) < 2**(2 * X_BITS + DIM_BITS).
-S2_BITS = 2 * X_BITS + isa.DIM_BITS
-#: mean square + eps <= (2**X_BITS)**2 + 2**16: the centred values span 2**X_BITS.
-MS_BITS = 2 * X_BITS + 2
-#: isqrt(ms << 16), then inv = 2**38 // r.
-RADICAND_BITS = MS_BITS + 16
-INV_DIVIDEND_BITS = numerics.NORM_RSQRT_BITS + 1
-DIV_DIVIDEND_BITS = max(S1_BITS, S2_BITS, INV_DIVIDEND_BITS)
-ROOT_BITS = (RADICAND_BITS + 1) // 2
-DIV_DIVISOR_BITS = max(isa.DIM_BITS, ROOT_BITS)
-
-Tag = data.StructLayout({"valid": 1, "out": 1, "last": 1, "col": isa.DIM_BITS})
+STATS, WAIT, OUT = range(3)
 
 
-class Norm(wiring.Component):
-    """RMSNORM / LAYERNORM of each row, bit-exact with :mod:`flightforge.numerics`.
+class NormStream(StreamComponent):
+    """RMSNORM / LAYERNORM on the byte-credit schedule (``elem_bytes`` = input + result
+    bytes), bit-exact with :func:`flightforge.numerics.rmsnorm` / ``layernorm``.
 
-    GLB parameters (INT16 elements from ``p_addr``): ``gamma[cols]``, then for
-    LAYERNORM ``beta[cols]``. The output pass reads one element per cycle for RMSNORM;
-    LAYERNORM reads gamma and beta on the one GLB port in two cycles per element.
+    Every lane has its own ACT read and write port and GLB ports for ``gamma`` and
+    ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols`` gains). Statistics: the lanes'
+    ``x`` and ``x**2`` are summed on arrival (``t + 1``). Output: on arrival ``y`` =
+    ``sat(rnd(rnd((x - mean) * inv, 16) * gamma, shift) + beta)`` is computed and written
+    in ``t + 2``.
     """
 
-    #: write-pipeline stages after the read data of the output pass
-    PIPE_OUT = 4
-    #: register steps computing the centred sum of squares (LAYERNORM only)
-    CENTER_STEPS = 2
+    OPS = (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM)
 
-    def __init__(self, *, read_latency: int = 1) -> None:
-        self.read_latency = check_latency(read_latency)
-        super().__init__(op_signature(params=True))
-
-    def row_cycles(self, cols: int, layer: bool) -> int:
-        """Cycles of one row: stats pass, divisions, square root, output pass."""
-        lat = self.read_latency
-        div = Divider.latency_of(DIV_DIVIDEND_BITS) + 1
-        steps = 2 * div + ISqrt.latency_of(RADICAND_BITS) + 1
-        if layer:
-            steps += div + self.CENTER_STEPS
-        per = 2 if layer else 1
-        return (cols + lat) + steps + (per * (cols - 1) + lat + self.PIPE_OUT + 1)
-
-    def cycles(self, rows: int, cols: int, layer: bool) -> int:
-        """Cycles from ``start`` to ``done`` (both counted) of a ``rows x cols`` tile."""
-        return 1 + rows * self.row_cycles(cols, layer)
+    def __init__(self, arch: ArchConfig) -> None:
+        L = arch.sfu.lanes
+        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L),
+                                PortGroup("g", isa.Buf.GLB, 2, L), PortGroup("b", isa.Buf.GLB, 2, L)])
 
     def elaborate(self, platform) -> Module:
         m = Module()
+        ins = self.instr
+        L, P = self.lanes, self.P
+        layer = ins.op == isa.MiscOp.LAYERNORM
+        eb = Signal(5)
+        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
+        steps_r, steps_l = norm_steps(False), norm_steps(True)
+        gap = Mux(layer, norm_row_gap(True), norm_row_gap(False))
+
+        busy = Signal()
+        phase = Signal(2)
+        row = Signal(isa.DIM_BITS)  # the row of the current pass
+        seq_row = Signal(isa.DIM_BITS)  # the row whose sequence runs
+        k = Signal(range(norm_row_gap(True) + 1))  # cycles into the sequence (0: none yet)
+        col = Signal(isa.DIM_BITS + 1)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        E = sched.issue
+        issuing = busy & (phase != WAIT)
+        row_end = issuing & sched.pass_end
+        last = Signal()
+        m.d.comb += last.eq(row_end & (phase == OUT) & (row + 1 >= ins.rows))
+        seq_done = k >= gap
+
+        # The pass after this one, and whether it is an output pass (which waits for its
+        # row's sequence, and starts the next row's).
+        nxt_row, nxt_out = Signal.like(row), Signal()
+        with m.If(phase == STATS):
+            with m.If((row == 0) & (ins.rows > 1)):
+                m.d.comb += [nxt_row.eq(1), nxt_out.eq(0)]
+            with m.Else():  # the look-ahead statistics of row + 1: OUT of the row before
+                m.d.comb += [nxt_row.eq(Mux(row == 0, 0, row - 1)), nxt_out.eq(1)]
+        with m.Else():
+            with m.If(row + 2 < ins.rows):
+                m.d.comb += [nxt_row.eq(row + 2), nxt_out.eq(0)]
+            with m.Else():
+                m.d.comb += [nxt_row.eq(row + 1), nxt_out.eq(1)]
+        go_out = Signal()  # this cycle decides that OUT issues next cycle
+
+        with m.If((k != 0) & (k < gap)):
+            m.d.sync += k.eq(k + 1)
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), phase.eq(STATS), row.eq(0), col.eq(0), k.eq(0),
+                         *sched.restart()]
+        with m.If(issuing):
+            m.d.sync += [col.eq(col + E), *sched.advance()]
+        with m.If(row_end):
+            m.d.sync += [col.eq(0), *sched.restart()]
+            with m.If((phase == STATS) & (row == 0)):  # row 0's sequence starts
+                m.d.sync += [k.eq(1), seq_row.eq(0)]
+            with m.If(last):
+                m.d.sync += busy.eq(0)
+            with m.Elif(nxt_out):
+                m.d.sync += [row.eq(nxt_row), phase.eq(WAIT)]
+                m.d.comb += go_out.eq(seq_done)
+            with m.Else():
+                m.d.sync += [row.eq(nxt_row), phase.eq(STATS)]
+        with m.If(busy & (phase == WAIT)):
+            m.d.comb += go_out.eq(seq_done)
+        with m.If(go_out):
+            m.d.sync += phase.eq(OUT)
+            with m.If(seq_row + 1 < ins.rows):  # the next row's sequence starts with OUT
+                m.d.sync += [k.eq(1), seq_row.eq(seq_row + 1)]
+
+        for j in range(L):
+            on = issuing & (j < E)
+            p, g, b = (self.port(n, j) for n in ("rd", "g", "b"))
+            m.d.comb += [p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                         p.req.eq(on),
+                         g.addr.eq(ins.p_addr + ((col + j) << 1)),
+                         b.addr.eq(ins.p_addr + ((ins.cols + col + j) << 1)),
+                         g.req.eq(on & (phase == OUT)), b.req.eq(on & (phase == OUT) & layer)]
+        # stage 1: arrival
+        v1 = Signal(L)
+        ph1, r1, c1, last1, first1 = Signal(2), Signal.like(row), Signal.like(col), Signal(), Signal()
+        m.d.sync += [v1.eq(Cat(*(issuing & (j < E) for j in range(L)))), ph1.eq(phase),
+                     r1.eq(row), c1.eq(col), last1.eq(last), first1.eq(col == 0)]
+        xs = [Signal(signed(X_BITS), name=f"x{j}") for j in range(L)]
+        for j in range(L):
+            m.d.comb += xs[j].eq(sext(self.port("rd", j).rdata, ins.a_dt))
+        # statistics, per row parity; the first arrival of a pass restarts them
+        s1 = [Signal(signed(S1_BITS), name=f"s1_{b}") for b in range(2)]
+        s2 = [Signal(unsigned(S2_BITS), name=f"s2_{b}") for b in range(2)]
+        add1 = sum((Mux(v1[j], xs[j], 0) for j in range(L)), 0)
+        add2 = sum((Mux(v1[j], xs[j] * xs[j], 0) for j in range(L)), 0)
+        with m.If(v1.any() & (ph1 == STATS)):
+            for b in range(2):
+                with m.If(r1[0] == b):
+                    m.d.sync += [s1[b].eq(Mux(first1, 0, s1[b]) + add1),
+                                 s2[b].eq(Mux(first1, 0, s2[b]) + add2)]
+
+        # the sequence of row seq_row, at fixed k
         m.submodules.divider = div = Divider(DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS)
         m.submodules.isqrt = sqrt = ISqrt(RADICAND_BITS)
-        ins = self.instr
-        layer = ins.op == isa.MiscOp.LAYERNORM
-
-        row = Signal(isa.DIM_BITS)
-        col = Signal(isa.DIM_BITS)
-        issuing = Signal()
-        phase = Signal()  # LAYERNORM output pass: 0 reads x and gamma, 1 reads beta
-        out_pass = Signal()
-        s1 = Signal(signed(S1_BITS))
-        s2 = Signal(unsigned(S2_BITS))
-        mean = Signal(signed(X_BITS + 1))
-        inv = Signal(INV_DIVIDEND_BITS)
-
-        issue = Signal(Tag)
-        beta_issue = Signal()
-        x_issue = issuing & ~phase
-        m.d.comb += [
-            issue.valid.eq(x_issue), issue.out.eq(out_pass), issue.col.eq(col),
-            issue.last.eq(col == ins.cols - 1), beta_issue.eq(issuing & phase),
-            self.rd.en.eq(x_issue), self.rd.row.eq(row), self.rd.col.eq(col),
-            self.prm.en.eq(issuing & out_pass),
-            self.prm.index.eq(Mux(phase, ins.cols + col, col)),
-        ]
-        with m.If(issuing):
-            with m.If(out_pass & layer & ~phase):
-                m.d.sync += phase.eq(1)
-            with m.Else():
-                m.d.sync += [phase.eq(0), col.eq(col + 1)]
-                with m.If(issue.last):
-                    m.d.sync += issuing.eq(0)
-        arrive = Tag(delay(m, issue, self.read_latency, "arrive"))
-        beta_arrive = delay(m, beta_issue, self.read_latency, "beta_arrive")
-        x = self.rd.data[:X_BITS].as_signed()
-
-        tag_e = self._output_pipeline(m, arrive, beta_arrive, x, mean, inv, layer)
-        m.d.comb += [self.wr.row.eq(row), self.wr.col.eq(tag_e.col)]
-
-        def begin(out: int) -> list:
-            return [col.eq(0), phase.eq(0), issuing.eq(1), out_pass.eq(out)]
-
-        def divide(state: str, dividend, divisor, then: str, *result) -> None:
-            with m.State(state):
-                m.d.comb += [div.start.eq(1), div.dividend.eq(dividend), div.divisor.eq(divisor)]
-                m.next = state + "_WAIT"
-            with m.State(state + "_WAIT"):
-                with m.If(div.done):
-                    m.d.sync += list(result)
-                    m.next = then
-
+        par = seq_row[0]
+        S1 = Mux(par, s1[1], s1[0])
+        S2 = Mux(par, s2[1], s2[0])
+        mean = [Signal(signed(X_BITS + 1), name=f"mean{b}") for b in range(2)]
+        inv = [Signal(numerics.NORM_RSQRT_BITS + 1, name=f"inv{b}") for b in range(2)]
         centre = Signal(signed(S1_BITS + X_BITS + 3))
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [row.eq(0), s1.eq(0), s2.eq(0), *begin(0)]
-                    m.next = "STATS"
-            with m.State("STATS"):
-                with m.If(arrive.valid):
-                    m.d.sync += [s1.eq(s1 + x), s2.eq(s2 + x * x)]
-                    with m.If(arrive.last):
-                        m.d.sync += mean.eq(0)
-                        with m.If(layer):
-                            m.next = "MEAN"
-                        with m.Else():
-                            m.next = "MS"
-            divide("MEAN", abs(s1), ins.cols, "CENTRE_1",
-                   mean.eq(Mux(s1 >= 0, div.quotient,
-                               -div.quotient - (div.remainder != 0))))
-            with m.State("CENTRE_1"):
-                m.d.sync += centre.eq(2 * s1 - ins.cols * mean)
-                m.next = "CENTRE_2"
-            with m.State("CENTRE_2"):
-                m.d.sync += s2.eq(s2 - mean * centre)
-                m.next = "MS"
-            ms = Signal(MS_BITS)
-            m.d.comb += ms.eq(div.quotient + ins.eps)
-            divide("MS", s2, ins.cols, "SQRT")
-            with m.State("SQRT"):
-                m.d.comb += [sqrt.start.eq(1), sqrt.value.eq(ms << 16)]
-                m.next = "SQRT_WAIT"
-            with m.State("SQRT_WAIT"):
-                with m.If(sqrt.done):
-                    m.next = "INV"
-            divide("INV", 1 << numerics.NORM_RSQRT_BITS, Mux(sqrt.root == 0, 1, sqrt.root),
-                   "OUT", inv.eq(div.quotient), *begin(1))
-            with m.State("OUT"):
-                with m.If(tag_e.valid):
-                    m.d.comb += self.wr.en.eq(1)
-                    with m.If(tag_e.last):
-                        m.d.sync += [row.eq(row + 1), s1.eq(0), s2.eq(0), out_pass.eq(0)]
-                        with m.If(row == ins.rows - 1):
-                            m.d.comb += self.done.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.d.sync += begin(0)
-                            m.next = "STATS"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
-        return m
+        ms = Signal(MS_BITS)
+        m.d.comb += ms.eq(div.quotient + ins.eps)
 
-    def _output_pipeline(self, m: Module, arrive, beta_arrive, x, mean, inv, layer):
-        """x - mean -> t = rnd(xc * inv, 16) -> rnd(t * gamma, shift) -> + beta, sat."""
-        ins = self.instr
-        tag_b, tag_c, tag_d, tag_e = (Signal(Tag, name=f"tag_{s}") for s in "bcde")
-        xc_b = Signal(signed(X_BITS + 2))
-        g_b, g_c = Signal(signed(X_BITS), name="g_b"), Signal(signed(X_BITS), name="g_c")
-        t_c = Signal(signed(len(xc_b) + len(inv) - numerics.NORM_T_SHIFT + 1))
-        u_d = Signal(signed(len(t_c) + X_BITS))
-        beta = Signal(signed(X_BITS))
-        y_e = Signal(signed(len(self.wr.data)))
-        m.d.sync += [
-            tag_b.eq(Mux(arrive.out, arrive, 0)), tag_c.eq(tag_b), tag_d.eq(tag_c),
-            tag_e.eq(tag_d),
-            xc_b.eq(x - mean), g_b.eq(self.prm.data[:X_BITS].as_signed()), g_c.eq(g_b),
-            t_c.eq(rnd_shift(xc_b * inv, numerics.NORM_T_SHIFT)),
-            u_d.eq(rnd_shift(t_c * g_c, ins.shift)),
-            y_e.eq(saturate(u_d + Mux(layer, beta, 0), ins.d_dt)),
-        ]
-        with m.If(beta_arrive):
-            m.d.sync += beta.eq(self.prm.data[:X_BITS].as_signed())
-        m.d.comb += self.wr.data.eq(y_e)
-        return tag_e
+        def at(step: str):
+            return Mux(layer, k == steps_l[step], k == steps_r[step])
+
+        with m.If(layer & (k == steps_l["mean"])):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(abs(S1)), div.divisor.eq(ins.cols)]
+        dl = divider_latency(DIV_DIVIDEND_BITS)
+        for b in range(2):
+            with m.If(par == b):
+                with m.If(layer & (k == steps_l["mean"] + dl)):
+                    m.d.sync += mean[b].eq(Mux(S1 >= 0, div.quotient,
+                                               -div.quotient - (div.remainder != 0)))
+                with m.If(layer & (k == steps_l["mean"] + dl + 1)):
+                    m.d.sync += centre.eq(2 * S1 - ins.cols * mean[b])
+                with m.If(layer & (k == steps_l["mean"] + dl + 2)):
+                    m.d.sync += s2[b].eq(S2 - mean[b] * centre)
+                with m.If(at("latch")):
+                    m.d.sync += inv[b].eq(div.quotient)
+        with m.If(at("mean_square")):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(S2), div.divisor.eq(ins.cols)]
+        with m.If(at("sqrt")):
+            m.d.comb += [sqrt.start.eq(1), sqrt.value.eq(ms << 16)]
+        with m.If(at("inverse")):
+            m.d.comb += [div.start.eq(1), div.dividend.eq(1 << numerics.NORM_RSQRT_BITS),
+                         div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root))]
+
+        # output: computed on arrival with the row's mean and inverse root, written next cycle
+        v2 = Signal(L)
+        r2, c2, last2, ph2 = Signal.like(row), Signal.like(col), Signal(), Signal(2)
+        m.d.sync += [v2.eq(v1), r2.eq(r1), c2.eq(c1), last2.eq(last1), ph2.eq(ph1)]
+        row_mean = Mux(layer, Mux(r1[0], mean[1], mean[0]), 0)
+        row_inv = Mux(r1[0], inv[1], inv[0])
+        for j in range(L):
+            gam = self.port("g", j).rdata.as_signed()
+            bet = self.port("b", j).rdata.as_signed()
+            xc = Signal(signed(X_BITS + 2), name=f"xc{j}")
+            t = Signal(signed(len(xc) + len(row_inv) - numerics.NORM_T_SHIFT + 1), name=f"t{j}")
+            u = Signal(signed(len(t) + X_BITS), name=f"u{j}")
+            y = Signal(32, name=f"y{j}")
+            m.d.comb += [xc.eq(xs[j] - row_mean), t.eq(rnd_shift(xc * row_inv, numerics.NORM_T_SHIFT)),
+                         u.eq(rnd_shift(t * gam, ins.shift))]
+            m.d.sync += y.eq(saturate(u + Mux(layer, bet, 0), ins.d_dt))
+            p = self.port("wr", j)
+            m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                         p.we.eq(1), p.wdata.eq(y), p.strb.eq(strobe(ins.d_dt)),
+                         p.req.eq(v2[j] & (ph2 == OUT))]
+        self.finish(m, last2)
+        return m

@@ -1,172 +1,177 @@
-"""SOFTMAX: three passes over each row, one element per cycle, one reciprocal per row.
+"""SOFTMAX at the lane rate: three passes per row, one reciprocal per row, hidden behind
+the next row's first pass.
 
 ``numerics.softmax`` needs the row maximum before any exponent and the row sum before
-any output, so the component reads the row three times from the ACT buffer (max,
-exponent sum, output) and recomputes the exponent in the last pass rather than storing
-it: recomputing costs a ROM read, storing would cost a row buffer of 2**16 entries.
+any output, so each row is read three times (MAX, SUM, OUT) and the exponent is
+recomputed in OUT rather than stored (recomputing costs a ROM read, storing a row
+buffer). Between SUM and OUT the row waits for ``2**38 // sum`` on the restoring
+divider (:data:`flightforge.sfu.SOFTMAX_ROW_GAP` cycles); the passes are ordered
+MAX0 SUM0 MAX1 OUT0 SUM1 MAX2 OUT1 ... so that the next row's MAX runs meanwhile, and
+OUT waits only for what is left (:func:`flightforge.sfu.softmax_cycles`, which the
+cycle model charges). Two maximum registers, one per row parity, keep a row's maximum
+while the next row's is being found.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory
 
 from flightforge import isa, numerics
+from flightforge.arch import ArchConfig
+from flightforge.sfu import (EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTMAX_ROW_GAP,
+                             SUM_BITS)
 
-from .common import (ELEM_BITS, by_dtype, check_latency, delay, op_signature, rnd_shift)
+from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, by_dtype, elem_addr,
+                     elem_bytes, rnd_shift, sext, strobe)
 from .divider import Divider
 
-#: Width of one exp2 value (the ROM entries); 2**0 needs 16 bits.
-EXP_BITS = int(numerics.EXP2_LUT.max()).bit_length()
-#: Width of the row sum of exponents: at most 2**16 columns of at most 2**15.
-SUM_BITS = isa.DIM_BITS + EXP_BITS
-#: The dividend ``2**38`` of the reciprocal.
-RECIP_DIVIDEND_BITS = numerics.SOFTMAX_RECIP_BITS + 1
-#: Exponent shift is clamped here (``min(t >> 8, 16)``) by numerics.
-EXP_MAX_SHIFT = 16
-
-#: What travels with each element down the pipeline: which pass issued it and where.
-Tag = data.StructLayout({"valid": 1, "exp": 1, "out": 1, "last": 1, "vcol": 1,
-                         "col": isa.DIM_BITS})
+MAX, SUM, WAIT, OUT = range(4)
 
 
-class Softmax(wiring.Component):
-    """Row softmax, bit-exact with :func:`flightforge.numerics.softmax`.
+class SoftmaxStream(StreamComponent):
+    """SOFTMAX on the byte-credit schedule (``elem_bytes`` = input + result bytes in every
+    pass), bit-exact with :func:`flightforge.numerics.softmax`.
 
-    Passes per row: MAX (``max`` over valid columns), SUM (``e`` and its sum), RECIP
-    (``2**38 // sum`` on the restoring divider), OUT (``y`` written for every column,
-    0 on masked ones). Pipeline after a read returns: d, t, ROM, e/y, write.
-
-    Cycles per row (:meth:`row_cycles`): ``3 * cols + 3 * read_latency + 48`` with the
-    39-bit reciprocal divider (40 cycles), 3 drain cycles before it, one to latch its
-    quotient and 4 write-pipeline cycles; the instruction takes ``1 + rows * row_cycles``
-    from ``start`` to ``done`` (:meth:`cycles`). ``done`` coincides with the last write.
+    Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port. An
+    element issued in cycle ``t`` arrives in ``t + 1``: MAX folds it into its row's
+    maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >> shift)`` and the
+    ROM address, the ROM answers in ``t + 2``, where SUM adds ``e`` to the row sum and OUT
+    writes ``y``. The divider starts three cycles after SUM's last issue (when its last
+    ``e`` is summed); OUT may issue from :data:`~flightforge.sfu.SOFTMAX_ROW_GAP` + 1
+    cycles after that last issue, so that its first ``y`` meets the quotient.
     """
 
-    #: stages after the read data of the SUM pass before the divider starts, plus the
-    #: divider, plus the OUT pass write stages (see row_cycles).
-    PIPE_SUM = 3
-    PIPE_OUT = 4
+    OPS = (isa.MiscOp.SOFTMAX,)
 
-    def __init__(self, *, read_latency: int = 1) -> None:
-        self.read_latency = check_latency(read_latency)
-        super().__init__(op_signature(params=False))
-
-    def row_cycles(self, cols: int) -> int:
-        """Cycles one row takes: three passes of ``cols`` reads, drains and the divider."""
-        lat = self.read_latency
-        recip = Divider.latency_of(RECIP_DIVIDEND_BITS)
-        return (cols + lat) + (cols + lat + self.PIPE_SUM + recip + 1) + (cols + lat + self.PIPE_OUT)
-
-    def cycles(self, rows: int, cols: int) -> int:
-        """Cycles from ``start`` to ``done`` (both counted) of a ``rows x cols`` tile."""
-        return 1 + rows * self.row_cycles(cols)
+    def __init__(self, arch: ArchConfig) -> None:
+        L = arch.sfu.lanes
+        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L)])
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.submodules.divider = div = Divider(RECIP_DIVIDEND_BITS, SUM_BITS)
+        ins = self.instr
+        L, P = self.lanes, self.P
+        eb = Signal(5)
+        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
+
+        busy = Signal()
+        phase = Signal(2)
+        row = Signal(isa.DIM_BITS)  # the row of the current pass
+        wait = Signal(range(SOFTMAX_ROW_GAP + 1))  # cycles until OUT may issue, plus one
+        col = Signal(isa.DIM_BITS + 1)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        E = sched.issue
+        issuing = busy & (phase != WAIT)
+        row_end = issuing & sched.pass_end
+        more = row + 1 < ins.rows
+        last = Signal()
+        m.d.comb += last.eq(row_end & (phase == OUT) & ~more)
+        ready = wait <= 1  # OUT may issue next cycle
+
+        with m.If(wait != 0):
+            m.d.sync += wait.eq(wait - 1)
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), phase.eq(MAX), row.eq(0), col.eq(0), *sched.restart()]
+        with m.If(issuing):
+            m.d.sync += [col.eq(col + E), *sched.advance()]
+        with m.If(row_end):
+            m.d.sync += [col.eq(0), *sched.restart()]
+            with m.Switch(phase):
+                with m.Case(MAX):  # row 0's MAX, or the look-ahead MAX of row + 1
+                    with m.If(row == 0):
+                        m.d.sync += phase.eq(SUM)
+                    with m.Else():
+                        m.d.sync += [row.eq(row - 1), phase.eq(Mux(ready, OUT, WAIT))]
+                with m.Case(SUM):
+                    m.d.sync += wait.eq(SOFTMAX_ROW_GAP)
+                    with m.If(more):
+                        m.d.sync += [phase.eq(MAX), row.eq(row + 1)]
+                    with m.Else():
+                        m.d.sync += phase.eq(WAIT)
+                with m.Case(OUT):
+                    with m.If(more):
+                        m.d.sync += [phase.eq(SUM), row.eq(row + 1)]
+                    with m.Else():
+                        m.d.sync += busy.eq(0)
+        with m.If(busy & (phase == WAIT) & ready):
+            m.d.sync += phase.eq(OUT)
+
+        limit = Mux(ins.len == 0, ins.cols, ins.len)
+        for j in range(L):
+            p = self.port("rd", j)
+            m.d.comb += [p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                         p.req.eq(issuing & (j < E))]
+        # stage 1: arrival
+        v1 = Signal(L)
+        ph1, r1, c1, last1 = Signal(2), Signal.like(row), Signal.like(col), Signal()
+        first1 = Signal()  # the pass's first issue (restarts the maximum or the sum)
+        m.d.sync += [ph1.eq(phase), r1.eq(row), c1.eq(col), last1.eq(last),
+                     first1.eq(col == 0), v1.eq(Cat(*(issuing & (j < E) for j in range(L))))]
+        xs, vc = [], []
+        for j in range(L):
+            xj = Signal(signed(ELEM_BITS), name=f"x{j}")
+            cj = c1 + j
+            vj = Signal(name=f"vc{j}")
+            m.d.comb += [xj.eq(sext(self.port("rd", j).rdata, ins.a_dt)),
+                         vj.eq(v1[j] & (cj < limit) & (~ins.causal | (cj <= ins.pos + r1)))]
+            xs.append(xj)
+            vc.append(vj)
+        # MAX: fold the lanes into the row's maximum, one register per row parity
+        mx_bank = [Signal(signed(ELEM_BITS), name=f"mx{b}") for b in range(2)]
+        mx = Mux(r1[0], mx_bank[1], mx_bank[0])
+        run = Mux(first1, -(1 << (ELEM_BITS - 1)), mx)
+        for j in range(L):
+            nxt = Signal(signed(ELEM_BITS), name=f"mx_fold{j}")
+            m.d.comb += nxt.eq(Mux(vc[j] & (xs[j] > run), xs[j], run))
+            run = nxt
+        with m.If(v1.any() & (ph1 == MAX)):
+            for b in range(2):
+                with m.If(r1[0] == b):
+                    m.d.sync += mx_bank[b].eq(run)
+        # SUM / OUT: d, t, ROM address (combinational on arrival), ROM data next cycle
         rom = memory.Memory(shape=unsigned(EXP_BITS), depth=len(numerics.EXP2_LUT),
                             init=[int(v) for v in numerics.EXP2_LUT])
         m.submodules.exp2_rom = rom
-        rom_rd = rom.read_port()
-        ins = self.instr
-
-        row = Signal(isa.DIM_BITS)
-        col = Signal(isa.DIM_BITS)
-        issuing = Signal()
-        mx = Signal(signed(ELEM_BITS))
+        v2, vc2 = Signal(L), Signal(L)
+        ph2, r2, c2, last2, first2 = Signal(2), Signal.like(row), Signal.like(col), Signal(), Signal()
+        m.d.sync += [v2.eq(v1), vc2.eq(Cat(*vc)), ph2.eq(ph1), r2.eq(r1), c2.eq(c1),
+                     last2.eq(last1), first2.eq(first1)]
+        es = []
+        for j in range(L):
+            rp = rom.read_port()
+            d = Signal(ELEM_BITS, name=f"d{j}")
+            t = Signal(ELEM_BITS + isa.MULT_BITS, name=f"t{j}")
+            sh = Signal(range(EXP_MAX_SHIFT + 1), name=f"sh{j}")
+            m.d.comb += [d.eq(Mux(vc[j], mx - xs[j], 0)),
+                         t.eq(rnd_shift(d * ins.m0, ins.shift)),
+                         rp.addr.eq(t[:8])]
+            m.d.sync += sh.eq(Mux(t >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT, EXP_MAX_SHIFT,
+                                  t >> numerics.FRAC_BITS_EXP))
+            e = Signal(EXP_BITS, name=f"e{j}")
+            m.d.comb += e.eq(Mux(vc2[j], rp.data >> sh, 0))
+            es.append(e)
         total = Signal(SUM_BITS)
-        recip = Signal(len(div.quotient))
-        exp_pass = Signal()  # the pass issuing now computes exponents (SUM, OUT)
-        out_pass = Signal()  # ... and writes them (OUT)
-
-        # Issue: one read per cycle while a pass walks the row.
-        limit = Mux(ins.len == 0, ins.cols, ins.len)
-        issue = Signal(Tag)
-        m.d.comb += [
-            issue.valid.eq(issuing), issue.col.eq(col),
-            issue.exp.eq(exp_pass), issue.out.eq(out_pass),
-            issue.last.eq(col == ins.cols - 1),
-            issue.vcol.eq((col < limit) & (~ins.causal | (col <= ins.pos + row))),
-            self.rd.en.eq(issuing), self.rd.row.eq(row), self.rd.col.eq(col),
-        ]
-        with m.If(issuing):
-            m.d.sync += col.eq(col + 1)
-            with m.If(issue.last):
-                m.d.sync += issuing.eq(0)
-        arrive = Tag(delay(m, issue, self.read_latency, "arrive"))
-        x = self.rd.data
-
-        # Exponent pipeline shared by SUM and OUT: d -> t -> ROM -> e -> (y, write).
-        tag_b, tag_c, tag_d, tag_e = (Signal(Tag, name=f"tag_{s}") for s in "bcde")
-        d_b = Signal(ELEM_BITS)
-        t_c = Signal(len(d_b) + isa.MULT_BITS)
-        sh_d = Signal(range(EXP_MAX_SHIFT + 1))
-        e_d = Signal(EXP_BITS)
-        y_e = Signal(signed(ELEM_BITS))
-        frac_shift = by_dtype(ins.d_dt, lambda d: numerics.SOFTMAX_RECIP_BITS - (d.bits - 1))
-        y_max = by_dtype(ins.d_dt, lambda d: (1 << (d.bits - 1)) - 1)
-        y_full = Signal(len(recip) + EXP_BITS)
-        m.d.comb += [
-            rom_rd.addr.eq(t_c[:8]),
-            e_d.eq(Mux(tag_d.vcol, rom_rd.data >> sh_d, 0)),
-            y_full.eq(rnd_shift(e_d * recip, frac_shift)),
-        ]
-        m.d.sync += [
-            tag_b.eq(arrive), tag_c.eq(tag_b), tag_d.eq(tag_c), tag_e.eq(tag_d),
-            d_b.eq(Mux(arrive.vcol, mx - x, 0)),
-            t_c.eq(rnd_shift(d_b * ins.m0, ins.shift)),
-            sh_d.eq(Mux(t_c >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT, EXP_MAX_SHIFT,
-                        t_c >> numerics.FRAC_BITS_EXP)),
-            y_e.eq(Mux(y_full > y_max, y_max, y_full)),
-        ]
-        m.d.comb += [
-            self.wr.en.eq(tag_e.valid & tag_e.out), self.wr.row.eq(row),
-            self.wr.col.eq(tag_e.col), self.wr.data.eq(y_e),
-        ]
-
-        def begin_pass() -> list:
-            return [col.eq(0), issuing.eq(1)]
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [row.eq(0), mx.eq(-(1 << (ELEM_BITS - 1))), exp_pass.eq(0),
-                                 *begin_pass()]
-                    m.next = "MAX"
-            with m.State("MAX"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(arrive.valid & arrive.vcol & (x > mx)):
-                    m.d.sync += mx.eq(x)
-                with m.If(arrive.valid & arrive.last):
-                    m.d.sync += [total.eq(0), exp_pass.eq(1), *begin_pass()]
-                    m.next = "SUM"
-            with m.State("SUM"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(tag_d.valid & tag_d.exp):
-                    m.d.sync += total.eq(total + e_d)
-                    with m.If(tag_d.last):
-                        m.next = "RECIP"
-            with m.State("RECIP"):
-                m.d.comb += [self.busy.eq(1), div.start.eq(1),
-                             div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
-                             div.divisor.eq(total)]
-                m.next = "RECIP_WAIT"
-            with m.State("RECIP_WAIT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(div.done):
-                    m.d.sync += [recip.eq(Mux(total == 0, 0, div.quotient)), out_pass.eq(1),
-                                 *begin_pass()]
-                    m.next = "OUT"
-            with m.State("OUT"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(tag_e.valid & tag_e.out & tag_e.last):
-                    m.d.sync += [out_pass.eq(0), exp_pass.eq(0), row.eq(row + 1),
-                                 mx.eq(-(1 << (ELEM_BITS - 1)))]
-                    with m.If(row == self.instr.rows - 1):
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += begin_pass()
-                        m.next = "MAX"
+        with m.If(v2.any() & (ph2 == SUM)):
+            m.d.sync += total.eq(Mux(first2, 0, total) + sum(es))
+        m.submodules.divider = div = Divider(RECIP_DIVIDEND_BITS, SUM_BITS)
+        # the last e of the pass is summed two cycles after its issue: start then
+        sum_end = Signal(3)
+        m.d.sync += sum_end.eq(Cat(row_end & (phase == SUM), sum_end[:2]))
+        m.d.comb += [div.start.eq(sum_end[2]), div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
+                     div.divisor.eq(total)]
+        zero = Signal()  # the row's sum was 0 (every column masked): y = 0
+        with m.If(sum_end[2]):
+            m.d.sync += zero.eq(total == 0)
+        recip = Mux(zero, 0, div.quotient)
+        frac_shift = by_dtype(ins.d_dt, lambda dt: numerics.SOFTMAX_RECIP_BITS - (dt.bits - 1))
+        y_max = by_dtype(ins.d_dt, lambda dt: (1 << (dt.bits - 1)) - 1)
+        for j in range(L):
+            yf = Signal(len(div.quotient) + EXP_BITS, name=f"yf{j}")
+            m.d.comb += yf.eq(rnd_shift(es[j] * recip, frac_shift))
+            p = self.port("wr", j)
+            m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                         p.we.eq(1), p.wdata.eq(Mux(yf > y_max, y_max, yf)),
+                         p.strb.eq(strobe(ins.d_dt)), p.req.eq(v2[j] & (ph2 == OUT))]
+        self.finish(m, last2)
         return m

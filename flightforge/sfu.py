@@ -1,0 +1,117 @@
+"""The SFU's row reductions (SOFTMAX, RMSNORM, LAYERNORM): datapath widths and timing.
+
+The RTL (``hw/sfu``) builds these operations and the cycle model (``sim/timing.py``)
+charges them; both take the widths, latencies and the per-instruction cycle count from
+here, so the model stays cycle-exact with the hardware by construction, not by copy.
+
+A row reduction makes two or three passes over each row at the lane rate (``p``
+cycles a pass, the byte-credit schedule of ``Timing.misc``) and, between its
+statistics and its output pass, waits for sequential arithmetic that runs once per row:
+the softmax reciprocal ``2**38 // sum`` (a restoring divider, one quotient bit a cycle)
+or the norms' mean, mean square, integer square root and inverse root. The hardware
+hides that wait behind the next row's first pass (see :func:`softmax_cycles` and
+:func:`norm_cycles`); only what does not fit behind it is exposed.
+"""
+
+from __future__ import annotations
+
+from . import isa, numerics
+
+# --- widths of the per-row arithmetic -----------------------------------------------------
+
+#: Width of one exp2 value (the softmax ROM entries); 2**0 needs 16 bits.
+EXP_BITS = int(numerics.EXP2_LUT.max()).bit_length()
+#: Width of the row sum of exponents: at most 2**16 columns of at most 2**15.
+SUM_BITS = isa.DIM_BITS + EXP_BITS
+#: The dividend ``2**38`` of the softmax reciprocal.
+RECIP_DIVIDEND_BITS = numerics.SOFTMAX_RECIP_BITS + 1
+#: The softmax exponent shift is clamped here (``min(t >> 8, 16)``) by numerics.
+EXP_MAX_SHIFT = 16
+
+#: Norm input bits: norms take INT8 or INT16 (isa.MISC refuses INT32).
+X_BITS = isa.DType.INT16.bits
+#: |sum x| < 2**(X_BITS - 1 + DIM_BITS); one more bit for the sign.
+S1_BITS = X_BITS + isa.DIM_BITS
+#: sum x**2 (or of the centred values) < 2**(2 * X_BITS + DIM_BITS).
+S2_BITS = 2 * X_BITS + isa.DIM_BITS
+#: mean square + eps <= (2**X_BITS)**2 + 2**16: the centred values span 2**X_BITS.
+MS_BITS = 2 * X_BITS + 2
+#: isqrt(ms << 16), then inv = 2**38 // r.
+RADICAND_BITS = MS_BITS + 16
+INV_DIVIDEND_BITS = numerics.NORM_RSQRT_BITS + 1
+DIV_DIVIDEND_BITS = max(S1_BITS, S2_BITS, INV_DIVIDEND_BITS)
+ROOT_BITS = (RADICAND_BITS + 1) // 2
+DIV_DIVISOR_BITS = max(isa.DIM_BITS, ROOT_BITS)
+#: LAYERNORM's centring after its mean: ``2*S1 - n*mean``, then ``S2 - mean*centre``.
+CENTRE_STEPS = 2
+
+
+# --- latencies ------------------------------------------------------------------------
+
+def divider_latency(dividend_bits: int) -> int:
+    """Cycles from ``start`` to a valid quotient: one quotient bit a cycle, plus the start."""
+    return dividend_bits + 1
+
+
+def isqrt_latency(radicand_bits: int) -> int:
+    """Cycles from ``start`` to a valid root: two radicand bits a cycle, plus the start."""
+    return (radicand_bits + 1) // 2 + 1
+
+
+#: Cycles between the end of a softmax row's SUM pass and the first cycle its OUT pass may
+#: issue: the reciprocal on the divider. Its start waits for the last exponent, which is
+#: summed two cycles after its issue and registered (3 cycles); the first OUT element
+#: reaches the multiplier two cycles after its issue, so the two offsets cancel but one.
+SOFTMAX_ROW_GAP = divider_latency(RECIP_DIVIDEND_BITS)
+
+
+def norm_steps(layer: bool) -> dict[str, int]:
+    """When each step of a norm row's sequence happens: ``k`` cycles after it starts.
+
+    ``k = 1`` is the first cycle of the sequence, and the row's statistics (S1, S2) are
+    registered from ``k = 2``. LAYERNORM first divides S1 by ``cols`` for its mean and
+    centres S2 (:data:`CENTRE_STEPS`); both norms then divide for the mean square, take
+    the square root and divide ``2**38`` by it; ``latch`` registers the inverse root for
+    the output pass, which may issue from ``k = latch + 1``.
+    """
+    div, sqrt = divider_latency(DIV_DIVIDEND_BITS), isqrt_latency(RADICAND_BITS)
+    steps = {"mean": 2} if layer else {}
+    ms = 2 + (div + 1 + CENTRE_STEPS if layer else 0)
+    steps.update({"mean_square": ms, "sqrt": ms + div, "inverse": ms + div + sqrt})
+    steps["latch"] = steps["inverse"] + div
+    return steps
+
+
+def norm_row_gap(layer: bool) -> int:
+    """Cycles a norm row's sequence takes from its start to its output pass's first issue."""
+    return norm_steps(layer)["latch"]
+
+
+# --- cycles of one instruction -----------------------------------------------------------
+
+def softmax_cycles(rows: int, p: int, gap: int = SOFTMAX_ROW_GAP) -> int:
+    """Issue cycles of a SOFTMAX over ``rows`` rows of ``p``-cycle passes.
+
+    Pass order: MAX0 SUM0 MAX1 OUT0 SUM1 MAX2 OUT1 ... SUM(n-1) OUT(n-1). The reciprocal of
+    row ``r`` runs while MAX of row ``r + 1`` issues, so OUT of row ``r`` waits
+    ``max(0, gap - p)`` extra cycles, and the last row the whole ``gap``.
+    """
+    if rows <= 0:
+        return 0
+    return 3 * p * rows + (rows - 1) * max(0, gap - p) + gap
+
+
+def norm_cycles(rows: int, p: int, gap: int) -> int:
+    """Issue cycles of RMSNORM/LAYERNORM over ``rows`` rows of ``p``-cycle passes.
+
+    Pass order: STATS0 STATS1 OUT0 STATS2 OUT1 STATS3 ... OUT(n-2) OUT(n-1). Row 0's
+    sequence starts when STATS0 ends; row ``r + 1``'s when OUT of row ``r`` starts (its
+    statistics are in by then and the divider is free). OUT of row ``r`` issues when
+    its sequence is done and the pass before it has ended: rows then follow each other
+    every ``max(2p, gap)`` cycles.
+    """
+    if rows <= 0:
+        return 0
+    if rows == 1:
+        return 2 * p + gap
+    return 2 * p + 2 * max(p, gap) + (rows - 2) * max(2 * p, gap)

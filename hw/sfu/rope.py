@@ -1,0 +1,117 @@
+"""ROPE at the lane rate, timed as ``Timing.misc`` counts it (one pass, ``elem_bytes`` =
+input + result bytes).
+
+Rotate-half works on pairs ``(x1, x2)`` = columns ``(c, c + len/2)`` of a ``len``-column
+chunk, so the byte-credit schedule issues an even number of elements a cycle
+(``lanes / 2`` pairs at most): every pair slot has its own ACT read ports for ``x1`` and
+``x2`` and GLB ports for ``cos`` and ``sin`` (INT16, position ``pos + row``), computes
+both rotated values one cycle later and writes them one cycle after that. Both halves of
+a pair are read before either is written, so the operation may run in place.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal
+
+from flightforge import isa
+from flightforge.arch import ArchConfig
+
+from .common import (ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, rnd_shift,
+                     saturate, sext, strobe)
+
+
+class RopeStream(StreamComponent):
+    """Ports (one a lane): ``rd`` and ``wr`` on ACT (4 bytes), ``tab`` on GLB (2 bytes);
+    pair slot ``s`` uses lanes ``2s`` (``x1``, ``cos``) and ``2s + 1`` (``x2``, ``sin``)."""
+
+    OPS = (isa.MiscOp.ROPE,)
+
+    def __init__(self, arch: ArchConfig) -> None:
+        if arch.sfu.lanes % 2:
+            raise ValueError("ROPE needs an even number of SFU lanes")
+        L = arch.sfu.lanes
+        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L),
+                                PortGroup("tab", isa.Buf.GLB, 2, L)])
+        self.slots = L // 2
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        ins = self.instr
+        L, P, S = self.lanes, self.P, self.slots
+        eb = Signal(5)
+        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
+        half = (ins.len >> 1)
+        busy = Signal()
+        row = Signal(isa.DIM_BITS)
+        done_e = Signal(isa.DIM_BITS + 1)  # elements issued in this row
+        base = Signal(isa.DIM_BITS + 1)  # first column of the current chunk
+        i = Signal(isa.DIM_BITS)  # pair index within the chunk
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=done_e)
+        npairs = Signal(range(S + 1))
+        m.d.comb += npairs.eq(sched.issue >> 1)
+        row_end = done_e + (npairs << 1) >= ins.cols
+        last = busy & row_end & (row + 1 >= ins.rows)
+        # the pairs of this cycle: chunk base and index per slot
+        bases, idxs = [base], [i]
+        for s in range(1, S + 1):
+            wrap = idxs[-1] + 1 >= half
+            nb_ = Signal.like(base, name=f"base{s}")
+            ni = Signal.like(i, name=f"idx{s}")
+            m.d.comb += [nb_.eq(Mux(wrap, bases[-1] + ins.len, bases[-1])),
+                         ni.eq(Mux(wrap, 0, idxs[-1] + 1))]
+            bases.append(nb_)
+            idxs.append(ni)
+        with m.If(~busy & self.start):
+            m.d.sync += [busy.eq(1), row.eq(0), done_e.eq(0), base.eq(0), i.eq(0),
+                         *sched.restart()]
+        with m.If(busy):
+            m.d.sync += [done_e.eq(done_e + (npairs << 1)), *sched.advance()]
+            with m.Switch(npairs):
+                for n in range(S + 1):
+                    with m.Case(n):
+                        m.d.sync += [base.eq(bases[n]), i.eq(idxs[n])]
+            with m.If(row_end):
+                m.d.sync += [done_e.eq(0), base.eq(0), i.eq(0), row.eq(row + 1), *sched.restart()]
+                with m.If(row + 1 >= ins.rows):
+                    m.d.sync += busy.eq(0)
+
+        tab_row = (ins.pos + row) * ins.len
+        v1 = [Signal(name=f"v1_{s}") for s in range(S)]
+        c1 = [Signal.like(base, name=f"c1_{s}") for s in range(S)]
+        r1, last1 = Signal.like(row), Signal()
+        m.d.sync += [r1.eq(row), last1.eq(last)]
+        for s in range(S):
+            on = busy & (s < npairs)
+            col = bases[s] + idxs[s]
+            x1p, x2p = self.port("rd", 2 * s), self.port("rd", 2 * s + 1)
+            cp, sp = self.port("tab", 2 * s), self.port("tab", 2 * s + 1)
+            m.d.comb += [x1p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
+                         x2p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)),
+                         cp.addr.eq(ins.p_addr + ((tab_row + idxs[s]) << 1)),
+                         sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
+                         x1p.req.eq(on), x2p.req.eq(on), cp.req.eq(on), sp.req.eq(on)]
+            m.d.sync += [v1[s].eq(on), c1[s].eq(col)]
+        # stage 1: rotate
+        v2 = [Signal(name=f"v2_{s}") for s in range(S)]
+        c2 = [Signal.like(base, name=f"c2_{s}") for s in range(S)]
+        y = [[Signal(32, name=f"y{s}_{h}") for h in range(2)] for s in range(S)]
+        r2, last2 = Signal.like(row), Signal()
+        m.d.sync += [r2.eq(r1), last2.eq(last1)]
+        for s in range(S):
+            x1 = sext(self.port("rd", 2 * s).rdata, ins.a_dt)
+            x2 = sext(self.port("rd", 2 * s + 1).rdata, ins.a_dt)
+            cos = self.port("tab", 2 * s).rdata.as_signed()
+            sin = self.port("tab", 2 * s + 1).rdata.as_signed()
+            m.d.sync += [y[s][0].eq(saturate(rnd_shift(x1 * cos - x2 * sin, ins.shift), ins.d_dt)),
+                         y[s][1].eq(saturate(rnd_shift(x2 * cos + x1 * sin, ins.shift), ins.d_dt)),
+                         v2[s].eq(v1[s]), c2[s].eq(c1[s])]
+        # stage 2: write both halves
+        for s in range(S):
+            for h in range(2):
+                p = self.port("wr", 2 * s + h)
+                m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2,
+                                                 c2[s] + (half if h else 0), ins.d_dt)),
+                             p.we.eq(1), p.wdata.eq(y[s][h]), p.strb.eq(strobe(ins.d_dt)),
+                             p.req.eq(v2[s])]
+        self.finish(m, last2)
+        return m
