@@ -24,3 +24,18 @@ def test_every_package_folder_is_listed_in_pyproject():
             found.add(".".join([pkg, *rel.parts]))
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
     assert "*.yaml" in cfg["package-data"]["flightforge.mappings"]
+
+
+def test_verilator_testbench_sources_are_package_data():
+    """The harness builds from files in sim/verilator/, which are not Python modules:
+    without package-data a plain install would lack them."""
+    from fnmatch import fnmatch
+
+    from flightforge.sim.rtl_harness import TB_DIR, TB_SOURCES
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["flightforge.sim"]
+    for name in TB_SOURCES:
+        assert (TB_DIR / name).is_file(), name
+        rel = f"{TB_DIR.name}/{name}"
+        assert any(fnmatch(rel, pat) for pat in patterns), f"add {rel} to flightforge.sim package-data"
