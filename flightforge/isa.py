@@ -481,26 +481,27 @@ class MISC(Instruction):
                                   f"nonzero and divide cols={self.cols}")
 
 
+#: The dynamic fields of each class, as ``(step, target)``: the effective ``target`` is
+#: the static field plus ``D * step`` (the functional simulator, the cycle model and the
+#: RTL's length register all apply this table).
+DYNAMIC_FIELDS: dict[type[Instruction], tuple[tuple[str, str], ...]] = {
+    LD: (("dyn_step", "src"),),
+    ST: (("dyn_step", "dst"),),
+    MISC: (("a_step", "a_addr"), ("dyn_pos", "pos")),
+}
+
+
 def resolve(instr: Instruction, d: int) -> Instruction:
     """The static instruction a dynamic one performs when ``D = d``.
 
     Raises :class:`EncodeError` naming the field when an effective value leaves its range.
     """
-    if d == 0 or not isinstance(instr, (LD, ST, MISC)):
+    fields = DYNAMIC_FIELDS.get(type(instr), ())
+    if d == 0 or not any(getattr(instr, step) for step, _ in fields):
         return instr
-    if isinstance(instr, LD):
-        if not instr.dyn_step:
-            return instr
-        new = dataclasses.replace(instr, src=instr.src + d * instr.dyn_step, dyn_step=0)
-    elif isinstance(instr, ST):
-        if not instr.dyn_step:
-            return instr
-        new = dataclasses.replace(instr, dst=instr.dst + d * instr.dyn_step, dyn_step=0)
-    else:
-        if not (instr.a_step or instr.dyn_pos):
-            return instr
-        new = dataclasses.replace(instr, a_addr=instr.a_addr + d * instr.a_step,
-                                  pos=instr.pos + d * instr.dyn_pos, a_step=0, dyn_pos=0)
+    new = dataclasses.replace(instr, **{
+        k: v for step, target in fields
+        for k, v in ((target, getattr(instr, target) + d * getattr(instr, step)), (step, 0))})
     try:
         new.check()
     except EncodeError as e:
@@ -509,8 +510,7 @@ def resolve(instr: Instruction, d: int) -> Instruction:
 
 
 def is_dynamic(instr: Instruction) -> bool:
-    return bool(getattr(instr, "dyn_step", 0) or getattr(instr, "a_step", 0)
-                or getattr(instr, "dyn_pos", 0))
+    return any(getattr(instr, step) for step, _ in DYNAMIC_FIELDS.get(type(instr), ()))
 
 
 INSTRUCTION_TYPES: dict[Opcode, type[Instruction]] = {

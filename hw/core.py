@@ -4,6 +4,9 @@ Top-level ports (see :mod:`.bus` for the channel protocols):
 
 - ``start`` runs the section held by the instruction port from instruction 0;
   ``halted`` rises when its HALT retires (``illegal``, ``token_error`` report faults);
+- ``run_d``: the length register, ``D = length - len_lo`` of a length-adaptive section,
+  held by the host while the section runs; every LD, ST and MISC has its dynamic fields
+  (``isa.DYNAMIC_FIELDS``) applied on its way from the issue queue to its unit;
 - ``imem_we``/``imem_addr``/``imem_wdata``: host writes into the instruction buffer
   (one instruction per cycle, while idle);
 - ``mem_rd``/``mem_wr``: external memory, ``hbm.burst_bytes`` per beat;
@@ -24,6 +27,7 @@ from flightforge.arch import ArchConfig
 from .buffers import Buffer
 from .bus import MemReadSignature, MemWriteSignature
 from .controller import IMEM_ADDR_BITS, Controller
+from .decode import resolve_dynamic
 from .memory_units import LoadUnit, StoreUnit, _beat_bytes, port_width
 from .mpe import MatrixEngine
 from .sfu.unit import SpecialFunctionUnit
@@ -38,7 +42,8 @@ class Core(wiring.Component):
         self.arch = arch
         beat = _beat_bytes(arch)
         super().__init__({
-            "start": In(1), "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
+            "start": In(1), "run_d": In(isa.DIM_BITS),
+            "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
             "imem_we": In(1), "imem_addr": In(IMEM_ADDR_BITS), "imem_wdata": In(isa.INSTR_BITS),
             "mem_rd": Out(MemReadSignature(isa.EXT_ADDR_BITS, beat)),
             "mem_wr": Out(MemWriteSignature(isa.EXT_ADDR_BITS, beat)),
@@ -55,8 +60,8 @@ class Core(wiring.Component):
         for u, unit in units.items():
             m.submodules[u.name.lower()] = unit
             port = getattr(ctrl, f"unit_{u.name.lower()}")
-            m.d.comb += [unit.instr.eq(port.instr), unit.start.eq(port.start),
-                         port.done.eq(unit.done)]
+            m.d.comb += [unit.instr.eq(resolve_dynamic(m, u, port.instr, self.run_d)),
+                         unit.start.eq(port.start), port.done.eq(unit.done)]
         m.d.comb += [ctrl.imem_we.eq(self.imem_we), ctrl.imem_addr.eq(self.imem_addr),
                      ctrl.imem_wdata.eq(self.imem_wdata)]
         wiring.connect(m, wiring.flipped(self.mem_rd), units[isa.Unit.LD].mem)

@@ -7,7 +7,7 @@ change in isa.py changes the RTL at the next elaboration.
 
 from functools import cache
 
-from amaranth import Cat, Const, Module, Mux, Value, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,11 +60,28 @@ def field(word: Value, classes: tuple[type[isa.Instruction], ...], opcode: Value
     return out
 
 
+#: Instruction fields whose non-default values the RTL does not implement, with the
+#: value it requires; the decoder marks such a word illegal rather than run it wrongly.
+UNSUPPORTED_FIELDS: dict[type[isa.Instruction], dict[str, int]] = {
+    isa.LD: {"unpack": int(isa.Unpack.NONE)},
+}
+
+
+def unsupported(instr: isa.Instruction) -> str | None:
+    """Why the RTL cannot run ``instr`` (a field it does not implement), or None."""
+    for name, value in UNSUPPORTED_FIELDS.get(type(instr), {}).items():
+        if int(getattr(instr, name)) != value:
+            return (f"{type(instr).__name__}.{name}={getattr(instr, name)!r} is not implemented "
+                    f"in the RTL (docs/rtl.md)")
+    return None
+
+
 class Decoder(wiring.Component):
     """Classifies an instruction word: opcode, unit, HALT/NOP, and whether it is legal.
 
     ``legal`` is 0 for an unknown opcode, an enum field holding no member, or reserved
-    bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`.
+    bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`;
+    and for a field value the RTL does not implement (:data:`UNSUPPORTED_FIELDS`).
     (The semantic checks of ``Instruction.check``, like K being a multiple of the sparse
     block, are the compiler's and the encoder's job and are not repeated in hardware.)
     """
@@ -85,6 +102,8 @@ class Decoder(wiring.Component):
                 with m.Case(op):
                     v = view(cls, w)
                     ok = w[used_bits(cls):] == 0
+                    for name, value in UNSUPPORTED_FIELDS.get(cls, {}).items():
+                        ok &= v[name] == value
                     for name, _, _, spec in isa.layout(cls)[1:]:
                         if spec.enum is not None:
                             members = [int(e) for e in spec.enum]
@@ -106,3 +125,23 @@ def unit_members(unit: isa.Unit) -> dict[str, wiring.Member]:
     when it is idle (the controller tracks this from ``start`` and ``done``).
     """
     return {"instr": In(unit_bits(unit)), "start": In(1), "done": Out(1)}
+
+
+def resolve_dynamic(m: Module, unit: isa.Unit, word: Value, d: Value) -> Value:
+    """``word`` (an instruction for ``unit``) with its dynamic fields applied for ``D = d``:
+    :data:`flightforge.isa.DYNAMIC_FIELDS` in hardware, the length register's adders.
+
+    A sum past its field's width wraps; the host refuses such a run beforehand
+    (:func:`flightforge.isa.resolve` raises).
+    """
+    word = Value.cast(word)
+    classes = [c for c in isa.DYNAMIC_FIELDS if c.UNIT == unit]
+    if not classes:
+        return word
+    (cls,) = classes
+    out = Signal(isa.INSTR_BITS, name=f"{unit.name.lower()}_resolved")
+    src, dst = view(cls, word), data.View(instr_layout(cls), out)
+    m.d.comb += out.eq(word)
+    for step, target in isa.DYNAMIC_FIELDS[cls]:
+        m.d.comb += [dst[target].eq(src[target] + d * src[step]), dst[step].eq(0)]
+    return out[:len(word)]

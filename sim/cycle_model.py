@@ -129,6 +129,9 @@ class CycleModel:
         self.timing = timing_for(arch, params)
         self.program: Program | None = None
         self.runs: list[SectionRun] = []
+        # What each distinct instruction costs: the buckets of one program repeat most
+        # of their instructions (weights, projections), so a request times each once.
+        self._costs: dict[isa.Instruction, tuple[int, int, int, int, int, int]] = {}
 
     # --- Device protocol ------------------------------------------------------------
 
@@ -157,35 +160,40 @@ class CycleModel:
 
     # --- timing ------------------------------------------------------------------------
 
+    def _cost(self, ins: isa.Instruction) -> tuple[int, int, int, int, int, int]:
+        """(duration, bytes loaded, bytes stored, burst bytes moved, MACs, SFU elements)."""
+        cost = self._costs.get(ins)
+        if cost is None:
+            timing = self.timing
+            if isinstance(ins, isa.LD):
+                t = timing.ld(ins)
+                cost = (t.cycles, t.bytes, 0, t.burst_bytes, 0, 0)
+            elif isinstance(ins, isa.ST):
+                t = timing.st(ins)
+                cost = (t.cycles, 0, t.bytes, t.burst_bytes, 0, 0)
+            elif isinstance(ins, (isa.MM, isa.MV)):
+                cost = (timing.matmul(ins), 0, 0, 0, ins.rows * ins.n * formats.weight_entries(
+                    ins.k, isa.SparseMode(ins.sparse)), 0)
+            elif isinstance(ins, isa.MISC):
+                cost = (timing.misc(ins), 0, 0, 0, 0, ins.rows * ins.cols)
+            else:
+                cost = (0, 0, 0, 0, 0, 0)
+            self._costs[ins] = cost
+        return cost
+
     def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>",
                 d: int = 0) -> SectionRun:
         """Time one stream ending in HALT, with bucket offset ``d``."""
-        timing = self.timing
         if d:
             try:
                 instrs = [isa.resolve(ins, d) if isa.is_dynamic(ins) else ins for ins in instrs]
             except isa.EncodeError as e:
                 raise DeviceError(f"section {name!r}: {e}") from None
         n = len(instrs)
-        durations = np.zeros(n, dtype=np.int64)
-        loaded = stored = moved = macs = elems = 0
-        by_op: Counter = Counter()
-        for i, ins in enumerate(instrs):
-            by_op[ins.OPCODE.name] += 1
-            if isinstance(ins, (isa.LD, isa.ST)):
-                cost = timing.ld(ins) if isinstance(ins, isa.LD) else timing.st(ins)
-                durations[i] = cost.cycles
-                moved += cost.burst_bytes
-                if isinstance(ins, isa.LD):
-                    loaded += cost.bytes
-                else:
-                    stored += cost.bytes
-            elif isinstance(ins, (isa.MM, isa.MV)):
-                durations[i] = timing.matmul(ins)
-                macs += ins.rows * ins.n * formats.weight_entries(ins.k, isa.SparseMode(ins.sparse))
-            elif isinstance(ins, isa.MISC):
-                durations[i] = timing.misc(ins)
-                elems += ins.rows * ins.cols
+        costs = [self._cost(ins) for ins in instrs]
+        durations = np.fromiter((c[0] for c in costs), dtype=np.int64, count=n)
+        loaded, stored, moved, macs, elems = (sum(c[k] for c in costs) for k in range(1, 6))
+        by_op = Counter(ins.OPCODE.name for ins in instrs)
         dur = durations.tolist()
         sched = run_dispatch(instrs, token_depth=self.arch.token_depth,
                              queue_depth=self.arch.queue_depth,

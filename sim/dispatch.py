@@ -88,74 +88,76 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
     dispatch = np.full(n, -1, dtype=np.int64)
     start = np.full(n, -1, dtype=np.int64)
     end = np.full(n, -1, dtype=np.int64)
+    # Per instruction, once: its unit (None for SYS) and the units of its masks.
+    unit_of = [ins.UNIT for ins in instrs]
+    waits = [_mask_units(ins.wait) if u is not None else () for ins, u in zip(instrs, unit_of)]
+    releases = [_mask_units(ins.release) if u is not None else () for ins, u in zip(instrs, unit_of)]
+    halt_at = n - 1  # check_section_code: the last instruction is the only HALT
     queues: dict[isa.Unit, deque[int]] = {u: deque() for u in UNITS}
     busy: dict[isa.Unit, int | None] = {u: None for u in UNITS}  # running instruction
-    tokens = np.zeros((len(UNITS), len(UNITS)), dtype=np.int64)  # tokens[src][dst]
+    tokens = [[0] * len(UNITS) for _ in UNITS]  # tokens[src][dst]
+    queued = running = 0
     completions: list[tuple[int, int, int]] = []  # (time, unit, instr)
     pc = 0
     t = 0
     last_dispatch = -1
 
     def can_start(i: int, u: isa.Unit) -> bool:
-        ins = instrs[i]
-        return (all(tokens[v, u] > 0 for v in _mask_units(ins.wait))
-                and all(tokens[u, v] < token_depth for v in _mask_units(ins.release)))
+        return (all(tokens[v][u] > 0 for v in waits[i])
+                and all(tokens[u][v] < token_depth for v in releases[i]))
+
+    def can_dispatch(i: int) -> bool:
+        u = unit_of[i]
+        if u is None:
+            return i != halt_at or (queued == 0 and running == 0)
+        return len(queues[u]) < queue_depth
 
     while True:
         # Retire everything that completes now.
         while completions and completions[0][0] <= t:
             _, u_val, i = heapq.heappop(completions)
-            u = isa.Unit(u_val)
-            for v in _mask_units(instrs[i].release):
-                tokens[u, v] += 1
+            u = UNITS[u_val]
+            for v in releases[i]:
+                tokens[u][v] += 1
             busy[u] = None
+            running -= 1
         # Dispatch at most one instruction this cycle.
-        if pc < n and last_dispatch < t:
-            ins = instrs[pc]
-            if isinstance(ins, isa.SYS):
-                if ins.op == isa.SysOp.HALT:
-                    if not any(queues.values()) and all(b is None for b in busy.values()):
-                        dispatch[pc] = t
-                        leftover = [(isa.Unit(s).name, isa.Unit(d).name, int(tokens[s, d]))
-                                    for s in range(len(UNITS)) for d in range(len(UNITS))
-                                    if tokens[s, d]]
-                        if leftover:
-                            desc = ", ".join(f"{c} from {s} to {d}" for s, d, c in leftover)
-                            raise DeviceError(f"section {section!r} reached HALT (instruction {pc}) "
-                                              f"with unconsumed tokens: {desc}")
-                        return Schedule(dispatch, start, end, t + 1)
-                else:
-                    dispatch[pc] = t
-                    last_dispatch = t
-                    pc += 1
-            elif len(queues[ins.UNIT]) < queue_depth:
-                dispatch[pc] = t
-                queues[ins.UNIT].append(pc)
-                last_dispatch = t
-                pc += 1
+        if pc < n and last_dispatch < t and can_dispatch(pc):
+            dispatch[pc] = t
+            u = unit_of[pc]
+            if pc == halt_at:
+                leftover = [(UNITS[s].name, UNITS[d].name, tokens[s][d])
+                            for s in range(len(UNITS)) for d in range(len(UNITS)) if tokens[s][d]]
+                if leftover:
+                    desc = ", ".join(f"{c} from {s} to {d}" for s, d, c in leftover)
+                    raise DeviceError(f"section {section!r} reached HALT (instruction {pc}) "
+                                      f"with unconsumed tokens: {desc}")
+                return Schedule(dispatch, start, end, t + 1)
+            if u is not None:
+                queues[u].append(pc)
+                queued += 1
+            last_dispatch = t
+            pc += 1
         # Start every head that can start.
         for u in UNITS:
             q = queues[u]
             if busy[u] is None and q and can_start(q[0], u):
                 i = q.popleft()
+                queued -= 1
                 ins = instrs[i]
-                for v in _mask_units(ins.wait):
-                    tokens[v, u] -= 1
+                for v in waits[i]:
+                    tokens[v][u] -= 1
                 start[i] = t
                 if on_start is not None:
                     on_start(i, ins)
                 d = max(1, int(duration(i, ins)))
                 end[i] = t + d
                 busy[u] = i
+                running += 1
                 heapq.heappush(completions, (t + d, int(u), i))
         # Advance time.
-        can_dispatch_next = pc < n and (
-            (isinstance(instrs[pc], isa.SYS) and (instrs[pc].op != isa.SysOp.HALT
-                                                  or (not any(queues.values())
-                                                      and all(b is None for b in busy.values()))))
-            or (not isinstance(instrs[pc], isa.SYS) and len(queues[instrs[pc].UNIT]) < queue_depth))
         startable = any(busy[u] is None and queues[u] and can_start(queues[u][0], u) for u in UNITS)
-        if can_dispatch_next or startable:
+        if (pc < n and can_dispatch(pc)) or startable:
             t += 1
         elif completions:
             t = max(t + 1, completions[0][0])
@@ -164,7 +166,7 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
 
 
 def _deadlock_message(instrs: Sequence[isa.Instruction], queues: dict[isa.Unit, deque[int]],
-                      tokens: np.ndarray, token_depth: int, pc: int, section: str) -> str:
+                      tokens: list[list[int]], token_depth: int, pc: int, section: str) -> str:
     lines = []
     for u in UNITS:
         if not queues[u]:
@@ -172,9 +174,9 @@ def _deadlock_message(instrs: Sequence[isa.Instruction], queues: dict[isa.Unit, 
         i = queues[u][0]
         ins = instrs[i]
         lacks = [f"a token from {v.name} (none released)" for v in _mask_units(ins.wait)
-                 if tokens[v, u] == 0]
+                 if tokens[v][u] == 0]
         full = [f"room to release to {v.name} ({token_depth} tokens already waiting)"
-                for v in _mask_units(ins.release) if tokens[u, v] >= token_depth]
+                for v in _mask_units(ins.release) if tokens[u][v] >= token_depth]
         lines.append(f"instruction {i} ({ins.OPCODE.name} on {u.name}) waits for "
                      + " and ".join(lacks + full))
     if pc < len(instrs) and not lines:
