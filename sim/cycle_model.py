@@ -28,7 +28,7 @@ from flightforge.generate import decode_run, prefill_runs
 from flightforge.program import Program, ProgramError
 
 from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
-from .dispatch import Schedule, run_dispatch
+from .dispatch import MASK_UNITS, Schedule, run_dispatch
 from .timing import Timing, TimingParams, timing_for
 
 UNITS = tuple(isa.Unit)
@@ -76,40 +76,39 @@ def stall_breakdown(instrs: Sequence[isa.Instruction], sched: Schedule) -> dict[
     ``release_room`` (a counter it releases to was full). Idle time after a unit's last
     instruction is ``drain``. Busy plus stalls equals the section's cycles on every unit.
     """
-    end, start, disp = sched.end, sched.start, sched.dispatch
+    end, start, disp = sched.end.tolist(), sched.start.tolist(), sched.dispatch.tolist()
     releases: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, ins in enumerate(instrs):
-        if ins.UNIT is not None and ins.release:
-            for v in UNITS:
-                if ins.release >> v & 1:
-                    releases[(ins.UNIT, v)].append(int(end[i]))
+        if ins.UNIT is not None:
+            for v in MASK_UNITS[ins.release]:
+                releases[(ins.UNIT, v)].append(end[i])
     consumed: Counter = Counter()
     free = {u: 0 for u in UNITS}
     out = {u.name: dict.fromkeys(STALL_KINDS, 0) for u in UNITS}
+    wait_key = {v: f"wait_{v.name}" for v in UNITS}
     for i, ins in enumerate(instrs):
         u = ins.UNIT
         if u is None:
             continue
-        s = int(start[i])
+        s = start[i]
         t = free[u]
         row = out[u.name]
-        d = min(max(int(disp[i]), t), s)
+        d = min(max(disp[i], t), s)
         row["dispatch"] += d - t
         t = d
         tok, who = -1, None
-        for v in UNITS:
-            if ins.wait >> v & 1:
-                k = consumed[(v, u)]
-                consumed[(v, u)] += 1
-                arrival = releases[(v, u)][k]
-                if arrival > tok:
-                    tok, who = arrival, v
+        for v in MASK_UNITS[ins.wait]:
+            k = consumed[(v, u)]
+            consumed[(v, u)] = k + 1
+            arrival = releases[(v, u)][k]
+            if arrival > tok:
+                tok, who = arrival, v
         if who is not None and tok > t:
             w = min(tok, s)
-            row[f"wait_{who.name}"] += w - t
+            row[wait_key[who]] += w - t
             t = w
         row["release_room"] += s - t
-        free[u] = int(end[i])
+        free[u] = end[i]
     for u in UNITS:
         out[u.name]["drain"] += sched.cycles - free[u]
     return out

@@ -54,8 +54,13 @@ class Schedule:
     cycles: int  #: cycle at which HALT retired: the section's latency
 
 
-def _mask_units(mask: int) -> list[isa.Unit]:
-    return [u for u in UNITS if mask >> u & 1]
+#: The units of every wait/release mask value, so a mask is decoded by one lookup.
+MASK_UNITS: tuple[tuple[isa.Unit, ...], ...] = tuple(
+    tuple(u for u in UNITS if mask >> u & 1) for mask in range(1 << len(UNITS)))
+
+
+def _mask_units(mask: int) -> tuple[isa.Unit, ...]:
+    return MASK_UNITS[mask]
 
 
 def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
@@ -90,8 +95,8 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
     end = np.full(n, -1, dtype=np.int64)
     # Per instruction, once: its unit (None for SYS) and the units of its masks.
     unit_of = [ins.UNIT for ins in instrs]
-    waits = [_mask_units(ins.wait) if u is not None else () for ins, u in zip(instrs, unit_of)]
-    releases = [_mask_units(ins.release) if u is not None else () for ins, u in zip(instrs, unit_of)]
+    waits = [MASK_UNITS[ins.wait] if u is not None else () for ins, u in zip(instrs, unit_of)]
+    releases = [MASK_UNITS[ins.release] if u is not None else () for ins, u in zip(instrs, unit_of)]
     halt_at = n - 1  # check_section_code: the last instruction is the only HALT
     queues: dict[isa.Unit, deque[int]] = {u: deque() for u in UNITS}
     busy: dict[isa.Unit, int | None] = {u: None for u in UNITS}  # running instruction
@@ -139,6 +144,7 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
             last_dispatch = t
             pc += 1
         # Start every head that can start.
+        consumed = False
         for u in UNITS:
             q = queues[u]
             if busy[u] is None and q and can_start(q[0], u):
@@ -147,6 +153,7 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
                 ins = instrs[i]
                 for v in waits[i]:
                     tokens[v][u] -= 1
+                    consumed = True
                 start[i] = t
                 if on_start is not None:
                     on_start(i, ins)
@@ -155,8 +162,10 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
                 busy[u] = i
                 running += 1
                 heapq.heappush(completions, (t + d, int(u), i))
-        # Advance time.
-        startable = any(busy[u] is None and queues[u] and can_start(queues[u][0], u) for u in UNITS)
+        # Advance time. A head the loop passed over can start next cycle only if a later
+        # unit's start consumed a token into room it was waiting for.
+        startable = consumed and any(busy[u] is None and queues[u] and can_start(queues[u][0], u)
+                                     for u in UNITS)
         if (pc < n and can_dispatch(pc)) or startable:
             t += 1
         elif completions:
