@@ -107,6 +107,15 @@ BUILD_ARGS = ("--x-assign", "0", "--x-initial", "0", "--no-public-flat-rw",
               "-LDFLAGS", "-rdynamic")
 
 
+def build_tag(verilog: str, tb_sources: dict[str, bytes], params: dict[str, int]) -> str:
+    """The hash that names a build: everything Verilator compiles and how."""
+    h = hashlib.sha256(verilog.encode())
+    for name, data in sorted(tb_sources.items()):
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    h.update(repr((sorted(params.items()), BUILD_ARGS)).encode())
+    return h.hexdigest()[:12]
+
+
 def build(arch: ArchConfig, *, waves: bool = False, build_root: Path | None = None) -> Build:
     """Export the core for ``arch`` and Verilate it inside the simulation wrapper (cached on
     disk and within the process).
@@ -129,11 +138,7 @@ def build(arch: ArchConfig, *, waves: bool = False, build_root: Path | None = No
             f"(config digest {arch.digest().hex()[:16]}). Do not edit.\n" + core_verilog(arch))
     params = tb_parameters(arch)
     tb = {name: (TB_DIR / name).read_bytes() for name in TB_SOURCES}
-    h = hashlib.sha256(text.encode())
-    for name, data in tb.items():
-        h.update(name.encode() + b"\0" + data)
-    h.update(repr((sorted(params.items()), BUILD_ARGS)).encode())
-    tag = h.hexdigest()[:12]
+    tag = build_tag(text, tb, params)
     directory = root / f"{arch.name}-{arch.digest().hex()[:12]}-{tag}{'-fst' if waves else ''}"
     directory.mkdir(parents=True, exist_ok=True)
     verilog = directory / f"{TOP}.v"
@@ -182,7 +187,8 @@ def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
     a ``memory`` step's is ``{page: array}`` of the external-memory pages written so far
     (pages of ``ExternalMemory.PAGE_BITS``).
     Replay stops after a section that times out or decodes an illegal instruction; a
-    section that touches bytes outside external memory raises :class:`DeviceError`.
+    step that touches bytes outside external memory raises :class:`DeviceError` naming
+    them (nothing is truncated).
     With ``waves``, the FST trace goes to ``waves_file`` (default: ``waves.fst`` in the
     build directory); FST needs the lz4 headers (Debian: ``liblz4-dev``).
     """
@@ -216,7 +222,8 @@ def run_steps(arch: ArchConfig, steps: Sequence[tuple], *, waves: bool = False,
         results = pickle.loads(results_file.read_bytes())
     for rec in results:
         if isinstance(rec, dict) and rec.get("fault"):
-            raise DeviceError(f"section {rec['section']!r}: {rec['fault']}")
+            where = f"section {rec['section']!r}: " if "section" in rec else ""
+            raise DeviceError(where + rec["fault"])
     return results
 
 

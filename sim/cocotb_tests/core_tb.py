@@ -48,6 +48,10 @@ _SIGNATURES = {
 }
 
 
+class HostError(RuntimeError):
+    """A host access outside external memory (the C++ side's message)."""
+
+
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Give ``lib``'s ff_* functions their C signatures (ctypes would pass every integer as
     a 32-bit ``int``)."""
@@ -81,12 +85,12 @@ class Host:
 
     def write(self, addr: int, data: bytes) -> None:
         if self.lib.ff_mem_write(addr, data, len(data)):
-            raise RuntimeError(self.error())
+            raise HostError(self.error())
 
     def read(self, addr: int, size: int) -> bytes:
         out = np.zeros(size, np.uint8)
         if self.lib.ff_mem_read(addr, _ptr(out), size):
-            raise RuntimeError(self.error())
+            raise HostError(self.error())
         return out.tobytes()
 
     def pages(self) -> dict[int, np.ndarray]:
@@ -166,21 +170,24 @@ async def replay(dut):
     dut.rst.value = 0
     await ClockCycles(dut.clk, 1)
     results = []
-    for step in job["steps"]:
-        kind = step[0]
-        if kind == "write":
-            host.write(step[1], step[2])
-            results.append(None)
-        elif kind == "run":
-            rec = await run_section(dut, host, step[2], job["max_cycles"])
-            rec["section"] = step[1]
-            results.append(rec)
-            if rec["timeout"] or rec["illegal"] or rec["fault"]:
-                break
-        elif kind == "dump":
-            results.append({"buffers": await dump_buffers(dut, host, step[1]),
-                            "ext": {(a, n): host.read(a, n) for a, n in step[2]}})
-        elif kind == "memory":
-            results.append(host.pages())
+    try:
+        for step in job["steps"]:
+            kind = step[0]
+            if kind == "write":
+                host.write(step[1], step[2])
+                results.append(None)
+            elif kind == "run":
+                rec = await run_section(dut, host, step[2], job["max_cycles"])
+                rec["section"] = step[1]
+                results.append(rec)
+                if rec["timeout"] or rec["illegal"] or rec["fault"]:
+                    break
+            elif kind == "dump":
+                results.append({"buffers": await dump_buffers(dut, host, step[1]),
+                                "ext": {(a, n): host.read(a, n) for a, n in step[2]}})
+            elif kind == "memory":
+                results.append(host.pages())
+    except HostError as e:  # reported by the harness as a DeviceError
+        results.append({"fault": str(e)})
     with open(cocotb.plusargs["results"], "wb") as f:
         pickle.dump(results, f)

@@ -1,0 +1,67 @@
+"""The Verilator harness itself: what names a build, and how a run reports programs that
+leave external memory or never halt (the RTL tests cover the cycle-level behaviour)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flightforge import isa
+from flightforge.mappings import load_target
+from flightforge.sim import rtl_harness as h
+from flightforge.sim.device import DeviceError
+
+
+def test_build_tag_covers_every_source_and_parameter() -> None:
+    tb = {name: (h.TB_DIR / name).read_bytes() for name in h.TB_SOURCES}
+    params = {"BEAT_BYTES": 8}
+    base = h.build_tag("module m; endmodule", tb, params)
+    assert h.build_tag("module m; endmodule", dict(tb), dict(params)) == base
+    assert h.build_tag("module n; endmodule", tb, params) != base
+    for name in tb:
+        assert h.build_tag("module m; endmodule", {**tb, name: tb[name] + b"\n"}, params) != base
+    assert h.build_tag("module m; endmodule", tb, {"BEAT_BYTES": 16}) != base
+
+
+@pytest.fixture(scope="module")
+def arch():
+    try:
+        h.verilator_setup()
+        import cocotb_tools.runner  # noqa: F401
+    except (h.RtlUnavailable, ImportError) as e:
+        pytest.skip(f"RTL simulation unavailable: {e}")
+    return load_target("tiny")
+
+
+def _transfer(kind: type, cap: int) -> bytes:
+    """A section whose one 16-byte transfer runs 8 bytes past external memory."""
+    ext = {"src": cap - 8} if kind is isa.LD else {"dst": cap - 8}
+    ins = kind(buf=isa.Buf.ACT, rows=1, row_bytes=16, src_stride=16, dst_stride=16,
+               **{"dst" if kind is isa.LD else "src": 0}, **ext)
+    return isa.encode([ins, isa.SYS(op=isa.SysOp.HALT)])
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("kind, message", [
+    (isa.LD, r"^section 'oob': LD command: bytes 67108856\.\.67108871 are outside external "
+             r"memory \(0\.\.67108863\)$"),
+    (isa.ST, r"^section 'oob': ST beat: bytes 67108864\.\.67108864 are outside external "
+             r"memory \(0\.\.67108863\)$")])
+def test_transfer_outside_memory_is_an_error(arch, kind, message) -> None:
+    with pytest.raises(DeviceError, match=message):
+        h.run_steps(arch, [("run", "oob", _transfer(kind, arch.hbm.capacity))])
+
+
+@pytest.mark.rtl
+def test_host_write_outside_memory_is_an_error(arch) -> None:
+    cap = arch.hbm.capacity
+    with pytest.raises(DeviceError, match=rf"^write: bytes {cap - 4}\.\.{cap + 3} are outside "
+                                          rf"external memory \(0\.\.{cap - 1}\)$"):
+        h.run_steps(arch, [("write", cap - 4, bytes(8))])
+
+
+@pytest.mark.rtl
+def test_cycle_limit_stops_the_section(arch) -> None:
+    code = isa.encode([isa.LD(buf=isa.Buf.ACT, dst=0, src=0, rows=1, row_bytes=64,
+                              src_stride=64, dst_stride=64), isa.SYS(op=isa.SysOp.HALT)])
+    results = h.run_steps(arch, [("run", "slow", code), ("run", "never", code)], max_cycles=10)
+    assert [(r["section"], r["timeout"], r["cycles"]) for r in results] == [("slow", True, 10)]
