@@ -7,7 +7,8 @@ functional simulator.
   digest and a hash of the Verilog and the wrapper's sources, so a run reuses it and an
   RTL, testbench or config change rebuilds.
 - :func:`run_steps` replays a list of steps in ONE simulation: host writes to external
-  memory (``("write", addr, data)``), section runs (``("run", name, code)``), dumps of
+  memory (``("write", addr, data)``), section runs (``("run", name, code)``, or
+  ``("run", name, code, d)`` with the core's length register ``run_d`` at ``d``), dumps of
   buffer windows and memory ranges (``("dump", [(buf, lo, hi)], [(addr, size)])``) and
   full external-memory snapshots (``("memory",)``). The cocotb replay
   (:mod:`flightforge.sim.cocotb_tests.core_tb`) only describes each step to the wrapper;
@@ -96,7 +97,8 @@ def tb_parameters(arch: ArchConfig) -> dict[str, int]:
 
     return {"BEAT_BYTES": _beat_bytes(arch), "ADDR_BITS": isa.EXT_ADDR_BITS,
             "BEATS_BITS": BEATS_BITS, "INSTR_BITS": isa.INSTR_BITS,
-            "IMEM_ADDR_BITS": IMEM_ADDR_BITS, "BUF_ADDR_BITS": isa.BUF_ADDR_BITS}
+            "IMEM_ADDR_BITS": IMEM_ADDR_BITS, "BUF_ADDR_BITS": isa.BUF_ADDR_BITS,
+            "DIM_BITS": isa.DIM_BITS}
 
 
 #: Verilator options of every build. ``--no-public-flat-rw`` cancels the runner's

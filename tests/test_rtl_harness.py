@@ -65,3 +65,19 @@ def test_cycle_limit_stops_the_section(arch) -> None:
                               src_stride=64, dst_stride=64), isa.SYS(op=isa.SysOp.HALT)])
     results = h.run_steps(arch, [("run", "slow", code), ("run", "never", code)], max_cycles=10)
     assert [(r["section"], r["timeout"], r["cycles"]) for r in results] == [("slow", True, 10)]
+
+
+@pytest.mark.rtl
+def test_run_step_sets_the_length_register(arch) -> None:
+    """``("run", name, code, d)`` holds ``run_d`` at ``d``: a LD with ``dyn_step`` reads
+    ``d`` steps further on, as ``isa.resolve`` says."""
+    data = bytes(range(256))
+    ld = isa.LD(buf=isa.Buf.ACT, dst=0, src=16, rows=1, row_bytes=16, src_stride=16,
+                dst_stride=16, dyn_step=32)
+    code = isa.encode([ld, isa.SYS(op=isa.SysOp.HALT)])
+    dump = ("dump", [(isa.Buf.ACT, 0, 16)], [])
+    results = h.run_steps(arch, [("write", 0, data), ("run", "d0", code), dump,
+                                 ("run", "d3", code, 3), dump])
+    assert results[2]["buffers"][(isa.Buf.ACT, 0)] == data[16:32]
+    assert results[4]["buffers"][(isa.Buf.ACT, 0)] == data[112:128]
+    assert isa.resolve(ld, 3).src == 112

@@ -39,7 +39,7 @@ _SIGNATURES = {
     "ff_pages": ([ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64], ctypes.c_uint64),
     "ff_page_read": ([ctypes.c_uint64, _u8p], ctypes.c_int),
     "ff_request_load": ([ctypes.c_char_p, ctypes.c_uint64], None),
-    "ff_request_run": ([ctypes.c_int64], None),
+    "ff_request_run": ([ctypes.c_int64, ctypes.c_int], None),
     "ff_request_dump": ([_i64p, ctypes.c_uint64], None),
     "ff_dump_size": ([], ctypes.c_uint64),
     "ff_dump_copy": ([_u8p], None),
@@ -108,8 +108,8 @@ class Host:
     def request_load(self, code: bytes) -> None:
         self.lib.ff_request_load(code, len(code))
 
-    def request_run(self, max_cycles: int) -> None:
-        self.lib.ff_request_run(max_cycles)
+    def request_run(self, max_cycles: int, run_d: int) -> None:
+        self.lib.ff_request_run(max_cycles, run_d)
 
     def run_result(self) -> dict:
         out = np.zeros(4, np.int64)
@@ -134,12 +134,13 @@ async def operate(dut) -> None:
     await ValueChange(dut.ack)
 
 
-async def run_section(dut, host: Host, code: bytes, max_cycles: int) -> dict:
-    """Load and run one section; the record includes the wall time of the run alone
-    (from ``start`` to its end, code loading excluded)."""
+async def run_section(dut, host: Host, code: bytes, max_cycles: int, run_d: int = 0) -> dict:
+    """Load and run one section with the length register at ``run_d``; the record
+    includes the wall time of the run alone (from ``start`` to its end, code loading
+    excluded)."""
     host.request_load(code)
     await operate(dut)
-    host.request_run(max_cycles)
+    host.request_run(max_cycles, run_d)
     t = time.perf_counter()
     await operate(dut)
     wall = time.perf_counter() - t
@@ -177,7 +178,7 @@ async def replay(dut):
                 host.write(step[1], step[2])
                 results.append(None)
             elif kind == "run":
-                rec = await run_section(dut, host, step[2], job["max_cycles"])
+                rec = await run_section(dut, host, step[2], job["max_cycles"], *step[3:4])
                 rec["section"] = step[1]
                 results.append(rec)
                 if rec["timeout"] or rec["illegal"] or rec["fault"]:

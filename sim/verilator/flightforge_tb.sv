@@ -7,9 +7,10 @@
 //     ports of flightforge.sim.bus_model) stepped through DPI-C at every rising edge with
 //     the values the core drives before the edge; their outputs are registered here;
 //   - a host sequencer that loads a section's code into the instruction buffer (one
-//     instruction per cycle); runs it: pulses `start` and counts the section's cycles
-//     until `halted` rises (or a cycle limit, or a memory fault); and dumps buffer
-//     windows through the debug port (one byte per cycle, pipelined).
+//     instruction per cycle); runs it: holds the length register `run_d`, pulses `start`
+//     and counts the section's cycles until `halted` rises (or a cycle limit, or a
+//     memory fault); and dumps buffer windows through the debug port (one byte per
+//     cycle, pipelined).
 // The host asks for an operation by toggling `req` after describing it to the C++ side;
 // `ack` follows `req` when it is over, so Python waits on one trigger per operation.
 module flightforge_tb #(
@@ -18,7 +19,8 @@ module flightforge_tb #(
     parameter int BEATS_BITS = 21,
     parameter int INSTR_BITS = 384,
     parameter int IMEM_ADDR_BITS = 12,
-    parameter int BUF_ADDR_BITS = 24
+    parameter int BUF_ADDR_BITS = 24,
+    parameter int DIM_BITS = 16
 ) (
     input  logic clk,
     input  logic rst,
@@ -29,7 +31,7 @@ module flightforge_tb #(
     localparam int OP_LOAD = 1, OP_RUN = 2, OP_DUMP = 3;  // as Op in the C++
 
     import "DPI-C" function void ff_begin(output int op, output int instructions,
-                                          output longint max_cycles);
+                                          output longint max_cycles, output int run_d);
     import "DPI-C" function void ff_code_word(input int index, output bit [INSTR_BITS-1:0] word);
     import "DPI-C" function void ff_rd_tick(input bit cmd_valid, input longint cmd_addr,
                                             input int cmd_beats, input bit data_ready,
@@ -45,6 +47,7 @@ module flightforge_tb #(
     import "DPI-C" function void ff_dump_byte(input int value);
 
     logic start, halted, illegal, token_error;
+    logic [DIM_BITS-1:0] run_d;
     logic imem_we;
     logic [IMEM_ADDR_BITS-1:0] imem_addr;
     logic [INSTR_BITS-1:0] imem_wdata;
@@ -63,7 +66,7 @@ module flightforge_tb #(
     logic [7:0] dbg_rdata;
 
     flightforge_core core (
-        .clk(clk), .rst(rst), .start(start), .halted(halted), .illegal(illegal),
+        .clk(clk), .rst(rst), .start(start), .run_d(run_d), .halted(halted), .illegal(illegal),
         .token_error(token_error),
         .imem_we(imem_we), .imem_addr(imem_addr), .imem_wdata(imem_wdata),
         .mem_rd__cmd_valid(rd_cmd_valid), .mem_rd__cmd_ready(1'b1),
@@ -105,6 +108,7 @@ module flightforge_tb #(
             state <= IDLE;
             ack <= req;
             start <= 0;
+            run_d <= 0;
             imem_we <= 0;
             dbg_en <= 0;
             dump_read <= 0;
@@ -114,14 +118,15 @@ module flightforge_tb #(
             dbg_en <= 0;
             case (state)
                 IDLE: if (req != ack) begin
-                    int op, n;
+                    int op, n, d;
                     longint max_cycles;
-                    ff_begin(op, n, max_cycles);
+                    ff_begin(op, n, max_cycles, d);
                     instructions <= n;
                     limit <= max_cycles;
                     count <= 0;
                     dump_read <= 0;
                     start <= op == OP_RUN;
+                    if (op == OP_RUN) run_d <= DIM_BITS'(d);
                     case (op)
                         OP_LOAD: state <= LOAD;
                         OP_RUN: state <= START;

@@ -216,6 +216,7 @@ struct Host {
     int op = OP_NONE;  // the request the wrapper takes at its next idle edge
     std::vector<uint8_t> code;
     int64_t max_cycles = 0;
+    int run_d = 0;  // the length register while the section runs
     int64_t result[4] = {0, 0, 0, 0};  // cycles, timeout, illegal, token_error
 
     std::vector<Window> windows;
@@ -295,9 +296,10 @@ void ff_request_load(const uint8_t* code, uint64_t size) {
     h.op = OP_LOAD;
 }
 
-void ff_request_run(int64_t max_cycles) {
+void ff_request_run(int64_t max_cycles, int run_d) {
     Host& h = host();
     h.max_cycles = max_cycles;
+    h.run_d = run_d;
     h.op = OP_RUN;
 }
 
@@ -327,11 +329,12 @@ const char* ff_error() { return host().error.c_str(); }
 
 // --- called from SystemVerilog (DPI-C imports of flightforge_tb.sv) -----------------------
 
-void ff_begin(int* op, int* instructions, long long* max_cycles) {
+void ff_begin(int* op, int* instructions, long long* max_cycles, int* run_d) {
     Host& h = host();
     *op = h.op;
     *instructions = int(h.code.size() / h.instr_bytes);
     *max_cycles = h.max_cycles;
+    *run_d = h.run_d;
     h.op = OP_NONE;
 }
 
