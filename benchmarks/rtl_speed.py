@@ -1,8 +1,17 @@
-"""RTL benchmarks: Verilator build time and speed, Amaranth's Python simulator speed,
-RTL cycle counts against the cycle model (sim/timing.py), Yosys resource counts.
+"""RTL benchmarks: Verilator build time, simulation speed of Verilator against
+Amaranth's Python simulator, RTL cycle counts against the cycle model (sim/timing.py),
+Yosys resource counts.
 
 Run: ``python benchmarks/rtl_speed.py [--target tiny] [--synth]``. Every result is one
 JSON line on stdout (the last lines); docs/rtl.md quotes them.
+
+Speed is measured fairly: the same design (``flightforge.hw.core.Core``), the same
+program (the prefill section of the one-layer decoder of tests/test_rtl_decoder.py, from
+the same memory image) and the same memory timing (:mod:`flightforge.sim.bus_model`)
+run under (a) Verilator, through the harness, and (b) Amaranth's Python simulator
+(:mod:`flightforge.sim.pysim_harness`). Each figure is the wall time of the section's
+run alone; building, process start, elaboration and memory loading are printed apart.
+Both runs must count the same cycles and leave the same external memory.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from flightforge.compiler.demo import DEMO_SECTIONS, build_demo
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.dispatch import run_dispatch
+from flightforge.sim.functional import FunctionalSim
 
 
 def model_cycles(arch, instrs) -> int:
@@ -49,19 +59,13 @@ def bench_demo(arch) -> list[dict]:
         steps.append(("write", prog.segment(tio.segment).addr,
                       q.astype(hostio.numpy_dtype(tio)).tobytes()))
     steps += [("run", name, prog.section(name).code) for name in DEMO_SECTIONS]
-    t = time.perf_counter()
-    res = h.run_steps(arch, steps)
-    wall = time.perf_counter() - t
-    runs = [r for r in res if r and "section" in r]
-    total = sum(r["cycles"] for r in runs)
+    runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
     out = []
     for r in runs:
         model = model_cycles(arch, prog.section(r["section"]).instructions)
         out.append({"bench": "rtl_vs_cycle_model", "program": f"demo.{r['section']}",
                     "rtl_cycles": r["cycles"], "model_cycles": model,
                     "error": round(r["cycles"] / model - 1, 3)})
-    out.append({"bench": "verilator_speed", "program": "demo", "cycles": total,
-                "wall_s": round(wall, 2), "cycles_per_s": round(total / wall)})
     return out
 
 
@@ -96,49 +100,107 @@ def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = Fals
             "min_error": round(float(np.min(errs)), 3), "max_error": round(float(np.max(errs)), 3)}
 
 
-def bench_pysim(arch, cycles: int = 2000) -> dict:
-    """Amaranth's Python simulator on the same core, running a LD+MV loop."""
-    from amaranth.sim import Simulator
+class StepRecorder:
+    """A Device that records the host's steps for the RTL harness (writes, section runs)
+    and answers reads from the functional simulator, so a driver such as ``generate``
+    can be replayed step for step on both RTL simulators."""
 
-    from flightforge.hw.core import Core
+    def __init__(self, arch) -> None:
+        self.arch, self.ref, self.program = arch, FunctionalSim(arch), None
+        self.steps: list[tuple] = []
 
-    dut = Core(arch)
-    prog = [isa.LD(buf=isa.Buf.WGT, dst=0, src=0, rows=1, row_bytes=64, release=1 << isa.Unit.MPE),
-            isa.MV(n=4, k=16, wait=1 << isa.Unit.LD, mult=1), isa.SYS(op=isa.SysOp.HALT)]
-    code = isa.encode(prog)
-    done = {}
+    def load(self, program) -> None:
+        self.program = program
+        self.ref.load(program)
+        self.steps += [("write", s.addr, s.data) for s in program.segments if s.data is not None]
 
-    async def bench(ctx):
-        for i in range(len(prog)):
-            ctx.set(dut.imem_we, 1)
-            ctx.set(dut.imem_addr, i)
-            ctx.set(dut.imem_wdata, int.from_bytes(code[i * isa.INSTR_BYTES:(i + 1) * isa.INSTR_BYTES],
-                                                   "little"))
-            await ctx.tick()
-        ctx.set(dut.imem_we, 0)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        ctx.set(dut.mem_rd.cmd_ready, 1)
-        beats = 0
-        t = time.perf_counter()
-        for n in range(cycles):
-            if ctx.get(dut.mem_rd.cmd_valid):
-                beats += ctx.get(dut.mem_rd.cmd_beats)
-            ctx.set(dut.mem_rd.data_valid, int(beats > 0))
-            await ctx.tick()
-            if beats and ctx.get(dut.mem_rd.data_ready):
-                beats -= 1
-        done["s"] = time.perf_counter() - t
+    def write(self, addr: int, data: bytes) -> None:
+        self.ref.write(addr, data)
+        self.steps.append(("write", addr, bytes(data)))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    t0 = time.perf_counter()
-    sim.run()
-    return {"bench": "amaranth_pysim_speed", "cycles": cycles, "wall_s": round(done["s"], 2),
-            "cycles_per_s": round(cycles / done["s"]),
-            "setup_s": round(time.perf_counter() - t0 - done["s"], 1)}
+    def read(self, addr: int, size: int) -> bytes:
+        return self.ref.read(addr, size)
+
+    def run(self, section: str, length: int | None = None):
+        self.steps.append(("run", section, h.section_code(self.program, section, length)))
+        return self.ref.run(section, length)
+
+
+def decoder_prefill(arch) -> tuple[str, list[tuple[int, bytes]], bytes]:
+    """The prefill section of tests/test_rtl_decoder.py's one-layer decoder (same shape,
+    seed and prompt): its name, the memory writes before it, and its code."""
+    from flightforge.compiler.graph import DecoderShape, random_decoder
+    from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+    from flightforge.generate import generate
+
+    prompt, new_tokens = [3, 17, 42], 2
+    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
+                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    program = compile_decoder(random_decoder(shape, seed=1), arch,
+                              CompileOptions(max_len=len(prompt) + new_tokens)).program
+    rec = StepRecorder(arch)
+    generate(program, rec, prompt, 1)  # one token: the prefill run only
+    first = next(i for i, st in enumerate(rec.steps) if st[0] == "run")
+    return rec.steps[first][1], [st[1:] for st in rec.steps[:first]], rec.steps[first][2]
+
+
+def _same_memory(a: dict, b: dict) -> bool:
+    """Equal images of two page maps (a page missing on one side is all zeros)."""
+    for page in set(a) | set(b):
+        x, y = a.get(page), b.get(page)
+        if x is None or y is None:
+            if np.any(x if y is None else y):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
+
+
+def bench_speed(arch, repeats: int = 5, pysim_cycles: int | None = None) -> list[dict]:
+    """Verilator and Amaranth's Python simulator on the same decoder prefill section.
+
+    Verilator runs the section ``repeats`` times in one simulation (the same cycles every
+    time: timing does not depend on the data) and reports the median run;
+    ``process_and_load_s`` is the rest of that simulation's wall time (process start,
+    memory and code loading, results). The Python simulator runs the section once, or
+    only its first ``pysim_cycles`` cycles; ``setup_s`` is its elaboration and loading.
+    Whole runs must agree on the cycles and the final external memory; a partial one can
+    only be checked to be shorter than Verilator's section.
+    """
+    from flightforge.sim import pysim_harness
+
+    name, writes, code = decoder_prefill(arch)
+    program = f"decoder.{name}"
+    h.build(arch)  # not timed here: see bench_build
+    steps = [("write", a, d) for a, d in writes] + [("run", name, code), ("memory",)]
+    steps += [("run", name, code)] * (repeats - 1)
+    t = time.perf_counter()
+    res = h.run_steps(arch, steps)
+    total = time.perf_counter() - t
+    runs = [r for r in res if r and "section" in r]
+    vl_memory = next(r for r in res if isinstance(r, dict) and "section" not in r)
+    cycles = {r["cycles"] for r in runs}
+    if len(cycles) != 1:
+        raise RuntimeError(f"{program}: Verilator counted different cycles in its runs: {cycles}")
+    vl_cycles = runs[0]["cycles"]
+    walls = sorted(r["wall_s"] for r in runs)
+    vl_wall = walls[len(walls) // 2]
+    vl = {"bench": "sim_speed", "simulator": "verilator", "program": program,
+          "cycles": vl_cycles, "wall_s": round(vl_wall, 4),
+          "cycles_per_s": round(vl_cycles / vl_wall), "runs": len(runs),
+          "process_and_load_s": round(total - sum(walls), 2)}
+    py = pysim_harness.run_section(arch, writes, code, max_cycles=pysim_cycles)
+    ps = {"bench": "sim_speed", "simulator": "amaranth_pysim", "program": program,
+          "cycles": py.cycles, "whole_section": py.halted, "wall_s": round(py.wall_s, 2),
+          "cycles_per_s": round(py.cycles / py.wall_s), "setup_s": round(py.setup_s, 1)}
+    cycles_agree = py.cycles == vl_cycles if py.halted else py.cycles < vl_cycles
+    same_memory = _same_memory(py.memory._pages, vl_memory) if py.halted else None
+    ratio = {"bench": "sim_speed_ratio", "program": program,
+             "verilator_over_pysim": round(vl["cycles_per_s"] / ps["cycles_per_s"], 1),
+             "cycles_agree": cycles_agree, "same_memory": same_memory}
+    if not cycles_agree or same_memory is False:
+        raise RuntimeError(f"{program}: the simulators disagree: {vl} {ps} {ratio}")
+    return [vl, ps, ratio]
 
 
 def bench_synth(arch) -> dict:
@@ -174,15 +236,22 @@ def main() -> None:
     ap.add_argument("--target", default="tiny")
     ap.add_argument("--synth", action="store_true", help="also run Yosys synth_xilinx")
     ap.add_argument("--no-build", action="store_true", help="skip the fresh-build timing")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="Verilator runs of the section (the median is reported)")
+    ap.add_argument("--pysim-cycles", type=int, default=None,
+                    help="run only the first N cycles of the section in the Python simulator")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the build and the simulator speed comparison")
     args = ap.parse_args()
     arch = load_target(args.target)
     lines = []
     if not args.no_build:
         lines.append(bench_build(arch))
-    lines += bench_demo(arch)
-    lines.append(bench_random(arch))
-    lines.append(bench_random(arch, ldst_only=True))
-    lines.append(bench_pysim(arch))
+    lines += bench_speed(arch, repeats=args.repeats, pysim_cycles=args.pysim_cycles)
+    if not args.speed_only:
+        lines += bench_demo(arch)
+        lines.append(bench_random(arch))
+        lines.append(bench_random(arch, ldst_only=True))
     if args.synth:
         lines.append(bench_synth(arch))
     for line in lines:

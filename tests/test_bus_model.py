@@ -153,3 +153,30 @@ def test_cpp_channels_equal_python_reference(cpp) -> None:
     assert cpp.ff_mem_read(0, out.ctypes.data_as(ctypes.POINTER(u8)), CAPACITY) == 0
     assert out.tobytes() == py_mem.read(0, CAPACITY).tobytes()
     assert cpp.ff_error() == b""
+
+
+@pytest.mark.slow
+def test_python_simulator_with_reference_memory_is_cycle_exact() -> None:
+    """The Amaranth core under its Python simulator with these channels (the speed
+    reference of benchmarks/rtl_speed.py) counts the cycle model's cycles and stores
+    what the functional simulator stores."""
+    from flightforge import isa
+    from flightforge.mappings import load_target
+    from flightforge.sim import pysim_harness
+    from flightforge.sim import rtl_harness as h
+    from flightforge.sim.dispatch import run_dispatch
+    from flightforge.sim.functional import FunctionalSim
+    from flightforge.sim.timing import duration
+
+    arch = load_target("tiny")
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
+    sec = h.random_section(arch, rng, length=6, misc_ops=())
+    run = pysim_harness.run_section(arch, [(h.EXT_DATA[0], data)], isa.encode(sec))
+    model = run_dispatch(sec, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
+                         duration=lambda i, ins: duration(arch, ins)).cycles
+    ref = FunctionalSim(arch)
+    ref.write(h.EXT_DATA[0], data)
+    ref.execute(sec, name="pysim")
+    assert run.halted and run.cycles == model, (run.cycles, model)
+    assert run.memory.read(*h.EXT_OUT).tobytes() == ref.read(*h.EXT_OUT)
