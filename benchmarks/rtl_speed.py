@@ -122,7 +122,7 @@ class StepRecorder:
         return self.ref.read(addr, size)
 
     def run(self, section: str, length: int | None = None):
-        self.steps.append(("run", section, h.section_code(self.program, section, length)))
+        self.steps.append(h.run_step(self.program, section, length))
         return self.ref.run(section, length)
 
 

@@ -251,15 +251,35 @@ def check_run(rec: dict, section: str) -> None:
         raise DeviceError(f"section {section!r} reached HALT with unconsumed tokens")
 
 
-def section_code(program: Program | None, section: str, length: int | None = None) -> bytes:
-    """The code the RTL runs for ``section`` at ``length``.
+def run_step(program: Program | None, section: str, length: int | None = None) -> tuple:
+    """The replay step that runs ``section`` at ``length``: its code as compiled and
+    ``D = length - len_lo`` for the core's length register (``run_d``), which applies
+    the dynamic fields in hardware.
 
-    The RTL has no length register yet: a length-adaptive section's dynamic fields are
-    resolved for the run's ``D`` on the host (``isa.resolve``), as a loader would.
+    The fields' effective values are checked here first (:func:`flightforge.isa.resolve`
+    raises for one past its range, where the hardware's adder would wrap).
     """
     sec = loaded_section(program, section)
     d = run_offset(sec, length)
-    return sec.code if d == 0 else isa.encode([isa.resolve(i, d) for i in sec.instructions])
+    if d:
+        for i, ins in enumerate(sec.instructions):
+            try:
+                isa.resolve(ins, d)
+            except isa.EncodeError as e:
+                raise DeviceError(f"section {section!r} instruction {i}: {e}") from None
+    return ("run", section, sec.code, d)
+
+
+def check_rtl_support(program: Program) -> None:
+    """Refuse a program with an instruction the RTL does not implement, naming it (the
+    core's decoder would stop at it as illegal)."""
+    from flightforge.hw.decode import unsupported
+
+    for sec in program.sections:
+        for i, ins in enumerate(sec.instructions):
+            why = unsupported(ins)
+            if why:
+                raise DeviceError(f"section {sec.name!r} instruction {i} ({ins.OPCODE.name}): {why}")
 
 
 class RtlDevice:
@@ -277,6 +297,7 @@ class RtlDevice:
 
     def load(self, program: Program) -> None:
         check_program(program, self.arch)
+        check_rtl_support(program)
         self.program = program
         self._steps = []
         self.ext = ExternalMemory(self.arch.hbm.capacity)
@@ -293,7 +314,7 @@ class RtlDevice:
 
     def run(self, section: str, length: int | None = None) -> RunResult:
         sec = loaded_section(self.program, section)
-        self._steps.append(("run", section, section_code(self.program, section, length)))
+        self._steps.append(run_step(self.program, section, length))
         results = run_steps(self.arch, [*self._steps, ("memory",)], waves=self.waves,
                             build_root=self.build_root)
         runs = [r for r in results if isinstance(r, dict) and "section" in r]

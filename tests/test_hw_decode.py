@@ -154,3 +154,25 @@ def test_length_register_applies_the_dynamic_fields() -> None:
         sim = Simulator(m)
         sim.add_testbench(bench)
         sim.run()
+
+
+def test_rtl_device_refuses_what_the_rtl_does_not_implement() -> None:
+    """A program with LD unpack (2-bit weights) is refused by name before any simulation,
+    rather than run wrongly."""
+    from flightforge.compiler.graph import DecoderShape, random_decoder
+    from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+    from flightforge.compiler.qdecoder import QuantOptions
+    from flightforge.mappings import load_target
+    from flightforge.sim.device import DeviceError
+    from flightforge.sim.rtl_harness import check_rtl_support
+
+    arch = load_target("tiny")
+    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
+                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    program = compile_decoder(random_decoder(shape, seed=1), arch, CompileOptions(
+        max_len=4, quant=QuantOptions(weight_bits=2))).program
+    with pytest.raises(DeviceError, match=r"section '.*' instruction \d+ \(LD\): LD.unpack=.*"
+                                          r"not implemented in the RTL"):
+        check_rtl_support(program)
+    dense = compile_decoder(random_decoder(shape, seed=1), arch, CompileOptions(max_len=4)).program
+    check_rtl_support(dense)

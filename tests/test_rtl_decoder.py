@@ -1,14 +1,17 @@
 """A one-layer decoder compiled by the real compiler for ``tiny`` (prefill and decode
 sections) through :func:`flightforge.generate.generate` on the RTL and on the
 functional simulator: the generated tokens and the final external memory are identical.
-Every section's RTL cycles equal the cycle model's."""
+Every section's RTL cycles equal the cycle model's.
+
+Compiled twice: one section per length, and FlightLLM's fixed length buckets, whose
+sections run with ``D = length - len_lo`` in the core's length register."""
 
 import numpy as np
 import pytest
 
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.generate import generate
+from flightforge.generate import decode_run, generate
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.cycle_model import CycleModel
@@ -51,12 +54,13 @@ class Recorder:
         return r
 
 
-@pytest.fixture(scope="module")
-def decoder(arch):
+@pytest.fixture(scope="module", params=["per-length", "fixed"])
+def decoder(arch, request):
     shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
                          intermediate=64, vocab=64, mlp="swiglu", rope=True)
     program = compile_decoder(random_decoder(shape, seed=1), arch,
-                              CompileOptions(max_len=len(PROMPT) + NEW_TOKENS)).program
+                              CompileOptions(max_len=len(PROMPT) + NEW_TOKENS,
+                                             buckets=request.param)).program
     rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
@@ -67,6 +71,10 @@ def decoder(arch):
 
 def test_decoder_layer_on_rtl_equals_functional_sim(decoder) -> None:
     program, rtl, ref, got, want, _ = decoder
+    if any(s.len_hi > s.len_lo for s in program.sections):  # length-adaptive sections
+        runs = [decode_run(program, len(PROMPT) + j) for j in range(NEW_TOKENS)]
+        assert any(r.length > program.section(r.section).len_lo for r in runs), \
+            "no decode run with D > 0: the length register is not exercised"
     assert got.tokens == want.tokens
     for seg in program.segments:
         a = np.frombuffer(rtl.read(seg.addr, seg.size), np.uint8)
