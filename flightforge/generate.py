@@ -80,56 +80,81 @@ def decode_run(program: Program, position: int) -> Run:
     return Run(program.section_for("decode", position).name, position)
 
 
-def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -> Generation:
-    """Prefill ``prompt`` then decode ``max_new_tokens`` tokens greedily on ``device``."""
-    meta = program.metadata.get("decoder")
-    if meta is None:
-        raise ProgramError("program is not a compiled decoder (no 'decoder' metadata)")
-    hidden, vocab, max_len = meta["hidden"], meta["vocab"], meta["max_len"]
-    if not prompt:
-        raise ValueError("the prompt must hold at least one token id")
-    bad = [t for t in prompt if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"token ids {bad} are outside the vocabulary 0..{vocab - 1}")
-    total = len(prompt) + max_new_tokens
-    if len(prompt) > max_len or total - 1 > max_len:
-        raise ValueError(f"prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens needs "
-                         f"{total - 1} positions; the program was compiled for {max_len}")
-    embed = _segment_array(program, meta["embed_segment"], hidden)
-    positions = (_segment_array(program, meta["positions_segment"], hidden)
-                 if meta.get("positions_segment") else None)
-    in_addr = program.segment(meta["input_segment"]).addr
-    out_addr = program.segment(meta["logits_segment"]).addr
-    scale = meta["logits_scale"]
+class _Host:
+    """The host's side of a compiled decoder on a device: it gathers embedding rows into
+    the input segment, runs sections, and reads INT16 logits back."""
 
-    last_only = meta.get("prefill_logits", "all") == "last"
+    def __init__(self, program: Program, device) -> None:
+        meta = program.metadata.get("decoder")
+        if meta is None:
+            raise ProgramError("program is not a compiled decoder (no 'decoder' metadata)")
+        self.program, self.device, self.meta = program, device, meta
+        self.last_only = meta.get("prefill_logits", "all") == "last"
+        self.cycles: int | None = 0
 
-    def write_rows(ids: list[int], pos0: int) -> None:
+    def check(self, ids: list[int], positions: int, what: str) -> None:
+        """Token ids inside the vocabulary; ``positions`` (``what`` needs) within max_len."""
+        vocab, max_len = self.meta["vocab"], self.meta["max_len"]
+        if not ids:
+            raise ValueError("the prompt must hold at least one token id")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids {bad} are outside the vocabulary 0..{vocab - 1}")
+        if positions > max_len:
+            raise ValueError(f"{what} needs {positions} positions; the program was compiled "
+                             f"for {max_len}")
+
+    def load(self) -> None:
+        hidden = self.meta["hidden"]
+        self.embed = _segment_array(self.program, self.meta["embed_segment"], hidden)
+        self.positions = (_segment_array(self.program, self.meta["positions_segment"], hidden)
+                          if self.meta.get("positions_segment") else None)
+        self.in_addr = self.program.segment(self.meta["input_segment"]).addr
+        self.out_addr = self.program.segment(self.meta["logits_segment"]).addr
+        self.device.load(self.program)
+
+    def write_rows(self, ids: list[int], pos0: int) -> None:
         # Rows live at their positions in the input segment (chunks need no copies).
-        x = embed[ids]
-        if positions is not None:
-            off = meta["position_offset"] + pos0
-            x = x + positions[off:off + len(ids)]
-        device.write(in_addr + pos0 * hidden * 2, sat(x, DType.INT16).astype("<i2").tobytes())
+        x = self.embed[ids]
+        if self.positions is not None:
+            off = self.meta["position_offset"] + pos0
+            x = x + self.positions[off:off + len(ids)]
+        self.device.write(self.in_addr + pos0 * self.meta["hidden"] * 2,
+                          sat(x, DType.INT16).astype("<i2").tobytes())
 
-    def read_rows(row0: int, rows: int) -> np.ndarray:
-        raw = device.read(out_addr + row0 * vocab * 2, rows * vocab * 2)
+    def read_rows(self, row0: int, rows: int) -> np.ndarray:
+        vocab = self.meta["vocab"]
+        raw = self.device.read(self.out_addr + row0 * vocab * 2, rows * vocab * 2)
         return np.frombuffer(raw, dtype="<i2").reshape(rows, vocab)
 
-    def add(c: int | None, total: int | None) -> int | None:
-        return None if c is None or total is None else c + total
+    def run(self, run: Run) -> None:
+        c = self.device.run(run.section, run.length).cycles
+        self.cycles = None if c is None or self.cycles is None else c + self.cycles
 
-    device.load(program)
-    write_rows(list(prompt), 0)
-    cycles: int | None = 0
-    runs = prefill_runs(program, len(prompt))
-    for run in runs:
-        cycles = add(device.run(run.section, run.length).cycles, cycles)
-    if program.section(runs[-1].section).stage == "decode":  # the last token ran as a decode step
-        logits = read_rows(len(prompt) - 1, 1) if last_only else read_rows(0, len(prompt))
-    else:
-        logits = read_rows(0, 1 if last_only else len(prompt))
-    all_logits = [logits]
+    def prefill(self, prompt: list[int]) -> np.ndarray:
+        """Runs the prompt; its INT16 logits (the last row only with last-row logits)."""
+        self.write_rows(list(prompt), 0)
+        runs = prefill_runs(self.program, len(prompt))
+        for run in runs:
+            self.run(run)
+        if self.program.section(runs[-1].section).stage == "decode":  # the last token ran as a decode step
+            return self.read_rows(len(prompt) - 1, 1) if self.last_only else self.read_rows(0, len(prompt))
+        return self.read_rows(0, 1 if self.last_only else len(prompt))
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        """Runs one token at ``pos``; its INT16 logits row."""
+        self.write_rows([token], pos)
+        self.run(decode_run(self.program, pos))
+        return self.read_rows(pos, 1)
+
+
+def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -> Generation:
+    """Prefill ``prompt`` then decode ``max_new_tokens`` tokens greedily on ``device``."""
+    host = _Host(program, device)
+    host.check(list(prompt), max(len(prompt), len(prompt) + max_new_tokens - 1),
+               f"a prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens")
+    host.load()
+    all_logits = [host.prefill(prompt)]
     tokens: list[int] = []
     pos = len(prompt)
     for _ in range(max_new_tokens):
@@ -137,9 +162,28 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
         tokens.append(nxt)
         if len(tokens) == max_new_tokens:
             break
-        write_rows([nxt], pos)
-        run = decode_run(program, pos)
-        cycles = add(device.run(run.section, run.length).cycles, cycles)
-        all_logits.append(read_rows(pos, 1))
+        all_logits.append(host.decode(nxt, pos))
         pos += 1
-    return Generation(tokens, (np.vstack(all_logits) * scale).astype(np.float32), cycles)
+    return Generation(tokens, (np.vstack(all_logits) * host.meta["logits_scale"]).astype(np.float32),
+                      host.cycles)
+
+
+def forced_logits(program: Program, device, ids: list[int], prompt_len: int) -> np.ndarray:
+    """Logits of every position of ``ids`` on ``device``: the first ``prompt_len`` tokens
+    as one prefill, then each further token as a decode step (teacher forcing).
+
+    This is how accuracy is measured against a float model: both see the same tokens,
+    so a position's logits compare like with like even where greedy choices would part.
+    Float64 ``[len(ids)][vocab]``; needs a program with logits for every prompt row.
+    """
+    if not 1 <= prompt_len <= len(ids):
+        raise ValueError(f"prompt_len must be in 1..{len(ids)}, not {prompt_len}")
+    host = _Host(program, device)
+    if host.last_only:
+        raise ProgramError("the program computes last-row logits only; compile it with "
+                           "logits for every prompt row")
+    host.check(list(ids), len(ids), f"a sequence of {len(ids)} tokens")
+    host.load()
+    rows = [host.prefill(list(ids[:prompt_len]))]
+    rows += [host.decode(int(t), pos) for pos, t in enumerate(ids[prompt_len:], prompt_len)]
+    return np.vstack(rows) * host.meta["logits_scale"]

@@ -12,8 +12,9 @@ from flightforge.compiler.demo import build_demo
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.compiler.quantize import quantize_act
-from flightforge.generate import generate
+from flightforge.generate import forced_logits, generate
 from flightforge.mappings import load_target
+from flightforge.program import ProgramError
 from flightforge.sim.functional import FunctionalSim
 
 TINY = load_target("tiny")
@@ -68,6 +69,24 @@ def test_decoder_generation_is_bit_exact_with_the_integer_reference(family):
     assert np.array_equal(gen.logits, expect)
     # Greedy tokens follow the logits (the last generated token has no logits row).
     assert gen.tokens[:-1] == [int(np.argmax(r)) for r in expect[len(prompt) - 1:-1]]
+
+
+def test_forced_logits_run_a_given_continuation_bit_exactly():
+    """Teacher forcing, as accuracy measurement needs: the device runs the tokens it is
+    given (here not its own greedy choices) and matches the integer reference."""
+    shape, kw = FAMILIES["gpt2"]
+    prog = random_decoder(shape, **kw)
+    c = compile_decoder(prog, TINY, CompileOptions(max_len=12, lengths=tuple(range(5, 12))))
+    ids = [int(t) for t in np.random.default_rng(4).integers(0, prog.vocab, size=12)]
+    got = forced_logits(c.program, FunctionalSim(TINY), ids, 5)
+    assert got.shape == (12, prog.vocab)
+    assert np.array_equal(got.astype(np.float32), reference_logits(c, prog, ids[:5], ids[5:] + [0], 12))
+    with pytest.raises(ValueError, match="a sequence of 13 tokens needs 13 positions; the program "
+                                         "was compiled for 12"):
+        forced_logits(c.program, FunctionalSim(TINY), ids + [1], 5)
+    last = compile_decoder(prog, TINY, CompileOptions(max_len=12, lengths=(5,), last_logits_only=True))
+    with pytest.raises(ProgramError, match="last-row logits only"):
+        forced_logits(last.program, FunctionalSim(TINY), ids, 5)
 
 
 def test_chunked_prefill_and_last_row_logits_are_bit_exact():
