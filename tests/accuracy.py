@@ -10,7 +10,7 @@ the cosine, and whether the top-1 token agrees. The criterion: cosine at least
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,25 +54,43 @@ def float_reference(prog: DecoderProgram) -> Callable[[np.ndarray], np.ndarray]:
     return logits
 
 
-def measure(qd: QuantDecoder, float_logits: Callable[[np.ndarray], np.ndarray],
-            prompts: int = PROMPTS) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position cosine and top-1 agreement against ``float_logits(ids) -> [len][vocab]``."""
+def random_prompts(vocab: int, count: int = PROMPTS) -> list[np.ndarray]:
+    """The default prompts: ``count`` of ``PROMPT_LEN`` uniformly random token ids."""
+    return [np.random.default_rng(100 + seed).integers(0, vocab, size=PROMPT_LEN)
+            for seed in range(count)]
+
+
+def measure(qd: QuantDecoder | None, float_logits: Callable[[np.ndarray], np.ndarray],
+            prompts: Sequence[Sequence[int]] | None = None,
+            logits: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position cosine and top-1 agreement against ``float_logits(ids) -> [len][vocab]``.
+
+    ``prompts`` (``PROMPT_LEN`` tokens each) default to :func:`random_prompts`; a trained
+    model is measured on prompts of its own language. ``logits(ids)`` computes the
+    compiled model's logits (default :func:`integer_logits` of ``qd``; a device's
+    :func:`flightforge.generate.forced_logits` is the same bit for bit); ``qd`` is not
+    needed when both are given.
+    """
+    if prompts is None:
+        prompts = random_prompts(qd.prog.vocab)
+    logits = logits or (lambda ids: integer_logits(qd, ids))
     cos, top = [], []
-    for seed in range(prompts):
-        ids = list(np.random.default_rng(100 + seed).integers(0, qd.prog.vocab, size=PROMPT_LEN))
+    for prompt in prompts:
+        ids = [int(t) for t in prompt]
         for _ in range(DECODE):
             ids.append(int(np.argmax(float_logits(np.array(ids))[-1])))
         ids = np.array(ids)
         want = float_logits(ids)
-        got = integer_logits(qd, ids)
+        got = logits(ids)
         cos.append((want * got).sum(1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1))
         top.append(want.argmax(1) == got.argmax(1))
     return np.concatenate(cos), np.concatenate(top)
 
 
 def summary(name: str, cos: np.ndarray, top: np.ndarray) -> str:
+    prompts = len(cos) // (PROMPT_LEN + DECODE)
     return (f"{name}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%} "
-            f"({len(cos)} positions: {PROMPTS} prompts x ({PROMPT_LEN} prefill + {DECODE} decode))")
+            f"({len(cos)} positions: {prompts} prompts x ({PROMPT_LEN} prefill + {DECODE} decode))")
 
 
 def meets_criterion(cos: np.ndarray, top: np.ndarray) -> bool:
