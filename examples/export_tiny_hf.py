@@ -14,32 +14,42 @@ from __future__ import annotations
 import argparse
 
 
-def build(family: str, init_range: float, seed: int):
+def build(family: str, init_range: float, seed: int, intermediate: int = 200):
+    """A tiny decoder of ``family``: hidden 96, 6 heads (Llama: 2 KV heads), 2 layers,
+    vocabulary 300, MLP width ``intermediate`` (200 is not a multiple of 16, so the
+    compiler's n:16 plans leave the MLP's output projection dense)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     common = dict(vocab_size=300, initializer_range=init_range)
     if family == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=96, intermediate_size=200, num_hidden_layers=2,
+        cfg = transformers.LlamaConfig(hidden_size=96, intermediate_size=intermediate,
+                                       num_hidden_layers=2,
                                        num_attention_heads=6, num_key_value_heads=2,
                                        max_position_embeddings=128, **common)
         return transformers.LlamaForCausalLM(cfg)
     if family == "opt":
-        cfg = transformers.OPTConfig(hidden_size=96, num_hidden_layers=2, ffn_dim=200,
+        cfg = transformers.OPTConfig(hidden_size=96, num_hidden_layers=2, ffn_dim=intermediate,
                                      num_attention_heads=6, max_position_embeddings=64,
                                      word_embed_proj_dim=96, init_std=init_range,
                                      vocab_size=300)
         return transformers.OPTForCausalLM(cfg)
-    cfg = transformers.GPT2Config(n_embd=96, n_layer=2, n_head=6, n_positions=64, n_inner=200,
-                                  **common)
+    cfg = transformers.GPT2Config(n_embd=96, n_layer=2, n_head=6, n_positions=64,
+                                  n_inner=intermediate, **common)
     return transformers.GPT2LMHeadModel(cfg)
 
 
 def export(family: str, path: str, init_range: float = 0.2, seed: int = 0) -> None:
+    export_model(build(family, init_range, seed), path)
+
+
+def export_model(model, path: str) -> None:
+    """Export a Hugging Face causal LM (in eval mode) as ``input_ids, attention_mask ->
+    logits`` with a dynamic sequence axis, the form the frontend reads."""
     import torch
 
-    model = build(family, init_range, seed).eval()
+    model = model.eval()
 
     class Logits(torch.nn.Module):
         """input_ids, attention_mask -> logits, without the KV cache outputs."""
@@ -52,8 +62,8 @@ def export(family: str, path: str, init_range: float = 0.2, seed: int = 0) -> No
             return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     seq = torch.export.Dim("seq", min=2, max=60)
-    ids = torch.randint(0, 300, (1, 8))
-    torch.onnx.export(Logits(model), (ids, torch.ones(1, 8, dtype=torch.int64)), path,
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    torch.onnx.export(Logits(model).eval(), (ids, torch.ones(1, 8, dtype=torch.int64)), path,
                       dynamo=True, opset_version=18, external_data=False,
                       dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
 
