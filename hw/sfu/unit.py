@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from amaranth import Module, Signal
 from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
@@ -27,7 +28,7 @@ SFU_BUFFERS = (isa.Buf.ACT, isa.Buf.GLB)
 
 
 class SpecialFunctionUnit(wiring.Component):
-    """MISC unit; its buffer ports are its pipelines' (:meth:`ports`)."""
+    """MISC unit; one buffer port (``buf_act_s0``, ``buf_glb_s0``, ...) per pipeline port."""
 
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
@@ -36,15 +37,20 @@ class SpecialFunctionUnit(wiring.Component):
             "softmax": SoftmaxStream(arch), "norm": NormStream(arch)}
         covered = [op for s in self.streams.values() for op in s.OPS]
         assert sorted(covered) == sorted(isa.MiscOp), "every MiscOp needs exactly one pipeline"
-        super().__init__(unit_members(isa.Unit.SFU))
+        self._inner = {b: [p for s in self.streams.values() for p in s.buffer_ports(b)]
+                       for b in SFU_BUFFERS}
+        super().__init__({**unit_members(isa.Unit.SFU), **{
+            f"buf_{b.name.lower()}_s{i}": Out(p.signature)
+            for b, ports in self._inner.items() for i, p in enumerate(ports)}})
 
     def ports(self, buf: isa.Buf) -> list:
-        """Every pipeline port on ``buf``, in a fixed order."""
-        return [p for s in self.streams.values() for p in s.buffer_ports(buf)]
+        """The unit's ports on ``buf``, in a fixed order."""
+        return [getattr(self, f"buf_{buf.name.lower()}_s{i}")
+                for i in range(len(self._inner.get(buf, [])))]
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         """Byte widths of :meth:`ports`."""
-        return [len(p.wdata) // 8 for p in self.ports(buf)]
+        return [len(p.wdata) // 8 for p in self._inner.get(buf, [])]
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -54,6 +60,9 @@ class SpecialFunctionUnit(wiring.Component):
             m.submodules[name] = stream
             for fname, _ in isa.MISC.field_specs():
                 m.d.comb += stream.instr[fname].eq(ins[fname])
+        for b, inner in self._inner.items():
+            for outer, port in zip(self.ports(b), inner):
+                wiring.connect(m, port, wiring.flipped(outer))
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
