@@ -30,6 +30,18 @@ from .memory import CompileError
 PRUNE_METHODS = ("magnitude", "sparsegpt")
 
 
+def inverse_hessian_factor(x: np.ndarray, damp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, dead)`` for calibration inputs ``x[rows][K]``: ``U`` is the upper Cholesky
+    factor of ``(X^T X + damp * mean(diag) * I)^-1`` (row j gives the update of the
+    columns after j when column j changes), ``dead`` the inputs that are always zero
+    (their weights cost nothing to remove)."""
+    h = x.T @ x
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+    return np.linalg.cholesky(np.linalg.inv(h)).T, dead
+
+
 def sparsegpt_nm(w: np.ndarray, x: np.ndarray, mode: SparseMode, damp: float = 0.01) -> np.ndarray:
     """Prune ``w[N][K]`` to ``mode`` given calibration inputs ``x[rows][K]``."""
     mode = SparseMode(mode)
@@ -37,13 +49,8 @@ def sparsegpt_nm(w: np.ndarray, x: np.ndarray, mode: SparseMode, damp: float = 0
     n_out, k = w.shape
     if k % mode.m:
         raise CompileError(f"K={k} is not a multiple of the sparse block m={mode.m}")
-    h = x.T @ x
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
+    hinv, dead = inverse_hessian_factor(x, damp)
     w[:, dead] = 0.0
-    h += np.eye(k) * damp * np.mean(np.diag(h))
-    # Upper Cholesky factor of H^-1: row j gives the update of columns > j.
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
     for b0 in range(0, k, mode.m):
         cols = slice(b0, b0 + mode.m)
         d = np.diag(hinv)[cols]
