@@ -1,0 +1,126 @@
+"""Trained N:M-sparse tiny models through the real frontend (the sparsity issue's
+acceptance point).
+
+The fixtures are the Llama with GQA of ``examples/train_tiny.py`` (seed 0), pruned to
+2:4 and to 8:16 by magnitude and fine-tuned with the mask fixed, as float16 weights:
+
+    python examples/train_tiny.py llama tests/fixtures --sparse 2:4,8:16 --sparse-only
+
+Each is exported by torch.onnx, compiled with its own N:M pattern, and its integer
+reference (bit-exact with the simulators) compared with onnxruntime on the sparse float
+ONNX over prompts of the model's language (tests/trained_models.py): the frontend
+issue's criterion, cosine >= 0.99 at every position and top-1 >= 90%, prefill and 16
+decode steps. Measured (docs/compiler.md, "Trained tiny models"): with INT8 weights both
+meet it (over training seeds 0-2 the Llama does on 2 of 3, the miss being INT8
+activation error); with INT4 g32 neither does (worst position 0.980 and 0.953, top-1
+99.2% and 98.8%; no seed of either family does), a strict expected failure held to
+floors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+
+import accuracy as acc
+from test_onnx_import import ort_logits, session
+from trained_models import FIXTURES, Language, lossy_layers, plan, train_tiny
+
+from flightforge.compiler.onnx_import import import_onnx
+from flightforge.compiler.pipeline import CompileOptions, compile_onnx
+from flightforge.compiler.plans import parse_plan
+from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.mappings import load_target
+
+pytestmark = pytest.mark.slow
+
+#: (worst position's cosine, mean cosine, top-1) of INT4 g32: the measured figures
+#: (2:4: 0.980, 0.9973, 99.2%; 8:16: 0.953, 0.9962, 98.8%) less a margin.
+INT4_FLOOR = (0.94, 0.995, 0.97)
+
+
+@pytest.fixture(scope="module", params=["2_4", "8_16"])
+def trained(request, tmp_path_factory):
+    """(pattern, ONNX path, imported program) of one fixture."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    from export_tiny_hf import export_model
+
+    model, record = train_tiny.load(FIXTURES / f"llama-s0-{request.param}.npz")
+    path = tmp_path_factory.mktemp("trained") / f"llama-{request.param}.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        export_model(model, str(path))
+    return record["sparse"], path, import_onnx(path).program
+
+
+@pytest.fixture(scope="module")
+def language():
+    return Language.make()
+
+
+def compile_with(trained, language, bits: int, group: int):
+    sparse, path, prog = trained
+    spec = parse_plan(plan(prog, bits, group, sparse), f"{bits}-bit {sparse}")
+    return compile_onnx(str(path), load_target("tiny"), CompileOptions(
+        max_len=acc.MAX_LEN, lengths=(acc.PROMPT_LEN,),
+        calibration=language.calibration, quant=QuantOptions(spec=spec)))
+
+
+def measured(trained, language, c) -> tuple[np.ndarray, np.ndarray]:
+    _, path, prog = trained
+    sess = session(path)
+    return acc.measure(c.quantized, lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim),
+                       language.prompts)
+
+
+@pytest.fixture(scope="module")
+def int4(trained, language):
+    c = compile_with(trained, language, 4, 32)
+    return c, *measured(trained, language, c)
+
+
+def test_the_fixture_is_nm_sparse(trained):
+    """Every decoder projection whose K is a multiple of m keeps at most n of m weights."""
+    sparse, _, prog = trained
+    n, m = (int(x) for x in sparse.split(":"))
+    checked = 0
+    for name, p in prog.linears.items():
+        if name == "lm_head" or p.w.shape[1] % m:
+            continue
+        kept = (p.w.reshape(p.w.shape[0], -1, m) != 0).sum(axis=2)
+        assert kept.max() <= n, f"{name}: {kept.max()} of {m} weights kept"
+        checked += 1
+    assert checked >= 12  # all 14 at 2:4; the MLP down projections (K = 200) stay dense at n:16
+
+
+def test_compiling_keeps_the_trained_sparse_weights_exactly(trained, int4):
+    """Pruning the N:M model again to its own pattern changes nothing (SparseGPT's pass
+    too: tests/test_prune.py)."""
+    assert lossy_layers(int4[0], trained[2]) == []
+
+
+def test_int8_weights_meet_the_criterion(trained, language):
+    cos, top = measured(trained, language, compile_with(trained, language, 8, 0))
+    print("\n" + acc.summary(f"INT8 {trained[0]}", cos, top))
+    assert acc.meets_criterion(cos, top), acc.summary(f"INT8 {trained[0]}", cos, top)
+
+
+def test_int4_weights_stay_above_their_floors(trained, int4):
+    _, cos, top = int4
+    print("\n" + acc.summary(f"INT4 g32 {trained[0]}", cos, top))
+    cos_min, cos_mean, top1 = INT4_FLOOR
+    assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, \
+        acc.summary(f"INT4 g32 {trained[0]}", cos, top)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "INT4 weight rounding moves a trained tiny model's logits by more than the criterion "
+    "allows at the worst positions, though top-1 stays at 99%; dense INT4 fails the same "
+    "way, and round-to-nearest needs 6-bit weights (docs/compiler.md)"))
+def test_int4_weights_meet_the_criterion(trained, int4):
+    _, cos, top = int4
+    assert acc.meets_criterion(cos, top), acc.summary(f"INT4 g32 {trained[0]}", cos, top)
