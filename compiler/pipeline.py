@@ -51,7 +51,19 @@ class Compiled:
 
 
 def calibration_prompts(prog: DecoderProgram, options: CompileOptions) -> list[np.ndarray]:
+    """The prompts activation scales are calibrated on: the given ones (text of the
+    model's language calibrates far better than random ids), else random ids."""
     if options.calibration:
+        for i, p in enumerate(options.calibration):
+            if not len(p):
+                raise CompileError(f"calibration prompt {i} is empty")
+            if len(p) > options.max_len:
+                raise CompileError(f"calibration prompt {i} has {len(p)} tokens; max_len is "
+                                   f"{options.max_len}")
+            bad = [t for t in p if not 0 <= t < prog.vocab]
+            if bad:
+                raise CompileError(f"calibration prompt {i}: token id {bad[0]} is outside the "
+                                   f"vocabulary 0..{prog.vocab - 1}")
         return [np.asarray(p) for p in options.calibration]
     rng = np.random.default_rng(options.seed)
     length = min(DEFAULT_CALIBRATION_LENGTH, options.max_len)

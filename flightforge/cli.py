@@ -66,6 +66,23 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _prompt_file(path: Path) -> tuple[tuple[int, ...], ...]:
+    """Token-id prompts, one per non-empty line, ids separated by commas or spaces."""
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.replace(",", " ").split()
+        if not fields:
+            continue
+        try:
+            prompts.append(tuple(int(v) for v in fields))
+        except ValueError:
+            raise click.BadParameter(f"{path}:{n}: expected token ids, not {line.strip()[:40]!r}",
+                                     param_hint="--calibration") from None
+    if not prompts:
+        raise click.BadParameter(f"{path} holds no prompt", param_hint="--calibration")
+    return tuple(prompts)
+
+
 TARGET_HELP = "Target: a shipped name (see `flightforge targets`) or an architecture YAML path."
 
 
@@ -364,6 +381,10 @@ def demo(target: str, save_dir: Path | None) -> None:
                    "(see compiler/plans.py).")
 @click.option("--prune", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
               show_default=True, help="How sparse layers are pruned (sparsegpt needs weights).")
+@click.option("--calibration", "calibration_file", type=click.Path(exists=True, dir_okay=False,
+                                                                  path_type=Path),
+              help="Prompts to calibrate activation scales (and SparseGPT) on: one prompt per "
+                   "line, token ids separated by commas or spaces [default: random ids].")
 @click.option("--group", type=click.IntRange(min=0), default=32, show_default=True,
               help="Group size along K for INT4 weight scales (the largest valid size <= this).")
 @click.option("--last-logits-only", is_flag=True,
@@ -380,7 +401,7 @@ def demo(target: str, save_dir: Path | None) -> None:
 @_clean_errors
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                 max_len: int | None, lengths: str | None, weight_bits: str,
-                plan_file: Path | None, prune: str, group: int,
+                plan_file: Path | None, prune: str, calibration_file: Path | None, group: int,
                 last_logits_only: bool, buckets: str, bucket_bound: float,
                 bucket_latency: str) -> None:
     """Compile a decoder-only LLM into a program binary.
@@ -401,10 +422,16 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
 
     spec = load_plan(plan_file) if plan_file is not None else None
     quant = QuantOptions(weight_bits=int(weight_bits), group=group, spec=spec)
+    calibration = ()
+    if calibration_file is not None:
+        if model is None:
+            raise click.UsageError("--calibration needs an ONNX MODEL (shape-only has no weights)")
+        calibration = _prompt_file(calibration_file)
     options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
                                       last_logits_only=last_logits_only,
                                       with_data=model is not None, buckets=buckets, prune=prune,
-                                      bucket_bound=bucket_bound, bucket_latency=bucket_latency)
+                                      bucket_bound=bucket_bound, bucket_latency=bucket_latency,
+                                      calibration=calibration)
     if model is not None:
         program = pipeline.compile_onnx(str(model), arch, options).program
     else:

@@ -51,3 +51,28 @@ def test_a_broken_onnx_file_is_a_clean_error(tmp_path):
     bad.write_bytes(b"\x08\x07garbage")
     r = invoke("compile", bad, "--target", "tiny", "--out", tmp_path / "x.ffb")
     assert r.exit_code == 1 and "broken.onnx" in r.output and "Traceback" not in r.output
+
+
+def test_calibration_prompts_from_a_file(tmp_path):
+    """--calibration: the scales come from the given prompts (the program differs from a
+    random-id calibration), and a bad file or token id is a clean error naming it."""
+    prog = random_decoder(LLAMA, seed=3)
+    model = ob.llama(prog, 6, tmp_path / "llama.onnx")
+    prompts = tmp_path / "calib.txt"
+    prompts.write_text("5, 17, 250, 3, 99, 42\n\n1 2 3 4 5 6 7 8\n")
+    outs = []
+    for extra in ([], ["--calibration", prompts]):
+        out = tmp_path / f"llama{len(extra)}.ffb"
+        r = invoke("compile", model, "--target", "tiny", "--out", out, "--max-len", "12", *extra)
+        assert r.exit_code == 0, r.output
+        outs.append(out.read_bytes())
+    assert outs[0] != outs[1]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3\n4 five 6\n")
+    r = invoke("compile", model, "--target", "tiny", "--out", tmp_path / "x.ffb", "--max-len", "12",
+               "--calibration", bad)
+    assert r.exit_code == 2 and "bad.txt:2" in r.output
+    bad.write_text("1 2 300\n")
+    r = invoke("compile", model, "--target", "tiny", "--out", tmp_path / "x.ffb", "--max-len", "12",
+               "--calibration", bad)
+    assert r.exit_code == 1 and "token id 300 is outside the vocabulary 0..299" in r.output
