@@ -4,8 +4,8 @@ onnxruntime-genai model builder write instead of decomposed patterns.
 LayerNormalization, SimplifiedLayerNormalization, RMSNormalization,
 Skip[Simplified]LayerNormalization (residual add fused with the next norm), MatMulNBits
 (int4/int8 block-quantised weights, dequantised here to float), RotaryEmbedding
-(com.microsoft, rotate-half only) and GroupQueryAttention (separate or packed QKV, with or
-without its own rotary embedding).
+(com.microsoft, and ONNX opset 23; rotate-half only), GroupQueryAttention (separate or
+packed QKV, with or without its own rotary embedding) and ONNX opset 23 Attention.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 
 from .calibrate import rope_float
 from .onnx_graph import OnnxNode
-from .onnx_patterns import (Const, Interpreter, KVOut, Lin, Normed, Tag, Unused, View,
-                            _close, fit_theta, handles)
+from .onnx_patterns import (Const, Interpreter, KVOut, Layout, Lin, Normed, Tag, Unused, View,
+                            _close, causal_probs, fit_theta, handles)
 
 
 def _opt(node: OnnxNode, i: int) -> str:
@@ -120,7 +120,7 @@ def MatMulNBits(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
 
 
 def _rope_theta(ip: Interpreter, node: OnnxNode, cos_i: int, sin_i: int, d: int) -> float:
-    cos, sin = ip.val(node.inputs[cos_i]), ip.val(node.inputs[sin_i])
+    cos, sin = _rope_tables(ip, node, cos_i), _rope_tables(ip, node, sin_i)
     if cos.shape[-1] * 2 != d:
         raise ip.fail(f"rotary tables cover {cos.shape[-1] * 2} of the head's {d} dimensions "
                       f"(partial rotary) which is not supported")
@@ -130,19 +130,33 @@ def _rope_theta(ip: Interpreter, node: OnnxNode, cos_i: int, sin_i: int, d: int)
         raise ip.fail(str(e)) from None
 
 
+def _rope_tables(ip: Interpreter, node: OnnxNode, i: int) -> np.ndarray:
+    """A rotary cache as a ``[positions][head_dim/2]`` table: given so, or (ONNX opset 23
+    without position ids) as ``[batch][seq][head_dim/2]`` rows of the probe's positions,
+    the same for every batch entry."""
+    t = np.asarray(ip.val(node.inputs[i]))
+    if t.ndim == 3 and not _opt(node, 3) and node.domain != "com.microsoft":
+        if not all(_close(t[b], t[0]) for b in range(1, t.shape[0])):
+            raise ip.fail("rotary caches differ between batch entries")
+        t = t[0]
+    if t.ndim != 2:
+        raise ip.fail("rotary caches must be [positions][head_dim/2] tables")
+    return t
+
+
 @handles("RotaryEmbedding")
 def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     """com.microsoft: (input, position_ids, cos_cache, sin_cache), or ONNX opset 23:
     (X, cos_cache, sin_cache, position_ids)."""
     if node.attrs.get("interleaved", 0):
         raise ip.fail("interleaved RoPE is not supported (the decoder rotates halves)")
+    if node.attrs.get("rotary_embedding_dim", 0):
+        raise ip.fail("partial rotary (rotary_embedding_dim) is not supported")
     ms = node.domain == "com.microsoft"
     cos_i, sin_i = (2, 3) if ms else (1, 2)
     x = ip.view(0)
     lay = ip.layout(x, node.inputs[0], ("SF", "SHD", "HSD"))
-    d = lay.d if lay.kind != "SF" else 2 * ip.val(node.inputs[cos_i]).shape[-1]
-    if ip.val(node.inputs[cos_i]).ndim != 2:
-        raise ip.fail("rotary caches must be [positions][head_dim/2] tables")
+    d = lay.d if lay.kind != "SF" else 2 * _rope_tables(ip, node, cos_i).shape[-1]
     theta = _rope_theta(ip, node, cos_i, sin_i, d)
     want = rope_float(x.t.value, 0, d, theta)
     if not _close(lay.to_view(x.factor * want), ip.val(node.outputs[0])):
@@ -196,6 +210,62 @@ def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag
     t = ip.emit("attention", (q, k, v), (node.name,), out, heads=heads, kv_heads=kv, d=d,
                 factor=scale * factors[0] * factors[1])
     outs = [View((node.name,), t, 1.0), KVOut((node.name,), k), KVOut((node.name,), v)]
+    return outs[:len(node.outputs)]
+
+
+@handles("Attention")
+def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
+    """ONNX opset 23 Attention (what torch.onnx writes for scaled_dot_product_attention at
+    opset >= 23): Q, K, V as ``[batch][heads][seq][head_dim]``, or ``[batch][seq][features]``
+    with ``q_num_heads``/``kv_num_heads``, and a mask. The decoder runs causal attention,
+    so the node's output on the probe prompt must be exactly that (which also checks that
+    the mask is the causal one and K/V repeat their KV heads in order)."""
+    at = node.attrs
+    if at.get("softcap", 0.0):
+        raise ip.fail("soft-capped attention is not supported")
+    for i in (4, 5):
+        if _opt(node, i):
+            raise ip.fail("Attention with past key/value inputs is not supported (export "
+                          "without the KV cache: the compiler keeps its own)")
+    if len(node.outputs) > 3 and node.outputs[3]:
+        raise ip.fail("the QK product output (qk_matmul_output) is not supported")
+    q, k, v = ip.view(0), ip.view(1), ip.view(2)
+    if ip.val(node.inputs[0]).ndim == 4:
+        lq, lk, lv = (ip.layout(t, node.inputs[i], ("HSD",)) for i, t in enumerate((q, k, v)))
+        heads, d = lq.heads, lq.d
+        kv_heads = (heads, k.t.features // d)  # K/V repeated to every query head, or not
+        if lq.group != 1 or lk.d != d or lv.d != d or lk.heads not in kv_heads \
+                or lv.heads not in kv_heads:
+            raise ip.fail(f"query ({lq.heads}x{lq.d}), key ({lk.heads}x{lk.d}) and value "
+                          f"({lv.heads}x{lv.d}) heads disagree")
+        out_layout = Layout("HSD", heads, d, 1, ip.val(node.outputs[0]).shape)
+    else:
+        for i, t in enumerate((q, k, v)):
+            ip.layout(t, node.inputs[i], ("SF",))
+        heads = int(at.get("q_num_heads", 0))
+        if not heads:
+            raise ip.fail("3-D Attention inputs need q_num_heads")
+        d = q.t.features // heads
+        out_layout = None
+    kv = k.t.features // d
+    if v.t.features != kv * d or heads % kv:
+        raise ip.fail(f"{heads} query heads cannot share {k.t.features // d} key heads")
+    if v.factor != 1.0:
+        raise ip.fail("a scaled value input")
+    scale = float(at.get("scale", 0.0)) or 1.0 / math.sqrt(d)
+    factor = scale * q.factor * k.factor
+    out = ip.val(node.outputs[0])
+    ctx = (out_layout.to_canon(out, ip.rows) if out_layout is not None
+           else np.asarray(out).reshape(ip.rows, -1))
+    probs = causal_probs(q.t.value, k.t.value, heads, kv, d, factor)
+    want = (probs @ v.t.value.reshape(ip.rows, kv, d).transpose(1, 0, 2)
+            .repeat(heads // kv, axis=0)).transpose(1, 0, 2).reshape(ip.rows, heads * d)
+    if not _close(ctx, want):
+        raise ip.fail("the output is not causal attention of the scaled query-key products "
+                      "(unsupported mask, bias or scaling)")
+    t = ip.emit("attention", (q.t, k.t, v.t), (node.name,), ctx, heads=heads, kv_heads=kv, d=d,
+                factor=factor)
+    outs = [View((node.name,), t, 1.0), KVOut((node.name,), k.t), KVOut((node.name,), v.t)]
     return outs[:len(node.outputs)]
 
 

@@ -289,8 +289,11 @@ def test_missing_file_is_an_error_naming_it(tmp_path):
 # ------------------------------------------------------------------- real exports
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
-def test_torch_dynamo_export_of_hugging_face_models(family, tmp_path):
+@pytest.mark.parametrize("family,opset", [("llama", 18), ("opt", 18), ("gpt2", 18), ("llama", 23),
+                                          ("gpt2", 23)])
+def test_torch_dynamo_export_of_hugging_face_models(family, opset, tmp_path):
+    """At opset 23 the exporter writes ONNX Attention, RotaryEmbedding and RMSNormalization
+    nodes instead of their decomposed patterns."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("onnxscript")
@@ -323,8 +326,12 @@ def test_torch_dynamo_export_of_hugging_face_models(family, tmp_path):
     path = tmp_path / f"{family}.onnx"
     ids = torch.randint(0, 300, (1, 8))
     torch.onnx.export(Logits(model), (ids, torch.ones(1, 8, dtype=torch.int64)), str(path),
-                      dynamo=True, opset_version=18, external_data=False,
+                      dynamo=True, opset_version=opset, external_data=False,
                       dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+    if opset >= 23:
+        import onnx
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "Attention" in ops and (family != "llama" or "RotaryEmbedding" in ops), ops
     imp = import_onnx(path)
     assert imp.summary.shape == want
     prog = imp.program
