@@ -7,9 +7,12 @@ Per core (``cores`` copies), from the architecture config:
 - **LUT / FF**: per MAC ``a + b * sparse_m`` (the sparse MUX in front of each MAC picks
   1 of ``sparse_m`` activations: its LUTs grow with the window), fitted on Yosys runs of
   ``hw.dsp_chain.DspChain``; per-core constants for the controller, the LD and ST units
-  and the MPE epilogue; the SFU as the RTL SFU (one element per cycle, with the row
-  units: divider, square root, exp table) plus, per extra lane, ``SFU_LANE_SHARE`` of it
-  (an assumption, not calibrated: the RTL has a single lane).
+  and the MPE epilogue; the SFU as the earlier single-lane RTL SFU (one element per
+  cycle, with the row units: divider, square root, exp table) plus, per extra lane,
+  ``SFU_LANE_SHARE`` of it (an assumption). The current lane-parallel RTL SFU and tiled
+  MPE synthesise far larger (docs/rtl.md, "Area"): their unshared per-operation lane
+  datapaths and operand ports are RTL area still to be brought down, so these
+  coefficients are kept until then.
 - **BRAM / URAM**: each buffer bank (``size / banks`` bytes, ``8 * width`` bits wide) is
   mapped to the cheapest tiling of BRAM36 aspect ratios (32K x 1 .. 512 x 72) or of
   URAM288 (4K x 72, no other aspect); buffers that would fill at least half of their
