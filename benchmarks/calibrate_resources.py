@@ -42,6 +42,7 @@ import numpy as np
 from amaranth.back import rtlil
 
 from flightforge.mappings import load_target
+from flightforge.resources import sfu_copies
 
 OUT = Path(__file__).resolve().parent.parent / "flightforge" / "resource_calibration.json"
 CHAIN_FIT = [(g, w) for g in (2, 4, 8) for w in (4, 16)]
@@ -196,10 +197,14 @@ def main() -> None:
     coef["lut_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["lut"] - chain_tiny), 1)
     coef["ff_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["ff"] - chain_tiny_ff), 1)
     coef["dsp_mpe_epilogue"] = by["MatrixEngine"]["dsp"] - 2 * arch.mpe.groups_per_chain
-    for key, block in (("controller", "Controller"), ("sfu_lane", "SpecialFunctionUnit"),
-                       ("load_unit", "LoadUnit"), ("store_unit", "StoreUnit")):
+    for key, block in (("controller", "Controller"), ("load_unit", "LoadUnit"),
+                       ("store_unit", "StoreUnit")):
         for what in ("lut", "ff", "dsp"):
             coef[f"{what}_{key}"] = by[block][what]
+    # The model prices an SFU of n lanes as sfu_copies(n) single-lane SFUs: fit the unit
+    # so that tiny's SFU, synthesised with its lanes, is reproduced.
+    for what in ("lut", "ff", "dsp"):
+        coef[f"{what}_sfu_lane"] = round(by["SpecialFunctionUnit"][what] / sfu_copies(arch.sfu.lanes), 1)
     errors = model_errors(runs, coef)
     out = {"generated_by": "benchmarks/calibrate_resources.py", "yosys": version,
            "family": "xcup", "calibration_target": arch.name, "coefficients": coef,
