@@ -59,10 +59,6 @@ MASK_UNITS: tuple[tuple[isa.Unit, ...], ...] = tuple(
     tuple(u for u in UNITS if mask >> u & 1) for mask in range(1 << len(UNITS)))
 
 
-def _mask_units(mask: int) -> tuple[isa.Unit, ...]:
-    return MASK_UNITS[mask]
-
-
 def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
     """A section is a stream that ends with its only HALT."""
     if not instrs:
@@ -182,10 +178,10 @@ def _deadlock_message(instrs: Sequence[isa.Instruction], queues: dict[isa.Unit, 
             continue
         i = queues[u][0]
         ins = instrs[i]
-        lacks = [f"a token from {v.name} (none released)" for v in _mask_units(ins.wait)
+        lacks = [f"a token from {v.name} (none released)" for v in MASK_UNITS[ins.wait]
                  if tokens[v][u] == 0]
         full = [f"room to release to {v.name} ({token_depth} tokens already waiting)"
-                for v in _mask_units(ins.release) if tokens[u][v] >= token_depth]
+                for v in MASK_UNITS[ins.release] if tokens[u][v] >= token_depth]
         lines.append(f"instruction {i} ({ins.OPCODE.name} on {u.name}) waits for "
                      + " and ".join(lacks + full))
     if pc < len(instrs) and not lines:

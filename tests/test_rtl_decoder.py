@@ -25,11 +25,8 @@ NEW_TOKENS = 2
 
 @pytest.fixture(scope="module")
 def arch():
-    try:
-        h.verilator_setup()
-        import cocotb_tools.runner  # noqa: F401
-    except (h.RtlUnavailable, ImportError) as e:
-        pytest.skip(f"RTL simulation unavailable: {e}")
+    if reason := h.unavailable():
+        pytest.skip(reason)
     return load_target("tiny")
 
 

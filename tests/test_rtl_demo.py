@@ -5,7 +5,7 @@ section's RTL cycle count equals the cycle model's."""
 
 import pytest
 
-from flightforge import hostio, isa
+from flightforge import hostio
 from flightforge.compiler.demo import build_demo, run_demo
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
@@ -16,11 +16,8 @@ pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def arch():
-    try:
-        h.verilator_setup()
-        import cocotb_tools.runner  # noqa: F401
-    except (h.RtlUnavailable, ImportError) as e:
-        pytest.skip(f"RTL simulation unavailable: {e}")
+    if reason := h.unavailable():
+        pytest.skip(reason)
     return load_target("tiny")
 
 
