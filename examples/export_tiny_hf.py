@@ -44,9 +44,10 @@ def export(family: str, path: str, init_range: float = 0.2, seed: int = 0) -> No
     export_model(build(family, init_range, seed), path)
 
 
-def export_model(model, path: str) -> None:
+def export_model(model, path: str, opset: int = 18) -> None:
     """Export a Hugging Face causal LM (in eval mode) as ``input_ids, attention_mask ->
-    logits`` with a dynamic sequence axis, the form the frontend reads."""
+    logits`` with a dynamic sequence axis, the form the frontend reads (at opset 23 the
+    exporter writes Attention, RotaryEmbedding and RMSNormalization nodes)."""
     import torch
 
     model = model.eval()
@@ -64,7 +65,7 @@ def export_model(model, path: str) -> None:
     seq = torch.export.Dim("seq", min=2, max=60)
     ids = torch.randint(0, model.config.vocab_size, (1, 8))
     torch.onnx.export(Logits(model).eval(), (ids, torch.ones(1, 8, dtype=torch.int64)), path,
-                      dynamo=True, opset_version=18, external_data=False,
+                      dynamo=True, opset_version=opset, external_data=False,
                       dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
 
 

@@ -297,6 +297,8 @@ def test_torch_dynamo_export_of_hugging_face_models(family, opset, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("onnxscript")
+    from export_tiny_hf import export_model
+
     torch.manual_seed(0)
     if family == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
@@ -312,22 +314,8 @@ def test_torch_dynamo_export_of_hugging_face_models(family, opset, tmp_path):
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=300, n_embd=96, n_layer=2, n_head=6, n_positions=64, n_inner=200))
         want = DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False)
-    model.eval()
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    seq = torch.export.Dim("seq", min=2, max=60)
     path = tmp_path / f"{family}.onnx"
-    ids = torch.randint(0, 300, (1, 8))
-    torch.onnx.export(Logits(model), (ids, torch.ones(1, 8, dtype=torch.int64)), str(path),
-                      dynamo=True, opset_version=opset, external_data=False,
-                      dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+    export_model(model, str(path), opset)
     if opset >= 23:
         import onnx
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}

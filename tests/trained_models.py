@@ -10,20 +10,18 @@ the sparse block stays dense.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import train_tiny  # noqa: E402
-from accuracy import PROMPT_LEN  # noqa: E402
+import train_tiny
+from accuracy import PROMPT_LEN
 
-from flightforge.compiler.graph import DecoderProgram  # noqa: E402
-from flightforge.compiler.pipeline import Compiled  # noqa: E402
-from flightforge.compiler.quantize import quantize_linear  # noqa: E402
-from flightforge.isa import SparseMode  # noqa: E402
+from flightforge.compiler.graph import DecoderProgram
+from flightforge.compiler.pipeline import Compiled
+from flightforge.compiler.quantize import quantize_linear
+from flightforge.isa import SparseMode
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EVAL_PROMPTS = 8  #: half of them end on COPY, so their decode steps replay a span
