@@ -82,6 +82,26 @@ def arch():
     return load_target("tiny")
 
 
+def check_against_reference(arch, unit, ins: isa.MISC, act_bytes: np.ndarray,
+                            glb_bytes: np.ndarray) -> int:
+    """Run ``ins`` on the unit and on the functional simulator from buffers starting with
+    these bytes (zeros after); assert equal ACT contents and ``Timing.misc``'s cycles.
+    Returns the cycles."""
+    act = np.zeros(arch.buffers.of(isa.Buf.ACT).size, np.uint8)
+    glb = np.zeros(arch.buffers.of(isa.Buf.GLB).size, np.uint8)
+    act[:len(act_bytes)] = act_bytes
+    glb[:len(glb_bytes)] = glb_bytes
+    ref = FunctionalSim(arch)
+    ref.buffer(isa.Buf.ACT)[:] = act
+    ref.buffer(isa.Buf.GLB)[:] = glb
+    ref.execute([ins, isa.SYS(op=isa.SysOp.HALT)])
+    got, cycles = run_unit(arch, unit, ins, act, glb)
+    bad = np.nonzero(got != ref.buffer(isa.Buf.ACT))[0]
+    assert not len(bad), f"{ins}: ACT differs at {bad[:8].tolist()}"
+    assert cycles == duration(arch, ins), f"{ins}: {cycles} cycles, model {duration(arch, ins)}"
+    return cycles
+
+
 @pytest.mark.parametrize("ops,seed", [
     ((isa.MiscOp.SOFTMAX,), 1), ((isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM), 2),
     (h.RANDOM_MISC_OPS, 3)])
@@ -89,19 +109,8 @@ def test_sfu_matches_functional_sim_and_timing(arch, ops, seed) -> None:
     unit = SpecialFunctionUnit(arch)
     rng = np.random.default_rng(seed + 100)
     for ins in _instructions(seed, ops, 8):
-        act = np.zeros(arch.buffers.of(isa.Buf.ACT).size, np.uint8)
-        glb = np.zeros(arch.buffers.of(isa.Buf.GLB).size, np.uint8)
-        act[:h.WINDOWS[isa.Buf.ACT]] = rng.integers(0, 256, h.WINDOWS[isa.Buf.ACT])
-        glb[:h.WINDOWS[isa.Buf.GLB]] = rng.integers(0, 256, h.WINDOWS[isa.Buf.GLB])
-        ref = FunctionalSim(arch)
-        ref.buffer(isa.Buf.ACT)[:] = act
-        ref.buffer(isa.Buf.GLB)[:] = glb
-        ref.execute([ins, isa.SYS(op=isa.SysOp.HALT)])
-        got, cycles = run_unit(arch, unit, ins, act, glb)
-        want = ref.buffer(isa.Buf.ACT)
-        bad = np.nonzero(got != want)[0]
-        assert not len(bad), f"{ins}: ACT differs at {bad[:8].tolist()}"
-        assert cycles == duration(arch, ins), f"{ins}: {cycles} cycles, model {duration(arch, ins)}"
+        check_against_reference(arch, unit, ins, rng.integers(0, 256, h.WINDOWS[isa.Buf.ACT]),
+                                rng.integers(0, 256, h.WINDOWS[isa.Buf.GLB]))
 
 
 @pytest.mark.parametrize("op,rows,cols", [
@@ -121,17 +130,8 @@ def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
     ins = isa.MISC(op=op, rows=rows, cols=cols, a_addr=a_addr, a_stride=cols, d_addr=d_addr,
                    d_stride=cols, m0=int(rng.integers(1, 1 << 12)), shift=int(rng.integers(8, 16)),
                    eps=int(rng.integers(0, 1 << 16)) if op != isa.MiscOp.SOFTMAX else 0)
-    act = np.zeros(arch.buffers.of(isa.Buf.ACT).size, np.uint8)
-    glb = np.zeros(arch.buffers.of(isa.Buf.GLB).size, np.uint8)
-    act[:rows * cols] = rng.integers(0, 256, rows * cols)
-    glb[:4 * cols] = rng.integers(0, 256, 4 * cols)
-    ref = FunctionalSim(arch)
-    ref.buffer(isa.Buf.ACT)[:] = act
-    ref.buffer(isa.Buf.GLB)[:] = glb
-    ref.execute([ins, isa.SYS(op=isa.SysOp.HALT)])
-    got, cycles = run_unit(arch, SpecialFunctionUnit(arch), ins, act, glb)
-    assert (got == ref.buffer(isa.Buf.ACT)).all()
-    assert cycles == duration(arch, ins)
+    cycles = check_against_reference(arch, SpecialFunctionUnit(arch), ins,
+                                     rng.integers(0, 256, rows * cols), rng.integers(0, 256, 4 * cols))
     unhidden = {isa.MiscOp.SOFTMAX: 3 * rows, isa.MiscOp.RMSNORM: 2 * rows,
                 isa.MiscOp.LAYERNORM: 2 * rows}[op] * -(-cols // arch.sfu.lanes)
     gap = (sfu.SOFTMAX_ROW_GAP if op == isa.MiscOp.SOFTMAX
