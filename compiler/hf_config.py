@@ -9,13 +9,13 @@ opt and gpt2. A missing or inconsistent field is an error naming the file and fi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .graph import DecoderShape
 from .memory import CompileError
+from flightforge.files import read_json
 
 SUPPORTED = ("llama", "mistral", "opt", "gpt2")
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf",
@@ -96,12 +96,7 @@ def structure_from_config(cfg: dict[str, Any], source: str = "<config>") -> HFSt
 
 def load_structure(path: str | Path) -> HFStructure:
     path = Path(path)
-    try:
-        cfg = json.loads(path.read_text())
-    except OSError as e:
-        raise CompileError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise CompileError(f"{path}: not valid JSON: {e}") from None
+    cfg = read_json(path, CompileError)
     if not isinstance(cfg, dict):
         raise CompileError(f"{path}: expected a JSON object")
     return structure_from_config(cfg, str(path))

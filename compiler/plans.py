@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from flightforge.isa import SparseMode
 
 from .memory import CompileError
+from flightforge.files import read_yaml
 
 FIELDS = ("bits", "group", "sparse")
 
@@ -105,13 +105,7 @@ def parse_plan(data: Any, source: str = "<plan>") -> PlanSpec:
 
 def load_plan(path: str | Path) -> PlanSpec:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise CompileError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise CompileError(f"{path}: not valid YAML: {e}") from None
-    return parse_plan(data, str(path))
+    return parse_plan(read_yaml(path, CompileError), str(path))
 
 
 def sparse_mode(value: str) -> SparseMode:

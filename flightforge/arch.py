@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import isa
+from .files import read_yaml
 
 
 class ConfigError(ValueError):
@@ -215,10 +215,4 @@ def arch_from_dict(data: Any, source: str = "<config>") -> ArchConfig:
 def load_arch(path: str | Path) -> ArchConfig:
     """Load and validate an architecture YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return arch_from_dict(data, str(path))
+    return arch_from_dict(read_yaml(path, ConfigError), str(path))

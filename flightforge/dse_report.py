@@ -86,6 +86,15 @@ def write_outputs(spec, rows: list[dict], out_dir: str | Path,
     return files
 
 
+def _save(fig, path: Path) -> Path:
+    """Write a report figure and free it (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
 
@@ -114,10 +123,7 @@ def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
     else:
         _empty(ax, "no objective pair to plot")
     ax.set_title("Design points and Pareto front")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roofline(df, front, path: Path) -> Path:
@@ -145,10 +151,7 @@ def plot_roofline(df, front, path: Path) -> Path:
     else:
         _empty(ax, "no timed points")
     ax.set_title("Roofline of the decode step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
@@ -174,10 +177,7 @@ def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
     else:
         _empty(a1, "no feasible points")
     a1.set_title("Per-unit utilisation and resources of Pareto points")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_timeline(spec, params: dict, path: Path, cache_dir: str | None = None,
@@ -211,10 +211,7 @@ def plot_timeline(spec, params: dict, path: Path, cache_dir: str | None = None,
     except Exception as exc:  # the timeline is illustrative; say why it is missing
         _empty(ax, f"timeline unavailable: {exc}")
     ax.set_title("Timeline of the first Pareto point's decode step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_html(spec, df, front, files: dict[str, Path], path: Path) -> Path:

@@ -21,16 +21,16 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import isa
 from .arch import ArchConfig, ConfigError, arch_from_dict
 from .evaluate import ProgramCache, canonical_hash, stream_fields, time_stream
 from .resources import KINDS, design_resources, over_budget, utilisation
+from .files import read_yaml
 
 UNITS = ("LD", "ST", "MPE", "SFU")
 
@@ -115,12 +115,7 @@ KNOBS = (*ARCH_KNOBS, *QUANT_KNOBS, *TIMING_KNOBS, "buckets")
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, SpecError)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     data.setdefault("base_dir", str(path.parent))
