@@ -1,5 +1,6 @@
 """N:M pruning: the pattern holds, the second-order pass loses less than magnitude, and an
-already N:M-sparse model compiles without loss."""
+already N:M-sparse model, or one trained onto the compiler's INT4 grid, compiles without
+loss."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from flightforge.compiler.qdecoder import QuantOptions
 from flightforge.compiler.quantize import prune_nm
 from flightforge.isa import SparseMode
 from flightforge.mappings import load_target
-from trained_models import lossy_layers, plan
+from train_tiny import on_grid
+from trained_models import lossy_layers, off_grid_layers, plan
 
 SPARSE = [m for m in SparseMode if m.is_sparse and m.n < m.m]
 
@@ -67,3 +69,29 @@ def test_an_already_nm_sparse_model_compiles_without_loss(mode, method):
     assert lossy_layers(compiled(sparse), sparse) == []
     # The check is not vacuous: the dense model's layers are all pruned.
     assert len(lossy_layers(compiled(prog), prog)) == len(prog.linears) - 1
+
+
+@pytest.mark.parametrize("sparse", ["dense", "2:4", "8:16"])
+def test_weights_on_the_int4_grid_compile_without_loss(sparse):
+    """Weights moved onto the compiler's INT4 g32 grid, as quantisation-aware training
+    (examples/train_tiny.py) exports them, are float32 values that the compiler's own
+    quantiser dequantises to themselves: compiling them loses nothing. K = 64 takes
+    groups of 32, K = 40 (the MLP's down projection) one scale per column."""
+    prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 40, 50, "swiglu", True), seed=3)
+    spec = parse_plan(plan(prog, 4, 32, sparse))
+    options = QuantOptions(spec=spec)
+    grid = {}
+    for name, p in prog.linears.items():
+        wp = options.plan_for(name, p.w.shape[1])
+        w = prune_nm(p.w, wp.sparse)
+        grid[name] = p if name == "lm_head" else LinearParams(
+            on_grid(w, wp).astype(np.float64), p.b)
+    on = dataclasses.replace(prog, linears=grid)
+
+    def compiled(model):
+        return compile_decoder(model, load_target("tiny"), CompileOptions(
+            max_len=8, lengths=(8,), quant=QuantOptions(spec=spec)))
+
+    assert off_grid_layers(compiled(on), on) == []
+    # Not vacuous: the float weights themselves are rounded in every layer.
+    assert len(off_grid_layers(compiled(prog), prog)) == len(prog.linears) - 1

@@ -62,6 +62,13 @@ def plan(prog: DecoderProgram, bits: int, group: int = 32, sparse: str = "dense"
     return {"default": {"bits": bits, "group": group, "sparse": sparse}, "layers": layers}
 
 
+def off_grid_layers(c: Compiled, prog: DecoderProgram) -> list[str]:
+    """The decoder projections whose compiled weights, dequantised, are not exactly the
+    model's: none for a model trained onto the compiler's grid (``train_tiny.on_grid``)."""
+    return [name for name, ql in c.quantized.linears.items()
+            if name != "lm_head" and not np.array_equal(ql.dequantized(), prog.linears[name].w)]
+
+
 def lossy_layers(c: Compiled, prog: DecoderProgram) -> list[str]:
     """The N:M layers whose compile changed an already N:M model's weights: the pruning
     pass must leave them alone, and quantising with the sparse plan must give the
