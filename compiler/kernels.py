@@ -23,6 +23,36 @@ from .quantize import LinearLayout, QuantLinear
 
 PROB_FRAC_BITS = DType.INT8.bits - 1  #: softmax probabilities are INT8 with scale 2**-7
 
+# --- 16-bit activations as two INT8 halves ----------------------------------------------
+#
+# The matrix engine multiplies INT8 activations. A 16-bit operand ``x`` runs as two INT8
+# halves, ``x = 2**s * (256 * hi + lo)``: ``hi = REQUANT(x, 1, 8 + s)`` rounds ``x`` to
+# its top byte, a LUT negates it, and ``lo = ADD(x, -hi, 1, 2**(8+s), s)`` keeps the rest
+# (exact for s = 0 while |x| <= SPLIT_MAX). A product then takes two engine passes
+# (``256 * W.hi`` into INT32 partial sums, then ``W.lo`` accumulated on them through
+# ``acc_in``), and a product of two split operands three (the lo*lo term, 2**-16 of the
+# total, is left out). See docs/compiler.md, "16-bit activations".
+
+SPLIT_BITS = 8  #: weight of the high half: x = 2**SPLIT_BITS * hi + lo
+SPLIT_MAX = 127 * (1 << SPLIT_BITS) + 127  #: largest |x| the two halves hold exactly
+HI_MULT = 1 << SPLIT_BITS  #: the high half's pass multiplies its INT32 partial sums by this
+#: The LUT that negates the high half (entry i is -int8(i), saturated).
+NEG_TABLE = numerics.sat(-np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)),
+                         DType.INT8)
+PROB16_SPLIT_SHIFT = 1  #: INT16 probabilities (up to 2**15 - 1) split with s = 1
+
+
+def split_params(s: int) -> tuple[int, int, int]:
+    """``(hi_shift, lo_m1, lo_shift)`` of the split ``x = 2**s * (256*hi + lo)``."""
+    return SPLIT_BITS + s, 1 << (SPLIT_BITS + s), s
+
+
+def hi_records(ql: QuantLinear) -> formats.ColumnRecords:
+    """Column records of a layer's high-half pass: no bias, multiplier 256, the layer's
+    own group scales (the INT32 partial sums then carry ``256 * W.hi``)."""
+    n = ql.shape[0]
+    return formats.ColumnRecords(np.zeros(n, np.int64), np.full(n, HI_MULT, np.int64), ql.gscale)
+
 
 @dataclass(frozen=True)
 class PlacedLinear:
@@ -34,6 +64,7 @@ class PlacedLinear:
     w_addr: int
     meta_addr: int
     rec_addr: int
+    hi_rec_addr: int | None = None  #: column records of the high-half pass (16-bit input)
 
     @property
     def n(self) -> int:
@@ -61,8 +92,9 @@ class PlacedLinear:
 
 
 def place_linear(b: Builder, name: str, ql: QuantLinear | LinearLayout, s_x: float,
-                 s_y: float) -> PlacedLinear:
-    """Place a layer for inputs of scale ``s_x`` and outputs of scale ``s_y``.
+                 s_y: float, split: bool = False) -> PlacedLinear:
+    """Place a layer for inputs of scale ``s_x`` and outputs of scale ``s_y``; ``split``:
+    its input is 16-bit, so the high-half pass gets column records of its own.
 
     Given only a :class:`LinearLayout` (shape-only compilation), the segments get their
     addresses and sizes but no data, and the shift is that of a unit multiplier.
@@ -71,63 +103,120 @@ def place_linear(b: Builder, name: str, ql: QuantLinear | LinearLayout, s_x: flo
         lay = ql.layout
         packed = ql.packed()
         rec = formats.pack_column_records(ql.records(s_x, s_y), lay.k, lay.gsz)
+        hi_rec = formats.pack_column_records(hi_records(ql), lay.k, lay.gsz) if split else None
         _, _, shift = ql.requant(s_x, s_y)
         data = (packed.weights, packed.meta, rec)
     else:
         lay = ql
         _, shift = numerics.quantize_multiplier(s_x / s_y)
-        data = (None, None, None)
+        data, hi_rec = (None, None, None), None
     sizes = (lay.n * lay.ext_row_bytes, lay.n * lay.meta_row_bytes, lay.n * lay.record_bytes)
     w = b.place(f"{name}.weight", "weights", sizes[0], data[0])
     m = b.place(f"{name}.meta", "weights", sizes[1], data[1]) if sizes[1] else 0
     r = b.place(f"{name}.records", "weights", sizes[2], data[2])
-    return PlacedLinear(name, lay, shift, w, m, r)
+    hr = b.place(f"{name}.records_hi", "weights", sizes[2], hi_rec) if split else None
+    return PlacedLinear(name, lay, shift, w, m, r, hr)
 
 
-def _column_tile(b: Builder, pl: PlacedLinear) -> int:
-    """Columns per weight tile: as many as two slots of every buffer allow."""
+def _column_tile(b: Builder, pl: PlacedLinear, psum_stride: int | None = None) -> int:
+    """Columns per weight tile: as many as two slots of every buffer allow, and, for a
+    16-bit input of several rows, as many INT32 partial sums as fit in a row of the
+    output (the passes share the output's row stride)."""
     limits = [pl.n, ROWS_MAX]
-    for buf, per_col in ((Buf.WGT, pl.wrb), (Buf.META, pl.mrb), (Buf.SCALE, pl.recb)):
+    if psum_stride is not None:
+        limits.append(psum_stride // DType.INT32.nbytes)
+    recb = pl.recb * (2 if pl.hi_rec_addr is not None else 1)
+    for buf, per_col in ((Buf.WGT, pl.wrb), (Buf.META, pl.mrb), (Buf.SCALE, recb)):
         if per_col:
             limits.append(b.bufs[buf].free_bytes // 2 // per_col)
     nt = min(limits)
     if nt < 1:
+        if psum_stride is not None and psum_stride < DType.INT32.nbytes:
+            raise CompileError(f"{pl.name}: an output row of {psum_stride} B cannot hold the "
+                               f"INT32 partial sums of a 16-bit input")
         raise CompileError(f"{pl.name}: one weight column (K={pl.k}: {pl.wrb} B weights, "
-                           f"{pl.mrb} B indices, {pl.recb} B record) does not fit twice in the "
+                           f"{pl.mrb} B indices, {recb} B records) does not fit twice in the "
                            f"free WGT/META/SCALE space")
     return nt
 
 
-def linear(b: Builder, x: Tile, pl: PlacedLinear, out: Tile) -> None:
-    """``out = requant(x @ W^T + bias)`` with double-buffered weight tiles."""
+def _matmul(b: Builder, a: Tile, **fields) -> None:
+    """MV for one row of ``a``, else MM."""
+    if a.rows == 1:
+        b.emit(isa.MV(a_addr=a.addr, **fields))
+    else:
+        b.emit(isa.MM(m=a.rows, a_addr=a.addr, a_stride=a.stride, **fields))
+
+
+def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile) -> None:
+    """``out = requant(x @ W^T + bias)`` with double-buffered weight tiles.
+
+    ``x`` is an INT8 tile, or the ``(hi, lo)`` halves of a 16-bit one (:func:`split`):
+    each weight tile then runs the high half into INT32 partial sums and the low half
+    on top of them.
+    """
+    halves = x if isinstance(x, tuple) else None
+    x = halves[0] if halves else x
     if x.cols != pl.k or out.cols != pl.n or out.rows != x.rows or x.dtype != DType.INT8:
         raise CompileError(f"{pl.name}: input {x.rows}x{x.cols} {x.dtype.name} and output "
                            f"{out.rows}x{out.cols} do not match weights {pl.n}x{pl.k}")
-    nt = _column_tile(b, pl)
+    if halves and pl.hi_rec_addr is None:
+        raise CompileError(f"{pl.name}: a 16-bit input needs the layer placed with split=True")
+    nt = _column_tile(b, pl, out.stride if halves and x.rows > 1 else None)
     slots = []
     for s in range(2 if nt < pl.n else 1):
         slots.append((b.tile(Buf.WGT, nt, pl.wrb, DType.INT8, f"{pl.name} weight slot {s}"),
                       b.tile(Buf.META, nt, pl.mrb, DType.INT8, f"{pl.name} index slot {s}")
                       if pl.mrb else None,
-                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}")))
+                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}"),
+                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} high-half record slot {s}")
+                      if halves else None))
+    psum = None
+    if halves:  # INT32 partial sums of a column tile, at the output's row stride
+        psum = b.tile(Buf.ACT, x.rows, out.stride if x.rows > 1 else nt * DType.INT32.nbytes,
+                      DType.INT8, f"{pl.name} high-half partial sums")
     for t, n0 in enumerate(range(0, pl.n, nt)):
         cols = min(nt, pl.n - n0)
-        w_t, m_t, r_t = slots[t % len(slots)]
+        w_t, m_t, r_t, h_t = slots[t % len(slots)]
         b.load(w_t.view(rows=cols), pl.w_addr + n0 * pl.ext_wrb, unpack=pl.layout.store_bits)
         if m_t is not None:
             b.load(m_t.view(rows=cols), pl.meta_addr + n0 * pl.mrb)
         b.load(r_t.view(rows=cols), pl.rec_addr + n0 * pl.recb)
-        common = dict(n=cols, k=pl.k, a_addr=x.addr, w_addr=w_t.addr,
-                      meta_addr=m_t.addr if m_t is not None else 0, q_addr=r_t.addr,
-                      d_addr=out.at(0, n0), d_stride=out.stride, sparse=pl.layout.sparse,
-                      wprec=pl.layout.prec, gsz=pl.layout.gsz, colp=1, odt=out.dtype,
-                      shift=pl.shift)
-        if x.rows == 1:
-            b.emit(isa.MV(**common))
+        common = dict(n=cols, k=pl.k, w_addr=w_t.addr,
+                      meta_addr=m_t.addr if m_t is not None else 0, d_stride=out.stride,
+                      sparse=pl.layout.sparse, wprec=pl.layout.prec, gsz=pl.layout.gsz, colp=1)
+        if halves:
+            b.load(h_t.view(rows=cols), pl.hi_rec_addr + n0 * pl.recb)
+            _matmul(b, halves[0], q_addr=h_t.addr, d_addr=psum.addr, odt=DType.INT32, shift=0,
+                    **common)
+            _matmul(b, halves[1], q_addr=r_t.addr, d_addr=out.at(0, n0), odt=out.dtype,
+                    shift=pl.shift, acc_in=1, p_addr=psum.addr, **common)
         else:
-            b.emit(isa.MM(m=x.rows, a_stride=x.stride, **common))
+            _matmul(b, x, q_addr=r_t.addr, d_addr=out.at(0, n0), odt=out.dtype, shift=pl.shift,
+                    **common)
+    if psum is not None:
+        b.free(psum)
     for slot in slots:
         b.free(*[t for t in slot if t is not None])
+
+
+def split(b: Builder, x: Tile, neg: PlacedParams, s: int = 0) -> tuple[Tile, Tile]:
+    """The INT8 halves ``(hi, lo)`` of a 16-bit tile (see ``SPLIT_BITS``): three SFU
+    passes, REQUANT, the negating LUT and ADD."""
+    hi_shift, lo_m1, lo_shift = split_params(s)
+    hi = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "high half")
+    lo = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "low half")
+    b.emit(isa.MISC(op=isa.MiscOp.REQUANT, rows=x.rows, cols=x.cols, a_addr=x.addr,
+                    a_stride=x.stride, a_dt=x.dtype, d_addr=hi.addr, d_stride=hi.stride,
+                    d_dt=DType.INT8, m0=1, shift=hi_shift))
+    neg_hi = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "negated high half")
+    table_op(b, isa.MiscOp.LUT, hi, neg, neg_hi)
+    b.emit(isa.MISC(op=isa.MiscOp.ADD, rows=x.rows, cols=x.cols, a_addr=x.addr,
+                    a_stride=x.stride, a_dt=x.dtype, b_addr=neg_hi.addr, b_stride=neg_hi.stride,
+                    b_dt=DType.INT8, d_addr=lo.addr, d_stride=lo.stride, d_dt=DType.INT8,
+                    m0=1, m1=lo_m1, shift=lo_shift))
+    b.free(neg_hi)
+    return hi, lo
 
 
 def rope(b: Builder, x: Tile, table_addr: int, pos0: int, head_dim: int, dyn: bool = False) -> None:
@@ -203,6 +292,81 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
                         d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh, **extra))
         b.free(probs)
     b.free(kt, vt)
+
+
+def pv16_params(s_v: float, s_o: float) -> tuple[int, int]:
+    """``(mult, shift)`` of the 16-bit PV product: its partial sums carry
+    ``p.v / 2**(8 + PROB16_SPLIT_SHIFT)`` with ``p`` in units of 2**-15."""
+    frac = DType.INT16.bits - 1
+    return numerics.quantize_multiplier(2.0 ** (SPLIT_BITS + PROB16_SPLIT_SHIFT - frac) * s_v / s_o)
+
+
+def _split_product(b: Builder, a: tuple[Tile, Tile], w: tuple[int, int], out_addr: int,
+                   out_stride: int, odt: DType, mult: int, shift: int, scratch: tuple[Tile, Tile],
+                   **fields) -> None:
+    """``256*a_hi.w_hi + a_hi.w_lo + a_lo.w_hi`` in three passes chained through INT32
+    partial sums (two scratch tiles at ``out_stride``), requantised by the last."""
+    (a_hi, a_lo), (w_hi, w_lo) = a, w
+    s0, s1 = scratch
+    common = dict(d_stride=out_stride, **fields)
+    _matmul(b, a_hi, w_addr=w_hi, d_addr=s0.addr, odt=DType.INT32, mult=HI_MULT, shift=0, **common)
+    _matmul(b, a_hi, w_addr=w_lo, d_addr=s1.addr, odt=DType.INT32, mult=1, shift=0, acc_in=1,
+            p_addr=s0.addr, **common)
+    _matmul(b, a_lo, w_addr=w_hi, d_addr=out_addr, odt=odt, mult=mult, shift=shift, acc_in=1,
+            p_addr=s1.addr, **common)
+
+
+def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[int, int],
+                v_planes: tuple[int, int], ctx: int, pos0: int, s_k: float, s_v: float,
+                out: Tile, neg: PlacedParams, dyn: bool = False) -> None:
+    """:func:`attention` with 16-bit q, K, V and probabilities, each as two INT8 halves.
+
+    The caches hold each 16-bit value as two INT8 planes (high, low) at ``k_planes`` and
+    ``v_planes``. Scores ``q.k / 256`` and ``p.v / 512`` take three engine passes each
+    (:func:`_split_product`); the softmax writes INT16 probabilities (scale 2**-15),
+    split with s = 1 before the PV product. Block-sparse causal blocks as in
+    :func:`attention`.
+    """
+    qh, ql = q
+    d = qh.cols
+    rows = qh.rows
+    caches = []
+    for base in (*k_planes, *v_planes):
+        t = b.tile(Buf.WGT, ctx, d, DType.INT8, "KV cache plane")
+        b.load(t, base)
+        caches.append(t)
+    kh, kl, vh, vl = caches
+    m0, sh = softmax_params(s_q * HI_MULT, s_k, d)
+    mult, psh = pv16_params(s_v, out.scale)
+    block = max(b.arch.mpe.mm.m, ATTENTION_BLOCK_MIN)
+    for r0 in range(0, rows, block):
+        br = min(block, rows - r0)
+        if br > 1 and out.stride < d * DType.INT32.nbytes:
+            raise CompileError(f"attention output rows of {out.stride} B cannot hold the INT32 "
+                               f"partial sums of a {d}-wide 16-bit PV product")
+        n = ctx - rows + r0 + br
+        q_rows = (qh.view(row=r0, rows=br), ql.view(row=r0, rows=br))
+        scratch = tuple(b.tile(Buf.ACT, br, n, DType.INT32, f"attention score partial sums {i}")
+                        for i in range(2))
+        scores = b.tile(Buf.ACT, br, n, DType.INT32, "attention scores")
+        _split_product(b, q_rows, (kh.addr, kl.addr), scores.addr, scores.stride, DType.INT32,
+                       1, 0, scratch, n=n, k=d)
+        b.free(*scratch)
+        probs = b.tile(Buf.ACT, br, n, DType.INT16, "attention probabilities")
+        b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=br, cols=n, a_addr=scores.addr,
+                        a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
+                        d_stride=probs.stride, d_dt=DType.INT16, m0=m0, shift=sh, pos=pos0 + r0,
+                        causal=1, dyn_pos=int(dyn)))
+        b.free(scores)
+        p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT)
+        b.free(probs)
+        psum_bytes = out.stride if br > 1 else d * DType.INT32.nbytes
+        scratch = tuple(b.tile(Buf.ACT, br, psum_bytes, DType.INT8, f"attention PV partial sums {i}")
+                        for i in range(2))
+        _split_product(b, p_halves, (vh.addr, vl.addr), out.at(r0), out.stride, out.dtype,
+                       mult, psh, scratch, n=d, k=n, wkn=1)
+        b.free(*scratch, *p_halves)
+    b.free(*caches)
 
 
 def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flightforge.arch import ArchConfig
-from flightforge.isa import Buf, MiscOp
+from flightforge.isa import Buf, DType, MiscOp
 from flightforge.program import Program
 
 from . import kernels
@@ -54,6 +54,8 @@ class _Placed:
     input: int
     logits: int
     positions: int  #: rows of the KV caches, input and logits segments
+    neg: kernels.PlacedParams | None  #: the LUT of the 16-bit split (None: 8-bit activations)
+    kv_plane: int  #: bytes from a cache's high plane to its low plane (0: INT8 caches)
 
 
 def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Placed:
@@ -64,15 +66,16 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     for op in prog.ops:
         if isinstance(op, Linear):
             linears[op.weight] = kernels.place_linear(b, op.weight, qd.linear(op.weight),
-                                                      sc[op.x], sc[op.out])
+                                                      sc[op.x], sc[op.out], op.x in qd.split)
         elif isinstance(op, Norm):
             norms[op.params] = kernels.place_params(b, f"{op.params}.params",
                                                     qd.norms[op.params].params(), with_data)
         elif isinstance(op, Act):
             if op.fn not in TABLE_OPS:
                 raise CompileError(f"activation {op.fn!r} of {op.out!r} has no SFU operation")
+            dt = "<i2" if qd.dtype(op.out) == DType.INT16 else np.int8
             tables[op.out] = kernels.place_params(b, f"{op.out}.table",
-                                                  qd.tables[op.out].astype(np.int8), with_data)
+                                                  qd.tables[op.out].astype(dt), with_data)
     rope = 0
     if prog.rope_theta is not None:
         table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
@@ -83,11 +86,15 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     b.place("embed_tokens", "const", prog.vocab * prog.hidden * 2,
             None if qd.embed is None or not with_data else qd.embed.astype("<i2"))
     cache = prog.kv_heads * max_len * prog.head_dim
-    k_cache = {l: b.place(f"layer{l}.k_cache", "kv", cache) for l in range(prog.layers)}
-    v_cache = {l: b.place(f"layer{l}.v_cache", "kv", cache) for l in range(prog.layers)}
+    planes = 2 if any(isinstance(op, Attention) and op.k in qd.split for op in prog.ops) else 1
+    k_cache = {l: b.place(f"layer{l}.k_cache", "kv", planes * cache) for l in range(prog.layers)}
+    v_cache = {l: b.place(f"layer{l}.v_cache", "kv", planes * cache) for l in range(prog.layers)}
     inp = b.place("input", "input", max_len * prog.hidden * 2)
     logits = b.place("logits", "output", max_len * prog.vocab * 2)
-    return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits, max_len)
+    neg = kernels.place_params(b, "split_negate.table", kernels.NEG_TABLE.astype(np.int8),
+                               with_data) if qd.split else None
+    return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits, max_len, neg,
+                   cache if planes == 2 else 0)
 
 
 def _last_uses(ops: tuple, output: str) -> dict[str, int]:
@@ -137,7 +144,16 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
     last = _last_uses(ops, prog.output)
     env: dict[str, Tile] = {}  #: what ops read: a tile, or a row view of one
     owner: dict[str, Tile] = {}  #: the allocation behind each name, for freeing
+    halves: dict[str, tuple[Tile, Tile]] = {}  #: INT8 halves of 16-bit engine inputs
     out_rows = rows
+
+    def engine_input(name: str) -> Tile | tuple[Tile, Tile]:
+        """The tile the matrix engine reads; a 16-bit one is split once, at first use."""
+        if name not in qd.split:
+            return env[name]
+        if name not in halves:
+            halves[name] = kernels.split(b, env[name], pl.neg)
+        return halves[name]
 
     def new(name: str, cols: int) -> Tile:
         t = b.tile(Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name],
@@ -154,7 +170,7 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
             out_rows = 1
         if isinstance(op, Linear):
             p = pl.linears[op.weight]
-            kernels.linear(b, env[op.x], p, new(op.out, p.n))
+            kernels.linear(b, engine_input(op.x), p, new(op.out, p.n))
         elif isinstance(op, Norm):
             x = env[op.x]
             nq = qd.norms[op.params]
@@ -162,10 +178,12 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
             kernels.norm(b, x, pl.norms[op.params], new(op.out, x.cols), layer=nq.beta is not None,
                          eps=nq.eps, shift=nq.shift, a_step=a_step)
         elif isinstance(op, Rope):
+            if op.x in halves:
+                raise CompileError(f"{op.x!r} is rotated after the matrix engine read it")
             kernels.rope(b, env[op.x], pl.rope, pos0, op.head_dim, dyn)
         elif isinstance(op, Attention):
             _attention(b, qd, pl, env, op, new(op.out, op.heads * op.head_dim), rows, pos0, max_len,
-                       dyn, ctx if ctx is not None else pos0 + rows)
+                       dyn, ctx if ctx is not None else pos0 + rows, engine_input)
         elif isinstance(op, Add):
             kernels.add(b, env[op.a], env[op.b], new(op.out, env[op.a].cols))
         elif isinstance(op, Mul):
@@ -176,7 +194,7 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         for name in _reads(op):
             if last[name] == i and name in env:
                 del env[name]
-                b.free(owner.pop(name))
+                b.free(owner.pop(name), *halves.pop(name, ()))
     if head != "none":
         b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
                 dyn_step=prog.vocab * 2 if dyn and not last_only else 0)
@@ -190,10 +208,14 @@ def _final_norm_output(qd: QuantDecoder) -> str:
 
 
 def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], op: Attention,
-               out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int) -> None:
+               out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int,
+               engine_input) -> None:
     d = op.head_dim
-    q, k, v = env[op.q], env[op.k], env[op.v]
     per_head = pl.positions * d
+    if op.q in qd.split:
+        _attention16(b, qd, pl, op, out, rows, pos0, dyn, ctx, engine_input)
+        return
+    q, k, v = env[op.q], env[op.k], env[op.v]
     for j in range(op.kv_heads):
         for src, base in ((k, pl.k_cache[op.layer]), (v, pl.v_cache[op.layer])):
             b.transfer(False, Buf.ACT, src.at(0, j * d), base + j * per_head + pos0 * d,
@@ -204,6 +226,28 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
         kernels.attention(b, q.view(col=h * d, cols=d), pl.k_cache[op.layer] + j * per_head,
                           pl.v_cache[op.layer] + j * per_head, ctx, pos0,
                           qd.scales[op.k], qd.scales[op.v], out.view(col=h * d, cols=d), dyn)
+
+
+def _attention16(b: Builder, qd: QuantDecoder, pl: _Placed, op: Attention, out: Tile, rows: int,
+                 pos0: int, dyn: bool, ctx: int, engine_input) -> None:
+    """Attention with 16-bit q, k, v: the caches get k and v as high and low INT8 planes."""
+    d = op.head_dim
+    per_head = pl.positions * d
+    qh, ql = engine_input(op.q)
+    for name, base in ((op.k, pl.k_cache[op.layer]), (op.v, pl.v_cache[op.layer])):
+        for plane, src in enumerate(engine_input(name)):
+            for j in range(op.kv_heads):
+                b.transfer(False, Buf.ACT, src.at(0, j * d),
+                           base + plane * pl.kv_plane + j * per_head + pos0 * d,
+                           rows, d, src.stride, d, dyn_step=d if dyn else 0)
+    group = op.heads // op.kv_heads
+    for h in range(op.heads):
+        j = h // group
+        planes = [tuple(base + j * per_head + p * pl.kv_plane for p in (0, 1))
+                  for base in (pl.k_cache[op.layer], pl.v_cache[op.layer])]
+        kernels.attention16(b, (qh.view(col=h * d, cols=d), ql.view(col=h * d, cols=d)),
+                            qd.scales[op.q], planes[0], planes[1], ctx, pos0, qd.scales[op.k],
+                            qd.scales[op.v], out.view(col=h * d, cols=d), pl.neg, dyn)
 
 
 def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
@@ -408,6 +452,7 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,
+        "activation_bits": 16 if qd.split else 8,
         "weight_plans": {k: {"bits": v.bits, "prec": v.prec.name, "group": v.group,
                              "sparse": v.sparse.name} for k, v in qd.plans.items()},
     }

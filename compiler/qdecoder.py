@@ -17,6 +17,7 @@ from flightforge.isa import DType, SparseMode, WPrec
 from . import kernels
 from .calibrate import ACT_FNS, TensorStats
 from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope, linear_shapes
+from .kernels import SPLIT_MAX
 from .memory import CompileError
 from .plans import PlanSpec, sparse_mode
 from .quantize import LinearLayout, QuantLinear, quantize_linear
@@ -69,6 +70,15 @@ class QuantOptions:
     qk_headroom: float = 1.15
     wide_headroom: float = 2.0
     spec: PlanSpec | None = None  #: per-layer rules from a plan file (compiler/plans.py)
+    #: Bits of the matrix engine's activations: 8, or 16 run as two INT8 halves per
+    #: operand (docs/compiler.md, "16-bit activations"): every Linear input and the
+    #: attention's q, k and v become INT16, at twice the engine passes.
+    act_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.act_bits not in ACT_BITS:
+            raise CompileError(f"activation bits must be one of {', '.join(map(str, ACT_BITS))}, "
+                               f"not {self.act_bits}")
 
     def plan_for(self, name: str, k: int) -> WeightPlan:
         if name in self.plans:
@@ -79,6 +89,31 @@ class QuantOptions:
         if bits == 8 and "group" not in rule:
             return WeightPlan(WPrec.INT8, 0, sparse)
         return WeightPlan.for_bits(bits, _fit_group(rule.get("group", self.group), k), sparse)
+
+
+ACT_BITS = (8, 16)
+
+
+def split_tensors(prog: DecoderProgram) -> frozenset[str]:
+    """The matrix engine's inputs carried as INT16 and split into two INT8 halves.
+
+    Every Linear input and the attention's q, k, v, except a tensor a 256-entry table
+    also reads (its input must be INT8).
+    """
+    mpe_inputs = set()
+    table_inputs = set()
+    for op in prog.ops:
+        if isinstance(op, Linear):
+            mpe_inputs.add(op.x)
+        elif isinstance(op, Attention):
+            mpe_inputs.update((op.q, op.k, op.v))
+        elif isinstance(op, Act):
+            table_inputs.add(op.x)
+    split = mpe_inputs - table_inputs - prog.wide
+    for op in prog.ops:  # an attention's three operands are all split, or none
+        if isinstance(op, Attention) and not {op.q, op.k, op.v} <= split:
+            split -= {op.q, op.k, op.v}
+    return frozenset(split)
 
 
 def _fit_group(group: int, k: int) -> int:
@@ -114,6 +149,8 @@ class QuantDecoder:
     positions: np.ndarray | None  #: INT16 learned positions at the input scale
     plans: dict[str, WeightPlan]
     linears_shape_only: dict[str, LinearLayout] = field(default_factory=dict)
+    #: INT16 engine inputs run as two INT8 halves (empty with 8-bit activations)
+    split: frozenset[str] = frozenset()
 
     @property
     def shape_only(self) -> bool:
@@ -123,7 +160,7 @@ class QuantDecoder:
         return self.linears[name] if name in self.linears else self.linears_shape_only[name]
 
     def dtype(self, name: str) -> DType:
-        return DType.INT16 if name in self.prog.wide else DType.INT8
+        return DType.INT16 if name in self.prog.wide or name in self.split else DType.INT8
 
     def input_rows(self, ids: np.ndarray, pos0: int) -> np.ndarray:
         """The host's embedding gather: INT16 rows, saturating when positions are added."""
@@ -143,16 +180,18 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
         value = getattr(options, what)
         if not value >= 1.0:
             raise CompileError(f"QuantOptions.{what} must be at least 1, not {value}")
+    split = split_tensors(prog) if options.act_bits == 16 else frozenset()
     scales: dict[str, float] = {}
     for name, st in stats.items():
-        wide = name in prog.wide
-        scales[name] = st.scale(INT16_MAX if wide else INT8_MAX, search=options.mse_clip and not wide)
+        wide = name in prog.wide or name in split
+        top = SPLIT_MAX if name in split else INT16_MAX if wide else INT8_MAX
+        scales[name] = st.scale(top, search=options.mse_clip and not wide)
         if wide:
             scales[name] *= options.wide_headroom
     scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX  # the table's own range: exact
     for op in prog.ops:
         if isinstance(op, Attention):
-            for name in {op.q, op.k}:
+            for name in {op.q, op.k} - split:
                 scales[name] *= options.qk_headroom
     linears, plans, norms, tables = {}, {}, {}, {}
     for op in prog.ops:
@@ -170,13 +209,14 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
                 beta = np.clip(np.round(n.beta / scales[op.out]), -32768, 32767).astype(np.int64)
             norms[op.params] = NormQ(gamma, beta, shift, kernels.norm_eps(n.eps, scales[op.x]))
         elif isinstance(op, Act):
-            tables[op.out] = numerics.lut_for(ACT_FNS[op.fn], scales[op.x], scales[op.out])
+            tables[op.out] = numerics.lut_for(ACT_FNS[op.fn], scales[op.x], scales[op.out],
+                                              DType.INT16 if op.out in split else DType.INT8)
     s_in = scales[prog.input]
     embed = np.clip(np.round(prog.embed / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
     positions = None
     if prog.positions is not None:
         positions = np.clip(np.round(prog.positions / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
-    return QuantDecoder(prog, scales, linears, norms, tables, embed, positions, plans)
+    return QuantDecoder(prog, scales, linears, norms, tables, embed, positions, plans, split=split)
 
 
 def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
@@ -186,10 +226,11 @@ def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
     Scales are nominal (one integer step per unit); the program it lowers to has every
     instruction, address and size of a real compile, and no weight data.
     """
+    split = split_tensors(prog) if options.act_bits == 16 else frozenset()
     scales: dict[str, float] = {prog.input: 1.0 / INT16_MAX}
     for op in prog.ops:
         out = op.x if isinstance(op, Rope) else op.out
-        scales[out] = 1.0 / (INT16_MAX if out in prog.wide else INT8_MAX)
+        scales[out] = 1.0 / (SPLIT_MAX if out in split else INT16_MAX if out in prog.wide else INT8_MAX)
     layouts, plans, norms, tables = {}, {}, {}, {}
     for op in prog.ops:
         if isinstance(op, Linear):
@@ -203,4 +244,4 @@ def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
             norms[op.params] = NormQ(zeros, zeros if layer_norm else None, 0, 0)
         elif isinstance(op, Act):
             tables[op.out] = np.zeros(256, dtype=np.int64)
-    return QuantDecoder(prog, scales, {}, norms, tables, None, None, plans, layouts)
+    return QuantDecoder(prog, scales, {}, norms, tables, None, None, plans, layouts, split)

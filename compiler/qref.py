@@ -17,7 +17,8 @@ from flightforge.isa import DType
 
 from . import kernels
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .kernels import pv_params, softmax_params
+from .kernels import (HI_MULT, NEG_TABLE, PROB16_SPLIT_SHIFT, pv16_params, pv_params, softmax_params,
+                      split_params)
 from .qdecoder import QuantDecoder
 from .quantize import QuantLinear
 
@@ -29,11 +30,31 @@ def linear(xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float,
                            bias=bias_q, mult=mult, shift=shift, odt=odt)
 
 
-def rope(xq: np.ndarray, table: np.ndarray, pos0: int, head_dim: int) -> np.ndarray:
+def split(x: np.ndarray, s: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The INT8 halves of a 16-bit tensor, by the SFU operations of ``kernels.split``."""
+    hi_shift, lo_m1, lo_shift = split_params(s)
+    hi = numerics.requant(x, 1, hi_shift, DType.INT8)
+    return hi, numerics.add(x, numerics.table(hi, NEG_TABLE), 1, lo_m1, lo_shift, DType.INT8)
+
+
+def linear16(x: np.ndarray, ql: QuantLinear, s_x: float, s_y: float,
+             odt: DType = DType.INT8) -> np.ndarray:
+    """:func:`linear` of a 16-bit input: the high half's pass, then the low half's on its
+    partial sums."""
+    hi, lo = split(x)
+    bias_q, mult, shift = ql.requant(s_x, s_y)
+    groups = dict(scales=ql.gscale if ql.group else None, group=ql.group)
+    psum = numerics.matmul(hi, ql.q, mult=HI_MULT, odt=DType.INT32, **groups)
+    return numerics.matmul(lo, ql.q, bias=bias_q, mult=mult, shift=shift, odt=odt, psum=psum,
+                           **groups)
+
+
+def rope(xq: np.ndarray, table: np.ndarray, pos0: int, head_dim: int,
+         dt: DType = DType.INT8) -> np.ndarray:
     """``table`` is the constant segment: per position cos then sin, INT16."""
     h = head_dim // 2
     rows = table[pos0:pos0 + xq.shape[0]].astype(np.int64)
-    return numerics.rope(xq, rows[:, :h], rows[:, h:], head_dim, numerics.ROPE_FRAC_BITS, DType.INT8)
+    return numerics.rope(xq, rows[:, :h], rows[:, h:], head_dim, numerics.ROPE_FRAC_BITS, dt)
 
 
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int, pos0: int,
@@ -46,9 +67,30 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int,
     return numerics.matmul(probs, v_cache[:ctx].T, mult=mult, shift=sh, odt=odt)
 
 
+def _split_product(a: np.ndarray, w: np.ndarray, s_a: int = 0, **requant) -> np.ndarray:
+    """``256*a_hi.w_hi + a_hi.w_lo + a_lo.w_hi`` (``w`` as ``[N][K]``), as
+    ``kernels._split_product`` chains it."""
+    (ah, al), (wh, wl) = split(a, s_a), split(w)
+    p = numerics.matmul(ah, wh, mult=HI_MULT, odt=DType.INT32)
+    p = numerics.matmul(ah, wl, odt=DType.INT32, psum=p)
+    return numerics.matmul(al, wh, psum=p, **requant)
+
+
+def attention16(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int, pos0: int,
+                s_q: float, s_k: float, s_v: float, s_o: float, odt: DType = DType.INT8) -> np.ndarray:
+    """:func:`attention` with 16-bit q, K, V and probabilities (``kernels.attention16``)."""
+    d = q.shape[1]
+    scores = _split_product(q, k_cache[:ctx], odt=DType.INT32)
+    m0, sh = softmax_params(s_q * HI_MULT, s_k, d)
+    probs = numerics.softmax(scores, m0, sh, pos=pos0, causal=True, odt=DType.INT16)
+    mult, sh = pv16_params(s_v, s_o)
+    return _split_product(probs, v_cache[:ctx].T, PROB16_SPLIT_SHIFT, mult=mult, shift=sh, odt=odt)
+
+
 @dataclass
 class IntState:
-    """Integer KV caches of one sequence: ``[layer] -> (k, v)``, INT8 ``[pos][kv*d]``."""
+    """Integer KV caches of one sequence: ``[layer] -> (k, v)``, ``[pos][kv*d]`` (INT8, or
+    INT16 with 16-bit activations)."""
 
     kv: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
@@ -65,8 +107,8 @@ def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
     env[prog.input] = qd.input_rows(ids, pos0)
     for op in prog.ops:
         if isinstance(op, Linear):
-            env[op.out] = linear(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out],
-                                   qd.dtype(op.out))
+            fn = linear16 if op.x in qd.split else linear
+            env[op.out] = fn(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out], qd.dtype(op.out))
         elif isinstance(op, Norm):
             n = qd.norms[op.params]
             if n.beta is None:
@@ -75,7 +117,7 @@ def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
                 env[op.out] = numerics.layernorm(env[op.x], n.gamma, n.beta, n.eps, n.shift,
                                                  qd.dtype(op.out))
         elif isinstance(op, Rope):
-            env[op.x] = rope(env[op.x], rope_table, pos0, op.head_dim)
+            env[op.x] = rope(env[op.x], rope_table, pos0, op.head_dim, qd.dtype(op.x))
         elif isinstance(op, Attention):
             env[op.out] = _attention(qd, env, op, pos0, state)
         elif isinstance(op, Add):
@@ -100,9 +142,10 @@ def _attention(qd: QuantDecoder, env, op: Attention, pos0: int, state: IntState)
     group = op.heads // op.kv_heads
     ctx = pos0 + rows
     out = np.zeros((rows, op.heads * d), np.int64)
+    fn = attention16 if op.q in qd.split else attention
     for h in range(op.heads):
         j = h // group
-        out[:, h * d:(h + 1) * d] = attention(
+        out[:, h * d:(h + 1) * d] = fn(
             q[:, h * d:(h + 1) * d], kc[:, j * d:(j + 1) * d], vc[:, j * d:(j + 1) * d], ctx, pos0,
             sc[op.q], sc[op.k], sc[op.v], sc[op.out], qd.dtype(op.out))
     return out

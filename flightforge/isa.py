@@ -179,11 +179,14 @@ class MiscOp(enum.IntEnum):
     GELU = 7  #: 256-entry table in GLB indexed by the INT8 input
     ROPE = 8  #: rotate-half rotary embedding with a Q14 cos/sin table in GLB
     RELU = 9  #: 256-entry table in GLB indexed by the INT8 input (OPT's MLP)
+    #: 256-entry table in GLB indexed by the INT8 input, for any other function: the
+    #: compiler's 16-bit activation split uses it to negate (docs/compiler.md)
+    LUT = 10
 
     @property
     def is_table(self) -> bool:
         """Operations computed by a 256-entry table lookup in GLB."""
-        return self in (MiscOp.SILU, MiscOp.GELU, MiscOp.RELU)
+        return self in (MiscOp.SILU, MiscOp.GELU, MiscOp.RELU, MiscOp.LUT)
 
 
 class SysOp(enum.IntEnum):

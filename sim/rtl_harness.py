@@ -407,10 +407,8 @@ def _random_matmul(rng: np.random.Generator, arch: ArchConfig) -> isa.Instructio
     return isa.MV(**fields)
 
 
-#: MISC operations the RTL implements and the random streams use.
-RANDOM_MISC_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT, isa.MiscOp.SILU,
-                   isa.MiscOp.GELU, isa.MiscOp.RELU, isa.MiscOp.ROPE, isa.MiscOp.SOFTMAX,
-                   isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM)
+#: MISC operations the random streams use: all of them (the RTL implements every one).
+RANDOM_MISC_OPS = tuple(isa.MiscOp)
 
 
 def _random_misc(rng: np.random.Generator, ops: Sequence[isa.MiscOp]) -> isa.Instruction | None:

@@ -23,8 +23,8 @@ from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, elem_add
 #: Widest intermediate: an INT32 operand times a 16-bit multiplier, plus another one.
 WIDE_BITS = ELEM_BITS + isa.MULT_BITS + 3
 #: The operations this pipeline runs.
-ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT, isa.MiscOp.SILU,
-                   isa.MiscOp.GELU, isa.MiscOp.RELU)
+ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT,
+                   *(op for op in isa.MiscOp if op.is_table))
 
 
 class ElementStream(StreamComponent):
