@@ -22,7 +22,11 @@ Hessians on 1600 rows of it).
   benchmark checks that the compiler's pruning of the already-sparse weights changes
   nothing (``lossless``);
 - ``one-shot`` rows (for information) let the compiler prune the dense model, against
-  the dense model's ONNX.
+  the dense model's ONNX;
+- ``QAT`` rows compile the INT4 quantisation-aware model (``train_tiny.py``'s QAT of the
+  dense or N:M model: every decoder projection trained onto the compiler's INT4 g32
+  grid) with the INT4 g32 plan, against that QAT model's own ONNX; the benchmark checks
+  that the compiled weights dequantise to exactly the exported ones (``on grid``).
 
 The LM head stays INT8 and dense in every row (as in FlightLLM's mapping); layers whose
 K is not a multiple of the block stay dense (the Llama's MLP down projections at n:16).
@@ -31,12 +35,13 @@ A uniformly random prompt set (``tests/accuracy.py``'s) is scored too, for infor
 and the summary gives each format's figures over the seeds.
 
     python benchmarks/trained_accuracy.py [--family llama,gpt2] [--seeds 3] [--work build/trained]
+    python benchmarks/trained_accuracy.py --seeds 3 --match QAT     # only the QAT rows
     python benchmarks/trained_accuracy.py --seeds 3 --weight-study
 
 ``--weight-study`` fake-quantises the weights alone (float activations) at 4, 5 and 6
 bits and with GPTQ at 4 bits: what precision the criterion needs. Checkpoints and
 exports are kept in ``--work`` and reused (missing ones are trained, about three
-minutes per family and seed). Needs the test extra (torch, transformers, onnxscript).
+minutes per family and seed, and two more for the four QAT models). Needs the test extra (torch, transformers, onnxscript).
 Ends with one JSON line.
 """
 
@@ -62,7 +67,8 @@ from accuracy import (COS_MIN, DECODE, MAX_LEN, PROMPT_LEN, TOP1_MIN, integer_lo
                       measure, random_prompts)
 from export_tiny_hf import export_model  # noqa: E402
 from test_onnx_import import ort_logits, session  # noqa: E402
-from trained_models import EVAL_PROMPTS, Language, lossy_layers, plan  # noqa: E402
+from trained_models import (EVAL_PROMPTS, Language, lossy_layers, off_grid_layers,  # noqa: E402
+                            plan)
 
 from flightforge.compiler.onnx_import import import_onnx  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_onnx  # noqa: E402
@@ -97,6 +103,10 @@ def formats() -> list[Format]:
         name = nm.replace(":", "_")
         rows += [Format(f"INT8 {nm} fine-tuned", 8, 0, nm, name),
                  Format(f"INT4 g32 {nm} fine-tuned", 4, 32, nm, name)]
+    rows.append(Format("INT4 g32 QAT", 4, 32, model=train_tiny.qat_name("dense")))
+    for nm in PATTERNS:
+        rows.append(Format(f"INT4 g32 {nm} QAT", 4, 32, nm,
+                           train_tiny.qat_name(nm.replace(":", "_"))))
     for nm in PATTERNS:
         rows += [Format(f"INT4 g32 {nm} one-shot magnitude", 4, 32, nm, held=False),
                  Format(f"INT4 g32 {nm} one-shot SparseGPT", 4, 32, nm, prune="sparsegpt",
@@ -132,6 +142,7 @@ class Row:
     random: Score  #: uniformly random prompts, as tests/accuracy.py uses (for information)
     sim_exact: bool  #: simulator logits equal the integer reference's, bit for bit
     lossless: bool | None  #: compiling an already N:M model kept its weights (None: n/a)
+    on_grid: bool | None  #: a QAT model's compiled weights dequantise to its own (None: n/a)
 
 
 def export_quietly(model, path: Path) -> None:
@@ -147,8 +158,12 @@ def prepare(family: str, seed: int, work: Path, log) -> dict[str, tuple[Path, di
     names = ["dense"] + [p.replace(":", "_") for p in PATTERNS]
     if not all(train_tiny.checkpoint_path(work, family, seed, n).exists() for n in names):
         train_tiny.run(cfg, work, train_tiny.parse_modes(",".join(PATTERNS)), log=log)
+    for name in names:  # QAT of each (the QAT fields of TrainConfig are the defaults)
+        if not train_tiny.checkpoint_path(work, family, seed, train_tiny.qat_name(name)).exists():
+            train_tiny.qat_checkpoint(train_tiny.checkpoint_path(work, family, seed, name),
+                                      cfg, log=log)
     out = {}
-    for name in names:
+    for name in names + [train_tiny.qat_name(n) for n in names]:
         ckpt = train_tiny.checkpoint_path(work, family, seed, name)
         model, record = train_tiny.load(ckpt)
         onnx_path = ckpt.with_suffix(".onnx")
@@ -158,10 +173,12 @@ def prepare(family: str, seed: int, work: Path, log) -> dict[str, tuple[Path, di
     return out
 
 
-def measure_row(fmt: Format, path: Path, lang: Language) -> tuple[Score, Score, bool, bool | None]:
+def measure_row(fmt: Format, path: Path, lang: Language
+                ) -> tuple[Score, Score, bool, bool | None, bool | None]:
     """Compile ``path`` with ``fmt`` and score it on the language prompts and on random
-    ones; also whether the simulator matched the integer reference and, for an N:M
-    model, whether its compile was lossless."""
+    ones; also whether the simulator matched the integer reference, for an N:M model
+    whether its compile was lossless, and for a QAT model whether its compiled weights
+    are exactly its own."""
     tiny = load_target("tiny")
     prog = import_onnx(path).program
     spec = parse_plan(plan(prog, fmt.bits, fmt.group, fmt.sparse), fmt.label)
@@ -184,16 +201,18 @@ def measure_row(fmt: Format, path: Path, lang: Language) -> tuple[Score, Score, 
                         np.concatenate(replay))
     rand = measure(c.quantized, reference, random_prompts(prog.vocab), logits=simulated)
     uniform = Score.of(*rand, np.zeros(len(rand[0]), dtype=bool))
-    keeps = not lossy_layers(c, prog) if fmt.model != "dense" else None
-    return language, uniform, all(exact), keeps
+    sparse_model = fmt.model.split("-")[0] != "dense"
+    keeps = not lossy_layers(c, prog) if sparse_model else None
+    grid = not off_grid_layers(c, prog) if fmt.model.endswith("qat") else None
+    return language, uniform, all(exact), keeps, grid
 
 
-def run(families: list[str], seeds: int, work: Path) -> list[Row]:
+def run(families: list[str], seeds: int, work: Path, match: str = "") -> list[Row]:
     lang = Language.make()
     rows = []
     print(f"{'family':6s} {'seed':>4s} {'weights':34s} {'cos min':>8s} {'(no replay)':>11s} "
           f"{'cos mean':>8s} {'top-1':>6s}  criterion | random prompts: cos min, top-1  "
-          f"(sim = integer ref; pruning lossless)")
+          f"(sim = integer ref; pruning lossless; QAT weights on grid)")
     for family in families:
         for seed in range(seeds):
             models = prepare(family, seed, work, log=lambda s: print("  " + s, flush=True))
@@ -201,18 +220,26 @@ def run(families: list[str], seeds: int, work: Path) -> list[Row]:
                 loss = record["loss"]
                 extra = (f", pruned before fine-tuning {record['pruned_loss']['all']:.3f}"
                          if "pruned_loss" in record else "")
+                if "qat" in record:
+                    extra = (f", before QAT {record['unquantised_loss']['all']:.3f}, rounded "
+                             f"onto the grid without QAT {record['rounded_loss']['all']:.3f}")
                 print(f"{family} seed {seed} {name}: held-out loss {loss['all']:.3f} (replayed "
                       f"tokens {loss['replay']:.3f}, chain {loss['walk']:.3f}){extra}", flush=True)
             for fmt in formats():
-                score, rand, exact, keeps = measure_row(fmt, models[fmt.model][0], lang)
-                rows.append(Row(family, seed, fmt.label, fmt.held, score, rand, exact, keeps))
+                if match not in fmt.label:
+                    continue
+                score, rand, exact, keeps, grid = measure_row(fmt, models[fmt.model][0], lang)
+                rows.append(Row(family, seed, fmt.label, fmt.held, score, rand, exact, keeps,
+                                grid))
                 verdict = ("pass" if score.passed else "FAIL") if fmt.held else \
                     ("(pass)" if score.passed else "(fail)")
                 print(f"{family:6s} {seed:4d} {fmt.label:34s} {score.cos_min:8.4f} "
                       f"{score.cos_min_no_replay:11.4f} {score.cos_mean:8.4f} {score.top1:6.1%}  "
                       f"{verdict:9s} | {rand.cos_min:.4f} {rand.top1:6.1%} "
                       f"{'pass' if rand.passed else 'fail'}  ({'exact' if exact else 'MISMATCH'}"
-                      f"{'' if keeps is None else '; lossless' if keeps else '; PRUNED'})", flush=True)
+                      f"{'' if keeps is None else '; lossless' if keeps else '; PRUNED'}"
+                      f"{'' if grid is None else '; on grid' if grid else '; OFF GRID'})",
+                      flush=True)
     return rows
 
 
@@ -325,13 +352,14 @@ def main() -> None:
                     help="folder for checkpoints and ONNX exports (reused when present)")
     ap.add_argument("--weight-study", action="store_true",
                     help="weight-only fake quantisation at 4-6 bits and GPTQ, float activations")
+    ap.add_argument("--match", default="", help="only the rows whose label contains this")
     a = ap.parse_args()
     t0 = time.time()
     if a.weight_study:
         print(json.dumps({"benchmark": "trained_accuracy", "weight_study":
                           weight_study(a.family.split(","), a.seeds, a.work)}))
         return
-    rows = run(a.family.split(","), a.seeds, a.work)
+    rows = run(a.family.split(","), a.seeds, a.work, a.match)
     print(json.dumps({"benchmark": "trained_accuracy", "positions": EVAL_PROMPTS * (PROMPT_LEN + DECODE),
                       "seconds": round(time.time() - t0), "summary": summarise(rows),
                       "rows": [asdict(r) for r in rows]}))
