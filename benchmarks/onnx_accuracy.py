@@ -3,7 +3,7 @@ OPT, GPT-2) exported by torch.onnx at a given init range, compiled for ``tiny``,
 onnxruntime on the original float ONNX: prefill of 16 tokens plus 16 decode steps over 4
 prompts (the frontend issue's criterion: cosine >= 0.99 at every position, top-1 >= 90%).
 
-    python benchmarks/onnx_accuracy.py [--init-range 0.2] [--seeds 3]
+    python benchmarks/onnx_accuracy.py [--init-range 0.2] [--seeds 3] [--act-bits 8 16]
 
 Needs the test extra (torch, transformers, onnxscript). Ends with one JSON line.
 """
@@ -25,6 +25,7 @@ from test_onnx_import import ort_logits, session  # noqa: E402
 
 from flightforge.compiler.onnx_import import import_onnx  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder  # noqa: E402
+from flightforge.compiler.qdecoder import ACT_BITS, QuantOptions  # noqa: E402
 from flightforge.mappings import load_target  # noqa: E402
 
 
@@ -32,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init-range", type=float, default=0.2)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--act-bits", type=int, nargs="+", choices=ACT_BITS, default=[8],
+                    help="activation precisions to measure (16: INT16 as two INT8 halves)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,15 +43,19 @@ def main() -> None:
                 path = f"{tmp}/{family}{seed}.onnx"
                 export(family, path, args.init_range, seed)
                 prog = import_onnx(path).program
-                c = compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=32))
                 sess = session(path)
-                cos, top = measure(c.quantized,
-                                   lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim))
-                ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
-                rows.append({"family": family, "seed": seed, "cos_min": float(cos.min()),
-                             "cos_mean": float(cos.mean()), "top1": float(top.mean()), "pass": bool(ok)})
-                print(f"{family:6s} seed {seed}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, "
-                      f"top-1 {top.mean():.1%}  {'pass' if ok else 'FAIL'}", flush=True)
+                for bits in args.act_bits:
+                    options = CompileOptions(max_len=32, quant=QuantOptions(act_bits=bits))
+                    c = compile_decoder(prog, load_target("tiny"), options)
+                    cos, top = measure(c.quantized,
+                                       lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim))
+                    ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
+                    rows.append({"family": family, "seed": seed, "act_bits": bits,
+                                 "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+                                 "top1": float(top.mean()), "pass": bool(ok)})
+                    print(f"{family:6s} seed {seed} A{bits}: cosine min {cos.min():.4f} mean "
+                          f"{cos.mean():.4f}, top-1 {top.mean():.1%}  {'pass' if ok else 'FAIL'}",
+                          flush=True)
     print(json.dumps({"benchmark": "onnx_accuracy", "init_range": args.init_range, "rows": rows}))
 
 

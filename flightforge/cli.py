@@ -387,6 +387,10 @@ def demo(target: str, save_dir: Path | None) -> None:
                    "line, token ids separated by commas or spaces [default: random ids].")
 @click.option("--group", type=click.IntRange(min=0), default=32, show_default=True,
               help="Group size along K for INT4 weight scales (the largest valid size <= this).")
+@click.option("--act-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="Activation precision of the matrix engine: 16 runs each INT16 input as two "
+                   "INT8 halves (about 2x the engine passes, 2x the KV cache; "
+                   "docs/compiler.md).")
 @click.option("--last-logits-only", is_flag=True,
               help="Prefill computes the LM head for the last prompt row only, as serving does.")
 @click.option("--buckets", type=click.Choice(["per-length", "fixed", "auto"]), default="per-length",
@@ -402,7 +406,7 @@ def demo(target: str, save_dir: Path | None) -> None:
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                 max_len: int | None, lengths: str | None, weight_bits: str,
                 plan_file: Path | None, prune: str, calibration_file: Path | None, group: int,
-                last_logits_only: bool, buckets: str, bucket_bound: float,
+                act_bits: str, last_logits_only: bool, buckets: str, bucket_bound: float,
                 bucket_latency: str) -> None:
     """Compile a decoder-only LLM into a program binary.
 
@@ -421,7 +425,7 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     from .compiler.plans import load_plan
 
     spec = load_plan(plan_file) if plan_file is not None else None
-    quant = QuantOptions(weight_bits=int(weight_bits), group=group, spec=spec)
+    quant = QuantOptions(weight_bits=int(weight_bits), group=group, spec=spec, act_bits=int(act_bits))
     calibration = ()
     if calibration_file is not None:
         if model is None:

@@ -19,13 +19,13 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("buckets", ["per-length", "auto"])
-def test_compile_and_run_an_onnx_export(tmp_path, buckets):
+@pytest.mark.parametrize("buckets,act_bits", [("per-length", 8), ("auto", 8), ("per-length", 16)])
+def test_compile_and_run_an_onnx_export(tmp_path, buckets, act_bits):
     prog = random_decoder(LLAMA, seed=3)
     model = ob.llama(prog, 6, tmp_path / "llama.onnx")
     out = tmp_path / "llama.ffb"
     r = invoke("compile", model, "--target", "tiny", "--out", out, "--max-len", "24",
-               "--buckets", buckets)
+               "--buckets", buckets, "--act-bits", act_bits)
     assert r.exit_code == 0, r.output
     prompt = [5, 17, 250, 3, 99, 42]
     dump = tmp_path / "logits.npy"
@@ -43,7 +43,7 @@ def test_compile_and_run_an_onnx_export(tmp_path, buckets):
     ref = ort_logits(session(model), seq, prog.kv_heads, prog.head_dim)
     cos = (ref * logits).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(logits, axis=1)
     # Quantisation tolerance; the accuracy criteria themselves are tested in test_onnx_import.
-    assert cos.mean() > 0.98 and cos.min() > 0.95, cos
+    assert cos.mean() > 0.98 and cos.min() > (0.99 if act_bits == 16 else 0.95), cos
 
 
 def test_a_broken_onnx_file_is_a_clean_error(tmp_path):

@@ -28,7 +28,7 @@ from flightforge.compiler.onnx_graph import FrontendError
 from flightforge.compiler.onnx_import import import_onnx, load_onnx
 from flightforge.compiler.pipeline import (CompileOptions, calibration_prompts, compile_decoder,
                                            compile_onnx)
-from flightforge.compiler.qdecoder import quantize_decoder
+from flightforge.compiler.qdecoder import QuantOptions, quantize_decoder
 from flightforge.mappings import load_target
 
 LLAMA = DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True)
@@ -146,6 +146,19 @@ def test_acceptance_criterion_against_onnxruntime(exported, request):
         max_len=acc.MAX_LEN))))
     cos, top = accuracy(prog, qd, session(path))
     assert acc.meets_criterion(cos, top), acc.summary(name, cos, top)
+
+
+def test_acceptance_criterion_with_16_bit_activations(exported):
+    """Every style meets the criterion with the engine's inputs at 16 bits (two INT8
+    halves, docs/compiler.md), the Llama-style graphs and int4 MatMulNBits included."""
+    name, _, path, imp = exported
+    prog = imp.program
+    quant = QuantOptions(act_bits=16)
+    options = CompileOptions(max_len=acc.MAX_LEN, quant=quant)
+    qd = quantize_decoder(prog, calibrate(prog, calibration_prompts(prog, options)), quant)
+    cos, top = accuracy(prog, qd, session(path))
+    print("\n" + acc.summary(f"{name} A16", cos, top))
+    assert acc.meets_criterion(cos, top), acc.summary(f"{name} A16", cos, top)
 
 
 @pytest.mark.parametrize("style", ["llama", "gpt2", "opt"])
@@ -332,6 +345,27 @@ def test_torch_dynamo_export_of_hugging_face_models(family, opset, tmp_path):
     cos, top = accuracy(prog, c.quantized, sess)
     print("\n" + acc.summary(f"torch {family}", cos, top))
     assert acc.meets_criterion(cos, top), acc.summary(f"torch {family}", cos, top)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
+def test_torch_exports_at_init_range_0_2_meet_the_criterion(family, tmp_path):
+    """The frontend issue's acceptance measurement: torch.onnx exports of tiny Hugging
+    Face models initialised at range 0.2, compiled with 16-bit activations, against
+    onnxruntime (INT8 activations miss it for Llama: docs/frontend.md)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    from export_tiny_hf import export
+
+    path = tmp_path / f"{family}.onnx"
+    export(family, str(path), 0.2, seed=0)
+    prog = import_onnx(path).program
+    options = CompileOptions(max_len=acc.MAX_LEN, quant=QuantOptions(act_bits=16))
+    c = compile_decoder(prog, load_target("tiny"), options)
+    cos, top = accuracy(prog, c.quantized, session(path))
+    print("\n" + acc.summary(f"torch {family} init 0.2 A16", cos, top))
+    assert acc.meets_criterion(cos, top), acc.summary(f"torch {family} init 0.2 A16", cos, top)
 
 
 def test_fit_theta_recovers_the_base():
