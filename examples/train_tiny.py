@@ -34,8 +34,7 @@ JSON record of how they were made:
     python examples/train_tiny.py gpt2 build/trained --intermediate 192   # every K % 16 == 0
     python examples/train_tiny.py llama build/trained --qat          # and an INT4 QAT of each
     python examples/train_tiny.py llama tests/fixtures --sparse 2:4,8:16 --sparse-only
-    python examples/train_tiny.py qat tests/fixtures/llama-s0-2_4.npz \
-        tests/fixtures/llama-s0-8_16.npz                             # QAT of checkpoints
+    python examples/train_tiny.py qat tests/fixtures/llama-s0-{2_4,8_16}.npz   # QAT of these
 
 Needs the test extra (torch, transformers).
 """
