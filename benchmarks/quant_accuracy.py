@@ -7,7 +7,7 @@ model's tokens are fed to both, so every position compares the same context): 12
 positions per decoder. The acceptance criterion is a cosine of at least 0.99 at every
 position and top-1 agreement on at least 90% of them.
 
-    python benchmarks/quant_accuracy.py [--seeds 16] [--family llama-gqa,gpt2,opt]
+    python benchmarks/quant_accuracy.py [--seeds 16] [--family llama-gqa,gpt2,opt] [--act-bits 16]
     python benchmarks/quant_accuracy.py --ops llama-gqa --seed 0   # per-tensor analysis
     python benchmarks/quant_accuracy.py --bits llama-gqa            # precision needed
 
@@ -32,7 +32,7 @@ from flightforge.compiler import kernels, qref
 from flightforge.compiler.calibrate import FloatState, calibrate, run_float
 from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts
-from flightforge.compiler.qdecoder import QuantDecoder, QuantOptions, quantize_decoder
+from flightforge.compiler.qdecoder import ACT_BITS, QuantDecoder, QuantOptions, quantize_decoder
 
 FAMILIES = {  # the families of tests/test_compiler_decoder.py
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
@@ -96,15 +96,16 @@ def accuracy(prog, qd: QuantDecoder) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(cos), np.concatenate(top)
 
 
-def table(families: list[str], seeds: int) -> dict:
+def table(families: list[str], seeds: int, act_bits: int = 8) -> dict:
     result = {}
+    quant = QuantOptions(act_bits=act_bits)
     print(f"{'family':10s} {'seed':>4s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  criterion")
     for fam in families:
         shape, kw = FAMILIES[fam]
         rows = []
         for seed in range(seeds):
             prog = random_decoder(shape, seed=seed, **kw)
-            cos, top = accuracy(prog, quantize(prog))
+            cos, top = accuracy(prog, quantize(prog, quant))
             ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
             rows.append({"seed": seed, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
                          "top1": float(top.mean()), "pass": bool(ok)})
@@ -116,7 +117,7 @@ def table(families: list[str], seeds: int) -> dict:
               f"{r['cos_min'].mean():.4f}), cos mean {r['cos_mean'].mean():.4f}, top-1 "
               f"{r['top1'].mean():.1%} (worst {r['top1'].min():.1%}), criterion met on "
               f"{passed}/{seeds} seeds")
-        result[fam] = {"seeds": rows, "passed": passed}
+        result[fam] = {"seeds": rows, "passed": passed, "act_bits": act_bits}
     return result
 
 
@@ -269,6 +270,8 @@ def main() -> None:
     ap.add_argument("--ops", metavar="FAMILY", help="per-tensor error analysis of one decoder")
     ap.add_argument("--seed", type=int, default=0, help="the decoder --ops analyses")
     ap.add_argument("--bits", metavar="FAMILY", help="activation precision the criterion needs")
+    ap.add_argument("--act-bits", type=int, choices=ACT_BITS, default=8,
+                    help="activation precision of the table (16: INT16 as two INT8 halves)")
     ap.add_argument("--weights", action="store_true",
                     help="accuracy of mixed-precision and N:M-sparse weight formats")
     a = ap.parse_args()
@@ -279,7 +282,7 @@ def main() -> None:
     elif a.bits:
         res = bits(a.bits, min(a.seeds, 8))
     else:
-        res = table(a.family.split(","), a.seeds)
+        res = table(a.family.split(","), a.seeds, a.act_bits)
     print(json.dumps(res, default=float))
 
 
