@@ -176,7 +176,7 @@ class LinearShape:
 
 
 def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int, heads: int,
-                    kv_heads: int, head_dim: int, rows: int, ctx: int) -> float:
+                    kv_heads: int, head_dim: int, rows: int, ctx: int, act16: bool = False) -> float:
     """Analytical latency of one pass of ``rows`` rows attending over ``ctx`` positions.
 
     Each Linear costs the larger of its compute time on the MPE (output tiles of the MM
@@ -184,6 +184,8 @@ def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int
     and its weight traffic at HBM bandwidth; attention costs the larger of its score and
     PV products and its KV-cache traffic. Rows are padded to the MM tile height ``m``,
     which is why padding a chunk's rows costs nothing while it stays within a tile.
+    With 16-bit activations (``act16``) a Linear takes two engine passes, a score or PV
+    product three, and the KV cache holds two planes (docs/compiler.md).
     This is the bucketing policy's model until the cycle model is used in its place.
     """
     cores = arch.cores
@@ -193,10 +195,11 @@ def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int
     def mm_cycles(m: int, n: int, k: int) -> float:
         return (math.ceil(m / shape.m) * math.ceil(n / shape.n) * math.ceil(k / shape.k)) / cores
 
+    linear_passes, product_passes, kv_planes = (2, 3, 2) if act16 else (1, 1, 1)
     total = 0.0
     for lin in linears:
-        total += max(mm_cycles(rows, lin.n, lin.k), lin.weight_bytes / bytes_per_cycle)
-    attn_compute = heads * (mm_cycles(rows, ctx, head_dim) + mm_cycles(rows, head_dim, ctx))
-    kv_bytes = 2 * kv_heads * ctx * head_dim
+        total += max(linear_passes * mm_cycles(rows, lin.n, lin.k), lin.weight_bytes / bytes_per_cycle)
+    attn_compute = product_passes * heads * (mm_cycles(rows, ctx, head_dim) + mm_cycles(rows, head_dim, ctx))
+    kv_bytes = 2 * kv_planes * kv_heads * ctx * head_dim
     total += layers * max(attn_compute, kv_bytes / bytes_per_cycle)
     return total

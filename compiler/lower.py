@@ -332,7 +332,7 @@ def latency_model(qd: QuantDecoder, arch: ArchConfig):
 
     def latency(rows: int, ctx: int) -> float:
         return estimate_cycles(arch, shapes, layers=prog.layers, heads=heads, kv_heads=prog.kv_heads,
-                               head_dim=prog.head_dim, rows=rows, ctx=ctx)
+                               head_dim=prog.head_dim, rows=rows, ctx=ctx, act16=bool(qd.split))
 
     return latency
 
