@@ -53,3 +53,27 @@ def test_config_errors_name_the_file_and_field(tmp_path):
     bad.write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(CompileError, match="model_type 'bert' is not supported"):
         load_structure(bad)
+
+
+def test_16_bit_activations_compile_shape_only_with_twice_the_engine_work():
+    """Every weight is read by two engine passes and the KV caches hold two planes (the
+    split sections' synchronisation is proven on tiny, tests/test_act16.py)."""
+    def compiled(act_bits: int):
+        return compile_shape_only(
+            str(CONFIGS / "llama-3.2-1b.json"), load_target("u280"),
+            CompileOptions(max_len=64, with_data=False, lengths=(16,), last_logits_only=True,
+                           quant=QuantOptions(weight_bits=4, group=128, act_bits=act_bits)))
+
+    a8, a16 = compiled(8), compiled(16)
+    assert a16.metadata["decoder"]["activation_bits"] == 16
+
+    def macs(program):
+        return sum(i.n * i.k * i.rows for i in program.section("decode_16").instructions
+                   if isinstance(i, (MM, MV)))
+
+    def kv(program):
+        return sum(s.size for s in program.segments if s.kind == "kv")
+
+    assert kv(a16) == 2 * kv(a8)
+    # Linears twice; attention products three times (a small share at 17 positions).
+    assert 2.0 < macs(a16) / macs(a8) < 2.05
