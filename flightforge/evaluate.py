@@ -21,7 +21,8 @@ what it depends on (docs/dse.md, "What is cached and why it is exact"):
    (worst per-channel bursts, channel crossings: depends on the address map only), which
    :class:`~flightforge.sim.timing.Timing` computes on a unit-rate copy of the
    architecture, and the rate part of ``docs/cycle_model.md``'s LD/ST formula, evaluated
-   for all transfers at once with numpy.
+   for all transfers at once with numpy (except the buffer side of the few transfers
+   counted burst by burst, ``Timing.beatwise``, which Timing gives).
 4. **Dispatch**: :func:`dispatch_cycles` is the machine of :mod:`flightforge.sim.dispatch`
    specialised to precomputed integer arrays (same cycle-by-cycle rules, no schedule kept);
    results are memoised by the duration vector.
@@ -94,6 +95,7 @@ class Stream:
     xfer_bytes: np.ndarray
     xfer_split: np.ndarray  #: bool: each core moves its share
     xfer_buf: np.ndarray
+    xfer_bits: np.ndarray  #: bits per external value: 8, or a LD's unpack width
     bytes_moved: int  #: bytes loaded and stored
     macs: int
     _geometry: dict = field(default_factory=dict, repr=False)
@@ -111,7 +113,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
     d = 0 if length is None else length - sec.len_lo
     instrs = [isa.resolve(i, d) if d and isa.is_dynamic(i) else i for i in sec.instructions]
     kind, waits, releases = [], [], []
-    mm, misc, xfer, xbytes, xsplit, xbuf = [], [], [], [], [], []
+    mm, misc, xfer, xbytes, xsplit, xbuf, xbits = [], [], [], [], [], [], []
     macs = 0
     for i, ins in enumerate(instrs):
         if isinstance(ins, isa.SYS):
@@ -133,10 +135,12 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
             buf = isa.Buf(ins.buf)
             xsplit.append(isinstance(ins, isa.ST) or buf in SPLIT_BUFFERS)
             xbuf.append(int(buf))
+            xbits.append(isa.Unpack(ins.unpack).bits if isinstance(ins, isa.LD) else 8)
     return Stream(section, d, instrs, kind, waits, releases, np.array(mm, dtype=np.int64),
                   np.array(misc, dtype=np.int64), np.array(xfer, dtype=np.int64),
                   np.array(xbytes, dtype=np.int64), np.array(xsplit, dtype=bool),
-                  np.array(xbuf, dtype=np.int64), int(sum(xbytes)), macs)
+                  np.array(xbuf, dtype=np.int64), np.array(xbits, dtype=np.int64),
+                  int(sum(xbytes)), macs)
 
 
 # --- durations -------------------------------------------------------------------------------
@@ -174,6 +178,10 @@ def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.
     return worst, cross
 
 
+def _port_cycles(timing, ins: isa.Instruction) -> int:
+    return (timing.ld(ins) if isinstance(ins, isa.LD) else timing.st(ins)).port_cycles
+
+
 def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
     """Cycles every instruction occupies its unit (``Timing.duration``, 0 for SYS)."""
     from .sim.timing import Timing
@@ -194,6 +202,19 @@ def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
         share = np.where(stream.xfer_split, -(-stream.xfer_bytes // cores), stream.xfer_bytes)
         port = np.array([timing.port[isa.Buf(b)] for b in range(len(isa.Buf))], dtype=np.int64)
         port_cycles = -(-share // port[stream.xfer_buf])
+        # Transfers whose buffer side Timing counts burst by burst (Timing.beatwise: a
+        # narrow port, or an unpacking LD whose bursts hold more values than the port
+        # writes per cycle) take their port cycles from Timing itself.
+        bkey = ("beatwise", timing.burst, tuple(sorted(timing.port.items())), cores)
+        beat = stream._compute.get(bkey)
+        if beat is None:
+            pairs = list(zip(stream.xfer_buf.tolist(), stream.xfer_bits.tolist()))
+            slow = {p: timing.beatwise(isa.Buf(p[0]), p[1]) for p in set(pairs)}
+            idx = [j for j, p in enumerate(pairs) if slow[p]]
+            beat = stream._compute[bkey] = (np.array(idx, dtype=np.int64), np.array(
+                [_port_cycles(timing, stream.instrs[stream.xfer_idx[j]]) for j in idx],
+                dtype=np.int64))
+        port_cycles[beat[0]] = beat[1]
         channel_cycles = -(-(worst * timing.burst * Q) // timing.rate_q8)
         out[stream.xfer_idx] = (timing.latency + np.maximum(channel_cycles, port_cycles)
                                 + timing.penalty * cross)

@@ -110,6 +110,28 @@ def unpack_lowbit(data: np.ndarray, bits: int, n: int) -> np.ndarray:
     return _to_signed(v, bits)
 
 
+def lowbit_values_per_burst(burst_bytes: int, bits: int) -> int:
+    """The most values of a :func:`pack_lowbit` row that can END in one burst of
+    ``burst_bytes`` (the first may have begun ``bits - 1`` bits before it; ``bits`` 8: the
+    burst's bytes). A load unit that writes this many INT8 per cycle unpacks a burst per
+    cycle; the cycle model (sim/timing.py) and the RTL load unit both size their unpacker
+    with it."""
+    return (8 * burst_bytes + bits - 1) // bits
+
+
+def lowbit_burst_values(offset: int, n: int, bits: int, burst_bytes: int) -> np.ndarray:
+    """How many of a packed row's ``n`` ``bits``-bit values end in each burst it spans,
+    the row starting at byte ``offset`` of its first burst: the INT8 values a load unit
+    can write once that burst has arrived (a value split over two bursts is complete
+    with the second)."""
+    if not 0 <= offset < burst_bytes:
+        raise ValueError(f"offset {offset} is not within a {burst_bytes}-byte burst")
+    start, beat = 8 * offset, 8 * burst_bytes
+    edges = np.arange(1, (start + n * bits - 1) // beat + 2, dtype=np.int64) * beat
+    done = np.minimum(n, (edges - start) // bits)
+    return np.diff(done, prepend=0)
+
+
 @dataclass(frozen=True)
 class PackedWeights:
     """A weight matrix in the matrix engine's layout."""

@@ -16,8 +16,11 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   side moves at most ``banks * width`` bytes per cycle per core (``port_cycles``). A
   row that runs over a channel boundary pays ``cross_channel_penalty_cycles`` per
   boundary (linear map only). A transfer is one span only when it is contiguous on both
-  sides (one row, or both strides equal to ``row_bytes``); a port narrower than a burst
-  moves each burst's bytes in ``ceil(bytes / port)`` cycles.
+  sides (one row, or both strides equal to the row; an unpacking LD also needs its
+  packed rows to end on whole bytes). When one burst can hold more values than the port
+  writes per cycle (a port narrower than a burst, or a LD that unpacks 2/3/4-bit values
+  into INT8: ``formats.lowbit_values_per_burst``), each burst costs
+  ``ceil(values ending in it / port)`` cycles (not re-packed).
 - **MM/MV**: ``ceil(M / m) * ceil(N / n) * tile + pipeline_depth`` for the mode's
   parallel shape ``n x k x m``: an output tile runs ``ceil(K_eff / k)`` steps
   (``K_eff = K * N_keep / M_block`` stored entries for N:M-sparse weights), each lasting
@@ -96,6 +99,7 @@ class TransferCost:
     bytes: int  #: bytes the instruction asked for
     burst_bytes: int  #: bytes moved on the channels (whole bursts)
     crossings: int
+    port_cycles: int  #: cycles of the buffer side alone (one core's share)
 
 
 class Timing:
@@ -129,6 +133,7 @@ class Timing:
         self.penalty = mem.cross_channel_penalty_cycles
         self.port = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.peak_bytes_per_cycle = Fraction(str(mem.bandwidth_gbs)) * 10**9 / clock
+        self._lowbit_memo: dict[tuple[int, int, int, int], int] = {}
 
     # --- external memory -----------------------------------------------------------
 
@@ -162,54 +167,71 @@ class Timing:
             loads[c] = loads.get(c, 0) + hi_b - lo_b + 1
         return c1 - c0
 
-    def _span_port(self, lo: int, n: int, port: int) -> int:
-        """Buffer-port cycles of the span ``[lo, lo + n)`` when the port is narrower than
-        a burst: every burst's bytes in ``ceil(bytes / port)`` cycles (not re-packed)."""
+    def beatwise(self, buf: isa.Buf, bits: int = 8) -> bool:
+        """Whether a transfer's buffer side is counted burst by burst: one burst can hold
+        more values of ``bits`` bits (8: bytes) than ``buf``'s port writes per cycle."""
+        return self.port[buf] < formats.lowbit_values_per_burst(self.burst, bits)
+
+    def _span_port(self, lo: int, n: int, port: int, bits: int = 8) -> int:
+        """Buffer-port cycles of a span at external byte ``lo`` holding ``n`` values of
+        ``bits`` bits (8: bytes), burst by burst: every burst's values that END in it
+        (are complete once it has arrived) in ``ceil(values / port)`` cycles; bursts are
+        not re-packed, as the RTL load and store units do it."""
         b = self.burst
-        first = min(n, b - lo % b)
-        full, tail = divmod(n - first, b)
-        return cdiv(first, port) + full * cdiv(b, port) + cdiv(tail, port)
+        if bits == 8:
+            first = min(n, b - lo % b)
+            full, tail = divmod(n - first, b)
+            return cdiv(first, port) + full * cdiv(b, port) + cdiv(tail, port)
+        key = (lo % b, n, port, bits)
+        hit = self._lowbit_memo.get(key)
+        if hit is None:
+            v = formats.lowbit_burst_values(lo % b, n, bits, b)
+            hit = self._lowbit_memo[key] = int((-(-v // port)).sum())
+        return hit
 
     def transfer(self, ext: int, rows: int, row_bytes: int, ext_stride: int, buf: isa.Buf,
-                 split: bool, buf_stride: int | None = None,
-                 ext_row_bytes: int | None = None) -> TransferCost:
+                 split: bool, buf_stride: int | None = None, bits: int = 8) -> TransferCost:
         """Cycles of a 2-D transfer between external memory and buffer ``buf``.
 
-        ``ext_row_bytes``: bytes per row on the external side when they differ from the
-        buffer side (a load that widens packed low-bit weights).
+        ``bits`` < 8: a LD that unpacks; each external row holds ``row_bytes`` values of
+        that many bits in ``ceil(row_bytes * bits / 8)`` bytes (:func:`formats.pack_lowbit`)
+        and the buffer receives ``row_bytes`` INT8 per row.
         """
         loads: dict[int, int] = {}
         crossings = 0
         if buf_stride is None:
             buf_stride = row_bytes
-        ext_row = row_bytes if ext_row_bytes is None else ext_row_bytes
+        ext_row = cdiv(row_bytes * bits, 8)
         port = self.port[buf]
-        narrow = port < self.burst
-        beatwise = 0
-        if rows == 1 or (ext_stride == ext_row and buf_stride == row_bytes):
+        beatwise = self.beatwise(buf, bits)
+        port_sum = 0
+        whole = row_bytes * bits % 8 == 0  # packed rows join without padding bits
+        if rows == 1 or (ext_stride == ext_row and buf_stride == row_bytes and whole):
             crossings += self._span_bursts(ext, ext + rows * ext_row, loads)
-            if narrow:
-                beatwise = self._span_port(ext, rows * ext_row, port)
+            if beatwise:
+                port_sum = self._span_port(ext, rows * row_bytes, port, bits)
         else:
             for r in range(rows):
                 a = ext + r * ext_stride
                 crossings += self._span_bursts(a, a + ext_row, loads)
-                if narrow:
-                    beatwise += self._span_port(a, ext_row, port)
+                if beatwise:
+                    port_sum += self._span_port(a, row_bytes, port, bits)
         worst = max(loads.values())
         channel_cycles = cdiv(worst * self.burst * Q, self.rate_q8)
         nbytes = rows * row_bytes
-        if narrow:
-            port_cycles = cdiv(beatwise, self.cores) if split else beatwise
+        if beatwise:
+            port_cycles = cdiv(port_sum, self.cores) if split else port_sum
         else:
             share = cdiv(nbytes, self.cores) if split else nbytes
             port_cycles = cdiv(share, port)
         cycles = self.latency + max(channel_cycles, port_cycles) + self.penalty * crossings
-        return TransferCost(cycles, nbytes, sum(loads.values()) * self.burst, crossings)
+        return TransferCost(cycles, nbytes, sum(loads.values()) * self.burst, crossings,
+                            port_cycles)
 
     def ld(self, i: isa.LD) -> TransferCost:
         return self.transfer(i.src, i.rows, i.row_bytes, i.src_stride, isa.Buf(i.buf),
-                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride, i.src_row_bytes)
+                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride,
+                             isa.Unpack(i.unpack).bits)
 
     def st(self, i: isa.ST) -> TransferCost:
         return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True,

@@ -69,6 +69,65 @@ def test_rows_in_different_channels_stream_in_parallel():
     assert wide.ld(strided).cycles == 20 + 32 and wide.ld(contiguous).cycles == 20 + 64
 
 
+@pytest.mark.parametrize("ins,expected", [
+    # 16 packed bytes = 2 bursts of 32 2-bit values; the 8-byte WGT port writes 8 INT8 a
+    # cycle: 4 cycles a burst
+    (ld(64, unpack=isa.Unpack.INT2), 20 + 2 * 4),
+    # 3-bit: 24 bytes = 3 bursts in which 21, 21 and 22 values end: 3 cycles each (the
+    # whole-transfer rate would say cdiv(64, 8) = 8)
+    (ld(64, unpack=isa.Unpack.INT3), 20 + 3 * 3),
+    # 4-bit into GLB (4-byte port) from byte 7: 5 packed bytes, 2 values end in the
+    # first burst, 8 in the second: 1 + 2 cycles
+    (ld(10, src=7, buf=Buf.GLB, unpack=isa.Unpack.INT4), 20 + 3),
+    # 3 values of 3 bits per row = 2 bytes with padding: not one span even though both
+    # sides are contiguous, so the shared burst is read once per row
+    (isa.LD(buf=Buf.WGT, rows=2, row_bytes=3, src_stride=2, dst_stride=3,
+            unpack=isa.Unpack.INT3), 20 + 2),
+    # 4-bit rows of 4 values join without padding: one span, one burst of 8 values
+    (isa.LD(buf=Buf.WGT, rows=2, row_bytes=4, src_stride=2, dst_stride=4,
+            unpack=isa.Unpack.INT4), 20 + 1),
+])
+def test_unpacking_load_cycles(ins, expected):
+    """An unpacking LD costs, burst by burst, ``ceil(values ending in it / port)``."""
+    assert duration(TINY, ins) == expected
+
+
+def test_unpacking_load_on_wide_ports_streams_at_the_channel_rate():
+    """Where the port writes a whole burst of 2-bit values a cycle (U280: 1024-byte WGT
+    port, 32-byte bursts), an unpacking LD's buffer side is counted as a plain LD's:
+    each core's share of the INT8 bytes at the port's width; it reads a quarter of the
+    bursts."""
+    u280 = Timing(load_target("u280"))
+    assert not u280.beatwise(Buf.WGT, 2) and Timing(TINY).beatwise(Buf.WGT, 2)
+    packed = isa.LD(buf=Buf.WGT, rows=64, row_bytes=4096, src_stride=1024, dst_stride=4096,
+                    unpack=isa.Unpack.INT2)
+    plain = isa.LD(buf=Buf.WGT, rows=64, row_bytes=1024, src_stride=1024, dst_stride=1024)
+    share = -(-64 * 4096 // u280.cores)
+    assert u280.ld(packed).port_cycles == -(-share // 1024)
+    assert u280.ld(packed).burst_bytes == u280.ld(plain).burst_bytes == 64 * 1024
+
+
+def test_fast_evaluator_times_unpacking_loads_like_the_cycle_model():
+    """flightforge.evaluate takes the burst-by-burst port cycles from Timing: a 3-bit
+    decoder on tiny (unpacking LDs into the 8-byte WGT port, 21 or 22 values ending in a
+    burst: 3 cycles each, not the 8 a cycle of a whole-transfer rate) times identically."""
+    from flightforge.compiler.qdecoder import QuantOptions
+    from flightforge.evaluate import durations, prepare
+
+    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
+                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    program = compile_decoder(random_decoder(shape, seed=1), TINY, CompileOptions(
+        max_len=4, quant=QuantOptions(weight_bits=3))).program
+    t = Timing(TINY)
+    unpacking = 0
+    for sec in program.sections:
+        s = prepare(program, sec.name, sec.len_hi)
+        unpacking += sum(isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE for i in s.instrs)
+        assert [int(x) for x in durations(s, TINY, TimingParams())] == \
+            [t.duration(i) for i in s.instrs], sec.name
+    assert unpacking
+
+
 def test_interleaved_map_spreads_a_contiguous_load():
     t = Timing(TINY, TimingParams(interleave_bytes=16))
     cost = t.ld(ld(64))
