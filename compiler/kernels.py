@@ -276,22 +276,27 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
     for r0 in range(0, rows, block):
         br = min(block, rows - r0)
         n = ctx - rows + r0 + br  # columns up to the block's last row's causal limit
-        mm_or_mv = isa.MV if br == 1 else isa.MM
         scores = b.tile(Buf.ACT, br, n, DType.INT32, "attention scores")
-        extra = {} if br == 1 else {"m": br, "a_stride": q.stride}
-        b.emit(mm_or_mv(n=n, k=d, a_addr=q.at(r0), w_addr=kt.addr, d_addr=scores.addr,
-                        d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **extra))
-        probs = b.tile(Buf.ACT, br, n, DType.INT8, "attention probabilities")
-        b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=br, cols=n, a_addr=scores.addr,
-                        a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
-                        d_stride=probs.stride, d_dt=DType.INT8, m0=m0, shift=sh, pos=pos0 + r0,
-                        causal=1, dyn_pos=int(dyn)))
-        b.free(scores)
-        extra = {} if br == 1 else {"m": br, "a_stride": probs.stride}
-        b.emit(mm_or_mv(n=d, k=n, a_addr=probs.addr, w_addr=vt.addr, wkn=1, d_addr=out.at(r0),
-                        d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh, **extra))
+        _matmul(b, q.view(row=r0, rows=br), n=n, k=d, w_addr=kt.addr, d_addr=scores.addr,
+                d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0)
+        probs = _softmax(b, scores, DType.INT8, m0, sh, pos0 + r0, dyn)
+        _matmul(b, probs, n=d, k=n, w_addr=vt.addr, wkn=1, d_addr=out.at(r0),
+                d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh)
         b.free(probs)
     b.free(kt, vt)
+
+
+def _softmax(b: Builder, scores: Tile, dt: DType, m0: int, shift: int, pos: int,
+             dyn: bool) -> Tile:
+    """Causal softmax of a block of INT32 scores (rows at ``pos..``) into probabilities
+    of type ``dt``; frees the scores."""
+    probs = b.tile(Buf.ACT, scores.rows, scores.cols, dt, "attention probabilities")
+    b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=scores.rows, cols=scores.cols,
+                    a_addr=scores.addr, a_stride=scores.stride, a_dt=DType.INT32,
+                    d_addr=probs.addr, d_stride=probs.stride, d_dt=dt, m0=m0, shift=shift,
+                    pos=pos, causal=1, dyn_pos=int(dyn)))
+    b.free(scores)
+    return probs
 
 
 def pv16_params(s_v: float, s_o: float) -> tuple[int, int]:
@@ -352,12 +357,7 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
         _split_product(b, q_rows, (kh.addr, kl.addr), scores.addr, scores.stride, DType.INT32,
                        1, 0, scratch, n=n, k=d)
         b.free(*scratch)
-        probs = b.tile(Buf.ACT, br, n, DType.INT16, "attention probabilities")
-        b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=br, cols=n, a_addr=scores.addr,
-                        a_stride=scores.stride, a_dt=DType.INT32, d_addr=probs.addr,
-                        d_stride=probs.stride, d_dt=DType.INT16, m0=m0, shift=sh, pos=pos0 + r0,
-                        causal=1, dyn_pos=int(dyn)))
-        b.free(scores)
+        probs = _softmax(b, scores, DType.INT16, m0, sh, pos0 + r0, dyn)
         p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT)
         b.free(probs)
         psum_bytes = out.stride if br > 1 else d * DType.INT32.nbytes
