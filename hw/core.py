@@ -28,7 +28,7 @@ from .buffers import Buffer
 from .bus import MemReadSignature, MemWriteSignature
 from .controller import IMEM_ADDR_BITS, Controller
 from .decode import resolve_dynamic
-from .memory_units import LoadUnit, StoreUnit, _beat_bytes, port_width
+from .memory_units import LoadUnit, StoreUnit, _beat_bytes
 from .mpe import MatrixEngine
 from .sfu.unit import SpecialFunctionUnit
 
@@ -75,7 +75,7 @@ class Core(wiring.Component):
             users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
             cfg = arch.buffers.of(b)
             extra = [u for u in units.values() if hasattr(u, "port_widths")]
-            widths = [1] + [port_width(arch, b) if isinstance(u, (LoadUnit, StoreUnit)) else 1
+            widths = [1] + [u.buffer_width(b) if isinstance(u, (LoadUnit, StoreUnit)) else 1
                             for u in users] + [w for u in extra for w in u.port_widths(b)]
             buf = Buffer(cfg.size, widths, cfg.banks * cfg.width)
             m.submodules[f"buf_{b.name.lower()}"] = buf

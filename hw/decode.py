@@ -60,28 +60,11 @@ def field(word: Value, classes: tuple[type[isa.Instruction], ...], opcode: Value
     return out
 
 
-#: Instruction fields whose non-default values the RTL does not implement, with the
-#: value it requires; the decoder marks such a word illegal rather than run it wrongly.
-UNSUPPORTED_FIELDS: dict[type[isa.Instruction], dict[str, int]] = {
-    isa.LD: {"unpack": int(isa.Unpack.NONE)},
-}
-
-
-def unsupported(instr: isa.Instruction) -> str | None:
-    """Why the RTL cannot run ``instr`` (a field it does not implement), or None."""
-    for name, value in UNSUPPORTED_FIELDS.get(type(instr), {}).items():
-        if int(getattr(instr, name)) != value:
-            return (f"{type(instr).__name__}.{name}={getattr(instr, name)!r} is not implemented "
-                    f"in the RTL (docs/rtl.md)")
-    return None
-
-
 class Decoder(wiring.Component):
     """Classifies an instruction word: opcode, unit, HALT/NOP, and whether it is legal.
 
     ``legal`` is 0 for an unknown opcode, an enum field holding no member, or reserved
-    bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`;
-    and for a field value the RTL does not implement (:data:`UNSUPPORTED_FIELDS`).
+    bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`.
     (The semantic checks of ``Instruction.check``, like K being a multiple of the sparse
     block, are the compiler's and the encoder's job and are not repeated in hardware.)
     """
@@ -102,8 +85,6 @@ class Decoder(wiring.Component):
                 with m.Case(op):
                     v = view(cls, w)
                     ok = w[used_bits(cls):] == 0
-                    for name, value in UNSUPPORTED_FIELDS.get(cls, {}).items():
-                        ok &= v[name] == value
                     for name, _, _, spec in isa.layout(cls)[1:]:
                         if spec.enum is not None:
                             members = [int(e) for e in spec.enum]

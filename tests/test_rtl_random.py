@@ -6,8 +6,9 @@ sim/dispatch.py) per section.
 All sections run back to back in ONE simulation of ONE Verilator build (buffers carry
 over from section to section on both sides), so the module costs one build and one run.
 
-Cycles: every section (control, tokens, queues, pipelined bursts, memory latency, the
-tiled MPE, every SFU pipeline) must match the model exactly.
+Cycles: every section (control, tokens, queues, pipelined bursts, memory latency, LD
+``unpack`` of 2/3/4-bit values, the tiled MPE, every SFU pipeline) must match the model
+exactly.
 """
 
 from collections import Counter
@@ -50,6 +51,16 @@ def _coverage(sections) -> Counter:
                     seen[flag] += bool(getattr(ins, flag))
             if isinstance(ins, isa.MISC):
                 seen[isa.MiscOp(ins.op).name] += 1
+            if isinstance(ins, isa.LD) and ins.unpack != isa.Unpack.NONE:
+                u = isa.Unpack(ins.unpack)
+                seen[f"unpack {u.name}"] += 1
+                seen["unpack odd row_bytes"] += ins.row_bytes % 2
+                seen["unpack unaligned src"] += bool(ins.src % 8)
+                seen["unpack odd src_stride"] += ins.rows > 1 and ins.src_stride % 2
+                seen["unpack rows back to back"] += (ins.rows > 1
+                                                     and ins.src_stride == ins.src_row_bytes)
+                seen["unpack into a narrow port"] += isa.Buf(ins.buf) in (
+                    isa.Buf.GLB, isa.Buf.META, isa.Buf.SCALE)
             seen["wait"] += bool(ins.wait)
     return seen
 
@@ -109,7 +120,10 @@ def test_random_streams_match_functional_sim(arch, replay) -> None:
     seen = _coverage(sections)
     for feature in ("LD", "ST", "MM", "MV", "MISC", "S2_4", "S2_16", "S4_16", "S8_16",
                     "S16_16", "wINT4", "gsz", "wkn", "acc_in", "wait", *(
-                        o.name for o in h.RANDOM_MISC_OPS)):
+                        o.name for o in h.RANDOM_MISC_OPS), *(
+                        f"unpack {u.name}" for u in isa.Unpack if u != isa.Unpack.NONE),
+                    "unpack odd row_bytes", "unpack unaligned src", "unpack odd src_stride",
+                    "unpack rows back to back", "unpack into a narrow port"):
         assert seen[feature], f"the random streams never exercise {feature}: {dict(seen)}"
     assert len(runs) == len(sections), f"replay stopped after {runs[-1]}"
     for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected)):
