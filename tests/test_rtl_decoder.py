@@ -3,14 +3,19 @@ sections) through :func:`flightforge.generate.generate` on the RTL and on the
 functional simulator: the generated tokens and the final external memory are identical.
 Every section's RTL cycles equal the cycle model's.
 
-Compiled twice: one section per length, and FlightLLM's fixed length buckets, whose
-sections run with ``D = length - len_lo`` in the core's length register."""
+Compiled three times: one section per length, FlightLLM's fixed length buckets, whose
+sections run with ``D = length - len_lo`` in the core's length register, and a
+mixed-precision plan of packed 2- and 3-bit weights, which the load unit widens to INT8
+(LD ``unpack``)."""
 
 import numpy as np
 import pytest
 
+from flightforge import isa
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
+from flightforge.compiler.plans import parse_plan
+from flightforge.compiler.qdecoder import QuantOptions
 from flightforge.generate import decode_run, generate
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
@@ -51,13 +56,26 @@ class Recorder:
         return r
 
 
-@pytest.fixture(scope="module", params=["per-length", "fixed"])
+#: 3-bit weights with 2-bit attention output and MLP down projection, as a
+#: mixed-precision plan file would give them (compiler/plans.py).
+MIXED_2_3_BIT = {"default": {"bits": 3, "group": 16},
+                 "layers": [{"match": "l*.o", "bits": 2}, {"match": "l*.down", "bits": 2}]}
+
+
+@pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit"])
 def decoder(arch, request):
     shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
                          intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    buckets, quant = request.param, QuantOptions()
+    if request.param == "mixed-2/3-bit":
+        buckets, quant = "per-length", QuantOptions(spec=parse_plan(MIXED_2_3_BIT))
     program = compile_decoder(random_decoder(shape, seed=1), arch,
                               CompileOptions(max_len=len(PROMPT) + NEW_TOKENS,
-                                             buckets=request.param)).program
+                                             buckets=buckets, quant=quant)).program
+    if request.param == "mixed-2/3-bit":
+        widths = {isa.Unpack(i.unpack).bits for s in program.sections for i in s.instructions
+                  if isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE}
+        assert widths == {2, 3}, f"the plan should load 2- and 3-bit weights, not {widths}"
     rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
