@@ -77,19 +77,16 @@ class _Transfer(wiring.Component):
 
     CLS: type[isa.Instruction]
 
-    def __init__(self, arch: ArchConfig, unit: isa.Unit, bus: wiring.Signature) -> None:
+    def __init__(self, arch: ArchConfig, unit: isa.Unit, bus: wiring.Signature,
+                 widths: dict[isa.Buf, int]) -> None:
         self.arch = arch
         self.beat = _beat_bytes(arch)
         self.lw = self.beat.bit_length() - 1
-        self.widths = {b: self._port_width(arch, b) for b in isa.Buf}
+        self.widths = widths  #: bytes of the port on each buffer
         self.max_width = max(self.widths.values())
         ports = {f"buf_{b.name.lower()}": Out(BufPortSignature(
             addr_bits(arch.buffers.of(b).size), w)) for b, w in self.widths.items()}
         super().__init__({**unit_members(unit), "mem": Out(bus), **ports})
-
-    @staticmethod
-    def _port_width(arch: ArchConfig, buf: isa.Buf) -> int:
-        raise NotImplementedError
 
     def buffer_width(self, buf: isa.Buf) -> int:
         """Bytes of this unit's port on buffer ``buf``."""
@@ -225,11 +222,8 @@ class LoadUnit(_Transfer):
     """LD: external memory -> buffer, widening packed 2/3/4-bit values when ``unpack``."""
 
     def __init__(self, arch: ArchConfig) -> None:
-        super().__init__(arch, isa.Unit.LD, MemReadSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)))
-
-    @staticmethod
-    def _port_width(arch: ArchConfig, buf: isa.Buf) -> int:
-        return ld_port_width(arch, buf)
+        super().__init__(arch, isa.Unit.LD, MemReadSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
+                         {b: ld_port_width(arch, b) for b in isa.Buf})
 
     def _view(self, word):
         return _LdView(view(isa.LD, word))
@@ -303,11 +297,8 @@ class StoreUnit(_Transfer):
     response."""
 
     def __init__(self, arch: ArchConfig) -> None:
-        super().__init__(arch, isa.Unit.ST, MemWriteSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)))
-
-    @staticmethod
-    def _port_width(arch: ArchConfig, buf: isa.Buf) -> int:
-        return port_width(arch, buf)
+        super().__init__(arch, isa.Unit.ST, MemWriteSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
+                         {b: port_width(arch, b) for b in isa.Buf})
 
     def _view(self, word):
         return _StView(view(isa.ST, word))
