@@ -3,10 +3,11 @@ sections) through :func:`flightforge.generate.generate` on the RTL and on the
 functional simulator: the generated tokens and the final external memory are identical.
 Every section's RTL cycles equal the cycle model's.
 
-Compiled three times: one section per length, FlightLLM's fixed length buckets, whose
-sections run with ``D = length - len_lo`` in the core's length register, and a
+Compiled four times: one section per length, FlightLLM's fixed length buckets, whose
+sections run with ``D = length - len_lo`` in the core's length register, a
 mixed-precision plan of packed 2- and 3-bit weights, which the load unit widens to INT8
-(LD ``unpack``)."""
+(LD ``unpack``), and 16-bit activations (each engine input split into two INT8 halves by
+the SFU, products chained through ``acc_in``, INT16 probabilities)."""
 
 import numpy as np
 import pytest
@@ -62,13 +63,15 @@ MIXED_2_3_BIT = {"default": {"bits": 3, "group": 16},
                  "layers": [{"match": "l*.o", "bits": 2}, {"match": "l*.down", "bits": 2}]}
 
 
-@pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit"])
+@pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit", "act16"])
 def decoder(arch, request):
     shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
                          intermediate=64, vocab=64, mlp="swiglu", rope=True)
     buckets, quant = request.param, QuantOptions()
     if request.param == "mixed-2/3-bit":
         buckets, quant = "per-length", QuantOptions(spec=parse_plan(MIXED_2_3_BIT))
+    if request.param == "act16":
+        buckets, quant = "per-length", QuantOptions(act_bits=16)
     program = compile_decoder(random_decoder(shape, seed=1), arch,
                               CompileOptions(max_len=len(PROMPT) + NEW_TOKENS,
                                              buckets=buckets, quant=quant)).program
@@ -76,6 +79,9 @@ def decoder(arch, request):
         widths = {isa.Unpack(i.unpack).bits for s in program.sections for i in s.instructions
                   if isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE}
         assert widths == {2, 3}, f"the plan should load 2- and 3-bit weights, not {widths}"
+    if request.param == "act16":
+        assert any(isinstance(i, isa.MISC) and i.op == isa.MiscOp.LUT and i.d_dt == isa.DType.INT8
+                   for s in program.sections for i in s.instructions), "no 16-bit split"
     rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
