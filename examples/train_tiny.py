@@ -234,7 +234,7 @@ def on_grid(w: np.ndarray, plan: WeightPlan, rounds: int = 8) -> np.ndarray:
       step) is rounded up to as many significant bits as float32 leaves beside the
       column's largest ``|code x group scale|`` (its peak over its unit, 1785 = 7 x 255
       with INT4 groups), by moving the column's peak weights to that product: a relative
-      change below 2^-13; every dequantised value is then exact in float32;
+      change below 2^-12; every dequantised value is then exact in float32;
     - a group whose largest code is not the top one gets a smaller scale when its
       dequantised weights are quantised again, so quantising and dequantising repeats
       until nothing moves (scales only shrink, so it ends, in one or two rounds).
