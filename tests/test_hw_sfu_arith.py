@@ -1,4 +1,5 @@
-"""Sequential divider and integer square root of the SFU against Python's exact integers."""
+"""Sequential divider, integer square root and the shared lane datapath of the SFU
+against Python's exact integers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from flightforge import numerics
+from flightforge import isa, numerics
 from flightforge.hw.sfu import Divider, ISqrt
+from flightforge.hw.sfu import lane as sfu_lane
 
 
 def _run(dut, bench) -> None:
@@ -66,6 +68,52 @@ def test_isqrt_matches_numerics(width: int, seed: int) -> None:
             assert cycles == dut.latency, f"latency {cycles}, documented {dut.latency}"
             got, want = ctx.get(dut.root), int(numerics.isqrt(np.int64(v)))
             assert got == want, f"isqrt({v}): got {got}, want {want}"
+
+    _run(dut, bench)
+
+
+def _rnd(x: int, s: int) -> int:
+    return x if s == 0 else (x + (1 << (s - 1))) >> s
+
+
+def _wrap(x: int, bits: int) -> int:
+    x &= (1 << bits) - 1
+    return x - (1 << bits) if x >> (bits - 1) else x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sfu_lane_matches_its_formula(seed: int) -> None:
+    """``SfuLane`` on random operands of full width in every mode (chain, acc, sub):
+    ``sat(rnd((acc ? p1 : 0) +- (chain ? rnd(p1, s1) : c) * d, s2) + bias)``."""
+    rng = np.random.default_rng(seed)
+    dut = sfu_lane.SfuLane()
+
+    def rand(bits: int) -> int:
+        return int(rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64))
+
+    async def bench(ctx) -> None:
+        for i in range(300):
+            op = {"a": rand(sfu_lane.A_BITS), "b": rand(sfu_lane.B_BITS),
+                  "c": rand(sfu_lane.C_BITS), "d": rand(sfu_lane.D_BITS),
+                  "chain": int(rng.integers(2)), "acc": int(rng.integers(2)),
+                  "sub": int(rng.integers(2)), "bias": rand(sfu_lane.BIAS_BITS),
+                  "shift1": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+                  "shift2": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+                  "dt": int(rng.integers(0, len(isa.DType)))}
+            if i % 3 == 0:  # small values, so that the saturation does not always clip
+                op.update(a=rand(12), b=rand(8), c=rand(12), d=rand(8), shift2=op["shift2"] % 8)
+            for k, v in op.items():
+                ctx.set(getattr(dut, k), v)
+            p1 = op["a"] * op["b"]
+            r1 = _rnd(p1, op["shift1"])
+            p2 = (_wrap(r1, sfu_lane.C_BITS) if op["chain"] else op["c"]) * op["d"]
+            w = (p1 if op["acc"] else 0) + (-p2 if op["sub"] else p2)
+            lo, hi = numerics.dtype_range(isa.DType(op["dt"]))
+            want = min(hi, max(lo, _rnd(w, op["shift2"]) + op["bias"]))
+            got = ctx.get(dut.prod), ctx.get(dut.round1), ctx.get(dut.result)
+            assert got == (p1, r1, want), f"{op}: got {got}, want {(p1, r1, want)}"
+            await ctx.tick()
+            assert ctx.get(dut.result_q) == want, f"{op}: result_q {ctx.get(dut.result_q)}"
 
     _run(dut, bench)
 

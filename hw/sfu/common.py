@@ -1,11 +1,12 @@
 """Shared pieces of the SFU's lane-parallel pipelines: instruction fields, the issue
-schedule, buffer ports and arithmetic.
+schedule, buffer ports and element helpers.
 
 Every pipeline (:mod:`.elementwise`, :mod:`.rope`, :mod:`.softmax`, :mod:`.norm`) moves
 up to ``sfu.lanes`` elements a cycle on the byte-credit schedule ``Timing.misc`` counts
 (:class:`ByteCredit`), through ports of its own on the ACT and GLB buffers
 (:class:`StreamComponent` declares them; the unit connects them), and computes exactly
-the integer arithmetic of :mod:`flightforge.numerics`. Instruction fields arrive on
+the integer arithmetic of :mod:`flightforge.numerics` on the lanes' shared datapaths
+(:mod:`.lane`). Instruction fields arrive on
 ``instr``, a struct derived from :class:`flightforge.isa.MISC` that the unit holds
 stable from ``start`` until ``done``.
 """
@@ -19,14 +20,12 @@ from amaranth.hdl import ValueCastable
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from flightforge import isa, numerics
+from flightforge import isa
 from flightforge.arch import ArchConfig
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
-
-#: Width of an element value in the pipelines: the widest :class:`~flightforge.isa.DType`.
-ELEM_BITS = max(d.bits for d in isa.DType)
+from .lane import ELEM_BITS, LaneSignature, clamp, rnd_shift, saturate  # noqa: F401 (used by hw.mpe)
 
 #: The fields of a decoded MISC instruction, with the widths isa.py gives them.
 MiscFields = data.StructLayout({name: unsigned(spec.width)
@@ -44,7 +43,9 @@ class PortGroup:
 
 
 class StreamComponent(wiring.Component):
-    """A lane-parallel SFU pipeline: ``instr``/``start``/``done`` and its buffer ports.
+    """A lane-parallel SFU pipeline: ``instr``/``start``/``done``, its buffer ports and
+    ``lane0``, ``lane1``, ...: the operands it gives each lane's shared arithmetic
+    (:class:`.lane.SfuLane`) and the results it gets back.
 
     ``done`` pulses when the last result is written, ``sfu.pipeline_depth`` cycles after
     the last issue counted from the unit's own ``start`` (which precedes the pipeline's
@@ -65,6 +66,8 @@ class StreamComponent(wiring.Component):
         self.groups = groups
         members: dict[str, wiring.Member] = {"instr": In(MiscFields), "start": In(1),
                                              "done": Out(1)}
+        for j in range(self.lanes):
+            members[f"lane{j}"] = Out(LaneSignature())
         for g in groups:
             cfg = arch.buffers.of(g.buf)
             width = cfg.banks * cfg.width if g.width is None else g.width
@@ -74,6 +77,9 @@ class StreamComponent(wiring.Component):
 
     def port(self, name: str, j: int = 0):
         return getattr(self, f"{name}{j}")
+
+    def lane(self, j: int):
+        return getattr(self, f"lane{j}")
 
     def buffer_ports(self, buf: isa.Buf) -> list:
         """This pipeline's ports on ``buf``, in a fixed order."""
@@ -142,31 +148,6 @@ def sext(raw: Value, dt: Value) -> Value:
 def strobe(dt: Value) -> Value:
     """Byte strobes of one element of type ``dt`` on a 4-byte port."""
     return ((Const(1, 5) << (Const(1, 4) << dt)) - 1)[:4]
-
-
-def rnd_shift(x: Value, s: Value | int) -> Value:
-    """``numerics.rnd_shift``: round half up, ``floor((x + 2**(s-1)) / 2**s)``.
-
-    Written as ``((x >> (s-1)) + 1) >> 1``, which is the same floor for ``s > 0`` and
-    needs no wide rounding constant.
-    """
-    if isinstance(s, int):
-        return x if s == 0 else ((x >> (s - 1)) + 1) >> 1
-    s = Value.cast(s)
-    return Mux(s == 0, x, ((x >> (s - 1)[:len(s)]) + 1) >> 1)
-
-
-def clamp(x: Value, lo: int, hi: int) -> Value:
-    return Mux(x < lo, lo, Mux(x > hi, hi, x))
-
-
-def saturate(x: Value, dt: Value) -> Value:
-    """``numerics.sat`` with the element type ``dt`` chosen at run time."""
-    types = list(isa.DType)
-    out = clamp(x, *numerics.dtype_range(types[-1]))
-    for d in types[:-1]:
-        out = Mux(dt == d, clamp(x, *numerics.dtype_range(d)), out)
-    return out
 
 
 def by_dtype(dt: Value, fn) -> Value:

@@ -5,9 +5,10 @@ operands' and the result's bytes, so operand reads and the result write share
 ``port[ACT]`` bytes a cycle on average): a row of ``cols`` elements takes
 ``max(ceil(cols / lanes), ceil(cols * elem_bytes / port[ACT]))`` cycles, rows back to
 back, then ``sfu.pipeline_depth`` cycles. Elements issued in cycle ``t`` arrive in
-``t + 1`` on the ``a`` (and ``b``) ports, where the ``lanes`` arithmetic units compute
-``sat(rnd(wide >> shift))`` or issue the GLB table reads (one port a lane); the results
-are written in ``t + 2`` through the ``d`` port with byte strobes.
+``t + 1`` on the ``a`` (and ``b``) ports, where the ``lanes`` shared lane datapaths
+(:class:`.lane.SfuLane`) compute ``sat(rnd(wide >> shift))`` or the GLB table reads are
+issued (one port a lane); the results are written in ``t + 2`` through the ``d`` port
+with byte strobes.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes,
-                     rnd_shift, saturate, sext)
-
-#: Widest intermediate: an INT32 operand times a 16-bit multiplier, plus another one.
-WIDE_BITS = ELEM_BITS + isa.MULT_BITS + 3
+from .common import ELEM_BITS, ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext
 #: The operations this pipeline runs.
 ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT,
                    *(op for op in isa.MiscOp if op.is_table))
@@ -77,29 +74,29 @@ class ElementStream(StreamComponent):
         # stage 1: operands arrive; compute or look up
         v1, e1, r1, c1, last1 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
         m.d.sync += [v1.eq(issue), e1.eq(E), r1.eq(row), c1.eq(col), last1.eq(last)]
-        res = [Signal(32, name=f"res{j}") for j in range(L)]
         for j in range(L):
             araw = Cat(a_port.rdata, Const(0, 32)).bit_select(j << (ins.a_dt + 3), 32)
             braw = Cat(b_port.rdata, Const(0, 32)).bit_select(j << (ins.b_dt + 3), 32)
             a = Signal(signed(ELEM_BITS), name=f"a{j}")
             b = Signal(signed(ELEM_BITS), name=f"b{j}")
             m.d.comb += [a.eq(sext(araw, ins.a_dt)), b.eq(sext(braw, ins.b_dt))]
-            wide = Signal(signed(WIDE_BITS), name=f"wide{j}")
+            lane = self.lane(j)
+            m.d.comb += [lane.shift2.eq(ins.shift), lane.dt.eq(ins.d_dt), lane.acc.eq(1)]
             with m.Switch(ins.op):
-                with m.Case(isa.MiscOp.ADD):
-                    m.d.comb += wide.eq(a * ins.m0 + b * ins.m1)
-                with m.Case(isa.MiscOp.MUL):
-                    m.d.comb += wide.eq(a[:16].as_signed() * b[:16].as_signed() * ins.m0)
-                with m.Default():
-                    m.d.comb += wide.eq(a * ins.m0)
-            m.d.sync += res[j].eq(saturate(rnd_shift(wide, ins.shift), ins.d_dt))
+                with m.Case(isa.MiscOp.ADD):  # a*m0 + b*m1
+                    m.d.comb += [lane.a.eq(a), lane.b.eq(ins.m0), lane.c.eq(b), lane.d.eq(ins.m1)]
+                with m.Case(isa.MiscOp.MUL):  # (a*b) * m0
+                    m.d.comb += [lane.a.eq(a[:16].as_signed()), lane.b.eq(b[:16].as_signed()),
+                                 lane.chain.eq(1), lane.d.eq(ins.m0), lane.acc.eq(0)]
+                with m.Default():  # a*m0
+                    m.d.comb += [lane.a.eq(a), lane.b.eq(ins.m0)]
             tp = self.port("t", j)
             m.d.comb += [tp.addr.eq(ins.p_addr + (a[:8] << ins.d_dt)),
                          tp.req.eq(v1 & is_table & (j < e1))]
         # stage 2: write
         v2, e2, r2, c2, last2 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
         m.d.sync += [v2.eq(v1), e2.eq(e1), r2.eq(r1), c2.eq(c1), last2.eq(last1)]
-        outs = [Mux(is_table, self.port("t", j).rdata, res[j]) for j in range(L)]
+        outs = [Mux(is_table, self.port("t", j).rdata, self.lane(j).result_q) for j in range(L)]
         packed = Signal(32 * L)
         with m.Switch(ins.d_dt):
             for d in isa.DType:

@@ -27,8 +27,7 @@ from flightforge.sfu import (DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS, MS_BITS, RADIC
                              S1_BITS, S2_BITS, X_BITS, divider_latency, norm_row_gap,
                              norm_steps)
 
-from .common import (ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, rnd_shift,
-                     saturate, sext, strobe)
+from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext, strobe
 from .divider import Divider, ISqrt
 
 STATS, WAIT, OUT = range(3)
@@ -42,7 +41,8 @@ class NormStream(StreamComponent):
     ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols`` gains). Statistics: the lanes'
     ``x`` and ``x**2`` are summed on arrival (``t + 1``). Output: on arrival ``y`` =
     ``sat(rnd(rnd((x - mean) * inv, 16) * gamma, shift) + beta)`` is computed and written
-    in ``t + 2``.
+    in ``t + 2``. Both use the lanes' shared datapaths (:class:`.lane.SfuLane`): ``x**2``
+    on the first multiplier, ``y`` on both, chained.
     """
 
     OPS = (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM)
@@ -136,7 +136,8 @@ class NormStream(StreamComponent):
         s1 = [Signal(signed(S1_BITS), name=f"s1_{b}") for b in range(2)]
         s2 = [Signal(unsigned(S2_BITS), name=f"s2_{b}") for b in range(2)]
         add1 = sum((Mux(v1[j], xs[j], 0) for j in range(L)), 0)
-        add2 = sum((Mux(v1[j], xs[j] * xs[j], 0) for j in range(L)), 0)
+        # x * x on the lanes' first multipliers (below 2**30: the low 2*X_BITS bits)
+        add2 = sum((Mux(v1[j], self.lane(j).prod[:2 * X_BITS], 0) for j in range(L)), 0)
         with m.If(v1.any() & (ph1 == STATS)):
             for b in range(2):
                 with m.If(r1[0] == b):
@@ -184,21 +185,22 @@ class NormStream(StreamComponent):
         v2 = Signal(L)
         r2, c2, last2, ph2 = Signal.like(row), Signal.like(col), Signal(), Signal(2)
         m.d.sync += [v2.eq(v1), r2.eq(r1), c2.eq(c1), last2.eq(last1), ph2.eq(ph1)]
-        row_mean = Mux(layer, Mux(r1[0], mean[1], mean[0]), 0)
+        stats = ph1 == STATS  # the lanes' first multiplier squares x for the statistics
+        row_mean = Mux(layer & ~stats, Mux(r1[0], mean[1], mean[0]), 0)
         row_inv = Mux(r1[0], inv[1], inv[0])
         for j in range(L):
-            gam = self.port("g", j).rdata.as_signed()
-            bet = self.port("b", j).rdata.as_signed()
             xc = Signal(signed(X_BITS + 2), name=f"xc{j}")
-            t = Signal(signed(len(xc) + len(row_inv) - numerics.NORM_T_SHIFT + 1), name=f"t{j}")
-            u = Signal(signed(len(t) + X_BITS), name=f"u{j}")
-            y = Signal(32, name=f"y{j}")
-            m.d.comb += [xc.eq(xs[j] - row_mean), t.eq(rnd_shift(xc * row_inv, numerics.NORM_T_SHIFT)),
-                         u.eq(rnd_shift(t * gam, ins.shift))]
-            m.d.sync += y.eq(saturate(u + Mux(layer, bet, 0), ins.d_dt))
+            lane = self.lane(j)
+            m.d.comb += [xc.eq(xs[j] - row_mean),
+                         # rnd(rnd(xc * inv, 16) * gamma, shift) + beta, saturated
+                         lane.a.eq(Mux(stats, xs[j], row_inv)), lane.b.eq(xc),
+                         lane.shift1.eq(numerics.NORM_T_SHIFT), lane.chain.eq(1),
+                         lane.d.eq(self.port("g", j).rdata.as_signed()), lane.shift2.eq(ins.shift),
+                         lane.bias.eq(Mux(layer, self.port("b", j).rdata.as_signed(), 0)),
+                         lane.dt.eq(ins.d_dt)]
             p = self.port("wr", j)
             m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
-                         p.we.eq(1), p.wdata.eq(y), p.strb.eq(strobe(ins.d_dt)),
+                         p.we.eq(1), p.wdata.eq(lane.result_q), p.strb.eq(strobe(ins.d_dt)),
                          p.req.eq(v2[j] & (ph2 == OUT))]
         self.finish(m, last2)
         return m

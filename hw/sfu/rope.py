@@ -5,7 +5,8 @@ Rotate-half works on pairs ``(x1, x2)`` = columns ``(c, c + len/2)`` of a ``len`
 chunk, so the byte-credit schedule issues an even number of elements a cycle
 (``lanes / 2`` pairs at most): every pair slot has its own ACT read ports for ``x1`` and
 ``x2`` and GLB ports for ``cos`` and ``sin`` (INT16, position ``pos + row``), computes
-both rotated values one cycle later and writes them one cycle after that. Both halves of
+both rotated values one cycle later on its two lanes' shared datapaths
+(:class:`.lane.SfuLane`) and writes them one cycle after that. Both halves of
 a pair are read before either is written, so the operation may run in place.
 """
 
@@ -16,8 +17,7 @@ from amaranth import Module, Mux, Signal
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from .common import (ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, rnd_shift,
-                     saturate, sext, strobe)
+from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext, strobe
 
 
 class RopeStream(StreamComponent):
@@ -91,10 +91,9 @@ class RopeStream(StreamComponent):
                          sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
                          x1p.req.eq(on), x2p.req.eq(on), cp.req.eq(on), sp.req.eq(on)]
             m.d.sync += [v1[s].eq(on), c1[s].eq(col)]
-        # stage 1: rotate
+        # stage 1: rotate, lane 2s: x1*cos - x2*sin, lane 2s + 1: x2*cos + x1*sin
         v2 = [Signal(name=f"v2_{s}") for s in range(S)]
         c2 = [Signal.like(base, name=f"c2_{s}") for s in range(S)]
-        y = [[Signal(32, name=f"y{s}_{h}") for h in range(2)] for s in range(S)]
         r2, last2 = Signal.like(row), Signal()
         m.d.sync += [r2.eq(r1), last2.eq(last1)]
         for s in range(S):
@@ -102,16 +101,19 @@ class RopeStream(StreamComponent):
             x2 = sext(self.port("rd", 2 * s + 1).rdata, ins.a_dt)
             cos = self.port("tab", 2 * s).rdata.as_signed()
             sin = self.port("tab", 2 * s + 1).rdata.as_signed()
-            m.d.sync += [y[s][0].eq(saturate(rnd_shift(x1 * cos - x2 * sin, ins.shift), ins.d_dt)),
-                         y[s][1].eq(saturate(rnd_shift(x2 * cos + x1 * sin, ins.shift), ins.d_dt)),
-                         v2[s].eq(v1[s]), c2[s].eq(c1[s])]
+            for h, (p, q) in enumerate(((x1, x2), (x2, x1))):
+                lane = self.lane(2 * s + h)
+                m.d.comb += [lane.a.eq(p), lane.b.eq(cos), lane.c.eq(q), lane.d.eq(sin),
+                             lane.acc.eq(1), lane.sub.eq(h == 0), lane.shift2.eq(ins.shift),
+                             lane.dt.eq(ins.d_dt)]
+            m.d.sync += [v2[s].eq(v1[s]), c2[s].eq(c1[s])]
         # stage 2: write both halves
         for s in range(S):
             for h in range(2):
                 p = self.port("wr", 2 * s + h)
                 m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2,
                                                  c2[s] + (half if h else 0), ins.d_dt)),
-                             p.we.eq(1), p.wdata.eq(y[s][h]), p.strb.eq(strobe(ins.d_dt)),
+                             p.we.eq(1), p.wdata.eq(self.lane(2 * s + h).result_q), p.strb.eq(strobe(ins.d_dt)),
                              p.req.eq(v2[s])]
         self.finish(m, last2)
         return m

@@ -23,7 +23,7 @@ from flightforge.sfu import (EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTM
                              SUM_BITS)
 
 from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, by_dtype, elem_addr,
-                     elem_bytes, rnd_shift, sext, strobe)
+                     elem_bytes, sext, strobe)
 from .divider import Divider
 
 MAX, SUM, WAIT, OUT = range(4)
@@ -35,10 +35,12 @@ class SoftmaxStream(StreamComponent):
 
     Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port. An
     element issued in cycle ``t`` arrives in ``t + 1``: MAX folds it into its row's
-    maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >> shift)`` and the
-    ROM address, the ROM answers in ``t + 2``, where SUM adds ``e`` to the row sum and OUT
-    writes ``y``. The divider starts three cycles after SUM's last issue (when its last
-    ``e`` is summed); OUT may issue from :data:`~flightforge.sfu.SOFTMAX_ROW_GAP` + 1
+    maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >> shift)`` (the
+    lane's first multiplier) and the ROM address, the ROM answers in ``t + 2``, where SUM
+    adds ``e`` to the row sum and OUT writes ``y`` (the lane's second multiplier and
+    saturation: the probabilities are not negative, so saturating is ``min(y_max, .)``).
+    The divider starts three cycles after SUM's last issue (when its last ``e`` is
+    summed); OUT may issue from :data:`~flightforge.sfu.SOFTMAX_ROW_GAP` + 1
     cycles after that last issue, so that its first ``y`` meets the quotient.
     """
 
@@ -140,11 +142,13 @@ class SoftmaxStream(StreamComponent):
         es = []
         for j in range(L):
             rp = rom.read_port()
+            lane = self.lane(j)
             d = Signal(ELEM_BITS, name=f"d{j}")
             t = Signal(ELEM_BITS + isa.MULT_BITS, name=f"t{j}")
             sh = Signal(range(EXP_MAX_SHIFT + 1), name=f"sh{j}")
             m.d.comb += [d.eq(Mux(vc[j], mx - xs[j], 0)),
-                         t.eq(rnd_shift(d * ins.m0, ins.shift)),
+                         lane.a.eq(d), lane.b.eq(ins.m0), lane.shift1.eq(ins.shift),
+                         t.eq(lane.round1),  # rnd(d * m0 >> shift)
                          rp.addr.eq(t[:8])]
             m.d.sync += sh.eq(Mux(t >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT, EXP_MAX_SHIFT,
                                   t >> numerics.FRAC_BITS_EXP))
@@ -165,13 +169,13 @@ class SoftmaxStream(StreamComponent):
             m.d.sync += zero.eq(total == 0)
         recip = Mux(zero, 0, div.quotient)
         frac_shift = by_dtype(ins.d_dt, lambda dt: numerics.SOFTMAX_RECIP_BITS - (dt.bits - 1))
-        y_max = by_dtype(ins.d_dt, lambda dt: (1 << (dt.bits - 1)) - 1)
-        for j in range(L):
-            yf = Signal(len(div.quotient) + EXP_BITS, name=f"yf{j}")
-            m.d.comb += yf.eq(rnd_shift(es[j] * recip, frac_shift))
+        for j in range(L):  # the element a stage behind, on the lane's second multiplier
+            lane = self.lane(j)
+            m.d.comb += [lane.c.eq(recip), lane.d.eq(es[j]), lane.shift2.eq(frac_shift),
+                         lane.dt.eq(ins.d_dt)]  # y = min(y_max, rnd(e * recip >> frac_shift))
             p = self.port("wr", j)
             m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
-                         p.we.eq(1), p.wdata.eq(Mux(yf > y_max, y_max, yf)),
+                         p.we.eq(1), p.wdata.eq(lane.result),
                          p.strb.eq(strobe(ins.d_dt)), p.req.eq(v2[j] & (ph2 == OUT))]
         self.finish(m, last2)
         return m
