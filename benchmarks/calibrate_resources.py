@@ -31,15 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from amaranth.back import rtlil
+from rtl_resources import synth, yosys_binary  # benchmarks/: the one Yosys runner
 
 from flightforge.mappings import load_target
 from flightforge.resources import sfu_copies
@@ -85,37 +81,6 @@ def calibrate_power(path: Path) -> dict:
     return data["power"]
 
 
-def synth(component, name: str, yosys: str, flags: str = "") -> dict:
-    """Cell counts of ``component`` after ``synth_xilinx -family xcup``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        il = Path(tmp) / f"{name}.il"
-        il.write_text(rtlil.convert(component, name=name))
-        stat = Path(tmp) / "stat.txt"
-        t = time.perf_counter()
-        proc = subprocess.run([yosys, "-q", "-p", f"read_rtlil {il}; synth_xilinx -family xcup "
-                               f"-top {name} {flags}; tee -o {stat} stat"],
-                              capture_output=True, text=True, timeout=3600)
-        if proc.returncode:
-            raise RuntimeError(f"yosys failed on {name}: {proc.stderr[-2000:]}")
-        cells: dict[str, int] = {}
-        for line in stat.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and re.match(r"^[A-Z][A-Z0-9_]+$", parts[0]):
-                cells[parts[0]] = cells.get(parts[0], 0) + int(parts[1])
-    return {"cells": cells, "seconds": round(time.perf_counter() - t, 1), **classes(cells)}
-
-
-def classes(cells: dict[str, int]) -> dict[str, int]:
-    """LUT, FF, DSP, BRAM (36 Kb equivalents), URAM from Yosys' Xilinx cell names."""
-    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
-    lut += cells.get("RAM32M", 0) * 4 + cells.get("RAM64M", 0) * 4  # LUTRAM: 4 LUTs each
-    lut += sum(v for k, v in cells.items() if re.fullmatch(r"RAM(32|64|128|256)X1[SD]", k)) * 2
-    ff = sum(v for k, v in cells.items() if k in ("FDRE", "FDSE", "FDCE", "FDPE"))
-    dsp = sum(v for k, v in cells.items() if k.startswith("DSP48"))
-    bram = cells.get("RAMB36E2", 0) + cells.get("RAMB18E2", 0) / 2
-    return {"lut": lut, "ff": ff, "dsp": dsp, "bram": bram, "uram": cells.get("URAM288", 0)}
-
-
 def model_errors(runs: list[dict], coef: dict) -> list[dict]:
     """The model's relative error on each chain and buffer run (held-out runs marked)."""
     from flightforge.arch import BufferConfig
@@ -148,9 +113,7 @@ def main() -> None:
     if args.power:
         print(json.dumps({"benchmark": "calibrate_power", **calibrate_power(args.out)}))
         return
-    yosys = shutil.which("yosys")
-    if yosys is None:
-        raise SystemExit("yosys is not on PATH (apt-get install yosys)")
+    yosys = yosys_binary()
     version = subprocess.run([yosys, "-V"], capture_output=True, text=True).stdout.strip()
     from flightforge.hw.buffers import Buffer
     from flightforge.hw.controller import Controller

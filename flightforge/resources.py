@@ -10,9 +10,10 @@ Per core (``cores`` copies), from the architecture config:
   and the MPE epilogue; the SFU as the earlier single-lane RTL SFU (one element per
   cycle, with the row units: divider, square root, exp table) plus, per extra lane,
   ``SFU_LANE_SHARE`` of it (an assumption). The current lane-parallel RTL SFU and tiled
-  MPE synthesise far larger (docs/rtl.md, "Area"): their unshared per-operation lane
-  datapaths and operand ports are RTL area still to be brought down, so these
-  coefficients are kept until then.
+  MPE synthesise far larger (docs/rtl.md, "Area", ``benchmarks/rtl_resources.py``):
+  the SFU now shares one datapath per lane (about 2 300 LUT and 4 DSP a lane), but the
+  MPE's operand ports and the buffers' per-user ports are RTL area still to be brought
+  down (and kv260/u280's MPE cannot be emitted yet), so these coefficients are kept.
 - **BRAM / URAM**: each buffer bank (``size / banks`` bytes, ``8 * width`` bits wide) is
   mapped to the cheapest tiling of BRAM36 aspect ratios (32K x 1 .. 512 x 72) or of
   URAM288 (4K x 72, no other aspect); buffers that would fill at least half of their
