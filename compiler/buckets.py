@@ -25,11 +25,14 @@ Policies:
   position (no padding);
 - ``fixed``: FlightLLM's artifact granularity: chunk starts grouped by 128 positions,
   decode positions by 16;
-- ``auto``: the widest buckets whose modelled latency at the bucket's top stays within a
-  bound (default 2%) of its latency at the bottom, given a latency model of one pass
-  (the analytical :func:`estimate_cycles` until a cycle model is plugged in). Growing
-  each bucket greedily to the bound gives the fewest buckets for any latency that grows
-  with length, and so the least instruction storage.
+- ``auto``: the fewest buckets whose modelled latency stays within a bound (default 2%)
+  of per-length compilation at every length. Decode steps and chunk passes attend over
+  the actual context (the length register grows the context's rows, columns and
+  reductions, see :func:`.kernels.attention`), so a run of a bucket costs what a run of
+  an exact compile does: one bucket serves every decode position, one every chunk
+  start. Whole-prompt buckets process their top length's rows; they grow greedily to
+  the bound under a latency model of one pass (the cycle model, or the analytical
+  :func:`estimate_cycles`).
 """
 
 from __future__ import annotations
@@ -122,15 +125,13 @@ class BucketPlan:
     @classmethod
     def auto(cls, max_len: int, latency: Callable[[int, int], float], bound: float,
              chunk: int) -> BucketPlan:
-        """Widest buckets whose pass at the top costs at most ``1 + bound`` times the
-        pass at the bottom; ``latency(rows, ctx)`` models one pass."""
+        """Whole-prompt buckets whose pass at the top costs at most ``1 + bound`` times
+        the pass at the bottom (``latency(rows, ctx)`` models one pass); one bucket for
+        all decode positions and one for all chunk starts, whose runs cost no padding."""
         short = ((1, 1),) + (tuple(_greedy(2, min(chunk, max_len), lambda n: latency(n, n), bound))
                              if min(chunk, max_len) >= 2 else ())
-        last_start = max_len - chunk if max_len > chunk else -1
-        starts = _greedy(0, last_start, lambda p: latency(chunk, p + chunk), bound) \
-            if last_start >= 0 else []
-        return cls(short, tuple(_greedy(1, max_len - 1, lambda p: latency(1, p + 1), bound)),
-                   tuple(starts))
+        starts = ((0, max_len - chunk),) if max_len > chunk else ()
+        return cls(short, ((1, max_len - 1),) if max_len > 1 else (), starts)
 
     def check(self, max_len: int, last_chunk: int | None = None, chunk: int | None = None) -> None:
         """Every length covered exactly once; last-row buckets inside one prefill chunk;
@@ -166,6 +167,19 @@ class BucketPlan:
             if lo <= length <= hi:
                 return lo, hi
         raise KeyError(f"no {stage} bucket holds length {length}")
+
+
+def run_latency(latency: Callable[[int, int], float], stage: str, hi: int, at: int,
+                chunk: int) -> float:
+    """Modelled latency of one run of a section of ``stage`` whose bucket ends at ``hi``,
+    run at ``at`` (the prompt length, decode position or chunk start): a whole-prompt
+    bucket processes its top length's rows; decode steps and chunk passes attend over
+    their actual context (dynamic fields), so they cost what an exact compile's run does."""
+    if stage == "prefill":
+        return latency(hi, hi)
+    if stage == "decode":
+        return latency(1, at + 1)
+    return latency(chunk, at + chunk)
 
 
 @dataclass(frozen=True)

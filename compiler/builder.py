@@ -162,10 +162,19 @@ class Builder:
                              dst_stride=buf_stride, dyn_step=dyn_step, unpack=mode))
 
     def load(self, t: Tile, ext_addr: int, ext_stride: int | None = None, dyn_step: int = 0,
-             unpack: int = 0) -> None:
+             unpack: int = 0, dyn_rows: bool = False) -> None:
         """Load a tile; ``unpack`` 2/3/4: the external rows hold packed values of that many
-        bits, widened to INT8 on load."""
+        bits, widened to INT8 on load; ``dyn_rows``: ``D`` more rows (one instruction, whose
+        rows the length register grows)."""
         row = t.cols * t.dtype.nbytes
+        if dyn_rows:
+            if unpack or dyn_step or t.rows + self.sched.d_max > ROWS_MAX or row > ROW_BYTES_MAX:
+                raise CompileError(f"a load of {t.rows}+D rows of {row} bytes cannot be one "
+                                   f"growing instruction")
+            self.emit(isa.LD(buf=t.buf, dst=t.addr, src=ext_addr, rows=t.rows, row_bytes=row,
+                             src_stride=row if ext_stride is None else ext_stride,
+                             dst_stride=t.stride, dyn_rows=1))
+            return
         ext_row = -(-row * unpack // 8) if unpack else row
         self.transfer(True, t.buf, t.addr, ext_addr, t.rows, row, t.stride,
                       ext_row if ext_stride is None else ext_stride, dyn_step, unpack)

@@ -200,21 +200,22 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
         b.free(*[t for t in slot if t is not None])
 
 
-def split(b: Builder, x: Tile, neg: PlacedParams, s: int = 0) -> tuple[Tile, Tile]:
+def split(b: Builder, x: Tile, neg: PlacedParams, s: int = 0, grow: int = 0) -> tuple[Tile, Tile]:
     """The INT8 halves ``(hi, lo)`` of a 16-bit tile (see ``SPLIT_BITS``): three SFU
-    passes, REQUANT, the negating LUT and ADD."""
+    passes, REQUANT, the negating LUT and ADD. ``grow``: the columns grow by ``D`` up
+    to that many more (probabilities over a bucket's actual context)."""
     hi_shift, lo_m1, lo_shift = split_params(s)
-    hi = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "high half")
-    lo = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "low half")
+    dyn = dict(dyn_cols=int(grow > 0))
+    hi, lo, neg_hi = (_context_tile(b, x.rows, x.cols, grow, DType.INT8, what)
+                      for what in ("high half", "low half", "negated high half"))
     b.emit(isa.MISC(op=isa.MiscOp.REQUANT, rows=x.rows, cols=x.cols, a_addr=x.addr,
                     a_stride=x.stride, a_dt=x.dtype, d_addr=hi.addr, d_stride=hi.stride,
-                    d_dt=DType.INT8, m0=1, shift=hi_shift))
-    neg_hi = b.tile(Buf.ACT, x.rows, x.cols, DType.INT8, "negated high half")
-    table_op(b, isa.MiscOp.LUT, hi, neg, neg_hi)
+                    d_dt=DType.INT8, m0=1, shift=hi_shift, **dyn))
+    table_op(b, isa.MiscOp.LUT, hi, neg, neg_hi, **dyn)
     b.emit(isa.MISC(op=isa.MiscOp.ADD, rows=x.rows, cols=x.cols, a_addr=x.addr,
                     a_stride=x.stride, a_dt=x.dtype, b_addr=neg_hi.addr, b_stride=neg_hi.stride,
                     b_dt=DType.INT8, d_addr=lo.addr, d_stride=lo.stride, d_dt=DType.INT8,
-                    m0=1, m1=lo_m1, shift=lo_shift))
+                    m0=1, m1=lo_m1, shift=lo_shift, **dyn))
     b.free(neg_hi)
     return hi, lo
 
@@ -254,9 +255,10 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
 
     The caches are INT8 ``[position][head_dim]`` in external memory; K is read as an
     ``[N][K]`` weight tile, V as a ``[K][N]`` one (``wkn``). ``dyn``: the rows are at
-    ``pos0 + D``; ``ctx`` is then the bucket's padded context, and the causal mask, which
-    moves with ``D``, gives the columns beyond the real context probability 0, so the
-    padded products add exact zeros.
+    ``pos0 + D`` and ``ctx`` is the bucket's largest context; the context grows with
+    ``D`` from ``ctx - d_max`` (``dyn_rows`` of the cache loads, ``dyn_n``/``dyn_k`` of
+    the products, ``dyn_cols`` of the softmax), so a run computes over its actual
+    context and costs what an exact-length compile does. Buffers are sized for ``ctx``.
 
     Block-sparse causal attention: the query rows run in blocks of the MM tile height
     (at least ``ATTENTION_BLOCK_MIN``), and each block's score, softmax and PV products
@@ -266,35 +268,47 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
     """
     d = q.cols
     rows = q.rows
-    kt = b.tile(Buf.WGT, ctx, d, DType.INT8, "K cache tile")
-    b.load(kt, k_cache)
-    vt = b.tile(Buf.WGT, ctx, d, DType.INT8, "V cache tile")
-    b.load(vt, v_cache)
+    grow = b.sched.d_max if dyn else 0  # context columns the largest D adds
+    dctx = dict(dyn_n=int(dyn), dyn_k=0), dict(dyn_n=0, dyn_k=int(dyn))
+    kt, vt = (_cache_tile(b, base, ctx, grow, d, what)
+              for base, what in ((k_cache, "K cache tile"), (v_cache, "V cache tile")))
     m0, sh = softmax_params(q.scale, s_k, d)
     mult, psh = pv_params(s_v, out.scale)
     block = max(b.arch.mpe.mm.m, ATTENTION_BLOCK_MIN)
     for r0 in range(0, rows, block):
         br = min(block, rows - r0)
-        n = ctx - rows + r0 + br  # columns up to the block's last row's causal limit
-        scores = b.tile(Buf.ACT, br, n, DType.INT32, "attention scores")
+        n = ctx - grow - rows + r0 + br  # columns up to the block's last row's causal limit
+        scores = _context_tile(b, br, n, grow, DType.INT32, "attention scores")
         _matmul(b, q.view(row=r0, rows=br), n=n, k=d, w_addr=kt.addr, d_addr=scores.addr,
-                d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0)
-        probs = _softmax(b, scores, DType.INT8, m0, sh, pos0 + r0, dyn)
+                d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **dctx[0])
+        probs = _softmax(b, scores, DType.INT8, m0, sh, pos0 + r0, dyn, grow)
         _matmul(b, probs, n=d, k=n, w_addr=vt.addr, wkn=1, d_addr=out.at(r0),
-                d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh)
+                d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh, **dctx[1])
         b.free(probs)
     b.free(kt, vt)
 
 
+def _cache_tile(b: Builder, base: int, ctx: int, grow: int, d: int, what: str) -> Tile:
+    """A KV-cache tile sized for ``ctx`` positions, loaded for ``ctx - grow + D``."""
+    t = b.tile(Buf.WGT, ctx, d, DType.INT8, what)
+    b.load(t.view(rows=ctx - grow), base, dyn_rows=grow > 0)
+    return t
+
+
+def _context_tile(b: Builder, rows: int, cols: int, grow: int, dt: DType, what: str) -> Tile:
+    """A ``rows x cols`` view of a tile with room for ``grow`` more columns."""
+    return b.tile(Buf.ACT, rows, cols + grow, dt, what).view(cols=cols)
+
+
 def _softmax(b: Builder, scores: Tile, dt: DType, m0: int, shift: int, pos: int,
-             dyn: bool) -> Tile:
-    """Causal softmax of a block of INT32 scores (rows at ``pos..``) into probabilities
-    of type ``dt``; frees the scores."""
-    probs = b.tile(Buf.ACT, scores.rows, scores.cols, dt, "attention probabilities")
+             dyn: bool, grow: int = 0) -> Tile:
+    """Causal softmax of a block of INT32 scores (rows at ``pos..``, ``grow`` more
+    columns at the largest D) into probabilities of type ``dt``; frees the scores."""
+    probs = _context_tile(b, scores.rows, scores.cols, grow, dt, "attention probabilities")
     b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=scores.rows, cols=scores.cols,
                     a_addr=scores.addr, a_stride=scores.stride, a_dt=DType.INT32,
                     d_addr=probs.addr, d_stride=probs.stride, d_dt=dt, m0=m0, shift=shift,
-                    pos=pos, causal=1, dyn_pos=int(dyn)))
+                    pos=pos, causal=1, dyn_pos=int(dyn), dyn_cols=int(grow > 0)))
     b.free(scores)
     return probs
 
@@ -335,11 +349,8 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
     qh, ql = q
     d = qh.cols
     rows = qh.rows
-    caches = []
-    for base in (*k_planes, *v_planes):
-        t = b.tile(Buf.WGT, ctx, d, DType.INT8, "KV cache plane")
-        b.load(t, base)
-        caches.append(t)
+    grow = b.sched.d_max if dyn else 0
+    caches = [_cache_tile(b, base, ctx, grow, d, "KV cache plane") for base in (*k_planes, *v_planes)]
     kh, kl, vh, vl = caches
     m0, sh = softmax_params(s_q * HI_MULT, s_k, d)
     mult, psh = pv16_params(s_v, out.scale)
@@ -349,22 +360,22 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
         if br > 1 and out.stride < d * DType.INT32.nbytes:
             raise CompileError(f"attention output rows of {out.stride} B cannot hold the INT32 "
                                f"partial sums of a {d}-wide 16-bit PV product")
-        n = ctx - rows + r0 + br
+        n = ctx - grow - rows + r0 + br
         q_rows = (qh.view(row=r0, rows=br), ql.view(row=r0, rows=br))
-        scratch = tuple(b.tile(Buf.ACT, br, n, DType.INT32, f"attention score partial sums {i}")
+        scratch = tuple(_context_tile(b, br, n, grow, DType.INT32, f"attention score partial sums {i}")
                         for i in range(2))
-        scores = b.tile(Buf.ACT, br, n, DType.INT32, "attention scores")
+        scores = _context_tile(b, br, n, grow, DType.INT32, "attention scores")
         _split_product(b, q_rows, (kh.addr, kl.addr), scores.addr, scores.stride, DType.INT32,
-                       1, 0, scratch, n=n, k=d)
+                       1, 0, scratch, n=n, k=d, dyn_n=int(dyn))
         b.free(*scratch)
-        probs = _softmax(b, scores, DType.INT16, m0, sh, pos0 + r0, dyn)
-        p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT)
+        probs = _softmax(b, scores, DType.INT16, m0, sh, pos0 + r0, dyn, grow)
+        p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT, grow)
         b.free(probs)
         psum_bytes = out.stride if br > 1 else d * DType.INT32.nbytes
         scratch = tuple(b.tile(Buf.ACT, br, psum_bytes, DType.INT8, f"attention PV partial sums {i}")
                         for i in range(2))
         _split_product(b, p_halves, (vh.addr, vl.addr), out.at(r0), out.stride, out.dtype,
-                       mult, psh, scratch, n=d, k=n, wkn=1)
+                       mult, psh, scratch, n=d, k=n, wkn=1, dyn_k=int(dyn))
         b.free(*scratch, *p_halves)
     b.free(*caches)
 
@@ -429,12 +440,13 @@ def norm(b: Builder, x: Tile, params: PlacedParams, out: Tile, *, layer: bool, e
     b.free(glb)
 
 
-def table_op(b: Builder, op: isa.MiscOp, x: Tile, params: PlacedParams, out: Tile) -> None:
-    """SILU or GELU through a 256-entry table of the output type."""
+def table_op(b: Builder, op: isa.MiscOp, x: Tile, params: PlacedParams, out: Tile,
+             dyn_cols: int = 0) -> None:
+    """A 256-entry table (SILU, GELU, RELU, LUT) of the output type."""
     glb = _with_params(b, params)
     b.emit(isa.MISC(op=op, rows=x.rows, cols=x.cols, a_addr=x.addr, a_stride=x.stride,
                     a_dt=x.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
-                    p_addr=glb.addr))
+                    p_addr=glb.addr, dyn_cols=dyn_cols))
     b.free(glb)
 
 

@@ -302,7 +302,7 @@ BUCKET_POLICIES = ("per-length", "fixed", "auto")
 
 
 def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPlan | str,
-              bound: float = 0.02, chunk: int = 1, latency: str = "analytical") -> BucketPlan:
+              bound: float = 0.02, chunk: int = 1, latency: str = "cycle") -> BucketPlan:
     """The bucket plan a policy gives for this model and target (``chunk``: prefill rows
     per pass; ``latency``: the auto policy's model, ``analytical`` or ``cycle``)."""
     if isinstance(policy, BucketPlan):
@@ -376,13 +376,13 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
                   last_logits_only: bool = False, lengths: list[int] | range | None = None,
                   metadata: dict | None = None,
                   buckets: BucketPlan | str | None = None, bucket_bound: float = 0.02,
-                  bucket_latency: str = "analytical") -> Program:
+                  bucket_latency: str = "cycle") -> Program:
     """Compile prefill for prompt lengths 1..max_len and decode for positions 1..max_len-1.
 
     ``buckets`` groups lengths into sections (one per bucket and stage): a
     :class:`BucketPlan`, or a policy name: ``per-length`` (the default), ``fixed``
-    (FlightLLM's artifact: prefill by 128, decode by 16) or ``auto`` (widest buckets
-    within ``bucket_bound`` modelled latency overhead). ``lengths`` restricts the sections compiled to the buckets
+    (FlightLLM's artifact: prefill by 128, decode by 16) or ``auto`` (the fewest buckets
+    within ``bucket_bound`` modelled latency overhead, under ``bucket_latency``). ``lengths`` restricts the sections compiled to the buckets
     holding those lengths (e.g. one length for a quick performance run);
     ``last_logits_only`` computes the LM head for the last prompt row only, as serving
     does (generation then needs no other row).

@@ -41,7 +41,7 @@ class CompileOptions:
     prune: str = "magnitude"  #: N:M pruning of sparse layers: magnitude or sparsegpt
     buckets: str | BucketPlan = "per-length"  #: per-length, fixed (FlightLLM's), auto, or a plan
     bucket_bound: float = 0.02  #: auto buckets: modelled latency overhead allowed per length
-    bucket_latency: str = "analytical"  #: auto buckets' latency model: analytical or cycle
+    bucket_latency: str = "cycle"  #: auto buckets' latency model: cycle or analytical
 
 
 @dataclass(frozen=True)

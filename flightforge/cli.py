@@ -399,9 +399,9 @@ def demo(target: str, save_dir: Path | None) -> None:
                                       "--bucket-bound.")
 @click.option("--bucket-bound", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="--buckets auto: modelled latency overhead allowed at any length.")
-@click.option("--bucket-latency", type=click.Choice(["analytical", "cycle"]), default="analytical",
-              show_default=True, help="--buckets auto: latency model of a pass (the cycle model "
-                                      "is exact for our timing but takes minutes on 7B models).")
+@click.option("--bucket-latency", type=click.Choice(["analytical", "cycle"]), default="cycle",
+              show_default=True, help="--buckets auto: latency model of a whole-prompt pass "
+                                      "(the cycle model; the analytical roofline is faster).")
 @_clean_errors
 def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
                 max_len: int | None, lengths: str | None, weight_bits: str,

@@ -17,7 +17,10 @@ length bucket). The host runs it with the actual length ``R`` and the core deriv
 ``D = R - len_lo``; a few fields are *dynamic*: the effective value is the static field
 plus ``D`` times a step held in the instruction (``dyn_step`` of LD/ST moves the external
 address, ``a_step`` of MISC moves the operand address, ``dyn_pos`` of MISC adds ``D`` to
-``pos``). :func:`resolve` gives the static instruction for a ``D``; with ``D = 0`` every
+``pos``, and the context of attention grows with ``D``: ``dyn_rows`` of LD, ``dyn_n`` and
+``dyn_k`` of MM/MV and ``dyn_cols`` of MISC add ``D`` to the rows, N, K and columns, so a
+bucket's stream computes over the actual context, not the bucket's largest).
+:func:`resolve` gives the static instruction for a ``D``; with ``D = 0`` every
 instruction is its own resolution, so single-length sections need no dynamic fields.
 
 Encoding: every instruction is ``INSTR_WORDS`` little-endian 32-bit words. Bit 0 of
@@ -327,6 +330,7 @@ class LD(Instruction):
     dst_stride: int = _f(BUF_STRIDE_BITS, "bytes between row starts in the buffer")
     dyn_step: int = _f(EXT_STRIDE_BITS, "src moves by D * dyn_step (length-adaptive sections)")
     unpack: Unpack = _f(2, "widen packed low-bit values to INT8 on load", Unpack, Unpack.NONE)
+    dyn_rows: int = _f(1, "rows grow by D (a KV-cache tile over the actual context)")
 
     @property
     def src_row_bytes(self) -> int:
@@ -388,6 +392,8 @@ class _MatMul(Instruction):
     odt: DType = _f(2, "output element type", DType, DType.INT8)
     mult: int = _f(MULT_BITS, "requantisation multiplier when colp is 0")
     shift: int = _f(SHIFT_BITS, "requantisation right shift")
+    dyn_n: int = _f(1, "n grows by D (attention scores over the actual context)")
+    dyn_k: int = _f(1, "k grows by D (a PV product over the actual context)")
 
     @property
     def rows(self) -> int:
@@ -468,6 +474,7 @@ class MISC(Instruction):
     eps: int = _f(16, "RMSNORM/LAYERNORM: epsilon in squared input units")
     a_step: int = _f(BUF_STRIDE_BITS, "a_addr moves by D * a_step (length-adaptive sections)")
     dyn_pos: int = _f(1, "pos moves by D (length-adaptive sections)")
+    dyn_cols: int = _f(1, "cols grow by D (a softmax over the actual context)")
 
     def _check(self) -> None:
         _nonzero(self, "rows", "cols")
@@ -488,9 +495,11 @@ class MISC(Instruction):
 #: the static field plus ``D * step`` (the functional simulator, the cycle model and the
 #: RTL's length register all apply this table).
 DYNAMIC_FIELDS: dict[type[Instruction], tuple[tuple[str, str], ...]] = {
-    LD: (("dyn_step", "src"),),
+    LD: (("dyn_step", "src"), ("dyn_rows", "rows")),
     ST: (("dyn_step", "dst"),),
-    MISC: (("a_step", "a_addr"), ("dyn_pos", "pos")),
+    MM: (("dyn_n", "n"), ("dyn_k", "k")),
+    MV: (("dyn_n", "n"), ("dyn_k", "k")),
+    MISC: (("a_step", "a_addr"), ("dyn_pos", "pos"), ("dyn_cols", "cols")),
 }
 
 

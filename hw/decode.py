@@ -108,6 +108,10 @@ def unit_members(unit: isa.Unit) -> dict[str, wiring.Member]:
     return {"instr": In(unit_bits(unit)), "start": In(1), "done": Out(1)}
 
 
+def _slice(cls: type[isa.Instruction], name: str) -> tuple[int, int]:
+    return next((lsb, width) for n, lsb, width, _ in isa.layout(cls) if n == name)
+
+
 def resolve_dynamic(m: Module, unit: isa.Unit, word: Value, d: Value) -> Value:
     """``word`` (an instruction for ``unit``) with its dynamic fields applied for ``D = d``:
     :data:`flightforge.isa.DYNAMIC_FIELDS` in hardware, the length register's adders.
@@ -119,7 +123,13 @@ def resolve_dynamic(m: Module, unit: isa.Unit, word: Value, d: Value) -> Value:
     classes = [c for c in isa.DYNAMIC_FIELDS if c.UNIT == unit]
     if not classes:
         return word
-    (cls,) = classes
+    # One unit's classes (MM and MV) hold their dynamic fields at the same bits, so one
+    # set of adders serves them all.
+    cls = classes[0]
+    for other in classes[1:]:
+        assert isa.DYNAMIC_FIELDS[other] == isa.DYNAMIC_FIELDS[cls] and all(
+            _slice(other, f) == _slice(cls, f) for pair in isa.DYNAMIC_FIELDS[cls] for f in pair), \
+            f"{other.__name__} and {cls.__name__} place their dynamic fields differently"
     out = Signal(isa.INSTR_BITS, name=f"{unit.name.lower()}_resolved")
     src, dst = view(cls, word), data.View(instr_layout(cls), out)
     m.d.comb += out.eq(word)

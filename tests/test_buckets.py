@@ -10,12 +10,13 @@ from hypothesis import given, strategies as st
 from flightforge import isa
 from flightforge.compiler.buckets import BucketPlan
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.lower import make_plan
+from flightforge.compiler.lower import LATENCY_MODELS, make_plan
 from flightforge.compiler.memory import CompileError
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.generate import generate
 from flightforge.mappings import load_target
 from flightforge.sim.device import DeviceError
+from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.functional import FunctionalSim
 
 TINY = load_target("tiny")
@@ -94,13 +95,42 @@ def test_plans_cover_every_length_once():
 
 
 def test_auto_policy_grows_buckets_to_the_latency_bound():
+    """Whole-prompt buckets grow to the bound; decode positions and chunk starts, whose
+    runs attend over their actual context, share one bucket each."""
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
     c = compile_decoder(prog, load_target("u280"), CompileOptions(max_len=64, lengths=(1,)))
-    plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.02, chunk=4)
-    plan.check(64, 4, chunk=4)
-    tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=4)
-    size = lambda p: len(p.chunk_starts) + len(p.decode)  # noqa: E731
-    assert size(plan) < size(tight)
+    for latency in LATENCY_MODELS:
+        plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.2, chunk=40, latency=latency)
+        plan.check(64, 40, chunk=40)
+        assert plan.decode == ((1, 63),) and plan.chunk_starts == ((0, 24),)
+        tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=40, latency=latency)
+        assert len(plan.prefill) < len(tight.prefill), latency
+
+
+def test_a_bucketed_run_costs_what_the_exact_compile_does():
+    """The context grows with D, so a decode bucket's run at position p takes the cycles
+    of the section compiled for p alone (the cycle model, prefill chunks too)."""
+    prog = random_decoder(DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True), seed=5)
+    opts = dict(max_len=100, last_logits_only=True)
+    bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets="auto")).program
+    meta = bucketed.metadata["decoder"]
+    chunk, top = meta["prefill_chunk"], opts["max_len"] - meta["prefill_chunk"]
+    assert meta["buckets"]["decode"] == [[1, 99]] and meta["buckets"]["chunk_starts"] == [[0, top]]
+    per_start = BucketPlan(prefill=tuple(map(tuple, meta["buckets"]["prefill"])),
+                           decode=tuple((p, p) for p in range(1, 100)),
+                           chunk_starts=tuple((p, p) for p in range(top + 1)))
+    exact = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=per_start,
+                                                       lengths=(3, 50, 99, 100, chunk + 3))).program
+    runs = [("decode", 3), ("decode", 50), ("decode", 99), ("prefill_chunk", 3),
+            ("prefill_chunk", top), ("prefill_final", top)]
+    for stage, at in runs:
+        got, want = CycleModel(TINY), CycleModel(TINY)
+        got.load(bucketed)
+        want.load(exact)
+        lo = 1 if stage == "decode" else 0
+        hi = 99 if stage == "decode" else top
+        assert got.run(f"{stage}_{lo}_{hi}", at).cycles == want.run(f"{stage}_{at}", at).cycles, \
+            (stage, at)
 
 
 @given(length=st.integers(2, 5000), chunk=st.integers(1, 300))
