@@ -220,7 +220,7 @@ class Report:
     decode_steps: int
     prefill_cycles: int
     decode_cycles: int
-    decode_method: str  #: exact | per-bucket | interpolated (see docs/cycle_model.md)
+    decode_method: str  #: exact | sampled | interpolated (see docs/cycle_model.md)
     decode_samples: list[dict[str, Any]]  #: position, section, d, cycles of every run
     busy: dict[str, int]
     stalls: dict[str, dict[str, int]]
@@ -315,20 +315,32 @@ def _accumulate(total: dict, part: dict, weight: float) -> None:
             total[k] = total.get(k, 0) + v * weight
 
 
+#: Decode positions of one bucket timed by the cycle model: every ``DECODE_SAMPLE_STRIDE``-th
+#: and the first and last the request reaches; the rest are interpolated between them.
+DECODE_SAMPLE_STRIDE = 16
+
+
 def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: int, *,
-             params: TimingParams = TimingParams(), interpolate: bool = False) -> Report:
+             params: TimingParams = TimingParams(), interpolate: bool = False,
+             sample_stride: int = DECODE_SAMPLE_STRIDE) -> Report:
     """Time a request: prefill of ``prompt_len`` tokens, then ``decode_steps`` steps.
 
     The prefill is the runs :func:`flightforge.generate.prefill_runs` gives (one section,
     or the chunk passes of a chunked program), exactly as a host would issue them.
 
     Decode step ``j`` runs at position ``prompt_len + j``. A position the program has a
-    section for runs that section; all positions in one bucket run the same stream,
-    timed once at the first of them this request reaches (``per-bucket``; with one
-    section per length that is ``exact``). Positions with no section are an error,
-    unless ``interpolate``: their cycles are then interpolated linearly between the
-    nearest simulated positions below and above (never extrapolated).
+    section for runs that section with ``D`` for that position. A bucket's stream
+    attends over the actual context, so its cycles grow with the position: the model
+    runs the first and last position of each bucket the request reaches and every
+    ``sample_stride``-th in between, and gives the others the linear interpolation of
+    their neighbours (``sampled``; decode time is affine in the context up to tile
+    rounding). ``sample_stride=1``, or one section per length, times every position
+    (``exact``). Positions with no section are an error, unless ``interpolate``: their
+    cycles are then interpolated between the nearest simulated positions below and
+    above (never extrapolated).
     """
+    if sample_stride < 1:
+        raise DeviceError(f"sample_stride must be at least 1, not {sample_stride}")
     if prompt_len < 1 or decode_steps < 0:
         raise DeviceError(f"prompt_len must be >= 1 and decode_steps >= 0, not "
                           f"{prompt_len} and {decode_steps}")
@@ -358,9 +370,16 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     samples: dict[int, SectionRun] = {}
     counts: dict[int, float] = defaultdict(float)
     for name, ps in by_section.items():
-        model.run(name, ps[0])
-        samples[ps[0]] = model.runs[-1]
-        counts[ps[0]] += len(ps)
+        timed = [p for p in ps if (p - ps[0]) % sample_stride == 0 or p == ps[-1]]
+        for p in timed:
+            model.run(name, p)
+            samples[p] = model.runs[-1]
+            counts[p] += 1
+        for lo, hi in zip(timed, timed[1:]):
+            for p in range(lo + 1, hi):
+                w = (p - lo) / (hi - lo)
+                counts[lo] += 1 - w
+                counts[hi] += w
     if missing:
         known = sorted(samples)
         extra = [s for s in decode_secs if s.name not in by_section]
@@ -397,10 +416,10 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
         stored += run.bytes_stored * w
     if missing:
         method = "interpolated"
-    elif all(len(ps) == 1 for ps in by_section.values()):
+    elif len(samples) == sum(len(ps) for ps in by_section.values()):
         method = "exact"
     else:
-        method = "per-bucket"
+        method = "sampled"
     timing = model.timing
     sample_rows = [{"position": p, "section": r.section, "d": r.d, "cycles": r.cycles,
                     "weight": counts.get(p, 0.0)} for p, r in sorted(samples.items())]

@@ -16,6 +16,7 @@ import pytest
 
 from flightforge import isa
 from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.buckets import BucketPlan
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.isa import Buf, DType, MiscOp, SparseMode, Unit, WPrec
 from flightforge.mappings import load_target
@@ -295,6 +296,28 @@ def test_missing_decode_positions_are_interpolated_only_on_request(compiled):
     assert rep.decode_cycles == round(c[4] + c[5] + c[6] + (c[6] + c[8]) / 2 + c[8])
     with pytest.raises(DeviceError, match="never extrapolates"):
         simulate(compiled, TINY, prompt_len=4, decode_steps=6, interpolate=True)
+
+
+def test_a_decode_bucket_is_sampled_and_interpolated_along_its_positions():
+    """A bucket's stream attends over the actual context: its cycles grow with the
+    position, the model times every 16th position, and the sum matches timing each one."""
+    shape = DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True)
+    prog = random_decoder(shape, seed=3)
+    plan = BucketPlan(prefill=tuple((n, n) for n in range(1, 61)), decode=((1, 59),))
+    bucketed = compile_decoder(prog, TINY, CompileOptions(max_len=60, buckets=plan,
+                                                          lengths=(4,))).program
+    exact = compile_decoder(prog, TINY, CompileOptions(max_len=60, lengths=(4,) + tuple(
+        range(4, 44)))).program
+    sampled = simulate(bucketed, TINY, prompt_len=4, decode_steps=40)
+    every = simulate(bucketed, TINY, prompt_len=4, decode_steps=40, sample_stride=1)
+    assert sampled.decode_method == "sampled" and every.decode_method == "exact"
+    assert [s["position"] for s in sampled.decode_samples] == [4, 20, 36, 43]
+    assert every.decode_cycles == simulate(exact, TINY, prompt_len=4, decode_steps=40).decode_cycles
+    cycles = [s["cycles"] for s in every.decode_samples]
+    assert cycles[-1] > cycles[0]
+    assert sampled.decode_cycles == pytest.approx(every.decode_cycles, rel=0.005)
+    with pytest.raises(DeviceError, match="sample_stride must be at least 1"):
+        simulate(bucketed, TINY, prompt_len=4, decode_steps=2, sample_stride=0)
 
 
 def test_more_cores_are_faster_on_the_same_program(compiled):
