@@ -20,7 +20,7 @@ shift))`` written in the same cycle. An instruction of ``T`` fetch cycles is don
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from flightforge import isa, formats
@@ -310,56 +310,94 @@ class MatrixEngine(wiring.Component):
                                             mp_[j].rdata.word_select(b, 8))
         # tags of the fired step
         fv = Signal()
-        f_sk = Signal.like(sk)
         f_ent = Signal.like(ent)
         f_last = Signal()
         f_first = Signal()
         f_c0, f_r0 = Signal.like(c0), Signal.like(rt_row)
         f_d = Signal(A)
         f_done = Signal()
-        m.d.sync += [fv.eq(fire), f_done.eq(last_issue), f_sk.eq(sk), f_ent.eq(ent), f_last.eq(last_step),
+        m.d.sync += [fv.eq(fire), f_done.eq(last_issue), f_ent.eq(ent), f_last.eq(last_step),
                      f_first.eq(s == 0), f_c0.eq(c0), f_r0.eq(rt_row), f_d.eq(d_base)]
         f_int4 = int4 & ~wkn
-        # MAC inputs
+        # MAC inputs. ``sk`` is a multiple of the mode's ``k`` and a MAC's entry ``i < k`` is
+        # a constant, so the block of the step's span holding entry ``i`` is ``i >> log2(N)``
+        # for every N:M mode (``(sk mod N) + i < N`` when ``N > k``): a MAC's activation
+        # window and index are constant slices, one per sparse mode, not shifts. Windows
+        # depend on (row, entry), indices and weights on (column, entry): built once each.
+        wins, macw, maci = {}, {}, {}
+
+        def window(nm, r, i):
+            if (nm, r, i) not in wins:
+                apr = self.apr[nm]
+                rowdata = Cat(*(p.rdata for p in act_ports[r * apr:(r + 1) * apr]))
+                padded = Cat(rowdata, Const(0, 8 * self.window))
+                wins[nm, r, i] = w = Signal(8 * self.window, name=f"win_{nm}{r}_{i}")
+                by_off = {}
+                for mode in isa.SparseMode:
+                    if mode.is_sparse:
+                        by_off.setdefault((i >> lg(mode.n)) << lg(mode.m), []).append(mode)
+                with m.Switch(f["sparse"]):
+                    with m.Case(isa.SparseMode.DENSE):
+                        m.d.comb += w.eq(rowdata.word_select(i, 8))
+                    for off, modes in by_off.items():
+                        with m.Case(*modes):
+                            m.d.comb += w.eq(padded[8 * off:8 * (off + self.window)])
+                    with m.Default():  # no N:M mode: lm = ln = 0, the window at byte i
+                        m.d.comb += w.eq(padded[8 * i:8 * (i + self.window)])
+            return wins[nm, r, i]
+
+        def weight(j, i):
+            if (j, i) not in macw:
+                macw[j, i] = wv = Signal(signed(8), name=f"wv{j}_{i}")
+                lo, hi = wst_n[j].word_select(i, 8), wst_n[j].word_select(i >> 1, 8)
+                nib = hi[4:8] if i % 2 else hi[0:4]
+                m.d.comb += wv.eq(Mux(i < f_ent, Mux(f_int4, nib.as_signed(), lo.as_signed()), 0))
+            return macw[j, i]
+
+        def index(j, i):
+            if (j, i) not in maci:
+                maci[j, i] = iv = Signal(range(self.window), name=f"iv{j}_{i}")
+                with m.Switch(f["sparse"]):
+                    with m.Case(isa.SparseMode.DENSE):
+                        m.d.comb += iv.eq(0)
+                    for mode in isa.SparseMode:
+                        if mode.is_sparse:
+                            b = 1 << (formats.index_bits(mode).bit_length() - 1)
+                            with m.Case(mode):
+                                m.d.comb += iv.eq(mst_n[j][i * b:(i + 1) * b])
+                    with m.Default():
+                        m.d.comb += iv.eq(mst_n[j][i:i + 1])
+            return maci[j, i]
+
         for g in range(len(chains) * self.macs):
             ch, mac = divmod(g, self.macs)
             chain = chains[ch]
-            wv = Signal(signed(8), name=f"w{g}")
-            iv = Signal(range(self.window), name=f"i{g}")
-            win = Signal(8 * self.window, name=f"win{g}")
             for nm, (rm, n, k) in self.modes.items():
                 seg, i = divmod(g, k)
                 r, j = divmod(seg, n)
                 if r >= rm:
                     continue
-                apr = self.apr[nm]
-                rowdata = Cat(*(p.rdata for p in act_ports[r * apr:(r + 1) * apr]))
+                ops = window(nm, r, i), weight(j, i), index(j, i)  # (built outside the If)
                 with m.If(is_mm if nm == "mm" else ~is_mm):
-                    byte = wst_n[j].word_select(Mux(f_int4, i >> 1, i), 8)
-                    nib = byte[4:8] if i % 2 else byte[0:4]
-                    ok = (i < f_ent)
-                    m.d.comb += wv.eq(Mux(ok, Mux(f_int4, nib.as_signed(), byte.as_signed()), 0))
-                    idx = (mst_n[j] >> (Const(i, 8) << lib)) & ((Const(1, 5) << (Const(1, 4) << lib)) - 1)
-                    blk = (((f_sk & ((Const(1, 8) << ln) - 1)[:8]) + i) >> ln).as_unsigned()
-                    with m.If(sparse):
-                        m.d.comb += [iv.eq(idx),
-                                     win.eq(Cat(rowdata, Const(0, 8 * self.window)).bit_select(
-                                         (blk << lm) << 3, 8 * self.window))]
-                    with m.Else():
-                        m.d.comb += [iv.eq(0), win.eq(rowdata.word_select(i, 8))]
-            m.d.comb += [chain.act[mac].eq(win), chain.wgt[mac].eq(wv), chain.idx[mac].eq(iv),
-                         chain.valid.eq(fv)]
-        # cuts: segment ends and scale-group ends
-        cutsig = {}
+                    m.d.comb += [chain.act[mac].eq(ops[0]), chain.wgt[mac].eq(ops[1]),
+                                 chain.idx[mac].eq(ops[2])]
+            m.d.comb += chain.valid.eq(fv)
+        # cuts: segment ends and scale-group ends. ``sk`` is a multiple of ``k`` and
+        # ``i + 2 <= k``: ``sk + i + 2`` ends a group of ``2**lge`` entries iff ``i + 2`` does
+        # (for a group longer than ``k`` only ``i + 2 == k`` can, a segment end anyway).
+        group_mask = Signal(32)
+        m.d.comb += group_mask.eq((Const(1, 32) << lge) - 1)
+
+        def ends(i, k):
+            return Const(int(i + 2 == k), 1) | (gsz_on & ((Const(i + 2, 32) & group_mask) == 0))
+
         for ch, chain in enumerate(chains):
             for gg in range(self.G):
                 g = ch * self.macs + 2 * gg  # first MAC of the DSP group
                 cut = Signal(name=f"cut{ch}_{gg}")
                 for nm, (rm, n, k) in self.modes.items():
-                    i = g % k
                     with m.If(is_mm if nm == "mm" else ~is_mm):
-                        gend = gsz_on & ((((f_sk + i + 2) & ((Const(1, 32) << lge) - 1)) == 0))
-                        m.d.comb += cut.eq(Const(int(i + 2 == k), 1) | gend)
+                        m.d.comb += cut.eq(ends(g % k, k))
                 m.d.comb += chain.cut[gg].eq(cut)
         # --- stage F+2: scale, accumulate, epilogue, write ----------------------------------
         D = 2
@@ -371,7 +409,7 @@ class MatrixEngine(wiring.Component):
                 cur = r
             return cur
         ev = dl(fv, "ev")
-        e_sk, e_last, e_first = dl(f_sk, "esk"), dl(f_last, "elast"), dl(f_first, "efirst")
+        e_last, e_first = dl(f_last, "elast"), dl(f_first, "efirst")
         e_c0, e_r0, e_d = dl(f_c0, "ec0"), dl(f_r0, "er0"), dl(f_d, "ed")
         scales = [dl(p.rdata, f"sc{j}") for j, p in enumerate(scale_ports)]
         recs = [dl(p.rdata, f"rec{i}") for i, p in enumerate(rec_ports)]
@@ -396,9 +434,8 @@ class MatrixEngine(wiring.Component):
                         gg //= 2
                         sm = chains[ch].sums[gg]
                         ended = Signal(name=f"end{t}_{q}_{nm}")
-                        m.d.comb += ended.eq(Const(int(2 * q + 2 == k), 1) |
-                                             (gsz_on & (((e_sk + 2 * q + 2) & ((Const(1, 32) << lge) - 1)) == 0)))
-                        li = ((e_sk + 2 * q) >> lge) - (e_sk >> lge)
+                        m.d.comb += ended.eq(ends(2 * q, k))
+                        li = Const(2 * q) >> lge  # the group of entry 2q in the step's scales
                         sc = scales[j].word_select(li[:max(1, (len(scales[j]) // 8 - 1).bit_length())], 8) \
                             if len(scales[j]) > 8 else scales[j]
                         terms.append(Mux(ended, sm * Mux(gsz_on, sc, 1), 0))
