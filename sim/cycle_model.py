@@ -330,12 +330,12 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
 
     Decode step ``j`` runs at position ``prompt_len + j``. A position the program has a
     section for runs that section with ``D`` for that position. A bucket's stream
-    attends over the actual context, so its cycles grow with the position: the model
-    runs the first and last position of each bucket the request reaches and every
-    ``sample_stride``-th in between, and gives the others the linear interpolation of
-    their neighbours (``sampled``; decode time is affine in the context up to tile
-    rounding). ``sample_stride=1``, or one section per length, times every position
-    (``exact``). Positions with no section are an error, unless ``interpolate``: their
+    attends over the actual context, so its cycles grow with the position as an exact
+    compile's do: of the positions that run a bucket, the model times every
+    ``sample_stride``-th and the last, each with its own section, and gives the others
+    the linear interpolation of their timed neighbours (``sampled``; decode time is
+    affine in the context up to tile rounding). Positions with a section of their own,
+    or every position with ``sample_stride=1``, are all timed (``exact``). Positions with no section are an error, unless ``interpolate``: their
     cycles are then interpolated between the nearest simulated positions below and
     above (never extrapolated).
     """
@@ -369,14 +369,18 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
                           f"pass interpolate=True")
     samples: dict[int, SectionRun] = {}
     counts: dict[int, float] = defaultdict(float)
-    for name, ps in by_section.items():
-        timed = [p for p in ps if (p - ps[0]) % sample_stride == 0 or p == ps[-1]]
-        for p in timed:
-            model.run(name, p)
-            samples[p] = model.runs[-1]
-            counts[p] += 1
-        for lo, hi in zip(timed, timed[1:]):
-            for p in range(lo + 1, hi):
+    section_of = {p: name for name, ps in by_section.items() for p in ps}
+    bucketed = [p for p in sorted(section_of) if len(by_section[section_of[p]]) > 1 or
+                program.section(section_of[p]).len_hi > program.section(section_of[p]).len_lo]
+    timed = sorted(set(section_of) - set(bucketed) | set(bucketed[::sample_stride])
+                   | set(bucketed[-1:]))
+    for p in timed:
+        model.run(section_of[p], p)
+        samples[p] = model.runs[-1]
+        counts[p] += 1
+    for lo, hi in zip(timed, timed[1:]):
+        for p in range(lo + 1, hi):
+            if p in section_of:
                 w = (p - lo) / (hi - lo)
                 counts[lo] += 1 - w
                 counts[hi] += w
