@@ -317,7 +317,7 @@ def _accumulate(total: dict, part: dict, weight: float) -> None:
 
 #: Decode positions of one bucket timed by the cycle model: every ``DECODE_SAMPLE_STRIDE``-th
 #: and the first and last the request reaches; the rest are interpolated between them.
-DECODE_SAMPLE_STRIDE = 16
+DECODE_SAMPLE_STRIDE = 32
 
 
 def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: int, *,
