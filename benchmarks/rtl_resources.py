@@ -22,6 +22,12 @@ model's banking rule (checked against Yosys on single buffers by
 ``calibrate_resources.py``); their ports' networks are listed, not counted. Nor is the
 core's top-level glue (dynamic-field adders, the debug read mux).
 
+Every block is converted inside a wrapper (:class:`PortBoxes`) that drives each of its
+input ports from, and feeds each output port into, a black-box cell: Amaranth 0.5 numbers
+the bits of a design's top-level inputs in 16 bits (``_nir.Net``), so a block with more
+than 65 534 input bits cannot be the top of a conversion (kv260's MPE has 116 154, u280's
+1 151 898, mostly its ports' ``rdata``); Yosys optimises through neither kind of port.
+
 Every Yosys run has a 10 GB address-space limit (``ulimit -v``): a block that needs
 more fails alone and is reported as out of memory, instead of taking the shared machine
 down.
@@ -44,7 +50,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from amaranth import Elaboratable, Module, Value
 from amaranth.back import rtlil
+from amaranth.hdl import Instance
+from amaranth.lib.wiring import In
 
 from flightforge import isa
 from flightforge.mappings import load_target
@@ -69,6 +78,44 @@ def yosys_binary() -> str:
     return yosys
 
 
+class PortBoxes(Elaboratable):
+    """``component`` with every input port driven by a black-box cell ``bb_src_<width>``
+    and every output port read by one ``bb_snk_<width>``: the design's only top-level
+    ports are the clock and reset (see the module docstring); ``widths`` lists the boxes'
+    widths (after elaboration) for :func:`box_stubs`."""
+
+    def __init__(self, component) -> None:
+        self.component = component
+        self.widths: set[int] = set()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.dut = c = self.component
+        for i, (_, member, value) in enumerate(c.signature.flatten(c)):
+            value = Value.cast(value)  # (a data.View's len() counts its elements)
+            w = len(value)
+            self.widths.add(w)
+            if member.flow == In:
+                m.submodules[f"src{i}"] = Instance(f"bb_src_{w}", o_o=value)
+            else:
+                m.submodules[f"snk{i}"] = Instance(f"bb_snk_{w}", i_i=value)
+        return m
+
+
+def convert_boxed(component, name: str) -> tuple[str, set[int]]:
+    """RTLIL of ``component`` inside :class:`PortBoxes` (its module is ``<name>.dut``) and
+    the boxes' widths."""
+    top = PortBoxes(component)
+    return rtlil.convert(top, name=name, ports=[]), top.widths
+
+
+def box_stubs(widths) -> str:
+    """Verilog black-box declarations of :class:`PortBoxes`' cells."""
+    return "".join(f"(* blackbox, keep *) module bb_src_{w}(output [{w - 1}:0] o); endmodule\n"
+                   f"(* blackbox, keep *) module bb_snk_{w}(input [{w - 1}:0] i); endmodule\n"
+                   for w in sorted(widths))
+
+
 def synth(component, name: str, yosys: str, flags: str = "", blackbox: str | None = None,
           flatten: bool = False, timeout: int = YOSYS_TIMEOUT_S) -> dict:
     """Cells of ``component`` after ``synth_xilinx -family xcup``: hierarchical (each
@@ -80,34 +127,39 @@ def synth(component, name: str, yosys: str, flags: str = "", blackbox: str | Non
     ``blackboxes`` in the result says how many there were. A failed or out-of-memory run
     returns ``ok: False`` and the reason instead of raising.
     """
+    t = time.perf_counter()
     try:
-        text = rtlil.convert(component, name=name)
-    except (AssertionError, MemoryError) as e:  # e.g. Amaranth's 65536-bit limit per value
+        text, widths = convert_boxed(component, name)
+    except (AssertionError, MemoryError) as e:  # e.g. more than 65 534 bits in one cell
         return {"ok": False, "seconds": 0, "blackboxes": 0,
                 "error": f"Amaranth cannot emit it: {type(e).__name__} {e}".strip()}
+    convert_s = round(time.perf_counter() - t, 1)
     key = (hashlib.sha256(text.encode()).hexdigest(), flags, blackbox, flatten)
     if key in _DONE:  # the same block in another config: synthesised once
         return dict(_DONE[key], cached=True)
-    _DONE[key] = r = _synth_il(text, name, yosys, flags, blackbox, flatten, timeout)
+    _DONE[key] = r = dict(_synth_il(text, box_stubs(widths), name, yosys, flags, blackbox,
+                                    flatten, timeout), convert_seconds=convert_s)
     return r
 
 
 _DONE: dict[tuple, dict] = {}
 
 
-def _synth_il(text: str, name: str, yosys: str, flags: str, blackbox: str | None,
+def _synth_il(text: str, stubs: str, name: str, yosys: str, flags: str, blackbox: str | None,
               flatten: bool, timeout: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         il = Path(tmp) / f"{name}.il"
         il.write_text(text)
         del text
+        stub = Path(tmp) / "boxes.v"
+        stub.write_text(stubs)
         boxes = []
         if blackbox:
-            mods = re.findall(rf"^module \\{re.escape(name)}\.(\S+)$", il.read_text(), re.M)
+            mods = re.findall(rf"^module \\{re.escape(name)}\.dut\.(\S+)$", il.read_text(), re.M)
             boxes = [mm for mm in mods if re.fullmatch(blackbox, mm)]
         stat = Path(tmp) / "stat.json"
-        script = (f"read_rtlil {il}; "
-                  + "".join(f"blackbox {name}.{b}; " for b in boxes)
+        script = (f"read_verilog -lib {stub}; read_rtlil {il}; "
+                  + "".join(f"blackbox {name}.dut.{b}; " for b in boxes)
                   + f"synth_xilinx -family xcup -top {name} {'-flatten ' if flatten else ''}{flags}; "
                   f"tee -q -o {stat} stat -json -top {name}")
         t = time.perf_counter()
