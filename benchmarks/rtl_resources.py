@@ -234,6 +234,8 @@ def buffer_ports(arch) -> dict[str, list[int]]:
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
     del Core  # the order below is Core.elaborate's
     units = [LoadUnit(arch), StoreUnit(arch), MatrixEngine(arch), SpecialFunctionUnit(arch)]
+    for u in units:
+        u._MustUse__silence = True  # only their port widths are looked at
     out = {}
     for b in isa.Buf:
         users = [u for u in units if hasattr(u, f"buf_{b.name.lower()}")]
