@@ -140,6 +140,18 @@ def _column_tile(b: Builder, pl: PlacedLinear, psum_stride: int | None = None) -
     return nt
 
 
+def _psum_tile(b: Builder, rows: int, cols: int, out: Tile, what: str) -> Tile:
+    """INT32 partial sums of ``cols`` columns that a chained pass reads back at the row
+    stride of the output ``out`` (MM/MV share ``d_stride`` between C and the partial
+    sums; a single row has no stride, so it takes just ``4 * cols`` bytes)."""
+    if rows == 1:
+        return b.tile(Buf.ACT, 1, cols * DType.INT32.nbytes, DType.INT8, what)
+    if out.stride < cols * DType.INT32.nbytes:
+        raise CompileError(f"output rows of {out.stride} B cannot hold the INT32 partial "
+                           f"sums of {cols} columns ({what})")
+    return b.tile(Buf.ACT, rows, out.stride, DType.INT8, what)
+
+
 def _matmul(b: Builder, a: Tile, **fields) -> None:
     """MV for one row of ``a``, else MM."""
     if a.rows == 1:
@@ -171,10 +183,7 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
                       b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}"),
                       b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} high-half record slot {s}")
                       if halves else None))
-    psum = None
-    if halves:  # INT32 partial sums of a column tile, at the output's row stride
-        psum = b.tile(Buf.ACT, x.rows, out.stride if x.rows > 1 else nt * DType.INT32.nbytes,
-                      DType.INT8, f"{pl.name} high-half partial sums")
+    psum = _psum_tile(b, x.rows, nt, out, f"{pl.name} high-half partial sums") if halves else None
     for t, n0 in enumerate(range(0, pl.n, nt)):
         cols = min(nt, pl.n - n0)
         w_t, m_t, r_t, h_t = slots[t % len(slots)]
@@ -357,9 +366,6 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
     block = max(b.arch.mpe.mm.m, ATTENTION_BLOCK_MIN)
     for r0 in range(0, rows, block):
         br = min(block, rows - r0)
-        if br > 1 and out.stride < d * DType.INT32.nbytes:
-            raise CompileError(f"attention output rows of {out.stride} B cannot hold the INT32 "
-                               f"partial sums of a {d}-wide 16-bit PV product")
         n = ctx - grow - rows + r0 + br
         q_rows = (qh.view(row=r0, rows=br), ql.view(row=r0, rows=br))
         scratch = tuple(_context_tile(b, br, n, grow, DType.INT32, f"attention score partial sums {i}")
@@ -371,9 +377,7 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
         probs = _softmax(b, scores, DType.INT16, m0, sh, pos0 + r0, dyn, grow)
         p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT, grow)
         b.free(probs)
-        psum_bytes = out.stride if br > 1 else d * DType.INT32.nbytes
-        scratch = tuple(b.tile(Buf.ACT, br, psum_bytes, DType.INT8, f"attention PV partial sums {i}")
-                        for i in range(2))
+        scratch = tuple(_psum_tile(b, br, d, out, f"attention PV partial sums {i}") for i in range(2))
         _split_product(b, p_halves, (vh.addr, vl.addr), out.at(r0), out.stride, out.dtype,
                        mult, psh, scratch, n=d, k=n, wkn=1, dyn_k=int(dyn))
         b.free(*scratch, *p_halves)

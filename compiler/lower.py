@@ -210,44 +210,32 @@ def _final_norm_output(qd: QuantDecoder) -> str:
 def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], op: Attention,
                out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int,
                engine_input) -> None:
+    """Stores this pass's k and v rows into the caches, then attends head by head. With
+    16-bit q, k, v (split tensors) the caches hold k and v as high and low INT8 planes,
+    ``pl.kv_plane`` bytes apart."""
     d = op.head_dim
     per_head = pl.positions * d
-    if op.q in qd.split:
-        _attention16(b, qd, pl, op, out, rows, pos0, dyn, ctx, engine_input)
-        return
-    q, k, v = env[op.q], env[op.k], env[op.v]
+    wide = op.q in qd.split
+    q = engine_input(op.q)  # the halves (hi, lo) of a 16-bit q
+    planes = {name: engine_input(name) if wide else (env[name],) for name in (op.k, op.v)}
     for j in range(op.kv_heads):
-        for src, base in ((k, pl.k_cache[op.layer]), (v, pl.v_cache[op.layer])):
-            b.transfer(False, Buf.ACT, src.at(0, j * d), base + j * per_head + pos0 * d,
-                       rows, d, src.stride, d, dyn_step=d if dyn else 0)
-    group = op.heads // op.kv_heads
-    for h in range(op.heads):
-        j = h // group
-        kernels.attention(b, q.view(col=h * d, cols=d), pl.k_cache[op.layer] + j * per_head,
-                          pl.v_cache[op.layer] + j * per_head, ctx, pos0,
-                          qd.scales[op.k], qd.scales[op.v], out.view(col=h * d, cols=d), dyn)
-
-
-def _attention16(b: Builder, qd: QuantDecoder, pl: _Placed, op: Attention, out: Tile, rows: int,
-                 pos0: int, dyn: bool, ctx: int, engine_input) -> None:
-    """Attention with 16-bit q, k, v: the caches get k and v as high and low INT8 planes."""
-    d = op.head_dim
-    per_head = pl.positions * d
-    qh, ql = engine_input(op.q)
-    for name, base in ((op.k, pl.k_cache[op.layer]), (op.v, pl.v_cache[op.layer])):
-        for plane, src in enumerate(engine_input(name)):
-            for j in range(op.kv_heads):
+        for name, base in ((op.k, pl.k_cache[op.layer]), (op.v, pl.v_cache[op.layer])):
+            for plane, src in enumerate(planes[name]):
                 b.transfer(False, Buf.ACT, src.at(0, j * d),
                            base + plane * pl.kv_plane + j * per_head + pos0 * d,
                            rows, d, src.stride, d, dyn_step=d if dyn else 0)
     group = op.heads // op.kv_heads
     for h in range(op.heads):
-        j = h // group
-        planes = [tuple(base + j * per_head + p * pl.kv_plane for p in (0, 1))
-                  for base in (pl.k_cache[op.layer], pl.v_cache[op.layer])]
-        kernels.attention16(b, (qh.view(col=h * d, cols=d), ql.view(col=h * d, cols=d)),
-                            qd.scales[op.q], planes[0], planes[1], ctx, pos0, qd.scales[op.k],
-                            qd.scales[op.v], out.view(col=h * d, cols=d), pl.neg, dyn)
+        k_base, v_base = (c[op.layer] + h // group * per_head for c in (pl.k_cache, pl.v_cache))
+        head_out = out.view(col=h * d, cols=d)
+        if wide:
+            kernels.attention16(b, tuple(t.view(col=h * d, cols=d) for t in q),
+                                qd.scales[op.q], (k_base, k_base + pl.kv_plane),
+                                (v_base, v_base + pl.kv_plane), ctx, pos0, qd.scales[op.k],
+                                qd.scales[op.v], head_out, pl.neg, dyn)
+        else:
+            kernels.attention(b, q.view(col=h * d, cols=d), k_base, v_base, ctx, pos0,
+                              qd.scales[op.k], qd.scales[op.v], head_out, dyn)
 
 
 def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
