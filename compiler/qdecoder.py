@@ -116,6 +116,12 @@ def split_tensors(prog: DecoderProgram) -> frozenset[str]:
     return frozenset(split)
 
 
+def _top_code(name: str, prog: DecoderProgram, split: frozenset[str]) -> int:
+    """The integer code a tensor's scale maps its (calibrated) peak to: INT8's, INT16's,
+    or, for a split tensor, the largest its two halves hold exactly."""
+    return SPLIT_MAX if name in split else INT16_MAX if name in prog.wide else INT8_MAX
+
+
 def _fit_group(group: int, k: int) -> int:
     """The largest allowed group size <= ``group`` dividing K (0: one scale per column)."""
     g = group
@@ -184,8 +190,7 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
     scales: dict[str, float] = {}
     for name, st in stats.items():
         wide = name in prog.wide or name in split
-        top = SPLIT_MAX if name in split else INT16_MAX if wide else INT8_MAX
-        scales[name] = st.scale(top, search=options.mse_clip and not wide)
+        scales[name] = st.scale(_top_code(name, prog, split), search=options.mse_clip and not wide)
         if wide:
             scales[name] *= options.wide_headroom
     scales[prog.input] = max(emb_peak, MIN_RANGE) / INT16_MAX  # the table's own range: exact
@@ -230,7 +235,7 @@ def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
     scales: dict[str, float] = {prog.input: 1.0 / INT16_MAX}
     for op in prog.ops:
         out = op.x if isinstance(op, Rope) else op.out
-        scales[out] = 1.0 / (SPLIT_MAX if out in split else INT16_MAX if out in prog.wide else INT8_MAX)
+        scales[out] = 1.0 / _top_code(out, prog, split)
     layouts, plans, norms, tables = {}, {}, {}, {}
     for op in prog.ops:
         if isinstance(op, Linear):
