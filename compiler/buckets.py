@@ -200,7 +200,7 @@ def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int
     which is why padding a chunk's rows costs nothing while it stays within a tile.
     With 16-bit activations (``act16``) a Linear takes two engine passes, a score or PV
     product three, and the KV cache holds two planes (docs/compiler.md).
-    This is the bucketing policy's model until the cycle model is used in its place.
+    The auto policy's fast alternative to the cycle model (``bucket_latency="analytical"``).
     """
     cores = arch.cores
     bytes_per_cycle = arch.hbm.bandwidth_gbs * 1e9 / arch.clock_hz

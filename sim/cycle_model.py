@@ -315,8 +315,8 @@ def _accumulate(total: dict, part: dict, weight: float) -> None:
             total[k] = total.get(k, 0) + v * weight
 
 
-#: Decode positions of one bucket timed by the cycle model: every ``DECODE_SAMPLE_STRIDE``-th
-#: and the first and last the request reaches; the rest are interpolated between them.
+#: Of the decode positions that run a length bucket, the cycle model times every
+#: ``DECODE_SAMPLE_STRIDE``-th and the last; the rest are interpolated between them.
 DECODE_SAMPLE_STRIDE = 32
 
 
@@ -335,9 +335,10 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     ``sample_stride``-th and the last, each with its own section, and gives the others
     the linear interpolation of their timed neighbours (``sampled``; decode time is
     affine in the context up to tile rounding). Positions with a section of their own,
-    or every position with ``sample_stride=1``, are all timed (``exact``). Positions with no section are an error, unless ``interpolate``: their
-    cycles are then interpolated between the nearest simulated positions below and
-    above (never extrapolated).
+    or every position with ``sample_stride=1``, are all timed (``exact``). Positions
+    with no section are an error, unless ``interpolate``: their cycles are then
+    interpolated between the nearest simulated positions below and above (never
+    extrapolated).
     """
     if sample_stride < 1:
         raise DeviceError(f"sample_stride must be at least 1, not {sample_stride}")
@@ -370,8 +371,8 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     samples: dict[int, SectionRun] = {}
     counts: dict[int, float] = defaultdict(float)
     section_of = {p: name for name, ps in by_section.items() for p in ps}
-    bucketed = [p for p in sorted(section_of) if len(by_section[section_of[p]]) > 1 or
-                program.section(section_of[p]).len_hi > program.section(section_of[p]).len_lo]
+    bucketed = [p for p in sorted(section_of)
+                if program.section(section_of[p]).len_hi > program.section(section_of[p]).len_lo]
     timed = sorted(set(section_of) - set(bucketed) | set(bucketed[::sample_stride])
                    | set(bucketed[-1:]))
     for p in timed:
