@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -204,31 +203,20 @@ def bench_speed(arch, repeats: int = 5, pysim_cycles: int | None = None) -> list
 
 
 def bench_synth(arch) -> dict:
+    """One DSP chain through the shared Yosys runner (benchmarks/rtl_resources.py)."""
+    from rtl_resources import synth  # benchmarks/: the one Yosys runner
+
+    from flightforge.hw.dsp_chain import DspChain
+
     yosys = shutil.which("yosys")
     if yosys is None:
         return {"bench": "yosys_synth_xilinx", "skipped": "yosys not on PATH (apt-get install yosys)"}
-    from flightforge.hw.dsp_chain import DspChain
-    from amaranth.back import rtlil
-
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        il = Path(tmp) / "chain.il"
-        il.write_text(rtlil.convert(DspChain(arch.mpe.groups_per_chain, arch.sparse_m),
-                                    name="dsp_chain"))
-        t = time.perf_counter()
-        proc = subprocess.run([yosys, "-q", "-p", f"read_rtlil {il}; synth_xilinx -family xcup "
-                               "-top dsp_chain; tee -o {0}/stat.txt stat".format(tmp)],
-                              capture_output=True, text=True, timeout=1200)
-        stat = (Path(tmp) / "stat.txt").read_text() if (Path(tmp) / "stat.txt").exists() else ""
-        for line in stat.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and parts[0].isupper():
-                results[parts[0]] = int(parts[1])
-        return {"bench": "yosys_synth_xilinx", "block": "DspChain", "family": "xcup",
-                "groups": arch.mpe.groups_per_chain, "window": arch.sparse_m,
-                "seconds": round(time.perf_counter() - t, 1), "ok": proc.returncode == 0,
-                "cells": {k: v for k, v in results.items()
-                          if k.startswith(("DSP", "LUT", "FD", "CARRY", "RAMB", "MUXF"))}}
+    r = synth(DspChain(arch.mpe.groups_per_chain, arch.sparse_m), "dsp_chain", yosys)
+    return {"bench": "yosys_synth_xilinx", "block": "DspChain", "family": "xcup",
+            "groups": arch.mpe.groups_per_chain, "window": arch.sparse_m,
+            "seconds": r["seconds"], "ok": r["ok"],
+            "cells": {k: v for k, v in r.get("cells", {}).items()
+                      if k.startswith(("DSP", "LUT", "FD", "CARRY", "RAMB", "MUXF"))}}
 
 
 def main() -> None:
