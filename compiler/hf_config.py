@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flightforge.files import read_json
+
 from .graph import DecoderShape
 from .memory import CompileError
-from flightforge.files import read_json
 
 SUPPORTED = ("llama", "mistral", "opt", "gpt2")
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf",

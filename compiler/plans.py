@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from flightforge.files import read_yaml
 from flightforge.isa import SparseMode
 
 from .memory import CompileError
-from flightforge.files import read_yaml
 
 FIELDS = ("bits", "group", "sparse")
 
