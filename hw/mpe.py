@@ -30,7 +30,8 @@ from .buffers import addr_bits
 from .bus import BufPortSignature
 from .decode import field, unit_members
 from .dsp_chain import DspChain
-from .sfu.common import by_dtype, rnd_shift, saturate
+from .sfu.common import by_dtype
+from .sfu.lane import rnd_shift, saturate
 
 ACC_BITS = 50  #: accumulator: scaled sums < 2**46 plus bias and partial sums (numerics)
 HDR = formats.RECORD_HEADER_BYTES

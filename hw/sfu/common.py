@@ -25,7 +25,7 @@ from flightforge.arch import ArchConfig
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
-from .lane import ELEM_BITS, LaneSignature, clamp, rnd_shift, saturate  # noqa: F401 (used by hw.mpe)
+from .lane import LaneSignature
 
 #: The fields of a decoded MISC instruction, with the widths isa.py gives them.
 MiscFields = data.StructLayout({name: unsigned(spec.width)

@@ -18,7 +18,9 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from .common import ELEM_BITS, ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext
+from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext
+from .lane import ELEM_BITS
+
 #: The operations this pipeline runs.
 ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT,
                    *(op for op in isa.MiscOp if op.is_table))

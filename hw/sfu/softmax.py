@@ -22,9 +22,10 @@ from flightforge.arch import ArchConfig
 from flightforge.sfu import (EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTMAX_ROW_GAP,
                              SUM_BITS)
 
-from .common import (ELEM_BITS, ByteCredit, PortGroup, StreamComponent, by_dtype, elem_addr,
+from .common import (ByteCredit, PortGroup, StreamComponent, by_dtype, elem_addr,
                      elem_bytes, sext, strobe)
 from .divider import Divider
+from .lane import ELEM_BITS
 
 MAX, SUM, WAIT, OUT = range(4)
 
