@@ -6,26 +6,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     """The parsed contents of the YAML file ``path``; ``error`` names it on failure."""
     import yaml
 
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {e}") from None
+    return _read(path, error, yaml.safe_load, yaml.YAMLError, "YAML")
 
 
 def read_json(path: Path, error: type[Exception]) -> Any:
     """The parsed contents of the JSON file ``path``; ``error`` names it on failure."""
+    return _read(path, error, json.loads, json.JSONDecodeError, "JSON")
+
+
+def _read(path: Path, error: type[Exception], parse: Callable[[str], Any],
+          invalid: type[Exception], kind: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return parse(path.read_text())
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: not valid JSON: {e}") from None
+    except invalid as e:
+        raise error(f"{path}: not valid {kind}: {e}") from None
