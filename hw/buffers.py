@@ -7,7 +7,8 @@ address in one cycle (a rotate network in front of and behind the lanes): this i
 ``banks * width`` bytes per cycle the cycle model charges (``port[buf]`` in
 sim/timing.py), without alignment restrictions.
 
-Every user (debug port, LD, ST, MPE, SFU) has its own port and is granted at once
+Every user (debug port, LD, ST, MPE, SFU) has its own port (a :class:`BufferPort`: the
+port's rotate networks, one per user, in front of the shared lanes) and is granted at once
 (``grant = req``): the cycle model lets the decoupled units use a buffer concurrently
 at their full rates, and the wait/release tokens, not an arbiter, order accesses that
 overlap. (On an FPGA this is a multi-ported RAM: BRAM true dual port plus replication or
@@ -19,8 +20,8 @@ write.
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Signal
-from amaranth.lib import memory, wiring
-from amaranth.lib.wiring import In
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
 
 from .bus import BufPortSignature
 
@@ -36,6 +37,63 @@ def _pow2(name: str, v: int) -> int:
     if v < 1 or v & (v - 1):
         raise ValueError(f"{name} must be a power of two, not {v!r}")
     return v
+
+
+class BufferPort(wiring.Component):
+    """One user's ``width``-byte port on ``lanes`` byte lanes: for each lane the row it
+    accesses (``lane_row``; one row further on for the lanes before the byte offset), the
+    byte it writes (``lane_wdata``, ``lane_we``), and the read data rotated back from the
+    lanes' outputs (``lane_rdata``, the cycle after the address).
+
+    A block of its own so that its cost, which grows as ``width * lanes`` and is repeated
+    for every user, can be synthesised and counted apart from the RAMs
+    (benchmarks/rtl_resources.py)."""
+
+    def __init__(self, addr_bits: int, rows_bits: int, width: int, lanes: int) -> None:
+        self.lanes = _pow2("lanes", lanes)
+        self.width = width
+        self.rows_bits = rows_bits
+        super().__init__({
+            "port": In(BufPortSignature(addr_bits, width)),
+            "lane_row": Out(data.ArrayLayout(rows_bits, lanes)),
+            "lane_wdata": Out(data.ArrayLayout(8, lanes)),
+            "lane_we": Out(lanes),
+            "lane_rdata": In(data.ArrayLayout(8, lanes)),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        L, w, p = self.lanes, self.width, self.port
+        lb = L.bit_length() - 1
+        m.d.comb += p.grant.eq(p.req)
+        off = p.addr[:lb] if lb else Const(0, 1)
+        row = p.addr[lb:] if lb else p.addr
+        strb = p.strb if w > 1 else Const(1, 1)
+        off_q = Signal.like(off, name="off_q")
+        m.d.sync += off_q.eq(off)
+        for j in range(L):
+            # Byte i of the port lands in lane (off + i) % L: lane j takes byte
+            # (j - off) % L, one row further on when j < off.
+            i_sel = Signal(max(1, lb), name=f"i{j}") if lb else Const(0, 1)
+            if lb:
+                m.d.comb += i_sel.eq(j - off)
+            later = (off > j) if lb and j < L - 1 else 0  # (the last lane never is)
+            m.d.comb += self.lane_row[j].eq(row + later)
+            in_port = i_sel < w if w < L else Const(1, 1)
+            byte = p.wdata.word_select(i_sel, 8) if w > 1 else p.wdata
+            en = strb.bit_select(i_sel, 1) if w > 1 else Const(1, 1)
+            m.d.comb += [self.lane_wdata[j].eq(byte),
+                         self.lane_we[j].eq(p.req & p.we & in_port & en)]
+        # Read data: byte i comes from lane (off + i) % L of the row read last cycle.
+        for k in range(w):
+            if lb:
+                sel = Signal(lb, name=f"rsel{k}")
+                m.d.comb += sel.eq(off_q + k)
+                m.d.comb += p.rdata.word_select(k, 8).eq(
+                    Cat(*self.lane_rdata).word_select(sel, 8))
+            else:
+                m.d.comb += p.rdata.word_select(k, 8).eq(self.lane_rdata[0])
+        return m
 
 
 class Buffer(wiring.Component):
@@ -66,52 +124,28 @@ class Buffer(wiring.Component):
         self.widths = widths
         self.ports = len(widths)
         self.addr_bits = addr_bits(size)
+        self.rows_bits = max(1, (size // lanes - 1).bit_length())
         super().__init__({f"p{i}": In(BufPortSignature(self.addr_bits, w))
                           for i, w in enumerate(widths)})
 
+    def port_network(self, i: int) -> BufferPort:
+        """The network of port ``i`` (a new component: one per port in a design)."""
+        return BufferPort(self.addr_bits, self.rows_bits, self.widths[i], self.lanes)
+
     def elaborate(self, platform) -> Module:
         m = Module()
-        L = self.lanes
-        lb = L.bit_length() - 1
-        depth = self.size // L
-        rows_bits = max(1, (depth - 1).bit_length())
         mems = []
-        for j in range(L):
-            mem = memory.Memory(shape=8, depth=depth, init=[])
+        for j in range(self.lanes):
+            mem = memory.Memory(shape=8, depth=self.size // self.lanes, init=[])
             m.submodules[f"lane{j}"] = mem
             mems.append(mem)
-        for i, w in enumerate(self.widths):
-            p = getattr(self, f"p{i}")
-            m.d.comb += p.grant.eq(p.req)
-            off = p.addr[:lb] if lb else Const(0, 1)
-            row = p.addr[lb:] if lb else p.addr
-            strb = p.strb if w > 1 else Const(1, 1)
-            off_q = Signal.like(off, name=f"p{i}_off")
-            m.d.sync += off_q.eq(off)
-            lane_data = []
+        for i in range(self.ports):
+            m.submodules[f"port{i}"] = net = self.port_network(i)
+            wiring.connect(m, wiring.flipped(getattr(self, f"p{i}")), net.port)
             for j, mem in enumerate(mems):
                 rd = mem.read_port()
                 wr = mem.write_port()
-                # Byte i of the port lands in lane (off + i) % L: lane j takes byte
-                # (j - off) % L, one row further on when j < off.
-                i_sel = Signal(max(1, lb), name=f"p{i}_i{j}") if lb else Const(0, 1)
-                if lb:
-                    m.d.comb += i_sel.eq(j - off)
-                lane_row = Signal(rows_bits, name=f"p{i}_row{j}")
-                later = (off > j) if lb and j < L - 1 else 0  # (the last lane never is)
-                m.d.comb += lane_row.eq(row + later)
-                in_port = i_sel < w if w < L else Const(1, 1)
-                byte = p.wdata.word_select(i_sel, 8) if w > 1 else p.wdata
-                en = strb.bit_select(i_sel, 1) if w > 1 else Const(1, 1)
-                m.d.comb += [rd.addr.eq(lane_row), wr.addr.eq(lane_row), wr.data.eq(byte),
-                             wr.en.eq(p.req & p.we & in_port & en)]
-                lane_data.append(rd.data)
-            # Read data: byte i comes from lane (off + i) % L of the row read last cycle.
-            for k in range(w):
-                sel = Signal(max(1, lb), name=f"p{i}_rsel{k}") if lb else None
-                if lb:
-                    m.d.comb += sel.eq(off_q + k)
-                    m.d.comb += p.rdata.word_select(k, 8).eq(Cat(*lane_data).word_select(sel, 8))
-                else:
-                    m.d.comb += p.rdata.word_select(k, 8).eq(lane_data[0])
+                m.d.comb += [rd.addr.eq(net.lane_row[j]), wr.addr.eq(net.lane_row[j]),
+                             wr.data.eq(net.lane_wdata[j]), wr.en.eq(net.lane_we[j]),
+                             net.lane_rdata[j].eq(rd.data)]
         return m
