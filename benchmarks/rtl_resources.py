@@ -214,13 +214,16 @@ def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
     from flightforge.hw.sfu.lane import SfuLane
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
     g, w = arch.mpe.groups_per_chain, arch.sparse_m
+    sfu = SpecialFunctionUnit(arch)
+    streams = "|".join(sfu.streams)  # the unit's submodule names of its pipelines
     return [
         ("Controller", Controller(arch), None, 1),
         ("LoadUnit", LoadUnit(arch), None, 1),
         ("StoreUnit", StoreUnit(arch), None, 1),
         ("MatrixEngine w/o chains", MatrixEngine(arch), r"chain\d+", 1),
         (f"DspChain({g}, {w})", DspChain(g, w), None, arch.mpe.chains),
-        ("SpecialFunctionUnit w/o lanes", SpecialFunctionUnit(arch), r"lane\d+", 1),
+        ("SpecialFunctionUnit w/o pipelines and lanes", sfu, rf"lane\d+|{streams}", 1),
+        *((f"{type(s).__name__} ({name} pipeline)", s, None, 1) for name, s in sfu.streams.items()),
         ("SfuLane", SfuLane(), None, arch.sfu.lanes),
     ]
 
@@ -234,7 +237,7 @@ def buffer_ports(arch) -> dict[str, list[int]]:
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
     del Core  # the order below is Core.elaborate's
     units = [LoadUnit(arch), StoreUnit(arch), MatrixEngine(arch), SpecialFunctionUnit(arch)]
-    for u in units:
+    for u in [*units, *units[3].streams.values()]:
         u._MustUse__silence = True  # only their port widths are looked at
     out = {}
     for b in isa.Buf:
@@ -268,7 +271,8 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
     rows = []
     for block, comp, box, count in core_blocks(arch):
         name = re.sub(r"\W+", "_", block.split()[0].lower())
-        if block.split()[0] in skip:
+        if re.split(r"[\s(]", block)[0] in skip:
+            comp._MustUse__silence = True  # built with the others, deliberately not used
             r = {"ok": False, "error": "not run (--skip)", "seconds": 0}
         else:
             r = synth(comp, name, yosys, blackbox=box, flatten=True, timeout=timeout)
@@ -337,7 +341,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--out", type=Path, help="write every run (cells included) here")
     ap.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT_S, help="per Yosys run (s)")
-    ap.add_argument("--skip", nargs="*", default=[], help="blocks not to run (e.g. MatrixEngine)")
+    ap.add_argument("--skip", nargs="*", default=[], help="blocks not to run, by the first word of their name (e.g. MatrixEngine DspChain)")
     ap.add_argument("--tables", type=Path, nargs="+", help="only print the tables of --out files")
     args = ap.parse_args()
     if args.tables:
