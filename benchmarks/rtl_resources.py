@@ -10,16 +10,20 @@ instances:
   ``StoreUnit``: one each;
 - ``MatrixEngine`` without its chains (operand ports, staging, reduction, epilogue), plus
   ``chains`` x ``DspChain(groups_per_chain, sparse_m)``;
-- ``SpecialFunctionUnit`` without its lanes (the four pipelines' issue, addressing and
-  row reductions, the dividers), plus ``lanes`` x ``SfuLane`` (the shared per-lane
-  arithmetic, ``hw/sfu/lane.py``).
+- ``SpecialFunctionUnit`` without its pipelines and lanes (instruction issue, the lanes'
+  operand multiplexers), each of its four pipelines (``ElementStream``, ``RopeStream``,
+  ``SoftmaxStream``, ``NormStream``: addressing, row reductions, dividers), plus
+  ``lanes`` x ``SfuLane`` (the shared per-lane arithmetic, ``hw/sfu/lane.py``);
+- the buffers' port networks: every user has its own port at any byte address
+  (``hw.buffers.BufferPort``: a rotate network in front of and behind the lanes), one
+  row per distinct (buffer, width) times its number of ports. A network of more than
+  :data:`PORT_SYNTH_LIMIT` byte-lane pairs is not synthesised but extrapolated with a
+  law fitted on :data:`PORT_LADDER` (:func:`port_law`; the table says which rows are).
 
-Not synthesised (stated in every table): the buffers. A ``hw.buffers.Buffer`` gives
-every user its own port at any byte address (a rotate network per port and a RAM port
-per user and byte lane): a multi-ported RAM that Yosys cannot map to block RAM, and that
-an FPGA build would replicate or multi-pump. Their block/UltraRAM count is the resource
+Not synthesised (stated in every table): the buffers' RAMs, counted with the resource
 model's banking rule (checked against Yosys on single buffers by
-``calibrate_resources.py``); their ports' networks are listed, not counted. Nor is the
+``calibrate_resources.py``): all ports on one RAM is a multi-ported RAM that Yosys cannot
+map to block RAM, and that an FPGA build would replicate or multi-pump. Nor is the
 core's top-level glue (dynamic-field adders, the debug read mux).
 
 Every block is converted inside a wrapper (:class:`PortBoxes`) that drives each of its
@@ -48,7 +52,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from amaranth import Elaboratable, Module, Value
 from amaranth.back import rtlil
@@ -65,6 +72,13 @@ YOSYS_MEMORY_KB = 10_000_000
 #: Wall-clock limit of one Yosys run (s).
 YOSYS_TIMEOUT_S = 3600
 TARGETS = ("tiny", "kv260", "u280", "vhk158")
+#: A buffer port network of more byte-lane pairs (width x lanes) than this is not
+#: synthesised (its read and write rotators grow as width x lanes: kv260's 128 B ACT port
+#: on 128 lanes is the largest synthesised) but extrapolated with :func:`port_law`.
+PORT_SYNTH_LIMIT = 128 * 128
+#: (width B, lanes, row bits) of the port networks :func:`port_law` is fitted on.
+PORT_LADDER = ((4, 8, 13), (8, 8, 13), (4, 32, 13), (32, 32, 13), (16, 64, 12), (64, 64, 12),
+               (32, 128, 12), (128, 128, 12))
 
 
 def _limit_memory() -> None:
@@ -214,13 +228,15 @@ def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
     from flightforge.hw.sfu.lane import SfuLane
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
     g, w = arch.mpe.groups_per_chain, arch.sparse_m
+    mpe = MatrixEngine(arch)
     sfu = SpecialFunctionUnit(arch)
     streams = "|".join(sfu.streams)  # the unit's submodule names of its pipelines
     return [
         ("Controller", Controller(arch), None, 1),
         ("LoadUnit", LoadUnit(arch), None, 1),
         ("StoreUnit", StoreUnit(arch), None, 1),
-        ("MatrixEngine w/o chains", MatrixEngine(arch), r"chain\d+", 1),
+        ("MatrixEngine w/o chains, feeds, row windows, epilogues", mpe, MatrixEngine.REPEATED, 1),
+        *((label, c, None, count) for label, c, count in mpe.parts()),
         (f"DspChain({g}, {w})", DspChain(g, w), None, arch.mpe.chains),
         ("SpecialFunctionUnit w/o pipelines and lanes", sfu, rf"lane\d+|{streams}", 1),
         *((f"{type(s).__name__} ({name} pipeline)", s, None, 1) for name, s in sfu.streams.items()),
@@ -265,8 +281,52 @@ def model_blocks(arch) -> dict[str, dict[str, float]]:
     return out
 
 
+def port_blocks(arch) -> list[tuple[str, object, int]]:
+    """(block, network, ports) for every distinct port of every buffer of the core:
+    :class:`hw.buffers.BufferPort` as ``Buffer`` builds it, and how many ports have it."""
+    from flightforge.hw.buffers import Buffer
+    out = []
+    for b, widths in buffer_ports(arch).items():
+        cfg = arch.buffers.of(isa.Buf[b])
+        lanes = cfg.banks * cfg.width
+        for w, n in sorted(Counter(widths).items()):
+            buf = Buffer(cfg.size, [w], lanes)
+            buf._MustUse__silence = True  # only asked for its port network
+            out.append((f"BufferPort {b} {w} B x {lanes} lanes", buf.port_network(0), n))
+    return out
+
+
+def port_law(yosys: str, timeout: int) -> dict:
+    """Each resource kind of a :class:`hw.buffers.BufferPort` as ``a * width * lanes + b *
+    lanes * row_bits + c``, least squares over :data:`PORT_LADDER` (synthesised here), with
+    the ladder's points and the fit's largest relative error on them."""
+    from flightforge.hw.buffers import BufferPort
+    points, feats = [], []
+    for w, lanes, rb in PORT_LADDER:
+        r = synth(BufferPort(rb + lanes.bit_length() - 1, rb, w, lanes), "bufferport", yosys,
+                  flatten=True, timeout=timeout)
+        if not r["ok"]:
+            raise SystemExit(f"the port ladder's {w} B x {lanes} lanes failed: {r['error']}")
+        points.append({"width": w, "lanes": lanes, "row_bits": rb,
+                       **{k: r[k] for k in ("lut", "ff", "seconds")}})
+        feats.append([w * lanes, lanes * rb, 1])
+    law = {"points": points, "coef": {}, "max_rel_err": {}}
+    for k in ("lut", "ff"):
+        y = np.array([p[k] for p in points], dtype=float)
+        coef, *_ = np.linalg.lstsq(np.array(feats, dtype=float), y, rcond=None)
+        law["coef"][k] = coef.tolist()
+        law["max_rel_err"][k] = float(np.max(np.abs(np.array(feats) @ coef - y) / y))
+    return law
+
+
+def _extrapolate(law: dict, net) -> dict:
+    f = (net.width * net.lanes, net.lanes * net.rows_bits, 1)
+    return {k: round(sum(a * x for a, x in zip(law["coef"][k], f))) for k in ("lut", "ff")} | {
+        "dsp": 0, "bram": 0.0, "uram": 0}
+
+
 def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
-               skip: tuple[str, ...] = ()) -> dict:
+               skip: tuple[str, ...] = (), law: dict | None = None) -> dict:
     arch = load_target(target)
     rows = []
     for block, comp, box, count in core_blocks(arch):
@@ -285,9 +345,24 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
         if r["ok"]:
             for k in KINDS:
                 total[k] += r["count"] * r[k]
+    ports, ports_total = [], {k: 0.0 for k in KINDS}
+    for block, net, count in ([] if "BufferPort" in skip else port_blocks(arch)):
+        if net.width * net.lanes <= PORT_SYNTH_LIMIT:
+            r = synth(net, "bufferport", yosys, flatten=True, timeout=timeout)
+        else:
+            net._MustUse__silence = True  # extrapolated, not synthesised
+            r = ({"ok": True, "extrapolated": True, "seconds": 0, **_extrapolate(law, net)}
+                 if law else {"ok": False, "error": "not synthesised (too large), no law"})
+        ports.append({"block": block, "count": count, **r})
+        print(json.dumps({"target": target, "block": block, "count": count,
+                          **{k: v for k, v in r.items() if k != "cells"}}), flush=True)
+        for k in KINDS:
+            ports_total[k] += count * r.get(k, 0)
     bram, uram = buffer_memories(arch, arch.cores)
     model = core_resources(arch, cores=arch.cores)
     return {"target": target, "rows": rows, "complete": ok, "synth_total": total,
+            "port_rows": ports, "ports_total": ports_total,
+            "ports_complete": bool(ports) and all(r["ok"] for r in ports),
             "buffer_bram": bram, "buffer_uram": uram, "buffer_ports": buffer_ports(arch),
             "model": model.as_dict(), "model_blocks": model_blocks(arch),
             "device": arch.device.model_dump() if arch.device is not None else None,
@@ -298,42 +373,57 @@ def _fmt(v) -> str:
     return f"{v:,.0f}".replace(",", " ") if isinstance(v, (int, float)) else str(v)
 
 
+def _row(r: dict) -> str:
+    if not r["ok"]:
+        return f"| {r['block']} | {r['count']} | {r['error']} | | | | {r['seconds']} |"
+    how = "extrapolated" if r.get("extrapolated") else r["seconds"]
+    return f"| {r['block']} | {r['count']} | " + " | ".join(
+        f"{_fmt(r[k])}" + (f" (x{r['count']} = {_fmt(r[k] * r['count'])})" if r["count"] > 1 else "")
+        for k in ("lut", "ff", "dsp", "bram")) + f" | {how} |"
+
+
+def _total(label: str, t: dict, bram: str | None = None) -> str:
+    return (f"| **{label}** | | {_fmt(t['lut'])} | {_fmt(t['ff'])} | {_fmt(t['dsp'])} | "
+            f"{bram if bram is not None else _fmt(t['bram'])} | |")
+
+
 def print_table(res: dict) -> None:
     t = res["target"]
     print(f"\n## {t} (per core; {res['cores']} core(s))\n")
     print("| block | instances | LUT | FF | DSP | BRAM36 | Yosys s |")
     print("|---|---|---|---|---|---|---|")
     for r in res["rows"]:
-        if r["ok"]:
-            print(f"| {r['block']} | {r['count']} | " + " | ".join(
-                f"{_fmt(r[k])}" + (f" (x{r['count']} = {_fmt(r[k] * r['count'])})" if r["count"] > 1 else "")
-                for k in ("lut", "ff", "dsp", "bram")) + f" | {r['seconds']} |")
-        else:
-            print(f"| {r['block']} | {r['count']} | {r['error']} | | | | {r['seconds']} |")
+        print(_row(r))
     s = res["synth_total"]
     tag = "" if res["complete"] else " (blocks that failed are missing)"
-    print(f"| **Yosys total{tag}** | | {_fmt(s['lut'])} | {_fmt(s['ff'])} | {_fmt(s['dsp'])} | "
-          f"{_fmt(s['bram'])} | |")
-    print(f"| buffers (model's banking, not synthesised) | | | | | {_fmt(res['buffer_bram'])} "
-          f"+ {_fmt(res['buffer_uram'])} URAM | |")
-    core = dict(s, bram=s["bram"] + res["buffer_bram"])
-    print(f"| **core: Yosys blocks + buffer RAMs{tag}** | | {_fmt(core['lut'])} | {_fmt(core['ff'])} | "
-          f"{_fmt(core['dsp'])} | {_fmt(core['bram'])} + {_fmt(res['buffer_uram'])} URAM | |")
+    print(_total(f"logic blocks{tag}", s))
+    port_rows = res.get("port_rows", [])
+    for r in port_rows:
+        print(_row(r))
+    pt = res.get("ports_total", {k: 0.0 for k in KINDS})
+    ptag = ("" if res.get("ports_complete") else " (not run)" if not port_rows
+            else " (ports that failed are missing)")
+    n_ex = sum(r["count"] for r in port_rows if r.get("extrapolated"))
+    if n_ex:
+        ptag += f" ({n_ex} of {sum(r['count'] for r in port_rows)} ports extrapolated)"
+    print(_total(f"buffer port networks{ptag}", pt))
+    print(f"| buffer RAMs (model's banking rule, not synthesised) | | | | | "
+          f"{_fmt(res['buffer_bram'])} + {_fmt(res['buffer_uram'])} URAM | |")
+    core = {k: s[k] + pt[k] for k in KINDS}
+    core["bram"] += res["buffer_bram"]
+    print(_total(f"core: logic + port networks + RAMs{tag}{ptag}", core,
+                 f"{_fmt(core['bram'])} + {_fmt(res['buffer_uram'])} URAM"))
     m = res["model"]
-    print(f"| **resource model (flightforge/resources.py)** | | {_fmt(m['lut'])} | {_fmt(m['ff'])} | "
-          f"{_fmt(m['dsp'])} | {_fmt(m['bram'])} + {_fmt(m['uram'])} URAM | |")
+    print(_total("resource model (flightforge/resources.py)", m,
+                 f"{_fmt(m['bram'])} + {_fmt(m['uram'])} URAM"))
     dev = res["device"]
     if dev:
         print(f"| device {dev['part']} | | {_fmt(dev['lut'])} | {_fmt(dev['ff'])} | {_fmt(dev['dsp'])} "
               f"| {_fmt(dev['bram'])} + {_fmt(dev['uram'])} URAM | |")
-    if dev:
         c = res["cores"]
-        use = {k: (core[k] * c / dev[k] if dev[k] else 0) for k in ("lut", "ff", "dsp")}
-        use["bram"] = (core["bram"] * c / dev["bram"]) if dev["bram"] else 0
+        use = {k: (core[k] * c / dev[k] if dev[k] else 0) for k in ("lut", "ff", "dsp", "bram")}
         print(f"| core x {c} / device | | " + " | ".join(f"{100 * use[k]:.0f}%" for k in
                                                        ("lut", "ff", "dsp", "bram")) + " | |")
-    ports = "; ".join(f"{b} {len(w)} ports ({sum(w)} B)" for b, w in res["buffer_ports"].items())
-    print(f"\nBuffer ports not synthesised: {ports}.")
 
 
 def main() -> None:
@@ -350,18 +440,25 @@ def main() -> None:
                 print_table(res)
         return
     yosys = yosys_binary()
+    law = None
+    if "BufferPort" not in args.skip and any(
+            net.width * net.lanes > PORT_SYNTH_LIMIT
+            for t in args.targets for _, net, _ in port_blocks(load_target(t))):
+        law = port_law(yosys, args.timeout)
+        print(json.dumps({"port_law": law}), flush=True)
     results = []
     for t in args.targets:
-        res = run_target(t, yosys, args.timeout, tuple(args.skip))
+        res = run_target(t, yosys, args.timeout, tuple(args.skip), law)
         print_table(res)
         results.append(res)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     summary = {r["target"]: {"complete": r["complete"], "yosys": r["synth_total"],
+                             "ports_complete": r["ports_complete"], "port_networks": r["ports_total"],
                              "buffer_bram": r["buffer_bram"], "buffer_uram": r["buffer_uram"],
                              "model": r["model"]} for r in results}
     print(json.dumps({"benchmark": "rtl_resources", "family": "xcup",
-                      "memory_limit_kb": YOSYS_MEMORY_KB, "targets": summary}))
+                      "memory_limit_kb": YOSYS_MEMORY_KB, "port_law": law, "targets": summary}))
 
 
 if __name__ == "__main__":
