@@ -29,11 +29,11 @@ from flightforge.arch import ArchConfig
 from .buffers import addr_bits
 from .bus import BufPortSignature
 from .decode import field, unit_members
-from .dsp_chain import DspChain
+from .dsp_chain import PROD_BITS, DspChain
+from .mpe_epilogue import SegmentEpilogue
+from .mpe_operands import ChainFeed, RowWindows
 from .sfu.common import by_dtype
-from .sfu.lane import rnd_shift, saturate
 
-ACC_BITS = 50  #: accumulator: scaled sums < 2**46 plus bias and partial sums (numerics)
 HDR = formats.RECORD_HEADER_BYTES
 
 
@@ -67,6 +67,8 @@ class MatrixEngine(wiring.Component):
         self.segs = max(rm * n for rm, n, _ in self.modes.values())
         self.wb = max(k for _, _, k in self.modes.values())  # staged weight bytes/column
         self.mb = _cdiv(self.wb * 4, 8)
+        self.terms = self.wb // 2  # DSP-group sums per segment (the longest mode's)
+        self.sum_bits = PROD_BITS + self.macs.bit_length()  # a chain's group sum
         # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
         # records per column, ACT: activation spans per row, partial sums, results.
         wgt_w = max(max(P[isa.Buf.WGT] // n, n) for _, n, _ in self.modes.values())
@@ -79,6 +81,19 @@ class MatrixEngine(wiring.Component):
         self.n_act = max(rm * self.apr[nm] for nm, (rm, _, _) in self.modes.items())
         self.ppr = {nm: _cdiv(4 * n, pa) for nm, (_, n, _) in self.modes.items()}
         self.n_psum = max(rm * self.ppr[nm] for nm, (rm, _, _) in self.modes.items())
+        # Repeated blocks: one RowWindows per distinct (k, row ports) of a tile row (the
+        # modes share a row's windows when they agree), one ChainFeed per chain that some
+        # mode's tile reaches, with the modes that reach it.
+        self.win_rows: list[tuple[int, int, int]] = []  # (k, first ACT read port, ports)
+        self.win_of: dict[tuple[str, int], int] = {}  # (mode, row) -> RowWindows
+        for nm, (rm, n, k) in self.modes.items():
+            for r in range(rm):
+                key = (k, r * self.apr[nm], self.apr[nm])
+                if key not in self.win_rows:
+                    self.win_rows.append(key)
+                self.win_of[nm, r] = self.win_rows.index(key)
+        self.feed_modes = [tuple(nm for nm, (rm, n, k) in self.modes.items()
+                                 if c * self.macs < rm * n * k) for c in range(mp.chains)]
         ps = P[isa.Buf.SCALE]
         self.rec_reads = _cdiv(6, ps)
         widths = {
@@ -95,6 +110,25 @@ class MatrixEngine(wiring.Component):
                 members[f"buf_{b.name.lower()}{i}"] = Out(
                     BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
         super().__init__({**unit_members(isa.Unit.MPE), **members})
+
+    #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
+    #: row windows, segment epilogues.
+    REPEATED = r"chain\d+|feed\d+|win\d+|epi\d+"
+
+    def parts(self) -> list[tuple[str, wiring.Component, int]]:
+        """The repeated blocks but the chains: ``(label, a new instance, instances)`` per
+        distinct block, as :meth:`elaborate` instantiates them (so that each is synthesised
+        once and counted per instance, benchmarks/rtl_resources.py)."""
+        out = []
+        for k, apr in sorted({(k, apr) for k, _, apr in self.win_rows}):
+            count = sum((kk, a) == (k, apr) for kk, _, a in self.win_rows)
+            row = apr * self.P[isa.Buf.ACT]
+            out.append((f"RowWindows (k={k}, {row} B)", RowWindows(k, self.window, row), count))
+        for modes in sorted({fm for fm in self.feed_modes if fm}, key=len, reverse=True):
+            out.append((f"ChainFeed ({', '.join(modes)})", ChainFeed(self.G, self.window, modes),
+                        self.feed_modes.count(modes)))
+        out.append(("SegmentEpilogue", SegmentEpilogue(self.terms, self.sum_bits), self.segs))
+        return out
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         return self.widths.get(buf, [])
@@ -321,31 +355,17 @@ class MatrixEngine(wiring.Component):
                      f_first.eq(s == 0), f_c0.eq(c0), f_r0.eq(rt_row), f_d.eq(d_base)]
         f_int4 = int4 & ~wkn
         # MAC inputs. ``sk`` is a multiple of the mode's ``k`` and a MAC's entry ``i < k`` is
-        # a constant, so the block of the step's span holding entry ``i`` is ``i >> log2(N)``
-        # for every N:M mode (``(sk mod N) + i < N`` when ``N > k``): a MAC's activation
-        # window and index are constant slices, one per sparse mode, not shifts. Windows
-        # depend on (row, entry), indices and weights on (column, entry): built once each.
-        wins, macw, maci = {}, {}, {}
-
-        def window(nm, r, i):
-            if (nm, r, i) not in wins:
-                apr = self.apr[nm]
-                rowdata = Cat(*(p.rdata for p in act_ports[r * apr:(r + 1) * apr]))
-                padded = Cat(rowdata, Const(0, 8 * self.window))
-                wins[nm, r, i] = w = Signal(8 * self.window, name=f"win_{nm}{r}_{i}")
-                by_off = {}
-                for mode in isa.SparseMode:
-                    if mode.is_sparse:
-                        by_off.setdefault((i >> lg(mode.n)) << lg(mode.m), []).append(mode)
-                with m.Switch(f["sparse"]):
-                    with m.Case(isa.SparseMode.DENSE):
-                        m.d.comb += w.eq(rowdata.word_select(i, 8))
-                    for off, modes in by_off.items():
-                        with m.Case(*modes):
-                            m.d.comb += w.eq(padded[8 * off:8 * (off + self.window)])
-                    with m.Default():  # no N:M mode: lm = ln = 0, the window at byte i
-                        m.d.comb += w.eq(padded[8 * i:8 * (i + self.window)])
-            return wins[nm, r, i]
+        # a constant, so a MAC's activation window and index are constant slices, one per
+        # sparse mode, not shifts (:class:`RowWindows`). Windows depend on (row, entry),
+        # indices and weights on (column, entry): built once each; each chain's
+        # :class:`ChainFeed` picks its MACs' operands of the instruction's mode.
+        wins = []
+        for w, (k, p0, apr) in enumerate(self.win_rows):
+            m.submodules[f"win{w}"] = rw = RowWindows(k, self.window, apr * pa)
+            m.d.comb += [rw.sparse.eq(f["sparse"]),
+                         rw.row.eq(Cat(*(p.rdata for p in act_ports[p0:p0 + apr])))]
+            wins.append(rw)
+        macw, maci = {}, {}
 
         def weight(j, i):
             if (j, i) not in macw:
@@ -370,37 +390,40 @@ class MatrixEngine(wiring.Component):
                         m.d.comb += iv.eq(mst_n[j][i:i + 1])
             return maci[j, i]
 
-        for g in range(len(chains) * self.macs):
-            ch, mac = divmod(g, self.macs)
-            chain = chains[ch]
-            for nm, (rm, n, k) in self.modes.items():
-                seg, i = divmod(g, k)
-                r, j = divmod(seg, n)
-                if r >= rm:
-                    continue
-                ops = window(nm, r, i), weight(j, i), index(j, i)  # (built outside the If)
-                with m.If(is_mm if nm == "mm" else ~is_mm):
-                    m.d.comb += [chain.act[mac].eq(ops[0]), chain.wgt[mac].eq(ops[1]),
-                                 chain.idx[mac].eq(ops[2])]
+        for ch, chain in enumerate(chains):
             m.d.comb += chain.valid.eq(fv)
+            if not self.feed_modes[ch]:
+                continue  # no tile reaches the chain: its operands stay zero
+            m.submodules[f"feed{ch}"] = fd = ChainFeed(self.G, self.window, self.feed_modes[ch])
+            m.d.comb += [fd.is_mm.eq(is_mm), chain.act.eq(fd.ops.act), chain.wgt.eq(fd.ops.wgt),
+                         chain.idx.eq(fd.ops.idx)]
+            for mac in range(self.macs):
+                for nm in fd.modes:
+                    rm, n, k = self.modes[nm]
+                    seg, i = divmod(ch * self.macs + mac, k)
+                    r, j = divmod(seg, n)
+                    if r < rm:
+                        ops = getattr(fd, nm)
+                        m.d.comb += [ops.act[mac].eq(wins[self.win_of[nm, r]].windows[i]),
+                                     ops.wgt[mac].eq(weight(j, i)), ops.idx[mac].eq(index(j, i))]
         # cuts: segment ends and scale-group ends. ``sk`` is a multiple of ``k`` and
         # ``i + 2 <= k``: ``sk + i + 2`` ends a group of ``2**lge`` entries iff ``i + 2`` does
         # (for a group longer than ``k`` only ``i + 2 == k`` can, a segment end anyway).
+        # A chain starts at a multiple of ``k``: its cuts are the same for every chain.
         group_mask = Signal(32)
         m.d.comb += group_mask.eq((Const(1, 32) << lge) - 1)
 
         def ends(i, k):
             return Const(int(i + 2 == k), 1) | (gsz_on & ((Const(i + 2, 32) & group_mask) == 0))
 
-        for ch, chain in enumerate(chains):
-            for gg in range(self.G):
-                g = ch * self.macs + 2 * gg  # first MAC of the DSP group
-                cut = Signal(name=f"cut{ch}_{gg}")
-                for nm, (rm, n, k) in self.modes.items():
-                    with m.If(is_mm if nm == "mm" else ~is_mm):
-                        m.d.comb += cut.eq(ends(g % k, k))
-                m.d.comb += chain.cut[gg].eq(cut)
-        # --- stage F+2: scale, accumulate, epilogue, write ----------------------------------
+        cut = Signal(self.G)
+        for gg in range(self.G):
+            for nm, (rm, n, k) in self.modes.items():
+                with m.If(is_mm if nm == "mm" else ~is_mm):
+                    m.d.comb += cut[gg].eq(ends((2 * gg) % k, k))
+        for chain in chains:
+            m.d.comb += chain.cut.eq(cut)
+        # --- stage F+2: scale, accumulate, epilogue (SegmentEpilogue), write -------------
         D = 2
         def dl(v, name):
             cur = v
@@ -415,46 +438,64 @@ class MatrixEngine(wiring.Component):
         scales = [dl(p.rdata, f"sc{j}") for j, p in enumerate(scale_ports)]
         recs = [dl(p.rdata, f"rec{i}") for i, p in enumerate(rec_ports)]
         psums = [dl(p.rdata, f"ps{i}") for i, p in enumerate(psum_ports)]
-        accs = [Signal(signed(ACC_BITS), name=f"acc{t}") for t in range(self.segs)]
-        results = [Signal(32, name=f"res{t}") for t in range(self.segs)]
-        totals = [Signal(signed(ACC_BITS), name=f"tot{t}") for t in range(self.segs)]
-        for t in range(self.segs):
-            contrib = Signal(signed(ACC_BITS), name=f"contrib{t}")
-            bias = Signal(signed(32), name=f"bias{t}")
-            mult = Signal(16, name=f"mult{t}")
-            psv = Signal(signed(32), name=f"psv{t}")
+        # Per-segment inputs by source: a group sum by (chain, group), a group scale by
+        # (column, term), a column's record by column, a partial sum by (first port, ports,
+        # column); a mode that leaves the segment idle gives 0.
+        ended = Signal(self.terms)  # term q counts: its group ends a scale group or segment
+        for q in range(self.terms):
             for nm, (rm, n, k) in self.modes.items():
-                if t >= rm * n:
-                    continue
-                r, j = divmod(t, n)
-                with m.If(is_mm if nm == "mm" else ~is_mm):
-                    terms = []
-                    for q in range(k // 2):
-                        g = t * k + 2 * q
-                        ch, gg = divmod(g, self.macs)
-                        gg //= 2
-                        sm = chains[ch].sums[gg]
-                        ended = Signal(name=f"end{t}_{q}_{nm}")
-                        m.d.comb += ended.eq(ends(2 * q, k))
-                        li = Const(2 * q) >> lge  # the group of entry 2q in the step's scales
-                        sc = scales[j].word_select(li[:max(1, (len(scales[j]) // 8 - 1).bit_length())], 8) \
-                            if len(scales[j]) > 8 else scales[j]
-                        terms.append(Mux(ended, sm * Mux(gsz_on, sc, 1), 0))
-                    tot = terms[0]
-                    for x in terms[1:]:
-                        tot = tot + x
-                    m.d.comb += contrib.eq(tot)
-                    recbytes = Cat(*recs[j * self.rec_reads:(j + 1) * self.rec_reads])
-                    m.d.comb += [bias.eq(Mux(f["colp"], recbytes[0:32], 0)),
-                                 mult.eq(Mux(f["colp"], recbytes[32:48], f["mult"]))]
-                    pr = Cat(*psums[r * self.ppr[nm]:(r + 1) * self.ppr[nm]])
-                    m.d.comb += psv.eq(Mux(f["acc_in"], pr.word_select(j, 32), 0))
-            base = Mux(e_first, 0, accs[t])
-            m.d.comb += totals[t].eq(base + contrib)
-            with m.If(ev):
-                m.d.sync += accs[t].eq(totals[t])
-            scaled = (totals[t] + psv + bias) * mult
-            m.d.comb += results[t].eq(saturate(rnd_shift(scaled, f["shift"]), f["odt"]))
+                if 2 * q < k:
+                    with m.If(is_mm if nm == "mm" else ~is_mm):
+                        m.d.comb += ended[q].eq(ends(2 * q, k))
+
+        def group_sum(key):
+            ch, gg = key
+            return chains[ch].sums[gg]
+
+        def group_scale(key):
+            j, q = key
+            li = Const(2 * q) >> lge  # the group of entry 2q in the step's scales
+            return scales[j].word_select(li[:max(1, (len(scales[j]) // 8 - 1).bit_length())], 8) \
+                if len(scales[j]) > 8 else scales[j]
+
+        def record(j):
+            return Cat(*recs[j * self.rec_reads:(j + 1) * self.rec_reads])
+
+        def psum(key):
+            p0, ppr, j = key
+            return Mux(f["acc_in"], Cat(*psums[p0:p0 + ppr]).word_select(j, 32), 0)
+
+        def pick(keys, value):
+            """``value(key)`` of the instruction's mode (``keys``: per mode; None, a missing
+            mode: 0); one source, no multiplexer, where the modes agree."""
+            a, b = keys.get("mm"), keys.get("mv")
+            if a == b:
+                return 0 if a is None else value(a)
+            return Mux(is_mm, 0 if a is None else value(a), 0 if b is None else value(b))
+
+        results = []
+        for t in range(self.segs):
+            m.submodules[f"epi{t}"] = ep = SegmentEpilogue(self.terms, self.sum_bits)
+            at = {}  # mode -> (row, column) of segment t
+            for nm, (rm, n, k) in self.modes.items():
+                if t < rm * n:
+                    at[nm] = divmod(t, n)
+            for q in range(self.terms):
+                m.d.comb += [
+                    ep.sums[q].eq(pick({nm: (divmod(t * self.modes[nm][2] + 2 * q, self.macs)[0],
+                                             (t * self.modes[nm][2] + 2 * q) % self.macs // 2)
+                                        for nm in at if 2 * q < self.modes[nm][2]}, group_sum)),
+                    ep.scales[q].eq(pick({nm: (at[nm][1], q) for nm in at
+                                          if 2 * q < self.modes[nm][2]}, group_scale))]
+            col = {nm: j for nm, (r, j) in at.items()}
+            m.d.comb += [
+                ep.valid.eq(ev), ep.first.eq(e_first), ep.ended.eq(ended), ep.gsz_on.eq(gsz_on),
+                ep.bias.eq(pick(col, lambda j: Mux(f["colp"], record(j)[0:32], 0))),
+                ep.mult.eq(pick(col, lambda j: Mux(f["colp"], record(j)[32:48], f["mult"]))),
+                ep.psum.eq(pick({nm: (r * self.ppr[nm], self.ppr[nm], j) for nm, (r, j) in at.items()},
+                                psum)),
+                ep.shift.eq(f["shift"]), ep.odt.eq(f["odt"])]
+            results.append(ep.result)
         # writes: one port per output row (and per port width of the row)
         for i, port in enumerate(wr_ports):
             for nm, (rm, n, k) in self.modes.items():

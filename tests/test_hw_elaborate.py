@@ -8,6 +8,7 @@ times the ports) are left to the benchmark.
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_mpe_converts_to_rtlil(target) -> None:
     text, widths = _rtl_resources().convert_boxed(mpe, "mpe")
     assert "module \\mpe.dut\n" in text
     assert "module \\mpe.dut.chain0\n" in text
+    for sub in ("feed0", "win0", "epi0"):
+        assert f"module \\mpe.dut.{sub}\n" in text
     top = text[text.index("module \\mpe\n"):]
     top = top[:top.index("\nend\n")]
     assert [ln.split()[-1] for ln in top.splitlines() if " input " in ln] == ["\\clk", "\\rst"]
@@ -49,3 +52,47 @@ def test_mpe_ports_exceed_amaranths_top_level_limit(target) -> None:
     mpe = MatrixEngine(load_target(target))
     mpe._MustUse__silence = True  # only its signature is looked at
     assert _input_bits(mpe) > (1 << 16) - 2
+
+
+def test_mpe_submodules_are_the_parts_the_benchmark_counts() -> None:
+    """Every submodule of tiny's MPE is a chain or one of :meth:`MatrixEngine.parts` (the
+    same component: type and signature), as many times as the part says."""
+    arch = load_target("tiny")
+    mpe = MatrixEngine(arch)
+    mpe._MustUse__silence = True
+    subs = {n: s for n, (s, _) in mpe.elaborate(None)._named_submodules.items()}
+    for s in subs.values():
+        s._MustUse__silence = True
+    assert all(re.fullmatch(MatrixEngine.REPEATED, n) for n in subs)
+    for label, comp, count in mpe.parts():
+        comp._MustUse__silence = True
+        assert sum(type(s) is type(comp) and s.signature == comp.signature
+                   for s in subs.values()) == count, label
+    chains = [s for n, s in subs.items() if n.startswith("chain")]
+    assert len(chains) == arch.mpe.chains
+    assert len(subs) == len(chains) + sum(count for _, _, count in mpe.parts())
+
+
+@pytest.mark.parametrize("target", ["tiny", "kv260", "u280", "vhk158"])
+def test_mpe_part_counts(target) -> None:
+    """One epilogue per segment of the larger tile, one window block per tile row (a row
+    the modes read alike shared), one feed per chain; a chain an MV tile does not reach
+    gets the MM-only feed."""
+    arch = load_target(target)
+    mpe = MatrixEngine(arch)
+    mpe._MustUse__silence = True
+    counts = {label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else ""): 0
+              for label, _, _ in mpe.parts()}
+    for label, comp, count in mpe.parts():
+        comp._MustUse__silence = True
+        counts[label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else "")] += count
+    mm, mv, macs = arch.mpe.mm, arch.mpe.mv, 2 * arch.mpe.groups_per_chain
+    assert counts["SegmentEpilogue"] == max(mm.m * mm.n, mv.n)
+    shared = mm.k == mv.k and mpe.apr["mm"] == mpe.apr["mv"]
+    assert counts["RowWindows"] == mm.m + (0 if shared else 1)
+    mv_chains = -(-mv.n * mv.k // macs)
+    assert counts["ChainFeed"] == min(mv_chains, arch.mpe.chains)
+    assert counts.get("ChainFeed mm-only", 0) == arch.mpe.chains - mv_chains
+    if target in ("u280", "vhk158"):
+        assert counts == {"RowWindows": 128, "ChainFeed": 32, "ChainFeed mm-only": 96,
+                          "SegmentEpilogue": 256}
