@@ -34,12 +34,13 @@ class SoftmaxStream(StreamComponent):
     """SOFTMAX on the byte-credit schedule (``elem_bytes`` = input + result bytes in every
     pass), bit-exact with :func:`flightforge.numerics.softmax`.
 
-    Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port. An
-    element issued in cycle ``t`` arrives in ``t + 1``: MAX folds it into its row's
-    maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >> shift)`` (the
-    lane's first multiplier) and the ROM address, the ROM answers in ``t + 2``, where SUM
-    adds ``e`` to the row sum and OUT writes ``y`` (the lane's second multiplier and
-    saturation: the probabilities are not negative, so saturating is ``min(y_max, .)``).
+    Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port (a
+    ROM per lane pair). An element issued in cycle ``t`` arrives in ``t + 1``: MAX folds
+    it into its row's maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >>
+    shift)`` (the lane's first multiplier) and the ROM address, the ROM answers in ``t +
+    2``, where SUM adds ``e`` to the row sum and OUT writes ``y`` (the lane's second
+    multiplier and saturation: the probabilities are not negative, so saturating is
+    ``min(y_max, .)``).
     The divider starts three cycles after SUM's last issue (when its last ``e`` is
     summed); OUT may issue from :data:`~flightforge.sfu.SOFTMAX_ROW_GAP` + 1
     cycles after that last issue, so that its first ``y`` meets the quotient.
@@ -133,16 +134,21 @@ class SoftmaxStream(StreamComponent):
                 with m.If(r1[0] == b):
                     m.d.sync += mx_bank[b].eq(run)
         # SUM / OUT: d, t, ROM address (combinational on arrival), ROM data next cycle
-        rom = memory.Memory(shape=unsigned(EXP_BITS), depth=len(numerics.EXP2_LUT),
-                            init=[int(v) for v in numerics.EXP2_LUT])
-        m.submodules.exp2_rom = rom
+        # One exp2 ROM per lane pair, two read ports each (a dual-port block RAM), not one
+        # ROM with a port per lane: Yosys 0.23's memory mapper runs out of 10 GB on
+        # u280's 16-port ROM, and an FPGA build would replicate it this way anyway.
+        roms = []
+        for h in range(-(-L // 2)):
+            roms.append(rom := memory.Memory(shape=unsigned(EXP_BITS), depth=len(numerics.EXP2_LUT),
+                                             init=[int(v) for v in numerics.EXP2_LUT]))
+            m.submodules[f"exp2_rom{h}"] = rom
         v2, vc2 = Signal(L), Signal(L)
         ph2, r2, c2, last2, first2 = Signal(2), Signal.like(row), Signal.like(col), Signal(), Signal()
         m.d.sync += [v2.eq(v1), vc2.eq(Cat(*vc)), ph2.eq(ph1), r2.eq(r1), c2.eq(c1),
                      last2.eq(last1), first2.eq(first1)]
         es = []
         for j in range(L):
-            rp = rom.read_port()
+            rp = roms[j // 2].read_port()
             lane = self.lane(j)
             d = Signal(ELEM_BITS, name=f"d{j}")
             t = Signal(ELEM_BITS + isa.MULT_BITS, name=f"t{j}")
