@@ -16,9 +16,7 @@ instances:
   ``lanes`` x ``SfuLane`` (the shared per-lane arithmetic, ``hw/sfu/lane.py``);
 - the buffers' port networks: every user has its own port at any byte address
   (``hw.buffers.BufferPort``: a rotate network in front of and behind the lanes), one
-  row per distinct (buffer, width) times its number of ports. A network of more than
-  :data:`PORT_SYNTH_LIMIT` byte-lane pairs is not synthesised but extrapolated with a
-  law fitted on :data:`PORT_LADDER` (:func:`port_law`; the table says which rows are).
+  row per distinct (buffer, width) times its number of ports.
 
 Not synthesised (stated in every table): the buffers' RAMs, counted with the resource
 model's banking rule (checked against Yosys on single buffers by
@@ -55,7 +53,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 from amaranth import Elaboratable, Module, Value
 from amaranth.back import rtlil
@@ -72,14 +69,6 @@ YOSYS_MEMORY_KB = 10_000_000
 #: Wall-clock limit of one Yosys run (s).
 YOSYS_TIMEOUT_S = 3600
 TARGETS = ("tiny", "kv260", "u280", "vhk158")
-#: A buffer port network of more byte-lane pairs (width x lanes) than this is not
-#: synthesised (its read and write rotators grow as width x lanes: kv260's 128 B ACT port
-#: on 128 lanes is the largest synthesised) but extrapolated with :func:`port_law`.
-PORT_SYNTH_LIMIT = 128 * 128
-#: (width B, lanes, row bits) of the port networks :func:`port_law` is fitted on.
-PORT_LADDER = ((4, 8, 13), (8, 8, 13), (4, 32, 13), (32, 32, 13), (16, 64, 12), (64, 64, 12),
-               (32, 128, 12), (128, 128, 12))
-
 
 def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (YOSYS_MEMORY_KB * 1024, YOSYS_MEMORY_KB * 1024))
@@ -148,15 +137,27 @@ def synth(component, name: str, yosys: str, flags: str = "", blackbox: str | Non
         return {"ok": False, "seconds": 0, "blackboxes": 0,
                 "error": f"Amaranth cannot emit it: {type(e).__name__} {e}".strip()}
     convert_s = round(time.perf_counter() - t, 1)
-    key = (hashlib.sha256(text.encode()).hexdigest(), flags, blackbox, flatten)
-    if key in _DONE:  # the same block in another config: synthesised once
+    key = f"{hashlib.sha256(text.encode()).hexdigest()}|{flags}|{blackbox}|{flatten}"
+    if key in _DONE:  # the same block in another config or a --cache'd run: synthesised once
         return dict(_DONE[key], cached=True)
     _DONE[key] = r = dict(_synth_il(text, box_stubs(widths), name, yosys, flags, blackbox,
                                     flatten, timeout), convert_seconds=convert_s)
     return r
 
 
-_DONE: dict[tuple, dict] = {}
+#: Results by (RTLIL hash, flags, black boxes, flatten): a block is synthesised once per
+#: process, and once ever with ``--cache`` (successful runs only).
+_DONE: dict[str, dict] = {}
+
+
+def load_cache(path: Path) -> None:
+    if path.exists():
+        _DONE.update(json.loads(path.read_text()))
+
+
+def save_cache(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: v for k, v in _DONE.items() if v["ok"]}) + "\n")
 
 
 def _synth_il(text: str, stubs: str, name: str, yosys: str, flags: str, blackbox: str | None,
@@ -296,37 +297,8 @@ def port_blocks(arch) -> list[tuple[str, object, int]]:
     return out
 
 
-def port_law(yosys: str, timeout: int) -> dict:
-    """Each resource kind of a :class:`hw.buffers.BufferPort` as ``a * width * lanes + b *
-    lanes * row_bits + c``, least squares over :data:`PORT_LADDER` (synthesised here), with
-    the ladder's points and the fit's largest relative error on them."""
-    from flightforge.hw.buffers import BufferPort
-    points, feats = [], []
-    for w, lanes, rb in PORT_LADDER:
-        r = synth(BufferPort(rb + lanes.bit_length() - 1, rb, w, lanes), "bufferport", yosys,
-                  flatten=True, timeout=timeout)
-        if not r["ok"]:
-            raise SystemExit(f"the port ladder's {w} B x {lanes} lanes failed: {r['error']}")
-        points.append({"width": w, "lanes": lanes, "row_bits": rb,
-                       **{k: r[k] for k in ("lut", "ff", "seconds")}})
-        feats.append([w * lanes, lanes * rb, 1])
-    law = {"points": points, "coef": {}, "max_rel_err": {}}
-    for k in ("lut", "ff"):
-        y = np.array([p[k] for p in points], dtype=float)
-        coef, *_ = np.linalg.lstsq(np.array(feats, dtype=float), y, rcond=None)
-        law["coef"][k] = coef.tolist()
-        law["max_rel_err"][k] = float(np.max(np.abs(np.array(feats) @ coef - y) / y))
-    return law
-
-
-def _extrapolate(law: dict, net) -> dict:
-    f = (net.width * net.lanes, net.lanes * net.rows_bits, 1)
-    return {k: round(sum(a * x for a, x in zip(law["coef"][k], f))) for k in ("lut", "ff")} | {
-        "dsp": 0, "bram": 0.0, "uram": 0}
-
-
 def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
-               skip: tuple[str, ...] = (), law: dict | None = None) -> dict:
+               skip: tuple[str, ...] = (), cache: Path | None = None) -> dict:
     arch = load_target(target)
     rows = []
     for block, comp, box, count in core_blocks(arch):
@@ -337,6 +309,8 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
         else:
             r = synth(comp, name, yosys, blackbox=box, flatten=True, timeout=timeout)
         rows.append({"block": block, "count": count, **r})
+        if cache:
+            save_cache(cache)
         print(json.dumps({"target": target, "block": block, "count": count,
                           **{k: v for k, v in r.items() if k != "cells"}}), flush=True)
     total = {k: 0.0 for k in KINDS}
@@ -347,13 +321,10 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
                 total[k] += r["count"] * r[k]
     ports, ports_total = [], {k: 0.0 for k in KINDS}
     for block, net, count in ([] if "BufferPort" in skip else port_blocks(arch)):
-        if net.width * net.lanes <= PORT_SYNTH_LIMIT:
-            r = synth(net, "bufferport", yosys, flatten=True, timeout=timeout)
-        else:
-            net._MustUse__silence = True  # extrapolated, not synthesised
-            r = ({"ok": True, "extrapolated": True, "seconds": 0, **_extrapolate(law, net)}
-                 if law else {"ok": False, "error": "not synthesised (too large), no law"})
+        r = synth(net, "bufferport", yosys, flatten=True, timeout=timeout)
         ports.append({"block": block, "count": count, **r})
+        if cache:
+            save_cache(cache)
         print(json.dumps({"target": target, "block": block, "count": count,
                           **{k: v for k, v in r.items() if k != "cells"}}), flush=True)
         for k in KINDS:
@@ -376,10 +347,9 @@ def _fmt(v) -> str:
 def _row(r: dict) -> str:
     if not r["ok"]:
         return f"| {r['block']} | {r['count']} | {r['error']} | | | | {r['seconds']} |"
-    how = "extrapolated" if r.get("extrapolated") else r["seconds"]
     return f"| {r['block']} | {r['count']} | " + " | ".join(
         f"{_fmt(r[k])}" + (f" (x{r['count']} = {_fmt(r[k] * r['count'])})" if r["count"] > 1 else "")
-        for k in ("lut", "ff", "dsp", "bram")) + f" | {how} |"
+        for k in ("lut", "ff", "dsp", "bram")) + f" | {r['seconds']} |"
 
 
 def _total(label: str, t: dict, bram: str | None = None) -> str:
@@ -403,9 +373,6 @@ def print_table(res: dict) -> None:
     pt = res.get("ports_total", {k: 0.0 for k in KINDS})
     ptag = ("" if res.get("ports_complete") else " (not run)" if not port_rows
             else " (ports that failed are missing)")
-    n_ex = sum(r["count"] for r in port_rows if r.get("extrapolated"))
-    if n_ex:
-        ptag += f" ({n_ex} of {sum(r['count'] for r in port_rows)} ports extrapolated)"
     print(_total(f"buffer port networks{ptag}", pt))
     print(f"| buffer RAMs (model's banking rule, not synthesised) | | | | | "
           f"{_fmt(res['buffer_bram'])} + {_fmt(res['buffer_uram'])} URAM | |")
@@ -433,6 +400,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT_S, help="per Yosys run (s)")
     ap.add_argument("--skip", nargs="*", default=[], help="blocks not to run, by the first word of their name (e.g. MatrixEngine DspChain)")
     ap.add_argument("--tables", type=Path, nargs="+", help="only print the tables of --out files")
+    ap.add_argument("--cache", type=Path, help="reuse and keep every successful block here (JSON, "
+                    "keyed by the block's RTLIL hash: a changed block is synthesised again)")
     args = ap.parse_args()
     if args.tables:
         for f in args.tables:
@@ -440,15 +409,11 @@ def main() -> None:
                 print_table(res)
         return
     yosys = yosys_binary()
-    law = None
-    if "BufferPort" not in args.skip and any(
-            net.width * net.lanes > PORT_SYNTH_LIMIT
-            for t in args.targets for _, net, _ in port_blocks(load_target(t))):
-        law = port_law(yosys, args.timeout)
-        print(json.dumps({"port_law": law}), flush=True)
+    if args.cache:
+        load_cache(args.cache)
     results = []
     for t in args.targets:
-        res = run_target(t, yosys, args.timeout, tuple(args.skip), law)
+        res = run_target(t, yosys, args.timeout, tuple(args.skip), args.cache)
         print_table(res)
         results.append(res)
     if args.out:
@@ -458,7 +423,7 @@ def main() -> None:
                              "buffer_bram": r["buffer_bram"], "buffer_uram": r["buffer_uram"],
                              "model": r["model"]} for r in results}
     print(json.dumps({"benchmark": "rtl_resources", "family": "xcup",
-                      "memory_limit_kb": YOSYS_MEMORY_KB, "port_law": law, "targets": summary}))
+                      "memory_limit_kb": YOSYS_MEMORY_KB, "targets": summary}))
 
 
 if __name__ == "__main__":
