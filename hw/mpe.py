@@ -15,6 +15,15 @@ Then, pipelined behind the fetch of the next step: MACs (one cycle), reduction n
 and, at the tile's last step, the epilogue ``sat(rnd((acc + psum + bias) * mult >>
 shift))`` written in the same cycle. An instruction of ``T`` fetch cycles is done
 ``T + 4`` cycles after it started (tiny's ``pipeline_depth``).
+
+The repeated parts are components of their own (:meth:`MatrixEngine.parts`), so that
+each distinct one is synthesised once and counted per instance
+(benchmarks/rtl_resources.py; the flat MPE of u280 was beyond Yosys in 10 GB): the
+``chains`` x :class:`.dsp_chain.DspChain`, one :class:`.mpe_operands.RowWindows` per tile
+row, one :class:`.mpe_operands.ChainFeed` per chain and one
+:class:`.mpe_epilogue.SegmentEpilogue` per segment. This module keeps the fetch loop,
+the addressing, the staging of weights and indices, and the wiring that gives each
+block its inputs of the instruction's mode.
 """
 
 from __future__ import annotations

@@ -81,11 +81,11 @@ def test_mpe_part_counts(target) -> None:
     arch = load_target(target)
     mpe = MatrixEngine(arch)
     mpe._MustUse__silence = True
-    counts = {label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else ""): 0
-              for label, _, _ in mpe.parts()}
+    counts: dict[str, int] = {}
     for label, comp, count in mpe.parts():
         comp._MustUse__silence = True
-        counts[label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else "")] += count
+        key = label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else "")
+        counts[key] = counts.get(key, 0) + count
     mm, mv, macs = arch.mpe.mm, arch.mpe.mv, 2 * arch.mpe.groups_per_chain
     assert counts["SegmentEpilogue"] == max(mm.m * mm.n, mv.n)
     shared = mm.k == mv.k and mpe.apr["mm"] == mpe.apr["mv"]
