@@ -47,35 +47,46 @@ CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
 FLIGHTLLM_U280_W = 45.0  #: FlightLLM (FPGA 2024): U280, LLaMA2-7B decode
 #: Assumed relative dynamic power per resource at 100 MHz and full activity (W), in the
 #: style of AMD's UltraScale+ power estimator; only the ratios matter (scale is fitted).
-ENERGY_W_AT_100MHZ = {"dsp": 0.6e-3, "lut": 0.01e-3, "ff": 0.004e-3, "bram": 0.9e-3,
-                      "uram": 2.0e-3}
-POWER_ASSUMED = {"static_w_per_lut": 10.0 / 1303680,  # 10 W static on the XCU280
-                 "pj_per_bit": {"hbm": 3.9, "ddr": 15.0},  # approximate literature values
-                 "energy_w_at_100mhz": ENERGY_W_AT_100MHZ}
+ENERGY_W_AT_100MHZ = {"dsp": 0.6e-3, "lut": 0.01e-3, "ff": 0.004e-3, "bram": 0.9e-3, "uram": 2.0e-3}
+POWER_ASSUMED = {
+    "static_w_per_lut": 10.0 / 1303680,  # 10 W static on the XCU280
+    "pj_per_bit": {"hbm": 3.9, "ddr": 15.0},  # approximate literature values
+    "energy_w_at_100mhz": ENERGY_W_AT_100MHZ,
+}
 
 
 def calibrate_power(path: Path) -> dict:
     """Fit ``power.scale`` so the U280 LLaMA2-7B decode reference point draws 45 W."""
     from flightforge.explore import evaluate_point, spec_from_dict
     from flightforge.resources import calibration
+
     data = json.loads(path.read_text())
     data["power"] = dict(POWER_ASSUMED, scale=1.0)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     calibration.cache_clear()
-    spec = spec_from_dict({
-        "name": "power-calibration", "model": str(CONFIGS / "llama2-7b.json"), "target": "u280",
-        "workload": {"prompt_len": 128, "decode_len": 512, "ttft": False},
-        "quant": {"weight_bits": 4, "group": 128, "sparse_n": 4, "sparse_m": 16},
-        "timing": {"interleave_bytes": 4096, "hbm_channels": 24, "mem_efficiency_pct": 70}})
+    spec = spec_from_dict(
+        {
+            "name": "power-calibration",
+            "model": str(CONFIGS / "llama2-7b.json"),
+            "target": "u280",
+            "workload": {"prompt_len": 128, "decode_len": 512, "ttft": False},
+            "quant": {"weight_bits": 4, "group": 128, "sparse_n": 4, "sparse_m": 16},
+            "timing": {"interleave_bytes": 4096, "hbm_channels": 24, "mem_efficiency_pct": 70},
+        }
+    )
     row = evaluate_point(spec, {})
     m = row["metrics"]
     logic_target = FLIGHTLLM_U280_W - m["static_w"] - m["memory_w"]
     data["power"]["scale"] = round(logic_target / m["logic_w"], 4)
     data["power"]["reference"] = {
-        "point": "u280 LLaMA2-7B decode 128+512, artifact assumptions", "target_w": FLIGHTLLM_U280_W,
-        "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2), "static_w": round(m["static_w"], 2),
-        "memory_w": round(m["memory_w"], 2), "logic_w_unscaled": round(m["logic_w"], 3),
-        "busy": {u: round(m[f"busy_{u}"], 3) for u in ("LD", "ST", "MPE", "SFU")}}
+        "point": "u280 LLaMA2-7B decode 128+512, artifact assumptions",
+        "target_w": FLIGHTLLM_U280_W,
+        "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2),
+        "static_w": round(m["static_w"], 2),
+        "memory_w": round(m["memory_w"], 2),
+        "logic_w_unscaled": round(m["logic_w"], 3),
+        "busy": {u: round(m[f"busy_{u}"], 3) for u in ("LD", "ST", "MPE", "SFU")},
+    }
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     calibration.cache_clear()
     return data["power"]
@@ -85,23 +96,38 @@ def model_errors(runs: list[dict], coef: dict) -> list[dict]:
     """The model's relative error on each chain and buffer run (held-out runs marked)."""
     from flightforge.arch import BufferConfig
     from flightforge.resources import bank_memories
+
     out = []
     for r in runs:
         p = r["params"]
         if r["block"] == "DspChain":
             macs, w = 2 * p["groups"], p["window"]
-            model = {"lut": macs * (coef["lut_per_mac"] + coef["lut_per_mac_per_window"] * w),
-                     "ff": macs * (coef["ff_per_mac"] + coef["ff_per_mac_per_window"] * w),
-                     "dsp": macs}  # the RTL maps one MAC per DSP48E2 (docs/rtl.md)
+            model = {
+                "lut": macs * (coef["lut_per_mac"] + coef["lut_per_mac_per_window"] * w),
+                "ff": macs * (coef["ff_per_mac"] + coef["ff_per_mac_per_window"] * w),
+                "dsp": macs,
+            }  # the RTL maps one MAC per DSP48E2 (docs/rtl.md)
         elif r["block"] == "Buffer":
-            model = {"bram": bank_memories(BufferConfig(size=p["size"], banks=1, width=1), False)[0]}
+            model = {
+                "bram": bank_memories(BufferConfig(size=p["size"], banks=1, width=1), False)[0]
+            }
         else:
             continue
-        out.append({"block": r["block"], "params": p,
-                    "held_out": (p.get("groups"), p.get("window")) in CHAIN_HOLDOUT,
-                    **{k: {"yosys": r[k], "model": round(v, 1),
-                           "rel_error": round((v - r[k]) / r[k], 4) if r[k] else None}
-                       for k, v in model.items()}})
+        out.append(
+            {
+                "block": r["block"],
+                "params": p,
+                "held_out": (p.get("groups"), p.get("window")) in CHAIN_HOLDOUT,
+                **{
+                    k: {
+                        "yosys": r[k],
+                        "model": round(v, 1),
+                        "rel_error": round((v - r[k]) / r[k], 4) if r[k] else None,
+                    }
+                    for k, v in model.items()
+                },
+            }
+        )
     return out
 
 
@@ -133,19 +159,31 @@ def main() -> None:
 
     for g, w in CHAIN_FIT + CHAIN_HOLDOUT:
         record("DspChain", {"groups": g, "window": w}, DspChain(g, w))
-    for block, make in (("Controller", Controller), ("LoadUnit", LoadUnit),
-                        ("StoreUnit", StoreUnit), ("SpecialFunctionUnit", SpecialFunctionUnit),
-                        ("MatrixEngine", MatrixEngine)):
+    for block, make in (
+        ("Controller", Controller),
+        ("LoadUnit", LoadUnit),
+        ("StoreUnit", StoreUnit),
+        ("SpecialFunctionUnit", SpecialFunctionUnit),
+        ("MatrixEngine", MatrixEngine),
+    ):
         record(block, {"target": arch.name}, make(arch))
     for size in (4096, 16384):
         # Yosys 0.23 cannot map the byte RAM to LUT RAM (invalid ABITS/WIDTH): block RAM only.
         record("Buffer", {"size": size, "ports": 2}, Buffer(size, 2), "-nolutram")
 
     # Fit LUT and FF per MAC as a + b * window on the chain runs (MACs = 2 * groups).
-    fit = [r for r in runs if r["block"] == "DspChain" and
-           (r["params"]["groups"], r["params"]["window"]) in CHAIN_FIT]
-    a = np.array([[2 * r["params"]["groups"], 2 * r["params"]["groups"] * r["params"]["window"]]
-                  for r in fit], dtype=float)
+    fit = [
+        r
+        for r in runs
+        if r["block"] == "DspChain" and (r["params"]["groups"], r["params"]["window"]) in CHAIN_FIT
+    ]
+    a = np.array(
+        [
+            [2 * r["params"]["groups"], 2 * r["params"]["groups"] * r["params"]["window"]]
+            for r in fit
+        ],
+        dtype=float,
+    )
     coef = {}
     for what in ("lut", "ff"):
         y = np.array([r[what] for r in fit], dtype=float)
@@ -153,25 +191,40 @@ def main() -> None:
         coef[f"{what}_per_mac"] = round(float(base), 3)
         coef[f"{what}_per_mac_per_window"] = round(float(per_window), 4)
     by = {r["block"]: r for r in runs if r["block"] not in ("DspChain", "Buffer")}
-    chain_tiny = coef["lut_per_mac"] * 2 * arch.mpe.groups_per_chain + \
-        coef["lut_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
-    chain_tiny_ff = coef["ff_per_mac"] * 2 * arch.mpe.groups_per_chain + \
-        coef["ff_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
+    chain_tiny = (
+        coef["lut_per_mac"] * 2 * arch.mpe.groups_per_chain
+        + coef["lut_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
+    )
+    chain_tiny_ff = (
+        coef["ff_per_mac"] * 2 * arch.mpe.groups_per_chain
+        + coef["ff_per_mac_per_window"] * 2 * arch.mpe.groups_per_chain * arch.sparse_m
+    )
     coef["lut_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["lut"] - chain_tiny), 1)
     coef["ff_mpe_epilogue"] = round(max(0.0, by["MatrixEngine"]["ff"] - chain_tiny_ff), 1)
     coef["dsp_mpe_epilogue"] = by["MatrixEngine"]["dsp"] - 2 * arch.mpe.groups_per_chain
-    for key, block in (("controller", "Controller"), ("load_unit", "LoadUnit"),
-                       ("store_unit", "StoreUnit")):
+    for key, block in (
+        ("controller", "Controller"),
+        ("load_unit", "LoadUnit"),
+        ("store_unit", "StoreUnit"),
+    ):
         for what in ("lut", "ff", "dsp"):
             coef[f"{what}_{key}"] = by[block][what]
     # The model prices an SFU of n lanes as sfu_copies(n) single-lane SFUs: fit the unit
     # so that tiny's SFU, synthesised with its lanes, is reproduced.
     for what in ("lut", "ff", "dsp"):
-        coef[f"{what}_sfu_lane"] = round(by["SpecialFunctionUnit"][what] / sfu_copies(arch.sfu.lanes), 1)
+        coef[f"{what}_sfu_lane"] = round(
+            by["SpecialFunctionUnit"][what] / sfu_copies(arch.sfu.lanes), 1
+        )
     errors = model_errors(runs, coef)
-    out = {"generated_by": "benchmarks/calibrate_resources.py", "yosys": version,
-           "family": "xcup", "calibration_target": arch.name, "coefficients": coef,
-           "runs": runs, "errors": errors}
+    out = {
+        "generated_by": "benchmarks/calibrate_resources.py",
+        "yosys": version,
+        "family": "xcup",
+        "calibration_target": arch.name,
+        "coefficients": coef,
+        "runs": runs,
+        "errors": errors,
+    }
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     if "power" in old:
         out["power"] = old["power"]
@@ -180,8 +233,9 @@ def main() -> None:
         print(json.dumps(e))
     if "power" not in out:
         calibrate_power(args.out)
-    print(json.dumps({"benchmark": "calibrate_resources", "out": str(args.out),
-                      "coefficients": coef}))
+    print(
+        json.dumps({"benchmark": "calibrate_resources", "out": str(args.out), "coefficients": coef})
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,18 @@ def main() -> None:
     arch = load_target(args.target)
     t0 = time.perf_counter()
     request = range(args.prompt, args.prompt + args.decode)
-    program = compile_shape_only(str(CONFIG), arch, CompileOptions(
-        with_data=False, lengths=tuple(sorted({args.length, *request})),
-        max_len=args.prompt + args.decode + 1, last_logits_only=True,
-        buckets="fixed", quant=QuantOptions(weight_bits=4, group=128)))
+    program = compile_shape_only(
+        str(CONFIG),
+        arch,
+        CompileOptions(
+            with_data=False,
+            lengths=tuple(sorted({args.length, *request})),
+            max_len=args.prompt + args.decode + 1,
+            last_logits_only=True,
+            buckets="fixed",
+            quant=QuantOptions(weight_bits=4, group=128),
+        ),
+    )
     compile_s = time.perf_counter() - t0
     section = program.section_for("decode", args.length)
     t0 = time.perf_counter()
@@ -56,26 +64,45 @@ def main() -> None:
         result = model.run(section.name, args.length)
         times.append(time.perf_counter() - t0)
     best = min(times)
-    print(f"LLaMA2-7B decode step at position {args.length} on {arch.name}: {section.name}, "
-          f"{n} instructions")
+    print(
+        f"LLaMA2-7B decode step at position {args.length} on {arch.name}: {section.name}, "
+        f"{n} instructions"
+    )
     print(f"  compile (shape-only, one bucket per stage): {compile_s:.2f} s")
     print(f"  decode instruction stream:                  {decode_s:.3f} s")
-    print(f"  cycle model run (best of {args.repeat}):              {best:.3f} s "
-          f"({n / best / 1e3:.0f} k instructions/s)")
+    print(
+        f"  cycle model run (best of {args.repeat}):              {best:.3f} s "
+        f"({n / best / 1e3:.0f} k instructions/s)"
+    )
     print(f"  modelled step: {result.cycles} cycles = {result.cycles / arch.clock_hz * 1e3:.2f} ms")
     t0 = time.perf_counter()
     report = simulate(program, arch, args.prompt, args.decode)
     request_s = time.perf_counter() - t0
     runs = len(report.prefill_runs) + len(report.decode_samples)
-    print(f"  whole request (prefill {args.prompt}, decode {args.decode}; "
-          f"{len(program.sections)} sections compiled, {runs} section runs): {request_s:.2f} s; "
-          f"modelled TTFT {report.prefill_seconds * 1e3:.1f} ms, {report.decode_tokens_per_s:.1f} token/s")
-    print(json.dumps({"benchmark": "cycle_model_speed", "target": arch.name, "position": args.length,
-                      "instructions": n, "model_s": round(best, 4), "compile_s": round(compile_s, 2),
-                      "decode_s": round(decode_s, 4), "cycles": result.cycles,
-                      "under_1s": best < 1.0, "request": [args.prompt, args.decode],
-                      "request_runs": runs, "request_s": round(request_s, 2),
-                      "request_under_30s": request_s < 30.0}))
+    print(
+        f"  whole request (prefill {args.prompt}, decode {args.decode}; "
+        f"{len(program.sections)} sections compiled, {runs} section runs): {request_s:.2f} s; "
+        f"modelled TTFT {report.prefill_seconds * 1e3:.1f} ms, {report.decode_tokens_per_s:.1f} token/s"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "cycle_model_speed",
+                "target": arch.name,
+                "position": args.length,
+                "instructions": n,
+                "model_s": round(best, 4),
+                "compile_s": round(compile_s, 2),
+                "decode_s": round(decode_s, 4),
+                "cycles": result.cycles,
+                "under_1s": best < 1.0,
+                "request": [args.prompt, args.decode],
+                "request_runs": runs,
+                "request_s": round(request_s, 2),
+                "request_under_30s": request_s < 30.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

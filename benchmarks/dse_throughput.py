@@ -20,17 +20,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from flightforge.explore import Store, build_point, explore, grid, spec_from_dict
+from flightforge.explore import Store, build_point, explore, spec_from_dict
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "configs" / "llama2-7b.json"
-SPEC = {"name": "dse-throughput", "model": str(CONFIG), "target": "u280",
-        "workload": {"prompt_len": 128, "decode_len": 1, "decode_samples": 1, "ttft": False},
-        "quant": {"weight_bits": 4, "group": 128, "sparse_n": 4},
-        "timing": {"interleave_bytes": 4096, "mem_efficiency_pct": 70},
-        "parameters": {"clock_mhz": [150, 175, 200, 225, 250, 275, 300, 325],
-                       "hbm_channels": [8, 16, 24, 32], "cores": [1, 2, 3, 4],
-                       "chains": [64, 96, 128], "groups_per_chain": [8, 16]},
-        "search": {"method": "grid", "batch": 16}}
+SPEC = {
+    "name": "dse-throughput",
+    "model": str(CONFIG),
+    "target": "u280",
+    "workload": {"prompt_len": 128, "decode_len": 1, "decode_samples": 1, "ttft": False},
+    "quant": {"weight_bits": 4, "group": 128, "sparse_n": 4},
+    "timing": {"interleave_bytes": 4096, "mem_efficiency_pct": 70},
+    "parameters": {
+        "clock_mhz": [150, 175, 200, 225, 250, 275, 300, 325],
+        "hbm_channels": [8, 16, 24, 32],
+        "cores": [1, 2, 3, 4],
+        "chains": [64, 96, 128],
+        "groups_per_chain": [8, 16],
+    },
+    "search": {"method": "grid", "batch": 16},
+}
 
 
 def main() -> None:
@@ -42,35 +50,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "points.sqlite")
         t0 = time.perf_counter()
-        stats = explore(spec, store, jobs=args.jobs, cache_dir=str(Path(tmp) / "programs"),
-                        progress=False)
+        stats = explore(
+            spec, store, jobs=args.jobs, cache_dir=str(Path(tmp) / "programs"), progress=False
+        )
         wall = time.perf_counter() - t0
         rows = store.rows()
         compile_s = max((r["seconds"] for r in rows), default=0.0)
         mismatches = []
         if args.check:
-            from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-            from flightforge.compiler.qdecoder import QuantOptions
             from flightforge.program import Program
             from flightforge.sim.cycle_model import CycleModel
+
             prog = Program.from_bytes(next((Path(tmp) / "programs").glob("*.ffb")).read_bytes())
             sec = prog.section_for("decode", 128)
-            for r in random.Random(0).sample([r for r in rows if "decode_step_cycles" in r["metrics"]],
-                                             args.check):
+            for r in random.Random(0).sample(
+                [r for r in rows if "decode_step_cycles" in r["metrics"]], args.check
+            ):
                 arch, _, _, tp = build_point(spec, r["params"])
                 ref = CycleModel(arch, tp).execute(sec.instructions, sec.name, 128 - sec.len_lo)
                 if ref.cycles != r["metrics"]["decode_step_cycles"]:
                     mismatches.append([r["params"], ref.cycles, r["metrics"]["decode_step_cycles"]])
     per_min = len(rows) / wall * 60
     ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{len(rows)} LLaMA2-7B decode-step points ({ok} within budget) in {wall:.1f} s on "
-          f"{args.jobs} workers: {per_min:.0f} per minute (slowest point, incl. its compile: "
-          f"{compile_s:.1f} s); cycle-model check: {args.check - len(mismatches)}/{args.check} equal")
-    print(json.dumps({"benchmark": "dse_throughput", "points": len(rows), "jobs": args.jobs,
-                      "wall_s": round(wall, 1), "points_per_min": round(per_min),
-                      "target_per_min": 1000, "meets_target": per_min >= 1000,
-                      "checked": args.check, "mismatches": mismatches,
-                      "evaluated": stats["evaluated"]}))
+    print(
+        f"{len(rows)} LLaMA2-7B decode-step points ({ok} within budget) in {wall:.1f} s on "
+        f"{args.jobs} workers: {per_min:.0f} per minute (slowest point, incl. its compile: "
+        f"{compile_s:.1f} s); cycle-model check: {args.check - len(mismatches)}/{args.check} equal"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "dse_throughput",
+                "points": len(rows),
+                "jobs": args.jobs,
+                "wall_s": round(wall, 1),
+                "points_per_min": round(per_min),
+                "target_per_min": 1000,
+                "meets_target": per_min >= 1000,
+                "checked": args.check,
+                "mismatches": mismatches,
+                "evaluated": stats["evaluated"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

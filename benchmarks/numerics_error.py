@@ -26,8 +26,12 @@ ROWS, COLS = 64, 256
 
 
 def _row(name: str, err_lsb: np.ndarray, note: str) -> dict:
-    return {"op": name, "max_lsb": float(np.max(err_lsb)), "mean_lsb": float(np.mean(err_lsb)),
-            "note": note}
+    return {
+        "op": name,
+        "max_lsb": float(np.max(err_lsb)),
+        "mean_lsb": float(np.mean(err_lsb)),
+        "note": note,
+    }
 
 
 def requant() -> dict:
@@ -35,8 +39,9 @@ def requant() -> dict:
     real = 0.000731
     m, s = numerics.quantize_multiplier(real)
     y = numerics.requant(x, m, s, DType.INT16)
-    return _row("REQUANT", np.abs(y - np.clip(x * real, -32768, 32767)),
-                f"16-bit multiplier {m}/2^{s}")
+    return _row(
+        "REQUANT", np.abs(y - np.clip(x * real, -32768, 32767)), f"16-bit multiplier {m}/2^{s}"
+    )
 
 
 def add() -> dict:
@@ -63,9 +68,11 @@ def mul() -> dict:
 
 def tables() -> list[dict]:
     out = []
-    fns = {"SILU": lambda v: v / (1 + np.exp(-v)),
-           "GELU": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3))),
-           "RELU": lambda v: np.maximum(v, 0)}
+    fns = {
+        "SILU": lambda v: v / (1 + np.exp(-v)),
+        "GELU": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+        "RELU": lambda v: np.maximum(v, 0),
+    }
     s_in, s_out = 6.0 / 127, 6.0 / 127
     for name, fn in fns.items():
         lut = numerics.lut_for(fn, s_in, s_out)
@@ -106,12 +113,12 @@ def norm(kind: str) -> dict:
     xf = xi * s_x
     if kind == "RMSNORM":
         y = numerics.rmsnorm(xi, g, e, shift, DType.INT8)
-        ref = xf / np.sqrt((xf ** 2).mean(axis=1, keepdims=True) + eps) * gamma
+        ref = xf / np.sqrt((xf**2).mean(axis=1, keepdims=True) + eps) * gamma
     else:
         b = np.round(beta / s_y).astype(np.int64)
         y = numerics.layernorm(xi, g, b, e, shift, DType.INT8)
         xc = xf - xf.mean(axis=1, keepdims=True)
-        ref = xc / np.sqrt((xc ** 2).mean(axis=1, keepdims=True) + eps) * gamma + beta
+        ref = xc / np.sqrt((xc**2).mean(axis=1, keepdims=True) + eps) * gamma + beta
     return _row(kind, np.abs(y - np.clip(ref / s_y, -128, 127)), "integer sqrt and reciprocal")
 
 
@@ -120,7 +127,9 @@ def rope() -> dict:
     cos, sin = numerics.rope_tables(positions, d)
     pos = RNG.integers(0, positions - ROWS)
     x = RNG.integers(-128, 128, size=(ROWS, d * 2))
-    y = numerics.rope(x, cos[pos:pos + ROWS], sin[pos:pos + ROWS], d, numerics.ROPE_FRAC_BITS, DType.INT8)
+    y = numerics.rope(
+        x, cos[pos : pos + ROWS], sin[pos : pos + ROWS], d, numerics.ROPE_FRAC_BITS, DType.INT8
+    )
     h = d // 2
     inv = 1.0 / 10000.0 ** (np.arange(h) * 2 / d)
     ang = (pos + np.arange(ROWS))[:, None] * inv[None, :]
@@ -131,13 +140,33 @@ def rope() -> dict:
 
 
 def main() -> None:
-    rows = [requant(), add(), mul(), *tables(), softmax(), norm("RMSNORM"), norm("LAYERNORM"), rope()]
+    rows = [
+        requant(),
+        add(),
+        mul(),
+        *tables(),
+        softmax(),
+        norm("RMSNORM"),
+        norm("LAYERNORM"),
+        rope(),
+    ]
     print(f"{'op':<10} {'max err (LSB)':>14} {'mean err (LSB)':>15}  note")
     for r in rows:
         print(f"{r['op']:<10} {r['max_lsb']:>14.3f} {r['mean_lsb']:>15.3f}  {r['note']}")
-    print(json.dumps({"benchmark": "numerics_error", "ops": {r["op"]: {"max_lsb": round(r["max_lsb"], 4),
-                                                                       "mean_lsb": round(r["mean_lsb"], 4)}
-                                                              for r in rows}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "numerics_error",
+                "ops": {
+                    r["op"]: {
+                        "max_lsb": round(r["max_lsb"], 4),
+                        "mean_lsb": round(r["mean_lsb"], 4),
+                    }
+                    for r in rows
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init-range", type=float, default=0.2)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--act-bits", type=int, nargs="+", choices=ACT_BITS, default=[8],
-                    help="activation precisions to measure (16: INT16 as two INT8 halves)")
+    ap.add_argument(
+        "--act-bits",
+        type=int,
+        nargs="+",
+        choices=ACT_BITS,
+        default=[8],
+        help="activation precisions to measure (16: INT16 as two INT8 halves)",
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,15 +53,26 @@ def main() -> None:
                 for bits in args.act_bits:
                     options = CompileOptions(max_len=32, quant=QuantOptions(act_bits=bits))
                     c = compile_decoder(prog, load_target("tiny"), options)
-                    cos, top = measure(c.quantized,
-                                       lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim))
+                    cos, top = measure(
+                        c.quantized, lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim)
+                    )
                     ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
-                    rows.append({"family": family, "seed": seed, "act_bits": bits,
-                                 "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-                                 "top1": float(top.mean()), "pass": bool(ok)})
-                    print(f"{family:6s} seed {seed} A{bits}: cosine min {cos.min():.4f} mean "
-                          f"{cos.mean():.4f}, top-1 {top.mean():.1%}  {'pass' if ok else 'FAIL'}",
-                          flush=True)
+                    rows.append(
+                        {
+                            "family": family,
+                            "seed": seed,
+                            "act_bits": bits,
+                            "cos_min": float(cos.min()),
+                            "cos_mean": float(cos.mean()),
+                            "top1": float(top.mean()),
+                            "pass": bool(ok),
+                        }
+                    )
+                    print(
+                        f"{family:6s} seed {seed} A{bits}: cosine min {cos.min():.4f} mean "
+                        f"{cos.mean():.4f}, top-1 {top.mean():.1%}  {'pass' if ok else 'FAIL'}",
+                        flush=True,
+                    )
     print(json.dumps({"benchmark": "onnx_accuracy", "init_range": args.init_range, "rows": rows}))
 
 

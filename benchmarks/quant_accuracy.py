@@ -36,10 +36,14 @@ from flightforge.compiler.qdecoder import ACT_BITS, QuantDecoder, QuantOptions, 
 
 FAMILIES = {  # the families of tests/test_compiler_decoder.py
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
-    "gpt2": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
-             dict(norm="layer", bias=True, learned_positions=64)),
-    "opt": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
-            dict(norm="layer", bias=True, learned_positions=64)),
+    "gpt2": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
+    "opt": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
 }
 PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
 COS_MIN, TOP1_MIN = 0.99, 0.90
@@ -61,7 +65,7 @@ def sequences(prog) -> list[np.ndarray]:
         for _ in range(DECODE):
             ids.append(int(np.argmax(logits[-1])))
             logits = run_float(prog, np.array(ids[-1:]), len(ids) - 1, state)
-        out.append(np.array(ids[:PROMPT_LEN + DECODE]))
+        out.append(np.array(ids[: PROMPT_LEN + DECODE]))
     return out
 
 
@@ -72,7 +76,7 @@ def integer_logits(qd: QuantDecoder, ids: np.ndarray, envs: list | None = None) 
     table = kernels.rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
     state = qref.IntState()
     rows = []
-    steps = [(0, ids[:PROMPT_LEN])] + [(p, ids[p:p + 1]) for p in range(PROMPT_LEN, len(ids))]
+    steps = [(0, ids[:PROMPT_LEN])] + [(p, ids[p : p + 1]) for p in range(PROMPT_LEN, len(ids))]
     for pos0, chunk in steps:
         env: dict = {}
         logits = qref.run_decoder(qd, chunk, pos0, state, table, env=env)
@@ -107,16 +111,28 @@ def table(families: list[str], seeds: int, act_bits: int = 8) -> dict:
             prog = random_decoder(shape, seed=seed, **kw)
             cos, top = accuracy(prog, quantize(prog, quant))
             ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
-            rows.append({"seed": seed, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-                         "top1": float(top.mean()), "pass": bool(ok)})
-            print(f"{fam:10s} {seed:4d} {cos.min():8.4f} {cos.mean():8.4f} {top.mean():6.1%}  "
-                  f"{'pass' if ok else 'FAIL'}", flush=True)
+            rows.append(
+                {
+                    "seed": seed,
+                    "cos_min": float(cos.min()),
+                    "cos_mean": float(cos.mean()),
+                    "top1": float(top.mean()),
+                    "pass": bool(ok),
+                }
+            )
+            print(
+                f"{fam:10s} {seed:4d} {cos.min():8.4f} {cos.mean():8.4f} {top.mean():6.1%}  "
+                f"{'pass' if ok else 'FAIL'}",
+                flush=True,
+            )
         r = {k: np.array([row[k] for row in rows]) for k in ("cos_min", "cos_mean", "top1")}
         passed = sum(row["pass"] for row in rows)
-        print(f"{fam:10s}  all: cos min worst {r['cos_min'].min():.4f} (mean of seeds "
-              f"{r['cos_min'].mean():.4f}), cos mean {r['cos_mean'].mean():.4f}, top-1 "
-              f"{r['top1'].mean():.1%} (worst {r['top1'].min():.1%}), criterion met on "
-              f"{passed}/{seeds} seeds")
+        print(
+            f"{fam:10s}  all: cos min worst {r['cos_min'].min():.4f} (mean of seeds "
+            f"{r['cos_min'].mean():.4f}), cos mean {r['cos_mean'].mean():.4f}, top-1 "
+            f"{r['top1'].mean():.1%} (worst {r['top1'].min():.1%}), criterion met on "
+            f"{passed}/{seeds} seeds"
+        )
         result[fam] = {"seeds": rows, "passed": passed, "act_bits": act_bits}
     return result
 
@@ -139,23 +155,31 @@ def ops(fam: str, seed: int) -> dict:
             e[1] += float((fe[name] ** 2).sum())
     rng = np.random.default_rng(7)
     out = {}
-    print(f"{fam} seed {seed}: per-tensor relative error (integer vs float) and the logits' "
-          f"relative error caused by 1% noise on that tensor alone")
+    print(
+        f"{fam} seed {seed}: per-tensor relative error (integer vs float) and the logits' "
+        f"relative error caused by 1% noise on that tensor alone"
+    )
     for name, (num, den) in err.items():
+
         def noisy(n, x, target=name):
             if n != target:
                 return x
             return x + rng.normal(size=x.shape) * 0.01 * np.sqrt(np.mean(x * x))
+
         gain = []
         for ids in seqs:
             want = run_float(prog, ids, 0, FloatState())
             got = run_float(prog, ids, 0, FloatState(), fake=noisy)
             gain.append(np.sqrt(np.mean(2 * (1 - cosines(want, got)))))
-        out[name] = {"rel_err": float(np.sqrt(num / den)),
-                     "logit_err_per_1pct": float(np.mean(gain))}
+        out[name] = {
+            "rel_err": float(np.sqrt(num / den)),
+            "logit_err_per_1pct": float(np.mean(gain)),
+        }
         dt = "INT16" if name in prog.wide else "INT8"
-        print(f"  {name:12s} {dt:5s} rel err {out[name]['rel_err']:.4f}   1% noise -> logits "
-              f"{out[name]['logit_err_per_1pct']:.4f}")
+        print(
+            f"  {name:12s} {dt:5s} rel err {out[name]['rel_err']:.4f}   1% noise -> logits "
+            f"{out[name]['logit_err_per_1pct']:.4f}"
+        )
     return out
 
 
@@ -185,11 +209,16 @@ def bits(fam: str, seeds: int) -> dict:
                 top = (1 << (act_bits - 1)) - 1
                 s = max(peak[n], 1e-9) / top
                 return np.clip(np.round(x / s), -top - 1, top) * s
+
             model = prog
             if int8_weights:
-                model = dataclasses.replace(prog, linears={
-                    k: LinearParams(qd.linears[k].dequantized(), p.b)
-                    for k, p in prog.linears.items()})
+                model = dataclasses.replace(
+                    prog,
+                    linears={
+                        k: LinearParams(qd.linears[k].dequantized(), p.b)
+                        for k, p in prog.linears.items()
+                    },
+                )
             cos, agree = [], []
             for ids in seqs:
                 want = run_float(prog, ids, 0, FloatState())
@@ -200,13 +229,21 @@ def bits(fam: str, seeds: int) -> dict:
             rows.append((cos.min(), cos.mean(), agree.mean()))
         r = np.array(rows)
         passed = int(sum(1 for a in rows if a[0] >= COS_MIN and a[2] >= TOP1_MIN))
-        label = (f"INT{act_bits} activations (clip-free)" if act_bits else "float activations") + \
-            (", INT8 weights" if int8_weights else ", float weights")
-        print(f"{fam}: {label:45s} cos min worst {r[:, 0].min():.4f} (mean of seeds "
-              f"{r[:, 0].mean():.4f}), cos mean {r[:, 1].mean():.4f}, top-1 {r[:, 2].mean():.1%}, "
-              f"criterion met on {passed}/{seeds}", flush=True)
-        out[label] = {"cos_min": float(r[:, 0].min()), "cos_mean": float(r[:, 1].mean()),
-                      "top1": float(r[:, 2].mean()), "passed": passed}
+        label = (f"INT{act_bits} activations (clip-free)" if act_bits else "float activations") + (
+            ", INT8 weights" if int8_weights else ", float weights"
+        )
+        print(
+            f"{fam}: {label:45s} cos min worst {r[:, 0].min():.4f} (mean of seeds "
+            f"{r[:, 0].mean():.4f}), cos mean {r[:, 1].mean():.4f}, top-1 {r[:, 2].mean():.1%}, "
+            f"criterion met on {passed}/{seeds}",
+            flush=True,
+        )
+        out[label] = {
+            "cos_min": float(r[:, 0].min()),
+            "cos_mean": float(r[:, 1].mean()),
+            "top1": float(r[:, 2].mean()),
+            "passed": passed,
+        }
     return out
 
 
@@ -234,7 +271,9 @@ def weights(families: list[str], seeds: int) -> dict:
 
     tiny = load_target("tiny")
     result: dict = {}
-    print(f"{'family':10s} {'weights':20s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  (over {seeds} seeds)")
+    print(
+        f"{'family':10s} {'weights':20s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  (over {seeds} seeds)"
+    )
     for fam in families:
         shape, kw = FAMILIES[fam]
         for label, plan, prune in WEIGHT_CONFIGS:
@@ -245,21 +284,37 @@ def weights(families: list[str], seeds: int) -> dict:
                 layers = [{"match": "lm_head", "bits": 8, "group": 0, "sparse": "dense"}]
                 if sparse:
                     m = int(sparse.split(":")[1])
-                    layers += [{"match": n, "sparse": "dense"}
-                               for n, (_, k) in linear_shapes(shape).items() if k % m]
+                    layers += [
+                        {"match": n, "sparse": "dense"}
+                        for n, (_, k) in linear_shapes(shape).items()
+                        if k % m
+                    ]
                 spec = parse_plan({**plan, "layers": layers})
-                c = compile_decoder(prog, tiny, CompileOptions(
-                    max_len=PROMPT_LEN + DECODE, lengths=(1,), prune=prune,
-                    quant=QuantOptions(spec=spec)))
+                c = compile_decoder(
+                    prog,
+                    tiny,
+                    CompileOptions(
+                        max_len=PROMPT_LEN + DECODE,
+                        lengths=(1,),
+                        prune=prune,
+                        quant=QuantOptions(spec=spec),
+                    ),
+                )
                 cos, top = accuracy(prog, c.quantized)
                 mins.append(cos.min())
                 means.append(cos.mean())
                 tops.append(top.mean())
-            row = {"cos_min": float(min(mins)), "cos_mean": float(np.mean(means)),
-                   "top1": float(np.mean(tops))}
+            row = {
+                "cos_min": float(min(mins)),
+                "cos_mean": float(np.mean(means)),
+                "top1": float(np.mean(tops)),
+            }
             result.setdefault(fam, {})[label] = row
-            print(f"{fam:10s} {label:20s} {row['cos_min']:8.4f} {row['cos_mean']:8.4f} "
-                  f"{row['top1']:6.1%}", flush=True)
+            print(
+                f"{fam:10s} {label:20s} {row['cos_min']:8.4f} {row['cos_mean']:8.4f} "
+                f"{row['top1']:6.1%}",
+                flush=True,
+            )
     return result
 
 
@@ -270,10 +325,18 @@ def main() -> None:
     ap.add_argument("--ops", metavar="FAMILY", help="per-tensor error analysis of one decoder")
     ap.add_argument("--seed", type=int, default=0, help="the decoder --ops analyses")
     ap.add_argument("--bits", metavar="FAMILY", help="activation precision the criterion needs")
-    ap.add_argument("--act-bits", type=int, choices=ACT_BITS, default=8,
-                    help="activation precision of the table (16: INT16 as two INT8 halves)")
-    ap.add_argument("--weights", action="store_true",
-                    help="accuracy of mixed-precision and N:M-sparse weight formats")
+    ap.add_argument(
+        "--act-bits",
+        type=int,
+        choices=ACT_BITS,
+        default=8,
+        help="activation precision of the table (16: INT16 as two INT8 halves)",
+    )
+    ap.add_argument(
+        "--weights",
+        action="store_true",
+        help="accuracy of mixed-precision and N:M-sparse weight formats",
+    )
     a = ap.parse_args()
     if a.weights:
         res = weights(a.family.split(","), a.seeds)

@@ -53,7 +53,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from amaranth import Elaboratable, Module, Value
 from amaranth.back import rtlil
 from amaranth.hdl import Instance
@@ -69,6 +68,7 @@ YOSYS_MEMORY_KB = 10_000_000
 #: Wall-clock limit of one Yosys run (s).
 YOSYS_TIMEOUT_S = 3600
 TARGETS = ("tiny", "kv260", "u280", "vhk158")
+
 
 def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (YOSYS_MEMORY_KB * 1024, YOSYS_MEMORY_KB * 1024))
@@ -114,13 +114,22 @@ def convert_boxed(component, name: str) -> tuple[str, set[int]]:
 
 def box_stubs(widths) -> str:
     """Verilog black-box declarations of :class:`PortBoxes`' cells."""
-    return "".join(f"(* blackbox, keep *) module bb_src_{w}(output [{w - 1}:0] o); endmodule\n"
-                   f"(* blackbox, keep *) module bb_snk_{w}(input [{w - 1}:0] i); endmodule\n"
-                   for w in sorted(widths))
+    return "".join(
+        f"(* blackbox, keep *) module bb_src_{w}(output [{w - 1}:0] o); endmodule\n"
+        f"(* blackbox, keep *) module bb_snk_{w}(input [{w - 1}:0] i); endmodule\n"
+        for w in sorted(widths)
+    )
 
 
-def synth(component, name: str, yosys: str, flags: str = "", blackbox: str | None = None,
-          flatten: bool = False, timeout: int = YOSYS_TIMEOUT_S) -> dict:
+def synth(
+    component,
+    name: str,
+    yosys: str,
+    flags: str = "",
+    blackbox: str | None = None,
+    flatten: bool = False,
+    timeout: int = YOSYS_TIMEOUT_S,
+) -> dict:
     """Cells of ``component`` after ``synth_xilinx -family xcup``: hierarchical (each
     submodule synthesised on its own, counted once per instance) or, with ``flatten``,
     as one module but for the black boxes.
@@ -134,14 +143,20 @@ def synth(component, name: str, yosys: str, flags: str = "", blackbox: str | Non
     try:
         text, widths = convert_boxed(component, name)
     except (AssertionError, MemoryError) as e:  # e.g. more than 65 534 bits in one cell
-        return {"ok": False, "seconds": 0, "blackboxes": 0,
-                "error": f"Amaranth cannot emit it: {type(e).__name__} {e}".strip()}
+        return {
+            "ok": False,
+            "seconds": 0,
+            "blackboxes": 0,
+            "error": f"Amaranth cannot emit it: {type(e).__name__} {e}".strip(),
+        }
     convert_s = round(time.perf_counter() - t, 1)
     key = f"{hashlib.sha256(text.encode()).hexdigest()}|{flags}|{blackbox}|{flatten}"
     if key in _DONE:  # the same block in another config or a --cache'd run: synthesised once
         return dict(_DONE[key], cached=True)
-    _DONE[key] = r = dict(_synth_il(text, box_stubs(widths), name, yosys, flags, blackbox,
-                                    flatten, timeout), convert_seconds=convert_s)
+    _DONE[key] = r = dict(
+        _synth_il(text, box_stubs(widths), name, yosys, flags, blackbox, flatten, timeout),
+        convert_seconds=convert_s,
+    )
     return r
 
 
@@ -160,8 +175,16 @@ def save_cache(path: Path) -> None:
     path.write_text(json.dumps({k: v for k, v in _DONE.items() if v["ok"]}) + "\n")
 
 
-def _synth_il(text: str, stubs: str, name: str, yosys: str, flags: str, blackbox: str | None,
-              flatten: bool, timeout: int) -> dict:
+def _synth_il(
+    text: str,
+    stubs: str,
+    name: str,
+    yosys: str,
+    flags: str,
+    blackbox: str | None,
+    flatten: bool,
+    timeout: int,
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         il = Path(tmp) / f"{name}.il"
         il.write_text(text)
@@ -173,27 +196,50 @@ def _synth_il(text: str, stubs: str, name: str, yosys: str, flags: str, blackbox
             mods = re.findall(rf"^module \\{re.escape(name)}\.dut\.(\S+)$", il.read_text(), re.M)
             boxes = [mm for mm in mods if re.fullmatch(blackbox, mm)]
         stat = Path(tmp) / "stat.json"
-        script = (f"read_verilog -lib {stub}; read_rtlil {il}; "
-                  + "".join(f"blackbox {name}.dut.{b}; " for b in boxes)
-                  + f"synth_xilinx -family xcup -top {name} {'-flatten ' if flatten else ''}{flags}; "
-                  f"tee -q -o {stat} stat -json -top {name}")
+        script = (
+            f"read_verilog -lib {stub}; read_rtlil {il}; "
+            + "".join(f"blackbox {name}.dut.{b}; " for b in boxes)
+            + f"synth_xilinx -family xcup -top {name} {'-flatten ' if flatten else ''}{flags}; "
+            f"tee -q -o {stat} stat -json -top {name}"
+        )
         t = time.perf_counter()
         try:
-            proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True,
-                                  timeout=timeout, preexec_fn=_limit_memory)
+            proc = subprocess.run(
+                [yosys, "-q", "-p", script],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                preexec_fn=_limit_memory,
+            )
         except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"timeout after {timeout} s",
-                    "seconds": round(time.perf_counter() - t, 1), "blackboxes": len(boxes)}
+            return {
+                "ok": False,
+                "error": f"timeout after {timeout} s",
+                "seconds": round(time.perf_counter() - t, 1),
+                "blackboxes": len(boxes),
+            }
         seconds = round(time.perf_counter() - t, 1)
         if proc.returncode:
             tail = (proc.stderr or proc.stdout)[-600:]
-            oom = proc.returncode in (-6, -9, 134, 137) or "bad_alloc" in tail or "memory" in tail.lower()
-            why = (f"out of memory at {YOSYS_MEMORY_KB // 1_000_000} GB" if oom
-                   else f"yosys exit {proc.returncode}: {tail.strip()[-300:]}")
+            oom = (
+                proc.returncode in (-6, -9, 134, 137)
+                or "bad_alloc" in tail
+                or "memory" in tail.lower()
+            )
+            why = (
+                f"out of memory at {YOSYS_MEMORY_KB // 1_000_000} GB"
+                if oom
+                else f"yosys exit {proc.returncode}: {tail.strip()[-300:]}"
+            )
             return {"ok": False, "error": why, "seconds": seconds, "blackboxes": len(boxes)}
         cells = design_cells(json.loads(stat.read_text()), name)
-    return {"ok": True, "cells": cells, "seconds": seconds, "blackboxes": len(boxes),
-            **classes(cells)}
+    return {
+        "ok": True,
+        "cells": cells,
+        "seconds": seconds,
+        "blackboxes": len(boxes),
+        **classes(cells),
+    }
 
 
 def design_cells(stat: dict, top: str) -> dict[str, int]:
@@ -228,6 +274,7 @@ def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
     from flightforge.hw.mpe import MatrixEngine
     from flightforge.hw.sfu.lane import SfuLane
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
+
     g, w = arch.mpe.groups_per_chain, arch.sparse_m
     mpe = MatrixEngine(arch)
     sfu = SpecialFunctionUnit(arch)
@@ -252,6 +299,7 @@ def buffer_ports(arch) -> dict[str, list[int]]:
     from flightforge.hw.memory_units import LoadUnit, StoreUnit
     from flightforge.hw.mpe import MatrixEngine
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
+
     del Core  # the order below is Core.elaborate's
     units = [LoadUnit(arch), StoreUnit(arch), MatrixEngine(arch), SpecialFunctionUnit(arch)]
     for u in [*units, *units[3].streams.values()]:
@@ -269,16 +317,21 @@ def model_blocks(arch) -> dict[str, dict[str, float]]:
     """The resource model's figure for the same blocks (flightforge/resources.py)."""
     c = calibration()["coefficients"]
     macs_chain = 2 * arch.mpe.groups_per_chain
-    chain = {"lut": macs_chain * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * arch.sparse_m),
-             "ff": macs_chain * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * arch.sparse_m),
-             "dsp": macs_chain / 2}
+    chain = {
+        "lut": macs_chain * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * arch.sparse_m),
+        "ff": macs_chain * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * arch.sparse_m),
+        "dsp": macs_chain / 2,
+    }
     sfu = {k: sfu_copies(arch.sfu.lanes) * c[f"{k}_sfu_lane"] for k in ("lut", "ff", "dsp")}
-    out = {"Controller": {k: c[f"{k}_controller"] for k in ("lut", "ff", "dsp")},
-           "LoadUnit": {k: c[f"{k}_load_unit"] for k in ("lut", "ff", "dsp")},
-           "StoreUnit": {k: c[f"{k}_store_unit"] for k in ("lut", "ff", "dsp")},
-           "MPE (epilogue + chains)": {k: c[f"{k}_mpe_epilogue"] + arch.mpe.chains * chain[k]
-                                       for k in ("lut", "ff", "dsp")},
-           "SFU": sfu}
+    out = {
+        "Controller": {k: c[f"{k}_controller"] for k in ("lut", "ff", "dsp")},
+        "LoadUnit": {k: c[f"{k}_load_unit"] for k in ("lut", "ff", "dsp")},
+        "StoreUnit": {k: c[f"{k}_store_unit"] for k in ("lut", "ff", "dsp")},
+        "MPE (epilogue + chains)": {
+            k: c[f"{k}_mpe_epilogue"] + arch.mpe.chains * chain[k] for k in ("lut", "ff", "dsp")
+        },
+        "SFU": sfu,
+    }
     return out
 
 
@@ -286,6 +339,7 @@ def port_blocks(arch) -> list[tuple[str, object, int]]:
     """(block, network, ports) for every distinct port of every buffer of the core:
     :class:`hw.buffers.BufferPort` as ``Buffer`` builds it, and how many ports have it."""
     from flightforge.hw.buffers import Buffer
+
     out = []
     for b, widths in buffer_ports(arch).items():
         cfg = arch.buffers.of(isa.Buf[b])
@@ -297,8 +351,13 @@ def port_blocks(arch) -> list[tuple[str, object, int]]:
     return out
 
 
-def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
-               skip: tuple[str, ...] = (), cache: Path | None = None) -> dict:
+def run_target(
+    target: str,
+    yosys: str,
+    timeout: int = YOSYS_TIMEOUT_S,
+    skip: tuple[str, ...] = (),
+    cache: Path | None = None,
+) -> dict:
     arch = load_target(target)
     rows = []
     for block, comp, box, count in core_blocks(arch):
@@ -311,8 +370,17 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
         rows.append({"block": block, "count": count, **r})
         if cache:
             save_cache(cache)
-        print(json.dumps({"target": target, "block": block, "count": count,
-                          **{k: v for k, v in r.items() if k != "cells"}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "target": target,
+                    "block": block,
+                    "count": count,
+                    **{k: v for k, v in r.items() if k != "cells"},
+                }
+            ),
+            flush=True,
+        )
     total = {k: 0.0 for k in KINDS}
     ok = all(r["ok"] for r in rows)
     for r in rows:
@@ -320,24 +388,42 @@ def run_target(target: str, yosys: str, timeout: int = YOSYS_TIMEOUT_S,
             for k in KINDS:
                 total[k] += r["count"] * r[k]
     ports, ports_total = [], {k: 0.0 for k in KINDS}
-    for block, net, count in ([] if "BufferPort" in skip else port_blocks(arch)):
+    for block, net, count in [] if "BufferPort" in skip else port_blocks(arch):
         r = synth(net, "bufferport", yosys, flatten=True, timeout=timeout)
         ports.append({"block": block, "count": count, **r})
         if cache:
             save_cache(cache)
-        print(json.dumps({"target": target, "block": block, "count": count,
-                          **{k: v for k, v in r.items() if k != "cells"}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "target": target,
+                    "block": block,
+                    "count": count,
+                    **{k: v for k, v in r.items() if k != "cells"},
+                }
+            ),
+            flush=True,
+        )
         for k in KINDS:
             ports_total[k] += count * r.get(k, 0)
     bram, uram = buffer_memories(arch, arch.cores)
     model = core_resources(arch, cores=arch.cores)
-    return {"target": target, "rows": rows, "complete": ok, "synth_total": total,
-            "port_rows": ports, "ports_total": ports_total,
-            "ports_complete": bool(ports) and all(r["ok"] for r in ports),
-            "buffer_bram": bram, "buffer_uram": uram, "buffer_ports": buffer_ports(arch),
-            "model": model.as_dict(), "model_blocks": model_blocks(arch),
-            "device": arch.device.model_dump() if arch.device is not None else None,
-            "cores": arch.cores}
+    return {
+        "target": target,
+        "rows": rows,
+        "complete": ok,
+        "synth_total": total,
+        "port_rows": ports,
+        "ports_total": ports_total,
+        "ports_complete": bool(ports) and all(r["ok"] for r in ports),
+        "buffer_bram": bram,
+        "buffer_uram": uram,
+        "buffer_ports": buffer_ports(arch),
+        "model": model.as_dict(),
+        "model_blocks": model_blocks(arch),
+        "device": arch.device.model_dump() if arch.device is not None else None,
+        "cores": arch.cores,
+    }
 
 
 def _fmt(v) -> str:
@@ -347,14 +433,22 @@ def _fmt(v) -> str:
 def _row(r: dict) -> str:
     if not r["ok"]:
         return f"| {r['block']} | {r['count']} | {r['error']} | | | | {r['seconds']} |"
-    return f"| {r['block']} | {r['count']} | " + " | ".join(
-        f"{_fmt(r[k])}" + (f" (x{r['count']} = {_fmt(r[k] * r['count'])})" if r["count"] > 1 else "")
-        for k in ("lut", "ff", "dsp", "bram")) + f" | {r['seconds']} |"
+    return (
+        f"| {r['block']} | {r['count']} | "
+        + " | ".join(
+            f"{_fmt(r[k])}"
+            + (f" (x{r['count']} = {_fmt(r[k] * r['count'])})" if r["count"] > 1 else "")
+            for k in ("lut", "ff", "dsp", "bram")
+        )
+        + f" | {r['seconds']} |"
+    )
 
 
 def _total(label: str, t: dict, bram: str | None = None) -> str:
-    return (f"| **{label}** | | {_fmt(t['lut'])} | {_fmt(t['ff'])} | {_fmt(t['dsp'])} | "
-            f"{bram if bram is not None else _fmt(t['bram'])} | |")
+    return (
+        f"| **{label}** | | {_fmt(t['lut'])} | {_fmt(t['ff'])} | {_fmt(t['dsp'])} | "
+        f"{bram if bram is not None else _fmt(t['bram'])} | |"
+    )
 
 
 def print_table(res: dict) -> None:
@@ -371,26 +465,48 @@ def print_table(res: dict) -> None:
     for r in port_rows:
         print(_row(r))
     pt = res.get("ports_total", {k: 0.0 for k in KINDS})
-    ptag = ("" if res.get("ports_complete") else " (not run)" if not port_rows
-            else " (ports that failed are missing)")
+    ptag = (
+        ""
+        if res.get("ports_complete")
+        else " (not run)"
+        if not port_rows
+        else " (ports that failed are missing)"
+    )
     print(_total(f"buffer port networks{ptag}", pt))
-    print(f"| buffer RAMs (model's banking rule, not synthesised) | | | | | "
-          f"{_fmt(res['buffer_bram'])} + {_fmt(res['buffer_uram'])} URAM | |")
+    print(
+        f"| buffer RAMs (model's banking rule, not synthesised) | | | | | "
+        f"{_fmt(res['buffer_bram'])} + {_fmt(res['buffer_uram'])} URAM | |"
+    )
     core = {k: s[k] + pt[k] for k in KINDS}
     core["bram"] += res["buffer_bram"]
-    print(_total(f"core: logic + port networks + RAMs{tag}{ptag}", core,
-                 f"{_fmt(core['bram'])} + {_fmt(res['buffer_uram'])} URAM"))
+    print(
+        _total(
+            f"core: logic + port networks + RAMs{tag}{ptag}",
+            core,
+            f"{_fmt(core['bram'])} + {_fmt(res['buffer_uram'])} URAM",
+        )
+    )
     m = res["model"]
-    print(_total("resource model (flightforge/resources.py)", m,
-                 f"{_fmt(m['bram'])} + {_fmt(m['uram'])} URAM"))
+    print(
+        _total(
+            "resource model (flightforge/resources.py)",
+            m,
+            f"{_fmt(m['bram'])} + {_fmt(m['uram'])} URAM",
+        )
+    )
     dev = res["device"]
     if dev:
-        print(f"| device {dev['part']} | | {_fmt(dev['lut'])} | {_fmt(dev['ff'])} | {_fmt(dev['dsp'])} "
-              f"| {_fmt(dev['bram'])} + {_fmt(dev['uram'])} URAM | |")
+        print(
+            f"| device {dev['part']} | | {_fmt(dev['lut'])} | {_fmt(dev['ff'])} | {_fmt(dev['dsp'])} "
+            f"| {_fmt(dev['bram'])} + {_fmt(dev['uram'])} URAM | |"
+        )
         c = res["cores"]
         use = {k: (core[k] * c / dev[k] if dev[k] else 0) for k in ("lut", "ff", "dsp", "bram")}
-        print(f"| core x {c} / device | | " + " | ".join(f"{100 * use[k]:.0f}%" for k in
-                                                       ("lut", "ff", "dsp", "bram")) + " | |")
+        print(
+            f"| core x {c} / device | | "
+            + " | ".join(f"{100 * use[k]:.0f}%" for k in ("lut", "ff", "dsp", "bram"))
+            + " | |"
+        )
 
 
 def main() -> None:
@@ -398,10 +514,19 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--out", type=Path, help="write every run (cells included) here")
     ap.add_argument("--timeout", type=int, default=YOSYS_TIMEOUT_S, help="per Yosys run (s)")
-    ap.add_argument("--skip", nargs="*", default=[], help="blocks not to run, by the first word of their name (e.g. MatrixEngine DspChain)")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="blocks not to run, by the first word of their name (e.g. MatrixEngine DspChain)",
+    )
     ap.add_argument("--tables", type=Path, nargs="+", help="only print the tables of --out files")
-    ap.add_argument("--cache", type=Path, help="reuse and keep every successful block here (JSON, "
-                    "keyed by the block's RTLIL hash: a changed block is synthesised again)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        help="reuse and keep every successful block here (JSON, "
+        "keyed by the block's RTLIL hash: a changed block is synthesised again)",
+    )
     args = ap.parse_args()
     if args.tables:
         for f in args.tables:
@@ -418,12 +543,28 @@ def main() -> None:
         results.append(res)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    summary = {r["target"]: {"complete": r["complete"], "yosys": r["synth_total"],
-                             "ports_complete": r["ports_complete"], "port_networks": r["ports_total"],
-                             "buffer_bram": r["buffer_bram"], "buffer_uram": r["buffer_uram"],
-                             "model": r["model"]} for r in results}
-    print(json.dumps({"benchmark": "rtl_resources", "family": "xcup",
-                      "memory_limit_kb": YOSYS_MEMORY_KB, "targets": summary}))
+    summary = {
+        r["target"]: {
+            "complete": r["complete"],
+            "yosys": r["synth_total"],
+            "ports_complete": r["ports_complete"],
+            "port_networks": r["ports_total"],
+            "buffer_bram": r["buffer_bram"],
+            "buffer_uram": r["buffer_uram"],
+            "model": r["model"],
+        }
+        for r in results
+    }
+    print(
+        json.dumps(
+            {
+                "benchmark": "rtl_resources",
+                "family": "xcup",
+                "memory_limit_kb": YOSYS_MEMORY_KB,
+                "targets": summary,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,16 +36,24 @@ from flightforge.sim.functional import FunctionalSim
 
 def model_cycles(arch, instrs) -> int:
     from flightforge.sim.timing import duration
-    return run_dispatch(instrs, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
-                        duration=lambda i, ins: duration(arch, ins)).cycles
+
+    return run_dispatch(
+        instrs,
+        token_depth=arch.token_depth,
+        queue_depth=arch.queue_depth,
+        duration=lambda i, ins: duration(arch, ins),
+    ).cycles
 
 
 def bench_build(arch) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         h.build(arch, build_root=Path(tmp))
-        return {"bench": "verilator_build", "target": arch.name,
-                "seconds": round(time.perf_counter() - t, 1)}
+        return {
+            "bench": "verilator_build",
+            "target": arch.name,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
 
 
 def bench_demo(arch) -> list[dict]:
@@ -55,21 +63,34 @@ def bench_demo(arch) -> list[dict]:
     steps = [("write", s.addr, s.data) for s in prog.segments if s.data is not None]
     for tio in prog.inputs:
         q = hostio.quantize(tio, build.inputs[tio.name])
-        steps.append(("write", prog.segment(tio.segment).addr,
-                      q.astype(hostio.numpy_dtype(tio)).tobytes()))
+        steps.append(
+            ("write", prog.segment(tio.segment).addr, q.astype(hostio.numpy_dtype(tio)).tobytes())
+        )
     steps += [("run", name, prog.section(name).code) for name in DEMO_SECTIONS]
     runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
     out = []
     for r in runs:
         model = model_cycles(arch, prog.section(r["section"]).instructions)
-        out.append({"bench": "rtl_vs_cycle_model", "program": f"demo.{r['section']}",
-                    "rtl_cycles": r["cycles"], "model_cycles": model,
-                    "error": round(r["cycles"] / model - 1, 3)})
+        out.append(
+            {
+                "bench": "rtl_vs_cycle_model",
+                "program": f"demo.{r['section']}",
+                "rtl_cycles": r["cycles"],
+                "model_cycles": model,
+                "error": round(r["cycles"] / model - 1, 3),
+            }
+        )
     return out
 
 
-def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = False,
-                 misc_ops=None, name: str | None = None) -> dict:
+def bench_random(
+    arch,
+    sections: int = 20,
+    seed: int = 7,
+    ldst_only: bool = False,
+    misc_ops=None,
+    name: str | None = None,
+) -> dict:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
     if ldst_only:
@@ -82,10 +103,13 @@ def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = Fals
                 sched.add(h._random_ld_st(rng, st=rng.random() < 0.4))
             secs.append(sched.finish())
     else:
-        secs = [h.random_section(arch, rng, **({} if misc_ops is None else {"misc_ops": misc_ops}))
-                for _ in range(sections)]
-    steps = [("write", h.EXT_DATA[0], data)] + [("run", f"r{i}", isa.encode(s))
-                                                for i, s in enumerate(secs)]
+        secs = [
+            h.random_section(arch, rng, **({} if misc_ops is None else {"misc_ops": misc_ops}))
+            for _ in range(sections)
+        ]
+    steps = [("write", h.EXT_DATA[0], data)] + [
+        ("run", f"r{i}", isa.encode(s)) for i, s in enumerate(secs)
+    ]
     runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
     errs = []
     for r, s in zip(runs, secs):
@@ -94,9 +118,13 @@ def bench_random(arch, sections: int = 20, seed: int = 7, ldst_only: bool = Fals
         except Exception:  # a stream that deadlocks under the model's timing: skip it
             continue
     name = name or ("random LD/ST" if ldst_only else "random")
-    return {"bench": "rtl_vs_cycle_model", "program": f"{name} x{len(errs)}",
-            "mean_error": round(float(np.mean(errs)), 3),
-            "min_error": round(float(np.min(errs)), 3), "max_error": round(float(np.max(errs)), 3)}
+    return {
+        "bench": "rtl_vs_cycle_model",
+        "program": f"{name} x{len(errs)}",
+        "mean_error": round(float(np.mean(errs)), 3),
+        "min_error": round(float(np.min(errs)), 3),
+        "max_error": round(float(np.max(errs)), 3),
+    }
 
 
 class StepRecorder:
@@ -133,10 +161,20 @@ def decoder_prefill(arch) -> tuple[str, list[tuple[int, bytes]], bytes]:
     from flightforge.generate import generate
 
     prompt, new_tokens = [3, 17, 42], 2
-    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
-                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
-    program = compile_decoder(random_decoder(shape, seed=1), arch,
-                              CompileOptions(max_len=len(prompt) + new_tokens)).program
+    shape = DecoderShape(
+        layers=1,
+        hidden=32,
+        heads=2,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=64,
+        vocab=64,
+        mlp="swiglu",
+        rope=True,
+    )
+    program = compile_decoder(
+        random_decoder(shape, seed=1), arch, CompileOptions(max_len=len(prompt) + new_tokens)
+    ).program
     rec = StepRecorder(arch)
     generate(program, rec, prompt, 1)  # one token: the prefill run only
     first = next(i for i, st in enumerate(rec.steps) if st[0] == "run")
@@ -184,19 +222,36 @@ def bench_speed(arch, repeats: int = 5, pysim_cycles: int | None = None) -> list
     vl_cycles = runs[0]["cycles"]
     walls = sorted(r["wall_s"] for r in runs)
     vl_wall = walls[len(walls) // 2]
-    vl = {"bench": "sim_speed", "simulator": "verilator", "program": program,
-          "cycles": vl_cycles, "wall_s": round(vl_wall, 4),
-          "cycles_per_s": round(vl_cycles / vl_wall), "runs": len(runs),
-          "process_and_load_s": round(total - sum(walls), 2)}
+    vl = {
+        "bench": "sim_speed",
+        "simulator": "verilator",
+        "program": program,
+        "cycles": vl_cycles,
+        "wall_s": round(vl_wall, 4),
+        "cycles_per_s": round(vl_cycles / vl_wall),
+        "runs": len(runs),
+        "process_and_load_s": round(total - sum(walls), 2),
+    }
     py = pysim_harness.run_section(arch, writes, code, max_cycles=pysim_cycles)
-    ps = {"bench": "sim_speed", "simulator": "amaranth_pysim", "program": program,
-          "cycles": py.cycles, "whole_section": py.halted, "wall_s": round(py.wall_s, 2),
-          "cycles_per_s": round(py.cycles / py.wall_s), "setup_s": round(py.setup_s, 1)}
+    ps = {
+        "bench": "sim_speed",
+        "simulator": "amaranth_pysim",
+        "program": program,
+        "cycles": py.cycles,
+        "whole_section": py.halted,
+        "wall_s": round(py.wall_s, 2),
+        "cycles_per_s": round(py.cycles / py.wall_s),
+        "setup_s": round(py.setup_s, 1),
+    }
     cycles_agree = py.cycles == vl_cycles if py.halted else py.cycles < vl_cycles
     same_memory = _same_memory(py.memory._pages, vl_memory) if py.halted else None
-    ratio = {"bench": "sim_speed_ratio", "program": program,
-             "verilator_over_pysim": round(vl["cycles_per_s"] / ps["cycles_per_s"], 1),
-             "cycles_agree": cycles_agree, "same_memory": same_memory}
+    ratio = {
+        "bench": "sim_speed_ratio",
+        "program": program,
+        "verilator_over_pysim": round(vl["cycles_per_s"] / ps["cycles_per_s"], 1),
+        "cycles_agree": cycles_agree,
+        "same_memory": same_memory,
+    }
     if not cycles_agree or same_memory is False:
         raise RuntimeError(f"{program}: the simulators disagree: {vl} {ps} {ratio}")
     return [vl, ps, ratio]
@@ -210,13 +265,25 @@ def bench_synth(arch) -> dict:
 
     yosys = shutil.which("yosys")
     if yosys is None:
-        return {"bench": "yosys_synth_xilinx", "skipped": "yosys not on PATH (apt-get install yosys)"}
+        return {
+            "bench": "yosys_synth_xilinx",
+            "skipped": "yosys not on PATH (apt-get install yosys)",
+        }
     r = synth(DspChain(arch.mpe.groups_per_chain, arch.sparse_m), "dsp_chain", yosys)
-    return {"bench": "yosys_synth_xilinx", "block": "DspChain", "family": "xcup",
-            "groups": arch.mpe.groups_per_chain, "window": arch.sparse_m,
-            "seconds": r["seconds"], "ok": r["ok"],
-            "cells": {k: v for k, v in r.get("cells", {}).items()
-                      if k.startswith(("DSP", "LUT", "FD", "CARRY", "RAMB", "MUXF"))}}
+    return {
+        "bench": "yosys_synth_xilinx",
+        "block": "DspChain",
+        "family": "xcup",
+        "groups": arch.mpe.groups_per_chain,
+        "window": arch.sparse_m,
+        "seconds": r["seconds"],
+        "ok": r["ok"],
+        "cells": {
+            k: v
+            for k, v in r.get("cells", {}).items()
+            if k.startswith(("DSP", "LUT", "FD", "CARRY", "RAMB", "MUXF"))
+        },
+    }
 
 
 def main() -> None:
@@ -224,12 +291,23 @@ def main() -> None:
     ap.add_argument("--target", default="tiny")
     ap.add_argument("--synth", action="store_true", help="also run Yosys synth_xilinx")
     ap.add_argument("--no-build", action="store_true", help="skip the fresh-build timing")
-    ap.add_argument("--repeats", type=int, default=5,
-                    help="Verilator runs of the section (the median is reported)")
-    ap.add_argument("--pysim-cycles", type=int, default=None,
-                    help="run only the first N cycles of the section in the Python simulator")
-    ap.add_argument("--speed-only", action="store_true",
-                    help="only the build and the simulator speed comparison")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="Verilator runs of the section (the median is reported)",
+    )
+    ap.add_argument(
+        "--pysim-cycles",
+        type=int,
+        default=None,
+        help="run only the first N cycles of the section in the Python simulator",
+    )
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the build and the simulator speed comparison",
+    )
     args = ap.parse_args()
     arch = load_target(args.target)
     lines = []

@@ -63,12 +63,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]  # the tests' measurement
 
 import train_tiny  # noqa: E402
-from accuracy import (COS_MIN, DECODE, MAX_LEN, PROMPT_LEN, TOP1_MIN, integer_logits,  # noqa: E402
-                      measure, random_prompts)
+from accuracy import (
+    COS_MIN,
+    DECODE,
+    MAX_LEN,
+    PROMPT_LEN,
+    TOP1_MIN,
+    integer_logits,  # noqa: E402
+    measure,
+    random_prompts,
+)
 from export_tiny_hf import export_model  # noqa: E402
 from test_onnx_import import ort_logits, session  # noqa: E402
-from trained_models import (EVAL_PROMPTS, Language, lossy_layers, off_grid_layers,  # noqa: E402
-                            plan)
+from trained_models import (
+    EVAL_PROMPTS,
+    Language,
+    lossy_layers,
+    off_grid_layers,  # noqa: E402
+    plan,
+)
 
 from flightforge.compiler.onnx_import import import_onnx  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_onnx  # noqa: E402
@@ -97,20 +110,28 @@ class Format:
 
 
 def formats() -> list[Format]:
-    rows = [Format("INT8", 8, 0), Format("INT4 g32", 4), Format("3-bit g32", 3),
-            Format("2-bit g32", 2)]
+    rows = [
+        Format("INT8", 8, 0),
+        Format("INT4 g32", 4),
+        Format("3-bit g32", 3),
+        Format("2-bit g32", 2),
+    ]
     for nm in PATTERNS:
         name = nm.replace(":", "_")
-        rows += [Format(f"INT8 {nm} fine-tuned", 8, 0, nm, name),
-                 Format(f"INT4 g32 {nm} fine-tuned", 4, 32, nm, name)]
+        rows += [
+            Format(f"INT8 {nm} fine-tuned", 8, 0, nm, name),
+            Format(f"INT4 g32 {nm} fine-tuned", 4, 32, nm, name),
+        ]
     rows.append(Format("INT4 g32 QAT", 4, 32, model=train_tiny.qat_name("dense")))
     for nm in PATTERNS:
-        rows.append(Format(f"INT4 g32 {nm} QAT", 4, 32, nm,
-                           train_tiny.qat_name(nm.replace(":", "_"))))
+        rows.append(
+            Format(f"INT4 g32 {nm} QAT", 4, 32, nm, train_tiny.qat_name(nm.replace(":", "_")))
+        )
     for nm in PATTERNS:
-        rows += [Format(f"INT4 g32 {nm} one-shot magnitude", 4, 32, nm, held=False),
-                 Format(f"INT4 g32 {nm} one-shot SparseGPT", 4, 32, nm, prune="sparsegpt",
-                        held=False)]
+        rows += [
+            Format(f"INT4 g32 {nm} one-shot magnitude", 4, 32, nm, held=False),
+            Format(f"INT4 g32 {nm} one-shot SparseGPT", 4, 32, nm, prune="sparsegpt", held=False),
+        ]
     return rows
 
 
@@ -127,9 +148,13 @@ class Score:
     @classmethod
     def of(cls, cos: np.ndarray, top: np.ndarray, replay: np.ndarray) -> Score:
         rest = cos[~replay]
-        return cls(float(cos.min()), float(cos.mean()), float(top.mean()),
-                   bool(cos.min() >= COS_MIN and top.mean() >= TOP1_MIN),
-                   float(rest.min()) if rest.size else float("nan"))
+        return cls(
+            float(cos.min()),
+            float(cos.mean()),
+            float(top.mean()),
+            bool(cos.min() >= COS_MIN and top.mean() >= TOP1_MIN),
+            float(rest.min()) if rest.size else float("nan"),
+        )
 
 
 @dataclass(frozen=True)
@@ -160,8 +185,9 @@ def prepare(family: str, seed: int, work: Path, log) -> dict[str, tuple[Path, di
         train_tiny.run(cfg, work, train_tiny.parse_modes(",".join(PATTERNS)), log=log)
     for name in names:  # QAT of each (the QAT fields of TrainConfig are the defaults)
         if not train_tiny.checkpoint_path(work, family, seed, train_tiny.qat_name(name)).exists():
-            train_tiny.qat_checkpoint(train_tiny.checkpoint_path(work, family, seed, name),
-                                      cfg, log=log)
+            train_tiny.qat_checkpoint(
+                train_tiny.checkpoint_path(work, family, seed, name), cfg, log=log
+            )
     out = {}
     for name in names + [train_tiny.qat_name(n) for n in names]:
         ckpt = train_tiny.checkpoint_path(work, family, seed, name)
@@ -173,8 +199,9 @@ def prepare(family: str, seed: int, work: Path, log) -> dict[str, tuple[Path, di
     return out
 
 
-def measure_row(fmt: Format, path: Path, lang: Language
-                ) -> tuple[Score, Score, bool, bool | None, bool | None]:
+def measure_row(
+    fmt: Format, path: Path, lang: Language
+) -> tuple[Score, Score, bool, bool | None, bool | None]:
     """Compile ``path`` with ``fmt`` and score it on the language prompts and on random
     ones; also whether the simulator matched the integer reference, for an N:M model
     whether its compile was lossless, and for a QAT model whether its compiled weights
@@ -182,9 +209,17 @@ def measure_row(fmt: Format, path: Path, lang: Language
     tiny = load_target("tiny")
     prog = import_onnx(path).program
     spec = parse_plan(plan(prog, fmt.bits, fmt.group, fmt.sparse), fmt.label)
-    c = compile_onnx(str(path), tiny, CompileOptions(
-        max_len=MAX_LEN, lengths=tuple(range(PROMPT_LEN, MAX_LEN)), prune=fmt.prune,
-        calibration=lang.calibration, quant=QuantOptions(spec=spec)))
+    c = compile_onnx(
+        str(path),
+        tiny,
+        CompileOptions(
+            max_len=MAX_LEN,
+            lengths=tuple(range(PROMPT_LEN, MAX_LEN)),
+            prune=fmt.prune,
+            calibration=lang.calibration,
+            quant=QuantOptions(spec=spec),
+        ),
+    )
     sess = session(path)
     exact, replay = [], []
 
@@ -197,8 +232,9 @@ def measure_row(fmt: Format, path: Path, lang: Language
     def reference(ids: np.ndarray) -> np.ndarray:
         return ort_logits(sess, ids, prog.kv_heads, prog.head_dim)
 
-    language = Score.of(*measure(c.quantized, reference, lang.prompts, logits=simulated),
-                        np.concatenate(replay))
+    language = Score.of(
+        *measure(c.quantized, reference, lang.prompts, logits=simulated), np.concatenate(replay)
+    )
     rand = measure(c.quantized, reference, random_prompts(prog.vocab), logits=simulated)
     uniform = Score.of(*rand, np.zeros(len(rand[0]), dtype=bool))
     sparse_model = fmt.model.split("-")[0] != "dense"
@@ -210,36 +246,50 @@ def measure_row(fmt: Format, path: Path, lang: Language
 def run(families: list[str], seeds: int, work: Path, match: str = "") -> list[Row]:
     lang = Language.make()
     rows = []
-    print(f"{'family':6s} {'seed':>4s} {'weights':34s} {'cos min':>8s} {'(no replay)':>11s} "
-          f"{'cos mean':>8s} {'top-1':>6s}  criterion | random prompts: cos min, top-1  "
-          f"(sim = integer ref; pruning lossless; QAT weights on grid)")
+    print(
+        f"{'family':6s} {'seed':>4s} {'weights':34s} {'cos min':>8s} {'(no replay)':>11s} "
+        f"{'cos mean':>8s} {'top-1':>6s}  criterion | random prompts: cos min, top-1  "
+        f"(sim = integer ref; pruning lossless; QAT weights on grid)"
+    )
     for family in families:
         for seed in range(seeds):
             models = prepare(family, seed, work, log=lambda s: print("  " + s, flush=True))
             for name, (_, record) in models.items():
                 loss = record["loss"]
-                extra = (f", pruned before fine-tuning {record['pruned_loss']['all']:.3f}"
-                         if "pruned_loss" in record else "")
+                extra = (
+                    f", pruned before fine-tuning {record['pruned_loss']['all']:.3f}"
+                    if "pruned_loss" in record
+                    else ""
+                )
                 if "qat" in record:
-                    extra = (f", before QAT {record['unquantised_loss']['all']:.3f}, rounded "
-                             f"onto the grid without QAT {record['rounded_loss']['all']:.3f}")
-                print(f"{family} seed {seed} {name}: held-out loss {loss['all']:.3f} (replayed "
-                      f"tokens {loss['replay']:.3f}, chain {loss['walk']:.3f}){extra}", flush=True)
+                    extra = (
+                        f", before QAT {record['unquantised_loss']['all']:.3f}, rounded "
+                        f"onto the grid without QAT {record['rounded_loss']['all']:.3f}"
+                    )
+                print(
+                    f"{family} seed {seed} {name}: held-out loss {loss['all']:.3f} (replayed "
+                    f"tokens {loss['replay']:.3f}, chain {loss['walk']:.3f}){extra}",
+                    flush=True,
+                )
             for fmt in formats():
                 if match not in fmt.label:
                     continue
                 score, rand, exact, keeps, grid = measure_row(fmt, models[fmt.model][0], lang)
-                rows.append(Row(family, seed, fmt.label, fmt.held, score, rand, exact, keeps,
-                                grid))
-                verdict = ("pass" if score.passed else "FAIL") if fmt.held else \
-                    ("(pass)" if score.passed else "(fail)")
-                print(f"{family:6s} {seed:4d} {fmt.label:34s} {score.cos_min:8.4f} "
-                      f"{score.cos_min_no_replay:11.4f} {score.cos_mean:8.4f} {score.top1:6.1%}  "
-                      f"{verdict:9s} | {rand.cos_min:.4f} {rand.top1:6.1%} "
-                      f"{'pass' if rand.passed else 'fail'}  ({'exact' if exact else 'MISMATCH'}"
-                      f"{'' if keeps is None else '; lossless' if keeps else '; PRUNED'}"
-                      f"{'' if grid is None else '; on grid' if grid else '; OFF GRID'})",
-                      flush=True)
+                rows.append(Row(family, seed, fmt.label, fmt.held, score, rand, exact, keeps, grid))
+                verdict = (
+                    ("pass" if score.passed else "FAIL")
+                    if fmt.held
+                    else ("(pass)" if score.passed else "(fail)")
+                )
+                print(
+                    f"{family:6s} {seed:4d} {fmt.label:34s} {score.cos_min:8.4f} "
+                    f"{score.cos_min_no_replay:11.4f} {score.cos_mean:8.4f} {score.top1:6.1%}  "
+                    f"{verdict:9s} | {rand.cos_min:.4f} {rand.top1:6.1%} "
+                    f"{'pass' if rand.passed else 'fail'}  ({'exact' if exact else 'MISMATCH'}"
+                    f"{'' if keeps is None else '; lossless' if keeps else '; PRUNED'}"
+                    f"{'' if grid is None else '; on grid' if grid else '; OFF GRID'})",
+                    flush=True,
+                )
     return rows
 
 
@@ -252,16 +302,23 @@ def summarise(rows: list[Row]) -> dict:
             sel = [r.language for r in rows if r.family == family and r.format == fmt]
             mins = [x.cos_min for x in sel]
             out.setdefault(family, {})[fmt] = {
-                "cos_min_worst": min(mins), "cos_min_best": max(mins),
+                "cos_min_worst": min(mins),
+                "cos_min_best": max(mins),
                 "cos_mean": float(np.mean([x.cos_mean for x in sel])),
                 "top1": float(np.mean([x.top1 for x in sel])),
-                "met": sum(x.passed for x in sel), "seeds": len(sel)}
-    print(f"\nover seeds: {'family':6s} {'weights':34s} {'cos min (range)':>17s} {'cos mean':>8s} "
-          f"{'top-1':>6s}  criterion met")
+                "met": sum(x.passed for x in sel),
+                "seeds": len(sel),
+            }
+    print(
+        f"\nover seeds: {'family':6s} {'weights':34s} {'cos min (range)':>17s} {'cos mean':>8s} "
+        f"{'top-1':>6s}  criterion met"
+    )
     for family, fmts in out.items():
         for fmt, v in fmts.items():
-            print(f"            {family:6s} {fmt:34s} {v['cos_min_worst']:8.4f}..{v['cos_min_best']:.4f} "
-                  f"{v['cos_mean']:8.4f} {v['top1']:6.1%}  {v['met']}/{v['seeds']}")
+            print(
+                f"            {family:6s} {fmt:34s} {v['cos_min_worst']:8.4f}..{v['cos_min_best']:.4f} "
+                f"{v['cos_mean']:8.4f} {v['top1']:6.1%}  {v['met']}/{v['seeds']}"
+            )
     return out
 
 
@@ -292,7 +349,7 @@ def gptq(w: np.ndarray, x: np.ndarray, bits: int, damp: float = 0.01) -> np.ndar
         out[:, j] = np.where(keep[:, j], np.clip(np.round(w[:, j] / step[:, j]), -top - 1, top), 0)
         out[:, j] *= step[:, j]
         err = (w[:, j] - out[:, j]) / hinv[j, j]
-        w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
+        w[:, j + 1 :] -= err[:, None] * hinv[j, j + 1 :][None, :]
     return out
 
 
@@ -301,13 +358,16 @@ def weight_study(families: list[str], seeds: int, work: Path) -> dict:
     models' weights need, and what a second-order rounding (GPTQ) would give at 4 bits.
     The LM head stays float; activations are exact, so this bounds the formats from above."""
     from accuracy import float_reference
+
     from flightforge.compiler.calibrate import FloatState, run_float
     from flightforge.compiler.graph import Linear, LinearParams
 
     lang = Language.make()
     calib = [np.array(c) for c in lang.calibration]
     out: dict = {}
-    print(f"{'model':16s} {'weights (float activations)':30s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}")
+    print(
+        f"{'model':16s} {'weights (float activations)':30s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}"
+    )
     for family in families:
         for seed in range(seeds):
             models = prepare(family, seed, work, log=lambda s: print("  " + s, flush=True))
@@ -319,15 +379,25 @@ def weight_study(families: list[str], seeds: int, work: Path) -> dict:
                     fake = float_reference(dataclasses.replace(prog, linears=linears))
                     cos, top = measure(None, ref, lang.prompts, logits=fake)
                     key = f"{family} s{seed} {name}"
-                    out.setdefault(key, {})[label] = {"cos_min": float(cos.min()),
-                                                      "cos_mean": float(cos.mean()),
-                                                      "top1": float(top.mean())}
-                    print(f"{key:16s} {label:30s} {cos.min():8.4f} {cos.mean():8.4f} "
-                          f"{top.mean():6.1%}", flush=True)
+                    out.setdefault(key, {})[label] = {
+                        "cos_min": float(cos.min()),
+                        "cos_mean": float(cos.mean()),
+                        "top1": float(top.mean()),
+                    }
+                    print(
+                        f"{key:16s} {label:30s} {cos.min():8.4f} {cos.mean():8.4f} "
+                        f"{top.mean():6.1%}",
+                        flush=True,
+                    )
 
                 for bits in (4, 5, 6):
-                    score({k: v if k == "lm_head" else LinearParams(rounded(v.w, bits), v.b)
-                           for k, v in prog.linears.items()}, f"{bits}-bit g32 round-to-nearest")
+                    score(
+                        {
+                            k: v if k == "lm_head" else LinearParams(rounded(v.w, bits), v.b)
+                            for k, v in prog.linears.items()
+                        },
+                        f"{bits}-bit g32 round-to-nearest",
+                    )
                 linears = dict(prog.linears)
                 for op in prog.ops:  # in program order, each on the inputs of the rounded layers
                     if not isinstance(op, Linear) or op.weight == "lm_head":
@@ -348,21 +418,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default=",".join(FAMILIES))
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per family")
-    ap.add_argument("--work", type=Path, default=ROOT / "build" / "trained",
-                    help="folder for checkpoints and ONNX exports (reused when present)")
-    ap.add_argument("--weight-study", action="store_true",
-                    help="weight-only fake quantisation at 4-6 bits and GPTQ, float activations")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "build" / "trained",
+        help="folder for checkpoints and ONNX exports (reused when present)",
+    )
+    ap.add_argument(
+        "--weight-study",
+        action="store_true",
+        help="weight-only fake quantisation at 4-6 bits and GPTQ, float activations",
+    )
     ap.add_argument("--match", default="", help="only the rows whose label contains this")
     a = ap.parse_args()
     t0 = time.time()
     if a.weight_study:
-        print(json.dumps({"benchmark": "trained_accuracy", "weight_study":
-                          weight_study(a.family.split(","), a.seeds, a.work)}))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "trained_accuracy",
+                    "weight_study": weight_study(a.family.split(","), a.seeds, a.work),
+                }
+            )
+        )
         return
     rows = run(a.family.split(","), a.seeds, a.work, a.match)
-    print(json.dumps({"benchmark": "trained_accuracy", "positions": EVAL_PROMPTS * (PROMPT_LEN + DECODE),
-                      "seconds": round(time.time() - t0), "summary": summarise(rows),
-                      "rows": [asdict(r) for r in rows]}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "trained_accuracy",
+                "positions": EVAL_PROMPTS * (PROMPT_LEN + DECODE),
+                "seconds": round(time.time() - t0),
+                "summary": summarise(rows),
+                "rows": [asdict(r) for r in rows],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

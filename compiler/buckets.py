@@ -38,11 +38,10 @@ Policies:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from flightforge.arch import ArchConfig
-
 from flightforge.generate import chunk_starts  # noqa: F401 - the host's pass plan, re-exported
 
 from .memory import CompileError
@@ -110,26 +109,35 @@ class BucketPlan:
 
     @classmethod
     def per_length(cls, max_len: int) -> BucketPlan:
-        return cls(tuple((n, n) for n in range(1, max_len + 1)),
-                   tuple((p, p) for p in range(1, max_len)))
+        return cls(
+            tuple((n, n) for n in range(1, max_len + 1)), tuple((p, p) for p in range(1, max_len))
+        )
 
     @classmethod
-    def fixed(cls, max_len: int, chunk: int, prefill_step: int = 128,
-              decode_step: int = 16, tile: int = 0) -> BucketPlan:
+    def fixed(
+        cls, max_len: int, chunk: int, prefill_step: int = 128, decode_step: int = 16, tile: int = 0
+    ) -> BucketPlan:
         """Chunk starts grouped by ``prefill_step`` positions, decode by ``decode_step``;
         short prompts split at multiples of the MM tile height ``tile``."""
         short, last_start = _short_prompts(max_len, chunk, tile)
-        return cls(short, tuple(_fixed(1, max_len - 1, decode_step)),
-                   tuple(_fixed(0, last_start, prefill_step)) if last_start >= 0 else ())
+        return cls(
+            short,
+            tuple(_fixed(1, max_len - 1, decode_step)),
+            tuple(_fixed(0, last_start, prefill_step)) if last_start >= 0 else (),
+        )
 
     @classmethod
-    def auto(cls, max_len: int, latency: Callable[[int, int], float], bound: float,
-             chunk: int) -> BucketPlan:
+    def auto(
+        cls, max_len: int, latency: Callable[[int, int], float], bound: float, chunk: int
+    ) -> BucketPlan:
         """Whole-prompt buckets whose pass at the top costs at most ``1 + bound`` times
         the pass at the bottom (``latency(rows, ctx)`` models one pass); one bucket for
         all decode positions and one for all chunk starts, whose runs cost no padding."""
-        short = ((1, 1),) + (tuple(_greedy(2, min(chunk, max_len), lambda n: latency(n, n), bound))
-                             if min(chunk, max_len) >= 2 else ())
+        short = ((1, 1),) + (
+            tuple(_greedy(2, min(chunk, max_len), lambda n: latency(n, n), bound))
+            if min(chunk, max_len) >= 2
+            else ()
+        )
         starts = ((0, max_len - chunk),) if max_len > chunk else ()
         return cls(short, ((1, max_len - 1),) if max_len > 1 else (), starts)
 
@@ -149,18 +157,22 @@ class BucketPlan:
             expect = first
             for lo, hi in buckets:
                 if lo != expect or hi < lo:
-                    raise CompileError(f"{stage} buckets must cover {first}..{last} without "
-                                       f"gaps or overlaps; bucket {lo}..{hi} follows {expect - 1}")
+                    raise CompileError(
+                        f"{stage} buckets must cover {first}..{last} without "
+                        f"gaps or overlaps; bucket {lo}..{hi} follows {expect - 1}"
+                    )
                 expect = hi + 1
             if expect != last + 1:
                 raise CompileError(f"{stage} buckets end at {expect - 1}, not at {last}")
         if last_chunk is not None:
             for lo, hi in self.prefill:
                 if (lo - 1) // last_chunk != (hi - 1) // last_chunk:
-                    raise CompileError(f"prefill bucket {lo}..{hi} spans a prefill chunk boundary "
-                                       f"(chunk {last_chunk}): with last-row logits its last row "
-                                       f"would move between chunks; split it at multiples of "
-                                       f"{last_chunk}")
+                    raise CompileError(
+                        f"prefill bucket {lo}..{hi} spans a prefill chunk boundary "
+                        f"(chunk {last_chunk}): with last-row logits its last row "
+                        f"would move between chunks; split it at multiples of "
+                        f"{last_chunk}"
+                    )
 
     def bucket_of(self, stage: str, length: int) -> Bucket:
         for lo, hi in getattr(self, stage):
@@ -169,8 +181,9 @@ class BucketPlan:
         raise KeyError(f"no {stage} bucket holds length {length}")
 
 
-def run_latency(latency: Callable[[int, int], float], stage: str, hi: int, at: int,
-                chunk: int) -> float:
+def run_latency(
+    latency: Callable[[int, int], float], stage: str, hi: int, at: int, chunk: int
+) -> float:
     """Modelled latency of one run of a section of ``stage`` whose bucket ends at ``hi``,
     run at ``at`` (the prompt length, decode position or chunk start): a whole-prompt
     bucket processes its top length's rows; decode steps and chunk passes attend over
@@ -189,8 +202,18 @@ class LinearShape:
     weight_bytes: int
 
 
-def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int, heads: int,
-                    kv_heads: int, head_dim: int, rows: int, ctx: int, act16: bool = False) -> float:
+def estimate_cycles(
+    arch: ArchConfig,
+    linears: list[LinearShape],
+    *,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    rows: int,
+    ctx: int,
+    act16: bool = False,
+) -> float:
     """Analytical latency of one pass of ``rows`` rows attending over ``ctx`` positions.
 
     Each Linear costs the larger of its compute time on the MPE (output tiles of the MM
@@ -212,8 +235,12 @@ def estimate_cycles(arch: ArchConfig, linears: list[LinearShape], *, layers: int
     linear_passes, product_passes, kv_planes = (2, 3, 2) if act16 else (1, 1, 1)
     total = 0.0
     for lin in linears:
-        total += max(linear_passes * mm_cycles(rows, lin.n, lin.k), lin.weight_bytes / bytes_per_cycle)
-    attn_compute = product_passes * heads * (mm_cycles(rows, ctx, head_dim) + mm_cycles(rows, head_dim, ctx))
+        total += max(
+            linear_passes * mm_cycles(rows, lin.n, lin.k), lin.weight_bytes / bytes_per_cycle
+        )
+    attn_compute = (
+        product_passes * heads * (mm_cycles(rows, ctx, head_dim) + mm_cycles(rows, head_dim, ctx))
+    )
     kv_bytes = 2 * kv_planes * kv_heads * ctx * head_dim
     total += layers * max(attn_compute, kv_bytes / bytes_per_cycle)
     return total

@@ -24,7 +24,9 @@ from .graph import Act, Add, Attention, DecoderProgram, Linear, Mul, Norm, Rope
 ACT_FNS = {
     "silu": lambda x: x / (1.0 + np.exp(-x)),
     "relu": lambda x: np.maximum(x, 0.0),
-    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+    "gelu_tanh": lambda x: (
+        0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    ),
     "gelu_erf": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
 }
 
@@ -85,9 +87,14 @@ class FloatState:
         self.stats.setdefault(name, TensorStats()).add(x)
 
 
-def run_float(prog: DecoderProgram, ids: np.ndarray, pos0: int, state: FloatState,
-              env: dict[str, np.ndarray] | None = None,
-              fake: Callable[[str, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def run_float(
+    prog: DecoderProgram,
+    ids: np.ndarray,
+    pos0: int,
+    state: FloatState,
+    env: dict[str, np.ndarray] | None = None,
+    fake: Callable[[str, np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Logits ``[len(ids)][vocab]`` for tokens at positions ``pos0..``; updates ``state``.
 
     ``env``, if given, receives every named tensor (for per-op error analysis).
@@ -145,18 +152,21 @@ def _attention(env, op: Attention, pos0: int, state: FloatState) -> np.ndarray:
     mask = np.arange(kc.shape[0])[None, :] > (pos0 + np.arange(rows))[:, None]
     for h in range(op.heads):
         j = h // group
-        sc = q[:, h * d:(h + 1) * d] @ kc[:, j * d:(j + 1) * d].T / math.sqrt(d)
+        sc = q[:, h * d : (h + 1) * d] @ kc[:, j * d : (j + 1) * d].T / math.sqrt(d)
         sc = np.where(mask, -np.inf, sc)
         p = np.exp(sc - sc.max(axis=1, keepdims=True))
-        out[:, h * d:(h + 1) * d] = (p / p.sum(axis=1, keepdims=True)) @ vc[:, j * d:(j + 1) * d]
+        out[:, h * d : (h + 1) * d] = (p / p.sum(axis=1, keepdims=True)) @ vc[
+            :, j * d : (j + 1) * d
+        ]
     return out
 
 
 DECODE_STEPS = 16
 
 
-def calibrate(prog: DecoderProgram, prompts: list[np.ndarray],
-              decode_steps: int = DECODE_STEPS) -> dict[str, TensorStats]:
+def calibrate(
+    prog: DecoderProgram, prompts: list[np.ndarray], decode_steps: int = DECODE_STEPS
+) -> dict[str, TensorStats]:
     """Per-tensor statistics over prefill of each prompt and greedy decode steps.
 
     With the default prompts (16 tokens) the 16 decode steps sample positions up to 31

@@ -83,18 +83,32 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
     y, yn = o @ wo.T, on @ wo.T
     pre_q = np.vstack([x @ wq.T, x_new @ wq.T])
     pre_k = np.vstack([x @ wk.T, x_new @ wk.T])
-    s = {"x": act_scale(np.vstack([x, x_new])), "y1": act_scale(y1),
-         "q": act_scale(np.vstack([pre_q, q, qn])), "k": act_scale(np.vstack([pre_k, k, kn])),
-         "v": act_scale(np.vstack([v, vn])), "o": act_scale(np.vstack([o, on])),
-         "y": act_scale(np.vstack([y, yn]))}
+    s = {
+        "x": act_scale(np.vstack([x, x_new])),
+        "y1": act_scale(y1),
+        "q": act_scale(np.vstack([pre_q, q, qn])),
+        "k": act_scale(np.vstack([pre_k, k, kn])),
+        "v": act_scale(np.vstack([v, vn])),
+        "o": act_scale(np.vstack([o, on])),
+        "y": act_scale(np.vstack([y, yn])),
+    }
 
     b = Builder(arch)
     b.metadata["model"] = "demo: Linear + attention head"
-    ql = {"linear": quantize_linear(w1, b1, prec=WPrec.INT4, group=spec.linear_group),
-          "q": quantize_linear(wq), "k": quantize_linear(wk), "v": quantize_linear(wv),
-          "o": quantize_linear(wo)}
-    io_scales = {"linear": (s["x"], s["y1"]), "q": (s["x"], s["q"]), "k": (s["x"], s["k"]),
-                 "v": (s["x"], s["v"]), "o": (s["o"], s["y"])}
+    ql = {
+        "linear": quantize_linear(w1, b1, prec=WPrec.INT4, group=spec.linear_group),
+        "q": quantize_linear(wq),
+        "k": quantize_linear(wk),
+        "v": quantize_linear(wv),
+        "o": quantize_linear(wo),
+    }
+    io_scales = {
+        "linear": (s["x"], s["y1"]),
+        "q": (s["x"], s["q"]),
+        "k": (s["x"], s["k"]),
+        "v": (s["x"], s["v"]),
+        "o": (s["o"], s["y"]),
+    }
     placed = {name: kernels.place_linear(b, name, q, *io_scales[name]) for name, q in ql.items()}
     lin, pq, pk, pv, po = (placed[n] for n in ("linear", "q", "k", "v", "o"))
     table = kernels.rope_table_bytes(L + 1, d, ROPE_THETA)
@@ -102,10 +116,13 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
     kc = b.place("attn.k_cache", "kv", (L + 1) * d)
     vc = b.place("attn.v_cache", "kv", (L + 1) * d)
     io = {}
-    for name, kind, rows, cols, scale in (("x", "input", L, D, s["x"]), ("x_new", "input", 1, D, s["x"]),
-                                          ("y_linear", "output", L, spec.linear_out, s["y1"]),
-                                          ("y_prefill", "output", L, D, s["y"]),
-                                          ("y_decode", "output", 1, D, s["y"])):
+    for name, kind, rows, cols, scale in (
+        ("x", "input", L, D, s["x"]),
+        ("x_new", "input", 1, D, s["x"]),
+        ("y_linear", "output", L, spec.linear_out, s["y1"]),
+        ("y_prefill", "output", L, D, s["y"]),
+        ("y_decode", "output", 1, D, s["y"]),
+    ):
         io[name] = b.place(name, kind, rows * cols)
         b.io(kind, name, name, "int8", (rows, cols), scale)
 
@@ -119,8 +136,10 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
     b.end_section("linear", "main", L, L)
 
     # Sections 2 and 3: the attention head, prefill then one decode step.
-    for stage, rows, pos0, src, dst in (("prefill", L, 0, "x", "y_prefill"),
-                                        ("decode", 1, L, "x_new", "y_decode")):
+    for stage, rows, pos0, src, dst in (
+        ("prefill", L, 0, "x", "y_prefill"),
+        ("decode", 1, L, "x_new", "y_decode"),
+    ):
         xt = b.tile(Buf.ACT, rows, D, DType.INT8, src, s["x"])
         b.load(xt, io[src])
         qkv = {}
@@ -144,6 +163,7 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
 
     # Quantised reference, whole tensors.
     xq, xnq = quantize_act(x, s["x"]), quantize_act(x_new, s["x"])
+
     def ref_linear(x: np.ndarray, name: str) -> np.ndarray:
         return qref.linear(x, ql[name], *io_scales[name])
 
@@ -155,12 +175,13 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
         rq = qref.rope(ref_linear(xin, "q"), tab, pos0, d)
         rk = qref.rope(ref_linear(xin, "k"), tab, pos0, d)
         rows = xin.shape[0]
-        k_cache[pos0:pos0 + rows] = rk
-        v_cache[pos0:pos0 + rows] = ref_linear(xin, "v")
+        k_cache[pos0 : pos0 + rows] = rk
+        v_cache[pos0 : pos0 + rows] = ref_linear(xin, "v")
         oq = qref.attention(rq, k_cache, v_cache, pos0 + rows, pos0, s["q"], s["k"], s["v"], s["o"])
         ref[name] = ref_linear(oq, "o")
-    return DemoBuild(program, {"x": x, "x_new": x_new}, ref,
-                     {"y_linear": y1, "y_prefill": y, "y_decode": yn})
+    return DemoBuild(
+        program, {"x": x, "x_new": x_new}, ref, {"y_linear": y1, "y_prefill": y, "y_decode": yn}
+    )
 
 
 DEMO_SECTIONS = ("linear", "attn_prefill", "attn_decode")
@@ -192,7 +213,13 @@ def run_demo(arch: ArchConfig, device, build: DemoBuild | None = None) -> DemoRe
     for tio in program.inputs:
         hostio.write_input(device, program, tio, build.inputs[tio.name])
     runs = tuple(device.run(name) for name in DEMO_SECTIONS)
-    outputs = tuple(hostio.compare(tio, hostio.read_output(device, program, tio),
-                                   build.expected_int[tio.name], build.expected_float[tio.name])
-                    for tio in program.outputs)
+    outputs = tuple(
+        hostio.compare(
+            tio,
+            hostio.read_output(device, program, tio),
+            build.expected_int[tio.name],
+            build.expected_float[tio.name],
+        )
+        for tio in program.outputs
+    )
     return DemoReport(runs, outputs)

@@ -116,7 +116,12 @@ class DecoderProgram:
         """Float input rows: token embeddings plus learned positions if any."""
         x = self.embed[np.asarray(ids)]
         if self.positions is not None:
-            x = x + self.positions[self.position_offset + pos0:self.position_offset + pos0 + len(ids)]
+            x = (
+                x
+                + self.positions[
+                    self.position_offset + pos0 : self.position_offset + pos0 + len(ids)
+                ]
+            )
         return x
 
 
@@ -160,20 +165,26 @@ def decoder_ops(shape: DecoderShape) -> tuple[Op, ...]:
             ops.append(Linear(p + "attn_in", p + w, p + w))
         if shape.rope:
             ops += [Rope(p + "q", d), Rope(p + "k", d)]
-        ops.append(Attention(p + "q", p + "k", p + "v", p + "ctx", i, shape.heads, shape.kv_heads, d))
+        ops.append(
+            Attention(p + "q", p + "k", p + "v", p + "ctx", i, shape.heads, shape.kv_heads, d)
+        )
         ops.append(Linear(p + "ctx", p + "o", p + "attn_out", wide=True))
         ops.append(Add(h, p + "attn_out", p + "h_mid"))
         ops.append(Norm(p + "h_mid", p + "ln2", p + "mlp_in"))
         if shape.mlp == "swiglu":
-            ops += [Linear(p + "mlp_in", p + "gate", p + "gate"),
-                    Linear(p + "mlp_in", p + "up", p + "up"),
-                    Act(p + "gate", "silu", p + "act"),
-                    Mul(p + "act", p + "up", p + "prod"),
-                    Linear(p + "prod", p + "down", p + "mlp_out", wide=True)]
+            ops += [
+                Linear(p + "mlp_in", p + "gate", p + "gate"),
+                Linear(p + "mlp_in", p + "up", p + "up"),
+                Act(p + "gate", "silu", p + "act"),
+                Mul(p + "act", p + "up", p + "prod"),
+                Linear(p + "prod", p + "down", p + "mlp_out", wide=True),
+            ]
         else:
-            ops += [Linear(p + "mlp_in", p + "fc1", p + "fc1"),
-                    Act(p + "fc1", shape.mlp, p + "act"),
-                    Linear(p + "act", p + "fc2", p + "mlp_out", wide=True)]
+            ops += [
+                Linear(p + "mlp_in", p + "fc1", p + "fc1"),
+                Act(p + "fc1", shape.mlp, p + "act"),
+                Linear(p + "act", p + "fc2", p + "mlp_out", wide=True),
+            ]
         nxt = f"h{i + 1}"
         ops.append(Add(p + "h_mid", p + "mlp_out", nxt))
         h = nxt
@@ -185,11 +196,18 @@ def decoder_ops(shape: DecoderShape) -> tuple[Op, ...]:
 def linear_shapes(shape: DecoderShape) -> dict[str, tuple[int, int]]:
     """``[out][in]`` of every Linear weight key that :func:`decoder_ops` uses."""
     d, hd = shape.hidden, shape.head_dim
-    per_layer = {"q": (shape.heads * hd, d), "k": (shape.kv_heads * hd, d),
-                 "v": (shape.kv_heads * hd, d), "o": (d, shape.heads * hd)}
+    per_layer = {
+        "q": (shape.heads * hd, d),
+        "k": (shape.kv_heads * hd, d),
+        "v": (shape.kv_heads * hd, d),
+        "o": (d, shape.heads * hd),
+    }
     if shape.mlp == "swiglu":
-        per_layer |= {"gate": (shape.intermediate, d), "up": (shape.intermediate, d),
-                      "down": (d, shape.intermediate)}
+        per_layer |= {
+            "gate": (shape.intermediate, d),
+            "up": (shape.intermediate, d),
+            "down": (d, shape.intermediate),
+        }
     else:
         per_layer |= {"fc1": (shape.intermediate, d), "fc2": (d, shape.intermediate)}
     out = {f"l{i}.{name}": dims for i in range(shape.layers) for name, dims in per_layer.items()}
@@ -197,19 +215,42 @@ def linear_shapes(shape: DecoderShape) -> dict[str, tuple[int, int]]:
     return out
 
 
-def shape_program(shape: DecoderShape, *, rope_theta: float | None = 10000.0,
-                  n_positions: int = 0, position_offset: int = 0) -> DecoderProgram:
+def shape_program(
+    shape: DecoderShape,
+    *,
+    rope_theta: float | None = 10000.0,
+    n_positions: int = 0,
+    position_offset: int = 0,
+) -> DecoderProgram:
     """A DecoderProgram with structure but no weights, for shape-only compilation."""
     ops = decoder_ops(shape)
-    return DecoderProgram(ops, {}, {}, np.zeros((0, shape.hidden)), None, position_offset,
-                          rope_theta if shape.rope else None, shape.layers, shape.kv_heads,
-                          shape.head_dim, shape.vocab, shape.hidden,
-                          wide=wide_tensors(ops, "h0"), n_positions=n_positions)
+    return DecoderProgram(
+        ops,
+        {},
+        {},
+        np.zeros((0, shape.hidden)),
+        None,
+        position_offset,
+        rope_theta if shape.rope else None,
+        shape.layers,
+        shape.kv_heads,
+        shape.head_dim,
+        shape.vocab,
+        shape.hidden,
+        wide=wide_tensors(ops, "h0"),
+        n_positions=n_positions,
+    )
 
 
-def random_decoder(shape: DecoderShape, *, norm: Literal["rms", "layer"] = "rms",
-                   bias: bool = False, learned_positions: int = 0, scale: float = 0.2,
-                   seed: int = 0) -> DecoderProgram:
+def random_decoder(
+    shape: DecoderShape,
+    *,
+    norm: Literal["rms", "layer"] = "rms",
+    bias: bool = False,
+    learned_positions: int = 0,
+    scale: float = 0.2,
+    seed: int = 0,
+) -> DecoderProgram:
     """A decoder with random weights, for tests and examples that need no ONNX file."""
     rng = np.random.default_rng(seed)
     ops = decoder_ops(shape)
@@ -222,13 +263,29 @@ def random_decoder(shape: DecoderShape, *, norm: Literal["rms", "layer"] = "rms"
             shp = dims[op.weight]
             linears[op.weight] = LinearParams(
                 rng.normal(size=shp) * scale,
-                rng.normal(size=shp[0]) * scale if bias and op.weight != "lm_head" else None)
+                rng.normal(size=shp[0]) * scale if bias and op.weight != "lm_head" else None,
+            )
         elif isinstance(op, Norm):
-            norms[op.params] = NormParams(norm, 1.0 + rng.normal(size=d) * 0.1,
-                                          rng.normal(size=d) * 0.1 if norm == "layer" else None,
-                                          1e-5)
+            norms[op.params] = NormParams(
+                norm,
+                1.0 + rng.normal(size=d) * 0.1,
+                rng.normal(size=d) * 0.1 if norm == "layer" else None,
+                1e-5,
+            )
     positions = rng.normal(size=(learned_positions, d)) * scale if learned_positions else None
-    return DecoderProgram(ops, linears, norms, rng.normal(size=(shape.vocab, d)) * 1.0, positions, 0,
-                          10000.0 if shape.rope else None, shape.layers, shape.kv_heads, hd,
-                          shape.vocab, d, wide=wide_tensors(ops, "h0"),
-                          n_positions=learned_positions)
+    return DecoderProgram(
+        ops,
+        linears,
+        norms,
+        rng.normal(size=(shape.vocab, d)) * 1.0,
+        positions,
+        0,
+        10000.0 if shape.rope else None,
+        shape.layers,
+        shape.kv_heads,
+        hd,
+        shape.vocab,
+        d,
+        wide=wide_tensors(ops, "h0"),
+        n_positions=learned_positions,
+    )

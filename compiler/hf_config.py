@@ -19,8 +19,12 @@ from .graph import DecoderShape
 from .memory import CompileError
 
 SUPPORTED = ("llama", "mistral", "opt", "gpt2")
-GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf",
-                    "relu": "relu"}
+GPT2_ACTIVATIONS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu_erf",
+    "relu": "relu",
+}
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ def _field(cfg: dict[str, Any], source: str, *names: str, default: Any = None) -
 def structure_from_config(cfg: dict[str, Any], source: str = "<config>") -> HFStructure:
     kind = _field(cfg, source, "model_type")
     if kind not in SUPPORTED:
-        raise CompileError(f"{source}: model_type {kind!r} is not supported ("
-                           + ", ".join(SUPPORTED) + ")")
+        raise CompileError(
+            f"{source}: model_type {kind!r} is not supported (" + ", ".join(SUPPORTED) + ")"
+        )
     f = lambda *names, default=None: _field(cfg, source, *names, default=default)  # noqa: E731
     hidden = int(f("hidden_size", "n_embd"))
     heads = int(f("num_attention_heads", "n_head"))
@@ -61,37 +66,66 @@ def structure_from_config(cfg: dict[str, Any], source: str = "<config>") -> HFSt
         act = f("hidden_act", default="silu")
         if act != "silu":
             raise CompileError(f"{source}: field 'hidden_act' is {act!r}; Llama MLPs use 'silu'")
-        shape = DecoderShape(layers, hidden, heads, kv, head_dim, int(f("intermediate_size")),
-                             vocab, "swiglu", True)
-        result = HFStructure(kind, shape, "rms", float(f("rope_theta", default=10000.0)), 0, 0,
-                             bool(f("tie_word_embeddings", default=False)))
+        shape = DecoderShape(
+            layers, hidden, heads, kv, head_dim, int(f("intermediate_size")), vocab, "swiglu", True
+        )
+        result = HFStructure(
+            kind,
+            shape,
+            "rms",
+            float(f("rope_theta", default=10000.0)),
+            0,
+            0,
+            bool(f("tie_word_embeddings", default=False)),
+        )
     elif kind == "opt":
         if f("word_embed_proj_dim", default=hidden) != hidden:
-            raise CompileError(f"{source}: field 'word_embed_proj_dim' differs from hidden_size; "
-                               f"OPT's embedding projection is not supported")
+            raise CompileError(
+                f"{source}: field 'word_embed_proj_dim' differs from hidden_size; "
+                f"OPT's embedding projection is not supported"
+            )
         if not f("do_layer_norm_before", default=True):
-            raise CompileError(f"{source}: field 'do_layer_norm_before' is false; post-norm OPT "
-                               f"(350m) is not supported")
+            raise CompileError(
+                f"{source}: field 'do_layer_norm_before' is false; post-norm OPT "
+                f"(350m) is not supported"
+            )
         act = f("activation_function", default="relu")
         if act != "relu":
             raise CompileError(f"{source}: field 'activation_function' is {act!r}, not 'relu'")
-        shape = DecoderShape(layers, hidden, heads, heads, hidden // heads, int(f("ffn_dim")), vocab,
-                             "relu", False)
-        result = HFStructure(kind, shape, "layer", None, int(f("max_position_embeddings")) + 2, 2, True)
+        shape = DecoderShape(
+            layers, hidden, heads, heads, hidden // heads, int(f("ffn_dim")), vocab, "relu", False
+        )
+        result = HFStructure(
+            kind, shape, "layer", None, int(f("max_position_embeddings")) + 2, 2, True
+        )
     else:  # gpt2
         act = f("activation_function", default="gelu_new")
         if act not in GPT2_ACTIVATIONS:
-            raise CompileError(f"{source}: field 'activation_function' is {act!r}, not one of "
-                               + ", ".join(GPT2_ACTIVATIONS))
+            raise CompileError(
+                f"{source}: field 'activation_function' is {act!r}, not one of "
+                + ", ".join(GPT2_ACTIVATIONS)
+            )
         inner = int(f("n_inner", default=4 * hidden))
-        shape = DecoderShape(layers, hidden, heads, heads, hidden // heads, inner, vocab,
-                             GPT2_ACTIVATIONS[act], False)
-        result = HFStructure(kind, shape, "layer", None, int(f("n_positions", "max_position_embeddings")),
-                             0, True)
+        shape = DecoderShape(
+            layers,
+            hidden,
+            heads,
+            heads,
+            hidden // heads,
+            inner,
+            vocab,
+            GPT2_ACTIVATIONS[act],
+            False,
+        )
+        result = HFStructure(
+            kind, shape, "layer", None, int(f("n_positions", "max_position_embeddings")), 0, True
+        )
     s = result.shape
     if s.heads % s.kv_heads or s.head_dim % 2:
-        raise CompileError(f"{source}: {s.heads} heads over {s.kv_heads} KV heads with head_dim "
-                           f"{s.head_dim} is not a valid attention shape")
+        raise CompileError(
+            f"{source}: {s.heads} heads over {s.kv_heads} KV heads with head_dim "
+            f"{s.head_dim} is not a valid attention shape"
+        )
     return result
 
 

@@ -37,8 +37,9 @@ SPLIT_BITS = 8  #: weight of the high half: x = 2**SPLIT_BITS * hi + lo
 SPLIT_MAX = 127 * (1 << SPLIT_BITS) + 127  #: largest |x| the two halves hold exactly
 HI_MULT = 1 << SPLIT_BITS  #: the high half's pass multiplies its INT32 partial sums by this
 #: The LUT that negates the high half (entry i is -int8(i), saturated).
-NEG_TABLE = numerics.sat(-np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)),
-                         DType.INT8)
+NEG_TABLE = numerics.sat(
+    -np.where(np.arange(256) >= 128, np.arange(256) - 256, np.arange(256)), DType.INT8
+)
 PROB16_SPLIT_SHIFT = 1  #: INT16 probabilities (up to 2**15 - 1) split with s = 1
 
 
@@ -91,8 +92,14 @@ class PlacedLinear:
         return self.layout.record_bytes
 
 
-def place_linear(b: Builder, name: str, ql: QuantLinear | LinearLayout, s_x: float,
-                 s_y: float, split: bool = False) -> PlacedLinear:
+def place_linear(
+    b: Builder,
+    name: str,
+    ql: QuantLinear | LinearLayout,
+    s_x: float,
+    s_y: float,
+    split: bool = False,
+) -> PlacedLinear:
     """Place a layer for inputs of scale ``s_x`` and outputs of scale ``s_y``; ``split``:
     its input is 16-bit, so the high-half pass gets column records of its own.
 
@@ -132,11 +139,15 @@ def _column_tile(b: Builder, pl: PlacedLinear, psum_stride: int | None = None) -
     nt = min(limits)
     if nt < 1:
         if psum_stride is not None and psum_stride < DType.INT32.nbytes:
-            raise CompileError(f"{pl.name}: an output row of {psum_stride} B cannot hold the "
-                               f"INT32 partial sums of a 16-bit input")
-        raise CompileError(f"{pl.name}: one weight column (K={pl.k}: {pl.wrb} B weights, "
-                           f"{pl.mrb} B indices, {recb} B records) does not fit twice in the "
-                           f"free WGT/META/SCALE space")
+            raise CompileError(
+                f"{pl.name}: an output row of {psum_stride} B cannot hold the "
+                f"INT32 partial sums of a 16-bit input"
+            )
+        raise CompileError(
+            f"{pl.name}: one weight column (K={pl.k}: {pl.wrb} B weights, "
+            f"{pl.mrb} B indices, {recb} B records) does not fit twice in the "
+            f"free WGT/META/SCALE space"
+        )
     return nt
 
 
@@ -147,8 +158,10 @@ def _psum_tile(b: Builder, rows: int, cols: int, out: Tile, what: str) -> Tile:
     if rows == 1:
         return b.tile(Buf.ACT, 1, cols * DType.INT32.nbytes, DType.INT8, what)
     if out.stride < cols * DType.INT32.nbytes:
-        raise CompileError(f"output rows of {out.stride} B cannot hold the INT32 partial "
-                           f"sums of {cols} columns ({what})")
+        raise CompileError(
+            f"output rows of {out.stride} B cannot hold the INT32 partial "
+            f"sums of {cols} columns ({what})"
+        )
     return b.tile(Buf.ACT, rows, out.stride, DType.INT8, what)
 
 
@@ -170,19 +183,27 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
     halves = x if isinstance(x, tuple) else None
     x = halves[0] if halves else x
     if x.cols != pl.k or out.cols != pl.n or out.rows != x.rows or x.dtype != DType.INT8:
-        raise CompileError(f"{pl.name}: input {x.rows}x{x.cols} {x.dtype.name} and output "
-                           f"{out.rows}x{out.cols} do not match weights {pl.n}x{pl.k}")
+        raise CompileError(
+            f"{pl.name}: input {x.rows}x{x.cols} {x.dtype.name} and output "
+            f"{out.rows}x{out.cols} do not match weights {pl.n}x{pl.k}"
+        )
     if halves and pl.hi_rec_addr is None:
         raise CompileError(f"{pl.name}: a 16-bit input needs the layer placed with split=True")
     nt = _column_tile(b, pl, out.stride if halves and x.rows > 1 else None)
     slots = []
     for s in range(2 if nt < pl.n else 1):
-        slots.append((b.tile(Buf.WGT, nt, pl.wrb, DType.INT8, f"{pl.name} weight slot {s}"),
-                      b.tile(Buf.META, nt, pl.mrb, DType.INT8, f"{pl.name} index slot {s}")
-                      if pl.mrb else None,
-                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}"),
-                      b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} high-half record slot {s}")
-                      if halves else None))
+        slots.append(
+            (
+                b.tile(Buf.WGT, nt, pl.wrb, DType.INT8, f"{pl.name} weight slot {s}"),
+                b.tile(Buf.META, nt, pl.mrb, DType.INT8, f"{pl.name} index slot {s}")
+                if pl.mrb
+                else None,
+                b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} record slot {s}"),
+                b.tile(Buf.SCALE, nt, pl.recb, DType.INT8, f"{pl.name} high-half record slot {s}")
+                if halves
+                else None,
+            )
+        )
     psum = _psum_tile(b, x.rows, nt, out, f"{pl.name} high-half partial sums") if halves else None
     for t, n0 in enumerate(range(0, pl.n, nt)):
         cols = min(nt, pl.n - n0)
@@ -191,18 +212,37 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
         if m_t is not None:
             b.load(m_t.view(rows=cols), pl.meta_addr + n0 * pl.mrb)
         b.load(r_t.view(rows=cols), pl.rec_addr + n0 * pl.recb)
-        common = dict(n=cols, k=pl.k, w_addr=w_t.addr,
-                      meta_addr=m_t.addr if m_t is not None else 0, d_stride=out.stride,
-                      sparse=pl.layout.sparse, wprec=pl.layout.prec, gsz=pl.layout.gsz, colp=1)
+        common = dict(
+            n=cols,
+            k=pl.k,
+            w_addr=w_t.addr,
+            meta_addr=m_t.addr if m_t is not None else 0,
+            d_stride=out.stride,
+            sparse=pl.layout.sparse,
+            wprec=pl.layout.prec,
+            gsz=pl.layout.gsz,
+            colp=1,
+        )
         if halves:
             b.load(h_t.view(rows=cols), pl.hi_rec_addr + n0 * pl.recb)
-            _matmul(b, halves[0], q_addr=h_t.addr, d_addr=psum.addr, odt=DType.INT32, shift=0,
-                    **common)
-            _matmul(b, halves[1], q_addr=r_t.addr, d_addr=out.at(0, n0), odt=out.dtype,
-                    shift=pl.shift, acc_in=1, p_addr=psum.addr, **common)
+            _matmul(
+                b, halves[0], q_addr=h_t.addr, d_addr=psum.addr, odt=DType.INT32, shift=0, **common
+            )
+            _matmul(
+                b,
+                halves[1],
+                q_addr=r_t.addr,
+                d_addr=out.at(0, n0),
+                odt=out.dtype,
+                shift=pl.shift,
+                acc_in=1,
+                p_addr=psum.addr,
+                **common,
+            )
         else:
-            _matmul(b, x, q_addr=r_t.addr, d_addr=out.at(0, n0), odt=out.dtype, shift=pl.shift,
-                    **common)
+            _matmul(
+                b, x, q_addr=r_t.addr, d_addr=out.at(0, n0), odt=out.dtype, shift=pl.shift, **common
+            )
     if psum is not None:
         b.free(psum)
     for slot in slots:
@@ -215,16 +255,47 @@ def split(b: Builder, x: Tile, neg: PlacedParams, s: int = 0, grow: int = 0) -> 
     to that many more (probabilities over a bucket's actual context)."""
     hi_shift, lo_m1, lo_shift = split_params(s)
     dyn = dict(dyn_cols=int(grow > 0))
-    hi, lo, neg_hi = (_context_tile(b, x.rows, x.cols, grow, DType.INT8, what)
-                      for what in ("high half", "low half", "negated high half"))
-    b.emit(isa.MISC(op=isa.MiscOp.REQUANT, rows=x.rows, cols=x.cols, a_addr=x.addr,
-                    a_stride=x.stride, a_dt=x.dtype, d_addr=hi.addr, d_stride=hi.stride,
-                    d_dt=DType.INT8, m0=1, shift=hi_shift, **dyn))
+    hi, lo, neg_hi = (
+        _context_tile(b, x.rows, x.cols, grow, DType.INT8, what)
+        for what in ("high half", "low half", "negated high half")
+    )
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.REQUANT,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            d_addr=hi.addr,
+            d_stride=hi.stride,
+            d_dt=DType.INT8,
+            m0=1,
+            shift=hi_shift,
+            **dyn,
+        )
+    )
     table_op(b, isa.MiscOp.LUT, hi, neg, neg_hi, **dyn)
-    b.emit(isa.MISC(op=isa.MiscOp.ADD, rows=x.rows, cols=x.cols, a_addr=x.addr,
-                    a_stride=x.stride, a_dt=x.dtype, b_addr=neg_hi.addr, b_stride=neg_hi.stride,
-                    b_dt=DType.INT8, d_addr=lo.addr, d_stride=lo.stride, d_dt=DType.INT8,
-                    m0=1, m1=lo_m1, shift=lo_shift, **dyn))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.ADD,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            b_addr=neg_hi.addr,
+            b_stride=neg_hi.stride,
+            b_dt=DType.INT8,
+            d_addr=lo.addr,
+            d_stride=lo.stride,
+            d_dt=DType.INT8,
+            m0=1,
+            m1=lo_m1,
+            shift=lo_shift,
+            **dyn,
+        )
+    )
     b.free(neg_hi)
     return hi, lo
 
@@ -238,10 +309,23 @@ def rope(b: Builder, x: Tile, table_addr: int, pos0: int, head_dim: int, dyn: bo
     row = 2 * head_dim  # bytes per position: cos INT16[d/2] then sin INT16[d/2]
     glb = b.tile(Buf.GLB, x.rows, row, DType.INT8, "rope table rows")
     b.load(glb, table_addr + pos0 * row, dyn_step=row if dyn else 0)
-    b.emit(isa.MISC(op=isa.MiscOp.ROPE, rows=x.rows, cols=x.cols, a_addr=x.addr,
-                    a_stride=x.stride, a_dt=x.dtype, d_addr=x.addr, d_stride=x.stride,
-                    d_dt=x.dtype, p_addr=glb.addr, pos=0, len=head_dim,
-                    shift=numerics.ROPE_FRAC_BITS))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.ROPE,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            d_addr=x.addr,
+            d_stride=x.stride,
+            d_dt=x.dtype,
+            p_addr=glb.addr,
+            pos=0,
+            len=head_dim,
+            shift=numerics.ROPE_FRAC_BITS,
+        )
+    )
     b.free(glb)
 
 
@@ -252,14 +336,26 @@ def softmax_params(s_q: float, s_k: float, head_dim: int) -> tuple[int, int]:
 
 
 def pv_params(s_v: float, s_o: float) -> tuple[int, int]:
-    return numerics.quantize_multiplier(2.0 ** -PROB_FRAC_BITS * s_v / s_o)
+    return numerics.quantize_multiplier(2.0**-PROB_FRAC_BITS * s_v / s_o)
 
 
-ATTENTION_BLOCK_MIN = 16  #: fewest query rows per attention block (fewer: more instructions than skipped work)
+ATTENTION_BLOCK_MIN = (
+    16  #: fewest query rows per attention block (fewer: more instructions than skipped work)
+)
 
 
-def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: int,
-              s_k: float, s_v: float, out: Tile, dyn: bool = False) -> None:
+def attention(
+    b: Builder,
+    q: Tile,
+    k_cache: int,
+    v_cache: int,
+    ctx: int,
+    pos0: int,
+    s_k: float,
+    s_v: float,
+    out: Tile,
+    dyn: bool = False,
+) -> None:
     """Causal attention of ``q`` (rows at positions ``pos0..``) over cache rows ``0..ctx``.
 
     The caches are INT8 ``[position][head_dim]`` in external memory; K is read as an
@@ -279,8 +375,10 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
     rows = q.rows
     grow = b.sched.d_max if dyn else 0  # context columns the largest D adds
     dctx = dict(dyn_n=int(dyn), dyn_k=0), dict(dyn_n=0, dyn_k=int(dyn))
-    kt, vt = (_cache_tile(b, base, ctx, grow, d, what)
-              for base, what in ((k_cache, "K cache tile"), (v_cache, "V cache tile")))
+    kt, vt = (
+        _cache_tile(b, base, ctx, grow, d, what)
+        for base, what in ((k_cache, "K cache tile"), (v_cache, "V cache tile"))
+    )
     m0, sh = softmax_params(q.scale, s_k, d)
     mult, psh = pv_params(s_v, out.scale)
     block = max(b.arch.mpe.mm.m, ATTENTION_BLOCK_MIN)
@@ -288,11 +386,34 @@ def attention(b: Builder, q: Tile, k_cache: int, v_cache: int, ctx: int, pos0: i
         br = min(block, rows - r0)
         n = ctx - grow - rows + r0 + br  # columns up to the block's last row's causal limit
         scores = _context_tile(b, br, n, grow, DType.INT32, "attention scores")
-        _matmul(b, q.view(row=r0, rows=br), n=n, k=d, w_addr=kt.addr, d_addr=scores.addr,
-                d_stride=scores.stride, odt=DType.INT32, mult=1, shift=0, **dctx[0])
+        _matmul(
+            b,
+            q.view(row=r0, rows=br),
+            n=n,
+            k=d,
+            w_addr=kt.addr,
+            d_addr=scores.addr,
+            d_stride=scores.stride,
+            odt=DType.INT32,
+            mult=1,
+            shift=0,
+            **dctx[0],
+        )
         probs = _softmax(b, scores, DType.INT8, m0, sh, pos0 + r0, dyn, grow)
-        _matmul(b, probs, n=d, k=n, w_addr=vt.addr, wkn=1, d_addr=out.at(r0),
-                d_stride=out.stride, odt=out.dtype, mult=mult, shift=psh, **dctx[1])
+        _matmul(
+            b,
+            probs,
+            n=d,
+            k=n,
+            w_addr=vt.addr,
+            wkn=1,
+            d_addr=out.at(r0),
+            d_stride=out.stride,
+            odt=out.dtype,
+            mult=mult,
+            shift=psh,
+            **dctx[1],
+        )
         b.free(probs)
     b.free(kt, vt)
 
@@ -309,15 +430,31 @@ def _context_tile(b: Builder, rows: int, cols: int, grow: int, dt: DType, what: 
     return b.tile(Buf.ACT, rows, cols + grow, dt, what).view(cols=cols)
 
 
-def _softmax(b: Builder, scores: Tile, dt: DType, m0: int, shift: int, pos: int,
-             dyn: bool, grow: int = 0) -> Tile:
+def _softmax(
+    b: Builder, scores: Tile, dt: DType, m0: int, shift: int, pos: int, dyn: bool, grow: int = 0
+) -> Tile:
     """Causal softmax of a block of INT32 scores (rows at ``pos..``, ``grow`` more
     columns at the largest D) into probabilities of type ``dt``; frees the scores."""
     probs = _context_tile(b, scores.rows, scores.cols, grow, dt, "attention probabilities")
-    b.emit(isa.MISC(op=isa.MiscOp.SOFTMAX, rows=scores.rows, cols=scores.cols,
-                    a_addr=scores.addr, a_stride=scores.stride, a_dt=DType.INT32,
-                    d_addr=probs.addr, d_stride=probs.stride, d_dt=dt, m0=m0, shift=shift,
-                    pos=pos, causal=1, dyn_pos=int(dyn), dyn_cols=int(grow > 0)))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.SOFTMAX,
+            rows=scores.rows,
+            cols=scores.cols,
+            a_addr=scores.addr,
+            a_stride=scores.stride,
+            a_dt=DType.INT32,
+            d_addr=probs.addr,
+            d_stride=probs.stride,
+            d_dt=dt,
+            m0=m0,
+            shift=shift,
+            pos=pos,
+            causal=1,
+            dyn_pos=int(dyn),
+            dyn_cols=int(grow > 0),
+        )
+    )
     b.free(scores)
     return probs
 
@@ -329,24 +466,64 @@ def pv16_params(s_v: float, s_o: float) -> tuple[int, int]:
     return numerics.quantize_multiplier(2.0 ** (SPLIT_BITS + PROB16_SPLIT_SHIFT - frac) * s_v / s_o)
 
 
-def _split_product(b: Builder, a: tuple[Tile, Tile], w: tuple[int, int], out_addr: int,
-                   out_stride: int, odt: DType, mult: int, shift: int, scratch: tuple[Tile, Tile],
-                   **fields) -> None:
+def _split_product(
+    b: Builder,
+    a: tuple[Tile, Tile],
+    w: tuple[int, int],
+    out_addr: int,
+    out_stride: int,
+    odt: DType,
+    mult: int,
+    shift: int,
+    scratch: tuple[Tile, Tile],
+    **fields,
+) -> None:
     """``256*a_hi.w_hi + a_hi.w_lo + a_lo.w_hi`` in three passes chained through INT32
     partial sums (two scratch tiles at ``out_stride``), requantised by the last."""
     (a_hi, a_lo), (w_hi, w_lo) = a, w
     s0, s1 = scratch
     common = dict(d_stride=out_stride, **fields)
     _matmul(b, a_hi, w_addr=w_hi, d_addr=s0.addr, odt=DType.INT32, mult=HI_MULT, shift=0, **common)
-    _matmul(b, a_hi, w_addr=w_lo, d_addr=s1.addr, odt=DType.INT32, mult=1, shift=0, acc_in=1,
-            p_addr=s0.addr, **common)
-    _matmul(b, a_lo, w_addr=w_hi, d_addr=out_addr, odt=odt, mult=mult, shift=shift, acc_in=1,
-            p_addr=s1.addr, **common)
+    _matmul(
+        b,
+        a_hi,
+        w_addr=w_lo,
+        d_addr=s1.addr,
+        odt=DType.INT32,
+        mult=1,
+        shift=0,
+        acc_in=1,
+        p_addr=s0.addr,
+        **common,
+    )
+    _matmul(
+        b,
+        a_lo,
+        w_addr=w_hi,
+        d_addr=out_addr,
+        odt=odt,
+        mult=mult,
+        shift=shift,
+        acc_in=1,
+        p_addr=s1.addr,
+        **common,
+    )
 
 
-def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[int, int],
-                v_planes: tuple[int, int], ctx: int, pos0: int, s_k: float, s_v: float,
-                out: Tile, neg: PlacedParams, dyn: bool = False) -> None:
+def attention16(
+    b: Builder,
+    q: tuple[Tile, Tile],
+    s_q: float,
+    k_planes: tuple[int, int],
+    v_planes: tuple[int, int],
+    ctx: int,
+    pos0: int,
+    s_k: float,
+    s_v: float,
+    out: Tile,
+    neg: PlacedParams,
+    dyn: bool = False,
+) -> None:
     """:func:`attention` with 16-bit q, K, V and probabilities, each as two INT8 halves.
 
     The caches hold each 16-bit value as two INT8 planes (high, low) at ``k_planes`` and
@@ -359,7 +536,9 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
     d = qh.cols
     rows = qh.rows
     grow = b.sched.d_max if dyn else 0
-    caches = [_cache_tile(b, base, ctx, grow, d, "KV cache plane") for base in (*k_planes, *v_planes)]
+    caches = [
+        _cache_tile(b, base, ctx, grow, d, "KV cache plane") for base in (*k_planes, *v_planes)
+    ]
     kh, kl, vh, vl = caches
     m0, sh = softmax_params(s_q * HI_MULT, s_k, d)
     mult, psh = pv16_params(s_v, out.scale)
@@ -368,18 +547,47 @@ def attention16(b: Builder, q: tuple[Tile, Tile], s_q: float, k_planes: tuple[in
         br = min(block, rows - r0)
         n = ctx - grow - rows + r0 + br
         q_rows = (qh.view(row=r0, rows=br), ql.view(row=r0, rows=br))
-        scratch = tuple(_context_tile(b, br, n, grow, DType.INT32, f"attention score partial sums {i}")
-                        for i in range(2))
+        scratch = tuple(
+            _context_tile(b, br, n, grow, DType.INT32, f"attention score partial sums {i}")
+            for i in range(2)
+        )
         scores = _context_tile(b, br, n, grow, DType.INT32, "attention scores")
-        _split_product(b, q_rows, (kh.addr, kl.addr), scores.addr, scores.stride, DType.INT32,
-                       1, 0, scratch, n=n, k=d, dyn_n=int(dyn))
+        _split_product(
+            b,
+            q_rows,
+            (kh.addr, kl.addr),
+            scores.addr,
+            scores.stride,
+            DType.INT32,
+            1,
+            0,
+            scratch,
+            n=n,
+            k=d,
+            dyn_n=int(dyn),
+        )
         b.free(*scratch)
         probs = _softmax(b, scores, DType.INT16, m0, sh, pos0 + r0, dyn, grow)
         p_halves = split(b, probs, neg, PROB16_SPLIT_SHIFT, grow)
         b.free(probs)
-        scratch = tuple(_psum_tile(b, br, d, out, f"attention PV partial sums {i}") for i in range(2))
-        _split_product(b, p_halves, (vh.addr, vl.addr), out.at(r0), out.stride, out.dtype,
-                       mult, psh, scratch, n=d, k=n, wkn=1, dyn_k=int(dyn))
+        scratch = tuple(
+            _psum_tile(b, br, d, out, f"attention PV partial sums {i}") for i in range(2)
+        )
+        _split_product(
+            b,
+            p_halves,
+            (vh.addr, vl.addr),
+            out.at(r0),
+            out.stride,
+            out.dtype,
+            mult,
+            psh,
+            scratch,
+            n=d,
+            k=n,
+            wkn=1,
+            dyn_k=int(dyn),
+        )
         b.free(*scratch, *p_halves)
     b.free(*caches)
 
@@ -401,7 +609,9 @@ class PlacedParams:
 
 def place_params(b: Builder, name: str, data: np.ndarray, with_data: bool = True) -> PlacedParams:
     raw = np.ascontiguousarray(data)
-    return PlacedParams(name, b.place(name, "const", raw.nbytes, raw if with_data else None), raw.nbytes)
+    return PlacedParams(
+        name, b.place(name, "const", raw.nbytes, raw if with_data else None), raw.nbytes
+    )
 
 
 def _with_params(b: Builder, params: PlacedParams) -> Tile:
@@ -421,7 +631,7 @@ def norm_gain(gamma: np.ndarray, s_y: float) -> tuple[np.ndarray, int]:
     k = min(k, 63 - numerics.NORM_T_FRAC)
     if numerics.NORM_T_FRAC + k < 0:
         raise CompileError(f"norm gain {peak * s_y:.3g} is too large for output scale {s_y:.3g}")
-    g = np.round(np.asarray(gamma, np.float64) / s_y * 2.0 ** k).astype(np.int64)
+    g = np.round(np.asarray(gamma, np.float64) / s_y * 2.0**k).astype(np.int64)
     return np.clip(g, -32768, 32767), numerics.NORM_T_FRAC + k
 
 
@@ -430,27 +640,62 @@ def norm_eps(eps: float, s_x: float) -> int:
     return int(min(round(eps / (s_x * s_x)), (1 << 16) - 1))
 
 
-def norm(b: Builder, x: Tile, params: PlacedParams, out: Tile, *, layer: bool, eps: int,
-         shift: int, a_step: int = 0) -> None:
+def norm(
+    b: Builder,
+    x: Tile,
+    params: PlacedParams,
+    out: Tile,
+    *,
+    layer: bool,
+    eps: int,
+    shift: int,
+    a_step: int = 0,
+) -> None:
     """RMSNorm (``layer=False``) or LayerNorm of every row of ``x`` into ``out``.
 
     ``a_step``: the input moves by ``D * a_step`` (the last prompt row of a bucket).
     """
     glb = _with_params(b, params)
-    b.emit(isa.MISC(op=isa.MiscOp.LAYERNORM if layer else isa.MiscOp.RMSNORM, rows=x.rows,
-                    cols=x.cols, a_addr=x.addr, a_stride=x.stride, a_dt=x.dtype,
-                    d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype, p_addr=glb.addr,
-                    eps=eps, shift=shift, a_step=a_step))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.LAYERNORM if layer else isa.MiscOp.RMSNORM,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            d_addr=out.addr,
+            d_stride=out.stride,
+            d_dt=out.dtype,
+            p_addr=glb.addr,
+            eps=eps,
+            shift=shift,
+            a_step=a_step,
+        )
+    )
     b.free(glb)
 
 
-def table_op(b: Builder, op: isa.MiscOp, x: Tile, params: PlacedParams, out: Tile,
-             dyn_cols: int = 0) -> None:
+def table_op(
+    b: Builder, op: isa.MiscOp, x: Tile, params: PlacedParams, out: Tile, dyn_cols: int = 0
+) -> None:
     """A 256-entry table (SILU, GELU, RELU, LUT) of the output type."""
     glb = _with_params(b, params)
-    b.emit(isa.MISC(op=op, rows=x.rows, cols=x.cols, a_addr=x.addr, a_stride=x.stride,
-                    a_dt=x.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
-                    p_addr=glb.addr, dyn_cols=dyn_cols))
+    b.emit(
+        isa.MISC(
+            op=op,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            d_addr=out.addr,
+            d_stride=out.stride,
+            d_dt=out.dtype,
+            p_addr=glb.addr,
+            dyn_cols=dyn_cols,
+        )
+    )
     b.free(glb)
 
 
@@ -458,24 +703,55 @@ def add_params(s_a: float, s_b: float, s_y: float) -> tuple[int, int, int]:
     """``(m0, m1, shift)`` for ``y = a*s_a/s_y + b*s_b/s_y`` with one shared shift."""
     ra, rb = s_a / s_y, s_b / s_y
     _, shift = numerics.quantize_multiplier(max(ra, rb))
-    m0, m1 = round(ra * 2.0 ** shift), round(rb * 2.0 ** shift)
+    m0, m1 = round(ra * 2.0**shift), round(rb * 2.0**shift)
     if min(m0, m1) == 0:
-        raise CompileError(f"residual scales {s_a:.3g} and {s_b:.3g} are too far apart for one "
-                           f"16-bit multiplier pair")
+        raise CompileError(
+            f"residual scales {s_a:.3g} and {s_b:.3g} are too far apart for one "
+            f"16-bit multiplier pair"
+        )
     return m0, m1, shift
 
 
 def add(b: Builder, x: Tile, y: Tile, out: Tile) -> None:
     m0, m1, shift = add_params(x.scale, y.scale, out.scale)
-    b.emit(isa.MISC(op=isa.MiscOp.ADD, rows=x.rows, cols=x.cols, a_addr=x.addr,
-                    a_stride=x.stride, a_dt=x.dtype, b_addr=y.addr, b_stride=y.stride,
-                    b_dt=y.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
-                    m0=m0, m1=m1, shift=shift))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.ADD,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            b_addr=y.addr,
+            b_stride=y.stride,
+            b_dt=y.dtype,
+            d_addr=out.addr,
+            d_stride=out.stride,
+            d_dt=out.dtype,
+            m0=m0,
+            m1=m1,
+            shift=shift,
+        )
+    )
 
 
 def mul(b: Builder, x: Tile, y: Tile, out: Tile) -> None:
     m0, shift = numerics.quantize_multiplier(x.scale * y.scale / out.scale)
-    b.emit(isa.MISC(op=isa.MiscOp.MUL, rows=x.rows, cols=x.cols, a_addr=x.addr,
-                    a_stride=x.stride, a_dt=x.dtype, b_addr=y.addr, b_stride=y.stride,
-                    b_dt=y.dtype, d_addr=out.addr, d_stride=out.stride, d_dt=out.dtype,
-                    m0=m0, shift=shift))
+    b.emit(
+        isa.MISC(
+            op=isa.MiscOp.MUL,
+            rows=x.rows,
+            cols=x.cols,
+            a_addr=x.addr,
+            a_stride=x.stride,
+            a_dt=x.dtype,
+            b_addr=y.addr,
+            b_stride=y.stride,
+            b_dt=y.dtype,
+            d_addr=out.addr,
+            d_stride=out.stride,
+            d_dt=out.dtype,
+            m0=m0,
+            shift=shift,
+        )
+    )

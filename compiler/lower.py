@@ -39,8 +39,12 @@ from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
 from .memory import CompileError
 from .qdecoder import QuantDecoder
 
-TABLE_OPS = {"silu": MiscOp.SILU, "gelu_tanh": MiscOp.GELU, "gelu_erf": MiscOp.GELU,
-             "relu": MiscOp.RELU}
+TABLE_OPS = {
+    "silu": MiscOp.SILU,
+    "gelu_tanh": MiscOp.GELU,
+    "gelu_erf": MiscOp.GELU,
+    "relu": MiscOp.RELU,
+}
 
 
 @dataclass(frozen=True)
@@ -65,36 +69,61 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     linears, norms, tables = {}, {}, {}
     for op in prog.ops:
         if isinstance(op, Linear):
-            linears[op.weight] = kernels.place_linear(b, op.weight, qd.linear(op.weight),
-                                                      sc[op.x], sc[op.out], op.x in qd.split)
+            linears[op.weight] = kernels.place_linear(
+                b, op.weight, qd.linear(op.weight), sc[op.x], sc[op.out], op.x in qd.split
+            )
         elif isinstance(op, Norm):
-            norms[op.params] = kernels.place_params(b, f"{op.params}.params",
-                                                    qd.norms[op.params].params(), with_data)
+            norms[op.params] = kernels.place_params(
+                b, f"{op.params}.params", qd.norms[op.params].params(), with_data
+            )
         elif isinstance(op, Act):
             if op.fn not in TABLE_OPS:
                 raise CompileError(f"activation {op.fn!r} of {op.out!r} has no SFU operation")
             dt = "<i2" if qd.dtype(op.out) == DType.INT16 else np.int8
-            tables[op.out] = kernels.place_params(b, f"{op.out}.table",
-                                                  qd.tables[op.out].astype(dt), with_data)
+            tables[op.out] = kernels.place_params(
+                b, f"{op.out}.table", qd.tables[op.out].astype(dt), with_data
+            )
     rope = 0
     if prog.rope_theta is not None:
         table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
         rope = b.place("rope_table", "const", table.nbytes, table if with_data else None)
     if prog.n_positions:
-        b.place("embed_positions", "const", prog.n_positions * prog.hidden * 2,
-                None if qd.positions is None or not with_data else qd.positions.astype("<i2"))
-    b.place("embed_tokens", "const", prog.vocab * prog.hidden * 2,
-            None if qd.embed is None or not with_data else qd.embed.astype("<i2"))
+        b.place(
+            "embed_positions",
+            "const",
+            prog.n_positions * prog.hidden * 2,
+            None if qd.positions is None or not with_data else qd.positions.astype("<i2"),
+        )
+    b.place(
+        "embed_tokens",
+        "const",
+        prog.vocab * prog.hidden * 2,
+        None if qd.embed is None or not with_data else qd.embed.astype("<i2"),
+    )
     cache = prog.kv_heads * max_len * prog.head_dim
     planes = 2 if any(isinstance(op, Attention) and op.k in qd.split for op in prog.ops) else 1
     k_cache = {l: b.place(f"layer{l}.k_cache", "kv", planes * cache) for l in range(prog.layers)}
     v_cache = {l: b.place(f"layer{l}.v_cache", "kv", planes * cache) for l in range(prog.layers)}
     inp = b.place("input", "input", max_len * prog.hidden * 2)
     logits = b.place("logits", "output", max_len * prog.vocab * 2)
-    neg = kernels.place_params(b, "split_negate.table", kernels.NEG_TABLE.astype(np.int8),
-                               with_data) if qd.split else None
-    return _Placed(linears, norms, tables, rope, k_cache, v_cache, inp, logits, max_len, neg,
-                   cache if planes == 2 else 0)
+    neg = (
+        kernels.place_params(b, "split_negate.table", kernels.NEG_TABLE.astype(np.int8), with_data)
+        if qd.split
+        else None
+    )
+    return _Placed(
+        linears,
+        norms,
+        tables,
+        rope,
+        k_cache,
+        v_cache,
+        inp,
+        logits,
+        max_len,
+        neg,
+        cache if planes == 2 else 0,
+    )
 
 
 def _last_uses(ops: tuple, output: str) -> dict[str, int]:
@@ -119,9 +148,21 @@ def _reads(op) -> tuple[str, ...]:
 HEADS = ("all", "last", "none")
 
 
-def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int, max_len: int,
-                head: str, ops: tuple | None = None, *, dyn: bool = False, ctx: int | None = None,
-                last_row: int | None = None, last_dyn: bool = False) -> None:
+def _emit_stage(
+    b: Builder,
+    qd: QuantDecoder,
+    pl: _Placed,
+    rows: int,
+    pos0: int,
+    max_len: int,
+    head: str,
+    ops: tuple | None = None,
+    *,
+    dyn: bool = False,
+    ctx: int | None = None,
+    last_row: int | None = None,
+    last_dyn: bool = False,
+) -> None:
     """Every layer for ``rows`` tokens at positions ``pos0..``.
 
     The input rows come from row ``pos0`` of the input segment. ``head`` says which
@@ -137,8 +178,13 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
     prog, sc = qd.prog, qd.scales
     ops = prog.ops if ops is None else ops
     if head == "none":
-        ops = ops[:next(i for i, op in enumerate(ops)
-                        if isinstance(op, Norm) and op.out == _final_norm_output(qd))]
+        ops = ops[
+            : next(
+                i
+                for i, op in enumerate(ops)
+                if isinstance(op, Norm) and op.out == _final_norm_output(qd)
+            )
+        ]
     last_only = head == "last"
     residual = {prog.input} | {op.out for op in ops if isinstance(op, Add)}
     last = _last_uses(ops, prog.output)
@@ -156,17 +202,22 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         return halves[name]
 
     def new(name: str, cols: int) -> Tile:
-        t = b.tile(Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name],
-                   long_lived=name in residual)
+        t = b.tile(
+            Buf.ACT, out_rows, cols, qd.dtype(name), name, sc[name], long_lived=name in residual
+        )
         env[name] = owner[name] = t
         return t
 
-    b.load(new(prog.input, prog.hidden), pl.input + pos0 * prog.hidden * 2,
-           dyn_step=prog.hidden * 2 if dyn else 0)
+    b.load(
+        new(prog.input, prog.hidden),
+        pl.input + pos0 * prog.hidden * 2,
+        dyn_step=prog.hidden * 2 if dyn else 0,
+    )
     for i, op in enumerate(ops):
         if last_only and isinstance(op, Norm) and op.out == _final_norm_output(qd) and rows > 1:
-            env[op.x] = env[op.x].view(row=rows - 1 if last_row is None else last_row,
-                                       rows=1)  # freed through its parent below
+            env[op.x] = env[op.x].view(
+                row=rows - 1 if last_row is None else last_row, rows=1
+            )  # freed through its parent below
             out_rows = 1
         if isinstance(op, Linear):
             p = pl.linears[op.weight]
@@ -174,16 +225,38 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
         elif isinstance(op, Norm):
             x = env[op.x]
             nq = qd.norms[op.params]
-            a_step = x.stride if last_dyn and out_rows == 1 and op.out == _final_norm_output(qd) else 0
-            kernels.norm(b, x, pl.norms[op.params], new(op.out, x.cols), layer=nq.beta is not None,
-                         eps=nq.eps, shift=nq.shift, a_step=a_step)
+            a_step = (
+                x.stride if last_dyn and out_rows == 1 and op.out == _final_norm_output(qd) else 0
+            )
+            kernels.norm(
+                b,
+                x,
+                pl.norms[op.params],
+                new(op.out, x.cols),
+                layer=nq.beta is not None,
+                eps=nq.eps,
+                shift=nq.shift,
+                a_step=a_step,
+            )
         elif isinstance(op, Rope):
             if op.x in halves:
                 raise CompileError(f"{op.x!r} is rotated after the matrix engine read it")
             kernels.rope(b, env[op.x], pl.rope, pos0, op.head_dim, dyn)
         elif isinstance(op, Attention):
-            _attention(b, qd, pl, env, op, new(op.out, op.heads * op.head_dim), rows, pos0, max_len,
-                       dyn, ctx if ctx is not None else pos0 + rows, engine_input)
+            _attention(
+                b,
+                qd,
+                pl,
+                env,
+                op,
+                new(op.out, op.heads * op.head_dim),
+                rows,
+                pos0,
+                max_len,
+                dyn,
+                ctx if ctx is not None else pos0 + rows,
+                engine_input,
+            )
         elif isinstance(op, Add):
             kernels.add(b, env[op.a], env[op.b], new(op.out, env[op.a].cols))
         elif isinstance(op, Mul):
@@ -196,20 +269,36 @@ def _emit_stage(b: Builder, qd: QuantDecoder, pl: _Placed, rows: int, pos0: int,
                 del env[name]
                 b.free(owner.pop(name), *halves.pop(name, ()))
     if head != "none":
-        b.store(env[prog.output], pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
-                dyn_step=prog.vocab * 2 if dyn and not last_only else 0)
+        b.store(
+            env[prog.output],
+            pl.logits + (0 if last_only else pos0 * prog.vocab * 2),
+            dyn_step=prog.vocab * 2 if dyn and not last_only else 0,
+        )
     b.free(*owner.values())
 
 
 def _final_norm_output(qd: QuantDecoder) -> str:
     """The tensor the LM head reads: narrowing starts at the norm that produces it."""
-    head = next(op for op in reversed(qd.prog.ops) if isinstance(op, Linear) and op.out == qd.prog.output)
+    head = next(
+        op for op in reversed(qd.prog.ops) if isinstance(op, Linear) and op.out == qd.prog.output
+    )
     return head.x
 
 
-def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], op: Attention,
-               out: Tile, rows: int, pos0: int, max_len: int, dyn: bool, ctx: int,
-               engine_input) -> None:
+def _attention(
+    b: Builder,
+    qd: QuantDecoder,
+    pl: _Placed,
+    env: dict[str, Tile],
+    op: Attention,
+    out: Tile,
+    rows: int,
+    pos0: int,
+    max_len: int,
+    dyn: bool,
+    ctx: int,
+    engine_input,
+) -> None:
     """Stores this pass's k and v rows into the caches, then attends head by head. With
     16-bit q, k, v (split tensors) the caches hold k and v as high and low INT8 planes,
     ``pl.kv_plane`` bytes apart."""
@@ -221,25 +310,54 @@ def _attention(b: Builder, qd: QuantDecoder, pl: _Placed, env: dict[str, Tile], 
     for j in range(op.kv_heads):
         for name, base in ((op.k, pl.k_cache[op.layer]), (op.v, pl.v_cache[op.layer])):
             for plane, src in enumerate(planes[name]):
-                b.transfer(False, Buf.ACT, src.at(0, j * d),
-                           base + plane * pl.kv_plane + j * per_head + pos0 * d,
-                           rows, d, src.stride, d, dyn_step=d if dyn else 0)
+                b.transfer(
+                    False,
+                    Buf.ACT,
+                    src.at(0, j * d),
+                    base + plane * pl.kv_plane + j * per_head + pos0 * d,
+                    rows,
+                    d,
+                    src.stride,
+                    d,
+                    dyn_step=d if dyn else 0,
+                )
     group = op.heads // op.kv_heads
     for h in range(op.heads):
         k_base, v_base = (c[op.layer] + h // group * per_head for c in (pl.k_cache, pl.v_cache))
         head_out = out.view(col=h * d, cols=d)
         if wide:
-            kernels.attention16(b, tuple(t.view(col=h * d, cols=d) for t in q),
-                                qd.scales[op.q], (k_base, k_base + pl.kv_plane),
-                                (v_base, v_base + pl.kv_plane), ctx, pos0, qd.scales[op.k],
-                                qd.scales[op.v], head_out, pl.neg, dyn)
+            kernels.attention16(
+                b,
+                tuple(t.view(col=h * d, cols=d) for t in q),
+                qd.scales[op.q],
+                (k_base, k_base + pl.kv_plane),
+                (v_base, v_base + pl.kv_plane),
+                ctx,
+                pos0,
+                qd.scales[op.k],
+                qd.scales[op.v],
+                head_out,
+                pl.neg,
+                dyn,
+            )
         else:
-            kernels.attention(b, q.view(col=h * d, cols=d), k_base, v_base, ctx, pos0,
-                              qd.scales[op.k], qd.scales[op.v], head_out, dyn)
+            kernels.attention(
+                b,
+                q.view(col=h * d, cols=d),
+                k_base,
+                v_base,
+                ctx,
+                pos0,
+                qd.scales[op.k],
+                qd.scales[op.v],
+                head_out,
+                dyn,
+            )
 
 
-def prefill_chunk(qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int,
-                  last_only: bool) -> int:
+def prefill_chunk(
+    qd: QuantDecoder, arch: ArchConfig, pl: _Placed, max_len: int, last_only: bool
+) -> int:
     """The most prompt rows one pass can hold on chip at the longest context.
 
     Found by lowering trial chunks on scratch builders (bisection), with the very
@@ -274,8 +392,11 @@ def _one_layer(qd: QuantDecoder, layers: int = 1) -> tuple:
     ops = qd.prog.ops
     starts = [i for i, op in enumerate(ops) if isinstance(op, Norm) and _layer_input(op.x)]
     head = _final_norm_output(qd)
-    tail = [op for op in ops if isinstance(op, (Norm, Linear)) and (op.out == head
-                                                                   or op.out == qd.prog.output)]
+    tail = [
+        op
+        for op in ops
+        if isinstance(op, (Norm, Linear)) and (op.out == head or op.out == qd.prog.output)
+    ]
     if len(starts) <= layers:
         return ops
     end = starts[layers]
@@ -289,8 +410,15 @@ def _layer_input(name: str) -> bool:
 BUCKET_POLICIES = ("per-length", "fixed", "auto")
 
 
-def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPlan | str,
-              bound: float = 0.02, chunk: int = 1, latency: str = "cycle") -> BucketPlan:
+def make_plan(
+    qd: QuantDecoder,
+    arch: ArchConfig,
+    max_len: int,
+    policy: BucketPlan | str,
+    bound: float = 0.02,
+    chunk: int = 1,
+    latency: str = "cycle",
+) -> BucketPlan:
     """The bucket plan a policy gives for this model and target (``chunk``: prefill rows
     per pass; ``latency``: the auto policy's model, ``analytical`` or ``cycle``)."""
     if isinstance(policy, BucketPlan):
@@ -300,9 +428,15 @@ def make_plan(qd: QuantDecoder, arch: ArchConfig, max_len: int, policy: BucketPl
     if policy == "fixed":
         return BucketPlan.fixed(max_len, chunk=chunk, tile=arch.mpe.mm.m)
     if policy == "auto":
-        model = cycle_latency_model(qd, arch, max_len) if latency == "cycle" else latency_model(qd, arch)
+        model = (
+            cycle_latency_model(qd, arch, max_len)
+            if latency == "cycle"
+            else latency_model(qd, arch)
+        )
         return BucketPlan.auto(max_len, model, bound, chunk)
-    raise CompileError(f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}")
+    raise CompileError(
+        f"unknown bucket policy {policy!r}; choose one of {', '.join(BUCKET_POLICIES)}"
+    )
 
 
 def latency_model(qd: QuantDecoder, arch: ArchConfig):
@@ -314,13 +448,27 @@ def latency_model(qd: QuantDecoder, arch: ArchConfig):
         if isinstance(op, Linear):
             lay = qd.linear(op.weight)
             lay = getattr(lay, "layout", lay)
-            shapes.append(LinearShape(lay.n, lay.k, lay.n * (lay.ext_row_bytes + lay.meta_row_bytes
-                                                             + lay.record_bytes)))
+            shapes.append(
+                LinearShape(
+                    lay.n,
+                    lay.k,
+                    lay.n * (lay.ext_row_bytes + lay.meta_row_bytes + lay.record_bytes),
+                )
+            )
     heads = next(op.heads for op in prog.ops if isinstance(op, Attention))
 
     def latency(rows: int, ctx: int) -> float:
-        return estimate_cycles(arch, shapes, layers=prog.layers, heads=heads, kv_heads=prog.kv_heads,
-                               head_dim=prog.head_dim, rows=rows, ctx=ctx, act16=bool(qd.split))
+        return estimate_cycles(
+            arch,
+            shapes,
+            layers=prog.layers,
+            heads=heads,
+            kv_heads=prog.kv_heads,
+            head_dim=prog.head_dim,
+            rows=rows,
+            ctx=ctx,
+            act16=bool(qd.split),
+        )
 
     return latency
 
@@ -350,7 +498,7 @@ def cycle_latency_model(qd: QuantDecoder, arch: ArchConfig, max_len: int):
         _emit_stage(b, qd, pl, rows, ctx - rows, max_len, "none", ops)
         return model.execute(b.sched.finish()).cycles
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def latency(rows: int, ctx: int) -> float:
         one = timed(rows, ctx, stacks[0])
         if layers == 1:
@@ -360,11 +508,19 @@ def cycle_latency_model(qd: QuantDecoder, arch: ArchConfig, max_len: int):
     return latency
 
 
-def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data: bool = True,
-                  last_logits_only: bool = False, lengths: list[int] | range | None = None,
-                  metadata: dict | None = None,
-                  buckets: BucketPlan | str | None = None, bucket_bound: float = 0.02,
-                  bucket_latency: str = "cycle") -> Program:
+def lower_decoder(
+    qd: QuantDecoder,
+    arch: ArchConfig,
+    max_len: int,
+    *,
+    with_data: bool = True,
+    last_logits_only: bool = False,
+    lengths: list[int] | range | None = None,
+    metadata: dict | None = None,
+    buckets: BucketPlan | str | None = None,
+    bucket_bound: float = 0.02,
+    bucket_latency: str = "cycle",
+) -> Program:
     """Compile prefill for prompt lengths 1..max_len and decode for positions 1..max_len-1.
 
     ``buckets`` groups lengths into sections (one per bucket and stage): a
@@ -378,7 +534,9 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
     if max_len < 1:
         raise CompileError(f"max_len must be at least 1, not {max_len}")
     policy = buckets or "per-length"
-    chunked = policy in ("fixed", "auto") or (isinstance(policy, BucketPlan) and bool(policy.chunk_starts))
+    chunked = policy in ("fixed", "auto") or (
+        isinstance(policy, BucketPlan) and bool(policy.chunk_starts)
+    )
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
     chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
@@ -403,17 +561,23 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
             if not last_logits_only:
                 _emit_stage(b, qd, pl, rows, pos0, max_len, "all")
             elif holds_last:
-                _emit_stage(b, qd, pl, rows, pos0, max_len, "last", last_row=lo - 1 - pos0,
-                            last_dyn=hi > lo)
+                _emit_stage(
+                    b, qd, pl, rows, pos0, max_len, "last", last_row=lo - 1 - pos0, last_dyn=hi > lo
+                )
                 break
             else:
                 _emit_stage(b, qd, pl, rows, pos0, max_len, "none")
         b.end_section(bucket_name("prefill", lo, hi), "prefill", lo, hi)
     # Chunked prefill of prompts longer than a chunk: full passes ending at the prompt's
     # end (see chunk_starts), so the last row is always the final pass's last row.
-    kinds = (("prefill_chunk", "none"), ("prefill_final", "last")) if last_logits_only \
+    kinds = (
+        (("prefill_chunk", "none"), ("prefill_final", "last"))
+        if last_logits_only
         else (("prefill_chunk", "all"),)
-    needed = None if wanted is None else {p for n in wanted if n > chunk for p in chunk_starts(n, chunk)}
+    )
+    needed = (
+        None if wanted is None else {p for n in wanted if n > chunk for p in chunk_starts(n, chunk)}
+    )
     for lo, hi in plan.chunk_starts:
         if needed is not None and not any(lo <= p <= hi for p in needed):
             continue
@@ -430,18 +594,29 @@ def lower_decoder(qd: QuantDecoder, arch: ArchConfig, max_len: int, *, with_data
     prog = qd.prog
     b.metadata.update(metadata or {})
     b.metadata["decoder"] = {
-        "max_len": max_len, "hidden": prog.hidden, "vocab": prog.vocab,
-        "input_segment": "input", "input_scale": qd.scales[prog.input],
-        "logits_segment": "logits", "logits_scale": qd.scales[prog.output],
-        "prefill_logits": "last" if last_logits_only else "all", "prefill_chunk": chunk,
-        "prefill_mode": "chunked" if chunked else "whole", "positions": pl.positions,
-        "buckets": {"prefill": [list(x) for x in plan.prefill], "decode": [list(x) for x in plan.decode],
-                    "chunk_starts": [list(x) for x in plan.chunk_starts]},
+        "max_len": max_len,
+        "hidden": prog.hidden,
+        "vocab": prog.vocab,
+        "input_segment": "input",
+        "input_scale": qd.scales[prog.input],
+        "logits_segment": "logits",
+        "logits_scale": qd.scales[prog.output],
+        "prefill_logits": "last" if last_logits_only else "all",
+        "prefill_chunk": chunk,
+        "prefill_mode": "chunked" if chunked else "whole",
+        "positions": pl.positions,
+        "buckets": {
+            "prefill": [list(x) for x in plan.prefill],
+            "decode": [list(x) for x in plan.decode],
+            "chunk_starts": [list(x) for x in plan.chunk_starts],
+        },
         "embed_segment": "embed_tokens",
         "positions_segment": "embed_positions" if qd.positions is not None else None,
         "position_offset": prog.position_offset,
         "activation_bits": 16 if qd.split else 8,
-        "weight_plans": {k: {"bits": v.bits, "prec": v.prec.name, "group": v.group,
-                             "sparse": v.sparse.name} for k, v in qd.plans.items()},
+        "weight_plans": {
+            k: {"bits": v.bits, "prec": v.prec.name, "group": v.group, "sparse": v.sparse.name}
+            for k, v in qd.plans.items()
+        },
     }
     return b.program()

@@ -52,17 +52,19 @@ class BufferAllocator:
             addr, size = self._free[i]
             if size >= need:
                 if high:
-                    self._free[i:i + 1] = [(addr, size - need)] if size > need else []
+                    self._free[i : i + 1] = [(addr, size - need)] if size > need else []
                     addr += size - need
                 else:
-                    self._free[i:i + 1] = [(addr + need, size - need)] if size > need else []
+                    self._free[i : i + 1] = [(addr + need, size - need)] if size > need else []
                 self._live[addr] = (need, what)
                 return addr
         largest = max((s for _, s in self._free), default=0)
         live = ", ".join(f"{w} ({s} B)" for s, w in sorted(self._live.values(), reverse=True)[:4])
-        raise CompileError(f"{what} needs {nbytes} bytes of {self.name} but the buffer "
-                           f"({self.size} bytes) has {self.free_bytes} free, largest free block "
-                           f"{largest}; largest live: {live or 'none'}")
+        raise CompileError(
+            f"{what} needs {nbytes} bytes of {self.name} but the buffer "
+            f"({self.size} bytes) has {self.free_bytes} free, largest free block "
+            f"{largest}; largest live: {live or 'none'}"
+        )
 
     def free(self, addr: int) -> None:
         size, _ = self._live.pop(addr)
@@ -89,8 +91,10 @@ class ExternalLayout:
         align = max(64, self.arch.hbm.burst_bytes)
         addr = _align(self._next, align)
         if addr + size > self.arch.hbm.capacity:
-            raise CompileError(f"segment {name!r} ({size} bytes) does not fit in external memory: "
-                               f"{addr} bytes already placed of {self.arch.hbm.capacity}")
+            raise CompileError(
+                f"segment {name!r} ({size} bytes) does not fit in external memory: "
+                f"{addr} bytes already placed of {self.arch.hbm.capacity}"
+            )
         if data is not None and not isinstance(data, bytes):
             data = np.ascontiguousarray(data).tobytes()
         self.segments.append(Segment(name, kind, addr, size, data))

@@ -16,8 +16,21 @@ import numpy as np
 
 from .calibrate import rope_float
 from .onnx_graph import OnnxNode
-from .onnx_patterns import (Const, Interpreter, KVOut, Layout, Lin, Normed, Tag, Unused, View,
-                            _close, causal_probs, fit_theta, handles)
+from .onnx_patterns import (
+    Const,
+    Interpreter,
+    KVOut,
+    Layout,
+    Lin,
+    Normed,
+    Tag,
+    Unused,
+    View,
+    _close,
+    causal_probs,
+    fit_theta,
+    handles,
+)
 
 
 def _opt(node: OnnxNode, i: int) -> str:
@@ -33,16 +46,23 @@ def _const_vec(ip: Interpreter, node: OnnxNode, i: int, what: str) -> np.ndarray
     return np.asarray(ip.val(name), np.float64).reshape(-1)
 
 
-def _norm_out(ip: Interpreter, node: OnnxNode, x: View, kind: str, gamma_i: int,
-              beta_i: int | None) -> Normed:
+def _norm_out(
+    ip: Interpreter, node: OnnxNode, x: View, kind: str, gamma_i: int, beta_i: int | None
+) -> Normed:
     if node.attrs.get("axis", -1) not in (-1, ip.val(node.inputs[0]).ndim - 1):
         raise ip.fail("a norm over an axis other than the last")
     if x.factor != 1.0:
         raise ip.fail("a norm of a scaled tensor")
     gamma = _const_vec(ip, node, gamma_i, "norm scale")
     beta = _const_vec(ip, node, beta_i, "norm bias") if beta_i is not None else None
-    return Normed((node.name,), x.t, kind, float(node.attrs.get("epsilon", 1e-5)),
-                  gamma, 0.0 if beta is None else beta)
+    return Normed(
+        (node.name,),
+        x.t,
+        kind,
+        float(node.attrs.get("epsilon", 1e-5)),
+        gamma,
+        0.0 if beta is None else beta,
+    )
 
 
 def _aux(node: OnnxNode, n: int) -> list[Tag]:
@@ -72,10 +92,11 @@ def SkipLayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[
     names = [o for o in node.outputs]
     total = ip.val(names[3]) if len(names) > 3 and names[3] else (a.t.value + b.t.value)
     s = ip.emit("add", (b.t, a.t), (node.name,), np.asarray(total).reshape(ip.rows, -1))
-    normed = _norm_out(ip, node, View((node.name,), s, 1.0), "layer" if layer else "rms", 2,
-                       3 if layer else None)
+    normed = _norm_out(
+        ip, node, View((node.name,), s, 1.0), "layer" if layer else "rms", 2, 3 if layer else None
+    )
     outs: list[Tag] = [normed] + _aux(node, 2)
-    return (outs + [View((node.name,), s, 1.0)])[:len(node.outputs)]
+    return (outs + [View((node.name,), s, 1.0)])[: len(node.outputs)]
 
 
 @handles("MatMulNBits")
@@ -107,23 +128,28 @@ def MatMulNBits(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         zp = zp[:, :blocks].astype(np.float64)
     else:
         zp = np.full((n, blocks), 2.0 ** (bits - 1))
-    w = ((q[:, :, :block].astype(np.float64) - zp[..., None]) * scales[..., None]).reshape(n, -1)[:, :k]
+    w = ((q[:, :, :block].astype(np.float64) - zp[..., None]) * scales[..., None]).reshape(n, -1)[
+        :, :k
+    ]
     x = ip.view(0)
     ip.layout(x, node.inputs[0], ("SF",))
     bias = _const_vec(ip, node, 5, "MatMulNBits bias")
     lin = Lin(x.nodes + (node.name,), x.t, w * x.factor, bias)
     want = x.t.value @ lin.w.T + (0 if bias is None else bias)
     if not _close(ip.val(node.outputs[0]).reshape(ip.rows, -1), want, 2e-2):
-        raise ip.fail("the dequantised weights do not reproduce MatMulNBits' output "
-                      "(unknown packing)")
+        raise ip.fail(
+            "the dequantised weights do not reproduce MatMulNBits' output (unknown packing)"
+        )
     return [lin]
 
 
 def _rope_theta(ip: Interpreter, node: OnnxNode, cos_i: int, sin_i: int, d: int) -> float:
     cos, sin = _rope_tables(ip, node, cos_i), _rope_tables(ip, node, sin_i)
     if cos.shape[-1] * 2 != d:
-        raise ip.fail(f"rotary tables cover {cos.shape[-1] * 2} of the head's {d} dimensions "
-                      f"(partial rotary) which is not supported")
+        raise ip.fail(
+            f"rotary tables cover {cos.shape[-1] * 2} of the head's {d} dimensions "
+            f"(partial rotary) which is not supported"
+        )
     try:
         return fit_theta(cos, sin, d)
     except ValueError as e:
@@ -160,8 +186,10 @@ def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     theta = _rope_theta(ip, node, cos_i, sin_i, d)
     want = rope_float(x.t.value, 0, d, theta)
     if not _close(lay.to_view(x.factor * want), ip.val(node.outputs[0])):
-        raise ip.fail(f"the output is not rotate-half RoPE with base {theta:g} at positions "
-                      f"0..{ip.rows - 1} (position ids or scaling not supported)")
+        raise ip.fail(
+            f"the output is not rotate-half RoPE with base {theta:g} at positions "
+            f"0..{ip.rows - 1} (position ids or scaling not supported)"
+        )
     t = ip.emit("rope", (x.t,), x.nodes + (node.name,), want, theta=theta, d=d)
     return [View((node.name,), t, x.factor)]
 
@@ -170,7 +198,11 @@ def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
 def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     at = node.attrs
     heads, kv = int(at["num_heads"]), int(at["kv_num_heads"])
-    if at.get("local_window_size", -1) != -1 or at.get("softcap", 0.0) or at.get("smooth_softmax", 0):
+    if (
+        at.get("local_window_size", -1) != -1
+        or at.get("softcap", 0.0)
+        or at.get("smooth_softmax", 0)
+    ):
         raise ip.fail("sliding-window, soft-capped or smooth-softmax attention is not supported")
     if at.get("rotary_interleaved", 0):
         raise ip.fail("interleaved RoPE is not supported (the decoder rotates halves)")
@@ -207,10 +239,18 @@ def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag
         k = ip.emit("rope", (k,), (node.name,), rope_float(k.value, 0, d, theta), theta=theta, d=d)
     scale = float(at.get("scale", 0.0)) or 1.0 / math.sqrt(d)
     out = ip.val(node.outputs[0]).reshape(ip.rows, -1)
-    t = ip.emit("attention", (q, k, v), (node.name,), out, heads=heads, kv_heads=kv, d=d,
-                factor=scale * factors[0] * factors[1])
+    t = ip.emit(
+        "attention",
+        (q, k, v),
+        (node.name,),
+        out,
+        heads=heads,
+        kv_heads=kv,
+        d=d,
+        factor=scale * factors[0] * factors[1],
+    )
     outs = [View((node.name,), t, 1.0), KVOut((node.name,), k), KVOut((node.name,), v)]
-    return outs[:len(node.outputs)]
+    return outs[: len(node.outputs)]
 
 
 @handles("Attention")
@@ -225,8 +265,10 @@ def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         raise ip.fail("soft-capped attention is not supported")
     for i in (4, 5):
         if _opt(node, i):
-            raise ip.fail("Attention with past key/value inputs is not supported (export "
-                          "without the KV cache: the compiler keeps its own)")
+            raise ip.fail(
+                "Attention with past key/value inputs is not supported (export "
+                "without the KV cache: the compiler keeps its own)"
+            )
     if len(node.outputs) > 3 and node.outputs[3]:
         raise ip.fail("the QK product output (qk_matmul_output) is not supported")
     q, k, v = ip.view(0), ip.view(1), ip.view(2)
@@ -234,10 +276,17 @@ def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         lq, lk, lv = (ip.layout(t, node.inputs[i], ("HSD",)) for i, t in enumerate((q, k, v)))
         heads, d = lq.heads, lq.d
         kv_heads = (heads, k.t.features // d)  # K/V repeated to every query head, or not
-        if lq.group != 1 or lk.d != d or lv.d != d or lk.heads not in kv_heads \
-                or lv.heads not in kv_heads:
-            raise ip.fail(f"query ({lq.heads}x{lq.d}), key ({lk.heads}x{lk.d}) and value "
-                          f"({lv.heads}x{lv.d}) heads disagree")
+        if (
+            lq.group != 1
+            or lk.d != d
+            or lv.d != d
+            or lk.heads not in kv_heads
+            or lv.heads not in kv_heads
+        ):
+            raise ip.fail(
+                f"query ({lq.heads}x{lq.d}), key ({lk.heads}x{lk.d}) and value "
+                f"({lv.heads}x{lv.d}) heads disagree"
+            )
         out_layout = Layout("HSD", heads, d, 1, ip.val(node.outputs[0]).shape)
     else:
         for i, t in enumerate((q, k, v)):
@@ -255,23 +304,39 @@ def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     scale = float(at.get("scale", 0.0)) or 1.0 / math.sqrt(d)
     factor = scale * q.factor * k.factor
     out = ip.val(node.outputs[0])
-    ctx = (out_layout.to_canon(out, ip.rows) if out_layout is not None
-           else np.asarray(out).reshape(ip.rows, -1))
+    ctx = (
+        out_layout.to_canon(out, ip.rows)
+        if out_layout is not None
+        else np.asarray(out).reshape(ip.rows, -1)
+    )
     probs = causal_probs(q.t.value, k.t.value, heads, kv, d, factor)
-    want = (probs @ v.t.value.reshape(ip.rows, kv, d).transpose(1, 0, 2)
-            .repeat(heads // kv, axis=0)).transpose(1, 0, 2).reshape(ip.rows, heads * d)
+    want = (
+        (probs @ v.t.value.reshape(ip.rows, kv, d).transpose(1, 0, 2).repeat(heads // kv, axis=0))
+        .transpose(1, 0, 2)
+        .reshape(ip.rows, heads * d)
+    )
     if not _close(ctx, want):
-        raise ip.fail("the output is not causal attention of the scaled query-key products "
-                      "(unsupported mask, bias or scaling)")
-    t = ip.emit("attention", (q.t, k.t, v.t), (node.name,), ctx, heads=heads, kv_heads=kv, d=d,
-                factor=factor)
+        raise ip.fail(
+            "the output is not causal attention of the scaled query-key products "
+            "(unsupported mask, bias or scaling)"
+        )
+    t = ip.emit(
+        "attention",
+        (q.t, k.t, v.t),
+        (node.name,),
+        ctx,
+        heads=heads,
+        kv_heads=kv,
+        d=d,
+        factor=factor,
+    )
     outs = [View((node.name,), t, 1.0), KVOut((node.name,), k.t), KVOut((node.name,), v.t)]
-    return outs[:len(node.outputs)]
+    return outs[: len(node.outputs)]
 
 
 @handles("DequantizeLinear", "QuantizeLinear")
 def QDQ(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
-    raise ip.fail("quantise/dequantise of activations is not supported; only weights given as "
-                  "DequantizeLinear of initialisers are")
-
-
+    raise ip.fail(
+        "quantise/dequantise of activations is not supported; only weights given as "
+        "DequantizeLinear of initialisers are"
+    )

@@ -79,11 +79,14 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError, or RuntimeWarning-like errors
-        raise FrontendError(f"{path}: not a readable ONNX model (truncated or corrupt?): "
-                            f"{type(e).__name__}: {e}") from None
+        raise FrontendError(
+            f"{path}: not a readable ONNX model (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from None
     if not model.graph.node or not model.graph.output:
-        raise FrontendError(f"{path}: the file parses but holds no graph nodes or outputs "
-                            f"(truncated or not an ONNX model?)")
+        raise FrontendError(
+            f"{path}: the file parses but holds no graph nodes or outputs "
+            f"(truncated or not an ONNX model?)"
+        )
     base = path.parent.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
@@ -92,15 +95,20 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         loc = info.location
         target = (base / loc).resolve()
         if os.path.isabs(loc) or not target.is_relative_to(base):
-            raise FrontendError(f"{path}: tensor {tensor.name!r} has external data at {loc!r}, "
-                                f"outside the model's folder {base}; refused")
+            raise FrontendError(
+                f"{path}: tensor {tensor.name!r} has external data at {loc!r}, "
+                f"outside the model's folder {base}; refused"
+            )
         if not target.is_file():
-            raise FrontendError(f"{path}: tensor {tensor.name!r}: external data file {loc!r} "
-                                f"does not exist")
+            raise FrontendError(
+                f"{path}: tensor {tensor.name!r}: external data file {loc!r} does not exist"
+            )
         end = (info.offset or 0) + (info.length or 0)
         if end > target.stat().st_size:
-            raise FrontendError(f"{path}: tensor {tensor.name!r}: external data {loc!r} is "
-                                f"{target.stat().st_size} bytes, shorter than offset+length {end}")
+            raise FrontendError(
+                f"{path}: tensor {tensor.name!r}: external data {loc!r} is "
+                f"{target.stat().st_size} bytes, shorter than offset+length {end}"
+            )
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as e:
@@ -111,8 +119,9 @@ def read_model(path: str | Path) -> onnx.ModelProto:
 def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:
     """Shape-infer the model and index it; a dangling tensor read is an error naming both."""
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                  data_prop=True)
+        model = onnx.shape_inference.infer_shapes(
+            model, check_type=False, strict_mode=False, data_prop=True
+        )
     except Exception as e:
         raise FrontendError(f"{path}: shape inference failed: {e}") from None
     g = model.graph
@@ -123,9 +132,13 @@ def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:
     consumers: dict[str, list[str]] = {}
     dag = nx.DiGraph()
     for k, n in enumerate(g.node):
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            raise FrontendError(f"{path}: node {n.name or k!r} ({n.op_type}) has a subgraph; "
-                                f"control flow is not supported in a decoder export")
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute
+        ):
+            raise FrontendError(
+                f"{path}: node {n.name or k!r} ({n.op_type}) has a subgraph; "
+                f"control flow is not supported in a decoder export"
+            )
         name = n.name or f"{n.op_type}_{k}"
         if name in nodes:
             name = f"{name}#{k}"
@@ -143,8 +156,10 @@ def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:
             if not t:
                 continue
             if t not in defined and t not in producer:
-                raise FrontendError(f"{path}: node {node.name!r} ({node.op}) reads tensor {t!r} "
-                                    f"that no node, input or initialiser defines (truncated file?)")
+                raise FrontendError(
+                    f"{path}: node {node.name!r} ({node.op}) reads tensor {t!r} "
+                    f"that no node, input or initialiser defines (truncated file?)"
+                )
             consumers.setdefault(t, []).append(node.name)
             if t in producer:
                 dag.add_edge(producer[t], node.name)
@@ -153,13 +168,26 @@ def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:
     for o in g.output:
         if o.name not in producer and o.name not in defined:
             raise FrontendError(f"{path}: graph output {o.name!r} is not computed by any node")
-    elem = {vi.name: vi.type.tensor_type.elem_type
-            for vi in list(g.value_info) + list(g.input) + list(g.output)
-            if vi.type.HasField("tensor_type")}
+    elem = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input) + list(g.output)
+        if vi.type.HasField("tensor_type")
+    }
     opsets = {(o.domain or ""): o.version for o in model.opset_import}
     graph_inputs = [i for i in g.input if i.name not in inits]
-    return OnnxGraph(path, model, nodes, dag, producer, consumers, inits, graph_inputs,
-                     [o.name for o in g.output], opsets, elem)
+    return OnnxGraph(
+        path,
+        model,
+        nodes,
+        dag,
+        producer,
+        consumers,
+        inits,
+        graph_inputs,
+        [o.name for o in g.output],
+        opsets,
+        elem,
+    )
 
 
 def _constant_value(n: onnx.NodeProto) -> np.ndarray:
@@ -175,8 +203,10 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- probe
 
-def probe_feeds(g: OnnxGraph, rows: int, vocab: int,
-                seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+
+def probe_feeds(
+    g: OnnxGraph, rows: int, vocab: int, seed: int = 0
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Inputs of the probe run: ``rows`` random tokens at positions ``0..rows-1``, no past.
 
     Returns the feeds and the token ids. An input the frontend does not know is an error.
@@ -191,8 +221,10 @@ def probe_feeds(g: OnnxGraph, rows: int, vocab: int,
         name = inp.name
         low = name.lower()
         if dims and dims[0] not in (None, 1):
-            raise FrontendError(f"{g.path}: input {name!r} has a fixed batch of {dims[0]}; export "
-                                f"with a dynamic or unit batch")
+            raise FrontendError(
+                f"{g.path}: input {name!r} has a fixed batch of {dims[0]}; export "
+                f"with a dynamic or unit batch"
+            )
         if low == "input_ids":
             feeds[name] = ids[None].astype(dtype)
         elif low == "attention_mask":
@@ -204,18 +236,24 @@ def probe_feeds(g: OnnxGraph, rows: int, vocab: int,
         elif "past" in low:  # past_key_values.{i}.{key,value} [batch, kv_heads, past, head_dim]
             shape = [1 if k == 0 else (0 if d is None else d) for k, d in enumerate(dims)]
             if len(shape) == 4 and shape[2]:
-                raise FrontendError(f"{g.path}: input {name!r} has a fixed past length {shape[2]}; "
-                                    f"export with a dynamic past length")
+                raise FrontendError(
+                    f"{g.path}: input {name!r} has a fixed past length {shape[2]}; "
+                    f"export with a dynamic past length"
+                )
             feeds[name] = np.zeros(shape, dtype)
         else:
-            raise FrontendError(f"{g.path}: input {name!r} is not one the frontend knows "
-                                f"(input_ids, attention_mask, position_ids, cache_position, "
-                                f"past_key_values.*)")
+            raise FrontendError(
+                f"{g.path}: input {name!r} is not one the frontend knows "
+                f"(input_ids, attention_mask, position_ids, cache_position, "
+                f"past_key_values.*)"
+            )
         want = feeds[name].shape
         for k, d in enumerate(dims):
             if d is not None and k < len(want) and want[k] != d:
-                raise FrontendError(f"{g.path}: input {name!r} has a fixed size {d} on axis {k}; "
-                                    f"export with a dynamic sequence length")
+                raise FrontendError(
+                    f"{g.path}: input {name!r} has a fixed size {d} on axis {k}; "
+                    f"export with a dynamic sequence length"
+                )
     return feeds, ids
 
 
@@ -249,12 +287,16 @@ def probe_values(g: OnnxGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
         names = [o.name for o in sess.get_outputs()]
         vals = sess.run(names, feeds)
     except Exception as e:
-        raise FrontendError(f"{g.path}: onnxruntime cannot run the model on a probe prompt of "
-                            f"{len(next(iter(feeds.values()))[0])} tokens: {e}") from None
+        raise FrontendError(
+            f"{g.path}: onnxruntime cannot run the model on a probe prompt of "
+            f"{len(next(iter(feeds.values()))[0])} tokens: {e}"
+        ) from None
     out = dict(zip(names, vals))
     out.update(feeds)
     out.update(g.initializers)

@@ -23,11 +23,16 @@ import numpy as np
 
 from . import onnx_fused  # noqa: F401  (registers the handlers of fused and contrib ops)
 from .calibrate import FloatState, run_float
-from .graph import (DecoderProgram, DecoderShape, LinearParams, NormParams, decoder_ops,
-                    wide_tensors)
-from .onnx_graph import (FrontendError, build_graph, probe_feeds, probe_rows, probe_values,
-                         read_model)
-from .onnx_patterns import KVOut, Elem, Event, Interpreter, Lin, Normed, Tensor, View
+from .graph import DecoderProgram, DecoderShape, LinearParams, NormParams, decoder_ops, wide_tensors
+from .onnx_graph import (
+    FrontendError,
+    build_graph,
+    probe_feeds,
+    probe_rows,
+    probe_values,
+    read_model,
+)
+from .onnx_patterns import Elem, Event, Interpreter, KVOut, Lin, Normed, Tensor, View
 
 #: largest relative difference between the recovered program's logits and onnxruntime's
 VERIFY_TOLERANCE = 5e-3
@@ -50,13 +55,19 @@ class ImportSummary:
 
     def __str__(self) -> str:
         s = self.shape
-        lines = [f"{self.path}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads "
-                 f"({s.kv_heads} KV) of {s.head_dim}, {s.mlp} MLP {s.intermediate}, vocab {s.vocab}, "
-                 f"{self.norm} norm, " + (f"RoPE theta {self.rope_theta:g}" if s.rope else
-                                          f"learned positions (offset {self.position_offset})"),
-                 "nodes: " + ", ".join(f"{n} {k}" for k, n in sorted(self.roles.items())),
-                 "recognised: " + ", ".join(f"{n} {k}" for k, n in sorted(self.ops.items())),
-                 f"logits match onnxruntime to {self.max_logit_error:.1e} (relative)"]
+        lines = [
+            f"{self.path}: {s.layers} layers, hidden {s.hidden}, {s.heads} heads "
+            f"({s.kv_heads} KV) of {s.head_dim}, {s.mlp} MLP {s.intermediate}, vocab {s.vocab}, "
+            f"{self.norm} norm, "
+            + (
+                f"RoPE theta {self.rope_theta:g}"
+                if s.rope
+                else f"learned positions (offset {self.position_offset})"
+            ),
+            "nodes: " + ", ".join(f"{n} {k}" for k, n in sorted(self.roles.items())),
+            "recognised: " + ", ".join(f"{n} {k}" for k, n in sorted(self.ops.items())),
+            f"logits match onnxruntime to {self.max_logit_error:.1e} (relative)",
+        ]
         if self.kv_outputs:
             lines.append(f"KV-cache outputs: {len(self.kv_outputs)}")
         if self.unused_nodes:
@@ -95,11 +106,22 @@ def import_onnx(path: str | Path) -> OnnxImport:
     got = run_float(prog, ids, 0, FloatState())
     err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
     if not err <= VERIFY_TOLERANCE:
-        raise FrontendError(f"{path}: the recognised decoder's logits differ from onnxruntime's "
-                            f"by {err:.2e} (relative) on a probe prompt; a pattern was misread")
-    summary = ImportSummary(str(path), shape, info["norm"], prog.rope_theta, prog.position_offset,
-                            Counter(ip.roles.values()), Counter(e.kind for e in ip.events),
-                            kv_outputs, unused, err)
+        raise FrontendError(
+            f"{path}: the recognised decoder's logits differ from onnxruntime's "
+            f"by {err:.2e} (relative) on a probe prompt; a pattern was misread"
+        )
+    summary = ImportSummary(
+        str(path),
+        shape,
+        info["norm"],
+        prog.rope_theta,
+        prog.position_offset,
+        Counter(ip.roles.values()),
+        Counter(e.kind for e in ip.events),
+        kv_outputs,
+        unused,
+        err,
+    )
     return OnnxImport(prog, summary)
 
 
@@ -133,12 +155,15 @@ def _outputs(ip: Interpreter) -> tuple[_Out, list[str]]:
         if isinstance(tag, View) and tag.t.event.kind == "linear" and tag.factor == 1.0:
             logits.append(_Out(name, tag.t))
             continue
-        raise FrontendError(f"{ip.g.path}: graph output {name!r} holds "
-                            f"{tag.describe() if tag else 'nothing recognised'}; only the logits "
-                            f"and key/value caches are supported outputs")
+        raise FrontendError(
+            f"{ip.g.path}: graph output {name!r} holds "
+            f"{tag.describe() if tag else 'nothing recognised'}; only the logits "
+            f"and key/value caches are supported outputs"
+        )
     if len(logits) != 1:
-        raise FrontendError(f"{ip.g.path}: expected one logits output, found "
-                            f"{[o.name for o in logits] or 'none'}")
+        raise FrontendError(
+            f"{ip.g.path}: expected one logits output, found {[o.name for o in logits] or 'none'}"
+        )
     return logits[0], kv
 
 
@@ -153,13 +178,16 @@ def _dead_nodes(ip: Interpreter) -> list[str]:
         if any(o and (o in outs or g.consumers.get(o)) for o in node.outputs):
             continue
         if ip.roles.get(node.name) == "decoder":
-            raise FrontendError(f"{g.path}: node {node.name!r} ({node.op}) computes a decoder "
-                                f"value that no other node or output uses")
+            raise FrontendError(
+                f"{g.path}: node {node.name!r} ({node.op}) computes a decoder "
+                f"value that no other node or output uses"
+            )
         dead.append(node.name)
     return dead
 
 
 # ------------------------------------------------------------------------------ assembler
+
 
 class _Walk:
     """The residual-stream walk; every event it takes is marked used."""
@@ -203,8 +231,9 @@ class _Walk:
         return self.take(ev), rope
 
 
-def assemble(events: list[Event], logits: _Out,
-             path: str) -> tuple[DecoderProgram, DecoderShape, dict]:
+def assemble(
+    events: list[Event], logits: _Out, path: str
+) -> tuple[DecoderProgram, DecoderShape, dict]:
     w = _Walk(events, path)
     embeds = [e for e in events if e.kind == "embed"]
     if len(embeds) != 1:
@@ -233,19 +262,27 @@ def assemble(events: list[Event], logits: _Out,
         if not w.of(h, "add"):  # the final norm and the LM head
             head = w.one(ln.out, "linear", "LM head after the final norm")
             if head.out is not logits.t:
-                raise w.fail(f"the projection after the final norm is not the logits output "
-                             f"{logits.name!r}", head)
+                raise w.fail(
+                    f"the projection after the final norm is not the logits output {logits.name!r}",
+                    head,
+                )
             norm(ln, "final_norm")
             lin(head, "lm_head")
             break
         p = f"l{w.layer}."
-        atts = [e for e in events if e.kind == "attention" and id(e) not in w.used
-                and _reads(e.ins[2], ln.out)]
+        atts = [
+            e
+            for e in events
+            if e.kind == "attention" and id(e) not in w.used and _reads(e.ins[2], ln.out)
+        ]
         if len(atts) != 1:
-            raise w.fail(f"expected one attention reading the attention norm, found {len(atts)}", ln)
+            raise w.fail(
+                f"expected one attention reading the attention norm, found {len(atts)}", ln
+            )
         att = w.take(atts[0])
-        (q, rq), (k, rk), (v, rv) = (w.projection(t, ln.out, n) for t, n in
-                                      zip(att.ins, ("query", "key", "value")))
+        (q, rq), (k, rk), (v, rv) = (
+            w.projection(t, ln.out, n) for t, n in zip(att.ins, ("query", "key", "value"))
+        )
         if rv is not None or (rq is None) != (rk is None):
             raise w.fail("RoPE must rotate the query and the key and nothing else", att)
         a = att.params
@@ -254,8 +291,11 @@ def assemble(events: list[Event], logits: _Out,
             if r is not None:
                 thetas.add(r.params["theta"])
                 if r.params["d"] != a["d"]:
-                    raise w.fail(f"RoPE over {r.params['d']} of the head's {a['d']} dimensions "
-                                 f"(partial rotary) is not supported", r)
+                    raise w.fail(
+                        f"RoPE over {r.params['d']} of the head's {a['d']} dimensions "
+                        f"(partial rotary) is not supported",
+                        r,
+                    )
         o = w.one(att.out, "linear", "output projection after the attention")
         add1 = w.one(h, "add", "residual add after the attention", {h.id, o.out.id})
         ln2 = w.one(add1.out, "norm", "norm before the MLP")
@@ -280,8 +320,12 @@ def assemble(events: list[Event], logits: _Out,
             mlp_w = {"fc1": fc1, "fc2": fc2}
         else:
             raise w.fail(f"the MLP norm feeds {len(ups)} projections, expected 1 or 2", ln2)
-        add2 = w.one(add1.out, "add", "residual add after the MLP",
-                     {add1.out.id, (mlp_w.get("down") or mlp_w.get("fc2")).out.id})
+        add2 = w.one(
+            add1.out,
+            "add",
+            "residual add after the MLP",
+            {add1.out.id, (mlp_w.get("down") or mlp_w.get("fc2")).out.id},
+        )
         norm(ln, p + "ln1")
         norm(ln2, p + "ln2")
         lin(q, p + "q", scale)
@@ -290,33 +334,57 @@ def assemble(events: list[Event], logits: _Out,
         lin(o, p + "o")
         for key, e in mlp_w.items():
             lin(e, p + key)
-        dims.append((a["heads"], a["kv_heads"], a["d"], rq is not None,
-                     mlp_w.get("gate", mlp_w.get("fc1")).params["w"].shape[0]))
+        dims.append(
+            (
+                a["heads"],
+                a["kv_heads"],
+                a["d"],
+                rq is not None,
+                mlp_w.get("gate", mlp_w.get("fc1")).params["w"].shape[0],
+            )
+        )
         mlps.add(mlp)
         h = add2.out
     left = [e for e in events if id(e) not in w.used]
     if left:
         e = left[0]
-        raise FrontendError(f"{path}: {len(left)} recognised op(s) are not part of the decoder "
-                            f"structure, first a {e.kind} from nodes {list(e.nodes[-3:])}")
+        raise FrontendError(
+            f"{path}: {len(left)} recognised op(s) are not part of the decoder "
+            f"structure, first a {e.kind} from nodes {list(e.nodes[-3:])}"
+        )
     if not dims:
         raise FrontendError(f"{path}: no decoder layer found between the embedding and the LM head")
     if len(set(dims)) != 1 or len(mlps) != 1 or len(thetas) > 1:
-        raise FrontendError(f"{path}: layers differ in shape ({sorted(set(dims))}, MLPs "
-                            f"{sorted(mlps)}, RoPE bases {sorted(thetas)}); all must be alike")
+        raise FrontendError(
+            f"{path}: layers differ in shape ({sorted(set(dims))}, MLPs "
+            f"{sorted(mlps)}, RoPE bases {sorted(thetas)}); all must be alike"
+        )
     heads, kv, d, rope, inter = dims[0]
     table = embed.params["table"]
     vocab, hidden = linears["lm_head"].w.shape
     if table.shape != (vocab, hidden):
-        raise FrontendError(f"{path}: the embedding table is {table.shape} but the LM head is "
-                            f"{(vocab, hidden)}")
+        raise FrontendError(
+            f"{path}: the embedding table is {table.shape} but the LM head is {(vocab, hidden)}"
+        )
     shape = DecoderShape(len(dims), hidden, heads, kv, d, inter, vocab, mlps.pop(), rope)
     positions = embed.params.get("positions")
     ops = decoder_ops(shape)
-    prog = DecoderProgram(ops, linears, norms, table, positions, embed.params.get("offset", 0),
-                          thetas.pop() if rope else None, shape.layers, kv, d, vocab, hidden,
-                          wide=wide_tensors(ops, "h0"),
-                          n_positions=0 if positions is None else positions.shape[0])
+    prog = DecoderProgram(
+        ops,
+        linears,
+        norms,
+        table,
+        positions,
+        embed.params.get("offset", 0),
+        thetas.pop() if rope else None,
+        shape.layers,
+        kv,
+        d,
+        vocab,
+        hidden,
+        wide=wide_tensors(ops, "h0"),
+        n_positions=0 if positions is None else positions.shape[0],
+    )
     return prog, shape, {"norm": "/".join(sorted(norm_kinds))}
 
 

@@ -25,8 +25,8 @@ its layer. Recognised decoder ops are recorded as :class:`Event` for the assembl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class Tensor:
 
     id: int
     value: np.ndarray
-    event: "Event | None"
+    event: Event | None
     depth: int  #: residual adds upstream; the layer is ``depth // 2``
 
     @property
@@ -62,6 +62,7 @@ class Event:
 
 
 # -------------------------------------------------------------------------------- tags
+
 
 @dataclass(eq=False)
 class Tag:
@@ -141,10 +142,12 @@ class Layout:
         if self.kind == "SF":
             return a.reshape(rows, -1)
         h, d = self.heads, self.d
-        x = {"SHD": lambda: a.reshape(rows, h, d),
-             "HSD": lambda: a.reshape(h, rows, d).transpose(1, 0, 2),
-             "HDS": lambda: a.reshape(h, d, rows).transpose(2, 0, 1)}[self.kind]()
-        return x[:, ::self.group].reshape(rows, -1)
+        x = {
+            "SHD": lambda: a.reshape(rows, h, d),
+            "HSD": lambda: a.reshape(h, rows, d).transpose(1, 0, 2),
+            "HDS": lambda: a.reshape(h, d, rows).transpose(2, 0, 1),
+        }[self.kind]()
+        return x[:, :: self.group].reshape(rows, -1)
 
 
 @dataclass(eq=False)
@@ -261,8 +264,11 @@ PLUMBING_OPS = frozenset(
     "LessOrEqual Greater GreaterOrEqual Not And Or Xor Cast CastLike Reshape Unsqueeze Squeeze "
     "Concat Slice Split Sub Add Mul Div Neg Abs ConstantOfShape Trilu Transpose MatMul Cos Sin "
     "Min Max ReduceMax ReduceMin ReduceSum Mod Floor Ceil Identity Tile Pow Sqrt Exp Sign Clip "
-    "ScatterND ScatterElements Flatten Einsum".split())
-VIEW_OPS = frozenset("Reshape Transpose Unsqueeze Squeeze Flatten Identity Expand Tile Dropout".split())
+    "ScatterND ScatterElements Flatten Einsum".split()
+)
+VIEW_OPS = frozenset(
+    "Reshape Transpose Unsqueeze Squeeze Flatten Identity Expand Tile Dropout".split()
+)
 SHAPE_KEEPING = frozenset("Reshape Unsqueeze Squeeze Flatten Identity Dropout".split())
 KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -315,14 +321,27 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "Tanh": np.tanh, "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "Erf": _erf,
-    "Relu": lambda x: np.maximum(x, 0.0), "Neg": np.negative, "Exp": np.exp, "Abs": np.abs,
-    "Sqrt": np.sqrt, "Reciprocal": lambda x: 1.0 / x, "Softplus": lambda x: np.log1p(np.exp(x)),
+    "Tanh": np.tanh,
+    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "Erf": _erf,
+    "Relu": lambda x: np.maximum(x, 0.0),
+    "Neg": np.negative,
+    "Exp": np.exp,
+    "Abs": np.abs,
+    "Sqrt": np.sqrt,
+    "Reciprocal": lambda x: 1.0 / x,
+    "Softplus": lambda x: np.log1p(np.exp(x)),
     "Identity": lambda x: x,
 }
-BINARY: dict[str, Callable] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
-                               "Div": np.divide, "Pow": np.power, "Max": np.maximum,
-                               "Min": np.minimum}
+BINARY: dict[str, Callable] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Pow": np.power,
+    "Max": np.maximum,
+    "Min": np.minimum,
+}
 ACT_GRID = np.linspace(-6.0, 6.0, 1201)
 
 
@@ -365,6 +384,7 @@ def handles(*ops: str):
         for op in ops:
             HANDLERS[op] = fn
         return fn
+
     return deco
 
 
@@ -391,11 +411,14 @@ class Interpreter:
         node = node or self.node
         depths = [t.depth for t in self._tensors_of(node)]
         where = f" in layer {max(depths) // 2}" if depths else ""
-        ins = ", ".join(self.tags[t].describe() if t in self.tags else "nothing"
-                        for t in node.inputs if t)
-        return FrontendError(f"{self.g.path}: node {node.name!r} ({node.op}, domain "
-                             f"{node.domain or 'ai.onnx'!r}, opset {self.g.opset(node)}){where}: "
-                             f"{reason} (inputs: {ins})")
+        ins = ", ".join(
+            self.tags[t].describe() if t in self.tags else "nothing" for t in node.inputs if t
+        )
+        return FrontendError(
+            f"{self.g.path}: node {node.name!r} ({node.op}, domain "
+            f"{node.domain or 'ai.onnx'!r}, opset {self.g.opset(node)}){where}: "
+            f"{reason} (inputs: {ins})"
+        )
 
     def _tensors_of(self, node: OnnxNode) -> list[Tensor]:
         out = []
@@ -445,16 +468,26 @@ class Interpreter:
                 raise self.fail(f"norm output {name!r} has shape {arr.shape}, not rows x {f}")
             gamma = np.broadcast_to(np.asarray(tag.gamma, np.float64).reshape(-1), (f,)).copy()
             beta = np.broadcast_to(np.asarray(tag.beta, np.float64).reshape(-1), (f,)).copy()
-            t = self.emit("norm", (tag.t,), tag.nodes, arr, norm=tag.kind, eps=tag.eps,
-                          gamma=gamma, beta=beta if tag.kind == "layer" else None)
+            t = self.emit(
+                "norm",
+                (tag.t,),
+                tag.nodes,
+                arr,
+                norm=tag.kind,
+                eps=tag.eps,
+                gamma=gamma,
+                beta=beta if tag.kind == "layer" else None,
+            )
             if tag.kind == "rms" and np.any(beta):
                 raise self.fail("an RMS norm with an added bias is not a supported norm")
             return View(nodes, t, 1.0)
         if isinstance(tag, Elem) and isinstance(tag.base, Tensor):
             fn = identify_act(tag.f)
             if fn is None:
-                raise self.fail(f"the elementwise function computed by nodes {list(tag.nodes)} "
-                                f"is not SiLU, GELU (tanh or erf) or ReLU")
+                raise self.fail(
+                    f"the elementwise function computed by nodes {list(tag.nodes)} "
+                    f"is not SiLU, GELU (tanh or erf) or ReLU"
+                )
             t = self.emit("act", (tag.base,), tag.nodes, tag.layout.to_canon(arr, self.rows), fn=fn)
             return View(nodes, t, 1.0)
         raise self.fail(f"{tag.describe()} ({name!r}) is used where a decoder tensor is expected")
@@ -463,8 +496,10 @@ class Interpreter:
         lay = find_layout(self.val(name), v.t.value, v.factor)
         if lay is None or lay.kind not in kinds:
             got = "no arrangement" if lay is None else f"arrangement {lay.kind}"
-            raise self.fail(f"tensor {name!r} of shape {self.val(name).shape} holds {v.describe()} "
-                            f"in {got}, expected {' or '.join(kinds)}")
+            raise self.fail(
+                f"tensor {name!r} of shape {self.val(name).shape} holds {v.describe()} "
+                f"in {got}, expected {' or '.join(kinds)}"
+            )
         return lay
 
     # -- the walk
@@ -479,7 +514,9 @@ class Interpreter:
                 outs, role = [Const((node.name,)) for _ in node.outputs], "constant"
             elif node.op in ("Shape", "Size"):
                 outs, role = [Plumb((node.name,))], "plumbing"
-            elif all(isinstance(t, STATIC) for t in present) and not self._starts_stream(node, tags):
+            elif all(isinstance(t, STATIC) for t in present) and not self._starts_stream(
+                node, tags
+            ):
                 outs, role = self._plumbing(node, tags), "plumbing"
             else:
                 handler = HANDLERS.get(node.op)
@@ -501,8 +538,14 @@ class Interpreter:
         if node.op not in PLUMBING_OPS:
             raise self.fail("operator is not one of the recognised shape/mask/position operators")
         data = self.val(node.inputs[0])
-        if (node.op == "Gather" and isinstance(tags[0], Const) and data is not None
-                and data.ndim == 2 and data.dtype.kind == "f" and node.attrs.get("axis", 0) == 0):
+        if (
+            node.op == "Gather"
+            and isinstance(tags[0], Const)
+            and data is not None
+            and data.ndim == 2
+            and data.dtype.kind == "f"
+            and node.attrs.get("axis", 0) == 0
+        ):
             return [PosRows((node.name,), data, self.val(node.inputs[1]))]
         if isinstance(tags[0], (PosRows, Ids)) and node.op in SHAPE_KEEPING | {"Cast"}:
             return [replace(tags[0], nodes=tags[0].nodes + (node.name,))]
@@ -511,11 +554,16 @@ class Interpreter:
 
 # ------------------------------------------------------------------------------ handlers
 
+
 @handles("Gather")
 def Gather(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     table = ip.val(node.inputs[0])
-    if not (isinstance(tags[0], Const) and isinstance(tags[1], Ids) and table.ndim == 2
-            and node.attrs.get("axis", 0) == 0):
+    if not (
+        isinstance(tags[0], Const)
+        and isinstance(tags[1], Ids)
+        and table.ndim == 2
+        and node.attrs.get("axis", 0) == 0
+    ):
         raise ip.fail("a Gather is only recognised as the token embedding (a 2-D table by ids)")
     out = ip.val(node.outputs[0])
     t = ip.emit("embed", (), (node.name,), out.reshape(ip.rows, -1), table=table.astype(np.float64))
@@ -562,24 +610,41 @@ def MatMul(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
             if len(node.inputs) > 2 and node.inputs[2]:
                 if not isinstance(tags[2], Const):
                     raise ip.fail("Gemm bias is not a constant")
-                bias = np.broadcast_to(np.asarray(ip.val(node.inputs[2]), np.float64).reshape(-1)
-                                       * node.attrs.get("beta", 1.0), (w.shape[0],)).copy()
+                bias = np.broadcast_to(
+                    np.asarray(ip.val(node.inputs[2]), np.float64).reshape(-1)
+                    * node.attrs.get("beta", 1.0),
+                    (w.shape[0],),
+                ).copy()
         else:
             w = w.T
         return [Lin(x.nodes + (node.name,), x.t, w * x.factor, bias)]
     if isinstance(a, Probs) and isinstance(b, (View, Lin)):
         return [_context(ip, node, a)]
-    if isinstance(a, (View, Lin, Elem, Normed)) and isinstance(b, (View, Lin, Elem, Normed)) \
-            and node.op == "MatMul":
+    if (
+        isinstance(a, (View, Lin, Elem, Normed))
+        and isinstance(b, (View, Lin, Elem, Normed))
+        and node.op == "MatMul"
+    ):
         q, k = ip.view(0), ip.view(1)
         ql = ip.layout(q, node.inputs[0], ("HSD",))
         kl = ip.layout(k, node.inputs[1], ("HDS",))
         if ql.group != 1 or ql.heads != kl.heads or ql.d != kl.d:
             raise ip.fail(f"query heads {ql.heads}x{ql.d} and key heads {kl.heads}x{kl.d} disagree")
-        return [Scores(q.nodes + k.nodes + (node.name,), q.t, k.t, q.factor * k.factor, ql.heads,
-                       k.t.features // kl.d, ql.d)]
-    raise ip.fail("a MatMul is recognised as a projection by a constant weight, as query x key, "
-                  "or as probabilities x value")
+        return [
+            Scores(
+                q.nodes + k.nodes + (node.name,),
+                q.t,
+                k.t,
+                q.factor * k.factor,
+                ql.heads,
+                k.t.features // kl.d,
+                ql.d,
+            )
+        ]
+    raise ip.fail(
+        "a MatMul is recognised as a projection by a constant weight, as query x key, "
+        "or as probabilities x value"
+    )
 
 
 def _context(ip: Interpreter, node: OnnxNode, p: Probs) -> View:
@@ -587,18 +652,29 @@ def _context(ip: Interpreter, node: OnnxNode, p: Probs) -> View:
     v = ip.view(1)
     vl = ip.layout(v, node.inputs[1], ("HSD",))
     if vl.heads != s.heads or vl.d != s.d or v.t.features != s.kv_heads * s.d:
-        raise ip.fail(f"value heads ({vl.heads} of {vl.d}) do not match the scores "
-                      f"({s.heads} heads, {s.kv_heads} KV heads of {s.d})")
+        raise ip.fail(
+            f"value heads ({vl.heads} of {vl.d}) do not match the scores "
+            f"({s.heads} heads, {s.kv_heads} KV heads of {s.d})"
+        )
     out = ip.val(node.outputs[0])
     ctx = Layout("HSD", s.heads, s.d, 1, out.shape).to_canon(out, ip.rows) / v.factor
-    t = ip.emit("attention", (s.q, s.k, v.t), p.nodes + v.nodes + (node.name,), ctx,
-                heads=s.heads, kv_heads=s.kv_heads, d=s.d, factor=s.factor)
+    t = ip.emit(
+        "attention",
+        (s.q, s.k, v.t),
+        p.nodes + v.nodes + (node.name,),
+        ctx,
+        heads=s.heads,
+        kv_heads=s.kv_heads,
+        d=s.d,
+        factor=s.factor,
+    )
     t_nodes = (node.name,)
     return View(t_nodes, t, v.factor)
 
 
-def causal_probs(q: np.ndarray, k: np.ndarray, heads: int, kv: int, d: int,
-                 factor: float) -> np.ndarray:
+def causal_probs(
+    q: np.ndarray, k: np.ndarray, heads: int, kv: int, d: int, factor: float
+) -> np.ndarray:
     """``[heads][rows][rows]`` causal softmax of ``factor * q k^T`` on canonical q, k."""
     s = q.shape[0]
     qh = q.reshape(s, heads, d).transpose(1, 0, 2)
@@ -617,8 +693,10 @@ def Softmax(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         raise ip.fail("a Softmax is recognised only over the key axis of attention scores")
     want = causal_probs(s.q.value, s.k.value, s.heads, s.kv_heads, s.d, s.factor)
     if out.size != want.size or not _close(out.reshape(-1), want.reshape(-1)):
-        raise ip.fail("the attention probabilities are not a causal softmax of the scaled "
-                      "query-key products (unsupported mask, bias or scaling)")
+        raise ip.fail(
+            "the attention probabilities are not a causal softmax of the scaled "
+            "query-key products (unsupported mask, bias or scaling)"
+        )
     return [Probs(s.nodes + (node.name,), s)]
 
 
@@ -653,8 +731,14 @@ def Split(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     res, start = [], 0
     for o in outs:
         n = o.shape[-1]
-        res.append(Lin(lin.nodes + (node.name,), lin.x, lin.w[start:start + n],
-                       None if lin.b is None else lin.b[start:start + n]))
+        res.append(
+            Lin(
+                lin.nodes + (node.name,),
+                lin.x,
+                lin.w[start : start + n],
+                None if lin.b is None else lin.b[start : start + n],
+            )
+        )
         start += n
     return res
 
@@ -669,8 +753,11 @@ def Slice(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         steps = ip.val(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else [1]
         if len(starts) == 1 and int(axes[0]) % data.ndim == data.ndim - 1 and int(steps[0]) == 1:
             sl = slice(*slice(int(starts[0]), int(ends[0])).indices(tag.w.shape[0])[:2])
-            return [Lin(tag.nodes + (node.name,), tag.x, tag.w[sl],
-                        None if tag.b is None else tag.b[sl])]
+            return [
+                Lin(
+                    tag.nodes + (node.name,), tag.x, tag.w[sl], None if tag.b is None else tag.b[sl]
+                )
+            ]
         raise ip.fail("a Slice of a projection is recognised only along its output features")
     if isinstance(tag, (View, RopePart)):
         return [_rope_part(ip, node, 0, ())]
@@ -689,7 +776,9 @@ def _rope_part(ip: Interpreter, node: OnnxNode, i: int, tables: tuple) -> RopePa
 @handles("Concat")
 def Concat(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     stream = [(k, t) for k, t in enumerate(tags) if not isinstance(t, STATIC)]
-    static_empty = all(ip.val(n).size == 0 for n, t in zip(node.inputs, tags) if isinstance(t, STATIC))
+    static_empty = all(
+        ip.val(n).size == 0 for n, t in zip(node.inputs, tags) if isinstance(t, STATIC)
+    )
     if len(stream) == 1 and static_empty:  # past key/value (empty in the probe) + new rows
         k, t = stream[0]
         v = ip.view(k)
@@ -722,8 +811,21 @@ def _as_elem(ip: Interpreter, tag: Tag, name: str) -> Elem:
     return Elem(tag.nodes, tag.t, lambda x, c=c: c * x, lay)
 
 
-@handles("Tanh", "Sigmoid", "Erf", "Relu", "Exp", "Abs", "Softplus", "Reciprocal", "Sqrt", "Neg",
-         "Gelu", "FastGelu", "BiasGelu")
+@handles(
+    "Tanh",
+    "Sigmoid",
+    "Erf",
+    "Relu",
+    "Exp",
+    "Abs",
+    "Softplus",
+    "Reciprocal",
+    "Sqrt",
+    "Neg",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+)
 def unary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     tag = tags[0]
     nodes = tag.nodes + (node.name,)
@@ -749,8 +851,11 @@ def unary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     e = _as_elem(ip, tag, node.inputs[0])
     if node.op in UNARY:
         fn = UNARY[node.op]
-    elif node.op == "Gelu" and node.domain in ("", "ai.onnx") \
-            and node.attrs.get("approximate", b"none") in ("tanh", b"tanh"):
+    elif (
+        node.op == "Gelu"
+        and node.domain in ("", "ai.onnx")
+        and node.attrs.get("approximate", b"none") in ("tanh", b"tanh")
+    ):
         fn = ACT_FNS["gelu_tanh"]
     elif node.op in ("Gelu", "BiasGelu"):
         fn = ACT_FNS["gelu_erf"]
@@ -766,8 +871,11 @@ def ReduceMean(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1]:
         axes = ip.val(node.inputs[1]).tolist()
-    if axes is None or [a % data.ndim for a in axes] != [data.ndim - 1] \
-            or not node.attrs.get("keepdims", 1):
+    if (
+        axes is None
+        or [a % data.ndim for a in axes] != [data.ndim - 1]
+        or not node.attrs.get("keepdims", 1)
+    ):
         raise ip.fail("a ReduceMean is recognised only over the last axis with keepdims (a norm)")
     nodes = tag.nodes + (node.name,)
     if isinstance(tag, (Lin, Normed)):
@@ -804,7 +912,9 @@ def binary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
                 vec = vec.reshape(-1)
                 return [replace(lin, nodes=nodes, b=vec if lin.b is None else lin.b + vec)]
             if op == "Mul" and c is not None:
-                return [replace(lin, nodes=nodes, w=lin.w * c, b=None if lin.b is None else lin.b * c)]
+                return [
+                    replace(lin, nodes=nodes, w=lin.w * c, b=None if lin.b is None else lin.b * c)
+                ]
     if isinstance(a, Lin) and op == "Div" and cb is not None:
         return [replace(a, nodes=nodes, w=a.w / cb, b=None if a.b is None else a.b / cb)]
     # norms
@@ -815,13 +925,22 @@ def binary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     if op == "Mul":
         for r, o, k in ((a, b, 0), (b, a, 1)):
             table = ip.val(node.inputs[1 - k])
-            if isinstance(r, (RopePart, View)) and isinstance(o, STATIC) and _scalar(o, table) is None:
+            if (
+                isinstance(r, (RopePart, View))
+                and isinstance(o, STATIC)
+                and _scalar(o, table) is None
+            ):
                 return [_rope_part(ip, node, k, (np.asarray(table, np.float64),))]
     if op in ("Add", "Sub") and isinstance(a, RopePart) and isinstance(b, RopePart) and a.t is b.t:
         return [_finish_rope(ip, node, a, b)]
     # learned positions
     for e, p in ((a, b), (b, a)):
-        if op == "Add" and isinstance(e, View) and isinstance(p, PosRows) and e.t.event.kind == "embed":
+        if (
+            op == "Add"
+            and isinstance(e, View)
+            and isinstance(p, PosRows)
+            and e.t.event.kind == "embed"
+        ):
             return [_positions(ip, node, e, p)]
     # materialise pending projections and norms, then elementwise functions of one tensor
     for k, tag in enumerate((a, b)):
@@ -836,8 +955,14 @@ def binary(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         fb = eb.f if eb else (lambda x, c=cb: c)
         fn = BINARY[op]
         e = ea or eb
-        if op == "Mul" and isinstance(a, View) and isinstance(b, Const) or \
-                op == "Mul" and isinstance(b, View) and isinstance(a, Const):
+        if (
+            op == "Mul"
+            and isinstance(a, View)
+            and isinstance(b, Const)
+            or op == "Mul"
+            and isinstance(b, View)
+            and isinstance(a, Const)
+        ):
             v, c = (a, cb) if isinstance(a, View) else (b, ca)
             return [View(nodes, v.t, v.factor * c)]
         if op == "Div" and isinstance(a, View) and cb is not None:
@@ -866,7 +991,13 @@ def _norm_rule(ip, op, a, b, na, nb, ca, cb, nodes) -> Tag | None:
         return (Std if cb == 0.5 else InvStd)(nodes, a.base, a.eps)
     if type(b) is Std and op == "Div" and ca == 1.0:
         return InvStd(nodes, b.base, b.eps)
-    if op == "Sub" and isinstance(b, Mean) and isinstance(a, View) and a.t is b.t and a.factor == 1.0:
+    if (
+        op == "Sub"
+        and isinstance(b, Mean)
+        and isinstance(a, View)
+        and a.t is b.t
+        and a.factor == 1.0
+    ):
         return Centered(nodes, a.t, ip.layout(a, na, ("SF",)))
     for x, s in ((a, b), (b, a)):
         if op == "Mul" and type(s) is InvStd or op == "Div" and x is a and type(s) is Std:
@@ -905,8 +1036,10 @@ def _finish_rope(ip: Interpreter, node: OnnxNode, a: RopePart, b: RopePart) -> V
     want = rope_float(a.t.value, 0, d, theta)
     out = ip.val(node.outputs[0])
     if node.op == "Sub" or not _close(a.layout.to_view(a.factor * want), out):
-        raise ip.fail(f"the rotary embedding is not rotate-half RoPE with base {theta:g} over "
-                      f"head_dim {d} (interleaved RoPE and RoPE scaling are not supported)")
+        raise ip.fail(
+            f"the rotary embedding is not rotate-half RoPE with base {theta:g} over "
+            f"head_dim {d} (interleaved RoPE and RoPE scaling are not supported)"
+        )
     t = ip.emit("rope", (a.t,), a.nodes + b.nodes + (node.name,), want, theta=theta, d=d)
     return View((node.name,), t, a.factor)
 
@@ -919,8 +1052,9 @@ def _positions(ip: Interpreter, node: OnnxNode, e: View, p: PosRows) -> View:
     ev = e.t.event
     if e.factor != 1.0 or "positions" in ev.params:
         raise ip.fail("learned positions added to a scaled embedding or added twice")
-    ev.params.update(positions=np.asarray(p.table, np.float64), offset=off,
-                     position_nodes=p.nodes + (node.name,))
+    ev.params.update(
+        positions=np.asarray(p.table, np.float64), offset=off, position_nodes=p.nodes + (node.name,)
+    )
     e.t.value = ip.val(node.outputs[0]).reshape(ip.rows, -1).astype(np.float64)
     ev.nodes = ev.nodes + p.nodes + (node.name,)
     return View((node.name,), e.t, 1.0)

@@ -21,8 +21,8 @@ from .graph import DecoderProgram
 from .lower import lower_decoder
 from .memory import CompileError
 from .prune import prune_decoder
-from .schedule import unordered_hazards
 from .qdecoder import QuantDecoder, QuantOptions, quantize_decoder
+from .schedule import unordered_hazards
 
 DEFAULT_CALIBRATION_PROMPTS = 4
 DEFAULT_CALIBRATION_LENGTH = 16
@@ -58,12 +58,15 @@ def calibration_prompts(prog: DecoderProgram, options: CompileOptions) -> list[n
             if not len(p):
                 raise CompileError(f"calibration prompt {i} is empty")
             if len(p) > options.max_len:
-                raise CompileError(f"calibration prompt {i} has {len(p)} tokens; max_len is "
-                                   f"{options.max_len}")
+                raise CompileError(
+                    f"calibration prompt {i} has {len(p)} tokens; max_len is {options.max_len}"
+                )
             bad = [t for t in p if not 0 <= t < prog.vocab]
             if bad:
-                raise CompileError(f"calibration prompt {i}: token id {bad[0]} is outside the "
-                                   f"vocabulary 0..{prog.vocab - 1}")
+                raise CompileError(
+                    f"calibration prompt {i}: token id {bad[0]} is outside the "
+                    f"vocabulary 0..{prog.vocab - 1}"
+                )
         return [np.asarray(p) for p in options.calibration]
     rng = np.random.default_rng(options.seed)
     length = min(DEFAULT_CALIBRATION_LENGTH, options.max_len)
@@ -73,8 +76,9 @@ def calibration_prompts(prog: DecoderProgram, options: CompileOptions) -> list[n
 PRUNE_ROWS_PER_INPUT = 8  #: calibration rows per input feature for second-order pruning
 
 
-def pruning_prompts(prog: DecoderProgram, options: CompileOptions,
-                    prompts: list[np.ndarray]) -> list[np.ndarray]:
+def pruning_prompts(
+    prog: DecoderProgram, options: CompileOptions, prompts: list[np.ndarray]
+) -> list[np.ndarray]:
     """Calibration prompts for second-order pruning: with fewer rows than input features
     the Hessian is singular and the compensation fits the samples, not the layer."""
     if options.prune == "magnitude":
@@ -88,24 +92,37 @@ def pruning_prompts(prog: DecoderProgram, options: CompileOptions,
     return out
 
 
-def compile_decoder(prog: DecoderProgram, arch: ArchConfig,
-                    options: CompileOptions = CompileOptions(), metadata: dict | None = None) -> Compiled:
+def compile_decoder(
+    prog: DecoderProgram,
+    arch: ArchConfig,
+    options: CompileOptions = CompileOptions(),
+    metadata: dict | None = None,
+) -> Compiled:
     if options.quant.spec is not None:
         options.quant.spec.check_names(list(prog.linears))
     prompts = calibration_prompts(prog, options)
     # Prune the layers whose weight plans are N:M sparse (second-order methods need data).
-    modes = {name: options.quant.plan_for(name, p.w.shape[1]).sparse for name, p in prog.linears.items()}
+    modes = {
+        name: options.quant.plan_for(name, p.w.shape[1]).sparse for name, p in prog.linears.items()
+    }
     prog = prune_decoder(prog, pruning_prompts(prog, options, prompts), modes, options.prune)
     # Record every activation's range on sample prompts run through the float model.
     stats = calibrate(prog, prompts)
     # Fix scales, integer weights, norm gains and activation tables.
     qd = quantize_decoder(prog, stats, options.quant)
     # Emit one synchronised section per prefill length and decode position.
-    program = lower_decoder(qd, arch, options.max_len, with_data=options.with_data,
-                            last_logits_only=options.last_logits_only,
-                            lengths=None if options.lengths is None else list(options.lengths),
-                            metadata=metadata, buckets=options.buckets,
-                            bucket_bound=options.bucket_bound, bucket_latency=options.bucket_latency)
+    program = lower_decoder(
+        qd,
+        arch,
+        options.max_len,
+        with_data=options.with_data,
+        last_logits_only=options.last_logits_only,
+        lengths=None if options.lengths is None else list(options.lengths),
+        metadata=metadata,
+        buckets=options.buckets,
+        bucket_bound=options.bucket_bound,
+        bucket_latency=options.bucket_latency,
+    )
     # Optionally prove every section synchronised on its happens-before graph.
     if options.verify:
         verify_program(program)
@@ -119,44 +136,74 @@ def verify_program(program: Program) -> None:
         if bad:
             j, i = bad[0]
             ins = section.instructions
-            raise CompileError(f"section {section.name!r}: instruction {i} ({ins[i].OPCODE.name}) "
-                               f"conflicts with instruction {j} ({ins[j].OPCODE.name}) of another "
-                               f"unit without a token between them ({len(bad)} such pairs)")
+            raise CompileError(
+                f"section {section.name!r}: instruction {i} ({ins[i].OPCODE.name}) "
+                f"conflicts with instruction {j} ({ins[j].OPCODE.name}) of another "
+                f"unit without a token between them ({len(bad)} such pairs)"
+            )
 
 
-def compile_shape_only(config_path: str, arch: ArchConfig,
-                       options: CompileOptions = CompileOptions(with_data=False)) -> Program:
+def compile_shape_only(
+    config_path: str, arch: ArchConfig, options: CompileOptions = CompileOptions(with_data=False)
+) -> Program:
     """Compile a full-size model from its Hugging Face config.json, without weights."""
     from .graph import linear_shapes, shape_program
     from .hf_config import load_structure
     from .qdecoder import shape_only_decoder
 
     st = load_structure(config_path)
-    prog = shape_program(st.shape, rope_theta=st.rope_theta, n_positions=st.n_positions,
-                         position_offset=st.position_offset)
+    prog = shape_program(
+        st.shape,
+        rope_theta=st.rope_theta,
+        n_positions=st.n_positions,
+        position_offset=st.position_offset,
+    )
     if options.quant.spec is not None:
         options.quant.spec.check_names(list(linear_shapes(st.shape)))
-    qd = shape_only_decoder(prog, linear_shapes(st.shape), options.quant,
-                            layer_norm=st.norm == "layer")
-    return lower_decoder(qd, arch, options.max_len, with_data=False,
-                         last_logits_only=options.last_logits_only,
-                         lengths=None if options.lengths is None else list(options.lengths),
-                         metadata={"model": st.name, "config": str(config_path), "shape_only": True},
-                         buckets=options.buckets, bucket_bound=options.bucket_bound,
-                         bucket_latency=options.bucket_latency)
+    qd = shape_only_decoder(
+        prog, linear_shapes(st.shape), options.quant, layer_norm=st.norm == "layer"
+    )
+    return lower_decoder(
+        qd,
+        arch,
+        options.max_len,
+        with_data=False,
+        last_logits_only=options.last_logits_only,
+        lengths=None if options.lengths is None else list(options.lengths),
+        metadata={"model": st.name, "config": str(config_path), "shape_only": True},
+        buckets=options.buckets,
+        bucket_bound=options.bucket_bound,
+        bucket_latency=options.bucket_latency,
+    )
 
 
-def compile_onnx(path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()) -> Compiled:
+def compile_onnx(
+    path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()
+) -> Compiled:
     """Compile an ONNX export of a decoder-only LLM (see ``docs/frontend.md``)."""
     from .onnx_import import import_onnx
 
     imported = import_onnx(path)
     s = imported.summary
-    return compile_decoder(imported.program, arch, options, metadata={
-        "model": str(path),
-        "frontend": {"layers": s.shape.layers, "hidden": s.shape.hidden, "heads": s.shape.heads,
-                     "kv_heads": s.shape.kv_heads, "head_dim": s.shape.head_dim,
-                     "intermediate": s.shape.intermediate, "vocab": s.shape.vocab,
-                     "mlp": s.shape.mlp, "norm": s.norm, "rope_theta": s.rope_theta,
-                     "position_offset": s.position_offset,
-                     "max_logit_error": s.max_logit_error}})
+    return compile_decoder(
+        imported.program,
+        arch,
+        options,
+        metadata={
+            "model": str(path),
+            "frontend": {
+                "layers": s.shape.layers,
+                "hidden": s.shape.hidden,
+                "heads": s.shape.heads,
+                "kv_heads": s.shape.kv_heads,
+                "head_dim": s.shape.head_dim,
+                "intermediate": s.shape.intermediate,
+                "vocab": s.shape.vocab,
+                "mlp": s.shape.mlp,
+                "norm": s.norm,
+                "rope_theta": s.rope_theta,
+                "position_offset": s.position_offset,
+                "max_logit_error": s.max_logit_error,
+            },
+        },
+    )

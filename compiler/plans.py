@@ -60,8 +60,10 @@ class PlanSpec:
         """Every pattern must match some layer: a typo must not silently change nothing."""
         for i, rule in enumerate(self.rules):
             if not any(fnmatch.fnmatchcase(n, rule.match) for n in names):
-                raise CompileError(f"{self.source}: layers[{i}] match {rule.match!r} matches no "
-                                   f"layer (layers: {', '.join(sorted(names)[:8])}, ...)")
+                raise CompileError(
+                    f"{self.source}: layers[{i}] match {rule.match!r} matches no "
+                    f"layer (layers: {', '.join(sorted(names)[:8])}, ...)"
+                )
 
 
 def _values(entry: dict, where: str) -> dict[str, Any]:

@@ -55,26 +55,29 @@ def sparsegpt_nm(w: np.ndarray, x: np.ndarray, mode: SparseMode, damp: float = 0
         cols = slice(b0, b0 + mode.m)
         d = np.diag(hinv)[cols]
         saliency = w[:, cols] ** 2 / d[None, :] ** 2
-        keep = np.argsort(-saliency, axis=1, kind="stable")[:, :mode.n]
+        keep = np.argsort(-saliency, axis=1, kind="stable")[:, : mode.n]
         mask = np.zeros((n_out, mode.m), dtype=bool)
         np.put_along_axis(mask, keep, True, axis=1)
         for j in range(b0, b0 + mode.m):
             removed = ~mask[:, j - b0]
             err = np.where(removed, w[:, j] / hinv[j, j], 0.0)
             w[:, j] = np.where(removed, 0.0, w[:, j])
-            w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
+            w[:, j + 1 :] -= err[:, None] * hinv[j, j + 1 :][None, :]
     return w
 
 
-def prune_decoder(prog: DecoderProgram, prompts: list[np.ndarray],
-                  modes: dict[str, SparseMode], method: str) -> DecoderProgram:
+def prune_decoder(
+    prog: DecoderProgram, prompts: list[np.ndarray], modes: dict[str, SparseMode], method: str
+) -> DecoderProgram:
     """The program with every sparse layer's weights pruned by ``method``.
 
     ``modes`` gives each Linear weight's pattern; dense layers are left as they are.
     Magnitude pruning needs no pass here (quantisation applies it).
     """
     if method not in PRUNE_METHODS:
-        raise CompileError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNE_METHODS)}")
+        raise CompileError(
+            f"unknown pruning method {method!r}; choose one of {', '.join(PRUNE_METHODS)}"
+        )
     if method == "magnitude" or not any(SparseMode(m).is_sparse for m in modes.values()):
         return prog
     linears = dict(prog.linears)
@@ -88,5 +91,7 @@ def prune_decoder(prog: DecoderProgram, prompts: list[np.ndarray],
             run_float(current, ids, 0, FloatState(), env=env)
             inputs.append(env[op.x])
         p = linears[op.weight]
-        linears[op.weight] = LinearParams(sparsegpt_nm(p.w, np.vstack(inputs), modes[op.weight]), p.b)
+        linears[op.weight] = LinearParams(
+            sparsegpt_nm(p.w, np.vstack(inputs), modes[op.weight]), p.b
+        )
     return dataclasses.replace(prog, linears=linears)

@@ -16,7 +16,7 @@ from flightforge.isa import DType, SparseMode, WPrec
 
 from . import kernels
 from .calibrate import ACT_FNS, TensorStats
-from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope, linear_shapes
+from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope
 from .kernels import SPLIT_MAX
 from .memory import CompileError
 from .plans import PlanSpec, sparse_mode
@@ -51,8 +51,9 @@ class WeightPlan:
             return cls(WPrec.INT4, group, sparse)
         if bits in (2, 3):
             if SparseMode(sparse).is_sparse:
-                raise CompileError(f"{bits}-bit weights are stored dense (packed); "
-                                   f"N:M sparsity needs 4 or 8 bits")
+                raise CompileError(
+                    f"{bits}-bit weights are stored dense (packed); N:M sparsity needs 4 or 8 bits"
+                )
             return cls(WPrec.INT8, group, sparse, bits)
         raise CompileError(f"weight bits must be 2, 3, 4 or 8, not {bits}")
 
@@ -77,8 +78,10 @@ class QuantOptions:
 
     def __post_init__(self) -> None:
         if self.act_bits not in ACT_BITS:
-            raise CompileError(f"activation bits must be one of {', '.join(map(str, ACT_BITS))}, "
-                               f"not {self.act_bits}")
+            raise CompileError(
+                f"activation bits must be one of {', '.join(map(str, ACT_BITS))}, "
+                f"not {self.act_bits}"
+            )
 
     def plan_for(self, name: str, k: int) -> WeightPlan:
         if name in self.plans:
@@ -173,12 +176,13 @@ class QuantDecoder:
         x = self.embed[np.asarray(ids)].astype(np.int64)
         if self.positions is not None:
             off = self.prog.position_offset + pos0
-            x = x + self.positions[off:off + len(ids)]
+            x = x + self.positions[off : off + len(ids)]
         return numerics.sat(x, DType.INT16)
 
 
-def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
-                     options: QuantOptions = QuantOptions()) -> QuantDecoder:
+def quantize_decoder(
+    prog: DecoderProgram, stats: dict[str, TensorStats], options: QuantOptions = QuantOptions()
+) -> QuantDecoder:
     emb_peak = float(np.abs(prog.embed).max())
     if prog.positions is not None:
         emb_peak += float(np.abs(prog.positions).max())
@@ -204,8 +208,14 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
             p = prog.linears[op.weight]
             plan = options.plan_for(op.weight, p.w.shape[1])
             plans[op.weight] = plan
-            linears[op.weight] = quantize_linear(p.w, p.b, prec=plan.prec, group=plan.group,
-                                                 sparse=plan.sparse, store_bits=plan.store_bits)
+            linears[op.weight] = quantize_linear(
+                p.w,
+                p.b,
+                prec=plan.prec,
+                group=plan.group,
+                sparse=plan.sparse,
+                store_bits=plan.store_bits,
+            )
         elif isinstance(op, Norm):
             n = prog.norms[op.params]
             gamma, shift = kernels.norm_gain(n.gamma, scales[op.out])
@@ -214,18 +224,29 @@ def quantize_decoder(prog: DecoderProgram, stats: dict[str, TensorStats],
                 beta = np.clip(np.round(n.beta / scales[op.out]), -32768, 32767).astype(np.int64)
             norms[op.params] = NormQ(gamma, beta, shift, kernels.norm_eps(n.eps, scales[op.x]))
         elif isinstance(op, Act):
-            tables[op.out] = numerics.lut_for(ACT_FNS[op.fn], scales[op.x], scales[op.out],
-                                              DType.INT16 if op.out in split else DType.INT8)
+            tables[op.out] = numerics.lut_for(
+                ACT_FNS[op.fn],
+                scales[op.x],
+                scales[op.out],
+                DType.INT16 if op.out in split else DType.INT8,
+            )
     s_in = scales[prog.input]
     embed = np.clip(np.round(prog.embed / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
     positions = None
     if prog.positions is not None:
-        positions = np.clip(np.round(prog.positions / s_in), -INT16_MAX - 1, INT16_MAX).astype(np.int64)
+        positions = np.clip(np.round(prog.positions / s_in), -INT16_MAX - 1, INT16_MAX).astype(
+            np.int64
+        )
     return QuantDecoder(prog, scales, linears, norms, tables, embed, positions, plans, split=split)
 
 
-def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
-                       options: QuantOptions = QuantOptions(), *, layer_norm: bool = False) -> QuantDecoder:
+def shape_only_decoder(
+    prog: DecoderProgram,
+    shapes: dict[str, tuple[int, int]],
+    options: QuantOptions = QuantOptions(),
+    *,
+    layer_norm: bool = False,
+) -> QuantDecoder:
     """A QuantDecoder with layouts but no values, for performance work on full-size models.
 
     Scales are nominal (one integer step per unit); the program it lowers to has every
@@ -242,8 +263,9 @@ def shape_only_decoder(prog: DecoderProgram, shapes: dict[str, tuple[int, int]],
             n, k = shapes[op.weight]
             plan = options.plan_for(op.weight, k)
             plans[op.weight] = plan
-            layouts[op.weight] = LinearLayout(n, k, plan.prec, plan.sparse, plan.group,
-                                              plan.store_bits)
+            layouts[op.weight] = LinearLayout(
+                n, k, plan.prec, plan.sparse, plan.group, plan.store_bits
+            )
         elif isinstance(op, Norm):
             zeros = np.zeros(prog.hidden, dtype=np.int64)
             norms[op.params] = NormQ(zeros, zeros if layer_norm else None, 0, 0)

@@ -17,17 +17,33 @@ from flightforge.isa import DType
 
 from . import kernels
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .kernels import (HI_MULT, NEG_TABLE, PROB16_SPLIT_SHIFT, pv16_params, pv_params, softmax_params,
-                      split_params)
+from .kernels import (
+    HI_MULT,
+    NEG_TABLE,
+    PROB16_SPLIT_SHIFT,
+    pv16_params,
+    pv_params,
+    softmax_params,
+    split_params,
+)
 from .qdecoder import QuantDecoder
 from .quantize import QuantLinear
 
 
-def linear(xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float,
-           odt: DType = DType.INT8) -> np.ndarray:
+def linear(
+    xq: np.ndarray, ql: QuantLinear, s_x: float, s_y: float, odt: DType = DType.INT8
+) -> np.ndarray:
     bias_q, mult, shift = ql.requant(s_x, s_y)
-    return numerics.matmul(xq, ql.q, scales=ql.gscale if ql.group else None, group=ql.group,
-                           bias=bias_q, mult=mult, shift=shift, odt=odt)
+    return numerics.matmul(
+        xq,
+        ql.q,
+        scales=ql.gscale if ql.group else None,
+        group=ql.group,
+        bias=bias_q,
+        mult=mult,
+        shift=shift,
+        odt=odt,
+    )
 
 
 def split(x: np.ndarray, s: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,28 +53,41 @@ def split(x: np.ndarray, s: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return hi, numerics.add(x, numerics.table(hi, NEG_TABLE), 1, lo_m1, lo_shift, DType.INT8)
 
 
-def linear16(x: np.ndarray, ql: QuantLinear, s_x: float, s_y: float,
-             odt: DType = DType.INT8) -> np.ndarray:
+def linear16(
+    x: np.ndarray, ql: QuantLinear, s_x: float, s_y: float, odt: DType = DType.INT8
+) -> np.ndarray:
     """:func:`linear` of a 16-bit input: the high half's pass, then the low half's on its
     partial sums."""
     hi, lo = split(x)
     bias_q, mult, shift = ql.requant(s_x, s_y)
     groups = dict(scales=ql.gscale if ql.group else None, group=ql.group)
     psum = numerics.matmul(hi, ql.q, mult=HI_MULT, odt=DType.INT32, **groups)
-    return numerics.matmul(lo, ql.q, bias=bias_q, mult=mult, shift=shift, odt=odt, psum=psum,
-                           **groups)
+    return numerics.matmul(
+        lo, ql.q, bias=bias_q, mult=mult, shift=shift, odt=odt, psum=psum, **groups
+    )
 
 
-def rope(xq: np.ndarray, table: np.ndarray, pos0: int, head_dim: int,
-         dt: DType = DType.INT8) -> np.ndarray:
+def rope(
+    xq: np.ndarray, table: np.ndarray, pos0: int, head_dim: int, dt: DType = DType.INT8
+) -> np.ndarray:
     """``table`` is the constant segment: per position cos then sin, INT16."""
     h = head_dim // 2
-    rows = table[pos0:pos0 + xq.shape[0]].astype(np.int64)
+    rows = table[pos0 : pos0 + xq.shape[0]].astype(np.int64)
     return numerics.rope(xq, rows[:, :h], rows[:, h:], head_dim, numerics.ROPE_FRAC_BITS, dt)
 
 
-def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int, pos0: int,
-              s_q: float, s_k: float, s_v: float, s_o: float, odt: DType = DType.INT8) -> np.ndarray:
+def attention(
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    ctx: int,
+    pos0: int,
+    s_q: float,
+    s_k: float,
+    s_v: float,
+    s_o: float,
+    odt: DType = DType.INT8,
+) -> np.ndarray:
     d = q.shape[1]
     scores = numerics.matmul(q, k_cache[:ctx], odt=DType.INT32)
     m0, sh = softmax_params(s_q, s_k, d)
@@ -76,8 +105,18 @@ def _split_product(a: np.ndarray, w: np.ndarray, s_a: int = 0, **requant) -> np.
     return numerics.matmul(al, wh, psum=p, **requant)
 
 
-def attention16(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, ctx: int, pos0: int,
-                s_q: float, s_k: float, s_v: float, s_o: float, odt: DType = DType.INT8) -> np.ndarray:
+def attention16(
+    q: np.ndarray,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    ctx: int,
+    pos0: int,
+    s_q: float,
+    s_k: float,
+    s_v: float,
+    s_o: float,
+    odt: DType = DType.INT8,
+) -> np.ndarray:
     """:func:`attention` with 16-bit q, K, V and probabilities (``kernels.attention16``)."""
     d = q.shape[1]
     scores = _split_product(q, k_cache[:ctx], odt=DType.INT32)
@@ -95,9 +134,14 @@ class IntState:
     kv: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
-                rope_table: np.ndarray | None = None,
-                env: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def run_decoder(
+    qd: QuantDecoder,
+    ids: np.ndarray,
+    pos0: int,
+    state: IntState,
+    rope_table: np.ndarray | None = None,
+    env: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """INT16 logits ``[len(ids)][vocab]`` exactly as the accelerator computes them.
 
     ``env``, if given, receives every named integer tensor (for per-op error analysis).
@@ -108,14 +152,17 @@ def run_decoder(qd: QuantDecoder, ids: np.ndarray, pos0: int, state: IntState,
     for op in prog.ops:
         if isinstance(op, Linear):
             fn = linear16 if op.x in qd.split else linear
-            env[op.out] = fn(env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out], qd.dtype(op.out))
+            env[op.out] = fn(
+                env[op.x], qd.linears[op.weight], sc[op.x], sc[op.out], qd.dtype(op.out)
+            )
         elif isinstance(op, Norm):
             n = qd.norms[op.params]
             if n.beta is None:
                 env[op.out] = numerics.rmsnorm(env[op.x], n.gamma, n.eps, n.shift, qd.dtype(op.out))
             else:
-                env[op.out] = numerics.layernorm(env[op.x], n.gamma, n.beta, n.eps, n.shift,
-                                                 qd.dtype(op.out))
+                env[op.out] = numerics.layernorm(
+                    env[op.x], n.gamma, n.beta, n.eps, n.shift, qd.dtype(op.out)
+                )
         elif isinstance(op, Rope):
             env[op.x] = rope(env[op.x], rope_table, pos0, op.head_dim, qd.dtype(op.x))
         elif isinstance(op, Attention):
@@ -135,8 +182,9 @@ def _attention(qd: QuantDecoder, env, op: Attention, pos0: int, state: IntState)
     sc = qd.scales
     q, k, v = env[op.q], env[op.k], env[op.v]
     rows, d = q.shape[0], op.head_dim
-    kc, vc = state.kv.get(op.layer, (np.zeros((0, k.shape[1]), np.int64),
-                                     np.zeros((0, v.shape[1]), np.int64)))
+    kc, vc = state.kv.get(
+        op.layer, (np.zeros((0, k.shape[1]), np.int64), np.zeros((0, v.shape[1]), np.int64))
+    )
     kc, vc = np.vstack([kc[:pos0], k]), np.vstack([vc[:pos0], v])
     state.kv[op.layer] = (kc, vc)
     group = op.heads // op.kv_heads
@@ -145,7 +193,16 @@ def _attention(qd: QuantDecoder, env, op: Attention, pos0: int, state: IntState)
     fn = attention16 if op.q in qd.split else attention
     for h in range(op.heads):
         j = h // group
-        out[:, h * d:(h + 1) * d] = fn(
-            q[:, h * d:(h + 1) * d], kc[:, j * d:(j + 1) * d], vc[:, j * d:(j + 1) * d], ctx, pos0,
-            sc[op.q], sc[op.k], sc[op.v], sc[op.out], qd.dtype(op.out))
+        out[:, h * d : (h + 1) * d] = fn(
+            q[:, h * d : (h + 1) * d],
+            kc[:, j * d : (j + 1) * d],
+            vc[:, j * d : (j + 1) * d],
+            ctx,
+            pos0,
+            sc[op.q],
+            sc[op.k],
+            sc[op.v],
+            sc[op.out],
+            qd.dtype(op.out),
+        )
     return out

@@ -48,7 +48,7 @@ def prune_nm(w: np.ndarray, mode: SparseMode) -> np.ndarray:
     if k % mode.m:
         raise CompileError(f"K={k} is not a multiple of the sparse block m={mode.m}")
     blocks = w.reshape(n_out, k // mode.m, mode.m)
-    keep = np.argsort(-np.abs(blocks), axis=2, kind="stable")[:, :, :mode.n]
+    keep = np.argsort(-np.abs(blocks), axis=2, kind="stable")[:, :, : mode.n]
     mask = np.zeros(blocks.shape, dtype=bool)
     np.put_along_axis(mask, keep, True, axis=2)
     return (blocks * mask).reshape(n_out, k)
@@ -125,18 +125,22 @@ class QuantLinear:
     def packed(self) -> formats.PackedWeights:
         """The external-memory image: the engine's layout, or packed low-bit columns."""
         if self.store_bits:
-            return formats.PackedWeights(formats.pack_lowbit(self.q, self.store_bits).tobytes(), b"")
+            return formats.PackedWeights(
+                formats.pack_lowbit(self.q, self.store_bits).tobytes(), b""
+            )
         return formats.pack_weights(self.q, self.prec, self.sparse)
 
     def requant(self, s_x: float, s_y: float) -> tuple[np.ndarray, np.ndarray, int]:
         """``(bias_q, mult, shift)`` taking INT8 inputs of scale ``s_x`` to outputs of ``s_y``."""
         real = self.col_unit * s_x / s_y
         _, shift = numerics.quantize_multiplier(float(real.max()))
-        mult = np.round(real * 2.0 ** shift).astype(np.int64)
+        mult = np.round(real * 2.0**shift).astype(np.int64)
         if (mult == 0).any():
             n = int(np.argmin(mult))
-            raise CompileError(f"column {n}: requantisation multiplier {real[n]:.3g} underflows "
-                               f"16 bits next to the largest column's {real.max():.3g}")
+            raise CompileError(
+                f"column {n}: requantisation multiplier {real[n]:.3g} underflows "
+                f"16 bits next to the largest column's {real.max():.3g}"
+            )
         bias_q = np.zeros(self.shape[0], dtype=np.int64)
         if self.bias is not None:
             bias_q = np.round(self.bias / (self.col_unit * s_x)).astype(np.int64)
@@ -160,9 +164,15 @@ def _zero_columns_borrow(peak: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, peak, top)
 
 
-def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPrec = WPrec.INT8,
-                    group: int = 0, sparse: SparseMode = SparseMode.DENSE,
-                    store_bits: int = 0) -> QuantLinear:
+def quantize_linear(
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    prec: WPrec = WPrec.INT8,
+    group: int = 0,
+    sparse: SparseMode = SparseMode.DENSE,
+    store_bits: int = 0,
+) -> QuantLinear:
     """Quantise float weights ``w[N][K]`` (PyTorch Linear layout).
 
     ``store_bits`` 2 or 3 quantises to that many bits for packed storage; the engine
@@ -170,8 +180,10 @@ def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPre
     """
     if store_bits:
         if store_bits not in (2, 3) or WPrec(prec) != WPrec.INT8 or SparseMode(sparse).is_sparse:
-            raise CompileError(f"{store_bits}-bit storage needs dense weights on the INT8 engine "
-                               f"path (store_bits 2 or 3)")
+            raise CompileError(
+                f"{store_bits}-bit storage needs dense weights on the INT8 engine "
+                f"path (store_bits 2 or 3)"
+            )
     w = prune_nm(np.asarray(w, dtype=np.float64), sparse)
     n_out, k = w.shape
     qmax = (1 << ((store_bits or WPrec(prec).bits) - 1)) - 1
@@ -182,8 +194,14 @@ def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPre
             raise CompileError(f"K={k} is not a multiple of the weight group size {group}")
         g = w.reshape(n_out, k // group, group)
         s = np.abs(g).max(axis=2)
-        s = np.where(s.max(axis=1, keepdims=True) > 0, np.maximum(s, tiny),
-                     _zero_columns_borrow(s.max(axis=1))[:, None]) / qmax
+        s = (
+            np.where(
+                s.max(axis=1, keepdims=True) > 0,
+                np.maximum(s, tiny),
+                _zero_columns_borrow(s.max(axis=1))[:, None],
+            )
+            / qmax
+        )
         big = s.max(axis=1)
         u = np.clip(np.ceil(s / big[:, None] * 255 - 1e-9), 1, 255).astype(np.int64)
         unit = big / 255
@@ -192,5 +210,13 @@ def quantize_linear(w: np.ndarray, bias: np.ndarray | None = None, *, prec: WPre
         return QuantLinear(q, WPrec(prec), SparseMode(sparse), group, unit, u, bias, store_bits)
     s = _zero_columns_borrow(np.abs(w).max(axis=1)) / qmax
     q = np.clip(np.round(w / s[:, None]), -qmax - 1, qmax).astype(np.int64)
-    return QuantLinear(q, WPrec(prec), SparseMode(sparse), 0, s,
-                       np.zeros((n_out, 0), dtype=np.int64), bias, store_bits)
+    return QuantLinear(
+        q,
+        WPrec(prec),
+        SparseMode(sparse),
+        0,
+        s,
+        np.zeros((n_out, 0), dtype=np.int64),
+        bias,
+        store_bits,
+    )

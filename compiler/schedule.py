@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from flightforge import isa
 from flightforge.footprint import Access, footprint
 
-
 PAGE_BITS = 14  #: access logs are indexed by 16 KiB pages
 
 
@@ -203,15 +202,20 @@ def unordered_hazards(instrs: list[isa.Instruction], d_max: int = 0) -> list[tup
     for pair, rel in releases.items():
         for r, w in zip(rel, waits.get(pair, [])):
             graph.add_edge(r, w)
-    prints = [(idx, ins.UNIT, *footprint(ins, d_max)) for idx, ins in enumerate(instrs) if ins.UNIT is not None]
+    prints = [
+        (idx, ins.UNIT, *footprint(ins, d_max))
+        for idx, ins in enumerate(instrs)
+        if ins.UNIT is not None
+    ]
     bad = []
     for a, (j, uj, rj, wj) in enumerate(prints):
         later = None
-        for i, ui, ri, wi in prints[a + 1:]:
+        for i, ui, ri, wi in prints[a + 1 :]:
             if ui == uj:
                 continue
-            conflict = any(x.overlaps(y) for x in wj for y in ri + wi) or \
-                any(x.overlaps(y) for x in rj for y in wi)
+            conflict = any(x.overlaps(y) for x in wj for y in ri + wi) or any(
+                x.overlaps(y) for x in rj for y in wi
+            )
             if conflict:
                 if later is None:
                     later = nx.descendants(graph, j)

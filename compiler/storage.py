@@ -42,8 +42,16 @@ class _CountingScheduler:
         return self.count - 1
 
 
-def _count_pass(qd: QuantDecoder, arch: ArchConfig, pl, max_len: int, rows: int, pos0: int,
-                head: str, ops: tuple | None) -> int:
+def _count_pass(
+    qd: QuantDecoder,
+    arch: ArchConfig,
+    pl,
+    max_len: int,
+    rows: int,
+    pos0: int,
+    head: str,
+    ops: tuple | None,
+) -> int:
     b = Builder(arch)  # fresh on-chip allocators; external addresses come from ``pl``
     b.sched = _CountingScheduler()  # type: ignore[assignment]
     lower._emit_stage(b, qd, pl, rows, pos0, max_len, head, ops)
@@ -81,8 +89,10 @@ def check_layer_identity(counter: PassCounter, samples: list[tuple[int, int, str
     for rows, pos0, head in samples:
         fast, full = counter.count(rows, pos0, head), counter.full(rows, pos0, head)
         if fast != full:
-            raise AssertionError(f"pass ({rows} rows at {pos0}, head {head}): layer identity "
-                                 f"gives {fast} instructions, full emission {full}")
+            raise AssertionError(
+                f"pass ({rows} rows at {pos0}, head {head}): layer identity "
+                f"gives {fast} instructions, full emission {full}"
+            )
 
 
 @dataclass(frozen=True)

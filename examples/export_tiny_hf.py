@@ -24,19 +24,31 @@ def build(family: str, init_range: float, seed: int, intermediate: int = 200):
     torch.manual_seed(seed)
     common = dict(vocab_size=300, initializer_range=init_range)
     if family == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=96, intermediate_size=intermediate,
-                                       num_hidden_layers=2,
-                                       num_attention_heads=6, num_key_value_heads=2,
-                                       max_position_embeddings=128, **common)
+        cfg = transformers.LlamaConfig(
+            hidden_size=96,
+            intermediate_size=intermediate,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **common,
+        )
         return transformers.LlamaForCausalLM(cfg)
     if family == "opt":
-        cfg = transformers.OPTConfig(hidden_size=96, num_hidden_layers=2, ffn_dim=intermediate,
-                                     num_attention_heads=6, max_position_embeddings=64,
-                                     word_embed_proj_dim=96, init_std=init_range,
-                                     vocab_size=300)
+        cfg = transformers.OPTConfig(
+            hidden_size=96,
+            num_hidden_layers=2,
+            ffn_dim=intermediate,
+            num_attention_heads=6,
+            max_position_embeddings=64,
+            word_embed_proj_dim=96,
+            init_std=init_range,
+            vocab_size=300,
+        )
         return transformers.OPTForCausalLM(cfg)
-    cfg = transformers.GPT2Config(n_embd=96, n_layer=2, n_head=6, n_positions=64,
-                                  n_inner=intermediate, **common)
+    cfg = transformers.GPT2Config(
+        n_embd=96, n_layer=2, n_head=6, n_positions=64, n_inner=intermediate, **common
+    )
     return transformers.GPT2LMHeadModel(cfg)
 
 
@@ -60,21 +72,30 @@ def export_model(model, path: str, opset: int = 18) -> None:
             self.m = m
 
         def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return self.m(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits
 
     seq = torch.export.Dim("seq", min=2, max=60)
     ids = torch.randint(0, model.config.vocab_size, (1, 8))
-    torch.onnx.export(Logits(model).eval(), (ids, torch.ones(1, 8, dtype=torch.int64)), path,
-                      dynamo=True, opset_version=opset, external_data=False,
-                      dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+    torch.onnx.export(
+        Logits(model).eval(),
+        (ids, torch.ones(1, 8, dtype=torch.int64)),
+        path,
+        dynamo=True,
+        opset_version=opset,
+        external_data=False,
+        dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}},
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("family", choices=["llama", "opt", "gpt2"])
     ap.add_argument("out", help="ONNX file to write")
-    ap.add_argument("--init-range", type=float, default=0.2,
-                    help="standard deviation of the random weights")
+    ap.add_argument(
+        "--init-range", type=float, default=0.2, help="standard deviation of the random weights"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     export(args.family, args.out, args.init_range, args.seed)

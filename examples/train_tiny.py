@@ -99,8 +99,11 @@ class Corpus:
         span = self.walk(rng, toks[-1], int(rng.integers(SPAN[0], SPAN[1] + 1)))
         toks += [BEG, *span, END]
         while len(toks) < length:
-            toks += self.walk(rng, span[-1] if toks[-1] == END else toks[-1],
-                              int(rng.integers(GAP[0], GAP[1] + 1)))
+            toks += self.walk(
+                rng,
+                span[-1] if toks[-1] == END else toks[-1],
+                int(rng.integers(GAP[0], GAP[1] + 1)),
+            )
             toks += [COPY, *span, END]
         return toks[:length]
 
@@ -218,8 +221,9 @@ def qat_plans(model, mode: SparseMode) -> dict[str, WeightPlan]:
 
 
 def _quantized(w: np.ndarray, plan: WeightPlan):
-    return quantize_linear(w, prec=plan.prec, group=plan.group, sparse=plan.sparse,
-                           store_bits=plan.store_bits)
+    return quantize_linear(
+        w, prec=plan.prec, group=plan.group, sparse=plan.sparse, store_bits=plan.store_bits
+    )
 
 
 def on_grid(w: np.ndarray, plan: WeightPlan, rounds: int = 8) -> np.ndarray:
@@ -283,9 +287,17 @@ def set_weights(model, values: dict[str, object]) -> None:
             weights[name][0].copy_(v)
 
 
-def train(model, corpus: Corpus, steps: int, lr: float, batch: int, seed: int,
-          masks: dict[str, object] | None = None, log=print,
-          fake_quant: dict[str, WeightPlan] | None = None) -> None:
+def train(
+    model,
+    corpus: Corpus,
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    masks: dict[str, object] | None = None,
+    log=print,
+    fake_quant: dict[str, WeightPlan] | None = None,
+) -> None:
     """AdamW with warm-up and cosine decay on fresh batches; with ``masks`` the pruned
     weights are put back to zero after every step, so the pattern stays fixed. With
     ``fake_quant`` each step's forward and backward pass run with those projections on
@@ -298,15 +310,20 @@ def train(model, corpus: Corpus, steps: int, lr: float, batch: int, seed: int,
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
     model.train()
     t0 = time.time()
     for step in range(steps):
         ids = torch.from_numpy(corpus.batch(rng, batch))
         latent = {}
         if fake_quant:
-            latent = {n: w.detach().clone() for n, (w, _) in block_linears(model).items()
-                      if n in fake_quant}
+            latent = {
+                n: w.detach().clone()
+                for n, (w, _) in block_linears(model).items()
+                if n in fake_quant
+            }
             set_weights(model, grid_weights(model, fake_quant))
         loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
@@ -328,9 +345,15 @@ def evaluate(model, corpus: Corpus, n: int = 256, seed: int = 12345) -> EvalLoss
     ids = corpus.batch(np.random.default_rng(seed), n)
     with torch.no_grad():
         logits = model(input_ids=torch.from_numpy(ids)).logits[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                            torch.from_numpy(ids[:, 1:]).reshape(-1),
-                                            reduction="none").numpy().reshape(n, -1)
+    nll = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            torch.from_numpy(ids[:, 1:]).reshape(-1),
+            reduction="none",
+        )
+        .numpy()
+        .reshape(n, -1)
+    )
     replay = corpus.replay_mask(ids)[:, 1:]
     walk = ~replay & (ids[:, 1:] > COPY)
     return EvalLoss(float(nll.mean()), float(nll[replay].mean()), float(nll[walk].mean()))
@@ -363,8 +386,9 @@ def load(path: str | Path):
 
     with np.load(path) as data:
         record = json.loads(str(data["__record__"]))
-        state = {k: torch.from_numpy(data[k].astype(np.float32)) for k in data.files
-                 if k != "__record__"}
+        state = {
+            k: torch.from_numpy(data[k].astype(np.float32)) for k in data.files if k != "__record__"
+        }
     model = untrained(record["config"]["family"], record["config"]["intermediate"], 0)
     model.load_state_dict(state)
     return model.eval(), record
@@ -389,8 +413,14 @@ def checkpoint_path(out: Path, family: str, seed: int, name: str) -> Path:
     return out / f"{family}-s{seed}-{name}.npz"
 
 
-def run(cfg: TrainConfig, out: Path, sparse: list[SparseMode], write_dense: bool = True,
-        log=print, qat: bool = False) -> dict[str, Path]:
+def run(
+    cfg: TrainConfig,
+    out: Path,
+    sparse: list[SparseMode],
+    write_dense: bool = True,
+    log=print,
+    qat: bool = False,
+) -> dict[str, Path]:
     """Train the dense model, then one fine-tuned sparse model per mode, and with ``qat``
     an INT4 QAT model of each (:func:`qat_checkpoint`); returns the checkpoint of each
     (``dense``, ``2_4``, ``2_4-int4qat``, ...; see :func:`checkpoint_path`)."""
@@ -406,33 +436,54 @@ def run(cfg: TrainConfig, out: Path, sparse: list[SparseMode], write_dense: bool
     round_to_half(model)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     loss = evaluate(model, corpus)
-    log(f"{cfg.family} dense: held-out loss {loss.all:.3f} (replay {loss.replay:.3f}, chain "
+    log(
+        f"{cfg.family} dense: held-out loss {loss.all:.3f} (replay {loss.replay:.3f}, chain "
         f"{loss.walk:.3f}; the chain's entropy is "
-        f"{-sum(p * math.log(p) for p in SUCCESSOR_P):.3f}), {time.time() - t0:.0f} s")
+        f"{-sum(p * math.log(p) for p in SUCCESSOR_P):.3f}), {time.time() - t0:.0f} s"
+    )
     paths = {}
     if write_dense:
         paths["dense"] = checkpoint_path(out, cfg.family, cfg.seed, "dense")
-        save(model, paths["dense"],
-             {"config": asdict(cfg), "sparse": "dense", "loss": asdict(loss)})
+        save(
+            model, paths["dense"], {"config": asdict(cfg), "sparse": "dense", "loss": asdict(loss)}
+        )
     for mode in sparse:
         model.load_state_dict(dense_state)
         masks = nm_masks(model, mode)
         apply_masks(model, masks)
         oneshot = evaluate(model, corpus)
         t0 = time.time()
-        train(model, corpus, cfg.finetune_steps, cfg.finetune_lr, cfg.batch, cfg.seed + 1,
-              masks, log=log)
+        train(
+            model,
+            corpus,
+            cfg.finetune_steps,
+            cfg.finetune_lr,
+            cfg.batch,
+            cfg.seed + 1,
+            masks,
+            log=log,
+        )
         round_to_half(model)
         loss = evaluate(model, corpus)
         dense_layers = sorted(set(block_linears(model)) - set(masks))
-        log(f"{cfg.family} {mode.n}:{mode.m}: held-out loss pruned {oneshot.all:.3f}, fine-tuned "
+        log(
+            f"{cfg.family} {mode.n}:{mode.m}: held-out loss pruned {oneshot.all:.3f}, fine-tuned "
             f"{loss.all:.3f} (replay {loss.replay:.3f}), {time.time() - t0:.0f} s; dense "
-            f"(K not a multiple of {mode.m}): {', '.join(dense_layers) or 'none'}")
+            f"(K not a multiple of {mode.m}): {', '.join(dense_layers) or 'none'}"
+        )
         name = sparsity_name(mode)
         paths[name] = checkpoint_path(out, cfg.family, cfg.seed, name)
-        save(model, paths[name], {"config": asdict(cfg), "sparse": f"{mode.n}:{mode.m}",
-                                  "loss": asdict(loss), "pruned_loss": asdict(oneshot),
-                                  "dense_layers": dense_layers})
+        save(
+            model,
+            paths[name],
+            {
+                "config": asdict(cfg),
+                "sparse": f"{mode.n}:{mode.m}",
+                "loss": asdict(loss),
+                "pruned_loss": asdict(oneshot),
+                "dense_layers": dense_layers,
+            },
+        )
     if qat:
         for name in list(paths):
             paths[qat_name(name)] = qat_checkpoint(paths[name], cfg, log)
@@ -452,20 +503,46 @@ def quantisation_aware(model, cfg: TrainConfig, sparse: str, corpus: Corpus, log
     rounded = evaluate(model, corpus)  # post-training rounding onto the grid, for comparison
     model.load_state_dict(state)
     t0 = time.time()
-    train(model, corpus, cfg.qat_steps, cfg.qat_lr, cfg.batch, cfg.seed + 2, masks, log=log,
-          fake_quant=plans)
+    train(
+        model,
+        corpus,
+        cfg.qat_steps,
+        cfg.qat_lr,
+        cfg.batch,
+        cfg.seed + 2,
+        masks,
+        log=log,
+        fake_quant=plans,
+    )
     grid = grid_weights(model, plans)
     round_to_half(model)  # everything else, as the other checkpoints
     set_weights(model, grid)
     loss = evaluate(model, corpus)
-    log(f"{cfg.family} {sparse} INT{QAT_BITS} g{QAT_GROUP} QAT: held-out loss before "
+    log(
+        f"{cfg.family} {sparse} INT{QAT_BITS} g{QAT_GROUP} QAT: held-out loss before "
         f"{before.all:.3f}, rounded to the grid {rounded.all:.3f}, after {cfg.qat_steps} QAT steps "
-        f"{loss.all:.3f} (replay {loss.replay:.3f}), {time.time() - t0:.0f} s")
-    return {"sparse": sparse, "loss": asdict(loss), "unquantised_loss": asdict(before),
-            "rounded_loss": asdict(rounded),
-            "qat": {"bits": QAT_BITS, "group": QAT_GROUP, "steps": cfg.qat_steps, "lr": cfg.qat_lr,
-                    "plans": {n: [int(p.prec.bits), p.group, f"{p.sparse.n}:{p.sparse.m}"
-                                  if p.sparse.is_sparse else "dense"] for n, p in plans.items()}}}
+        f"{loss.all:.3f} (replay {loss.replay:.3f}), {time.time() - t0:.0f} s"
+    )
+    return {
+        "sparse": sparse,
+        "loss": asdict(loss),
+        "unquantised_loss": asdict(before),
+        "rounded_loss": asdict(rounded),
+        "qat": {
+            "bits": QAT_BITS,
+            "group": QAT_GROUP,
+            "steps": cfg.qat_steps,
+            "lr": cfg.qat_lr,
+            "plans": {
+                n: [
+                    int(p.prec.bits),
+                    p.group,
+                    f"{p.sparse.n}:{p.sparse.m}" if p.sparse.is_sparse else "dense",
+                ]
+                for n, p in plans.items()
+            },
+        },
+    }
 
 
 def qat_name(name: str) -> str:
@@ -484,8 +561,11 @@ def qat_checkpoint(src: Path, cfg: TrainConfig | None = None, log=print) -> Path
     corpus = Corpus.make(seed=cfg.corpus_seed)
     fields = quantisation_aware(model, cfg, record["sparse"], corpus, log)
     out = src.with_name(f"{qat_name(src.stem)}.npz")
-    save(model, out, {"config": asdict(cfg), **fields, "from": {"checkpoint": src.name,
-                                                                "loss": record["loss"]}})
+    save(
+        model,
+        out,
+        {"config": asdict(cfg), **fields, "from": {"checkpoint": src.name, "loss": record["loss"]}},
+    )
     return out
 
 
@@ -494,9 +574,13 @@ def parse_modes(text: str) -> list[SparseMode]:
 
 
 def qat_main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="train_tiny.py qat", description=(
-        "INT4 g32 quantisation-aware fine-tuning of trained checkpoints; each is written "
-        "next to its source as <name>-int4qat.npz"))
+    ap = argparse.ArgumentParser(
+        prog="train_tiny.py qat",
+        description=(
+            "INT4 g32 quantisation-aware fine-tuning of trained checkpoints; each is written "
+            "next to its source as <name>-int4qat.npz"
+        ),
+    )
     ap.add_argument("checkpoints", type=Path, nargs="+")
     ap.add_argument("--steps", type=int, help="QAT steps (default: the recorded config's)")
     ap.add_argument("--lr", type=float, help="QAT peak learning rate (default: the config's)")
@@ -504,8 +588,9 @@ def qat_main(argv: list[str]) -> None:
     for src in a.checkpoints:
         with np.load(src) as data:
             cfg = TrainConfig(**json.loads(str(data["__record__"]))["config"])
-        cfg = dataclasses.replace(cfg, qat_steps=a.steps or cfg.qat_steps,
-                                  qat_lr=a.lr or cfg.qat_lr)
+        cfg = dataclasses.replace(
+            cfg, qat_steps=a.steps or cfg.qat_steps, qat_lr=a.lr or cfg.qat_lr
+        )
         path = qat_checkpoint(src, cfg)
         print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
@@ -513,8 +598,10 @@ def qat_main(argv: list[str]) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["qat"]:
         return qat_main(sys.argv[2:])
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="QAT of existing checkpoints: train_tiny.py qat --help")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="QAT of existing checkpoints: train_tiny.py qat --help",
+    )
     ap.add_argument("family", choices=["llama", "gpt2", "opt"])
     ap.add_argument("out", type=Path, help="folder for the checkpoints")
     ap.add_argument("--seed", type=int, default=0)
@@ -523,14 +610,15 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=TrainConfig.finetune_steps)
     ap.add_argument("--sparse", default="2:4,8:16,4:16", help="N:M patterns to fine-tune")
     ap.add_argument("--sparse-only", action="store_true", help="do not write the dense checkpoint")
-    ap.add_argument("--qat", action="store_true",
-                    help="also write an INT4 g32 QAT model of each checkpoint")
+    ap.add_argument(
+        "--qat", action="store_true", help="also write an INT4 g32 QAT model of each checkpoint"
+    )
     ap.add_argument("--qat-steps", type=int, default=TrainConfig.qat_steps)
     a = ap.parse_args()
-    cfg = TrainConfig(a.family, a.intermediate, a.seed, a.steps, a.finetune_steps,
-                      qat_steps=a.qat_steps)
-    for name, path in run(cfg, a.out, parse_modes(a.sparse), not a.sparse_only,
-                          qat=a.qat).items():
+    cfg = TrainConfig(
+        a.family, a.intermediate, a.seed, a.steps, a.finetune_steps, qat_steps=a.qat_steps
+    )
+    for name, path in run(cfg, a.out, parse_modes(a.sparse), not a.sparse_only, qat=a.qat).items():
         print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
 

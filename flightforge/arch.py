@@ -38,8 +38,10 @@ class BufferConfig(_Model):
     def _fits_isa(self) -> BufferConfig:
         limit = 1 << isa.BUF_ADDR_BITS
         if self.size > limit:
-            raise ValueError(f"size {self.size} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit "
-                             f"buffer address space ({limit} bytes)")
+            raise ValueError(
+                f"size {self.size} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit "
+                f"buffer address space ({limit} bytes)"
+            )
         return self
 
 
@@ -86,9 +88,11 @@ class MpeConfig(_Model):
         for mode in ("mm", "mv"):
             shape: ParallelShape = getattr(self, mode)
             if shape.macs > self.macs:
-                raise ValueError(f"{mode} parallelism {shape.n}x{shape.k}x{shape.m} = "
-                                 f"{shape.macs} MACs exceeds the {self.macs} MACs of "
-                                 f"{self.chains} chains x {self.groups_per_chain} groups x 2")
+                raise ValueError(
+                    f"{mode} parallelism {shape.n}x{shape.k}x{shape.m} = "
+                    f"{shape.macs} MACs exceeds the {self.macs} MACs of "
+                    f"{self.chains} chains x {self.groups_per_chain} groups x 2"
+                )
         return self
 
 
@@ -110,12 +114,15 @@ class MemoryConfig(_Model):
     kind: Literal["hbm", "ddr"]
     channels: int = Field(ge=1)
     capacity: int = Field(gt=0, description="total bytes")
-    bandwidth_gbs: float = Field(gt=0, description="peak bandwidth over all channels, GB/s (1e9 B/s)")
+    bandwidth_gbs: float = Field(
+        gt=0, description="peak bandwidth over all channels, GB/s (1e9 B/s)"
+    )
     latency_ns: float = Field(ge=0, description="first-beat latency of a request")
     burst_bytes: int = Field(default=64, ge=1, description="bytes per burst beat of one channel")
     cross_channel_penalty_cycles: int = Field(default=0, ge=0)
-    interleave_bytes: int = Field(default=0, ge=0, description="0: contiguous channels; else "
-                                  "bytes per channel in turn")
+    interleave_bytes: int = Field(
+        default=0, ge=0, description="0: contiguous channels; else bytes per channel in turn"
+    )
 
     @property
     def channel_bytes(self) -> int:
@@ -124,13 +131,19 @@ class MemoryConfig(_Model):
     @model_validator(mode="after")
     def _fits_isa(self) -> MemoryConfig:
         if self.capacity > 1 << isa.EXT_ADDR_BITS:
-            raise ValueError(f"capacity {self.capacity} exceeds the ISA's "
-                             f"{isa.EXT_ADDR_BITS}-bit external address space")
+            raise ValueError(
+                f"capacity {self.capacity} exceeds the ISA's "
+                f"{isa.EXT_ADDR_BITS}-bit external address space"
+            )
         if self.capacity % self.channels:
-            raise ValueError(f"capacity {self.capacity} is not divisible by {self.channels} channels")
+            raise ValueError(
+                f"capacity {self.capacity} is not divisible by {self.channels} channels"
+            )
         if self.interleave_bytes % self.burst_bytes:
-            raise ValueError(f"interleave_bytes {self.interleave_bytes} is not a multiple of "
-                             f"burst_bytes {self.burst_bytes}")
+            raise ValueError(
+                f"interleave_bytes {self.interleave_bytes} is not a multiple of "
+                f"burst_bytes {self.burst_bytes}"
+            )
         return self
 
 
@@ -156,8 +169,12 @@ class ArchConfig(_Model):
     sparse_n: tuple[int, ...] = (2, 4, 8, 16)
     act_bits: Literal[8] = 8
     weight_bits: tuple[int, ...] = (2, 3, 4, 8)
-    token_depth: int = Field(default=8, ge=1, description="capacity of each wait/release token counter")
-    queue_depth: int = Field(default=4, ge=1, description="instructions each unit's issue queue holds")
+    token_depth: int = Field(
+        default=8, ge=1, description="capacity of each wait/release token counter"
+    )
+    queue_depth: int = Field(
+        default=4, ge=1, description="instructions each unit's issue queue holds"
+    )
     mpe: MpeConfig
     sfu: SfuConfig
     buffers: Buffers
@@ -205,7 +222,9 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 def arch_from_dict(data: Any, source: str = "<config>") -> ArchConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, not {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, not {type(data).__name__}"
+        )
     try:
         return ArchConfig.model_validate(data)
     except ValidationError as e:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 import numpy as np
@@ -24,8 +24,16 @@ from .program import Program, ProgramError
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from .compiler.memory import CompileError
     from .sim.device import DeviceError
-    return (ConfigError, ProgramError, isa.IsaError, DeviceError, CompileError,
-            hostio.TensorIOError, OSError)
+
+    return (
+        ConfigError,
+        ProgramError,
+        isa.IsaError,
+        DeviceError,
+        CompileError,
+        hostio.TensorIOError,
+        OSError,
+    )
 
 
 @contextlib.contextmanager
@@ -38,20 +46,24 @@ def _user_errors() -> Iterator[None]:
 
 def _clean_errors(fn):
     """Turn the library's input errors into ``Error: ...`` and exit status 1."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with _user_errors():
             return fn(*args, **kwargs)
+
     return wrapper
 
 
 def _target(name_or_path: str) -> ArchConfig:
     from .mappings import load_target
+
     return load_target(name_or_path)
 
 
 def _functional_sim(arch: ArchConfig):
     from .sim.functional import FunctionalSim
+
     return FunctionalSim(arch)
 
 
@@ -59,8 +71,9 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, not {text!r}",
-                                 param_hint=option) from None
+        raise click.BadParameter(
+            f"expected comma-separated integers, not {text!r}", param_hint=option
+        ) from None
     if not values:
         raise click.BadParameter("expected at least one integer", param_hint=option)
     return values
@@ -76,8 +89,10 @@ def _prompt_file(path: Path) -> tuple[tuple[int, ...], ...]:
         try:
             prompts.append(tuple(int(v) for v in fields))
         except ValueError:
-            raise click.BadParameter(f"{path}:{n}: expected token ids, not {line.strip()[:40]!r}",
-                                     param_hint="--calibration") from None
+            raise click.BadParameter(
+                f"{path}:{n}: expected token ids, not {line.strip()[:40]!r}",
+                param_hint="--calibration",
+            ) from None
     if not prompts:
         raise click.BadParameter(f"{path} holds no prompt", param_hint="--calibration")
     return tuple(prompts)
@@ -98,9 +113,11 @@ def main() -> None:
 
 def isa_text() -> str:
     """The ISA as plain text: every instruction's fields with bit ranges and meaning."""
-    lines = [f"FlightForge ISA version {isa.ISA_VERSION}: {isa.INSTR_BITS}-bit instructions "
-             f"({isa.INSTR_WORDS} little-endian 32-bit words), fields LSB-first, "
-             f"unused high bits reserved (zero)."]
+    lines = [
+        f"FlightForge ISA version {isa.ISA_VERSION}: {isa.INSTR_BITS}-bit instructions "
+        f"({isa.INSTR_WORDS} little-endian 32-bit words), fields LSB-first, "
+        f"unused high bits reserved (zero)."
+    ]
     for op, cls in isa.INSTRUCTION_TYPES.items():
         unit = cls.UNIT.name if cls.UNIT is not None else "controller"
         rows = isa.layout(cls)
@@ -131,9 +148,11 @@ def isa_cmd(markdown: bool) -> None:
 
 def target_summary(arch: ArchConfig) -> str:
     """One line: cores, clock, MACs and external-memory bandwidth of a target."""
-    return (f"{arch.cores} core{'s' if arch.cores > 1 else ''} x {arch.mpe.macs} MACs "
-            f"@ {arch.clock_mhz:g} MHz, {arch.hbm.kind.upper()} {arch.hbm.bandwidth_gbs:g} GB/s "
-            f"({arch.hbm.capacity / 2**30:g} GiB)")
+    return (
+        f"{arch.cores} core{'s' if arch.cores > 1 else ''} x {arch.mpe.macs} MACs "
+        f"@ {arch.clock_mhz:g} MHz, {arch.hbm.kind.upper()} {arch.hbm.bandwidth_gbs:g} GB/s "
+        f"({arch.hbm.capacity / 2**30:g} GiB)"
+    )
 
 
 @main.command()
@@ -141,6 +160,7 @@ def target_summary(arch: ArchConfig) -> str:
 def targets() -> None:
     """List the shipped targets with a one-line summary each."""
     from .mappings import available_targets
+
     names = available_targets()
     width = max(map(len, names), default=0)
     for name in names:
@@ -162,26 +182,45 @@ def program_report(program: Program) -> list[str]:
     code = sum(x["bytes"] for x in s["sections"])
     count = sum(x["instructions"] for x in s["sections"])
     w = max([16] + [len(x["name"]) for x in s["sections"]])
-    lines += ["", f"sections: {len(s['sections'])} ({count} instructions, {code} bytes)",
-              f"  {'name':<{w}} {'stage':<8} {'lengths':<12} {'instrs':>8} {'bytes':>10}"]
+    lines += [
+        "",
+        f"sections: {len(s['sections'])} ({count} instructions, {code} bytes)",
+        f"  {'name':<{w}} {'stage':<8} {'lengths':<12} {'instrs':>8} {'bytes':>10}",
+    ]
     for x in s["sections"]:
-        lines.append(f"  {x['name']:<{w}} {x['stage']:<8} {x['lengths']:<12} "
-                     f"{x['instructions']:>8} {x['bytes']:>10}")
-    lines += ["", "instructions per opcode: "
-              + ", ".join(f"{k} {v}" for k, v in s["instructions_per_opcode"].items())]
+        lines.append(
+            f"  {x['name']:<{w}} {x['stage']:<8} {x['lengths']:<12} "
+            f"{x['instructions']:>8} {x['bytes']:>10}"
+        )
+    lines += [
+        "",
+        "instructions per opcode: "
+        + ", ".join(f"{k} {v}" for k, v in s["instructions_per_opcode"].items()),
+    ]
     seg_bytes = sum(g["size"] for g in s["segments"])
     data_bytes = sum(g["size"] for g in s["segments"] if g["has_data"])
     w = max([24] + [len(g["name"]) for g in s["segments"]])
-    lines += ["", f"segments: {len(s['segments'])} ({seg_bytes} bytes, {data_bytes} with data)",
-              f"  {'name':<{w}} {'kind':<8} {'addr':>12} {'bytes':>12}  data"]
+    lines += [
+        "",
+        f"segments: {len(s['segments'])} ({seg_bytes} bytes, {data_bytes} with data)",
+        f"  {'name':<{w}} {'kind':<8} {'addr':>12} {'bytes':>12}  data",
+    ]
     for g in s["segments"]:
-        lines.append(f"  {g['name']:<{w}} {g['kind']:<8} {g['addr']:>#12x} {g['size']:>12}  "
-                     + ("yes" if g["has_data"] else "no"))
+        lines.append(
+            f"  {g['name']:<{w}} {g['kind']:<8} {g['addr']:>#12x} {g['size']:>12}  "
+            + ("yes" if g["has_data"] else "no")
+        )
     for label, tensors in (("inputs", program.inputs), ("outputs", program.outputs)):
         if tensors:
-            lines += ["", f"{label}: " + ", ".join(
-                f"{t.name} {t.dtype}{list(t.shape)}" + (f" scale {t.scale:.4g}" if t.scale else "")
-                for t in tensors)]
+            lines += [
+                "",
+                f"{label}: "
+                + ", ".join(
+                    f"{t.name} {t.dtype}{list(t.shape)}"
+                    + (f" scale {t.scale:.4g}" if t.scale else "")
+                    for t in tensors
+                ),
+            ]
     return lines
 
 
@@ -193,8 +232,11 @@ def disassembly(program: Program, section: str | None, limit: int) -> list[str]:
         instrs = sec.instructions
         shown = instrs if limit == 0 else instrs[:limit]
         width = len(str(max(len(instrs) - 1, 0)))
-        lines += ["", f"section {sec.name} ({sec.stage}, lengths {sec.len_lo}..{sec.len_hi}, "
-                      f"{len(instrs)} instructions):"]
+        lines += [
+            "",
+            f"section {sec.name} ({sec.stage}, lengths {sec.len_lo}..{sec.len_hi}, "
+            f"{len(instrs)} instructions):",
+        ]
         lines += [f"  {i:>{width}}  {isa.disassemble(ins)}" for i, ins in enumerate(shown)]
         if len(shown) < len(instrs):
             lines.append(f"  ... {len(instrs) - len(shown)} more (use --limit 0 for all)")
@@ -205,8 +247,13 @@ def disassembly(program: Program, section: str | None, limit: int) -> list[str]:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", help=TARGET_HELP + " Refuse a program compiled for another config.")
 @click.option("--section", help="Disassemble only this section.")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Instructions disassembled per section (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Instructions disassembled per section (0: all).",
+)
 @_clean_errors
 def inspect(file: Path, target: str | None, section: str | None, limit: int) -> None:
     """Summarise and disassemble a program binary (.ffb)."""
@@ -223,14 +270,17 @@ def _load_input(spec: str, program: Program) -> tuple[hostio.TensorIO, np.ndarra
         raise click.BadParameter(f"expected NAME=file.npy, not {spec!r}", param_hint="--input")
     tensors = {t.name: t for t in program.inputs}
     if name not in tensors:
-        raise hostio.TensorIOError(f"program has no input {name!r}; inputs: "
-                                   + (", ".join(tensors) or "none"))
+        raise hostio.TensorIOError(
+            f"program has no input {name!r}; inputs: " + (", ".join(tensors) or "none")
+        )
     try:
         value = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise hostio.TensorIOError(f"input {name!r}: {path}: no such file") from None
     except (OSError, ValueError) as e:
-        raise hostio.TensorIOError(f"input {name!r}: {path}: not a readable .npy file: {e}") from None
+        raise hostio.TensorIOError(
+            f"input {name!r}: {path}: not a readable .npy file: {e}"
+        ) from None
     return tensors[name], value
 
 
@@ -241,27 +291,62 @@ def _file_stem(name: str) -> str:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help=TARGET_HELP)
-@click.option("--section", "sections", multiple=True,
-              help="Section to run (repeatable, run in the order given; "
-                   "default: all, in file order).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
-              help="Input tensor (repeatable). Floats are quantised with the input's scale; "
-                   "integers are written as they are.")
-@click.option("--length", type=click.IntRange(min=1),
-              help="Actual length for sections that serve a range of lengths "
-                   "[default: each section's lowest].")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Where NAME.npy (integers) and NAME.float.npy go.")
-@click.option("--prompt-ids", help="Compiled decoders: comma-separated prompt token ids; "
-                                   "generate greedily instead of running sections.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Tokens to generate with --prompt-ids.")
-@click.option("--dump-logits", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --prompt-ids: save the float logits of every position as .npy.")
+@click.option(
+    "--section",
+    "sections",
+    multiple=True,
+    help="Section to run (repeatable, run in the order given; default: all, in file order).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="Input tensor (repeatable). Floats are quantised with the input's scale; "
+    "integers are written as they are.",
+)
+@click.option(
+    "--length",
+    type=click.IntRange(min=1),
+    help="Actual length for sections that serve a range of lengths "
+    "[default: each section's lowest].",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where NAME.npy (integers) and NAME.float.npy go.",
+)
+@click.option(
+    "--prompt-ids",
+    help="Compiled decoders: comma-separated prompt token ids; "
+    "generate greedily instead of running sections.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Tokens to generate with --prompt-ids.",
+)
+@click.option(
+    "--dump-logits",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --prompt-ids: save the float logits of every position as .npy.",
+)
 @_clean_errors
-def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, ...],
-        length: int | None, out_dir: Path, prompt_ids: str | None, max_new_tokens: int,
-        dump_logits: Path | None) -> None:
+def run(
+    file: Path,
+    target: str,
+    sections: tuple[str, ...],
+    inputs: tuple[str, ...],
+    length: int | None,
+    out_dir: Path,
+    prompt_ids: str | None,
+    max_new_tokens: int,
+    dump_logits: Path | None,
+) -> None:
     """Run a program on the functional simulator.
 
     Writes the given inputs, runs the sections, and saves every output as NAME.npy
@@ -271,10 +356,10 @@ def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, .
     program = Program.load(file, arch)
     if prompt_ids is not None:
         if sections or inputs or length:
-            raise click.UsageError("--prompt-ids generates tokens; it does not take "
-                                   "--section, --input or --length")
-        _generate(program, arch, _int_list(prompt_ids, "--prompt-ids"), max_new_tokens,
-                  dump_logits)
+            raise click.UsageError(
+                "--prompt-ids generates tokens; it does not take --section, --input or --length"
+            )
+        _generate(program, arch, _int_list(prompt_ids, "--prompt-ids"), max_new_tokens, dump_logits)
         return
     if dump_logits is not None:
         raise click.UsageError("--dump-logits needs --prompt-ids")
@@ -287,12 +372,17 @@ def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, .
     names = {t.name for t, _ in given}
     for tio in program.inputs:
         if tio.name not in names:
-            click.echo(f"note: input {tio.name!r} not given; its segment keeps the contents "
-                       f"the program loaded", err=True)
+            click.echo(
+                f"note: input {tio.name!r} not given; its segment keeps the contents "
+                f"the program loaded",
+                err=True,
+            )
     for name in sections or [s.name for s in program.sections]:
         result = sim.run(name) if length is None else sim.run(name, length)
-        click.echo(f"section {result.section}: {result.instructions} instructions"
-                   + ("" if result.cycles is None else f", {result.cycles} cycles"))
+        click.echo(
+            f"section {result.section}: {result.instructions} instructions"
+            + ("" if result.cycles is None else f", {result.cycles} cycles")
+        )
     if program.outputs:
         out_dir.mkdir(parents=True, exist_ok=True)
     for tio in program.outputs:
@@ -300,15 +390,24 @@ def run(file: Path, target: str, sections: tuple[str, ...], inputs: tuple[str, .
         stem = out_dir / _file_stem(tio.name)
         np.save(f"{stem}.npy", ints)
         np.save(f"{stem}.float.npy", hostio.dequantize(tio, ints))
-        click.echo(f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy")
+        click.echo(
+            f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy"
+        )
 
 
-def _generate(program: Program, arch: ArchConfig, prompt: tuple[int, ...], max_new_tokens: int,
-              dump_logits: Path | None) -> None:
+def _generate(
+    program: Program,
+    arch: ArchConfig,
+    prompt: tuple[int, ...],
+    max_new_tokens: int,
+    dump_logits: Path | None,
+) -> None:
     from .generate import generate
+
     if "decoder" not in program.metadata:
-        raise click.UsageError("--prompt-ids needs a compiled decoder (the program has no "
-                               "'decoder' metadata)")
+        raise click.UsageError(
+            "--prompt-ids needs a compiled decoder (the program has no 'decoder' metadata)"
+        )
     sim = _functional_sim(arch)
     try:
         gen = generate(program, sim, list(prompt), max_new_tokens)
@@ -325,9 +424,13 @@ def _generate(program: Program, arch: ArchConfig, prompt: tuple[int, ...], max_n
 
 @main.command()
 @click.option("--target", default="tiny", show_default=True, help=TARGET_HELP)
-@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write the program (demo.ffb) and its float inputs (NAME.npy) here, "
-                   "for `flightforge inspect` and `flightforge run`.")
+@click.option(
+    "--save",
+    "save_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the program (demo.ffb) and its float inputs (NAME.npy) here, "
+    "for `flightforge inspect` and `flightforge run`.",
+)
 @_clean_errors
 def demo(target: str, save_dir: Path | None) -> None:
     """Compile and run the built-in example (a Linear layer and an attention head) on
@@ -336,6 +439,7 @@ def demo(target: str, save_dir: Path | None) -> None:
     Exits with status 1 unless every output is bit-exact.
     """
     from .compiler.demo import build_demo, run_demo
+
     arch = _target(target)
     build = build_demo(arch)
     if save_dir is not None:
@@ -343,16 +447,21 @@ def demo(target: str, save_dir: Path | None) -> None:
         build.program.save(save_dir / "demo.ffb")
         for name, value in build.inputs.items():
             np.save(save_dir / f"{_file_stem(name)}.npy", value)
-        click.echo(f"wrote {save_dir / 'demo.ffb'} and inputs "
-                   + ", ".join(f"{_file_stem(n)}.npy" for n in build.inputs))
+        click.echo(
+            f"wrote {save_dir / 'demo.ffb'} and inputs "
+            + ", ".join(f"{_file_stem(n)}.npy" for n in build.inputs)
+        )
     report = run_demo(arch, _functional_sim(arch), build)
     for r in report.runs:
         click.echo(f"section {r.section}: {r.instructions} instructions")
-    click.echo(f"{'output':<10} {'bit-exact':<9} {'max |diff|':>10} {'rel RMS vs float':>17} "
-               f"{'cosine':>8}")
+    click.echo(
+        f"{'output':<10} {'bit-exact':<9} {'max |diff|':>10} {'rel RMS vs float':>17} {'cosine':>8}"
+    )
     for a in report.outputs:
-        click.echo(f"{a.name:<10} {'yes' if a.bit_exact else 'NO':<9} {a.max_abs_diff:>10} "
-                   f"{a.rel_rms:>17.4f} {a.cosine:>8.5f}")
+        click.echo(
+            f"{a.name:<10} {'yes' if a.bit_exact else 'NO':<9} {a.max_abs_diff:>10} "
+            f"{a.rel_rms:>17.4f} {a.cosine:>8.5f}"
+        )
     if not report.bit_exact:
         bad = ", ".join(a.name for a in report.outputs if not a.bit_exact)
         raise click.ClickException(f"not bit-exact against the quantised reference: {bad}")
@@ -364,50 +473,120 @@ def demo(target: str, save_dir: Path | None) -> None:
 
 @main.command("compile")
 @click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Hugging Face config.json: compile shape-only (addresses and sizes, no weights).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Hugging Face config.json: compile shape-only (addresses and sizes, no weights).",
+)
 @click.option("--target", required=True, help=TARGET_HELP)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Program binary to write (.ffb).")
-@click.option("--max-len", type=click.IntRange(min=1),
-              help="Longest prompt plus generated tokens "
-                   "[default: the largest of --lengths, else 32].")
-@click.option("--lengths", help="Compile only these prefill lengths and decode positions, "
-                                "e.g. 128,512 [default: every length 1..max-len].")
-@click.option("--weight-bits", type=click.Choice(["2", "3", "4", "8"]), default="8", show_default=True,
-              help="Weight precision (2 and 3 bits are stored packed and widened to INT8 on load).")
-@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Per-layer weight plan YAML: bits, group and N:M sparsity by layer name "
-                   "(see compiler/plans.py).")
-@click.option("--prune", type=click.Choice(["magnitude", "sparsegpt"]), default="magnitude",
-              show_default=True, help="How sparse layers are pruned (sparsegpt needs weights).")
-@click.option("--calibration", "calibration_file", type=click.Path(exists=True, dir_okay=False,
-                                                                  path_type=Path),
-              help="Prompts to calibrate activation scales (and SparseGPT) on: one prompt per "
-                   "line, token ids separated by commas or spaces [default: random ids].")
-@click.option("--group", type=click.IntRange(min=0), default=32, show_default=True,
-              help="Group size along K for INT4 weight scales (the largest valid size <= this).")
-@click.option("--act-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
-              help="Activation precision of the matrix engine: 16 runs each INT16 input as two "
-                   "INT8 halves (about 2x the engine passes, 2x the KV cache; "
-                   "docs/compiler.md).")
-@click.option("--last-logits-only", is_flag=True,
-              help="Prefill computes the LM head for the last prompt row only, as serving does.")
-@click.option("--buckets", type=click.Choice(["per-length", "fixed", "auto"]), default="per-length",
-              show_default=True, help="Length buckets: one section per length; FlightLLM's fixed "
-                                      "buckets (prefill x128, decode x16); or the widest within "
-                                      "--bucket-bound.")
-@click.option("--bucket-bound", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="--buckets auto: modelled latency overhead allowed at any length.")
-@click.option("--bucket-latency", type=click.Choice(["analytical", "cycle"]), default="cycle",
-              show_default=True, help="--buckets auto: latency model of a whole-prompt pass "
-                                      "(the cycle model; the analytical roofline is faster).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Program binary to write (.ffb).",
+)
+@click.option(
+    "--max-len",
+    type=click.IntRange(min=1),
+    help="Longest prompt plus generated tokens [default: the largest of --lengths, else 32].",
+)
+@click.option(
+    "--lengths",
+    help="Compile only these prefill lengths and decode positions, "
+    "e.g. 128,512 [default: every length 1..max-len].",
+)
+@click.option(
+    "--weight-bits",
+    type=click.Choice(["2", "3", "4", "8"]),
+    default="8",
+    show_default=True,
+    help="Weight precision (2 and 3 bits are stored packed and widened to INT8 on load).",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Per-layer weight plan YAML: bits, group and N:M sparsity by layer name "
+    "(see compiler/plans.py).",
+)
+@click.option(
+    "--prune",
+    type=click.Choice(["magnitude", "sparsegpt"]),
+    default="magnitude",
+    show_default=True,
+    help="How sparse layers are pruned (sparsegpt needs weights).",
+)
+@click.option(
+    "--calibration",
+    "calibration_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Prompts to calibrate activation scales (and SparseGPT) on: one prompt per "
+    "line, token ids separated by commas or spaces [default: random ids].",
+)
+@click.option(
+    "--group",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Group size along K for INT4 weight scales (the largest valid size <= this).",
+)
+@click.option(
+    "--act-bits",
+    type=click.Choice(["8", "16"]),
+    default="8",
+    show_default=True,
+    help="Activation precision of the matrix engine: 16 runs each INT16 input as two "
+    "INT8 halves (about 2x the engine passes, 2x the KV cache; "
+    "docs/compiler.md).",
+)
+@click.option(
+    "--last-logits-only",
+    is_flag=True,
+    help="Prefill computes the LM head for the last prompt row only, as serving does.",
+)
+@click.option(
+    "--buckets",
+    type=click.Choice(["per-length", "fixed", "auto"]),
+    default="per-length",
+    show_default=True,
+    help="Length buckets: one section per length; FlightLLM's fixed "
+    "buckets (prefill x128, decode x16); or the widest within "
+    "--bucket-bound.",
+)
+@click.option(
+    "--bucket-bound",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="--buckets auto: modelled latency overhead allowed at any length.",
+)
+@click.option(
+    "--bucket-latency",
+    type=click.Choice(["analytical", "cycle"]),
+    default="cycle",
+    show_default=True,
+    help="--buckets auto: latency model of a whole-prompt pass "
+    "(the cycle model; the analytical roofline is faster).",
+)
 @_clean_errors
-def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
-                max_len: int | None, lengths: str | None, weight_bits: str,
-                plan_file: Path | None, prune: str, calibration_file: Path | None, group: int,
-                act_bits: str, last_logits_only: bool, buckets: str, bucket_bound: float,
-                bucket_latency: str) -> None:
+def compile_cmd(
+    model: Path | None,
+    config: Path | None,
+    target: str,
+    out: Path,
+    max_len: int | None,
+    lengths: str | None,
+    weight_bits: str,
+    plan_file: Path | None,
+    prune: str,
+    calibration_file: Path | None,
+    group: int,
+    act_bits: str,
+    last_logits_only: bool,
+    buckets: str,
+    bucket_bound: float,
+    bucket_latency: str,
+) -> None:
     """Compile a decoder-only LLM into a program binary.
 
     MODEL is an ONNX export (compiled with its weights); --config CONFIG.json instead
@@ -425,17 +604,26 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     from .compiler.plans import load_plan
 
     spec = load_plan(plan_file) if plan_file is not None else None
-    quant = QuantOptions(weight_bits=int(weight_bits), group=group, spec=spec, act_bits=int(act_bits))
+    quant = QuantOptions(
+        weight_bits=int(weight_bits), group=group, spec=spec, act_bits=int(act_bits)
+    )
     calibration = ()
     if calibration_file is not None:
         if model is None:
             raise click.UsageError("--calibration needs an ONNX MODEL (shape-only has no weights)")
         calibration = _prompt_file(calibration_file)
-    options = pipeline.CompileOptions(max_len=max_len, quant=quant, lengths=wanted,
-                                      last_logits_only=last_logits_only,
-                                      with_data=model is not None, buckets=buckets, prune=prune,
-                                      bucket_bound=bucket_bound, bucket_latency=bucket_latency,
-                                      calibration=calibration)
+    options = pipeline.CompileOptions(
+        max_len=max_len,
+        quant=quant,
+        lengths=wanted,
+        last_logits_only=last_logits_only,
+        with_data=model is not None,
+        buckets=buckets,
+        prune=prune,
+        bucket_bound=bucket_bound,
+        bucket_latency=bucket_latency,
+        calibration=calibration,
+    )
     if model is not None:
         program = pipeline.compile_onnx(str(model), arch, options).program
     else:
@@ -444,8 +632,10 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
     instrs = sum(len(s) for s in program.sections)
     weights = sum(g.size for g in program.segments if g.kind == "weights")
     n = len(program.sections)
-    click.echo(f"wrote {out}: {n} section{'s' * (n != 1)}, {instrs} instructions, "
-               f"{weights} bytes of weights" + (" (shape-only)" if model is None else ""))
+    click.echo(
+        f"wrote {out}: {n} section{'s' * (n != 1)}, {instrs} instructions, "
+        f"{weights} bytes of weights" + (" (shape-only)" if model is None else "")
+    )
 
 
 # --- simulate -------------------------------------------------------------------------------
@@ -454,23 +644,44 @@ def compile_cmd(model: Path | None, config: Path | None, target: str, out: Path,
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help=TARGET_HELP)
-@click.option("--prompt-len", type=click.IntRange(min=1), required=True,
-              help="Prompt tokens (the prefill).")
-@click.option("--decode", "decode_steps", type=click.IntRange(min=0), default=0,
-              show_default=True, help="Tokens generated after the prompt.")
-@click.option("--interpolate", is_flag=True,
-              help="Interpolate decode positions whose bucket was not compiled.")
-@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the timeline as Chrome/Perfetto trace JSON.")
+@click.option(
+    "--prompt-len", type=click.IntRange(min=1), required=True, help="Prompt tokens (the prefill)."
+)
+@click.option(
+    "--decode",
+    "decode_steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tokens generated after the prompt.",
+)
+@click.option(
+    "--interpolate",
+    is_flag=True,
+    help="Interpolate decode positions whose bucket was not compiled.",
+)
+@click.option(
+    "--trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the timeline as Chrome/Perfetto trace JSON.",
+)
 @_clean_errors
-def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interpolate: bool,
-             trace: Path | None) -> None:
+def simulate(
+    file: Path,
+    target: str,
+    prompt_len: int,
+    decode_steps: int,
+    interpolate: bool,
+    trace: Path | None,
+) -> None:
     """Time a request on the cycle model: prefill latency, decode token/s, unit usage."""
     from .sim.cycle_model import report_lines
     from .sim.cycle_model import simulate as time_request
+
     arch = _target(target)
-    report = time_request(Program.load(file, arch), arch, prompt_len, decode_steps,
-                          interpolate=interpolate)
+    report = time_request(
+        Program.load(file, arch), arch, prompt_len, decode_steps, interpolate=interpolate
+    )
     click.echo("\n".join(report_lines(report)))
     if trace is not None:
         report.write_trace(str(trace))
@@ -482,11 +693,18 @@ def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interp
 
 @main.command()
 @click.argument("spec_file", metavar="SPEC.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory (default: dse-<spec name>).")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite store of evaluated points (default: OUT/points.sqlite); an existing "
-                   "store is resumed.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (default: dse-<spec name>).",
+)
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite store of evaluated points (default: OUT/points.sqlite); an existing "
+    "store is resumed.",
+)
 @click.option("--jobs", type=click.IntRange(min=1), help="Local worker processes (default: 2).")
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:port): evaluate there.")
 @click.option("--method", type=click.Choice(["grid", "nsga2"]), help="Override search.method.")
@@ -494,9 +712,17 @@ def simulate(file: Path, target: str, prompt_len: int, decode_steps: int, interp
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--report-only", is_flag=True, help="Only write the outputs of the store.")
 @_clean_errors
-def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | None,
-        scheduler: str | None, method: str | None, trials: int | None, no_progress: bool,
-        report_only: bool) -> None:
+def dse(
+    spec_file: Path,
+    out_dir: Path | None,
+    store: Path | None,
+    jobs: int | None,
+    scheduler: str | None,
+    method: str | None,
+    trials: int | None,
+    no_progress: bool,
+    report_only: bool,
+) -> None:
     """Explore architectures and mappings for a model: grid or NSGA-II search, results in
     SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
     try:
@@ -509,17 +735,28 @@ def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | N
         out = out_dir or Path(f"dse-{spec.name}")
         db = Store(store or out / "points.sqlite")
         if not report_only:
-            stats = explore(spec, db, jobs=jobs, scheduler=scheduler, cache_dir=str(out / "programs"),
-                            progress=not no_progress, method=method, trials=trials)
-            click.echo(f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from "
-                       f"{db.path}")
+            stats = explore(
+                spec,
+                db,
+                jobs=jobs,
+                scheduler=scheduler,
+                cache_dir=str(out / "programs"),
+                progress=not no_progress,
+                method=method,
+                trials=trials,
+            )
+            click.echo(
+                f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from {db.path}"
+            )
         rows = db.rows()
         files = write_outputs(spec, rows, out, str(out / "programs"))
     except SpecError as e:
         raise click.ClickException(str(e)) from None
     ok = sum(r["status"] == "ok" for r in rows)
-    click.echo(f"{len(rows)} points ({ok} feasible, {len(rows) - ok} infeasible); "
-               f"report: {files['report_html']}")
+    click.echo(
+        f"{len(rows)} points ({ok} feasible, {len(rows) - ok} infeasible); "
+        f"report: {files['report_html']}"
+    )
 
 
 # --- rtl --------------------------------------------------------------------------------------
@@ -527,17 +764,26 @@ def dse(spec_file: Path, out_dir: Path | None, store: Path | None, jobs: int | N
 
 @main.command("rtl")
 @click.option("--target", default="tiny", show_default=True, help=TARGET_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("build"), show_default=True, help="Directory for the Verilog.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Directory for the Verilog.",
+)
 @_clean_errors
 def rtl(target: str, out_dir: Path) -> None:
     """Write the Verilog of one core for a target (Amaranth RTL, see docs/rtl.md), with
     the Verilator control file holding its justified lint waivers."""
     from .hw.export import export_verilog, waiver_path
+
     arch = _target(target)
     path = export_verilog(arch, out_dir)
-    click.echo(f"wrote {path} and {waiver_path(path)} (target {arch.name}, config digest "
-               f"{arch.digest().hex()[:16]})")
+    click.echo(
+        f"wrote {path} and {waiver_path(path)} (target {arch.name}, config digest "
+        f"{arch.digest().hex()[:16]})"
+    )
     click.echo(f"lint: verilator --lint-only {waiver_path(path)} {path}")
 
 

@@ -38,6 +38,7 @@ def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
 def frame(rows: list[dict]):
     """A pandas DataFrame: one row per point, parameters prefixed ``p_``."""
     import pandas as pd
+
     recs = []
     for r in rows:
         rec: dict[str, Any] = {"key": r["key"], "status": r["status"], "reason": r["reason"]}
@@ -47,10 +48,12 @@ def frame(rows: list[dict]):
     return pd.DataFrame.from_records(recs)
 
 
-def write_outputs(spec, rows: list[dict], out_dir: str | Path,
-                  cache_dir: str | None = None) -> dict[str, Path]:
+def write_outputs(
+    spec, rows: list[dict], out_dir: str | Path, cache_dir: str | None = None
+) -> dict[str, Path]:
     """Write points.csv (+ .parquet), pareto.csv, the plots and report.html."""
     import matplotlib
+
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,9 +62,11 @@ def write_outputs(spec, rows: list[dict], out_dir: str | Path,
     df.to_csv(files["points_csv"], index=False)
     try:
         import pyarrow  # noqa: F401
+
         files["points_parquet"] = out / "points.parquet"
         df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(
-            files["points_parquet"], index=False)
+            files["points_parquet"], index=False
+        )
     except ImportError:
         pass
     objs = list(spec.objectives)
@@ -79,9 +84,12 @@ def write_outputs(spec, rows: list[dict], out_dir: str | Path,
     files["utilisation_png"] = plot_utilisation(front, out / "utilisation.png")
     best = front.iloc[0] if len(front) else None
     if best is not None:
-        files["timeline_png"] = plot_timeline(spec, {c[2:]: best[c] for c in front.columns
-                                                     if c.startswith("p_")},
-                                              out / "timeline.png", cache_dir)
+        files["timeline_png"] = plot_timeline(
+            spec,
+            {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
+            out / "timeline.png",
+            cache_dir,
+        )
     files["report_html"] = write_html(spec, df, front, files, out / "report.html")
     return files
 
@@ -89,6 +97,7 @@ def write_outputs(spec, rows: list[dict], out_dir: str | Path,
 def _save(fig, path: Path) -> Path:
     """Write a report figure and free it (pyplot keeps every open figure alive)."""
     import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -101,6 +110,7 @@ def _empty(ax, text: str) -> None:
 
 def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 5))
     if len(objs) >= 2 and len(df) and all(k in df for k in objs[:2]):
         x, y = objs[0], objs[1]
@@ -115,8 +125,14 @@ def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
         if len(objs) == 2:
             ax.plot(f[x], f[y], "r-o", ms=5, mfc="none", label="Pareto front")
         else:  # a front over more objectives is not a curve in this plane: mark its points
-            ax.plot(f[x], f[y], "ro", ms=6, mfc="none",
-                    label=f"Pareto front (all {len(objs)} objectives)")
+            ax.plot(
+                f[x],
+                f[y],
+                "ro",
+                ms=6,
+                mfc="none",
+                label=f"Pareto front (all {len(objs)} objectives)",
+            )
         ax.set_xlabel(f"{x} ({dirs[0]})")
         ax.set_ylabel(f"{y} ({dirs[1]})")
         ax.legend(loc="best", fontsize=8)
@@ -129,9 +145,14 @@ def plot_pareto(df, front, objs, dirs, path: Path) -> Path:
 def plot_roofline(df, front, path: Path) -> Path:
     """Decode step: attained GOP/s against operational intensity (ops per external byte)."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 5))
     need = ("macs_per_step", "bytes_per_step", "decode_step_s")
-    d = df.dropna(subset=[c for c in need if c in df]) if all(c in df for c in need) else df.iloc[0:0]
+    d = (
+        df.dropna(subset=[c for c in need if c in df])
+        if all(c in df for c in need)
+        else df.iloc[0:0]
+    )
     if len(d):
         oi = 2 * d["macs_per_step"] / d["bytes_per_step"]
         perf = 2 * d["macs_per_step"] / d["decode_step_s"] / 1e9
@@ -141,8 +162,12 @@ def plot_roofline(df, front, path: Path) -> Path:
         if len(front) and all(c in front for c in ("bw_gbs", "peak_gops")):
             best = front.iloc[0]
             xs = np.logspace(np.log10(max(oi.min() / 4, 1e-3)), np.log10(oi.max() * 4), 100)
-            ax.plot(xs, np.minimum(best["peak_gops"], best["bw_gbs"] * xs), "r-",
-                    label="roof of the first Pareto point")
+            ax.plot(
+                xs,
+                np.minimum(best["peak_gops"], best["bw_gbs"] * xs),
+                "r-",
+                label="roof of the first Pareto point",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("operational intensity (ops / external byte)")
@@ -156,6 +181,7 @@ def plot_roofline(df, front, path: Path) -> Path:
 
 def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
     import matplotlib.pyplot as plt
+
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     f = front.head(limit)
     if len(f):
@@ -180,32 +206,40 @@ def plot_utilisation(front, path: Path, limit: int = 16) -> Path:
     return _save(fig, path)
 
 
-def plot_timeline(spec, params: dict, path: Path, cache_dir: str | None = None,
-                  max_instrs: int = 600) -> Path:
+def plot_timeline(
+    spec, params: dict, path: Path, cache_dir: str | None = None, max_instrs: int = 600
+) -> Path:
     """Unit occupancy over the start of one decode step of a point (cycle model schedule)."""
     import matplotlib.pyplot as plt
+
     from .explore import _cache, build_point, decode_positions, evaluate_point
     from .sim.cycle_model import CycleModel
+
     fig, ax = plt.subplots(figsize=(9, 3.2))
     try:
-        params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()
-                  if not (isinstance(v, float) and np.isnan(v))}
+        params = {
+            k: (v.item() if hasattr(v, "item") else v)
+            for k, v in params.items()
+            if not (isinstance(v, float) and np.isnan(v))
+        }
         arch, _, _, tparams = build_point(spec, params)
         # Loads the point's program from the DSE's program cache (or compiles it).
         row = evaluate_point(spec, params, cache_dir)
         prog = _cache(cache_dir).programs[row["metrics"]["stream_key"]]
         _, samples = decode_positions(spec.workload)
         sec = prog.section_for("decode", samples[0])
-        run = CycleModel(arch, tparams).execute(sec.instructions, name=sec.name,
-                                                d=samples[0] - sec.len_lo)
+        run = CycleModel(arch, tparams).execute(
+            sec.instructions, name=sec.name, d=samples[0] - sec.len_lo
+        )
         s, e = run.schedule.start, run.schedule.end
         colors = {"LD": "tab:blue", "ST": "tab:orange", "MPE": "tab:green", "SFU": "tab:red"}
         for i, ins in enumerate(run.instrs[:max_instrs]):
             if ins.UNIT is None or s[i] < 0:
                 continue
             u = ins.UNIT.name
-            ax.broken_barh([(int(s[i]), int(e[i] - s[i]))], (UNITS.index(u) - 0.4, 0.8),
-                           color=colors[u])
+            ax.broken_barh(
+                [(int(s[i]), int(e[i] - s[i]))], (UNITS.index(u) - 0.4, 0.8), color=colors[u]
+            )
         ax.set_yticks(range(len(UNITS)), UNITS)
         ax.set_xlabel(f"cycle ({sec.name}, first {max_instrs} instructions)")
     except Exception as exc:  # the timeline is illustrative; say why it is missing
@@ -217,13 +251,24 @@ def plot_timeline(spec, params: dict, path: Path, cache_dir: str | None = None,
 def write_html(spec, df, front, files: dict[str, Path], path: Path) -> Path:
     n = len(df)
     ok = int((df["status"] == "ok").sum()) if n else 0
-    reasons = (df[df["status"] != "ok"]["reason"].str.split(":").str[0].value_counts().to_dict()
-               if n else {})
+    reasons = (
+        df[df["status"] != "ok"]["reason"].str.split(":").str[0].value_counts().to_dict()
+        if n
+        else {}
+    )
     cols = [c for c in front.columns if c.startswith("p_")] + [
-        c for c in (*spec.objectives, "power_w", "dsp", "lut", "bram", "uram") if c in front]
-    table = front[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}") if len(front) else "<p>none</p>"
-    imgs = "".join(f'<h2>{html.escape(k[:-4])}</h2><img src="{p.name}" alt="{k}">'
-                   for k, p in files.items() if k.endswith("_png"))
+        c for c in (*spec.objectives, "power_w", "dsp", "lut", "bram", "uram") if c in front
+    ]
+    table = (
+        front[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        if len(front)
+        else "<p>none</p>"
+    )
+    imgs = "".join(
+        f'<h2>{html.escape(k[:-4])}</h2><img src="{p.name}" alt="{k}">'
+        for k, p in files.items()
+        if k.endswith("_png")
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSE: {html.escape(spec.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px}}img{{max-width:900px}}</style></head><body>

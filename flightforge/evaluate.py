@@ -37,9 +37,10 @@ import hashlib
 import heapq
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,11 +64,14 @@ def stream_fields(arch: ArchConfig, buckets: str) -> dict[str, Any]:
         for k in ("name", "description", "device"):
             d.pop(k, None)
         return d
-    return {"buffers": {b.name.lower(): arch.buffers.of(b).size for b in isa.Buf},
-            "token_depth": arch.token_depth, "burst_bytes": arch.hbm.burst_bytes,
-            "capacity": arch.hbm.capacity,
-            # prefill chunks and short-prompt buckets come in whole MM row tiles
-            "mm_rows": arch.mpe.mm.m}
+    return {
+        "buffers": {b.name.lower(): arch.buffers.of(b).size for b in isa.Buf},
+        "token_depth": arch.token_depth,
+        "burst_bytes": arch.hbm.burst_bytes,
+        "capacity": arch.hbm.capacity,
+        # prefill chunks and short-prompt buckets come in whole MM row tiles
+        "mm_rows": arch.mpe.mm.m,
+    }
 
 
 def canonical_hash(obj: Any) -> str:
@@ -136,11 +140,23 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
             xsplit.append(isinstance(ins, isa.ST) or buf in SPLIT_BUFFERS)
             xbuf.append(int(buf))
             xbits.append(isa.Unpack(ins.unpack).bits if isinstance(ins, isa.LD) else 8)
-    return Stream(section, d, instrs, kind, waits, releases, np.array(mm, dtype=np.int64),
-                  np.array(misc, dtype=np.int64), np.array(xfer, dtype=np.int64),
-                  np.array(xbytes, dtype=np.int64), np.array(xsplit, dtype=bool),
-                  np.array(xbuf, dtype=np.int64), np.array(xbits, dtype=np.int64),
-                  int(sum(xbytes)), macs)
+    return Stream(
+        section,
+        d,
+        instrs,
+        kind,
+        waits,
+        releases,
+        np.array(mm, dtype=np.int64),
+        np.array(misc, dtype=np.int64),
+        np.array(xfer, dtype=np.int64),
+        np.array(xbytes, dtype=np.int64),
+        np.array(xsplit, dtype=bool),
+        np.array(xbuf, dtype=np.int64),
+        np.array(xbits, dtype=np.int64),
+        int(sum(xbytes)),
+        macs,
+    )
 
 
 # --- durations -------------------------------------------------------------------------------
@@ -160,13 +176,16 @@ def _unit_rate_arch(arch: ArchConfig) -> ArchConfig:
 def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.ndarray]:
     """Worst per-channel bursts and channel crossings of every transfer (cached by map)."""
     from .sim.timing import Timing, TimingParams
+
     mem = arch.hbm
     key = (mem.burst_bytes, mem.capacity, mem.channels, params.interleave_bytes, params.channels)
     hit = stream._geometry.get(key)
     if hit is not None:
         return hit
-    unit = Timing(_unit_rate_arch(arch), TimingParams(interleave_bytes=params.interleave_bytes,
-                                                      channels=params.channels))
+    unit = Timing(
+        _unit_rate_arch(arch),
+        TimingParams(interleave_bytes=params.interleave_bytes, channels=params.channels),
+    )
     worst = np.empty(len(stream.xfer_idx), dtype=np.int64)
     cross = np.empty(len(stream.xfer_idx), dtype=np.int64)
     for j, i in enumerate(stream.xfer_idx):
@@ -185,14 +204,23 @@ def _port_cycles(timing, ins: isa.Instruction) -> int:
 def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
     """Cycles every instruction occupies its unit (``Timing.duration``, 0 for SYS)."""
     from .sim.timing import Timing
+
     timing = Timing(arch, params)
     out = np.zeros(len(stream.instrs), dtype=np.int64)
-    ckey = (arch.mpe, arch.sfu, tuple(sorted(timing.port.items())), timing.cores,
-            params.sync_latency_cycles, params.link_bytes_per_cycle)
+    ckey = (
+        arch.mpe,
+        arch.sfu,
+        tuple(sorted(timing.port.items())),
+        timing.cores,
+        params.sync_latency_cycles,
+        params.link_bytes_per_cycle,
+    )
     comp = stream._compute.get(ckey)
     if comp is None:
-        comp = (np.array([timing.matmul(stream.instrs[i]) for i in stream.mm_idx], dtype=np.int64),
-                np.array([timing.misc(stream.instrs[i]) for i in stream.misc_idx], dtype=np.int64))
+        comp = (
+            np.array([timing.matmul(stream.instrs[i]) for i in stream.mm_idx], dtype=np.int64),
+            np.array([timing.misc(stream.instrs[i]) for i in stream.misc_idx], dtype=np.int64),
+        )
         stream._compute[ckey] = comp
     out[stream.mm_idx] = comp[0]
     out[stream.misc_idx] = comp[1]
@@ -211,13 +239,18 @@ def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
             pairs = list(zip(stream.xfer_buf.tolist(), stream.xfer_bits.tolist()))
             slow = {p: timing.beatwise(isa.Buf(p[0]), p[1]) for p in set(pairs)}
             idx = [j for j, p in enumerate(pairs) if slow[p]]
-            beat = stream._compute[bkey] = (np.array(idx, dtype=np.int64), np.array(
-                [_port_cycles(timing, stream.instrs[stream.xfer_idx[j]]) for j in idx],
-                dtype=np.int64))
+            beat = stream._compute[bkey] = (
+                np.array(idx, dtype=np.int64),
+                np.array(
+                    [_port_cycles(timing, stream.instrs[stream.xfer_idx[j]]) for j in idx],
+                    dtype=np.int64,
+                ),
+            )
         port_cycles[beat[0]] = beat[1]
         channel_cycles = -(-(worst * timing.burst * Q) // timing.rate_q8)
-        out[stream.xfer_idx] = (timing.latency + np.maximum(channel_cycles, port_cycles)
-                                + timing.penalty * cross)
+        out[stream.xfer_idx] = (
+            timing.latency + np.maximum(channel_cycles, port_cycles) + timing.penalty * cross
+        )
     return out
 
 
@@ -228,9 +261,15 @@ class DispatchError(RuntimeError):
     """The stream deadlocked or left tokens at HALT (run ``sim.dispatch`` for the details)."""
 
 
-def dispatch_cycles(kind: Sequence[int], waits: Sequence[tuple[int, ...]],
-                    releases: Sequence[tuple[int, ...]], dur: Sequence[int], *,
-                    token_depth: int, queue_depth: int) -> int:
+def dispatch_cycles(
+    kind: Sequence[int],
+    waits: Sequence[tuple[int, ...]],
+    releases: Sequence[tuple[int, ...]],
+    dur: Sequence[int],
+    *,
+    token_depth: int,
+    queue_depth: int,
+) -> int:
     """Cycles of one section: :func:`flightforge.sim.dispatch.run_dispatch`'s machine.
 
     Same rules in the same order each cycle (retire, dispatch one, start heads in unit
@@ -317,12 +356,21 @@ def time_stream(stream: Stream, arch: ArchConfig, params) -> StreamTiming:
     dur1 = np.maximum(dur, 1)
     kinds = np.asarray(stream.kind)
     busy = tuple(int(dur1[kinds == u].sum()) for u in range(N_UNITS))
-    key = (hashlib.blake2b(dur.tobytes(), digest_size=16).digest(), arch.token_depth,
-           arch.queue_depth)
+    key = (
+        hashlib.blake2b(dur.tobytes(), digest_size=16).digest(),
+        arch.token_depth,
+        arch.queue_depth,
+    )
     cycles = stream._memo.get(key)
     if cycles is None:
-        cycles = dispatch_cycles(stream.kind, stream.waits, stream.releases, dur.tolist(),
-                                 token_depth=arch.token_depth, queue_depth=arch.queue_depth)
+        cycles = dispatch_cycles(
+            stream.kind,
+            stream.waits,
+            stream.releases,
+            dur.tolist(),
+            token_depth=arch.token_depth,
+            queue_depth=arch.queue_depth,
+        )
         stream._memo[key] = cycles
     return StreamTiming(cycles, busy, stream.bytes_moved, stream.macs)
 
@@ -354,6 +402,7 @@ class ProgramCache:
         err = self.dir / f"{key}.err" if self.dir else None
         if err is not None and err.exists():
             from .compiler.memory import CompileError
+
             e = CompileError(err.read_text())
             self.programs[key] = e
             raise e

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import isa
 from .arch import ArchConfig, ConfigError, arch_from_dict
 from .evaluate import ProgramCache, canonical_hash, stream_fields, time_stream
-from .resources import KINDS, design_resources, over_budget, utilisation
 from .files import read_yaml
+from .resources import KINDS, design_resources, over_budget, utilisation
 
 UNITS = ("LD", "ST", "MPE", "SFU")
 
@@ -83,9 +83,14 @@ class Spec(_M):
     buckets: Literal["fixed", "auto", "per-length"] = "fixed"
     timing: TimingSpec = TimingSpec()
     parameters: dict[str, list[Any]] = Field(default_factory=dict)
-    objectives: dict[str, Literal["min", "max"]] = Field(default_factory=lambda: {
-        "decode_tokens_per_s": "max", "ttft_s": "min", "energy_per_token_j": "min",
-        "max_utilisation": "min"})
+    objectives: dict[str, Literal["min", "max"]] = Field(
+        default_factory=lambda: {
+            "decode_tokens_per_s": "max",
+            "ttft_s": "min",
+            "energy_per_token_j": "min",
+            "max_utilisation": "min",
+        }
+    )
     search: SearchSpec = SearchSpec()
     base_dir: str = "."  #: where relative paths resolve (the spec file's folder)
 
@@ -103,10 +108,16 @@ class Spec(_M):
 #: knob -> what it sets. Arch knobs are paths into the architecture; ``*_kib`` set a
 #: buffer's size; the rest set compile or timing options. Any dotted key (``hbm.latency_ns``)
 #: is a path into the architecture as well.
-ARCH_KNOBS = {"cores": ("cores",), "clock_mhz": ("clock_mhz",), "chains": ("mpe", "chains"),
-              "groups_per_chain": ("mpe", "groups_per_chain"), "sfu_lanes": ("sfu", "lanes"),
-              "hbm_bandwidth_gbs": ("hbm", "bandwidth_gbs"), "token_depth": ("token_depth",),
-              "queue_depth": ("queue_depth",)}
+ARCH_KNOBS = {
+    "cores": ("cores",),
+    "clock_mhz": ("clock_mhz",),
+    "chains": ("mpe", "chains"),
+    "groups_per_chain": ("mpe", "groups_per_chain"),
+    "sfu_lanes": ("sfu", "lanes"),
+    "hbm_bandwidth_gbs": ("hbm", "bandwidth_gbs"),
+    "token_depth": ("token_depth",),
+    "queue_depth": ("queue_depth",),
+}
 ARCH_KNOBS |= {f"{b.name.lower()}_kib": ("buffers", b.name.lower(), "size") for b in isa.Buf}
 QUANT_KNOBS = ("weight_bits", "group", "sparse_n", "sparse_m")
 TIMING_KNOBS = ("hbm_channels", "mem_efficiency_pct", "interleave_bytes")
@@ -132,8 +143,10 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
         raise SpecError("\n".join(lines)) from None
     for k, values in spec.parameters.items():
         if k not in KNOBS and "." not in k:
-            raise SpecError(f"{source}: parameters.{k}: unknown knob; knobs: {', '.join(KNOBS)}, "
-                            f"or a dotted architecture path such as hbm.latency_ns")
+            raise SpecError(
+                f"{source}: parameters.{k}: unknown knob; knobs: {', '.join(KNOBS)}, "
+                f"or a dotted architecture path such as hbm.latency_ns"
+            )
         if not isinstance(values, list) or not values:
             raise SpecError(f"{source}: parameters.{k}: expected a non-empty list of values")
     if not spec.path(spec.model).is_file():
@@ -151,11 +164,14 @@ def point_key(params: dict[str, Any]) -> str:
 
 def grid(spec: Spec) -> list[dict[str, Any]]:
     names = sorted(spec.parameters)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(spec.parameters[n] for n in names))]
+    return [
+        dict(zip(names, combo)) for combo in itertools.product(*(spec.parameters[n] for n in names))
+    ]
 
 
 def _base_arch(spec: Spec) -> ArchConfig:
     from .mappings import load_target
+
     t = spec.target
     return load_target(spec.path(t) if t.endswith((".yaml", ".yml")) else t)
 
@@ -179,6 +195,7 @@ def build_point(spec: Spec, params: dict[str, Any], base: ArchConfig | None = No
     """
     from .compiler.qdecoder import QuantOptions, WeightPlan
     from .sim.timing import Timing, TimingParams
+
     base = base or _base_arch(spec)
     d = base.model_dump(mode="json")
     q = spec.quant.model_dump()
@@ -216,13 +233,18 @@ def build_point(spec: Spec, params: dict[str, Any], base: ArchConfig | None = No
         bits = int(q["weight_bits"])
         prec = isa.WPrec.INT4 if bits == 4 else isa.WPrec.INT8
         layers = _model_layers(spec)
-        plans = {f"l{i}.{w}": WeightPlan(prec, int(q["group"]) if bits == 4 else 0, mode)
-                 for i in range(layers) for w in spec.quant.sparse_layers}
+        plans = {
+            f"l{i}.{w}": WeightPlan(prec, int(q["group"]) if bits == 4 else 0, mode)
+            for i in range(layers)
+            for w in spec.quant.sparse_layers
+        }
     quant = QuantOptions(weight_bits=int(q["weight_bits"]), group=int(q["group"]), plans=plans)
     try:
-        tparams = TimingParams(interleave_bytes=int(tm["interleave_bytes"]),
-                               channels=int(tm["hbm_channels"]),
-                               mem_efficiency_pct=int(tm["mem_efficiency_pct"]))
+        tparams = TimingParams(
+            interleave_bytes=int(tm["interleave_bytes"]),
+            channels=int(tm["hbm_channels"]),
+            mem_efficiency_pct=int(tm["mem_efficiency_pct"]),
+        )
         Timing(arch, tparams)
     except ValueError as e:
         raise ConfigError(f"timing: {e}") from None
@@ -231,6 +253,7 @@ def build_point(spec: Spec, params: dict[str, Any], base: ArchConfig | None = No
 
 def _model_layers(spec: Spec) -> int:
     from .compiler.hf_config import load_structure
+
     return load_structure(spec.path(spec.model)).shape.layers
 
 
@@ -258,11 +281,12 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
     """Evaluate one point: a row for the store (status ok or infeasible with a reason)."""
     from .compiler.memory import CompileError
     from .compiler.pipeline import CompileOptions, compile_shape_only
+    from .evaluate import DispatchError
     from .generate import prefill_runs
     from .power import power
     from .program import ProgramError
     from .sim.device import DeviceError
-    from .evaluate import DispatchError
+
     t0 = time.perf_counter()
     row = {"key": point_key(params), "params": params, "status": "ok", "reason": "", "metrics": {}}
 
@@ -285,17 +309,30 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
     w = spec.workload
     positions, samples = decode_positions(w)
     lengths = tuple(sorted({w.prompt_len, *samples}))
-    skey = canonical_hash({"model": spec.path(spec.model).read_text(), "quant": repr(quant),
-                           "buckets": buckets, "lengths": lengths,
-                           "max_len": int(positions[-1]) + 1,
-                           "arch": stream_fields(arch, buckets)})
+    skey = canonical_hash(
+        {
+            "model": spec.path(spec.model).read_text(),
+            "quant": repr(quant),
+            "buckets": buckets,
+            "lengths": lengths,
+            "max_len": int(positions[-1]) + 1,
+            "arch": stream_fields(arch, buckets),
+        }
+    )
     m["stream_key"] = skey
     cache = _cache(cache_dir)
-    options = CompileOptions(with_data=False, lengths=lengths, max_len=int(positions[-1]) + 1,
-                             last_logits_only=True, buckets=buckets, quant=quant)
+    options = CompileOptions(
+        with_data=False,
+        lengths=lengths,
+        max_len=int(positions[-1]) + 1,
+        last_logits_only=True,
+        buckets=buckets,
+        quant=quant,
+    )
     try:
-        program = cache.program(skey, arch, lambda a: compile_shape_only(str(spec.path(spec.model)),
-                                                                         a, options))
+        program = cache.program(
+            skey, arch, lambda a: compile_shape_only(str(spec.path(spec.model)), a, options)
+        )
     except (CompileError, ConfigError) as e:
         return done("infeasible", f"compile: {e}")
     try:
@@ -308,7 +345,11 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
             busy += np.array(st.busy) / st.cycles / len(samples)
             moved += st.bytes_moved / len(samples)
             macs += st.macs / len(samples)
-        step = float(np.interp(positions, samples, cycles).mean()) if len(samples) > 1 else float(cycles[0])
+        step = (
+            float(np.interp(positions, samples, cycles).mean())
+            if len(samples) > 1
+            else float(cycles[0])
+        )
         m["decode_step_cycles"] = step
         m["decode_step_s"] = step / clock
         m["decode_tokens_per_s"] = clock / step
@@ -318,17 +359,24 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
         bw = moved / m["decode_step_s"]
         m["hbm_utilisation"] = bw / (arch.hbm.bandwidth_gbs * 1e9)
         used = (tparams.channels or arch.hbm.channels) if tparams.interleave_bytes else 1
-        m["bw_gbs"] = (arch.hbm.bandwidth_gbs * used / arch.hbm.channels
-                       * tparams.mem_efficiency_pct / 100)
+        m["bw_gbs"] = (
+            arch.hbm.bandwidth_gbs * used / arch.hbm.channels * tparams.mem_efficiency_pct / 100
+        )
         m["peak_gops"] = 2 * arch.mpe.mv.macs * arch.cores * arch.clock_mhz / 1e3
         pw = power(arch, dict(zip(UNITS, busy)), bw)
-        m.update(power_w=pw.total_w, static_w=pw.static_w, logic_w=pw.logic_w,
-                 memory_w=pw.memory_w, energy_per_token_j=pw.total_w * m["decode_step_s"])
+        m.update(
+            power_w=pw.total_w,
+            static_w=pw.static_w,
+            logic_w=pw.logic_w,
+            memory_w=pw.memory_w,
+            energy_per_token_j=pw.total_w * m["decode_step_s"],
+        )
         if w.ttft:
             pre = 0
             for r in prefill_runs(program, w.prompt_len):
-                pre += time_stream(cache.stream(skey, program, r.section, r.length), arch,
-                                   tparams).cycles
+                pre += time_stream(
+                    cache.stream(skey, program, r.section, r.length), arch, tparams
+                ).cycles
             m["prefill_cycles"] = pre
             m["ttft_s"] = pre / clock
     except (ProgramError, DeviceError, DispatchError, KeyError, ValueError, isa.IsaError) as e:
@@ -361,9 +409,11 @@ class Store:
         self.db = sqlite3.connect(str(self.path), timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS points (key TEXT PRIMARY KEY, seq INTEGER, "
-                        "params TEXT, status TEXT, reason TEXT, metrics TEXT, extra TEXT, "
-                        "seconds REAL, created REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS points (key TEXT PRIMARY KEY, seq INTEGER, "
+            "params TEXT, status TEXT, reason TEXT, metrics TEXT, extra TEXT, "
+            "seconds REAL, created REAL)"
+        )
         self.db.commit()
 
     def bind(self, fingerprint: str) -> None:
@@ -372,8 +422,10 @@ class Store:
             self.db.execute("INSERT INTO meta VALUES ('spec', ?)", (fingerprint,))
             self.db.commit()
         elif row[0] != fingerprint:
-            raise SpecError(f"{self.path} holds points of another spec (fingerprint {row[0]}, "
-                            f"not {fingerprint}); give another --store or --out")
+            raise SpecError(
+                f"{self.path} holds points of another spec (fingerprint {row[0]}, "
+                f"not {fingerprint}); give another --store or --out"
+            )
 
     def keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM points")}
@@ -386,25 +438,46 @@ class Store:
         cur = self.db.execute(
             "INSERT OR IGNORE INTO points VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM points),"
             " ?, ?, ?, ?, ?, ?, ?)",
-            (row["key"], json.dumps(row["params"], sort_keys=True), row["status"], row["reason"],
-             json.dumps(row["metrics"], sort_keys=True), json.dumps(extra or {}),
-             row.get("seconds", 0.0), time.time()))
+            (
+                row["key"],
+                json.dumps(row["params"], sort_keys=True),
+                row["status"],
+                row["reason"],
+                json.dumps(row["metrics"], sort_keys=True),
+                json.dumps(extra or {}),
+                row.get("seconds", 0.0),
+                time.time(),
+            ),
+        )
         self.db.commit()
         return cur.rowcount == 1
 
     def get(self, key: str) -> dict | None:
-        r = self.db.execute("SELECT key, params, status, reason, metrics, extra, seconds FROM "
-                            "points WHERE key=?", (key,)).fetchone()
+        r = self.db.execute(
+            "SELECT key, params, status, reason, metrics, extra, seconds FROM points WHERE key=?",
+            (key,),
+        ).fetchone()
         return None if r is None else self._row(r)
 
     def rows(self) -> list[dict]:
-        return [self._row(r) for r in self.db.execute(
-            "SELECT key, params, status, reason, metrics, extra, seconds FROM points ORDER BY seq")]
+        return [
+            self._row(r)
+            for r in self.db.execute(
+                "SELECT key, params, status, reason, metrics, extra, seconds FROM points ORDER BY seq"
+            )
+        ]
 
     @staticmethod
     def _row(r) -> dict:
-        return {"key": r[0], "params": json.loads(r[1]), "status": r[2], "reason": r[3],
-                "metrics": json.loads(r[4]), "extra": json.loads(r[5]), "seconds": r[6]}
+        return {
+            "key": r[0],
+            "params": json.loads(r[1]),
+            "status": r[2],
+            "reason": r[3],
+            "metrics": json.loads(r[4]),
+            "extra": json.loads(r[5]),
+            "seconds": r[6],
+        }
 
     def close(self) -> None:
         self.db.close()
@@ -417,32 +490,40 @@ def make_executor(jobs: int, scheduler: str | None):
     """A ``concurrent.futures`` executor: local processes, or a Dask cluster's."""
     if scheduler:
         from dask.distributed import Client
+
         client = Client(scheduler)
         return client.get_executor(), client
     if jobs <= 1:
         return None, None
     import multiprocessing
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")), None
+
+    return cf.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+    ), None
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
     from tqdm import tqdm
+
     return tqdm(total=total, initial=initial, desc=desc, unit="pt", dynamic_ncols=True)
 
 
 def _batches(points: list[dict], size: int, stream_of) -> list[list[dict]]:
     """Batches of points sharing a compiled stream where possible (one compile per worker)."""
     points = sorted(points, key=stream_of)
-    return [points[i:i + size] for i in range(0, len(points), size)]
+    return [points[i : i + size] for i in range(0, len(points), size)]
 
 
 def _run(spec: Spec, points: list[dict], executor, cache_dir: str | None, on_row) -> None:
     spec_json = spec.model_dump_json()
     stream_params = [k for k in spec.parameters if k not in ARCH_KNOBS or k.endswith("_kib")]
-    batches = _batches(points, spec.search.batch,
-                       lambda p: json.dumps([p.get(k) for k in sorted(stream_params)], default=str))
+    batches = _batches(
+        points,
+        spec.search.batch,
+        lambda p: json.dumps([p.get(k) for k in sorted(stream_params)], default=str),
+    )
     if executor is None:
         for b in batches:
             for row in evaluate_batch(spec_json, b, cache_dir):
@@ -458,9 +539,17 @@ def _run(spec: Spec, points: list[dict], executor, cache_dir: str | None, on_row
             f.cancel()
 
 
-def explore(spec: Spec, store: Store, *, jobs: int | None = None, scheduler: str | None = None,
-            cache_dir: str | None = None, progress: bool = True,
-            method: str | None = None, trials: int | None = None) -> dict[str, int]:
+def explore(
+    spec: Spec,
+    store: Store,
+    *,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    method: str | None = None,
+    trials: int | None = None,
+) -> dict[str, int]:
     """Evaluate the spec's space into ``store`` (resuming whatever it already holds)."""
     store.bind(spec.fingerprint())
     jobs = jobs or min(os.cpu_count() or 1, 2)
@@ -469,8 +558,9 @@ def explore(spec: Spec, store: Store, *, jobs: int | None = None, scheduler: str
     try:
         if method == "grid":
             return _explore_grid(spec, store, executor, cache_dir, progress)
-        return _explore_nsga2(spec, store, executor, cache_dir, progress,
-                              trials or spec.search.trials, jobs)
+        return _explore_nsga2(
+            spec, store, executor, cache_dir, progress, trials or spec.search.trials, jobs
+        )
     finally:
         if isinstance(executor, cf.ProcessPoolExecutor):
             executor.shutdown(wait=False, cancel_futures=True)
@@ -505,19 +595,25 @@ def _constraints(trial) -> list[float]:
 
 def objective_values(spec: Spec, metrics: dict) -> list[float] | None:
     vals = [metrics.get(k) for k in spec.objectives]
-    return None if any(v is None or not math.isfinite(v) for v in vals) else [float(v) for v in vals]
+    return (
+        None if any(v is None or not math.isfinite(v) for v in vals) else [float(v) for v in vals]
+    )
 
 
 def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> dict[str, int]:
     import optuna
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {k: CategoricalDistribution(v) for k, v in sorted(spec.parameters.items())}
-    sampler = optuna.samplers.NSGAIISampler(population_size=spec.search.population,
-                                            seed=spec.search.seed, constraints_func=_constraints)
-    study = optuna.create_study(directions=["minimize" if d == "min" else "maximize"
-                                            for d in spec.objectives.values()], sampler=sampler)
+    sampler = optuna.samplers.NSGAIISampler(
+        population_size=spec.search.population, seed=spec.search.seed, constraints_func=_constraints
+    )
+    study = optuna.create_study(
+        directions=["minimize" if d == "min" else "maximize" for d in spec.objectives.values()],
+        sampler=sampler,
+    )
 
     def frozen(row: dict, system_attrs: dict):
         vals = objective_values(spec, row["metrics"])
@@ -525,11 +621,16 @@ def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> 
         if len(params) != len(dists):
             return None
         if vals is None:
-            return create_trial(params=params, distributions=dists, state=TrialState.FAIL,
-                                system_attrs=system_attrs)
-        return create_trial(params=params, distributions=dists, values=vals,
-                            system_attrs=system_attrs, user_attrs={"constraint": [
-                                0.0 if row["status"] == "ok" else 1.0]})
+            return create_trial(
+                params=params, distributions=dists, state=TrialState.FAIL, system_attrs=system_attrs
+            )
+        return create_trial(
+            params=params,
+            distributions=dists,
+            values=vals,
+            system_attrs=system_attrs,
+            user_attrs={"constraint": [0.0 if row["status"] == "ok" else 1.0]},
+        )
 
     start = len(store)
     for row in store.rows():  # resume: the sampler sees every stored point, in order

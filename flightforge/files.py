@@ -5,8 +5,9 @@ names it, in the caller's own error type."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def read_yaml(path: Path, error: type[Exception]) -> Any:
@@ -21,8 +22,13 @@ def read_json(path: Path, error: type[Exception]) -> Any:
     return _read(path, error, json.loads, json.JSONDecodeError, "JSON")
 
 
-def _read(path: Path, error: type[Exception], parse: Callable[[str], Any],
-          invalid: type[Exception], kind: str) -> Any:
+def _read(
+    path: Path,
+    error: type[Exception],
+    parse: Callable[[str], Any],
+    invalid: type[Exception],
+    kind: str,
+) -> Any:
     try:
         return parse(path.read_text())
     except OSError as e:

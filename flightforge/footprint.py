@@ -39,14 +39,36 @@ def footprint(instr: isa.Instruction, d_max: int = 0) -> tuple[list[Access], lis
     if d_max and isa.is_dynamic(instr):
         lo_r, lo_w = footprint(isa.resolve(instr, 0))
         hi_r, hi_w = footprint(isa.resolve(instr, d_max))
-        return ([Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r)],
-                [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w)])
+        return (
+            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r)],
+            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w)],
+        )
     if isinstance(instr, isa.LD):
-        return ([_span(EXT, instr.src, instr.rows, instr.src_row_bytes, instr.src_stride)],
-                [_span(isa.Buf(instr.buf).name, instr.dst, instr.rows, instr.row_bytes, instr.dst_stride)])
+        return (
+            [_span(EXT, instr.src, instr.rows, instr.src_row_bytes, instr.src_stride)],
+            [
+                _span(
+                    isa.Buf(instr.buf).name,
+                    instr.dst,
+                    instr.rows,
+                    instr.row_bytes,
+                    instr.dst_stride,
+                )
+            ],
+        )
     if isinstance(instr, isa.ST):
-        return ([_span(isa.Buf(instr.buf).name, instr.src, instr.rows, instr.row_bytes, instr.src_stride)],
-                [_span(EXT, instr.dst, instr.rows, instr.row_bytes, instr.dst_stride)])
+        return (
+            [
+                _span(
+                    isa.Buf(instr.buf).name,
+                    instr.src,
+                    instr.rows,
+                    instr.row_bytes,
+                    instr.src_stride,
+                )
+            ],
+            [_span(EXT, instr.dst, instr.rows, instr.row_bytes, instr.dst_stride)],
+        )
     if isinstance(instr, (isa.MM, isa.MV)):
         return _matmul_footprint(instr)
     if isinstance(instr, isa.MISC):
@@ -68,7 +90,9 @@ def _matmul_footprint(i: isa.MM | isa.MV) -> tuple[list[Access], list[Access]]:
         if mrb:
             reads.append(Access("META", i.meta_addr, i.meta_addr + i.n * mrb))
     if i.colp:
-        reads.append(Access("SCALE", i.q_addr, i.q_addr + i.n * formats.column_record_bytes(i.k, i.gsz)))
+        reads.append(
+            Access("SCALE", i.q_addr, i.q_addr + i.n * formats.column_record_bytes(i.k, i.gsz))
+        )
     if i.acc_in:
         reads.append(_span("ACT", i.p_addr, rows, i.n * 4, i.d_stride))
     writes = [_span("ACT", i.d_addr, rows, i.n * odt.nbytes, i.d_stride)]

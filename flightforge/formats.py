@@ -67,7 +67,7 @@ def _pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     per = 8 // bits
     pad = (-n) % per
     v = np.pad(values.astype(np.uint8), ((0, 0), (0, pad))).reshape(rows, -1, per)
-    shifts = (np.arange(per, dtype=np.uint8) * bits)
+    shifts = np.arange(per, dtype=np.uint8) * bits
     return np.bitwise_or.reduce(v << shifts, axis=2).astype(np.uint8)
 
 
@@ -91,8 +91,9 @@ def pack_lowbit(values: np.ndarray, bits: int) -> np.ndarray:
     v = np.asarray(values, dtype=np.int64)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if v.size and (v.min() < lo or v.max() > hi):
-        raise FormatError(f"values span {int(v.min())}..{int(v.max())}, outside {bits}-bit "
-                          f"range {lo}..{hi}")
+        raise FormatError(
+            f"values span {int(v.min())}..{int(v.max())}, outside {bits}-bit range {lo}..{hi}"
+        )
     rows, n = v.shape
     field_bits = ((v[:, :, None] & ((1 << bits) - 1)) >> np.arange(bits)) & 1
     stream = field_bits.reshape(rows, n * bits).astype(np.uint8)
@@ -104,7 +105,7 @@ def pack_lowbit(values: np.ndarray, bits: int) -> np.ndarray:
 def unpack_lowbit(data: np.ndarray, bits: int, n: int) -> np.ndarray:
     """Inverse of :func:`pack_lowbit`: ``data[rows][bytes]`` to signed int64 ``[rows][n]``."""
     data = np.asarray(data, dtype=np.uint8)
-    stream = np.unpackbits(data, axis=1, bitorder="little")[:, :n * bits]
+    stream = np.unpackbits(data, axis=1, bitorder="little")[:, : n * bits]
     fields = stream.reshape(data.shape[0], n, bits).astype(np.int64)
     v = (fields << np.arange(bits)).sum(axis=2)
     return _to_signed(v, bits)
@@ -153,8 +154,9 @@ def pack_weights(w: np.ndarray, prec: WPrec, mode: SparseMode) -> PackedWeights:
     n_out, k = w.shape
     lo, hi = -(1 << (prec.bits - 1)), (1 << (prec.bits - 1)) - 1
     if w.size and (w.min() < lo or w.max() > hi):
-        raise FormatError(f"weights span {int(w.min())}..{int(w.max())}, outside {prec.name} "
-                          f"range {lo}..{hi}")
+        raise FormatError(
+            f"weights span {int(w.min())}..{int(w.max())}, outside {prec.name} range {lo}..{hi}"
+        )
     if not mode.is_sparse:
         if prec == WPrec.INT4 and k % 2:
             raise FormatError(f"dense INT4 weights need an even K, not {k}")
@@ -166,10 +168,12 @@ def pack_weights(w: np.ndarray, prec: WPrec, mode: SparseMode) -> PackedWeights:
     nnz = (blocks != 0).sum(axis=2)
     if (nnz > mode.n).any():
         c, b = np.argwhere(nnz > mode.n)[0]
-        raise FormatError(f"column {c}, block {b} (K {b * mode.m}..{(b + 1) * mode.m - 1}) has "
-                          f"{nnz[c, b]} nonzeros, more than {mode.n}:{mode.m} allows")
+        raise FormatError(
+            f"column {c}, block {b} (K {b * mode.m}..{(b + 1) * mode.m - 1}) has "
+            f"{nnz[c, b]} nonzeros, more than {mode.n}:{mode.m} allows"
+        )
     # Stable sort puts nonzeros first (by index), then the lowest zero positions.
-    order = np.argsort(blocks == 0, axis=2, kind="stable")[:, :, :mode.n]
+    order = np.argsort(blocks == 0, axis=2, kind="stable")[:, :, : mode.n]
     idx = np.sort(order, axis=2)
     vals = np.take_along_axis(blocks, idx, axis=2).reshape(n_out, -1).astype(np.int64)
     vals &= (1 << prec.bits) - 1
@@ -178,8 +182,14 @@ def pack_weights(w: np.ndarray, prec: WPrec, mode: SparseMode) -> PackedWeights:
     return PackedWeights(packed.tobytes(), meta.tobytes())
 
 
-def unpack_weights(weights: bytes | np.ndarray, meta: bytes | np.ndarray, n_out: int, k: int,
-                   prec: WPrec, mode: SparseMode) -> np.ndarray:
+def unpack_weights(
+    weights: bytes | np.ndarray,
+    meta: bytes | np.ndarray,
+    n_out: int,
+    k: int,
+    prec: WPrec,
+    mode: SparseMode,
+) -> np.ndarray:
     """Dense ``int64 [N][K]`` equivalent of packed weights.
 
     Sparse entries are scattered with addition, which is exactly what the sparse MUX
@@ -220,17 +230,20 @@ def pack_column_records(rec: ColumnRecords, k: int, gsz: int) -> bytes:
     scales = np.asarray(rec.scales).reshape(n_out, -1)
     if scales.shape[1] != groups:
         raise FormatError(f"expected {groups} group scales per column, got {scales.shape[1]}")
-    for name, arr, lo, hi in (("bias", rec.bias, -(1 << 31), (1 << 31) - 1),
-                              ("mult", rec.mult, 0, (1 << 16) - 1),
-                              ("scales", scales, 0, 255)):
+    for name, arr, lo, hi in (
+        ("bias", rec.bias, -(1 << 31), (1 << 31) - 1),
+        ("mult", rec.mult, 0, (1 << 16) - 1),
+        ("scales", scales, 0, 255),
+    ):
         a = np.asarray(arr)
         if a.size and (a.min() < lo or a.max() > hi):
-            raise FormatError(f"column record {name} spans {int(a.min())}..{int(a.max())}, "
-                              f"outside {lo}..{hi}")
+            raise FormatError(
+                f"column record {name} spans {int(a.min())}..{int(a.max())}, outside {lo}..{hi}"
+            )
     out = np.zeros((n_out, size), dtype=np.uint8)
     out[:, 0:4] = np.asarray(rec.bias, dtype="<i4").reshape(n_out, 1).view(np.uint8)
     out[:, 4:6] = np.asarray(rec.mult, dtype="<u2").reshape(n_out, 1).view(np.uint8)
-    out[:, 8:8 + groups] = scales.astype(np.uint8)
+    out[:, 8 : 8 + groups] = scales.astype(np.uint8)
     return out.tobytes()
 
 
@@ -241,5 +254,5 @@ def unpack_column_records(data: bytes | np.ndarray, n_out: int, k: int, gsz: int
     raw = np.frombuffer(bytes(data), dtype=np.uint8)[: n_out * size].reshape(n_out, size)
     bias = raw[:, 0:4].copy().view("<i4").reshape(n_out).astype(np.int64)
     mult = raw[:, 4:6].copy().view("<u2").reshape(n_out).astype(np.int64)
-    scales = raw[:, 8:8 + groups].astype(np.int64)
+    scales = raw[:, 8 : 8 + groups].astype(np.int64)
     return ColumnRecords(bias, mult, scales)

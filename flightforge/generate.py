@@ -28,8 +28,10 @@ class Generation:
 def _segment_array(program: Program, name: str, cols: int) -> np.ndarray:
     seg = program.segment(name)
     if seg.data is None:
-        raise ProgramError(f"segment {name!r} has no data: the program was compiled shape-only "
-                           f"and cannot be run for values")
+        raise ProgramError(
+            f"segment {name!r} has no data: the program was compiled shape-only "
+            f"and cannot be run for values"
+        )
     return np.frombuffer(seg.data, dtype="<i2").reshape(-1, cols).astype(np.int64)
 
 
@@ -65,14 +67,26 @@ def prefill_runs(program: Program, length: int) -> list[Run]:
         return [Run(program.section_for("prefill", length).name, length)]
     if length % chunk == 1:
         head = length - 1
-        body = ([Run(program.section_for("prefill", head).name, head)] if head <= chunk else
-                [Run(program.section_for("prefill_chunk", p).name, p) for p in chunk_starts(head, chunk)])
+        body = (
+            [Run(program.section_for("prefill", head).name, head)]
+            if head <= chunk
+            else [
+                Run(program.section_for("prefill_chunk", p).name, p)
+                for p in chunk_starts(head, chunk)
+            ]
+        )
         return body + [decode_run(program, length - 1)]
     last_only = meta.get("prefill_logits") == "last"
     starts = chunk_starts(length, chunk)
-    return [Run(program.section_for("prefill_final" if last_only and i == len(starts) - 1
-                                    else "prefill_chunk", pos0).name, pos0)
-            for i, pos0 in enumerate(starts)]
+    return [
+        Run(
+            program.section_for(
+                "prefill_final" if last_only and i == len(starts) - 1 else "prefill_chunk", pos0
+            ).name,
+            pos0,
+        )
+        for i, pos0 in enumerate(starts)
+    ]
 
 
 def decode_run(program: Program, position: int) -> Run:
@@ -101,14 +115,18 @@ class _Host:
         if bad:
             raise ValueError(f"token ids {bad} are outside the vocabulary 0..{vocab - 1}")
         if positions > max_len:
-            raise ValueError(f"{what} needs {positions} positions; the program was compiled "
-                             f"for {max_len}")
+            raise ValueError(
+                f"{what} needs {positions} positions; the program was compiled for {max_len}"
+            )
 
     def load(self) -> None:
         hidden = self.meta["hidden"]
         self.embed = _segment_array(self.program, self.meta["embed_segment"], hidden)
-        self.positions = (_segment_array(self.program, self.meta["positions_segment"], hidden)
-                          if self.meta.get("positions_segment") else None)
+        self.positions = (
+            _segment_array(self.program, self.meta["positions_segment"], hidden)
+            if self.meta.get("positions_segment")
+            else None
+        )
         self.in_addr = self.program.segment(self.meta["input_segment"]).addr
         self.out_addr = self.program.segment(self.meta["logits_segment"]).addr
         self.device.load(self.program)
@@ -118,9 +136,11 @@ class _Host:
         x = self.embed[ids]
         if self.positions is not None:
             off = self.meta["position_offset"] + pos0
-            x = x + self.positions[off:off + len(ids)]
-        self.device.write(self.in_addr + pos0 * self.meta["hidden"] * 2,
-                          sat(x, DType.INT16).astype("<i2").tobytes())
+            x = x + self.positions[off : off + len(ids)]
+        self.device.write(
+            self.in_addr + pos0 * self.meta["hidden"] * 2,
+            sat(x, DType.INT16).astype("<i2").tobytes(),
+        )
 
     def read_rows(self, row0: int, rows: int) -> np.ndarray:
         vocab = self.meta["vocab"]
@@ -137,8 +157,14 @@ class _Host:
         runs = prefill_runs(self.program, len(prompt))
         for run in runs:
             self.run(run)
-        if self.program.section(runs[-1].section).stage == "decode":  # the last token ran as a decode step
-            return self.read_rows(len(prompt) - 1, 1) if self.last_only else self.read_rows(0, len(prompt))
+        if (
+            self.program.section(runs[-1].section).stage == "decode"
+        ):  # the last token ran as a decode step
+            return (
+                self.read_rows(len(prompt) - 1, 1)
+                if self.last_only
+                else self.read_rows(0, len(prompt))
+            )
         return self.read_rows(0, 1 if self.last_only else len(prompt))
 
     def decode(self, token: int, pos: int) -> np.ndarray:
@@ -151,8 +177,11 @@ class _Host:
 def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -> Generation:
     """Prefill ``prompt`` then decode ``max_new_tokens`` tokens greedily on ``device``."""
     host = _Host(program, device)
-    host.check(list(prompt), max(len(prompt), len(prompt) + max_new_tokens - 1),
-               f"a prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens")
+    host.check(
+        list(prompt),
+        max(len(prompt), len(prompt) + max_new_tokens - 1),
+        f"a prompt of {len(prompt)} tokens plus {max_new_tokens} new tokens",
+    )
     host.load()
     all_logits = [host.prefill(prompt)]
     tokens: list[int] = []
@@ -164,8 +193,9 @@ def generate(program: Program, device, prompt: list[int], max_new_tokens: int) -
             break
         all_logits.append(host.decode(nxt, pos))
         pos += 1
-    return Generation(tokens, (np.vstack(all_logits) * host.meta["logits_scale"]).astype(np.float32),
-                      host.cycles)
+    return Generation(
+        tokens, (np.vstack(all_logits) * host.meta["logits_scale"]).astype(np.float32), host.cycles
+    )
 
 
 def forced_logits(program: Program, device, ids: list[int], prompt_len: int) -> np.ndarray:
@@ -180,8 +210,9 @@ def forced_logits(program: Program, device, ids: list[int], prompt_len: int) -> 
         raise ValueError(f"prompt_len must be in 1..{len(ids)}, not {prompt_len}")
     host = _Host(program, device)
     if host.last_only:
-        raise ProgramError("the program computes last-row logits only; compile it with "
-                           "logits for every prompt row")
+        raise ProgramError(
+            "the program computes last-row logits only; compile it with logits for every prompt row"
+        )
     host.check(list(ids), len(ids), f"a sequence of {len(ids)} tokens")
     host.load()
     rows = [host.prefill(list(ids[:prompt_len]))]

@@ -27,8 +27,9 @@ def numpy_dtype(tio: TensorIO) -> np.dtype:
     try:
         return np.dtype(_DTYPES[tio.dtype])
     except KeyError:
-        raise TensorIOError(f"tensor {tio.name!r}: element type {tio.dtype!r} is not one of "
-                            + ", ".join(_DTYPES)) from None
+        raise TensorIOError(
+            f"tensor {tio.name!r}: element type {tio.dtype!r} is not one of " + ", ".join(_DTYPES)
+        ) from None
 
 
 def nbytes(tio: TensorIO) -> int:
@@ -38,9 +39,11 @@ def nbytes(tio: TensorIO) -> int:
 def _addr(program: Program, tio: TensorIO) -> int:
     seg = program.segment(tio.segment)
     if nbytes(tio) > seg.size:
-        raise TensorIOError(f"tensor {tio.name!r}: {nbytes(tio)} bytes of {tio.dtype} "
-                            f"{list(tio.shape)} do not fit in segment {seg.name!r} "
-                            f"of {seg.size} bytes")
+        raise TensorIOError(
+            f"tensor {tio.name!r}: {nbytes(tio)} bytes of {tio.dtype} "
+            f"{list(tio.shape)} do not fit in segment {seg.name!r} "
+            f"of {seg.size} bytes"
+        )
     return seg.addr
 
 
@@ -49,24 +52,31 @@ def quantize(tio: TensorIO, value: np.ndarray) -> np.ndarray:
     element type; integers are taken as they are but must lie in its range."""
     value = np.asarray(value)
     if value.shape != tuple(tio.shape):
-        raise TensorIOError(f"input {tio.name!r}: shape {list(value.shape)} does not match "
-                            f"the program's {list(tio.shape)}")
+        raise TensorIOError(
+            f"input {tio.name!r}: shape {list(value.shape)} does not match "
+            f"the program's {list(tio.shape)}"
+        )
     info = np.iinfo(numpy_dtype(tio))
     if value.dtype.kind == "f":
         if tio.scale is None:
-            raise TensorIOError(f"input {tio.name!r} is not quantised (no scale): give integer "
-                                f"values, not {value.dtype}")
+            raise TensorIOError(
+                f"input {tio.name!r} is not quantised (no scale): give integer "
+                f"values, not {value.dtype}"
+            )
         if not np.all(np.isfinite(value)):
             raise TensorIOError(f"input {tio.name!r}: holds NaN or infinite values")
         q = np.round(value.astype(np.float64) / tio.scale)
         return np.clip(q, info.min, info.max).astype(np.int64)
     if value.dtype.kind in "iu":
         if value.size and (value.min() < info.min or value.max() > info.max):
-            raise TensorIOError(f"input {tio.name!r}: integer values {value.min()}..{value.max()} "
-                                f"exceed the {tio.dtype} range {info.min}..{info.max}")
+            raise TensorIOError(
+                f"input {tio.name!r}: integer values {value.min()}..{value.max()} "
+                f"exceed the {tio.dtype} range {info.min}..{info.max}"
+            )
         return value.astype(np.int64)
-    raise TensorIOError(f"input {tio.name!r}: values of type {value.dtype} are neither "
-                        f"integers nor floats")
+    raise TensorIOError(
+        f"input {tio.name!r}: values of type {value.dtype} are neither integers nor floats"
+    )
 
 
 def dequantize(tio: TensorIO, ints: np.ndarray) -> np.ndarray:
@@ -98,14 +108,17 @@ class Agreement:
     cosine: float  #: cosine similarity of the dequantised output with the float reference
 
 
-def compare(tio: TensorIO, got: np.ndarray, expected_int: np.ndarray,
-            expected_float: np.ndarray) -> Agreement:
+def compare(
+    tio: TensorIO, got: np.ndarray, expected_int: np.ndarray, expected_float: np.ndarray
+) -> Agreement:
     """Compare an integer output with its quantised and float references."""
     got = np.asarray(got, np.int64)
     exp = np.asarray(expected_int, np.int64)
     if got.shape != exp.shape:
-        raise TensorIOError(f"output {tio.name!r}: shape {list(got.shape)} does not match the "
-                            f"reference {list(exp.shape)}")
+        raise TensorIOError(
+            f"output {tio.name!r}: shape {list(got.shape)} does not match the "
+            f"reference {list(exp.shape)}"
+        )
     diff = int(np.max(np.abs(got - exp))) if got.size else 0
     real = dequantize(tio, got).ravel()
     ref = np.asarray(expected_float, np.float64).ravel()

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar
 
 ISA_VERSION = 2
 WORD_BITS = 32
@@ -165,8 +166,10 @@ class SparseMode(enum.IntEnum):
         for mode in cls:
             if mode.is_sparse and (mode.n, mode.m) == (n, m):
                 return mode
-        raise ValueError(f"sparsity {n}:{m} is not supported; supported: "
-                         + ", ".join(f"{s.n}:{s.m}" for s in cls if s.is_sparse))
+        raise ValueError(
+            f"sparsity {n}:{m} is not supported; supported: "
+            + ", ".join(f"{s.n}:{s.m}" for s in cls if s.is_sparse)
+        )
 
 
 class MiscOp(enum.IntEnum):
@@ -213,18 +216,20 @@ class FieldSpec:
                 return int(self.enum(value))
             except ValueError:
                 valid = ", ".join(m.name for m in self.enum)
-                raise EncodeError(f"{owner}.{name}: {value!r} is not a {self.enum.__name__} "
-                                  f"(valid: {valid})") from None
+                raise EncodeError(
+                    f"{owner}.{name}: {value!r} is not a {self.enum.__name__} (valid: {valid})"
+                ) from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise EncodeError(f"{owner}.{name}: must be an int, not {type(value).__name__}")
         if not 0 <= value < (1 << self.width):
-            raise EncodeError(f"{owner}.{name}: {value} does not fit in {self.width} unsigned bits "
-                              f"(0..{(1 << self.width) - 1})")
+            raise EncodeError(
+                f"{owner}.{name}: {value} does not fit in {self.width} unsigned bits "
+                f"(0..{(1 << self.width) - 1})"
+            )
         return value
 
 
-def _f(width: int, doc: str, enum: type[enum.IntEnum] | None = None,
-       default: Any = 0) -> Any:
+def _f(width: int, doc: str, enum: type[enum.IntEnum] | None = None, default: Any = 0) -> Any:
     return dataclasses.field(default=default, metadata={"isa": FieldSpec(width, doc, enum)})
 
 
@@ -252,8 +257,10 @@ def gsz_code(group: int) -> int:
         return 0
     code = group.bit_length() - 4
     if group & (group - 1) or not 1 <= code < (1 << GSZ_BITS):
-        raise ValueError(f"group size must be 0 or a power of two from 16 to "
-                         f"{group_size((1 << GSZ_BITS) - 1)}, not {group}")
+        raise ValueError(
+            f"group size must be 0 or a power of two from 16 to "
+            f"{group_size((1 << GSZ_BITS) - 1)}, not {group}"
+        )
     return code
 
 
@@ -264,7 +271,9 @@ class Instruction:
     OPCODE: ClassVar[Opcode]
     UNIT: ClassVar[Unit | None]
 
-    wait: int = _f(MASK_BITS, "units whose tokens must be consumed before starting (bit u = Unit u)")
+    wait: int = _f(
+        MASK_BITS, "units whose tokens must be consumed before starting (bit u = Unit u)"
+    )
     release: int = _f(MASK_BITS, "units given a token on completion (bit u = Unit u)")
 
     @classmethod
@@ -272,7 +281,7 @@ class Instruction:
         specs = cls.__dict__.get("_field_specs")
         if specs is None:  # computed once per class: check() runs for every instruction
             specs = [(f.name, f.metadata["isa"]) for f in dataclasses.fields(cls)]
-            setattr(cls, "_field_specs", specs)
+            cls._field_specs = specs
         return specs
 
     def values(self) -> dict[str, int]:
@@ -404,11 +413,14 @@ class _MatMul(Instruction):
         name = type(self).__name__
         mode = SparseMode(self.sparse)
         if self.wkn and (mode.is_sparse or self.wprec != WPrec.INT8 or self.gsz or self.colp):
-            raise EncodeError(f"{name}.wkn: a [K][N] weight must be dense INT8 with no "
-                              f"per-column records")
+            raise EncodeError(
+                f"{name}.wkn: a [K][N] weight must be dense INT8 with no per-column records"
+            )
         if mode.is_sparse and self.k % mode.m:
-            raise EncodeError(f"{name}.k: {self.k} is not a multiple of the sparse block "
-                              f"m={mode.m} of {mode.name}")
+            raise EncodeError(
+                f"{name}.k: {self.k} is not a multiple of the sparse block "
+                f"m={mode.m} of {mode.name}"
+            )
         if self.gsz:
             g = group_size(self.gsz)
             if not self.colp:
@@ -416,15 +428,18 @@ class _MatMul(Instruction):
             if self.k % g:
                 raise EncodeError(f"{name}.gsz: K={self.k} is not a multiple of the group size {g}")
             if mode.is_sparse and g % mode.m:
-                raise EncodeError(f"{name}.gsz: group size {g} is not a multiple of the "
-                                  f"sparse block m={mode.m}")
+                raise EncodeError(
+                    f"{name}.gsz: group size {g} is not a multiple of the sparse block m={mode.m}"
+                )
         if self.wprec == WPrec.INT4 and self.k % 2 and not mode.is_sparse:
             raise EncodeError(f"{name}.k: INT4 dense weights need an even K, not {self.k}")
 
 
 @dataclass(frozen=True)
 class MM(_MatMul):
-    __doc__ = "Matrix-matrix product (prefill GEMM/SpMM, attention block GEMMs)." + _MATMUL_COMMON_DOC
+    __doc__ = (
+        "Matrix-matrix product (prefill GEMM/SpMM, attention block GEMMs)." + _MATMUL_COMMON_DOC
+    )
     OPCODE = Opcode.MM
     UNIT = Unit.MPE
     m: int = _f(DIM_BITS, "rows M of A and C")
@@ -487,8 +502,10 @@ class MISC(Instruction):
             raise EncodeError(f"MISC.a_dt: {op.name} takes INT8 or INT16 input")
         if op == MiscOp.ROPE:
             if self.len == 0 or self.len % 2 or self.cols % self.len:
-                raise EncodeError(f"MISC.len: ROPE head dimension {self.len} must be even, "
-                                  f"nonzero and divide cols={self.cols}")
+                raise EncodeError(
+                    f"MISC.len: ROPE head dimension {self.len} must be even, "
+                    f"nonzero and divide cols={self.cols}"
+                )
 
 
 #: The dynamic fields of each class, as ``(step, target)``: the effective ``target`` is
@@ -511,9 +528,14 @@ def resolve(instr: Instruction, d: int) -> Instruction:
     fields = DYNAMIC_FIELDS.get(type(instr), ())
     if d == 0 or not any(getattr(instr, step) for step, _ in fields):
         return instr
-    new = dataclasses.replace(instr, **{
-        k: v for step, target in fields
-        for k, v in ((target, getattr(instr, target) + d * getattr(instr, step)), (step, 0))})
+    new = dataclasses.replace(
+        instr,
+        **{
+            k: v
+            for step, target in fields
+            for k, v in ((target, getattr(instr, target) + d * getattr(instr, step)), (step, 0))
+        },
+    )
     try:
         new.check()
     except EncodeError as e:
@@ -586,11 +608,15 @@ def decode_word(value: int, where: str = "instruction") -> Instruction:
             try:
                 raw = spec.enum(raw)
             except ValueError:
-                raise DecodeError(f"{where} ({op.name}): field {name} has invalid value {raw}") from None
+                raise DecodeError(
+                    f"{where} ({op.name}): field {name} has invalid value {raw}"
+                ) from None
         kwargs[name] = raw
     used = _LAYOUTS[op][-1][1] + _LAYOUTS[op][-1][2]
     if value >> used:
-        raise DecodeError(f"{where} ({op.name}): reserved bits {used}..{INSTR_BITS - 1} are not zero")
+        raise DecodeError(
+            f"{where} ({op.name}): reserved bits {used}..{INSTR_BITS - 1} are not zero"
+        )
     instr = cls(**kwargs)
     try:
         instr.check()
@@ -602,15 +628,17 @@ def decode_word(value: int, where: str = "instruction") -> Instruction:
 def decode(data: bytes) -> list[Instruction]:
     """Decode a whole stream; refuses truncated streams and unknown opcodes."""
     if len(data) % INSTR_BYTES:
-        raise DecodeError(f"instruction stream of {len(data)} bytes is truncated: not a multiple "
-                          f"of {INSTR_BYTES} bytes ({len(data) // INSTR_BYTES} whole instructions, "
-                          f"{len(data) % INSTR_BYTES} bytes left over)")
+        raise DecodeError(
+            f"instruction stream of {len(data)} bytes is truncated: not a multiple "
+            f"of {INSTR_BYTES} bytes ({len(data) // INSTR_BYTES} whole instructions, "
+            f"{len(data) % INSTR_BYTES} bytes left over)"
+        )
     return list(iter_decode(data))
 
 
 def iter_decode(data: bytes) -> Iterator[Instruction]:
     for i in range(len(data) // INSTR_BYTES):
-        word = int.from_bytes(data[i * INSTR_BYTES:(i + 1) * INSTR_BYTES], "little")
+        word = int.from_bytes(data[i * INSTR_BYTES : (i + 1) * INSTR_BYTES], "little")
         yield decode_word(word, f"instruction {i} (byte offset {i * INSTR_BYTES})")
 
 
@@ -643,7 +671,8 @@ def markdown_table() -> str:
         "unused high bits are reserved and must be zero.",
         "",
         "Units (bit positions of the wait/release masks): "
-        + ", ".join(f"{u.name}={u.value}" for u in Unit) + ".",
+        + ", ".join(f"{u.name}={u.value}" for u in Unit)
+        + ".",
         "",
     ]
     for e in (Buf, DType, WPrec, Unpack, SparseMode, MiscOp, SysOp):
@@ -651,8 +680,15 @@ def markdown_table() -> str:
     for op, cls in INSTRUCTION_TYPES.items():
         doc = " ".join((cls.__doc__ or "").split())
         unit = cls.UNIT.name if cls.UNIT is not None else "controller"
-        lines += ["", f"## {op.name} (opcode {op.value}, unit {unit})", "", doc, "",
-                  "| field | bits | width | meaning |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {op.name} (opcode {op.value}, unit {unit})",
+            "",
+            doc,
+            "",
+            "| field | bits | width | meaning |",
+            "|---|---|---|---|",
+        ]
         for name, lsb, width, spec in _LAYOUTS[op]:
             meaning = spec.doc + (f" ({spec.enum.__name__})" if spec.enum else "")
             lines.append(f"| `{name}` | {lsb}..{lsb + width - 1} | {width} | {meaning} |")

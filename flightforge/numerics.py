@@ -66,9 +66,18 @@ def isqrt(v: np.ndarray) -> np.ndarray:
 # --- matrix engine --------------------------------------------------------------------
 
 
-def matmul(a: np.ndarray, w: np.ndarray, *, scales: np.ndarray | None = None, group: int = 0,
-           bias: np.ndarray | int = 0, mult: np.ndarray | int = 1, shift: int = 0,
-           odt: DType = DType.INT32, psum: np.ndarray | None = None) -> np.ndarray:
+def matmul(
+    a: np.ndarray,
+    w: np.ndarray,
+    *,
+    scales: np.ndarray | None = None,
+    group: int = 0,
+    bias: np.ndarray | int = 0,
+    mult: np.ndarray | int = 1,
+    shift: int = 0,
+    odt: DType = DType.INT32,
+    psum: np.ndarray | None = None,
+) -> np.ndarray:
     """MM/MV result for INT8 ``a[M][K]`` and dense-equivalent ``w[N][K]``.
 
     Products are summed in INT32 within each group of ``group`` along K (the whole row
@@ -115,8 +124,16 @@ def table(a: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.asarray(lut, np.int64)[np.asarray(a, np.int64) & 0xFF]
 
 
-def softmax(x: np.ndarray, m0: int, shift: int, *, pos: int = 0, length: int = 0,
-            causal: bool = False, odt: DType = DType.INT8) -> np.ndarray:
+def softmax(
+    x: np.ndarray,
+    m0: int,
+    shift: int,
+    *,
+    pos: int = 0,
+    length: int = 0,
+    causal: bool = False,
+    odt: DType = DType.INT8,
+) -> np.ndarray:
     """Row softmax in the exp2 domain.
 
     Column ``j`` of row ``r`` is valid when ``j < length`` (all columns when 0) and,
@@ -167,20 +184,25 @@ def rmsnorm(x: np.ndarray, gamma: np.ndarray, eps: int, shift: int, odt: DType) 
     return sat(rnd_shift(t * np.asarray(gamma, np.int64)[None, :], shift), odt)
 
 
-def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: int, shift: int,
-              odt: DType) -> np.ndarray:
+def layernorm(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: int, shift: int, odt: DType
+) -> np.ndarray:
     """As :func:`rmsnorm` on ``x - floor(mean(x))``, plus ``beta`` in output units."""
     x = np.asarray(x, dtype=np.int64)
     cols = x.shape[1]
     mean = x.sum(axis=1, keepdims=True) // cols
     xc = x - mean
     t = _normalise(xc, (xc * xc).sum(axis=1, keepdims=True), cols, eps)
-    y = rnd_shift(t * np.asarray(gamma, np.int64)[None, :], shift) + np.asarray(beta, np.int64)[None, :]
+    y = (
+        rnd_shift(t * np.asarray(gamma, np.int64)[None, :], shift)
+        + np.asarray(beta, np.int64)[None, :]
+    )
     return sat(y, odt)
 
 
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, shift: int,
-         odt: DType) -> np.ndarray:
+def rope(
+    x: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, shift: int, odt: DType
+) -> np.ndarray:
     """Rotate-half rotary embedding of every ``head_dim`` chunk of each row.
 
     ``cos``/``sin`` are Q14 ``[rows][head_dim/2]`` already selected for each row's
@@ -200,7 +222,9 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, shift: 
 # --- helpers the compiler uses to choose parameters ----------------------------------------
 
 
-def quantize_multiplier(real: float, mult_bits: int = 16, max_shift: int = SHIFT_MAX) -> tuple[int, int]:
+def quantize_multiplier(
+    real: float, mult_bits: int = 16, max_shift: int = SHIFT_MAX
+) -> tuple[int, int]:
     """``(mult, shift)`` with ``mult < 2**mult_bits`` and ``mult / 2**shift ~= real``.
 
     The largest usable shift is chosen so the multiplier keeps as many bits as possible.
@@ -211,10 +235,10 @@ def quantize_multiplier(real: float, mult_bits: int = 16, max_shift: int = SHIFT
     shift = min(max_shift, math.floor(math.log2(limit / real)))
     if shift < 0:
         raise ValueError(f"multiplier {real!r} needs more than {mult_bits} bits")
-    mult = round(real * 2.0 ** shift)
+    mult = round(real * 2.0**shift)
     if mult > limit:
         shift -= 1
-        mult = round(real * 2.0 ** shift)
+        mult = round(real * 2.0**shift)
     if mult == 0:
         raise ValueError(f"multiplier {real!r} underflows {mult_bits} bits with shift {max_shift}")
     return mult, shift
@@ -227,11 +251,15 @@ def lut_for(fn, s_in: float, s_out: float, odt: DType = DType.INT8) -> np.ndarra
     return sat(np.round(fn(x) / s_out).astype(np.int64), odt)
 
 
-def rope_tables(positions: int, head_dim: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(
+    positions: int, head_dim: int, theta: float = 10000.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Q14 ``cos``/``sin`` tables ``[positions][head_dim/2]`` (Llama's frequencies)."""
     h = head_dim // 2
     inv_freq = 1.0 / theta ** (np.arange(h, dtype=np.float64) * 2 / head_dim)
     ang = np.arange(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     one = 1 << ROPE_FRAC_BITS
-    return (np.round(np.cos(ang) * one).astype(np.int64),
-            np.round(np.sin(ang) * one).astype(np.int64))
+    return (
+        np.round(np.cos(ang) * one).astype(np.int64),
+        np.round(np.sin(ang) * one).astype(np.int64),
+    )

@@ -37,8 +37,9 @@ class Power:
         return self.static_w + self.logic_w + self.memory_w
 
 
-def logic_activity_w(arch: ArchConfig, busy: dict[str, float], cores: int | None = None,
-                     coef: dict | None = None) -> float:
+def logic_activity_w(
+    arch: ArchConfig, busy: dict[str, float], cores: int | None = None, coef: dict | None = None
+) -> float:
     """Unscaled logic power at 100 MHz: sum of e_r * count_r * activity (watts)."""
     cal = calibration()
     c = coef or cal["coefficients"]
@@ -52,17 +53,23 @@ def logic_activity_w(arch: ArchConfig, busy: dict[str, float], cores: int | None
     mac_lut = arch.mpe.macs * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * arch.sparse_m)
     mac_ff = arch.mpe.macs * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * arch.sparse_m)
     sfu_dsp, sfu_lut, sfu_ff = (lanes * c[f"{k}_sfu_lane"] for k in ("dsp", "lut", "ff"))
-    ctl_dsp, ctl_lut, ctl_ff = (res.dsp - mac_dsp - sfu_dsp, res.lut - mac_lut - sfu_lut,
-                                res.ff - mac_ff - sfu_ff)
-    w = (mpe * (e["dsp"] * mac_dsp + e["lut"] * mac_lut + e["ff"] * mac_ff)
-         + sfu * (e["dsp"] * sfu_dsp + e["lut"] * sfu_lut + e["ff"] * sfu_ff)
-         + (e["dsp"] * ctl_dsp + e["lut"] * ctl_lut + e["ff"] * ctl_ff)
-         + mem_act * (e["bram"] * res.bram + e["uram"] * res.uram))
+    ctl_dsp, ctl_lut, ctl_ff = (
+        res.dsp - mac_dsp - sfu_dsp,
+        res.lut - mac_lut - sfu_lut,
+        res.ff - mac_ff - sfu_ff,
+    )
+    w = (
+        mpe * (e["dsp"] * mac_dsp + e["lut"] * mac_lut + e["ff"] * mac_ff)
+        + sfu * (e["dsp"] * sfu_dsp + e["lut"] * sfu_lut + e["ff"] * sfu_ff)
+        + (e["dsp"] * ctl_dsp + e["lut"] * ctl_lut + e["ff"] * ctl_ff)
+        + mem_act * (e["bram"] * res.bram + e["uram"] * res.uram)
+    )
     return w * cores
 
 
-def power(arch: ArchConfig, busy: dict[str, float], bytes_per_s: float,
-          cores: int | None = None) -> Power:
+def power(
+    arch: ArchConfig, busy: dict[str, float], bytes_per_s: float, cores: int | None = None
+) -> Power:
     """Power of ``arch`` running with unit busy fractions ``busy`` (0..1 each) and
     ``bytes_per_s`` of external-memory traffic."""
     p = calibration()["power"]

@@ -24,10 +24,11 @@ import hashlib
 import json
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import isa
 from .arch import ArchConfig
@@ -54,8 +55,9 @@ class Section:
     code: bytes
 
     @classmethod
-    def from_instructions(cls, name: str, stage: str, len_lo: int, len_hi: int,
-                          instrs: Iterable[isa.Instruction]) -> Section:
+    def from_instructions(
+        cls, name: str, stage: str, len_lo: int, len_hi: int, instrs: Iterable[isa.Instruction]
+    ) -> Section:
         try:
             return cls(name, stage, len_lo, len_hi, isa.encode(instrs))
         except isa.EncodeError as e:
@@ -84,11 +86,14 @@ class Segment:
 
     def __post_init__(self) -> None:
         if self.kind not in SEGMENT_KINDS:
-            raise ProgramError(f"segment {self.name!r}: kind {self.kind!r} is not one of "
-                               + ", ".join(SEGMENT_KINDS))
+            raise ProgramError(
+                f"segment {self.name!r}: kind {self.kind!r} is not one of "
+                + ", ".join(SEGMENT_KINDS)
+            )
         if self.data is not None and len(self.data) != self.size:
-            raise ProgramError(f"segment {self.name!r}: {len(self.data)} bytes of data for a "
-                               f"size of {self.size}")
+            raise ProgramError(
+                f"segment {self.name!r}: {len(self.data)} bytes of data for a size of {self.size}"
+            )
 
     @property
     def end(self) -> int:
@@ -111,8 +116,13 @@ class TensorIO:
     scale: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "segment": self.segment, "dtype": self.dtype,
-                "shape": list(self.shape), "scale": self.scale}
+        return {
+            "name": self.name,
+            "segment": self.segment,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "scale": self.scale,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorIO:
@@ -130,8 +140,13 @@ class Program:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_arch(cls, arch: ArchConfig, sections: Iterable[Section],
-                 segments: Iterable[Segment] = (), metadata: dict[str, Any] | None = None) -> Program:
+    def for_arch(
+        cls,
+        arch: ArchConfig,
+        sections: Iterable[Section],
+        segments: Iterable[Segment] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> Program:
         prog = cls(arch.name, arch.digest(), tuple(sections), tuple(segments), dict(metadata or {}))
         prog.validate(arch)
         return prog
@@ -140,8 +155,9 @@ class Program:
         for s in self.sections:
             if s.name == name:
                 return s
-        raise ProgramError(f"no section {name!r}; sections: "
-                           + ", ".join(s.name for s in self.sections))
+        raise ProgramError(
+            f"no section {name!r}; sections: " + ", ".join(s.name for s in self.sections)
+        )
 
     def section_for(self, stage: str, length: int) -> Section:
         """The section of ``stage`` whose length range holds ``length``."""
@@ -149,7 +165,9 @@ class Program:
             if s.stage == stage and s.len_lo <= length <= s.len_hi:
                 return s
         ranges = ", ".join(f"{s.len_lo}..{s.len_hi}" for s in self.sections if s.stage == stage)
-        raise ProgramError(f"no {stage} section covers length {length} (covered: {ranges or 'none'})")
+        raise ProgramError(
+            f"no {stage} section covers length {length} (covered: {ranges or 'none'})"
+        )
 
     def segment(self, name: str) -> Segment:
         for s in self.segments:
@@ -172,21 +190,29 @@ class Program:
             raise ProgramError(f"duplicate section names in {names}")
         for s in self.sections:
             if s.len_lo > s.len_hi:
-                raise ProgramError(f"section {s.name!r}: length range {s.len_lo}..{s.len_hi} is empty")
+                raise ProgramError(
+                    f"section {s.name!r}: length range {s.len_lo}..{s.len_hi} is empty"
+                )
         segs = sorted(self.segments, key=lambda s: s.addr)
         for a, b in zip(segs, segs[1:]):
             if b.addr < a.end:
-                raise ProgramError(f"segments {a.name!r} ({a.addr:#x}..{a.end:#x}) and {b.name!r} "
-                                   f"({b.addr:#x}..{b.end:#x}) overlap")
+                raise ProgramError(
+                    f"segments {a.name!r} ({a.addr:#x}..{a.end:#x}) and {b.name!r} "
+                    f"({b.addr:#x}..{b.end:#x}) overlap"
+                )
         if arch is not None:
             if arch.digest() != self.arch_digest:
-                raise ProgramError(f"program was compiled for architecture {self.arch_name!r} "
-                                   f"(config digest {self.arch_digest.hex()[:16]}), not "
-                                   f"{arch.name!r} (digest {arch.digest().hex()[:16]})")
+                raise ProgramError(
+                    f"program was compiled for architecture {self.arch_name!r} "
+                    f"(config digest {self.arch_digest.hex()[:16]}), not "
+                    f"{arch.name!r} (digest {arch.digest().hex()[:16]})"
+                )
             for s in segs:
                 if s.end > arch.hbm.capacity:
-                    raise ProgramError(f"segment {s.name!r} ends at {s.end:#x}, beyond the "
-                                       f"{arch.hbm.capacity:#x} bytes of external memory")
+                    raise ProgramError(
+                        f"segment {s.name!r} ends at {s.end:#x}, beyond the "
+                        f"{arch.hbm.capacity:#x} bytes of external memory"
+                    )
 
     # --- serialisation -------------------------------------------------------------------
 
@@ -194,8 +220,16 @@ class Program:
         payload = bytearray()
         sections = []
         for s in self.sections:
-            sections.append({"name": s.name, "stage": s.stage, "len_lo": s.len_lo,
-                             "len_hi": s.len_hi, "offset": len(payload), "size": len(s.code)})
+            sections.append(
+                {
+                    "name": s.name,
+                    "stage": s.stage,
+                    "len_lo": s.len_lo,
+                    "len_hi": s.len_hi,
+                    "offset": len(payload),
+                    "size": len(s.code),
+                }
+            )
             payload += s.code
         segments = []
         for g in self.segments:
@@ -204,10 +238,18 @@ class Program:
                 entry["offset"] = len(payload)
                 payload += g.data
             segments.append(entry)
-        manifest = json.dumps({"arch": self.arch_name, "sections": sections, "segments": segments,
-                               "metadata": self.metadata}, sort_keys=True).encode()
-        head = _HEADER.pack(MAGIC, FORMAT_VERSION, isa.ISA_VERSION, len(manifest),
-                            self.arch_digest, len(payload))
+        manifest = json.dumps(
+            {
+                "arch": self.arch_name,
+                "sections": sections,
+                "segments": segments,
+                "metadata": self.metadata,
+            },
+            sort_keys=True,
+        ).encode()
+        head = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, isa.ISA_VERSION, len(manifest), self.arch_digest, len(payload)
+        )
         body = head + manifest + payload
         return body + hashlib.sha256(body).digest()
 
@@ -215,9 +257,11 @@ class Program:
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>",
-                   arch: ArchConfig | None = None) -> Program:
+    def from_bytes(
+        cls, data: bytes, source: str = "<bytes>", arch: ArchConfig | None = None
+    ) -> Program:
         """Parse and verify a binary; with ``arch``, refuse one compiled for another config."""
+
         def fail(msg: str) -> ProgramError:
             return ProgramError(f"{source}: {msg}")
 
@@ -236,30 +280,44 @@ class Program:
         if _HEADER.size + mlen + plen != len(body):
             raise fail("header lengths do not add up to the file size")
         try:
-            manifest = json.loads(body[_HEADER.size:_HEADER.size + mlen])
+            manifest = json.loads(body[_HEADER.size : _HEADER.size + mlen])
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise fail(f"manifest is not valid JSON: {e}") from None
-        payload = body[_HEADER.size + mlen:]
+        payload = body[_HEADER.size + mlen :]
 
         def blob(entry: dict, what: str) -> bytes:
             off, size = entry["offset"], entry["size"]
             if not (0 <= off and off + size <= len(payload)):
                 raise fail(f"{what} lies outside the payload")
-            return payload[off:off + size]
+            return payload[off : off + size]
 
         try:
             sections = []
             for e in manifest["sections"]:
                 code = blob(e, f"section {e['name']!r}")
                 if len(code) % isa.INSTR_BYTES:
-                    raise fail(f"section {e['name']!r}: {len(code)} bytes is not a whole number "
-                               f"of {isa.INSTR_BYTES}-byte instructions")
+                    raise fail(
+                        f"section {e['name']!r}: {len(code)} bytes is not a whole number "
+                        f"of {isa.INSTR_BYTES}-byte instructions"
+                    )
                 sections.append(Section(e["name"], e["stage"], e["len_lo"], e["len_hi"], code))
-            segments = [Segment(e["name"], e["kind"], e["addr"], e["size"],
-                                None if e["offset"] is None else blob(e, f"segment {e['name']!r}"))
-                        for e in manifest["segments"]]
-            prog = cls(manifest["arch"], arch_digest, tuple(sections), tuple(segments),
-                       manifest.get("metadata", {}))
+            segments = [
+                Segment(
+                    e["name"],
+                    e["kind"],
+                    e["addr"],
+                    e["size"],
+                    None if e["offset"] is None else blob(e, f"segment {e['name']!r}"),
+                )
+                for e in manifest["segments"]
+            ]
+            prog = cls(
+                manifest["arch"],
+                arch_digest,
+                tuple(sections),
+                tuple(segments),
+                manifest.get("metadata", {}),
+            )
         except (KeyError, TypeError) as e:
             raise fail(f"manifest is missing or mistypes field {e}") from None
         for s in prog.sections:
@@ -292,9 +350,25 @@ class Program:
         return {
             "arch": self.arch_name,
             "arch_digest": self.arch_digest.hex(),
-            "sections": [{"name": s.name, "stage": s.stage, "lengths": f"{s.len_lo}..{s.len_hi}",
-                          "instructions": len(s), "bytes": len(s.code)} for s in self.sections],
+            "sections": [
+                {
+                    "name": s.name,
+                    "stage": s.stage,
+                    "lengths": f"{s.len_lo}..{s.len_hi}",
+                    "instructions": len(s),
+                    "bytes": len(s.code),
+                }
+                for s in self.sections
+            ],
             "instructions_per_opcode": dict(sorted(per_op.items())),
-            "segments": [{"name": g.name, "kind": g.kind, "addr": g.addr, "size": g.size,
-                          "has_data": g.data is not None} for g in self.segments],
+            "segments": [
+                {
+                    "name": g.name,
+                    "kind": g.kind,
+                    "addr": g.addr,
+                    "size": g.size,
+                    "has_data": g.data is not None,
+                }
+                for g in self.segments
+            ],
         }

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from . import isa
@@ -43,7 +43,7 @@ URAM_SHAPE = (4096, 72)
 SFU_LANE_SHARE = 0.2  #: assumed cost of one more SFU lane, as a share of the whole RTL SFU
 
 
-@lru_cache(maxsize=None)
+@cache
 def calibration(path: str | None = None) -> dict:
     """The committed calibration data (coefficients, synthesis runs, power constants)."""
     return json.loads(Path(path or CALIBRATION).read_text())
@@ -107,11 +107,24 @@ def core_resources(arch: ArchConfig, coef: dict | None = None, cores: int = 1) -
     lanes = arch.sfu.lanes
     fixed = ("controller", "load_unit", "store_unit")
     sfu = sfu_copies(lanes)
-    dsp = macs / 2 + c["dsp_mpe_epilogue"] + sfu * c["dsp_sfu_lane"] + sum(c[f"dsp_{k}"] for k in fixed)
-    lut = (macs * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * window) + c["lut_mpe_epilogue"]
-           + sfu * c["lut_sfu_lane"] + sum(c[f"lut_{k}"] for k in fixed))
-    ff = (macs * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * window) + c["ff_mpe_epilogue"]
-          + sfu * c["ff_sfu_lane"] + sum(c[f"ff_{k}"] for k in fixed))
+    dsp = (
+        macs / 2
+        + c["dsp_mpe_epilogue"]
+        + sfu * c["dsp_sfu_lane"]
+        + sum(c[f"dsp_{k}"] for k in fixed)
+    )
+    lut = (
+        macs * (c["lut_per_mac"] + c["lut_per_mac_per_window"] * window)
+        + c["lut_mpe_epilogue"]
+        + sfu * c["lut_sfu_lane"]
+        + sum(c[f"lut_{k}"] for k in fixed)
+    )
+    ff = (
+        macs * (c["ff_per_mac"] + c["ff_per_mac_per_window"] * window)
+        + c["ff_mpe_epilogue"]
+        + sfu * c["ff_sfu_lane"]
+        + sum(c[f"ff_{k}"] for k in fixed)
+    )
     bram, uram = buffer_memories(arch, cores)
     return Resources(dsp, lut, ff, bram, uram)
 
@@ -145,5 +158,8 @@ def over_budget(res: Resources, arch: ArchConfig) -> list[str]:
     dev = arch.device
     if dev is None:
         return []
-    return [f"{k.upper()} {getattr(res, k):.0f} > {getattr(dev, k)} of {dev.part}"
-            for k in KINDS if getattr(res, k) > getattr(dev, k)]
+    return [
+        f"{k.upper()} {getattr(res, k):.0f} > {getattr(dev, k)} of {dev.part}"
+        for k in KINDS
+        if getattr(res, k) > getattr(dev, k)
+    ]

@@ -48,6 +48,7 @@ CENTRE_STEPS = 2
 
 # --- latencies ------------------------------------------------------------------------
 
+
 def divider_latency(dividend_bits: int) -> int:
     """Cycles from ``start`` to a valid quotient: one quotient bit a cycle, plus the start."""
     return dividend_bits + 1
@@ -88,6 +89,7 @@ def norm_row_gap(layer: bool) -> int:
 
 
 # --- cycles of one instruction -----------------------------------------------------------
+
 
 def softmax_cycles(rows: int, p: int, gap: int = SOFTMAX_ROW_GAP) -> int:
     """Issue cycles of a SOFTMAX over ``rows`` rows of ``p``-cycle passes.

@@ -53,13 +53,15 @@ class BufferPort(wiring.Component):
         self.lanes = _pow2("lanes", lanes)
         self.width = width
         self.rows_bits = rows_bits
-        super().__init__({
-            "port": In(BufPortSignature(addr_bits, width)),
-            "lane_row": Out(data.ArrayLayout(rows_bits, lanes)),
-            "lane_wdata": Out(data.ArrayLayout(8, lanes)),
-            "lane_we": Out(lanes),
-            "lane_rdata": In(data.ArrayLayout(8, lanes)),
-        })
+        super().__init__(
+            {
+                "port": In(BufPortSignature(addr_bits, width)),
+                "lane_row": Out(data.ArrayLayout(rows_bits, lanes)),
+                "lane_wdata": Out(data.ArrayLayout(8, lanes)),
+                "lane_we": Out(lanes),
+                "lane_rdata": In(data.ArrayLayout(8, lanes)),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -87,11 +89,15 @@ class BufferPort(wiring.Component):
             wmask = Cat(strb, Const(0, L - w))  # lanes beyond the port's bytes: disabled
             lanes_data = Signal(8 * L, name="lanes_wdata")
             lanes_en = Signal(L, name="lanes_en")
-            m.d.comb += [lanes_data.eq(Cat(wdata, wdata).bit_select(back * 8, 8 * L)),
-                         lanes_en.eq(Cat(wmask, wmask).bit_select(back, L))]
+            m.d.comb += [
+                lanes_data.eq(Cat(wdata, wdata).bit_select(back * 8, 8 * L)),
+                lanes_en.eq(Cat(wmask, wmask).bit_select(back, L)),
+            ]
             for j in range(L):
-                m.d.comb += [self.lane_wdata[j].eq(lanes_data.word_select(j, 8)),
-                             self.lane_we[j].eq(p.req & p.we & lanes_en[j])]
+                m.d.comb += [
+                    self.lane_wdata[j].eq(lanes_data.word_select(j, 8)),
+                    self.lane_we[j].eq(p.req & p.we & lanes_en[j]),
+                ]
         else:
             for j in range(L):  # lane j takes byte (j - off) % L, if the port has it
                 i_sel = Signal(max(1, lb), name=f"i{j}") if lb else Const(0, 1)
@@ -100,12 +106,14 @@ class BufferPort(wiring.Component):
                 in_port = i_sel < w if w < L else Const(1, 1)
                 byte = p.wdata.word_select(i_sel, 8) if w > 1 else p.wdata
                 en = strb.bit_select(i_sel, 1) if w > 1 else Const(1, 1)
-                m.d.comb += [self.lane_wdata[j].eq(byte),
-                             self.lane_we[j].eq(p.req & p.we & in_port & en)]
+                m.d.comb += [
+                    self.lane_wdata[j].eq(byte),
+                    self.lane_we[j].eq(p.req & p.we & in_port & en),
+                ]
         # Read: byte k comes from lane (off + k) % L of the row read last cycle; one
         # rotation again, of which synthesis keeps the port's w bytes.
         rd = Cat(*self.lane_rdata)
-        m.d.comb += p.rdata.eq(Cat(rd, rd).bit_select(off_q * 8, 8 * w) if lb else rd[:8 * w])
+        m.d.comb += p.rdata.eq(Cat(rd, rd).bit_select(off_q * 8, 8 * w) if lb else rd[: 8 * w])
         return m
 
 
@@ -138,8 +146,9 @@ class Buffer(wiring.Component):
         self.ports = len(widths)
         self.addr_bits = addr_bits(size)
         self.rows_bits = max(1, (size // lanes - 1).bit_length())
-        super().__init__({f"p{i}": In(BufPortSignature(self.addr_bits, w))
-                          for i, w in enumerate(widths)})
+        super().__init__(
+            {f"p{i}": In(BufPortSignature(self.addr_bits, w)) for i, w in enumerate(widths)}
+        )
 
     def port_network(self, i: int) -> BufferPort:
         """The network of port ``i`` (a new component: one per port in a design)."""
@@ -158,7 +167,11 @@ class Buffer(wiring.Component):
             for j, mem in enumerate(mems):
                 rd = mem.read_port()
                 wr = mem.write_port()
-                m.d.comb += [rd.addr.eq(net.lane_row[j]), wr.addr.eq(net.lane_row[j]),
-                             wr.data.eq(net.lane_wdata[j]), wr.en.eq(net.lane_we[j]),
-                             net.lane_rdata[j].eq(rd.data)]
+                m.d.comb += [
+                    rd.addr.eq(net.lane_row[j]),
+                    wr.addr.eq(net.lane_row[j]),
+                    wr.data.eq(net.lane_wdata[j]),
+                    wr.en.eq(net.lane_we[j]),
+                    net.lane_rdata[j].eq(rd.data),
+                ]
         return m

@@ -46,8 +46,12 @@ class BufPortSignature(wiring.Signature):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"width must be a positive integer, not {width!r}")
         members = {
-            "req": Out(1), "we": Out(1), "addr": Out(addr_bits), "wdata": Out(8 * width),
-            "grant": In(1), "rdata": In(8 * width),
+            "req": Out(1),
+            "we": Out(1),
+            "addr": Out(addr_bits),
+            "wdata": Out(8 * width),
+            "grant": In(1),
+            "rdata": In(8 * width),
         }
         if width > 1:
             members["strb"] = Out(width)
@@ -58,20 +62,33 @@ class MemReadSignature(wiring.Signature):
     """External-memory read channel (core side)."""
 
     def __init__(self, addr_bits: int, beat_bytes: int) -> None:
-        super().__init__({
-            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_addr": Out(addr_bits),
-            "cmd_beats": Out(BEATS_BITS),
-            "data_valid": In(1), "data_ready": Out(1), "data": In(8 * beat_bytes),
-        })
+        super().__init__(
+            {
+                "cmd_valid": Out(1),
+                "cmd_ready": In(1),
+                "cmd_addr": Out(addr_bits),
+                "cmd_beats": Out(BEATS_BITS),
+                "data_valid": In(1),
+                "data_ready": Out(1),
+                "data": In(8 * beat_bytes),
+            }
+        )
 
 
 class MemWriteSignature(wiring.Signature):
     """External-memory write channel (core side)."""
 
     def __init__(self, addr_bits: int, beat_bytes: int) -> None:
-        super().__init__({
-            "cmd_valid": Out(1), "cmd_ready": In(1), "cmd_addr": Out(addr_bits),
-            "cmd_beats": Out(BEATS_BITS),
-            "data_valid": Out(1), "data_ready": In(1), "data": Out(8 * beat_bytes),
-            "strb": Out(beat_bytes), "resp_valid": In(1),
-        })
+        super().__init__(
+            {
+                "cmd_valid": Out(1),
+                "cmd_ready": In(1),
+                "cmd_addr": Out(addr_bits),
+                "cmd_beats": Out(BEATS_BITS),
+                "data_valid": Out(1),
+                "data_ready": In(1),
+                "data": Out(8 * beat_bytes),
+                "strb": Out(beat_bytes),
+                "resp_valid": In(1),
+            }
+        )

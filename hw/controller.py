@@ -49,9 +49,14 @@ class Controller(wiring.Component):
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
         members = {
-            "start": In(1), "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
+            "start": In(1),
+            "halted": Out(1),
+            "illegal": Out(1),
+            "token_error": Out(1),
             "pc": Out(IMEM_ADDR_BITS + 1),
-            "imem_we": In(1), "imem_addr": In(IMEM_ADDR_BITS), "imem_wdata": In(isa.INSTR_BITS),
+            "imem_we": In(1),
+            "imem_addr": In(IMEM_ADDR_BITS),
+            "imem_wdata": In(isa.INSTR_BITS),
         }
         for u in UNITS:
             members[f"unit_{u.name.lower()}"] = In(wiring.Signature(unit_members(u)))
@@ -64,7 +69,11 @@ class Controller(wiring.Component):
         m.submodules.decoder = dec = Decoder()
         m.submodules.imem = imem = memory.Memory(shape=isa.INSTR_BITS, depth=IMEM_DEPTH, init=[])
         wr, rd = imem.write_port(), imem.read_port()
-        m.d.comb += [wr.en.eq(self.imem_we), wr.addr.eq(self.imem_addr), wr.data.eq(self.imem_wdata)]
+        m.d.comb += [
+            wr.en.eq(self.imem_we),
+            wr.addr.eq(self.imem_addr),
+            wr.data.eq(self.imem_wdata),
+        ]
         word = rd.data
         m.d.comb += dec.word.eq(word)
         ports = {u: getattr(self, f"unit_{u.name.lower()}") for u in UNITS}
@@ -90,18 +99,22 @@ class Controller(wiring.Component):
             m.d.comb += advance.eq(1)
 
         # --- scoreboard: heads, start rule in unit order --------------------------------
-        tok = {(v, u): Signal(range(depth + 1), name=f"tok_{v.name}_{u.name}")
-               for v in UNITS for u in UNITS if v != u}
+        tok = {
+            (v, u): Signal(range(depth + 1), name=f"tok_{v.name}_{u.name}")
+            for v in UNITS
+            for u in UNITS
+            if v != u
+        }
         start = {u: Signal(name=f"start_{u.name}") for u in UNITS}
         heads, waits = {}, {}
         for u in UNITS:
             head = Signal(unit_bits(u), name=f"head_{u.name}")
-            m.d.comb += head.eq(Mux(cnt[u] != 0, ents[u][0], word[:unit_bits(u)]))
+            m.d.comb += head.eq(Mux(cnt[u] != 0, ents[u][0], word[: unit_bits(u)]))
             heads[u] = head
-            waits[u] = field(head, _classes(u), head[:isa.OPCODE_BITS], "wait")
+            waits[u] = field(head, _classes(u), head[: isa.OPCODE_BITS], "wait")
         for k, u in enumerate(UNITS):
             head = heads[u]
-            rel = field(head, _classes(u), head[:isa.OPCODE_BITS], "release")
+            rel = field(head, _classes(u), head[: isa.OPCODE_BITS], "release")
             ok = ~running[u] & ((cnt[u] != 0) | disp[u])
             for v in UNITS:
                 if v == u:
@@ -124,7 +137,7 @@ class Controller(wiring.Component):
             for i in range(qd):
                 nxt = ents[u][i + 1] if i + 1 < qd else Const(0, unit_bits(u))
                 with m.If(push & (tail == i)):
-                    m.d.sync += ents[u][i].eq(word[:unit_bits(u)])
+                    m.d.sync += ents[u][i].eq(word[: unit_bits(u)])
                 with m.Elif(pop):
                     m.d.sync += ents[u][i].eq(nxt)
             m.d.sync += cnt[u].eq(cnt[u] + push - pop)
@@ -145,6 +158,11 @@ class Controller(wiring.Component):
             with m.Elif(dec.is_halt & idle):
                 m.d.sync += [self.halted.eq(1), self.token_error.eq(tokens_left), run.eq(0)]
         with m.Elif(self.start):
-            m.d.sync += [pc.eq(0), run.eq(1), self.halted.eq(0), self.illegal.eq(0),
-                         self.token_error.eq(0)]
+            m.d.sync += [
+                pc.eq(0),
+                run.eq(1),
+                self.halted.eq(0),
+                self.illegal.eq(0),
+                self.token_error.eq(0),
+            ]
         return m

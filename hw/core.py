@@ -41,33 +41,58 @@ class Core(wiring.Component):
             raise TypeError(f"arch must be an ArchConfig, not {arch!r}")
         self.arch = arch
         beat = _beat_bytes(arch)
-        super().__init__({
-            "start": In(1), "run_d": In(isa.DIM_BITS),
-            "halted": Out(1), "illegal": Out(1), "token_error": Out(1),
-            "imem_we": In(1), "imem_addr": In(IMEM_ADDR_BITS), "imem_wdata": In(isa.INSTR_BITS),
-            "mem_rd": Out(MemReadSignature(isa.EXT_ADDR_BITS, beat)),
-            "mem_wr": Out(MemWriteSignature(isa.EXT_ADDR_BITS, beat)),
-            "dbg_en": In(1), "dbg_we": In(1), "dbg_buf": In(3),
-            "dbg_addr": In(isa.BUF_ADDR_BITS), "dbg_wdata": In(8), "dbg_rdata": Out(8),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "run_d": In(isa.DIM_BITS),
+                "halted": Out(1),
+                "illegal": Out(1),
+                "token_error": Out(1),
+                "imem_we": In(1),
+                "imem_addr": In(IMEM_ADDR_BITS),
+                "imem_wdata": In(isa.INSTR_BITS),
+                "mem_rd": Out(MemReadSignature(isa.EXT_ADDR_BITS, beat)),
+                "mem_wr": Out(MemWriteSignature(isa.EXT_ADDR_BITS, beat)),
+                "dbg_en": In(1),
+                "dbg_we": In(1),
+                "dbg_buf": In(3),
+                "dbg_addr": In(isa.BUF_ADDR_BITS),
+                "dbg_wdata": In(8),
+                "dbg_rdata": Out(8),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
         arch = self.arch
         m.submodules.controller = ctrl = Controller(arch)
-        units = {isa.Unit.LD: LoadUnit(arch), isa.Unit.ST: StoreUnit(arch),
-                 isa.Unit.MPE: MatrixEngine(arch), isa.Unit.SFU: SpecialFunctionUnit(arch)}
+        units = {
+            isa.Unit.LD: LoadUnit(arch),
+            isa.Unit.ST: StoreUnit(arch),
+            isa.Unit.MPE: MatrixEngine(arch),
+            isa.Unit.SFU: SpecialFunctionUnit(arch),
+        }
         for u, unit in units.items():
             m.submodules[u.name.lower()] = unit
             port = getattr(ctrl, f"unit_{u.name.lower()}")
-            m.d.comb += [unit.instr.eq(resolve_dynamic(m, u, port.instr, self.run_d)),
-                         unit.start.eq(port.start), port.done.eq(unit.done)]
-        m.d.comb += [ctrl.imem_we.eq(self.imem_we), ctrl.imem_addr.eq(self.imem_addr),
-                     ctrl.imem_wdata.eq(self.imem_wdata)]
+            m.d.comb += [
+                unit.instr.eq(resolve_dynamic(m, u, port.instr, self.run_d)),
+                unit.start.eq(port.start),
+                port.done.eq(unit.done),
+            ]
+        m.d.comb += [
+            ctrl.imem_we.eq(self.imem_we),
+            ctrl.imem_addr.eq(self.imem_addr),
+            ctrl.imem_wdata.eq(self.imem_wdata),
+        ]
         wiring.connect(m, wiring.flipped(self.mem_rd), units[isa.Unit.LD].mem)
         wiring.connect(m, wiring.flipped(self.mem_wr), units[isa.Unit.ST].mem)
-        m.d.comb += [ctrl.start.eq(self.start), self.halted.eq(ctrl.halted),
-                     self.illegal.eq(ctrl.illegal), self.token_error.eq(ctrl.token_error)]
+        m.d.comb += [
+            ctrl.start.eq(self.start),
+            self.halted.eq(ctrl.halted),
+            self.illegal.eq(ctrl.illegal),
+            self.token_error.eq(ctrl.token_error),
+        ]
 
         # Buffers: the debug port first (priority), then every unit that uses the buffer.
         dbg_was = {}
@@ -75,8 +100,11 @@ class Core(wiring.Component):
             users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
             cfg = arch.buffers.of(b)
             extra = [u for u in units.values() if hasattr(u, "port_widths")]
-            widths = [1] + [u.buffer_width(b) if isinstance(u, (LoadUnit, StoreUnit)) else 1
-                            for u in users] + [w for u in extra for w in u.port_widths(b)]
+            widths = (
+                [1]
+                + [u.buffer_width(b) if isinstance(u, (LoadUnit, StoreUnit)) else 1 for u in users]
+                + [w for u in extra for w in u.port_widths(b)]
+            )
             buf = Buffer(cfg.size, widths, cfg.banks * cfg.width)
             m.submodules[f"buf_{b.name.lower()}"] = buf
             for i, user in enumerate(users):
@@ -84,8 +112,12 @@ class Core(wiring.Component):
             xports = [p for u in extra if u.port_widths(b) for p in u.ports(b)]
             for i, port in enumerate(xports):
                 wiring.connect(m, port, getattr(buf, f"p{len(users) + 1 + i}"))
-            m.d.comb += [buf.p0.req.eq(self.dbg_en & (self.dbg_buf == b)), buf.p0.we.eq(self.dbg_we),
-                         buf.p0.addr.eq(self.dbg_addr), buf.p0.wdata.eq(self.dbg_wdata)]
+            m.d.comb += [
+                buf.p0.req.eq(self.dbg_en & (self.dbg_buf == b)),
+                buf.p0.we.eq(self.dbg_we),
+                buf.p0.addr.eq(self.dbg_addr),
+                buf.p0.wdata.eq(self.dbg_wdata),
+            ]
             dbg_was[b] = buf.p0.rdata
         sel = Signal(3)  # the buffer read in the previous cycle
         m.d.sync += sel.eq(self.dbg_buf)

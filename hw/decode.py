@@ -3,8 +3,6 @@ written by hand here. A field's bits are wherever the ISA's layout puts them, so
 change in isa.py changes the RTL at the next elaboration.
 """
 
-
-
 from functools import cache
 
 from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
@@ -19,8 +17,10 @@ UNIT_BITS = max(1, (isa.NUM_UNITS - 1).bit_length())
 @cache
 def instr_layout(cls: type[isa.Instruction]) -> data.FlexibleLayout:
     """The instruction word of ``cls`` as a layout: every field at its ISA bit offset."""
-    return data.FlexibleLayout(isa.INSTR_BITS, {
-        name: data.Field(unsigned(width), lsb) for name, lsb, width, _ in isa.layout(cls)})
+    return data.FlexibleLayout(
+        isa.INSTR_BITS,
+        {name: data.Field(unsigned(width), lsb) for name, lsb, width, _ in isa.layout(cls)},
+    )
 
 
 def used_bits(cls: type[isa.Instruction]) -> int:
@@ -42,15 +42,17 @@ def view(cls: type[isa.Instruction], word: Value) -> data.View:
     return data.View(instr_layout(cls), word)
 
 
-def field(word: Value, classes: tuple[type[isa.Instruction], ...], opcode: Value,
-          name: str) -> Value:
+def field(
+    word: Value, classes: tuple[type[isa.Instruction], ...], opcode: Value, name: str
+) -> Value:
     """Field ``name`` of a word that is one of ``classes`` (chosen by ``opcode``).
 
     When every class places the field at the same bits this is a plain slice; otherwise
     a multiplexer on the opcode.
     """
-    places = {cls: next((lsb, w) for n, lsb, w, _ in isa.layout(cls) if n == name)
-              for cls in classes}
+    places = {
+        cls: next((lsb, w) for n, lsb, w, _ in isa.layout(cls) if n == name) for cls in classes
+    }
     first = view(classes[0], word)[name]
     if len(set(places.values())) == 1:
         return first
@@ -79,20 +81,19 @@ class Decoder(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         w = self.word
-        m.d.comb += self.opcode.eq(w[:isa.OPCODE_BITS])
+        m.d.comb += self.opcode.eq(w[: isa.OPCODE_BITS])
         with m.Switch(self.opcode):
             for op, cls in isa.INSTRUCTION_TYPES.items():
                 with m.Case(op):
                     v = view(cls, w)
-                    ok = w[used_bits(cls):] == 0
+                    ok = w[used_bits(cls) :] == 0
                     for name, _, _, spec in isa.layout(cls)[1:]:
                         if spec.enum is not None:
                             members = [int(e) for e in spec.enum]
                             ok &= v[name].matches(*members)
                     m.d.comb += self.legal.eq(ok)
                     if cls.UNIT is None:
-                        m.d.comb += [self.is_sys.eq(1),
-                                     self.is_halt.eq(v.op == isa.SysOp.HALT)]
+                        m.d.comb += [self.is_sys.eq(1), self.is_halt.eq(v.op == isa.SysOp.HALT)]
                     else:
                         m.d.comb += self.unit.eq(cls.UNIT)
         return m
@@ -128,11 +129,11 @@ def resolve_dynamic(m: Module, unit: isa.Unit, word: Value, d: Value) -> Value:
     cls = classes[0]
     for other in classes[1:]:
         assert isa.DYNAMIC_FIELDS[other] == isa.DYNAMIC_FIELDS[cls] and all(
-            _slice(other, f) == _slice(cls, f) for pair in isa.DYNAMIC_FIELDS[cls] for f in pair), \
-            f"{other.__name__} and {cls.__name__} place their dynamic fields differently"
+            _slice(other, f) == _slice(cls, f) for pair in isa.DYNAMIC_FIELDS[cls] for f in pair
+        ), f"{other.__name__} and {cls.__name__} place their dynamic fields differently"
     out = Signal(isa.INSTR_BITS, name=f"{unit.name.lower()}_resolved")
     src, dst = view(cls, word), data.View(instr_layout(cls), out)
     m.d.comb += out.eq(word)
     for step, target in isa.DYNAMIC_FIELDS[cls]:
         m.d.comb += [dst[target].eq(src[target] + d * src[step]), dst[step].eq(0)]
-    return out[:len(word)]
+    return out[: len(word)]

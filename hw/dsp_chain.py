@@ -45,15 +45,17 @@ class DspChain(wiring.Component):
         self.macs = 2 * groups
         self.idx_bits = window.bit_length() - 1
         self.sum_bits = PROD_BITS + self.macs.bit_length()
-        super().__init__({
-            "valid": In(1),
-            "act": In(data.ArrayLayout(data.ArrayLayout(signed(ACT_BITS), window), self.macs)),
-            "wgt": In(data.ArrayLayout(signed(WGT_BITS), self.macs)),
-            "idx": In(data.ArrayLayout(unsigned(self.idx_bits), self.macs)),
-            "cut": In(groups),
-            "out_valid": Out(1),
-            "sums": Out(data.ArrayLayout(signed(self.sum_bits), groups)),
-        })
+        super().__init__(
+            {
+                "valid": In(1),
+                "act": In(data.ArrayLayout(data.ArrayLayout(signed(ACT_BITS), window), self.macs)),
+                "wgt": In(data.ArrayLayout(signed(WGT_BITS), self.macs)),
+                "idx": In(data.ArrayLayout(unsigned(self.idx_bits), self.macs)),
+                "cut": In(groups),
+                "out_valid": Out(1),
+                "sums": Out(data.ArrayLayout(signed(self.sum_bits), groups)),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -77,15 +77,18 @@ class _Transfer(wiring.Component):
 
     CLS: type[isa.Instruction]
 
-    def __init__(self, arch: ArchConfig, unit: isa.Unit, bus: wiring.Signature,
-                 widths: dict[isa.Buf, int]) -> None:
+    def __init__(
+        self, arch: ArchConfig, unit: isa.Unit, bus: wiring.Signature, widths: dict[isa.Buf, int]
+    ) -> None:
         self.arch = arch
         self.beat = _beat_bytes(arch)
         self.lw = self.beat.bit_length() - 1
         self.widths = widths  #: bytes of the port on each buffer
         self.max_width = max(self.widths.values())
-        ports = {f"buf_{b.name.lower()}": Out(BufPortSignature(
-            addr_bits(arch.buffers.of(b).size), w)) for b, w in self.widths.items()}
+        ports = {
+            f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
+            for b, w in self.widths.items()
+        }
         super().__init__({**unit_members(unit), "mem": Out(bus), **ports})
 
     def buffer_width(self, buf: isa.Buf) -> int:
@@ -99,8 +102,13 @@ class _Transfer(wiring.Component):
             for b in isa.Buf:
                 port = getattr(self, f"buf_{b.name.lower()}")
                 with m.Case(b):
-                    m.d.comb += [port.req.eq(req), port.addr.eq(addr), port.we.eq(we),
-                                 port.wdata.eq(wdata), rdata.eq(port.rdata)]
+                    m.d.comb += [
+                        port.req.eq(req),
+                        port.addr.eq(addr),
+                        port.we.eq(we),
+                        port.wdata.eq(wdata),
+                        rdata.eq(port.rdata),
+                    ]
                     if self.widths[b] > 1:
                         m.d.comb += port.strb.eq(strb)
         return rdata
@@ -167,14 +175,17 @@ class _Transfer(wiring.Component):
         left = Signal(isa.DIM_BITS + isa.ROW_BYTES_BITS + 1)
         q = Signal(range(2 * BB))
         # --- command side: one burst per segment, one command per cycle --------------------
-        off = csrc[:self.lw]
-        aligned = Cat(Const(0, self.lw), csrc[self.lw:E])
+        off = csrc[: self.lw]
+        aligned = Cat(Const(0, self.lw), csrc[self.lw : E])
         seg_bits = self._times_bits(m, ins, seg)
         ext_bytes = seg if seg_bits is None else (seg_bits + 7) >> 3
         beats = (off + ext_bytes + (B - 1)) >> self.lw
         with m.If(cmd_on):
-            m.d.comb += [self.mem.cmd_valid.eq(1), self.mem.cmd_addr.eq(aligned),
-                         self.mem.cmd_beats.eq(beats[:BEATS_BITS])]
+            m.d.comb += [
+                self.mem.cmd_valid.eq(1),
+                self.mem.cmd_addr.eq(aligned),
+                self.mem.cmd_beats.eq(beats[:BEATS_BITS]),
+            ]
             with m.If(self.mem.cmd_ready):
                 m.d.sync += [crow.eq(crow + 1), csrc.eq(csrc + es)]
                 with m.If(crow == ncmd - 1):
@@ -187,20 +198,47 @@ class _Transfer(wiring.Component):
         beat_end = ~more | seg_end
         last = seg_end & (drow == ncmd - 1)
         with m.If(busy & move):
-            m.d.sync += [ptr.eq(ptr + n), left.eq(left - n),
-                         q.eq(Mux(beat_end, q + adv - BB, q + adv))]
+            m.d.sync += [
+                ptr.eq(ptr + n),
+                left.eq(left - n),
+                q.eq(Mux(beat_end, q + adv - BB, q + adv)),
+            ]
             with m.If(seg_end):
                 nxt = dsrc + es
-                m.d.sync += [drow.eq(drow + 1), dsrc.eq(nxt), q.eq(BB + Cat(Const(0, 3), nxt[:self.lw])),
-                             base.eq(base + bs), ptr.eq(base + bs), left.eq(seg)]
+                m.d.sync += [
+                    drow.eq(drow + 1),
+                    dsrc.eq(nxt),
+                    q.eq(BB + Cat(Const(0, 3), nxt[: self.lw])),
+                    base.eq(base + bs),
+                    ptr.eq(base + bs),
+                    left.eq(seg),
+                ]
                 with m.If(last):
                     m.d.sync += busy.eq(0)
         with m.If(self.start):
-            m.d.sync += [word.eq(self.instr), busy.eq(1), cmd_on.eq(1), crow.eq(0), drow.eq(0),
-                         csrc.eq(e_now), dsrc.eq(e_now), q.eq(BB + Cat(Const(0, 3), e_now[:self.lw])),
-                         ptr.eq(b_now), base.eq(b_now), left.eq(seg_now)]
-        return {"busy": busy, "n": n, "q": q, "ptr": ptr, "beat_end": beat_end,
-                "last": last, "ins": ins, "ncmd": ncmd}
+            m.d.sync += [
+                word.eq(self.instr),
+                busy.eq(1),
+                cmd_on.eq(1),
+                crow.eq(0),
+                drow.eq(0),
+                csrc.eq(e_now),
+                dsrc.eq(e_now),
+                q.eq(BB + Cat(Const(0, 3), e_now[: self.lw])),
+                ptr.eq(b_now),
+                base.eq(b_now),
+                left.eq(seg_now),
+            ]
+        return {
+            "busy": busy,
+            "n": n,
+            "q": q,
+            "ptr": ptr,
+            "beat_end": beat_end,
+            "last": last,
+            "ins": ins,
+            "ncmd": ncmd,
+        }
 
 
 class _LdView:
@@ -222,8 +260,12 @@ class LoadUnit(_Transfer):
     """LD: external memory -> buffer, widening packed 2/3/4-bit values when ``unpack``."""
 
     def __init__(self, arch: ArchConfig) -> None:
-        super().__init__(arch, isa.Unit.LD, MemReadSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
-                         {b: ld_port_width(arch, b) for b in isa.Buf})
+        super().__init__(
+            arch,
+            isa.Unit.LD,
+            MemReadSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
+            {b: ld_port_width(arch, b) for b in isa.Buf},
+        )
 
     def _view(self, word):
         return _LdView(view(isa.LD, word))
@@ -280,12 +322,12 @@ class LoadUnit(_Transfer):
                 k = u.bits
                 with m.Case(u):
                     for i in range(min(W, 2 * BB // k)):
-                        v = window[i * k:(i + 1) * k]
+                        v = window[i * k : (i + 1) * k]
                         m.d.comb += wdata.word_select(i, 8).eq(
-                            v if k == 8 else Cat(v, v[k - 1].replicate(8 - k)))
+                            v if k == 8 else Cat(v, v[k - 1].replicate(8 - k))
+                        )
         with m.If(busy & self.mem.data_valid):
-            self._buf(m, ins.v.buf, req=1, addr=w["ptr"], we=1, wdata=wdata,
-                      strb=_mask(n, W))
+            self._buf(m, ins.v.buf, req=1, addr=w["ptr"], we=1, wdata=wdata, strb=_mask(n, W))
             m.d.comb += self.mem.data_ready.eq(w["beat_end"])
             with m.If(w["last"]):
                 m.d.comb += self.done.eq(1)
@@ -297,8 +339,12 @@ class StoreUnit(_Transfer):
     response."""
 
     def __init__(self, arch: ArchConfig) -> None:
-        super().__init__(arch, isa.Unit.ST, MemWriteSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
-                         {b: port_width(arch, b) for b in isa.Buf})
+        super().__init__(
+            arch,
+            isa.Unit.ST,
+            MemWriteSignature(isa.EXT_ADDR_BITS, _beat_bytes(arch)),
+            {b: port_width(arch, b) for b in isa.Buf},
+        )
 
     def _view(self, word):
         return _StView(view(isa.ST, word))
@@ -309,7 +355,7 @@ class StoreUnit(_Transfer):
         move = Signal()
         w = self._walker(m, move=move)
         busy, n = w["busy"], w["n"]
-        cur = w["q"][3:3 + self.lw]  # byte of the beat (q is in the current beat for bytes)
+        cur = w["q"][3 : 3 + self.lw]  # byte of the beat (q is in the current beat for bytes)
         # Read side: the chunk of this cycle is read; it arrives (rdata) next cycle.
         m.d.comb += move.eq(1)
         q_valid, q_last = Signal(), Signal()
@@ -328,8 +374,11 @@ class StoreUnit(_Transfer):
         m.d.comb += [merged.eq(acc | placed), mstrb.eq(acc_strb | pstrb)]
         with m.If(q_valid):
             with m.If(q_last):
-                m.d.comb += [self.mem.data_valid.eq(1), self.mem.data.eq(merged),
-                             self.mem.strb.eq(mstrb)]
+                m.d.comb += [
+                    self.mem.data_valid.eq(1),
+                    self.mem.data.eq(merged),
+                    self.mem.strb.eq(mstrb),
+                ]
                 m.d.sync += [acc.eq(0), acc_strb.eq(0)]
             with m.Else():
                 m.d.sync += [acc.eq(merged), acc_strb.eq(mstrb)]

@@ -32,7 +32,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from flightforge import isa, formats
+from flightforge import formats, isa
 from flightforge.arch import ArchConfig
 
 from .buffers import addr_bits
@@ -101,8 +101,10 @@ class MatrixEngine(wiring.Component):
                 if key not in self.win_rows:
                     self.win_rows.append(key)
                 self.win_of[nm, r] = self.win_rows.index(key)
-        self.feed_modes = [tuple(nm for nm, (rm, n, k) in self.modes.items()
-                                 if c * self.macs < rm * n * k) for c in range(mp.chains)]
+        self.feed_modes = [
+            tuple(nm for nm, (rm, n, k) in self.modes.items() if c * self.macs < rm * n * k)
+            for c in range(mp.chains)
+        ]
         ps = P[isa.Buf.SCALE]
         self.rec_reads = _cdiv(6, ps)
         widths = {
@@ -117,7 +119,8 @@ class MatrixEngine(wiring.Component):
         for b in self.BUFFERS:
             for i, w in enumerate(widths[b]):
                 members[f"buf_{b.name.lower()}{i}"] = Out(
-                    BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
+                    BufPortSignature(addr_bits(arch.buffers.of(b).size), w)
+                )
         super().__init__({**unit_members(isa.Unit.MPE), **members})
 
     #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
@@ -134,8 +137,13 @@ class MatrixEngine(wiring.Component):
             row = apr * self.P[isa.Buf.ACT]
             out.append((f"RowWindows (k={k}, {row} B)", RowWindows(k, self.window, row), count))
         for modes in sorted({fm for fm in self.feed_modes if fm}, key=len, reverse=True):
-            out.append((f"ChainFeed ({', '.join(modes)})", ChainFeed(self.G, self.window, modes),
-                        self.feed_modes.count(modes)))
+            out.append(
+                (
+                    f"ChainFeed ({', '.join(modes)})",
+                    ChainFeed(self.G, self.window, modes),
+                    self.feed_modes.count(modes),
+                )
+            )
         out.append(("SegmentEpilogue", SegmentEpilogue(self.terms, self.sum_bits), self.segs))
         return out
 
@@ -155,9 +163,10 @@ class MatrixEngine(wiring.Component):
         P = self.P
         pw, pm, pa = P[isa.Buf.WGT], P[isa.Buf.META], P[isa.Buf.ACT]
         word = Signal.like(self.instr)
-        opcode = word[:isa.OPCODE_BITS]
-        f = {name: field(word, (isa.MM, isa.MV), opcode, name)
-             for name, *_ in isa.layout(isa.MV)[1:]}
+        opcode = word[: isa.OPCODE_BITS]
+        f = {
+            name: field(word, (isa.MM, isa.MV), opcode, name) for name, *_ in isa.layout(isa.MV)[1:]
+        }
         is_mm = opcode == isa.Opcode.MM
         mmf = field(word, (isa.MM,), opcode, "m"), field(word, (isa.MM,), opcode, "a_stride")
         rows = Mux(is_mm, mmf[0], 1)
@@ -181,8 +190,11 @@ class MatrixEngine(wiring.Component):
                 if mode.is_sparse:
                     with m.Case(mode):
                         ib = formats.index_bits(mode)
-                        m.d.comb += [lm.eq(mode.m.bit_length() - 1), ln.eq(mode.n.bit_length() - 1),
-                                     lib.eq(ib.bit_length() - 1)]
+                        m.d.comb += [
+                            lm.eq(mode.m.bit_length() - 1),
+                            ln.eq(mode.n.bit_length() - 1),
+                            lib.eq(ib.bit_length() - 1),
+                        ]
         sparse = f["sparse"] != isa.SparseMode.DENSE
         int4 = f["wprec"] == isa.WPrec.INT4
         wkn = f["wkn"]
@@ -219,11 +231,13 @@ class MatrixEngine(wiring.Component):
         lpw, lpm = lg(pw), lg(pm)
         wcyc = Signal(16)
         mcyc = Signal(16)
-        m.d.comb += [wcyc.eq(((wbytes << ltn) + pw - 1) >> lpw),
-                     mcyc.eq(((mbytes << ltn) + pm - 1) >> lpm)]
+        m.d.comb += [
+            wcyc.eq(((wbytes << ltn) + pw - 1) >> lpw),
+            mcyc.eq(((mbytes << ltn) + pm - 1) >> lpm),
+        ]
         ccyc = Signal(16)
         m.d.comb += ccyc.eq(Mux(wcyc > mcyc, wcyc, mcyc))
-        last_cyc = (cyc + 1 >= ccyc)
+        last_cyc = cyc + 1 >= ccyc
         last_step = s + 1 == steps
         last_ctile = c0 + tn >= f["n"]
         last_rtile = rt_row + tm >= rows
@@ -235,12 +249,22 @@ class MatrixEngine(wiring.Component):
             with m.If(self.start):
                 m.d.sync += [word.eq(self.instr), busy.eq(1)]
                 ins = self.instr
-                fi = {name: field(ins, (isa.MM, isa.MV), ins[:isa.OPCODE_BITS], name)
-                      for name in ("a_addr", "d_addr", "p_addr", "w_addr", "meta_addr", "q_addr")}
-                m.d.sync += [rt_row.eq(0), c0.eq(0), s.eq(0), cyc.eq(0),
-                             a_base.eq(fi["a_addr"]), d_base.eq(fi["d_addr"]),
-                             p_base.eq(fi["p_addr"]), w_tile.eq(fi["w_addr"]),
-                             m_tile.eq(fi["meta_addr"]), q_tile.eq(fi["q_addr"])]
+                fi = {
+                    name: field(ins, (isa.MM, isa.MV), ins[: isa.OPCODE_BITS], name)
+                    for name in ("a_addr", "d_addr", "p_addr", "w_addr", "meta_addr", "q_addr")
+                }
+                m.d.sync += [
+                    rt_row.eq(0),
+                    c0.eq(0),
+                    s.eq(0),
+                    cyc.eq(0),
+                    a_base.eq(fi["a_addr"]),
+                    d_base.eq(fi["d_addr"]),
+                    p_base.eq(fi["p_addr"]),
+                    w_tile.eq(fi["w_addr"]),
+                    m_tile.eq(fi["meta_addr"]),
+                    q_tile.eq(fi["q_addr"]),
+                ]
         issue = Signal()
         last_issue = Signal()
         m.d.comb += issue.eq(busy)
@@ -249,14 +273,28 @@ class MatrixEngine(wiring.Component):
             with m.If(last_cyc):
                 m.d.sync += [cyc.eq(0), s.eq(s + 1)]
                 with m.If(last_step):
-                    m.d.sync += [s.eq(0), c0.eq(c0 + tn), w_tile.eq(w_tile + Mux(wkn, tn, wrb << ltn)),
-                                 m_tile.eq(m_tile + (mrb << ltn)), q_tile.eq(q_tile + (recb << ltn))]
+                    m.d.sync += [
+                        s.eq(0),
+                        c0.eq(c0 + tn),
+                        w_tile.eq(w_tile + Mux(wkn, tn, wrb << ltn)),
+                        m_tile.eq(m_tile + (mrb << ltn)),
+                        q_tile.eq(q_tile + (recb << ltn)),
+                    ]
                     with m.If(last_ctile):
-                        m.d.sync += [c0.eq(0), w_tile.eq(f["w_addr"]), m_tile.eq(f["meta_addr"]),
-                                     q_tile.eq(f["q_addr"]), rt_row.eq(rt_row + tm),
-                                     a_base.eq(a_base + (a_stride << sel(lambda nm: lg(self.modes[nm][0])))),
-                                     d_base.eq(d_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0])))),
-                                     p_base.eq(p_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0]))))]
+                        m.d.sync += [
+                            c0.eq(0),
+                            w_tile.eq(f["w_addr"]),
+                            m_tile.eq(f["meta_addr"]),
+                            q_tile.eq(f["q_addr"]),
+                            rt_row.eq(rt_row + tm),
+                            a_base.eq(a_base + (a_stride << sel(lambda nm: lg(self.modes[nm][0])))),
+                            d_base.eq(
+                                d_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0])))
+                            ),
+                            p_base.eq(
+                                p_base + (f["d_stride"] << sel(lambda nm: lg(self.modes[nm][0])))
+                            ),
+                        ]
                         with m.If(last_rtile):
                             m.d.sync += busy.eq(0)
                             m.d.comb += last_issue.eq(1)
@@ -265,20 +303,28 @@ class MatrixEngine(wiring.Component):
         wp = self.ports(isa.Buf.WGT)
         w_step = Mux(int4, sk >> 1, sk)
         for p, port in enumerate(wp):
-            nk_addr = (w_tile + (sk + (cyc << sel(lambda nm: lg(pw // self.modes[nm][1]))) + p) * f["n"])
+            nk_addr = (
+                w_tile + (sk + (cyc << sel(lambda nm: lg(pw // self.modes[nm][1]))) + p) * f["n"]
+            )
             col_addr = w_tile + p * wrb + w_step + cyc * wcol
-            m.d.comb += [port.addr.eq(Mux(wkn, nk_addr, col_addr)),
-                         port.req.eq(busy & (cyc < wcyc) &
-                                     Mux(wkn, p < wrows, p < tn))]
+            m.d.comb += [
+                port.addr.eq(Mux(wkn, nk_addr, col_addr)),
+                port.req.eq(busy & (cyc < wcyc) & Mux(wkn, p < wrows, p < tn)),
+            ]
         mp_ = self.ports(isa.Buf.META)
         for j, port in enumerate(mp_):
-            m.d.comb += [port.addr.eq(m_tile + j * mrb + ((sk << lib) >> 3) + cyc * mcol),
-                         port.req.eq(busy & (cyc < mcyc) & (j < tn))]
+            m.d.comb += [
+                port.addr.eq(m_tile + j * mrb + ((sk << lib) >> 3) + cyc * mcol),
+                port.req.eq(busy & (cyc < mcyc) & (j < tn)),
+            ]
         fire = busy & last_cyc
         # --- issue at the step's last cycle: activations, scales, records, psums -------------
         ap = self.ports(isa.Buf.ACT)
-        act_ports, psum_ports, wr_ports = (ap[:self.n_act], ap[self.n_act:self.n_act + self.n_psum],
-                                           ap[self.n_act + self.n_psum:])
+        act_ports, psum_ports, wr_ports = (
+            ap[: self.n_act],
+            ap[self.n_act : self.n_act + self.n_psum],
+            ap[self.n_act + self.n_psum :],
+        )
         a_off = Mux(sparse, (sk >> ln) << lm, sk)
         for i, port in enumerate(act_ports):
             for nm, (rm, n, k) in self.modes.items():
@@ -286,33 +332,45 @@ class MatrixEngine(wiring.Component):
                 r, q = divmod(i, apr)
                 if r < rm:
                     with m.If(is_mm if nm == "mm" else ~is_mm):
-                        m.d.comb += [port.addr.eq(a_base + r * a_stride + a_off + q * pa),
-                                     port.req.eq(fire)]
+                        m.d.comb += [
+                            port.addr.eq(a_base + r * a_stride + a_off + q * pa),
+                            port.req.eq(fire),
+                        ]
         sp = self.ports(isa.Buf.SCALE)
-        scale_ports, rec_ports = sp[:self.nmax], sp[self.nmax:]
+        scale_ports, rec_ports = sp[: self.nmax], sp[self.nmax :]
         gi0 = Signal(isa.DIM_BITS + 8)
         m.d.comb += gi0.eq(sk >> lge)
         for j, port in enumerate(scale_ports):
-            m.d.comb += [port.addr.eq(q_tile + j * recb + HDR + gi0),
-                         port.req.eq(fire & gsz_on & (j < tn))]
+            m.d.comb += [
+                port.addr.eq(q_tile + j * recb + HDR + gi0),
+                port.req.eq(fire & gsz_on & (j < tn)),
+            ]
         ps = P[isa.Buf.SCALE]
         for i, port in enumerate(rec_ports):
             j, h = divmod(i, self.rec_reads)
-            m.d.comb += [port.addr.eq(q_tile + j * recb + h * ps),
-                         port.req.eq(fire & last_step & f["colp"] & (j < tn))]
+            m.d.comb += [
+                port.addr.eq(q_tile + j * recb + h * ps),
+                port.req.eq(fire & last_step & f["colp"] & (j < tn)),
+            ]
         for i, port in enumerate(psum_ports):
             for nm, (rm, n, k) in self.modes.items():
                 r, h = divmod(i, self.ppr[nm])
                 if r < rm:
                     with m.If(is_mm if nm == "mm" else ~is_mm):
-                        m.d.comb += [port.addr.eq(p_base + r * f["d_stride"] + (c0 << 2) + h * pa),
-                                     port.req.eq(fire & last_step & f["acc_in"])]
+                        m.d.comb += [
+                            port.addr.eq(p_base + r * f["d_stride"] + (c0 << 2) + h * pa),
+                            port.req.eq(fire & last_step & f["acc_in"]),
+                        ]
 
         # --- stage F: staged data arrives -------------------------------------------------
         cyc_q = Signal.like(cyc)
         wvalid_q = Signal()
         mvalid_q = Signal()
-        m.d.sync += [cyc_q.eq(cyc), wvalid_q.eq(busy & (cyc < wcyc)), mvalid_q.eq(busy & (cyc < mcyc))]
+        m.d.sync += [
+            cyc_q.eq(cyc),
+            wvalid_q.eq(busy & (cyc < wcyc)),
+            mvalid_q.eq(busy & (cyc < mcyc)),
+        ]
         wst = [Signal(8 * self.wb, name=f"wst{j}") for j in range(self.nmax)]
         wst_n = [Signal(8 * self.wb, name=f"wstn{j}") for j in range(self.nmax)]
         mst = [Signal(8 * self.mb, name=f"mst{j}") for j in range(self.nmax)]
@@ -332,15 +390,21 @@ class MatrixEngine(wiring.Component):
                                 for j in range(n):
                                     for b in range(wc):
                                         if c * wc + b < self.wb:
-                                            m.d.comb += wst_n[j].word_select(c * wc + b, 8).eq(
-                                                wp[j].rdata.word_select(b, 8))
+                                            m.d.comb += (
+                                                wst_n[j]
+                                                .word_select(c * wc + b, 8)
+                                                .eq(wp[j].rdata.word_select(b, 8))
+                                            )
                             with m.Else():  # rows of n bytes
                                 for p in range(min(pw // n, len(wp))):
                                     row = c * (pw // n) + p
                                     if row < self.wb:
                                         for j in range(n):
-                                            m.d.comb += wst_n[j].word_select(row, 8).eq(
-                                                wp[p].rdata.word_select(j, 8))
+                                            m.d.comb += (
+                                                wst_n[j]
+                                                .word_select(row, 8)
+                                                .eq(wp[p].rdata.word_select(j, 8))
+                                            )
         with m.If(mvalid_q):
             for nm, (rm, n, k) in self.modes.items():
                 mc = pm // n
@@ -350,8 +414,11 @@ class MatrixEngine(wiring.Component):
                             for j in range(n):
                                 for b in range(mc):
                                     if c * mc + b < self.mb:
-                                        m.d.comb += mst_n[j].word_select(c * mc + b, 8).eq(
-                                            mp_[j].rdata.word_select(b, 8))
+                                        m.d.comb += (
+                                            mst_n[j]
+                                            .word_select(c * mc + b, 8)
+                                            .eq(mp_[j].rdata.word_select(b, 8))
+                                        )
         # tags of the fired step
         fv = Signal()
         f_ent = Signal.like(ent)
@@ -360,8 +427,16 @@ class MatrixEngine(wiring.Component):
         f_c0, f_r0 = Signal.like(c0), Signal.like(rt_row)
         f_d = Signal(A)
         f_done = Signal()
-        m.d.sync += [fv.eq(fire), f_done.eq(last_issue), f_ent.eq(ent), f_last.eq(last_step),
-                     f_first.eq(s == 0), f_c0.eq(c0), f_r0.eq(rt_row), f_d.eq(d_base)]
+        m.d.sync += [
+            fv.eq(fire),
+            f_done.eq(last_issue),
+            f_ent.eq(ent),
+            f_last.eq(last_step),
+            f_first.eq(s == 0),
+            f_c0.eq(c0),
+            f_r0.eq(rt_row),
+            f_d.eq(d_base),
+        ]
         f_int4 = int4 & ~wkn
         # MAC inputs. ``sk`` is a multiple of the mode's ``k`` and a MAC's entry ``i < k`` is
         # a constant, so a MAC's activation window and index are constant slices, one per
@@ -371,8 +446,10 @@ class MatrixEngine(wiring.Component):
         wins = []
         for w, (k, p0, apr) in enumerate(self.win_rows):
             m.submodules[f"win{w}"] = rw = RowWindows(k, self.window, apr * pa)
-            m.d.comb += [rw.sparse.eq(f["sparse"]),
-                         rw.row.eq(Cat(*(p.rdata for p in act_ports[p0:p0 + apr])))]
+            m.d.comb += [
+                rw.sparse.eq(f["sparse"]),
+                rw.row.eq(Cat(*(p.rdata for p in act_ports[p0 : p0 + apr]))),
+            ]
             wins.append(rw)
         macw, maci = {}, {}
 
@@ -394,9 +471,9 @@ class MatrixEngine(wiring.Component):
                         if mode.is_sparse:
                             b = 1 << (formats.index_bits(mode).bit_length() - 1)
                             with m.Case(mode):
-                                m.d.comb += iv.eq(mst_n[j][i * b:(i + 1) * b])
+                                m.d.comb += iv.eq(mst_n[j][i * b : (i + 1) * b])
                     with m.Default():
-                        m.d.comb += iv.eq(mst_n[j][i:i + 1])
+                        m.d.comb += iv.eq(mst_n[j][i : i + 1])
             return maci[j, i]
 
         for ch, chain in enumerate(chains):
@@ -404,8 +481,12 @@ class MatrixEngine(wiring.Component):
             if not self.feed_modes[ch]:
                 continue  # no tile reaches the chain: its operands stay zero
             m.submodules[f"feed{ch}"] = fd = ChainFeed(self.G, self.window, self.feed_modes[ch])
-            m.d.comb += [fd.is_mm.eq(is_mm), chain.act.eq(fd.ops.act), chain.wgt.eq(fd.ops.wgt),
-                         chain.idx.eq(fd.ops.idx)]
+            m.d.comb += [
+                fd.is_mm.eq(is_mm),
+                chain.act.eq(fd.ops.act),
+                chain.wgt.eq(fd.ops.wgt),
+                chain.idx.eq(fd.ops.idx),
+            ]
             for mac in range(self.macs):
                 for nm in fd.modes:
                     rm, n, k = self.modes[nm]
@@ -413,8 +494,11 @@ class MatrixEngine(wiring.Component):
                     r, j = divmod(seg, n)
                     if r < rm:
                         ops = getattr(fd, nm)
-                        m.d.comb += [ops.act[mac].eq(wins[self.win_of[nm, r]].windows[i]),
-                                     ops.wgt[mac].eq(weight(j, i)), ops.idx[mac].eq(index(j, i))]
+                        m.d.comb += [
+                            ops.act[mac].eq(wins[self.win_of[nm, r]].windows[i]),
+                            ops.wgt[mac].eq(weight(j, i)),
+                            ops.idx[mac].eq(index(j, i)),
+                        ]
         # cuts: segment ends and scale-group ends. ``sk`` is a multiple of ``k`` and
         # ``i + 2 <= k``: ``sk + i + 2`` ends a group of ``2**lge`` entries iff ``i + 2`` does
         # (for a group longer than ``k`` only ``i + 2 == k`` can, a segment end anyway).
@@ -434,6 +518,7 @@ class MatrixEngine(wiring.Component):
             m.d.comb += chain.cut.eq(cut)
         # --- stage F+2: scale, accumulate, epilogue (SegmentEpilogue), write -------------
         D = 2
+
         def dl(v, name):
             cur = v
             for t in range(D):
@@ -441,6 +526,7 @@ class MatrixEngine(wiring.Component):
                 m.d.sync += r.eq(cur)
                 cur = r
             return cur
+
         ev = dl(fv, "ev")
         e_last, e_first = dl(f_last, "elast"), dl(f_first, "efirst")
         e_c0, e_r0, e_d = dl(f_c0, "ec0"), dl(f_r0, "er0"), dl(f_d, "ed")
@@ -464,15 +550,18 @@ class MatrixEngine(wiring.Component):
         def group_scale(key):
             j, q = key
             li = Const(2 * q) >> lge  # the group of entry 2q in the step's scales
-            return scales[j].word_select(li[:max(1, (len(scales[j]) // 8 - 1).bit_length())], 8) \
-                if len(scales[j]) > 8 else scales[j]
+            return (
+                scales[j].word_select(li[: max(1, (len(scales[j]) // 8 - 1).bit_length())], 8)
+                if len(scales[j]) > 8
+                else scales[j]
+            )
 
         def record(j):
-            return Cat(*recs[j * self.rec_reads:(j + 1) * self.rec_reads])
+            return Cat(*recs[j * self.rec_reads : (j + 1) * self.rec_reads])
 
         def psum(key):
             p0, ppr, j = key
-            return Mux(f["acc_in"], Cat(*psums[p0:p0 + ppr]).word_select(j, 32), 0)
+            return Mux(f["acc_in"], Cat(*psums[p0 : p0 + ppr]).word_select(j, 32), 0)
 
         def pick(keys, value):
             """``value(key)`` of the instruction's mode (``keys``: per mode; None, a missing
@@ -491,19 +580,42 @@ class MatrixEngine(wiring.Component):
                     at[nm] = divmod(t, n)
             for q in range(self.terms):
                 m.d.comb += [
-                    ep.sums[q].eq(pick({nm: (divmod(t * self.modes[nm][2] + 2 * q, self.macs)[0],
-                                             (t * self.modes[nm][2] + 2 * q) % self.macs // 2)
-                                        for nm in at if 2 * q < self.modes[nm][2]}, group_sum)),
-                    ep.scales[q].eq(pick({nm: (at[nm][1], q) for nm in at
-                                          if 2 * q < self.modes[nm][2]}, group_scale))]
+                    ep.sums[q].eq(
+                        pick(
+                            {
+                                nm: (
+                                    divmod(t * self.modes[nm][2] + 2 * q, self.macs)[0],
+                                    (t * self.modes[nm][2] + 2 * q) % self.macs // 2,
+                                )
+                                for nm in at
+                                if 2 * q < self.modes[nm][2]
+                            },
+                            group_sum,
+                        )
+                    ),
+                    ep.scales[q].eq(
+                        pick(
+                            {nm: (at[nm][1], q) for nm in at if 2 * q < self.modes[nm][2]},
+                            group_scale,
+                        )
+                    ),
+                ]
             col = {nm: j for nm, (r, j) in at.items()}
             m.d.comb += [
-                ep.valid.eq(ev), ep.first.eq(e_first), ep.ended.eq(ended), ep.gsz_on.eq(gsz_on),
+                ep.valid.eq(ev),
+                ep.first.eq(e_first),
+                ep.ended.eq(ended),
+                ep.gsz_on.eq(gsz_on),
                 ep.bias.eq(pick(col, lambda j: Mux(f["colp"], record(j)[0:32], 0))),
                 ep.mult.eq(pick(col, lambda j: Mux(f["colp"], record(j)[32:48], f["mult"]))),
-                ep.psum.eq(pick({nm: (r * self.ppr[nm], self.ppr[nm], j) for nm, (r, j) in at.items()},
-                                psum)),
-                ep.shift.eq(f["shift"]), ep.odt.eq(f["odt"])]
+                ep.psum.eq(
+                    pick(
+                        {nm: (r * self.ppr[nm], self.ppr[nm], j) for nm, (r, j) in at.items()}, psum
+                    )
+                ),
+                ep.shift.eq(f["shift"]),
+                ep.odt.eq(f["odt"]),
+            ]
             results.append(ep.result)
         # writes: one port per output row (and per port width of the row)
         for i, port in enumerate(wr_ports):
@@ -517,21 +629,31 @@ class MatrixEngine(wiring.Component):
                     with m.Switch(f["odt"]):
                         for d in isa.DType:
                             with m.Case(d):
-                                m.d.comb += packed.eq(Cat(*(results[r * n + j][:8 * d.nbytes]
-                                                            for j in range(n))))
+                                m.d.comb += packed.eq(
+                                    Cat(*(results[r * n + j][: 8 * d.nbytes] for j in range(n)))
+                                )
                     strb = Signal(4 * n, name=f"strb{i}_{nm}")
                     ncols = f["n"] - e_c0
                     with m.Switch(f["odt"]):
                         for d in isa.DType:
                             with m.Case(d):
-                                m.d.comb += strb.eq(Cat(*(Mux(j < ncols, (1 << d.nbytes) - 1, 0)[:d.nbytes]
-                                                          for j in range(n))))
-                    m.d.comb += [port.addr.eq(e_d + r * f["d_stride"] + e_c0 * obytes + h * pa),
-                                 port.we.eq(1),
-                                 port.wdata.eq(packed.word_select(h, 8 * pa) if len(packed) > 8 * pa
-                                               else packed),
-                                 port.strb.eq(strb.word_select(h, pa) if len(strb) > pa else strb),
-                                 port.req.eq(ev & e_last & (e_r0 + r < rows) & (h * pa < (obytes << ltn)))]
+                                m.d.comb += strb.eq(
+                                    Cat(
+                                        *(
+                                            Mux(j < ncols, (1 << d.nbytes) - 1, 0)[: d.nbytes]
+                                            for j in range(n)
+                                        )
+                                    )
+                                )
+                    m.d.comb += [
+                        port.addr.eq(e_d + r * f["d_stride"] + e_c0 * obytes + h * pa),
+                        port.we.eq(1),
+                        port.wdata.eq(
+                            packed.word_select(h, 8 * pa) if len(packed) > 8 * pa else packed
+                        ),
+                        port.strb.eq(strb.word_select(h, pa) if len(strb) > pa else strb),
+                        port.req.eq(ev & e_last & (e_r0 + r < rows) & (h * pa < (obytes << ltn))),
+                    ]
         # done: the last write (the cycle of the last step's epilogue)
         done = ev & e_last & dl(f_done, "edone")
         for t in range(self.arch.mpe.pipeline_depth - 4):

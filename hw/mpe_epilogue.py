@@ -44,20 +44,22 @@ class SegmentEpilogue(wiring.Component):
             raise ValueError(f"terms must be at least 1, not {terms!r}")
         self.terms = terms
         self.sum_bits = sum_bits
-        super().__init__({
-            "valid": In(1),
-            "first": In(1),
-            "sums": In(data.ArrayLayout(signed(sum_bits), terms)),
-            "ended": In(terms),
-            "scales": In(data.ArrayLayout(unsigned(8), terms)),
-            "gsz_on": In(1),
-            "psum": In(signed(32)),
-            "bias": In(signed(32)),
-            "mult": In(unsigned(isa.MULT_BITS)),
-            "shift": In(field_bits("shift")),
-            "odt": In(field_bits("odt")),
-            "result": Out(RESULT_BITS),
-        })
+        super().__init__(
+            {
+                "valid": In(1),
+                "first": In(1),
+                "sums": In(data.ArrayLayout(signed(sum_bits), terms)),
+                "ended": In(terms),
+                "scales": In(data.ArrayLayout(unsigned(8), terms)),
+                "gsz_on": In(1),
+                "psum": In(signed(32)),
+                "bias": In(signed(32)),
+                "mult": In(unsigned(isa.MULT_BITS)),
+                "shift": In(field_bits("shift")),
+                "odt": In(field_bits("odt")),
+                "result": Out(RESULT_BITS),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -55,11 +55,13 @@ class RowWindows(wiring.Component):
         self.k = k
         self.window = window
         self.row_bytes = row_bytes
-        super().__init__({
-            "sparse": In(field_bits("sparse")),
-            "row": In(8 * self.row_bytes),
-            "windows": Out(data.ArrayLayout(window_layout(window), k)),
-        })
+        super().__init__(
+            {
+                "sparse": In(field_bits("sparse")),
+                "row": In(8 * self.row_bytes),
+                "windows": Out(data.ArrayLayout(window_layout(window), k)),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -76,18 +78,22 @@ class RowWindows(wiring.Component):
                     m.d.comb += w.eq(row.word_select(i, 8))
                 for off, modes in by_off.items():
                     with m.Case(*modes):
-                        m.d.comb += w.eq(padded[8 * off:8 * (off + self.window)])
+                        m.d.comb += w.eq(padded[8 * off : 8 * (off + self.window)])
                 with m.Default():  # no N:M mode: the window at byte i
-                    m.d.comb += w.eq(padded[8 * i:8 * (i + self.window)])
+                    m.d.comb += w.eq(padded[8 * i : 8 * (i + self.window)])
         return m
 
 
 def operand_layout(macs: int, window: int) -> data.StructLayout:
     """The operands of a chain's ``macs`` MACs: activation window, weight, index (the
     shapes of :class:`.dsp_chain.DspChain`'s ``act``, ``wgt`` and ``idx``)."""
-    return data.StructLayout({"act": data.ArrayLayout(window_layout(window), macs),
-                              "wgt": data.ArrayLayout(signed(WGT_BITS), macs),
-                              "idx": data.ArrayLayout(unsigned(_lg(window)), macs)})
+    return data.StructLayout(
+        {
+            "act": data.ArrayLayout(window_layout(window), macs),
+            "wgt": data.ArrayLayout(signed(WGT_BITS), macs),
+            "idx": data.ArrayLayout(unsigned(_lg(window)), macs),
+        }
+    )
 
 
 class ChainFeed(wiring.Component):
@@ -111,8 +117,9 @@ class ChainFeed(wiring.Component):
         self.window = window
         self.modes = tuple(nm for nm in self.MODES if nm in modes)
         layout = operand_layout(2 * groups, window)
-        super().__init__({"is_mm": In(1), **{nm: In(layout) for nm in self.modes},
-                          "ops": Out(layout)})
+        super().__init__(
+            {"is_mm": In(1), **{nm: In(layout) for nm in self.modes}, "ops": Out(layout)}
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -120,4 +127,3 @@ class ChainFeed(wiring.Component):
             with m.If(self.is_mm if nm == "mm" else ~self.is_mm):
                 m.d.comb += self.ops.eq(getattr(self, nm))
         return m
-

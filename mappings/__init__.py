@@ -13,8 +13,11 @@ from flightforge.arch import ArchConfig, ConfigError, load_arch
 
 def available_targets() -> list[str]:
     """Names of the targets shipped with FlightForge."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files(__name__).iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files(__name__).iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def target_path(name_or_path: str | Path) -> Path:
@@ -27,8 +30,11 @@ def target_path(name_or_path: str | Path) -> Path:
     name = str(name_or_path)
     ref = resources.files(__name__) / f"{name}.yaml"
     if not ref.is_file():
-        raise ConfigError(f"unknown target {name!r}; shipped targets: "
-                          + ", ".join(available_targets()) + " (or give a YAML path)")
+        raise ConfigError(
+            f"unknown target {name!r}; shipped targets: "
+            + ", ".join(available_targets())
+            + " (or give a YAML path)"
+        )
     return Path(str(ref))
 
 

@@ -53,14 +53,21 @@ def memory_timing(arch: ArchConfig) -> MemoryTiming:
 
     t = timing_for(arch)
     if t.rate_q8 != arch.hbm.burst_bytes * Q:
-        raise DeviceError(f"{arch.name}: the RTL memory model streams one {arch.hbm.burst_bytes}-byte "
-                          f"burst per cycle per channel, but the config's rate is "
-                          f"{t.rate_q8 / Q} bytes per cycle")
+        raise DeviceError(
+            f"{arch.name}: the RTL memory model streams one {arch.hbm.burst_bytes}-byte "
+            f"burst per cycle per channel, but the config's rate is "
+            f"{t.rate_q8 / Q} bytes per cycle"
+        )
     if t.latency < max(LD_OVERHEAD, ST_OVERHEAD) + 1:
-        raise DeviceError(f"{arch.name}: memory latency {t.latency} cycles is below the units' "
-                          f"pipeline overhead")
-    return MemoryTiming(rd_latency=t.latency - LD_OVERHEAD, wr_latency=t.latency - ST_OVERHEAD,
-                        penalty=t.penalty, channel_bytes=arch.hbm.channel_bytes)
+        raise DeviceError(
+            f"{arch.name}: memory latency {t.latency} cycles is below the units' pipeline overhead"
+        )
+    return MemoryTiming(
+        rd_latency=t.latency - LD_OVERHEAD,
+        wr_latency=t.latency - ST_OVERHEAD,
+        penalty=t.penalty,
+        channel_bytes=arch.hbm.channel_bytes,
+    )
 
 
 def crossings(addr: int, nbytes: int, channel_bytes: int) -> int:
@@ -89,8 +96,9 @@ class ReadChannel:
     _beat: int = 0  #: index of the beat being driven
     _free_at: int = 0  #: first cycle the data bus is free for the next command's beats
 
-    def step(self, cmd_valid: bool, cmd_addr: int, cmd_beats: int,
-             data_ready: bool) -> tuple[bool, int]:
+    def step(
+        self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_ready: bool
+    ) -> tuple[bool, int]:
         """One rising edge; returns ``(data_valid, data)`` for the next cycle."""
         t = self.timing
         if self._current is not None and data_ready:
@@ -101,8 +109,14 @@ class ReadChannel:
         if cmd_valid:
             nbytes = cmd_beats * self.beat_bytes
             payload = self.memory.read(cmd_addr, nbytes, "LD command").tobytes()
-            self._pending.append(_ReadCommand(self.now + t.rd_latency, payload, cmd_beats,
-                                              crossings(cmd_addr, nbytes, t.channel_bytes)))
+            self._pending.append(
+                _ReadCommand(
+                    self.now + t.rd_latency,
+                    payload,
+                    cmd_beats,
+                    crossings(cmd_addr, nbytes, t.channel_bytes),
+                )
+            )
         self.now += 1
         if self._current is None and self._pending and self._pending[0].first <= self.now:
             head = self._pending[0]
@@ -111,7 +125,7 @@ class ReadChannel:
         if self._current is None:
             return False, 0
         lo = self._beat * self.beat_bytes
-        return True, int.from_bytes(self._current.payload[lo:lo + self.beat_bytes], "little")
+        return True, int.from_bytes(self._current.payload[lo : lo + self.beat_bytes], "little")
 
 
 @dataclass
@@ -138,14 +152,19 @@ class WriteChannel:
     _commands: deque[_WriteCommand] = field(default_factory=deque)
     _responses: deque[int] = field(default_factory=deque)  #: cycles responses are due
 
-    def step(self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_valid: bool,
-             data: int, strb: int) -> bool:
+    def step(
+        self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_valid: bool, data: int, strb: int
+    ) -> bool:
         """One rising edge; returns ``resp_valid`` for the next cycle."""
         t = self.timing
         if cmd_valid:
-            self._commands.append(_WriteCommand(
-                cmd_addr, cmd_beats, crossings(cmd_addr, cmd_beats * self.beat_bytes,
-                                               t.channel_bytes)))
+            self._commands.append(
+                _WriteCommand(
+                    cmd_addr,
+                    cmd_beats,
+                    crossings(cmd_addr, cmd_beats * self.beat_bytes, t.channel_bytes),
+                )
+            )
         if data_valid:
             if not self._commands:
                 raise DeviceError(f"cycle {self.now}: a write beat without a command")
@@ -154,7 +173,7 @@ class WriteChannel:
             base = c.addr + c.received * self.beat_bytes
             for b in range(self.beat_bytes):
                 if strb >> b & 1:
-                    self.memory.write(base + b, word[b:b + 1], "ST beat")
+                    self.memory.write(base + b, word[b : b + 1], "ST beat")
             c.received += 1
             if c.received == c.beats:
                 self._commands.popleft()

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,15 +58,22 @@ class SectionRun:
     def stats(self, timing: Timing) -> dict[str, Any]:
         peak = float(timing.peak_bytes_per_cycle)
         return {
-            "cycles": self.cycles, "busy": self.busy, "stalls": self.stalls,
-            "bytes_loaded": self.bytes_loaded, "bytes_stored": self.bytes_stored,
-            "channel_bytes": self.channel_bytes, "macs": self.macs,
-            "sfu_elements": self.sfu_elements, "by_opcode": self.by_opcode,
+            "cycles": self.cycles,
+            "busy": self.busy,
+            "stalls": self.stalls,
+            "bytes_loaded": self.bytes_loaded,
+            "bytes_stored": self.bytes_stored,
+            "channel_bytes": self.channel_bytes,
+            "macs": self.macs,
+            "sfu_elements": self.sfu_elements,
+            "by_opcode": self.by_opcode,
             "hbm_utilisation": (self.bytes_loaded + self.bytes_stored) / (self.cycles * peak),
         }
 
 
-def stall_breakdown(instrs: Sequence[isa.Instruction], sched: Schedule) -> dict[str, dict[str, int]]:
+def stall_breakdown(
+    instrs: Sequence[isa.Instruction], sched: Schedule
+) -> dict[str, dict[str, int]]:
     """Why each unit was idle, from a finished schedule.
 
     For every instruction, the idle gap on its unit before it started is split, in time
@@ -141,8 +149,10 @@ class CycleModel:
 
     def _check_range(self, addr: int, size: int) -> None:
         if addr < 0 or size < 0 or addr + size > self.arch.hbm.capacity:
-            raise DeviceError(f"bytes {addr}..{addr + size - 1} are outside external memory "
-                              f"(0..{self.arch.hbm.capacity - 1})")
+            raise DeviceError(
+                f"bytes {addr}..{addr + size - 1} are outside external memory "
+                f"(0..{self.arch.hbm.capacity - 1})"
+            )
 
     def write(self, addr: int, data: bytes) -> None:
         self._check_range(addr, len(data))
@@ -171,8 +181,14 @@ class CycleModel:
                 t = timing.st(ins)
                 cost = (t.cycles, 0, t.bytes, t.burst_bytes, 0, 0)
             elif isinstance(ins, (isa.MM, isa.MV)):
-                cost = (timing.matmul(ins), 0, 0, 0, ins.rows * ins.n * formats.weight_entries(
-                    ins.k, isa.SparseMode(ins.sparse)), 0)
+                cost = (
+                    timing.matmul(ins),
+                    0,
+                    0,
+                    0,
+                    ins.rows * ins.n * formats.weight_entries(ins.k, isa.SparseMode(ins.sparse)),
+                    0,
+                )
             elif isinstance(ins, isa.MISC):
                 cost = (timing.misc(ins), 0, 0, 0, 0, ins.rows * ins.cols)
             else:
@@ -180,8 +196,9 @@ class CycleModel:
             self._costs[ins] = cost
         return cost
 
-    def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>",
-                d: int = 0) -> SectionRun:
+    def execute(
+        self, instrs: Sequence[isa.Instruction], name: str = "<stream>", d: int = 0
+    ) -> SectionRun:
         """Time one stream ending in HALT, with bucket offset ``d``."""
         if d:
             try:
@@ -194,16 +211,33 @@ class CycleModel:
         loaded, stored, moved, macs, elems = (sum(c[k] for c in costs) for k in range(1, 6))
         by_op = Counter(ins.OPCODE.name for ins in instrs)
         dur = durations.tolist()
-        sched = run_dispatch(instrs, token_depth=self.arch.token_depth,
-                             queue_depth=self.arch.queue_depth,
-                             duration=lambda i, ins: dur[i], section=name)
+        sched = run_dispatch(
+            instrs,
+            token_depth=self.arch.token_depth,
+            queue_depth=self.arch.queue_depth,
+            duration=lambda i, ins: dur[i],
+            section=name,
+        )
         busy = {u.name: 0 for u in UNITS}
         for i, ins in enumerate(instrs):
             if ins.UNIT is not None:
                 busy[ins.UNIT.name] += int(sched.end[i] - sched.start[i])
-        return SectionRun(name, d, sched.cycles, instrs, sched, durations, busy,
-                          stall_breakdown(instrs, sched), loaded, stored, moved, macs, elems,
-                          dict(by_op))
+        return SectionRun(
+            name,
+            d,
+            sched.cycles,
+            instrs,
+            sched,
+            durations,
+            busy,
+            stall_breakdown(instrs, sched),
+            loaded,
+            stored,
+            moved,
+            macs,
+            elems,
+            dict(by_op),
+        )
 
 
 # --- whole requests ------------------------------------------------------------------
@@ -257,18 +291,30 @@ class Report:
     @property
     def hbm_utilisation(self) -> float:
         """Bytes moved over the whole request / (time x peak bandwidth)."""
-        return (self.bytes_loaded + self.bytes_stored) / (self.total_cycles * self.peak_bytes_per_cycle)
+        return (self.bytes_loaded + self.bytes_stored) / (
+            self.total_cycles * self.peak_bytes_per_cycle
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
-            "arch": self.arch, "cores": self.cores, "prompt_len": self.prompt_len,
-            "decode_steps": self.decode_steps, "total_cycles": self.total_cycles,
-            "total_seconds": self.total_seconds, "prefill_cycles": self.prefill_cycles,
-            "prefill_seconds": self.prefill_seconds, "decode_cycles": self.decode_cycles,
-            "decode_seconds": self.decode_seconds, "decode_tokens_per_s": self.decode_tokens_per_s,
-            "decode_method": self.decode_method, "hbm_utilisation": self.hbm_utilisation,
-            "bytes_loaded": self.bytes_loaded, "bytes_stored": self.bytes_stored,
-            "busy": self.busy, "stalls": self.stalls, "decode_samples": self.decode_samples,
+            "arch": self.arch,
+            "cores": self.cores,
+            "prompt_len": self.prompt_len,
+            "decode_steps": self.decode_steps,
+            "total_cycles": self.total_cycles,
+            "total_seconds": self.total_seconds,
+            "prefill_cycles": self.prefill_cycles,
+            "prefill_seconds": self.prefill_seconds,
+            "decode_cycles": self.decode_cycles,
+            "decode_seconds": self.decode_seconds,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "decode_method": self.decode_method,
+            "hbm_utilisation": self.hbm_utilisation,
+            "bytes_loaded": self.bytes_loaded,
+            "bytes_stored": self.bytes_stored,
+            "busy": self.busy,
+            "stalls": self.stalls,
+            "decode_samples": self.decode_samples,
         }
 
     def trace(self) -> dict[str, Any]:
@@ -278,27 +324,57 @@ class Report:
         that was simulated (one per bucket or sampled position) are laid out in order.
         """
         events: list[dict[str, Any]] = [
-            {"name": "process_name", "ph": "M", "pid": 0, "tid": 0,
-             "args": {"name": f"{self.arch} ({self.cores} cores)"}}]
+            {
+                "name": "process_name",
+                "ph": "M",
+                "pid": 0,
+                "tid": 0,
+                "args": {"name": f"{self.arch} ({self.cores} cores)"},
+            }
+        ]
         for u in UNITS:
-            events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": int(u) + 1,
-                           "args": {"name": u.name}})
-        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": 0,
-                       "args": {"name": "sections"}})
+            events.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": 0,
+                    "tid": int(u) + 1,
+                    "args": {"name": u.name},
+                }
+            )
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "sections"}}
+        )
         us = 1.0 / self.clock_mhz
         offset = 0
         runs = self.prefill_runs + self.decode_runs
         for run in runs:
-            events.append({"name": run.section, "ph": "X", "pid": 0, "tid": 0,
-                           "ts": offset * us, "dur": run.cycles * us, "args": {"D": run.d}})
+            events.append(
+                {
+                    "name": run.section,
+                    "ph": "X",
+                    "pid": 0,
+                    "tid": 0,
+                    "ts": offset * us,
+                    "dur": run.cycles * us,
+                    "args": {"D": run.d},
+                }
+            )
             s, e = run.schedule.start, run.schedule.end
             for i, ins in enumerate(run.instrs):
                 if ins.UNIT is None:
                     continue
-                events.append({"name": ins.OPCODE.name, "ph": "X", "pid": 0,
-                               "tid": int(ins.UNIT) + 1, "ts": (offset + int(s[i])) * us,
-                               "dur": int(e[i] - s[i]) * us,
-                               "args": {"i": i, "asm": isa.disassemble(ins)}})
+                events.append(
+                    {
+                        "name": ins.OPCODE.name,
+                        "ph": "X",
+                        "pid": 0,
+                        "tid": int(ins.UNIT) + 1,
+                        "ts": (offset + int(s[i])) * us,
+                        "dur": int(e[i] - s[i]) * us,
+                        "args": {"i": i, "asm": isa.disassemble(ins)},
+                    }
+                )
             offset += run.cycles
         return {"traceEvents": events, "displayTimeUnit": "ns"}
 
@@ -320,9 +396,16 @@ def _accumulate(total: dict, part: dict, weight: float) -> None:
 DECODE_SAMPLE_STRIDE = 32
 
 
-def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: int, *,
-             params: TimingParams = TimingParams(), interpolate: bool = False,
-             sample_stride: int = DECODE_SAMPLE_STRIDE) -> Report:
+def simulate(
+    program: Program,
+    arch: ArchConfig,
+    prompt_len: int,
+    decode_steps: int,
+    *,
+    params: TimingParams = TimingParams(),
+    interpolate: bool = False,
+    sample_stride: int = DECODE_SAMPLE_STRIDE,
+) -> Report:
     """Time a request: prefill of ``prompt_len`` tokens, then ``decode_steps`` steps.
 
     The prefill is the runs :func:`flightforge.generate.prefill_runs` gives (one section,
@@ -343,8 +426,9 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     if sample_stride < 1:
         raise DeviceError(f"sample_stride must be at least 1, not {sample_stride}")
     if prompt_len < 1 or decode_steps < 0:
-        raise DeviceError(f"prompt_len must be >= 1 and decode_steps >= 0, not "
-                          f"{prompt_len} and {decode_steps}")
+        raise DeviceError(
+            f"prompt_len must be >= 1 and decode_steps >= 0, not {prompt_len} and {decode_steps}"
+        )
     model = CycleModel(arch, params)
     model.load(program)
     try:
@@ -365,16 +449,22 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
         except ProgramError:
             missing.append(p)
     if missing and not interpolate:
-        raise DeviceError(f"the program has no decode section for {len(missing)} of the "
-                          f"{decode_steps} positions (first {missing[0]}); compile them, or "
-                          f"pass interpolate=True")
+        raise DeviceError(
+            f"the program has no decode section for {len(missing)} of the "
+            f"{decode_steps} positions (first {missing[0]}); compile them, or "
+            f"pass interpolate=True"
+        )
     samples: dict[int, SectionRun] = {}
     counts: dict[int, float] = defaultdict(float)
     section_of = {p: name for name, ps in by_section.items() for p in ps}
-    bucketed = [p for p in sorted(section_of)
-                if program.section(section_of[p]).len_hi > program.section(section_of[p]).len_lo]
-    timed = sorted(set(section_of) - set(bucketed) | set(bucketed[::sample_stride])
-                   | set(bucketed[-1:]))
+    bucketed = [
+        p
+        for p in sorted(section_of)
+        if program.section(section_of[p]).len_hi > program.section(section_of[p]).len_lo
+    ]
+    timed = sorted(
+        set(section_of) - set(bucketed) | set(bucketed[::sample_stride]) | set(bucketed[-1:])
+    )
     for p in timed:
         model.run(section_of[p], p)
         samples[p] = model.runs[-1]
@@ -397,9 +487,11 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
             lo = max((k for k in known if k < p), default=None)
             hi = min((k for k in known if k > p), default=None)
             if lo is None or hi is None:
-                raise DeviceError(f"decode position {p} lies outside the compiled positions "
-                                  f"{known[0] if known else '-'}..{known[-1] if known else '-'}; "
-                                  f"the model interpolates but never extrapolates")
+                raise DeviceError(
+                    f"decode position {p} lies outside the compiled positions "
+                    f"{known[0] if known else '-'}..{known[-1] if known else '-'}; "
+                    f"the model interpolates but never extrapolates"
+                )
             w = (p - lo) / (hi - lo)
             counts[lo] += 1 - w
             counts[hi] += w
@@ -426,14 +518,34 @@ def simulate(program: Program, arch: ArchConfig, prompt_len: int, decode_steps: 
     else:
         method = "sampled"
     timing = model.timing
-    sample_rows = [{"position": p, "section": r.section, "d": r.d, "cycles": r.cycles,
-                    "weight": counts.get(p, 0.0)} for p, r in sorted(samples.items())]
-    return Report(arch.name, timing.cores, arch.clock_mhz, prompt_len, decode_steps,
-                  sum(r.cycles for r in prefill), int(round(decode_cycles)), method, sample_rows,
-                  {k: int(round(v)) for k, v in busy.items()},
-                  {u: {k: int(round(v)) for k, v in d.items()} for u, d in stalls.items()},
-                  int(round(loaded)), int(round(stored)), float(timing.peak_bytes_per_cycle),
-                  prefill, [samples[p] for p in sorted(samples)])
+    sample_rows = [
+        {
+            "position": p,
+            "section": r.section,
+            "d": r.d,
+            "cycles": r.cycles,
+            "weight": counts.get(p, 0.0),
+        }
+        for p, r in sorted(samples.items())
+    ]
+    return Report(
+        arch.name,
+        timing.cores,
+        arch.clock_mhz,
+        prompt_len,
+        decode_steps,
+        sum(r.cycles for r in prefill),
+        int(round(decode_cycles)),
+        method,
+        sample_rows,
+        {k: int(round(v)) for k, v in busy.items()},
+        {u: {k: int(round(v)) for k, v in d.items()} for u, d in stalls.items()},
+        int(round(loaded)),
+        int(round(stored)),
+        float(timing.peak_bytes_per_cycle),
+        prefill,
+        [samples[p] for p in sorted(samples)],
+    )
 
 
 def report_lines(rep: Report) -> list[str]:
@@ -445,15 +557,20 @@ def report_lines(rep: Report) -> list[str]:
         f"{rep.prefill_seconds * 1e3:.3f} ms",
     ]
     if rep.decode_steps:
-        lines.append(f"  decode: {rep.decode_cycles} cycles = {rep.decode_seconds * 1e3:.3f} ms, "
-                     f"{rep.decode_tokens_per_s:.2f} token/s")
-    lines.append(f"  total: {rep.total_cycles} cycles = {rep.total_seconds * 1e3:.3f} ms; "
-                 f"external memory {rep.bytes_loaded + rep.bytes_stored} bytes, "
-                 f"{rep.hbm_utilisation:.1%} of peak bandwidth")
+        lines.append(
+            f"  decode: {rep.decode_cycles} cycles = {rep.decode_seconds * 1e3:.3f} ms, "
+            f"{rep.decode_tokens_per_s:.2f} token/s"
+        )
+    lines.append(
+        f"  total: {rep.total_cycles} cycles = {rep.total_seconds * 1e3:.3f} ms; "
+        f"external memory {rep.bytes_loaded + rep.bytes_stored} bytes, "
+        f"{rep.hbm_utilisation:.1%} of peak bandwidth"
+    )
     lines.append(f"  {'unit':<5} {'busy':>7}  stalls (share of total cycles)")
     for u in UNITS:
         busy = rep.busy.get(u.name, 0) / rep.total_cycles
-        stalls = ", ".join(f"{k} {v / rep.total_cycles:.1%}"
-                           for k, v in rep.stalls.get(u.name, {}).items() if v)
+        stalls = ", ".join(
+            f"{k} {v / rep.total_cycles:.1%}" for k, v in rep.stalls.get(u.name, {}).items() if v
+        )
         lines.append(f"  {u.name:<5} {busy:>7.1%}  {stalls or '-'}")
     return lines

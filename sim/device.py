@@ -77,6 +77,8 @@ def run_offset(section: Section, length: int | None) -> int:
     if length is None:
         return 0
     if not section.len_lo <= length <= section.len_hi:
-        raise DeviceError(f"section {section.name!r} serves lengths {section.len_lo}..{section.len_hi}, "
-                          f"not {length}")
+        raise DeviceError(
+            f"section {section.name!r} serves lengths {section.len_lo}..{section.len_hi}, "
+            f"not {length}"
+        )
     return length - section.len_lo

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -56,7 +56,8 @@ class Schedule:
 
 #: The units of every wait/release mask value, so a mask is decoded by one lookup.
 MASK_UNITS: tuple[tuple[isa.Unit, ...], ...] = tuple(
-    tuple(u for u in UNITS if mask >> u & 1) for mask in range(1 << len(UNITS)))
+    tuple(u for u in UNITS if mask >> u & 1) for mask in range(1 << len(UNITS))
+)
 
 
 def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
@@ -66,17 +67,26 @@ def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
     for i, ins in enumerate(instrs):
         is_halt = isinstance(ins, isa.SYS) and ins.op == isa.SysOp.HALT
         if is_halt and i != len(instrs) - 1:
-            raise DeviceError(f"section {section!r}: instruction {i} is a HALT before the end "
-                              f"({len(instrs) - 1 - i} instructions after it would never run)")
+            raise DeviceError(
+                f"section {section!r}: instruction {i} is a HALT before the end "
+                f"({len(instrs) - 1 - i} instructions after it would never run)"
+            )
         if not is_halt and i == len(instrs) - 1:
-            raise DeviceError(f"section {section!r}: the last instruction ({i}, {ins.OPCODE.name}) "
-                              f"is not SYS HALT")
+            raise DeviceError(
+                f"section {section!r}: the last instruction ({i}, {ins.OPCODE.name}) "
+                f"is not SYS HALT"
+            )
 
 
-def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_depth: int,
-                 duration: Callable[[int, isa.Instruction], int],
-                 on_start: Callable[[int, isa.Instruction], None] | None = None,
-                 section: str = "<stream>") -> Schedule:
+def run_dispatch(
+    instrs: Sequence[isa.Instruction],
+    *,
+    token_depth: int,
+    queue_depth: int,
+    duration: Callable[[int, isa.Instruction], int],
+    on_start: Callable[[int, isa.Instruction], None] | None = None,
+    section: str = "<stream>",
+) -> Schedule:
     """Run the control machine over one section.
 
     ``duration(i, instr)`` gives the cycles instruction ``i`` occupies its unit;
@@ -104,8 +114,9 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
     last_dispatch = -1
 
     def can_start(i: int, u: isa.Unit) -> bool:
-        return (all(tokens[v][u] > 0 for v in waits[i])
-                and all(tokens[u][v] < token_depth for v in releases[i]))
+        return all(tokens[v][u] > 0 for v in waits[i]) and all(
+            tokens[u][v] < token_depth for v in releases[i]
+        )
 
     def can_dispatch(i: int) -> bool:
         u = unit_of[i]
@@ -127,12 +138,18 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
             dispatch[pc] = t
             u = unit_of[pc]
             if pc == halt_at:
-                leftover = [(UNITS[s].name, UNITS[d].name, tokens[s][d])
-                            for s in range(len(UNITS)) for d in range(len(UNITS)) if tokens[s][d]]
+                leftover = [
+                    (UNITS[s].name, UNITS[d].name, tokens[s][d])
+                    for s in range(len(UNITS))
+                    for d in range(len(UNITS))
+                    if tokens[s][d]
+                ]
                 if leftover:
                     desc = ", ".join(f"{c} from {s} to {d}" for s, d, c in leftover)
-                    raise DeviceError(f"section {section!r} reached HALT (instruction {pc}) "
-                                      f"with unconsumed tokens: {desc}")
+                    raise DeviceError(
+                        f"section {section!r} reached HALT (instruction {pc}) "
+                        f"with unconsumed tokens: {desc}"
+                    )
                 return Schedule(dispatch, start, end, t + 1)
             if u is not None:
                 queues[u].append(pc)
@@ -160,8 +177,9 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
                 heapq.heappush(completions, (t + d, int(u), i))
         # Advance time. A head the loop passed over can start next cycle only if a later
         # unit's start consumed a token into room it was waiting for.
-        startable = consumed and any(busy[u] is None and queues[u] and can_start(queues[u][0], u)
-                                     for u in UNITS)
+        startable = consumed and any(
+            busy[u] is None and queues[u] and can_start(queues[u][0], u) for u in UNITS
+        )
         if (pc < n and can_dispatch(pc)) or startable:
             t += 1
         elif completions:
@@ -170,20 +188,34 @@ def run_dispatch(instrs: Sequence[isa.Instruction], *, token_depth: int, queue_d
             raise DeviceError(_deadlock_message(instrs, queues, tokens, token_depth, pc, section))
 
 
-def _deadlock_message(instrs: Sequence[isa.Instruction], queues: dict[isa.Unit, deque[int]],
-                      tokens: list[list[int]], token_depth: int, pc: int, section: str) -> str:
+def _deadlock_message(
+    instrs: Sequence[isa.Instruction],
+    queues: dict[isa.Unit, deque[int]],
+    tokens: list[list[int]],
+    token_depth: int,
+    pc: int,
+    section: str,
+) -> str:
     lines = []
     for u in UNITS:
         if not queues[u]:
             continue
         i = queues[u][0]
         ins = instrs[i]
-        lacks = [f"a token from {v.name} (none released)" for v in MASK_UNITS[ins.wait]
-                 if tokens[v][u] == 0]
-        full = [f"room to release to {v.name} ({token_depth} tokens already waiting)"
-                for v in MASK_UNITS[ins.release] if tokens[u][v] >= token_depth]
-        lines.append(f"instruction {i} ({ins.OPCODE.name} on {u.name}) waits for "
-                     + " and ".join(lacks + full))
+        lacks = [
+            f"a token from {v.name} (none released)"
+            for v in MASK_UNITS[ins.wait]
+            if tokens[v][u] == 0
+        ]
+        full = [
+            f"room to release to {v.name} ({token_depth} tokens already waiting)"
+            for v in MASK_UNITS[ins.release]
+            if tokens[u][v] >= token_depth
+        ]
+        lines.append(
+            f"instruction {i} ({ins.OPCODE.name} on {u.name}) waits for "
+            + " and ".join(lacks + full)
+        )
     if pc < len(instrs) and not lines:
         lines.append(f"dispatch is stuck at instruction {pc} ({instrs[pc].OPCODE.name})")
     return f"deadlock in section {section!r}: " + "; ".join(lines)

@@ -13,8 +13,8 @@ memory is a :class:`DeviceError` naming the section, the instruction and the fie
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -26,8 +26,11 @@ from flightforge.program import Program
 from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
 from .dispatch import run_dispatch
 
-_NP_DTYPE = {isa.DType.INT8: np.dtype("<i1"), isa.DType.INT16: np.dtype("<i2"),
-             isa.DType.INT32: np.dtype("<i4")}
+_NP_DTYPE = {
+    isa.DType.INT8: np.dtype("<i1"),
+    isa.DType.INT16: np.dtype("<i2"),
+    isa.DType.INT32: np.dtype("<i4"),
+}
 
 
 class ExternalMemory:
@@ -45,8 +48,10 @@ class ExternalMemory:
 
     def _check(self, addr: int, size: int, what: str) -> None:
         if addr < 0 or size < 0 or addr + size > self.capacity:
-            raise DeviceError(f"{what}: bytes {addr}..{addr + size - 1} are outside external memory "
-                              f"(0..{self.capacity - 1})")
+            raise DeviceError(
+                f"{what}: bytes {addr}..{addr + size - 1} are outside external memory "
+                f"(0..{self.capacity - 1})"
+            )
 
     def read(self, addr: int, size: int, what: str = "read") -> np.ndarray:
         self._check(addr, size, what)
@@ -59,13 +64,16 @@ class ExternalMemory:
             n = min(size - pos, page_size - off)
             data = self._pages.get(page)
             if data is not None:
-                out[pos:pos + n] = data[off:off + n]
+                out[pos : pos + n] = data[off : off + n]
             pos += n
         return out
 
     def write(self, addr: int, data: bytes | np.ndarray, what: str = "write") -> None:
-        buf = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) \
+        buf = (
+            np.frombuffer(bytes(data), dtype=np.uint8)
+            if not isinstance(data, np.ndarray)
             else data.astype(np.uint8, copy=False).ravel()
+        )
         self._check(addr, buf.size, what)
         page_size = 1 << self.PAGE_BITS
         pos = 0
@@ -76,13 +84,16 @@ class ExternalMemory:
             data_page = self._pages.get(page)
             if data_page is None:
                 data_page = self._pages[page] = np.zeros(page_size, dtype=np.uint8)
-            data_page[off:off + n] = buf[pos:pos + n]
+            data_page[off : off + n] = buf[pos : pos + n]
             pos += n
 
 
 def _rows_index(addr: int, rows: int, row_bytes: int, stride: int) -> np.ndarray:
-    return (addr + np.arange(rows, dtype=np.int64)[:, None] * stride
-            + np.arange(row_bytes, dtype=np.int64)[None, :])
+    return (
+        addr
+        + np.arange(rows, dtype=np.int64)[:, None] * stride
+        + np.arange(row_bytes, dtype=np.int64)[None, :]
+    )
 
 
 @dataclass
@@ -94,9 +105,13 @@ class _Stats:
     sfu_elements: int = 0
 
     def as_dict(self) -> dict:
-        return {"by_opcode": dict(self.by_opcode), "bytes_loaded": self.bytes_loaded,
-                "bytes_stored": self.bytes_stored, "macs": self.macs,
-                "sfu_elements": self.sfu_elements}
+        return {
+            "by_opcode": dict(self.by_opcode),
+            "bytes_loaded": self.bytes_loaded,
+            "bytes_stored": self.bytes_stored,
+            "macs": self.macs,
+            "sfu_elements": self.sfu_elements,
+        }
 
 
 class FunctionalSim:
@@ -138,8 +153,9 @@ class FunctionalSim:
         """The live bytes of one on-chip buffer (writable)."""
         return self.buffers[isa.Buf(buf)]
 
-    def execute(self, instrs: Sequence[isa.Instruction], name: str = "<stream>",
-                d: int = 0) -> RunResult:
+    def execute(
+        self, instrs: Sequence[isa.Instruction], name: str = "<stream>", d: int = 0
+    ) -> RunResult:
         """Run a stream that ends with HALT; effects happen in token-legal start order.
 
         ``d`` is the run's offset inside its length bucket (see :func:`isa.resolve`).
@@ -150,27 +166,45 @@ class FunctionalSim:
             try:
                 self._execute_one(isa.resolve(ins, d), stats)
             except (isa.EncodeError, DeviceError) as e:
-                raise DeviceError(f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}") from None
+                raise DeviceError(
+                    f"section {name!r}, instruction {i} ({ins.OPCODE.name}): {e}"
+                ) from None
             stats.by_opcode[ins.OPCODE.name] += 1
 
-        run_dispatch(instrs, token_depth=self.arch.token_depth, queue_depth=self.arch.queue_depth,
-                     duration=lambda i, ins: 1, on_start=on_start, section=name)
+        run_dispatch(
+            instrs,
+            token_depth=self.arch.token_depth,
+            queue_depth=self.arch.queue_depth,
+            duration=lambda i, ins: 1,
+            on_start=on_start,
+            section=name,
+        )
         stats.by_opcode["SYS"] = sum(isinstance(x, isa.SYS) for x in instrs)
         return RunResult(name, len(instrs), None, stats.as_dict())
 
     # --- operand access --------------------------------------------------------------
 
-    def _buf_index(self, buf: isa.Buf, field_name: str, addr: int, rows: int, row_bytes: int,
-                   stride: int) -> np.ndarray:
+    def _buf_index(
+        self, buf: isa.Buf, field_name: str, addr: int, rows: int, row_bytes: int, stride: int
+    ) -> np.ndarray:
         size = self.buffers[buf].size
         last = addr + (rows - 1) * stride + row_bytes
         if last > size:
-            raise DeviceError(f"{field_name}: bytes {addr}..{last - 1} are outside "
-                              f"{buf.name} ({size} bytes)")
+            raise DeviceError(
+                f"{field_name}: bytes {addr}..{last - 1} are outside {buf.name} ({size} bytes)"
+            )
         return _rows_index(addr, rows, row_bytes, stride)
 
-    def _read(self, buf: isa.Buf, field_name: str, addr: int, rows: int, cols: int,
-              stride: int, dt: isa.DType) -> np.ndarray:
+    def _read(
+        self,
+        buf: isa.Buf,
+        field_name: str,
+        addr: int,
+        rows: int,
+        cols: int,
+        stride: int,
+        dt: isa.DType,
+    ) -> np.ndarray:
         npdt = _NP_DTYPE[isa.DType(dt)]
         idx = self._buf_index(buf, field_name, addr, rows, cols * npdt.itemsize, stride)
         raw = self.buffers[buf][idx]
@@ -180,13 +214,22 @@ class FunctionalSim:
         idx = self._buf_index(buf, field_name, addr, 1, size, size)
         return self.buffers[buf][idx[0]]
 
-    def _write(self, buf: isa.Buf, field_name: str, addr: int, stride: int, dt: isa.DType,
-               values: np.ndarray) -> None:
+    def _write(
+        self,
+        buf: isa.Buf,
+        field_name: str,
+        addr: int,
+        stride: int,
+        dt: isa.DType,
+        values: np.ndarray,
+    ) -> None:
         npdt = _NP_DTYPE[isa.DType(dt)]
         rows, cols = values.shape
         idx = self._buf_index(buf, field_name, addr, rows, cols * npdt.itemsize, stride)
         lo, hi = numerics.dtype_range(dt)
-        if values.size and (values.min() < lo or values.max() > hi):  # pragma: no cover - numerics saturates
+        if values.size and (
+            values.min() < lo or values.max() > hi
+        ):  # pragma: no cover - numerics saturates
             raise DeviceError(f"{field_name}: result outside {isa.DType(dt).name}")
         self.buffers[buf][idx] = values.astype(npdt).view(np.uint8).reshape(rows, -1)
 
@@ -200,15 +243,19 @@ class FunctionalSim:
             src = self.ext.read(ins.src, span, "src")
             data = src[_rows_index(0, ins.rows, src_row, ins.src_stride)]
             if ins.unpack != isa.Unpack.NONE:
-                data = formats.unpack_lowbit(data, isa.Unpack(ins.unpack).bits,
-                                             ins.row_bytes).astype(np.int8).view(np.uint8)
+                data = (
+                    formats.unpack_lowbit(data, isa.Unpack(ins.unpack).bits, ins.row_bytes)
+                    .astype(np.int8)
+                    .view(np.uint8)
+                )
             idx = self._buf_index(buf, "dst", ins.dst, ins.rows, ins.row_bytes, ins.dst_stride)
             self.buffers[buf][idx] = data
             stats.bytes_loaded += ins.rows * ins.row_bytes
         elif isinstance(ins, isa.ST):
             buf = isa.Buf(ins.buf)
-            data = self.buffers[buf][self._buf_index(buf, "src", ins.src, ins.rows, ins.row_bytes,
-                                                     ins.src_stride)]
+            data = self.buffers[buf][
+                self._buf_index(buf, "src", ins.src, ins.rows, ins.row_bytes, ins.src_stride)
+            ]
             if ins.dst_stride == ins.row_bytes or ins.rows == 1:
                 self.ext.write(ins.dst, data.ravel(), "dst")
             else:
@@ -232,21 +279,41 @@ class FunctionalSim:
             wrb = formats.weight_row_bytes(ins.k, prec, mode)
             wbytes = self._read_bytes(isa.Buf.WGT, "w_addr", ins.w_addr, ins.n * wrb)
             mrb = formats.meta_row_bytes(ins.k, mode)
-            mbytes = self._read_bytes(isa.Buf.META, "meta_addr", ins.meta_addr, ins.n * mrb) if mrb \
+            mbytes = (
+                self._read_bytes(isa.Buf.META, "meta_addr", ins.meta_addr, ins.n * mrb)
+                if mrb
                 else np.zeros(0, np.uint8)
+            )
             w = formats.unpack_weights(wbytes.tobytes(), mbytes.tobytes(), ins.n, ins.k, prec, mode)
         if ins.colp:
             size = ins.n * formats.column_record_bytes(ins.k, ins.gsz)
             rec = formats.unpack_column_records(
                 self._read_bytes(isa.Buf.SCALE, "q_addr", ins.q_addr, size).tobytes(),
-                ins.n, ins.k, ins.gsz)
+                ins.n,
+                ins.k,
+                ins.gsz,
+            )
             bias, mult, scales = rec.bias[None, :], rec.mult[None, :], rec.scales
         else:
             bias, mult, scales = 0, ins.mult, None
-        psum = (self._read(isa.Buf.ACT, "p_addr", ins.p_addr, rows, ins.n, ins.d_stride, isa.DType.INT32)
-                if ins.acc_in else None)
-        out = numerics.matmul(a, w, scales=scales, group=isa.group_size(ins.gsz), bias=bias,
-                              mult=mult, shift=ins.shift, odt=isa.DType(ins.odt), psum=psum)
+        psum = (
+            self._read(
+                isa.Buf.ACT, "p_addr", ins.p_addr, rows, ins.n, ins.d_stride, isa.DType.INT32
+            )
+            if ins.acc_in
+            else None
+        )
+        out = numerics.matmul(
+            a,
+            w,
+            scales=scales,
+            group=isa.group_size(ins.gsz),
+            bias=bias,
+            mult=mult,
+            shift=ins.shift,
+            odt=isa.DType(ins.odt),
+            psum=psum,
+        )
         self._write(isa.Buf.ACT, "d_addr", ins.d_addr, ins.d_stride, isa.DType(ins.odt), out)
         stats.macs += rows * ins.n * formats.weight_entries(ins.k, mode)
 
@@ -255,30 +322,39 @@ class FunctionalSim:
         a_dt, b_dt, d_dt = isa.DType(ins.a_dt), isa.DType(ins.b_dt), isa.DType(ins.d_dt)
         a = self._read(isa.Buf.ACT, "a_addr", ins.a_addr, ins.rows, ins.cols, ins.a_stride, a_dt)
         nparam = misc_param_bytes(ins)
-        params = (self._read_bytes(isa.Buf.GLB, "p_addr", ins.p_addr, nparam) if nparam
-                  else np.zeros(0, np.uint8))
+        params = (
+            self._read_bytes(isa.Buf.GLB, "p_addr", ins.p_addr, nparam)
+            if nparam
+            else np.zeros(0, np.uint8)
+        )
         if op in (isa.MiscOp.ADD, isa.MiscOp.MUL):
-            b = self._read(isa.Buf.ACT, "b_addr", ins.b_addr, ins.rows, ins.cols, ins.b_stride, b_dt)
-            y = (numerics.add(a, b, ins.m0, ins.m1, ins.shift, d_dt) if op == isa.MiscOp.ADD
-                 else numerics.mul(a, b, ins.m0, ins.shift, d_dt))
+            b = self._read(
+                isa.Buf.ACT, "b_addr", ins.b_addr, ins.rows, ins.cols, ins.b_stride, b_dt
+            )
+            y = (
+                numerics.add(a, b, ins.m0, ins.m1, ins.shift, d_dt)
+                if op == isa.MiscOp.ADD
+                else numerics.mul(a, b, ins.m0, ins.shift, d_dt)
+            )
         elif op == isa.MiscOp.REQUANT:
             y = numerics.requant(a, ins.m0, ins.shift, d_dt)
         elif op == isa.MiscOp.SOFTMAX:
-            y = numerics.softmax(a, ins.m0, ins.shift, pos=ins.pos, length=ins.len,
-                                 causal=bool(ins.causal), odt=d_dt)
+            y = numerics.softmax(
+                a, ins.m0, ins.shift, pos=ins.pos, length=ins.len, causal=bool(ins.causal), odt=d_dt
+            )
         elif op in (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM):
             p = params.copy().view("<i2").astype(np.int64)
             if op == isa.MiscOp.RMSNORM:
                 y = numerics.rmsnorm(a, p, ins.eps, ins.shift, d_dt)
             else:
-                y = numerics.layernorm(a, p[:ins.cols], p[ins.cols:], ins.eps, ins.shift, d_dt)
+                y = numerics.layernorm(a, p[: ins.cols], p[ins.cols :], ins.eps, ins.shift, d_dt)
         elif op.is_table:
             lut = params.copy().view(_NP_DTYPE[d_dt]).astype(np.int64)
             y = numerics.table(a, lut)
         elif op == isa.MiscOp.ROPE:
             half = ins.len // 2
             tab = params.copy().view("<i2").astype(np.int64).reshape(ins.pos + ins.rows, 2, half)
-            rows = tab[ins.pos:ins.pos + ins.rows]
+            rows = tab[ins.pos : ins.pos + ins.rows]
             y = numerics.rope(a, rows[:, 0], rows[:, 1], ins.len, ins.shift, d_dt)
         else:  # pragma: no cover - every MiscOp is handled above
             raise DeviceError(f"op: {op.name} is not implemented")

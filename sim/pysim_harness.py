@@ -12,8 +12,8 @@ external memory.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
@@ -33,8 +33,13 @@ class PysimRun:
     memory: ExternalMemory  #: external memory after the run
 
 
-def run_section(arch: ArchConfig, writes: Sequence[tuple[int, bytes]], code: bytes, *,
-                max_cycles: int | None = None) -> PysimRun:
+def run_section(
+    arch: ArchConfig,
+    writes: Sequence[tuple[int, bytes]],
+    code: bytes,
+    *,
+    max_cycles: int | None = None,
+) -> PysimRun:
     """Write ``writes`` to external memory, load ``code`` and run it from ``start``.
 
     Cycles are counted from the edge that takes ``start`` to the edge at which ``halted``
@@ -57,10 +62,17 @@ def run_section(arch: ArchConfig, writes: Sequence[tuple[int, bytes]], code: byt
     async def edge(ctx) -> bool:
         """Step both channels with the values before this edge; returns ``halted``."""
         r, w = dut.mem_rd, dut.mem_wr
-        valid, data = rd.step(ctx.get(r.cmd_valid), ctx.get(r.cmd_addr), ctx.get(r.cmd_beats),
-                              ctx.get(r.data_ready))
-        resp = wr.step(ctx.get(w.cmd_valid), ctx.get(w.cmd_addr), ctx.get(w.cmd_beats),
-                       ctx.get(w.data_valid), ctx.get(w.data), ctx.get(w.strb))
+        valid, data = rd.step(
+            ctx.get(r.cmd_valid), ctx.get(r.cmd_addr), ctx.get(r.cmd_beats), ctx.get(r.data_ready)
+        )
+        resp = wr.step(
+            ctx.get(w.cmd_valid),
+            ctx.get(w.cmd_addr),
+            ctx.get(w.cmd_beats),
+            ctx.get(w.data_valid),
+            ctx.get(w.data),
+            ctx.get(w.strb),
+        )
         halted = bool(ctx.get(dut.halted))
         await ctx.tick()
         ctx.set(r.data_valid, valid)
@@ -76,8 +88,10 @@ def run_section(arch: ArchConfig, writes: Sequence[tuple[int, bytes]], code: byt
         for i in range(n):
             ctx.set(dut.imem_we, 1)
             ctx.set(dut.imem_addr, i)
-            ctx.set(dut.imem_wdata, int.from_bytes(
-                code[i * isa.INSTR_BYTES:(i + 1) * isa.INSTR_BYTES], "little"))
+            ctx.set(
+                dut.imem_wdata,
+                int.from_bytes(code[i * isa.INSTR_BYTES : (i + 1) * isa.INSTR_BYTES], "little"),
+            )
             await edge(ctx)
         ctx.set(dut.imem_we, 0)
         ctx.set(dut.start, 1)
@@ -100,5 +114,6 @@ def run_section(arch: ArchConfig, writes: Sequence[tuple[int, bytes]], code: byt
     sim.add_testbench(testbench)
     sim.run()
     wall = out["t1"] - out["t0"]
-    return PysimRun(out["cycles"], out["halted"], wall,
-                    time.perf_counter() - t_setup - wall, memory)
+    return PysimRun(
+        out["cycles"], out["halted"], wall, time.perf_counter() - t_setup - wall, memory
+    )

@@ -87,8 +87,9 @@ class TimingParams:
         if not 1 <= self.mem_efficiency_pct <= 100:
             raise ValueError(f"mem_efficiency_pct must be 1..100, not {self.mem_efficiency_pct!r}")
         if self.link_bytes_per_cycle < 1:
-            raise ValueError(f"link_bytes_per_cycle must be at least 1, not "
-                             f"{self.link_bytes_per_cycle!r}")
+            raise ValueError(
+                f"link_bytes_per_cycle must be at least 1, not {self.link_bytes_per_cycle!r}"
+            )
 
 
 @dataclass
@@ -118,18 +119,25 @@ class Timing:
         self.channel_bytes = mem.channel_bytes
         self.n_channels = mem.channels
         if params.channels > mem.channels:
-            raise ValueError(f"channels {params.channels} exceeds the {mem.channels} channels "
-                             f"of {arch.name}")
-        self.interleave = params.interleave_bytes or mem.interleave_bytes  #: the config's map by default
+            raise ValueError(
+                f"channels {params.channels} exceeds the {mem.channels} channels of {arch.name}"
+            )
+        self.interleave = (
+            params.interleave_bytes or mem.interleave_bytes
+        )  #: the config's map by default
         if self.interleave and self.interleave % self.burst:
-            raise ValueError(f"interleave_bytes {self.interleave} must be a multiple of the "
-                             f"burst size {self.burst}")
+            raise ValueError(
+                f"interleave_bytes {self.interleave} must be a multiple of the "
+                f"burst size {self.burst}"
+            )
         self.ways = params.channels or mem.channels  #: channels of the interleaved map
         # Config conversion (the only non-integer step): exact rationals, rounded down.
         clock = Fraction(str(arch.clock_mhz)) * 10**6
         per_channel = Fraction(str(mem.bandwidth_gbs)) * 10**9 / mem.channels / clock
         self.rate_q8 = max(1, int(per_channel * Q * params.mem_efficiency_pct / 100))
-        self.latency = int(-(-Fraction(str(mem.latency_ns)) * Fraction(str(arch.clock_mhz)) // 1000))
+        self.latency = int(
+            -(-Fraction(str(mem.latency_ns)) * Fraction(str(arch.clock_mhz)) // 1000)
+        )
         self.penalty = mem.cross_channel_penalty_cycles
         self.port = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.peak_bytes_per_cycle = Fraction(str(mem.bandwidth_gbs)) * 10**9 / clock
@@ -189,8 +197,17 @@ class Timing:
             hit = self._lowbit_memo[key] = int((-(-v // port)).sum())
         return hit
 
-    def transfer(self, ext: int, rows: int, row_bytes: int, ext_stride: int, buf: isa.Buf,
-                 split: bool, buf_stride: int | None = None, bits: int = 8) -> TransferCost:
+    def transfer(
+        self,
+        ext: int,
+        rows: int,
+        row_bytes: int,
+        ext_stride: int,
+        buf: isa.Buf,
+        split: bool,
+        buf_stride: int | None = None,
+        bits: int = 8,
+    ) -> TransferCost:
         """Cycles of a 2-D transfer between external memory and buffer ``buf``.
 
         ``bits`` < 8: a LD that unpacks; each external row holds ``row_bytes`` values of
@@ -225,17 +242,26 @@ class Timing:
             share = cdiv(nbytes, self.cores) if split else nbytes
             port_cycles = cdiv(share, port)
         cycles = self.latency + max(channel_cycles, port_cycles) + self.penalty * crossings
-        return TransferCost(cycles, nbytes, sum(loads.values()) * self.burst, crossings,
-                            port_cycles)
+        return TransferCost(
+            cycles, nbytes, sum(loads.values()) * self.burst, crossings, port_cycles
+        )
 
     def ld(self, i: isa.LD) -> TransferCost:
-        return self.transfer(i.src, i.rows, i.row_bytes, i.src_stride, isa.Buf(i.buf),
-                             isa.Buf(i.buf) in SPLIT_BUFFERS, i.dst_stride,
-                             isa.Unpack(i.unpack).bits)
+        return self.transfer(
+            i.src,
+            i.rows,
+            i.row_bytes,
+            i.src_stride,
+            isa.Buf(i.buf),
+            isa.Buf(i.buf) in SPLIT_BUFFERS,
+            i.dst_stride,
+            isa.Unpack(i.unpack).bits,
+        )
 
     def st(self, i: isa.ST) -> TransferCost:
-        return self.transfer(i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True,
-                             i.src_stride)
+        return self.transfer(
+            i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True, i.src_stride
+        )
 
     # --- matrix engine -------------------------------------------------------------
 
@@ -282,8 +308,9 @@ class Timing:
         if self.cores == 1:
             return 0
         p = self.params
-        return p.sync_latency_cycles + cdiv(out_bytes * (self.cores - 1),
-                                            self.cores * p.link_bytes_per_cycle)
+        return p.sync_latency_cycles + cdiv(
+            out_bytes * (self.cores - 1), self.cores * p.link_bytes_per_cycle
+        )
 
     # --- special-function unit -------------------------------------------------------
 
@@ -298,8 +325,9 @@ class Timing:
         if op == isa.MiscOp.SOFTMAX:
             issue = row_ops.softmax_cycles(i.rows, per_row)
         elif op in (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM):
-            issue = row_ops.norm_cycles(i.rows, per_row,
-                                        row_ops.norm_row_gap(op == isa.MiscOp.LAYERNORM))
+            issue = row_ops.norm_cycles(
+                i.rows, per_row, row_ops.norm_row_gap(op == isa.MiscOp.LAYERNORM)
+            )
         else:
             issue = i.rows * per_row
         return issue + sfu.pipeline_depth
@@ -331,8 +359,9 @@ def timing_for(arch: ArchConfig, params: TimingParams = TimingParams()) -> Timin
     return t
 
 
-def duration(arch: ArchConfig, instr: isa.Instruction,
-             params: TimingParams = TimingParams()) -> int:
+def duration(
+    arch: ArchConfig, instr: isa.Instruction, params: TimingParams = TimingParams()
+) -> int:
     """Cycles ``instr`` occupies its unit on ``arch``: the cycle model's only timing input."""
     return timing_for(arch, params).duration(instr)
 

@@ -32,15 +32,18 @@ def integer_logits(qd: QuantDecoder, ids: np.ndarray, prompt_len: int = PROMPT_L
     state = qref.IntState()
     rows = [qref.run_decoder(qd, ids[:prompt_len], 0, state, table)]
     for pos in range(prompt_len, len(ids)):
-        rows.append(qref.run_decoder(qd, ids[pos:pos + 1], pos, state, table))
+        rows.append(qref.run_decoder(qd, ids[pos : pos + 1], pos, state, table))
     return np.vstack(rows) * qd.scales[prog.output]
 
 
 def float_reference(prog: DecoderProgram) -> Callable[[np.ndarray], np.ndarray]:
     """``ids -> logits`` of the float model; a sequence that extends the previous call's by
     tokens runs only the new rows (a decode step), so greedy continuation stays cheap."""
-    last = {"ids": np.zeros(0, np.int64), "logits": np.zeros((0, prog.vocab)),
-            "state": FloatState()}
+    last = {
+        "ids": np.zeros(0, np.int64),
+        "logits": np.zeros((0, prog.vocab)),
+        "state": FloatState(),
+    }
 
     def logits(ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
@@ -51,18 +54,24 @@ def float_reference(prog: DecoderProgram) -> Callable[[np.ndarray], np.ndarray]:
         new = run_float(prog, ids[n:], n, last["state"])
         last.update(ids=ids.copy(), logits=np.vstack([last["logits"], new]))
         return last["logits"]
+
     return logits
 
 
 def random_prompts(vocab: int, count: int = PROMPTS) -> list[np.ndarray]:
     """The default prompts: ``count`` of ``PROMPT_LEN`` uniformly random token ids."""
-    return [np.random.default_rng(100 + seed).integers(0, vocab, size=PROMPT_LEN)
-            for seed in range(count)]
+    return [
+        np.random.default_rng(100 + seed).integers(0, vocab, size=PROMPT_LEN)
+        for seed in range(count)
+    ]
 
 
-def measure(qd: QuantDecoder | None, float_logits: Callable[[np.ndarray], np.ndarray],
-            prompts: Sequence[Sequence[int]] | None = None,
-            logits: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def measure(
+    qd: QuantDecoder | None,
+    float_logits: Callable[[np.ndarray], np.ndarray],
+    prompts: Sequence[Sequence[int]] | None = None,
+    logits: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-position cosine and top-1 agreement against ``float_logits(ids) -> [len][vocab]``.
 
     ``prompts`` (``PROMPT_LEN`` tokens each) default to :func:`random_prompts`; a trained
@@ -89,8 +98,10 @@ def measure(qd: QuantDecoder | None, float_logits: Callable[[np.ndarray], np.nda
 
 def summary(name: str, cos: np.ndarray, top: np.ndarray) -> str:
     prompts = len(cos) // (PROMPT_LEN + DECODE)
-    return (f"{name}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%} "
-            f"({len(cos)} positions: {prompts} prompts x ({PROMPT_LEN} prefill + {DECODE} decode))")
+    return (
+        f"{name}: cosine min {cos.min():.4f} mean {cos.mean():.4f}, top-1 {top.mean():.1%} "
+        f"({len(cos)} positions: {prompts} prompts x ({PROMPT_LEN} prefill + {DECODE} decode))"
+    )
 
 
 def meets_criterion(cos: np.ndarray, top: np.ndarray) -> bool:

@@ -46,30 +46,49 @@ class GraphBuilder:
         return f"{stem}_{self._n}"
 
     def const(self, value, stem: str = "c", dtype=None) -> str:
-        arr = np.asarray(value, dtype=dtype if dtype is not None else
-                         (F32 if np.asarray(value).dtype.kind == "f" else np.int64))
+        arr = np.asarray(
+            value,
+            dtype=dtype
+            if dtype is not None
+            else (F32 if np.asarray(value).dtype.kind == "f" else np.int64),
+        )
         name = self.name(stem)
         self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def op(self, op: str, *inputs: str, outputs: int = 1, domain: str = "", stem: str | None = None,
-           out: str | None = None, **attrs):
+    def op(
+        self,
+        op: str,
+        *inputs: str,
+        outputs: int = 1,
+        domain: str = "",
+        stem: str | None = None,
+        out: str | None = None,
+        **attrs,
+    ):
         outs = [out] if out else [self.name(stem or op.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, name=self.name("n_" + op),
-                                           domain=domain, **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op, list(inputs), outs, name=self.name("n_" + op), domain=domain, **attrs
+            )
+        )
         return outs[0] if outputs == 1 else outs
 
     def model(self, inputs, outputs, opset: int = 18) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, "decoder", inputs, outputs, self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+        m = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)],
+        )
         m.ir_version = 9
         return m
 
 
 def _io(vocab: int, past: list[tuple[str, int, int]] = ()):
-    ins = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"]),
-           helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "total"])]
+    ins = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "total"]),
+    ]
     for name, kv, d in past:
         ins.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, kv, "past", d]))
     outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seq", vocab])]
@@ -77,6 +96,7 @@ def _io(vocab: int, past: list[tuple[str, int, int]] = ()):
 
 
 # -------------------------------------------------------------------------- components
+
 
 class Parts:
     """Pattern fragments shared by the styles; ``b`` is the GraphBuilder."""
@@ -97,8 +117,12 @@ class Parts:
         if mode == "qdq":
             scale = np.abs(wt).max(axis=0) / 127.0
             q = np.clip(np.round(wt / scale), -127, 127).astype(np.int8)
-            w = self.b.op("DequantizeLinear", self.b.const(q, "wq", np.int8),
-                          self.b.const(scale.astype(F32), "ws"), axis=1)
+            w = self.b.op(
+                "DequantizeLinear",
+                self.b.const(q, "wq", np.int8),
+                self.b.const(scale.astype(F32), "ws"),
+                axis=1,
+            )
         else:
             w = self.b.const(wt, "w_" + key)
         return w, (self.b.const(lp.b.astype(F32), "b_" + key) if lp.b is not None else None)
@@ -121,11 +145,16 @@ class Parts:
         scale = np.maximum(np.abs(w).max(axis=2), 1e-8) / 7.0
         q = (np.clip(np.round(w / scale[..., None]), -8, 7) + 8).astype(np.uint8)
         packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-        ins = [x, self.b.const(packed, "wq", np.uint8), self.b.const(scale.reshape(-1).astype(F32), "ws")]
+        ins = [
+            x,
+            self.b.const(packed, "wq", np.uint8),
+            self.b.const(scale.reshape(-1).astype(F32), "ws"),
+        ]
         if lp.b is not None:
             ins += ["", "", self.b.const(lp.b.astype(F32), "b")]
-        return self.b.op("MatMulNBits", *ins, domain="com.microsoft", K=k, N=n, bits=4,
-                         block_size=block, out=out)
+        return self.b.op(
+            "MatMulNBits", *ins, domain="com.microsoft", K=k, N=n, bits=4, block_size=block, out=out
+        )
 
     def rms(self, x: str, key: str, style: str = "reciprocal") -> str:
         n = self.p.norms[key]
@@ -170,7 +199,7 @@ class Parts:
     def rotate_half_rope(self, x: str, cos: str, sin: str) -> str:
         b, h = self.b, self.d // 2
         x1 = b.op("Slice", x, b.const([0]), b.const([h]), b.const([-1]))
-        x2 = b.op("Slice", x, b.const([h]), b.const([2 ** 62]), b.const([-1]))
+        x2 = b.op("Slice", x, b.const([h]), b.const([2**62]), b.const([-1]))
         rot = b.op("Concat", b.op("Neg", x2), x1, axis=-1)
         return b.op("Add", b.op("Mul", x, cos), b.op("Mul", rot, sin))
 
@@ -190,8 +219,11 @@ class Parts:
         b = self.b
         if style == "trilu":
             shape = b.op("Concat", self.seq1, self.seq1, axis=0)
-            full = b.op("ConstantOfShape", shape,
-                        value=helper.make_tensor("v", TensorProto.FLOAT, [1], [-1e9]))
+            full = b.op(
+                "ConstantOfShape",
+                shape,
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [-1e9]),
+            )
             return b.op("Trilu", full, b.const(1), upper=1)
         q = b.op("Unsqueeze", self.pos, b.const([1]))
         k = b.op("Unsqueeze", self.pos, b.const([0]))
@@ -213,8 +245,9 @@ class Parts:
         t = b.op("Transpose", ctx, perm=[0, 2, 1, 3])
         return b.op("Reshape", t, b.const([1, -1, self.heads * self.d]))
 
-    def embed(self, offset: int = 0, positions: np.ndarray | None = None,
-              position_ids: str | None = None) -> str:
+    def embed(
+        self, offset: int = 0, positions: np.ndarray | None = None, position_ids: str | None = None
+    ) -> str:
         b = self.b
         h = b.op("Gather", b.const(self.p.embed.astype(F32), "embed"), "input_ids", axis=0)
         if positions is not None:
@@ -234,8 +267,17 @@ def _save(model: onnx.ModelProto, path: str | Path, check: bool = True) -> Path:
 
 # ------------------------------------------------------------------------------ styles
 
-def llama(prog: DecoderProgram, heads: int, path, *, mask: str = "where",
-          norm_style: str = "reciprocal", weights: str = "float", past: bool = False) -> Path:
+
+def llama(
+    prog: DecoderProgram,
+    heads: int,
+    path,
+    *,
+    mask: str = "where",
+    norm_style: str = "reciprocal",
+    weights: str = "float",
+    past: bool = False,
+) -> Path:
     """``past``: Optimum-style ``past_key_values.{i}.key/value`` inputs concatenated with
     the new rows, and ``present.{i}.key/value`` outputs (the mask assumes an empty past)."""
     b = GraphBuilder()
@@ -261,13 +303,18 @@ def llama(prog: DecoderProgram, heads: int, path, *, mask: str = "where",
         x = P.rms(h, p + "ln2", norm_style)
         g = P.linear(x, p + "gate", weights)
         act = b.op("Mul", g, b.op("Sigmoid", g))
-        h = b.op("Add", h, P.linear(b.op("Mul", act, P.linear(x, p + "up", weights)),
-                                    p + "down", weights))
+        h = b.op(
+            "Add",
+            h,
+            P.linear(b.op("Mul", act, P.linear(x, p + "up", weights)), p + "down", weights),
+        )
     x = P.rms(h, "final_norm", norm_style)
     b.op("MatMul", x, P.weight("lm_head", weights)[0], out="logits")
     ins, outs = _io(prog.vocab, pasts)
-    outs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, P.kv, "total", P.d])
-             for n in presents]
+    outs += [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, P.kv, "total", P.d])
+        for n in presents
+    ]
     return _save(b.model(ins, outs), path)
 
 
@@ -288,15 +335,23 @@ def gpt2(prog: DecoderProgram, heads: int, path) -> Path:
         q, k, v = b.op("Split", qkv, outputs=3, axis=2, num_outputs=3)
         ctx = P.sdpa(P.heads_view(q, heads), P.heads_view(k, heads), P.heads_view(v, heads), m)
         o = prog.linears[p + "o"]
-        y = b.op("Gemm", b.op("Reshape", ctx, b.const([-1, hid])), b.const(o.w.T.astype(F32)),
-                 b.const(o.b.astype(F32)))
+        y = b.op(
+            "Gemm",
+            b.op("Reshape", ctx, b.const([-1, hid])),
+            b.const(o.w.T.astype(F32)),
+            b.const(o.b.astype(F32)),
+        )
         h = b.op("Add", b.op("Reshape", y, b.const([1, -1, hid])), h)
         x = P.layer_norm(h, p + "ln2", fused=True)
         f = P.linear(x, p + "fc1")
-        inner = b.op("Mul", b.op("Add", f, b.op("Mul", b.op("Pow", f, b.const(3.0)),
-                                                b.const(0.044715))),
-                     b.const(math.sqrt(2 / math.pi)))
-        gelu = b.op("Mul", b.op("Mul", f, b.const(0.5)), b.op("Add", b.op("Tanh", inner), b.const(1.0)))
+        inner = b.op(
+            "Mul",
+            b.op("Add", f, b.op("Mul", b.op("Pow", f, b.const(3.0)), b.const(0.044715))),
+            b.const(math.sqrt(2 / math.pi)),
+        )
+        gelu = b.op(
+            "Mul", b.op("Mul", f, b.const(0.5)), b.op("Add", b.op("Tanh", inner), b.const(1.0))
+        )
         h = b.op("Add", h, P.linear(gelu, p + "fc2"))
     x = P.layer_norm(h, "final_norm", fused=True)
     tied = b.op("Transpose", b.const(prog.linears["lm_head"].w.astype(F32), "wte"), perm=[1, 0])
@@ -318,8 +373,13 @@ def opt(prog: DecoderProgram, heads: int, path) -> Path:
         p = f"l{i}."
         x = P.layer_norm(h, p + "ln1", fused=False)
         q = b.op("Mul", P.linear(x, p + "q"), b.const(np.float32(1 / math.sqrt(P.d))))
-        ctx = P.sdpa(P.heads_view(q, heads), P.heads_view(P.linear(x, p + "k"), heads),
-                     P.heads_view(P.linear(x, p + "v"), heads), m, scale_style="none")
+        ctx = P.sdpa(
+            P.heads_view(q, heads),
+            P.heads_view(P.linear(x, p + "k"), heads),
+            P.heads_view(P.linear(x, p + "v"), heads),
+            m,
+            scale_style="none",
+        )
         h = b.op("Add", h, P.linear(ctx, p + "o"))
         x = P.layer_norm(h, p + "ln2", fused=False)
         h = b.op("Add", h, P.linear(b.op("Relu", P.linear(x, p + "fc1")), p + "fc2"))
@@ -336,16 +396,28 @@ def genai(prog: DecoderProgram, heads: int, path, *, packed: bool = False) -> Pa
     d, kv = P.d, P.kv
     inv = 1.0 / prog.rope_theta ** (np.arange(d // 2) * 2 / d)
     ang = np.arange(256)[:, None] * inv[None]
-    cos_c, sin_c = b.const(np.cos(ang).astype(F32), "cos_cache"), b.const(np.sin(ang).astype(F32), "sin_cache")
-    total = b.op("Cast", b.op("ReduceSum", "attention_mask", b.const([1]), keepdims=0),
-                 to=TensorProto.INT32)
+    cos_c, sin_c = (
+        b.const(np.cos(ang).astype(F32), "cos_cache"),
+        b.const(np.sin(ang).astype(F32), "sin_cache"),
+    )
+    total = b.op(
+        "Cast", b.op("ReduceSum", "attention_mask", b.const([1]), keepdims=0), to=TensorProto.INT32
+    )
     seqlens = b.op("Sub", total, b.const(np.int32(1), dtype=np.int32))
-    total_len = b.op("Cast", b.op("Gather", b.op("Shape", "attention_mask"), b.const(1), axis=0),
-                     to=TensorProto.INT32)
+    total_len = b.op(
+        "Cast",
+        b.op("Gather", b.op("Shape", "attention_mask"), b.const(1), axis=0),
+        to=TensorProto.INT32,
+    )
     h = P.embed()
     past, presents = [], []
-    x = b.op("SimplifiedLayerNormalization", h, b.const(prog.norms["l0.ln1"].gamma.astype(F32)),
-             axis=-1, epsilon=prog.norms["l0.ln1"].eps)
+    x = b.op(
+        "SimplifiedLayerNormalization",
+        h,
+        b.const(prog.norms["l0.ln1"].gamma.astype(F32)),
+        axis=-1,
+        epsilon=prog.norms["l0.ln1"].eps,
+    )
     for i in range(prog.layers):
         p = f"l{i}."
         pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
@@ -357,24 +429,47 @@ def genai(prog: DecoderProgram, heads: int, path, *, packed: bool = False) -> Pa
         else:
             qkv = [P.nbits(x, p + n) for n in "qkv"]
         outs = [b.name("attn"), f"present.{i}.key", f"present.{i}.value"]
-        b.nodes.append(helper.make_node(
-            "GroupQueryAttention", qkv + [pk, pv, seqlens, total_len, cos_c, sin_c], outs,
-            name=b.name("n_gqa"), domain="com.microsoft", num_heads=heads, kv_num_heads=kv,
-            do_rotary=1))
+        b.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                qkv + [pk, pv, seqlens, total_len, cos_c, sin_c],
+                outs,
+                name=b.name("n_gqa"),
+                domain="com.microsoft",
+                num_heads=heads,
+                kv_num_heads=kv,
+                do_rotary=1,
+            )
+        )
         presents += outs[1:]
         o = P.nbits(outs[0], p + "o")
         g2 = prog.norms[p + "ln2"]
-        x, _, _, h = b.op("SkipSimplifiedLayerNormalization", o, h, b.const(g2.gamma.astype(F32)),
-                          outputs=4, domain="com.microsoft", epsilon=g2.eps)
+        x, _, _, h = b.op(
+            "SkipSimplifiedLayerNormalization",
+            o,
+            h,
+            b.const(g2.gamma.astype(F32)),
+            outputs=4,
+            domain="com.microsoft",
+            epsilon=g2.eps,
+        )
         gate, up = P.nbits(x, p + "gate"), P.nbits(x, p + "up")
         down = P.nbits(b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up), p + "down")
         nxt = prog.norms[f"l{i + 1}.ln1" if i + 1 < prog.layers else "final_norm"]
-        x, _, _, h = b.op("SkipSimplifiedLayerNormalization", down, h,
-                          b.const(nxt.gamma.astype(F32)), outputs=4, domain="com.microsoft",
-                          epsilon=nxt.eps)
+        x, _, _, h = b.op(
+            "SkipSimplifiedLayerNormalization",
+            down,
+            h,
+            b.const(nxt.gamma.astype(F32)),
+            outputs=4,
+            domain="com.microsoft",
+            epsilon=nxt.eps,
+        )
     P.nbits(x, "lm_head", out="logits")
     ins, outs = _io(prog.vocab, past)
-    outs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, kv, "total", d]) for n in presents]
+    outs += [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, kv, "total", d]) for n in presents
+    ]
     return _save(b.model(ins, outs), path, check=False)
 
 
@@ -385,19 +480,31 @@ def msrope(prog: DecoderProgram, heads: int, path) -> Path:
     d = P.d
     inv = 1.0 / prog.rope_theta ** (np.arange(d // 2) * 2 / d)
     ang = np.arange(256)[:, None] * inv[None]
-    cos_c, sin_c = b.const(np.cos(ang).astype(F32), "cos_cache"), b.const(np.sin(ang).astype(F32), "sin_cache")
+    cos_c, sin_c = (
+        b.const(np.cos(ang).astype(F32), "cos_cache"),
+        b.const(np.sin(ang).astype(F32), "sin_cache"),
+    )
     pos_ids = b.op("Unsqueeze", P.pos, b.const([0]))
     m = P.causal_mask("where")
     h = P.embed()
 
     def norm(x, key):
         n = prog.norms[key]
-        return b.op("SimplifiedLayerNormalization", x, b.const(n.gamma.astype(F32)), axis=-1,
-                    epsilon=n.eps)
+        return b.op(
+            "SimplifiedLayerNormalization", x, b.const(n.gamma.astype(F32)), axis=-1, epsilon=n.eps
+        )
 
     def rope(x, nh):
-        return b.op("RotaryEmbedding", x, pos_ids, cos_c, sin_c, domain="com.microsoft",
-                    num_heads=nh, interleaved=0)
+        return b.op(
+            "RotaryEmbedding",
+            x,
+            pos_ids,
+            cos_c,
+            sin_c,
+            domain="com.microsoft",
+            num_heads=nh,
+            interleaved=0,
+        )
 
     for i in range(prog.layers):
         p = f"l{i}."
@@ -410,7 +517,9 @@ def msrope(prog: DecoderProgram, heads: int, path) -> Path:
         x = norm(h, p + "ln2")
         g = P.linear(x, p + "gate", "qdq")
         act = b.op("Mul", g, b.op("Sigmoid", g))
-        h = b.op("Add", h, P.linear(b.op("Mul", act, P.linear(x, p + "up", "qdq")), p + "down", "qdq"))
+        h = b.op(
+            "Add", h, P.linear(b.op("Mul", act, P.linear(x, p + "up", "qdq")), p + "down", "qdq")
+        )
     x = norm(h, "final_norm")
     b.op("MatMul", x, P.weight("lm_head", "qdq")[0], out="logits")
     ins, outs = _io(prog.vocab)

@@ -8,13 +8,15 @@ included, meet the acceptance criterion that 8-bit activations miss.
 
 from __future__ import annotations
 
+import accuracy
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_compiler_decoder import FAMILIES
+from test_end_to_end import TINY, reference_logits
 
-import accuracy
 from flightforge import numerics
 from flightforge.compiler import kernels, qref
 from flightforge.compiler.calibrate import calibrate
@@ -25,21 +27,22 @@ from flightforge.compiler.quantize import quantize_linear
 from flightforge.generate import generate
 from flightforge.isa import MISC, DType, MiscOp, WPrec
 from flightforge.sim.functional import FunctionalSim
-from test_compiler_decoder import FAMILIES
-from test_end_to_end import TINY, reference_logits
 
 A16 = QuantOptions(act_bits=16)
 
 
-@given(hnp.arrays(np.int64, st.integers(1, 64),
-                  elements=st.integers(-kernels.SPLIT_MAX, kernels.SPLIT_MAX)))
+@given(
+    hnp.arrays(
+        np.int64, st.integers(1, 64), elements=st.integers(-kernels.SPLIT_MAX, kernels.SPLIT_MAX)
+    )
+)
 def test_halves_rebuild_every_value_in_range(x):
     hi, lo = qref.split(x)
     assert hi.min() >= -127 and hi.max() <= 127 and lo.min() >= -128 and lo.max() <= 127
     assert np.array_equal(256 * hi + lo, x)
 
 
-@given(hnp.arrays(np.int64, st.integers(1, 64), elements=st.integers(0, 2 ** 15 - 1)))
+@given(hnp.arrays(np.int64, st.integers(1, 64), elements=st.integers(0, 2**15 - 1)))
 def test_probabilities_split_to_within_one_unit(p):
     """INT16 probabilities split with s = 1: 2 * (256*hi + lo) is p or its neighbour."""
     hi, lo = qref.split(p, kernels.PROB16_SPLIT_SHIFT)
@@ -47,7 +50,9 @@ def test_probabilities_split_to_within_one_unit(p):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2 ** 31), st.sampled_from([(WPrec.INT8, 0), (WPrec.INT4, 16), (WPrec.INT4, 32)]))
+@given(
+    st.integers(0, 2**31), st.sampled_from([(WPrec.INT8, 0), (WPrec.INT4, 16), (WPrec.INT4, 32)])
+)
 def test_split_linear_equals_the_wide_product(seed, plan):
     """Two engine passes give exactly the INT16 x INT8 product, group scales included."""
     rng = np.random.default_rng(seed)
@@ -56,8 +61,16 @@ def test_split_linear_equals_the_wide_product(seed, plan):
     x = rng.integers(-kernels.SPLIT_MAX, kernels.SPLIT_MAX + 1, size=(3, 64))
     s_x, s_y = 1e-3, 2e-2
     bias_q, mult, shift = ql.requant(s_x, s_y)
-    wide = numerics.matmul(x, ql.q, scales=ql.gscale if ql.group else None, group=ql.group,
-                           bias=bias_q, mult=mult, shift=shift, odt=DType.INT16)
+    wide = numerics.matmul(
+        x,
+        ql.q,
+        scales=ql.gscale if ql.group else None,
+        group=ql.group,
+        bias=bias_q,
+        mult=mult,
+        shift=shift,
+        odt=DType.INT16,
+    )
     assert np.array_equal(qref.linear16(x, ql, s_x, s_y, DType.INT16), wide)
 
 

@@ -57,26 +57,39 @@ def _set(d: dict, path: str, value) -> dict:
 _DELETE = object()
 
 
-@pytest.mark.parametrize("path,value,match", [
-    ("buffers.act.size", -5, r"buffers\.act\.size: Input should be greater than 0 \(got -5\)"),
-    ("mpe.chains", 0, r"mpe\.chains: Input should be greater than or equal to 1"),
-    ("clock_mhz", -100, r"clock_mhz: Input should be greater than 0"),
-    ("frequency", 100, r"frequency: Extra inputs are not permitted"),
-    ("mpe.lanes", 4, r"mpe\.lanes: Extra inputs are not permitted"),
-    ("sparse_m", 12, r"sparse_m must be a power of two, not 12"),
-    ("sparse_n", [3], r"sparse_n: sparsity 3:16 is not supported; supported: 2:4, 2:16"),
-    ("sparse_m", 8, r"sparse_n: sparsity 2:8 is not supported"),
-    ("weight_bits", [5], r"weight_bits: 5 is not one of 2, 3, 4, 8"),
-    ("act_bits", 4, r"act_bits: Input should be 8"),
-    ("hbm.capacity", 1 << (isa.EXT_ADDR_BITS + 1),
-     rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's {isa.EXT_ADDR_BITS}-bit"),
-    ("hbm.capacity", 3 * 2**20 + 1, r"hbm: capacity 3145729 is not divisible by 2 channels"),
-    ("buffers.wgt.size", (1 << isa.BUF_ADDR_BITS) + 1,
-     rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit"),
-    ("mpe.mm", {"n": 64, "k": 64, "m": 64}, r"mpe: mm parallelism 64x64x64 = 262144 MACs exceeds"),
-    ("hbm.kind", "sram", r"hbm\.kind: Input should be 'hbm' or 'ddr'"),
-    ("clock_mhz", _DELETE, r"clock_mhz: Field required"),
-])
+@pytest.mark.parametrize(
+    "path,value,match",
+    [
+        ("buffers.act.size", -5, r"buffers\.act\.size: Input should be greater than 0 \(got -5\)"),
+        ("mpe.chains", 0, r"mpe\.chains: Input should be greater than or equal to 1"),
+        ("clock_mhz", -100, r"clock_mhz: Input should be greater than 0"),
+        ("frequency", 100, r"frequency: Extra inputs are not permitted"),
+        ("mpe.lanes", 4, r"mpe\.lanes: Extra inputs are not permitted"),
+        ("sparse_m", 12, r"sparse_m must be a power of two, not 12"),
+        ("sparse_n", [3], r"sparse_n: sparsity 3:16 is not supported; supported: 2:4, 2:16"),
+        ("sparse_m", 8, r"sparse_n: sparsity 2:8 is not supported"),
+        ("weight_bits", [5], r"weight_bits: 5 is not one of 2, 3, 4, 8"),
+        ("act_bits", 4, r"act_bits: Input should be 8"),
+        (
+            "hbm.capacity",
+            1 << (isa.EXT_ADDR_BITS + 1),
+            rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's {isa.EXT_ADDR_BITS}-bit",
+        ),
+        ("hbm.capacity", 3 * 2**20 + 1, r"hbm: capacity 3145729 is not divisible by 2 channels"),
+        (
+            "buffers.wgt.size",
+            (1 << isa.BUF_ADDR_BITS) + 1,
+            rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit",
+        ),
+        (
+            "mpe.mm",
+            {"n": 64, "k": 64, "m": 64},
+            r"mpe: mm parallelism 64x64x64 = 262144 MACs exceeds",
+        ),
+        ("hbm.kind", "sram", r"hbm\.kind: Input should be 'hbm' or 'ddr'"),
+        ("clock_mhz", _DELETE, r"clock_mhz: Field required"),
+    ],
+)
 def test_invalid_config_is_refused_naming_the_field(tiny_dict, path, value, match):
     with pytest.raises(ConfigError, match=r"^bad\.yaml: invalid architecture config\n") as exc:
         arch_from_dict(_set(tiny_dict, path, value), "bad.yaml")
@@ -84,7 +97,9 @@ def test_invalid_config_is_refused_naming_the_field(tiny_dict, path, value, matc
 
 
 def test_non_mapping_is_refused():
-    with pytest.raises(ConfigError, match=r"^x\.yaml: expected a mapping at the top level, not list"):
+    with pytest.raises(
+        ConfigError, match=r"^x\.yaml: expected a mapping at the top level, not list"
+    ):
         arch_from_dict([1, 2], "x.yaml")
 
 
@@ -97,7 +112,9 @@ def test_file_errors_name_the_file(tmp_path, tiny_dict):
         load_arch(broken)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_set(tiny_dict, "sfu.lanes", 0)))
-    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid architecture config\n  sfu\.lanes: "):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: invalid architecture config\n  sfu\.lanes: "
+    ):
         load_target(str(bad))
 
 

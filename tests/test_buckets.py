@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flightforge import isa
 from flightforge.compiler.buckets import BucketPlan
@@ -15,8 +16,8 @@ from flightforge.compiler.memory import CompileError
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.generate import generate
 from flightforge.mappings import load_target
-from flightforge.sim.device import DeviceError
 from flightforge.sim.cycle_model import CycleModel
+from flightforge.sim.device import DeviceError
 from flightforge.sim.functional import FunctionalSim
 
 TINY = load_target("tiny")
@@ -28,8 +29,9 @@ def programs():
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), seed=11)
     plan = BucketPlan(prefill=((1, 8), (9, 16), (17, 20)), decode=((1, 5), (6, 12), (13, 19)))
     exact = compile_decoder(prog, TINY, CompileOptions(max_len=MAX_LEN)).program
-    bucketed = compile_decoder(prog, TINY, CompileOptions(max_len=MAX_LEN, buckets=plan,
-                                                          verify=True)).program
+    bucketed = compile_decoder(
+        prog, TINY, CompileOptions(max_len=MAX_LEN, buckets=plan, verify=True)
+    ).program
     return prog, exact, bucketed
 
 
@@ -61,20 +63,30 @@ def test_chunked_prefill_buckets_match_exact_lengths(policy, last_only):
     """Host-looped chunk streams, padded context and padded final chunk, bit for bit."""
     prog = random_decoder(DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True), seed=4)
     opts = dict(max_len=160, last_logits_only=last_only)
-    bucketed = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)).program
+    bucketed = compile_decoder(
+        prog, TINY, CompileOptions(**opts, buckets=policy, verify=True)
+    ).program
     meta = bucketed.metadata["decoder"]
     chunk = meta["prefill_chunk"]
     assert meta["prefill_mode"] == "chunked" and chunk < 70
     stages = {s.stage for s in bucketed.sections}
-    assert stages == ({"prefill", "prefill_chunk", "prefill_final", "decode"} if last_only
-                      else {"prefill", "prefill_chunk", "decode"})
+    assert stages == (
+        {"prefill", "prefill_chunk", "prefill_final", "decode"}
+        if last_only
+        else {"prefill", "prefill_chunk", "decode"}
+    )
     # Short prompts, a multiple of the chunk plus one (its last token runs as a decode
     # step), and long ones.
     lengths = (1, 7, chunk + 1, 2 * chunk + 1, 100, 137)
-    exact = compile_decoder(prog, TINY, CompileOptions(
-        **opts, lengths=tuple(sorted({n + i for n in lengths for i in range(3)})))).program
+    exact = compile_decoder(
+        prog,
+        TINY,
+        CompileOptions(**opts, lengths=tuple(sorted({n + i for n in lengths for i in range(3)}))),
+    ).program
     for length in lengths:
-        prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
+        prompt = [
+            int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)
+        ]
         ref = generate(exact, FunctionalSim(TINY), prompt, 3)
         got = generate(bucketed, FunctionalSim(TINY), prompt, 3)
         assert got.tokens == ref.tokens
@@ -100,10 +112,14 @@ def test_auto_policy_grows_buckets_to_the_latency_bound():
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
     c = compile_decoder(prog, load_target("u280"), CompileOptions(max_len=64, lengths=(1,)))
     for latency in LATENCY_MODELS:
-        plan = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.2, chunk=40, latency=latency)
+        plan = make_plan(
+            c.quantized, load_target("u280"), 64, "auto", 0.2, chunk=40, latency=latency
+        )
         plan.check(64, 40, chunk=40)
         assert plan.decode == ((1, 63),) and plan.chunk_starts == ((0, 24),)
-        tight = make_plan(c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=40, latency=latency)
+        tight = make_plan(
+            c.quantized, load_target("u280"), 64, "auto", 0.0, chunk=40, latency=latency
+        )
         assert len(plan.prefill) < len(tight.prefill), latency
 
 
@@ -116,21 +132,32 @@ def test_a_bucketed_run_costs_what_the_exact_compile_does():
     meta = bucketed.metadata["decoder"]
     chunk, top = meta["prefill_chunk"], opts["max_len"] - meta["prefill_chunk"]
     assert meta["buckets"]["decode"] == [[1, 99]] and meta["buckets"]["chunk_starts"] == [[0, top]]
-    per_start = BucketPlan(prefill=tuple(map(tuple, meta["buckets"]["prefill"])),
-                           decode=tuple((p, p) for p in range(1, 100)),
-                           chunk_starts=tuple((p, p) for p in range(top + 1)))
-    exact = compile_decoder(prog, TINY, CompileOptions(**opts, buckets=per_start,
-                                                       lengths=(3, 50, 99, 100, chunk + 3))).program
-    runs = [("decode", 3), ("decode", 50), ("decode", 99), ("prefill_chunk", 3),
-            ("prefill_chunk", top), ("prefill_final", top)]
+    per_start = BucketPlan(
+        prefill=tuple(map(tuple, meta["buckets"]["prefill"])),
+        decode=tuple((p, p) for p in range(1, 100)),
+        chunk_starts=tuple((p, p) for p in range(top + 1)),
+    )
+    exact = compile_decoder(
+        prog, TINY, CompileOptions(**opts, buckets=per_start, lengths=(3, 50, 99, 100, chunk + 3))
+    ).program
+    runs = [
+        ("decode", 3),
+        ("decode", 50),
+        ("decode", 99),
+        ("prefill_chunk", 3),
+        ("prefill_chunk", top),
+        ("prefill_final", top),
+    ]
     for stage, at in runs:
         got, want = CycleModel(TINY), CycleModel(TINY)
         got.load(bucketed)
         want.load(exact)
         lo = 1 if stage == "decode" else 0
         hi = 99 if stage == "decode" else top
-        assert got.run(f"{stage}_{lo}_{hi}", at).cycles == want.run(f"{stage}_{at}", at).cycles, \
-            (stage, at)
+        assert got.run(f"{stage}_{lo}_{hi}", at).cycles == want.run(f"{stage}_{at}", at).cycles, (
+            stage,
+            at,
+        )
 
 
 @given(length=st.integers(2, 5000), chunk=st.integers(1, 300))
@@ -152,12 +179,19 @@ def test_auto_buckets_from_the_cycle_model_run_bit_exactly():
     """The cycle model as the auto policy's latency model: its buckets are exact too."""
     prog = random_decoder(DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True), seed=2)
     opts = dict(max_len=40, last_logits_only=True)
-    cyc = compile_decoder(prog, TINY, CompileOptions(**opts, buckets="auto", bucket_latency="cycle",
-                                                     bucket_bound=0.05)).program
-    exact = compile_decoder(prog, TINY, CompileOptions(**opts, lengths=(9, 10, 11, 31, 32, 33))).program
+    cyc = compile_decoder(
+        prog,
+        TINY,
+        CompileOptions(**opts, buckets="auto", bucket_latency="cycle", bucket_bound=0.05),
+    ).program
+    exact = compile_decoder(
+        prog, TINY, CompileOptions(**opts, lengths=(9, 10, 11, 31, 32, 33))
+    ).program
     assert len(cyc.sections) < 2 * 40 - 1  # fewer than one section per length and stage
     for length in (9, 31):
-        prompt = [int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)]
+        prompt = [
+            int(t) for t in np.random.default_rng(length).integers(0, prog.vocab, size=length)
+        ]
         got = generate(cyc, FunctionalSim(TINY), prompt, 3)
         ref = generate(exact, FunctionalSim(TINY), prompt, 3)
         assert np.array_equal(got.logits, ref.logits)

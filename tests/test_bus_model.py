@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,8 +63,11 @@ def test_read_over_a_channel_boundary_pays_the_penalty() -> None:
 
 def test_read_outside_memory_names_the_bytes() -> None:
     ch = ReadChannel(_memory(), BEAT, TIMING)
-    with pytest.raises(DeviceError, match=r"^LD command: bytes 1016\.\.1031 are outside "
-                                          r"external memory \(0\.\.1023\)$"):
+    with pytest.raises(
+        DeviceError,
+        match=r"^LD command: bytes 1016\.\.1031 are outside "
+        r"external memory \(0\.\.1023\)$",
+    ):
         ch.step(True, 1016, 2, False)
 
 
@@ -73,8 +75,7 @@ def test_write_response_after_last_beat_and_strobes() -> None:
     mem = ExternalMemory(CAPACITY)
     ch = WriteChannel(mem, BEAT, TIMING)
     word = int.from_bytes(bytes(range(1, 9)), "little")
-    resp = [ch.step(c == 0, 248, 2, c in (0, 1), word, 0x0F if c == 0 else 0xFF)
-            for c in range(12)]
+    resp = [ch.step(c == 0, 248, 2, c in (0, 1), word, 0x0F if c == 0 else 0xFF) for c in range(12)]
     # last beat in cycle 1; response due 1 + 4 + 2 (one boundary), driven in that cycle
     assert [c + 1 for c, r in enumerate(resp) if r] == [7]
     assert mem.read(248, 16).tolist() == [1, 2, 3, 4, 0, 0, 0, 0] + list(range(1, 9))
@@ -104,8 +105,20 @@ def cpp(tmp_path_factory) -> ctypes.CDLL:
     if not (include / "svdpi.h").exists():
         pytest.skip(f"no svdpi.h under {include}")
     lib = tmp_path_factory.mktemp("host") / "libffhost.so"
-    subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{include}",
-                    str(TB_DIR / "flightforge_tb_host.cpp"), "-o", str(lib)], check=True)
+    subprocess.run(
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            f"-I{include}",
+            str(TB_DIR / "flightforge_tb_host.cpp"),
+            "-o",
+            str(lib),
+        ],
+        check=True,
+    )
     host = bind(ctypes.CDLL(str(lib)))
     u8, i64, vec = ctypes.c_uint8, ctypes.c_longlong, ctypes.POINTER(ctypes.c_uint32)
     host.ff_rd_tick.argtypes = [u8, i64, ctypes.c_int, u8, ctypes.POINTER(u8), vec]
@@ -119,8 +132,16 @@ def test_cpp_channels_equal_python_reference(cpp) -> None:
     strobes: every output of every edge and the final memory agree."""
     rng = np.random.default_rng(5)
     u8, words = ctypes.c_uint8, BEAT // 4
-    cpp.ff_configure(CAPACITY, ExternalMemory.PAGE_BITS, BEAT, 48, TIMING.rd_latency,
-                     TIMING.wr_latency, TIMING.penalty, TIMING.channel_bytes)
+    cpp.ff_configure(
+        CAPACITY,
+        ExternalMemory.PAGE_BITS,
+        BEAT,
+        48,
+        TIMING.rd_latency,
+        TIMING.wr_latency,
+        TIMING.penalty,
+        TIMING.channel_bytes,
+    )
     init = _memory().read(0, CAPACITY).tobytes()
     assert cpp.ff_mem_write(0, init, CAPACITY) == 0
     py_mem = _memory()
@@ -139,8 +160,9 @@ def test_cpp_channels_equal_python_reference(cpp) -> None:
         data = int(rng.integers(0, 1 << 63)) | int(rng.integers(0, 2)) << 63
         strb = int(rng.integers(0, 1 << BEAT))
         want_rd = rd.step(rd_cmd, rd_addr, rd_beats, rd_valid and ready)
-        cpp.ff_rd_tick(rd_cmd, rd_addr, rd_beats, rd_valid and ready, ctypes.byref(valid_out),
-                       data_out)
+        cpp.ff_rd_tick(
+            rd_cmd, rd_addr, rd_beats, rd_valid and ready, ctypes.byref(valid_out), data_out
+        )
         got = int.from_bytes(bytes(data_out), "little") if valid_out.value else 0
         assert (bool(valid_out.value), got) == want_rd, f"read channel, cycle {cycle}"
         rd_valid = want_rd[0]
@@ -173,8 +195,12 @@ def test_python_simulator_with_reference_memory_is_cycle_exact() -> None:
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
     sec = h.random_section(arch, rng, length=6, misc_ops=())
     run = pysim_harness.run_section(arch, [(h.EXT_DATA[0], data)], isa.encode(sec))
-    model = run_dispatch(sec, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
-                         duration=lambda i, ins: duration(arch, ins)).cycles
+    model = run_dispatch(
+        sec,
+        token_depth=arch.token_depth,
+        queue_depth=arch.queue_depth,
+        duration=lambda i, ins: duration(arch, ins),
+    ).cycles
     ref = FunctionalSim(arch)
     ref.write(h.EXT_DATA[0], data)
     ref.execute(sec, name="pysim")

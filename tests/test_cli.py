@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from click.testing import CliRunner
 
 from flightforge import isa
 from flightforge.cli import main
-from flightforge.compiler import pipeline
 from flightforge.compiler.demo import build_demo
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
@@ -121,16 +119,20 @@ def test_inspect_refuses_a_byte_flipped_file(demo_file):
 
 
 def test_inspect_refuses_another_target(demo_file):
-    assert_clean_error(invoke("inspect", demo_file, "--target", "u280"), str(demo_file),
-                       "'tiny'", "'u280'")
+    assert_clean_error(
+        invoke("inspect", demo_file, "--target", "u280"), str(demo_file), "'tiny'", "'u280'"
+    )
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["inspect", "missing.ffb"], ["missing.ffb", "cannot read"]),
-    (["inspect", "{demo}", "--section", "nope"], ["no section 'nope'"]),
-    (["inspect", "{demo}", "--target", "u281"], ["unknown target 'u281'"]),
-    (["inspect", "{demo}", "--target", "nowhere.yaml"], ["nowhere.yaml"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["inspect", "missing.ffb"], ["missing.ffb", "cannot read"]),
+        (["inspect", "{demo}", "--section", "nope"], ["no section 'nope'"]),
+        (["inspect", "{demo}", "--target", "u281"], ["unknown target 'u281'"]),
+        (["inspect", "{demo}", "--target", "nowhere.yaml"], ["nowhere.yaml"]),
+    ],
+)
 def test_inspect_errors_are_clean(demo_file, args, fragments):
     assert_clean_error(invoke(*(a.format(demo=demo_file) for a in args)), *fragments)
 
@@ -138,8 +140,22 @@ def test_inspect_errors_are_clean(demo_file, args, fragments):
 def test_compile_shape_only_then_inspect(tmp_path):
     out = tmp_path / "llama.ffb"
     start = time.perf_counter()
-    result = invoke("compile", "--config", LLAMA_1B, "--target", "u280", "--out", out,
-                    "--lengths", "16", "--weight-bits", "4", "--group", "128", "--last-logits-only")
+    result = invoke(
+        "compile",
+        "--config",
+        LLAMA_1B,
+        "--target",
+        "u280",
+        "--out",
+        out,
+        "--lengths",
+        "16",
+        "--weight-bits",
+        "4",
+        "--group",
+        "128",
+        "--last-logits-only",
+    )
     assert result.exit_code == 0, result.output
     assert time.perf_counter() - start < 30
     assert f"wrote {out}: 1 section," in result.output and "(shape-only)" in result.output
@@ -151,13 +167,31 @@ def test_compile_shape_only_then_inspect(tmp_path):
 def test_compile_with_fixed_buckets(tmp_path):
     """FlightLLM's buckets: one section serves many decode positions."""
     config = json.loads(LLAMA_1B.read_text())
-    config.update(hidden_size=32, head_dim=16, num_attention_heads=2, num_key_value_heads=2,
-                  intermediate_size=64, num_hidden_layers=1, vocab_size=50)
+    config.update(
+        hidden_size=32,
+        head_dim=16,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        vocab_size=50,
+    )
     small = tmp_path / "small.json"
     small.write_text(json.dumps(config))
     out = tmp_path / "small.ffb"
-    result = invoke("compile", "--config", small, "--target", "tiny", "--max-len", "40",
-                    "--buckets", "fixed", "--out", out)
+    result = invoke(
+        "compile",
+        "--config",
+        small,
+        "--target",
+        "tiny",
+        "--max-len",
+        "40",
+        "--buckets",
+        "fixed",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     program = Program.load(out, load_target("tiny"))
     decode = [(s.len_lo, s.len_hi) for s in program.sections if s.stage == "decode"]
@@ -166,39 +200,59 @@ def test_compile_with_fixed_buckets(tmp_path):
 
 def test_compile_errors_are_clean(tmp_path):
     out = tmp_path / "x.ffb"
-    assert_clean_error(invoke("compile", "--config", LLAMA_1B, "--target", "tiny", "--out", out,
-                              "--lengths", "16"), "does not fit")
-    assert_clean_error(invoke("compile", "--config", tmp_path / "none.json", "--target", "u280",
-                              "--out", out), "none.json")
+    assert_clean_error(
+        invoke(
+            "compile", "--config", LLAMA_1B, "--target", "tiny", "--out", out, "--lengths", "16"
+        ),
+        "does not fit",
+    )
+    assert_clean_error(
+        invoke("compile", "--config", tmp_path / "none.json", "--target", "u280", "--out", out),
+        "none.json",
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args", [
-    ["--target", "u280"],  # neither MODEL nor --config
-    ["m.onnx", "--config", str(LLAMA_1B), "--target", "u280"],  # both
-    ["--config", str(LLAMA_1B), "--target", "u280", "--weight-bits", "5"],
-    ["--config", str(LLAMA_1B), "--target", "u280", "--lengths", "16,x"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--target", "u280"],  # neither MODEL nor --config
+        ["m.onnx", "--config", str(LLAMA_1B), "--target", "u280"],  # both
+        ["--config", str(LLAMA_1B), "--target", "u280", "--weight-bits", "5"],
+        ["--config", str(LLAMA_1B), "--target", "u280", "--lengths", "16,x"],
+    ],
+)
 def test_compile_usage_errors(args, tmp_path):
     result = invoke("compile", *args, "--out", tmp_path / "x.ffb")
     assert result.exit_code == 2, result.output
 
 
-@pytest.mark.parametrize("value,fragments", [
-    (np.zeros((3, 64)), ["input 'x'", "shape [3, 64]", "[12, 64]"]),
-    (np.full((12, 64), 300), ["input 'x'", "exceed the int8 range"]),
-])
+@pytest.mark.parametrize(
+    "value,fragments",
+    [
+        (np.zeros((3, 64)), ["input 'x'", "shape [3, 64]", "[12, 64]"]),
+        (np.full((12, 64), 300), ["input 'x'", "exceed the int8 range"]),
+    ],
+)
 def test_run_refuses_bad_inputs_naming_them(demo_file, tmp_path, value, fragments):
     np.save(tmp_path / "x.npy", value)
-    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input",
-                              f"x={tmp_path / 'x.npy'}"), *fragments)
+    assert_clean_error(
+        invoke("run", demo_file, "--target", "tiny", "--input", f"x={tmp_path / 'x.npy'}"),
+        *fragments,
+    )
 
 
 def test_run_refuses_unknown_inputs_and_files(demo_file, tmp_path):
-    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input", "z=z.npy"),
-                       "no input 'z'", "x, x_new")
-    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--input", "x=none.npy"),
-                       "input 'x'", "none.npy")
+    assert_clean_error(
+        invoke("run", demo_file, "--target", "tiny", "--input", "z=z.npy"),
+        "no input 'z'",
+        "x, x_new",
+    )
+    assert_clean_error(
+        invoke("run", demo_file, "--target", "tiny", "--input", "x=none.npy"),
+        "input 'x'",
+        "none.npy",
+    )
     assert invoke("run", demo_file, "--target", "tiny", "--input", "x").exit_code == 2
 
 
@@ -215,8 +269,18 @@ def test_run_writes_inputs_and_saves_outputs(demo, demo_file, tmp_path):
     xq = np.round(demo.inputs["x_new"] / demo.program.inputs[1].scale).clip(-128, 127)
     np.save(tmp_path / "x_new.npy", xq.astype(np.int8))  # integer: written as is
     out = tmp_path / "out"
-    result = invoke("run", demo_file, "--target", "tiny", "--input", f"x={tmp_path / 'x.npy'}",
-                    "--input", f"x_new={tmp_path / 'x_new.npy'}", "--out-dir", out)
+    result = invoke(
+        "run",
+        demo_file,
+        "--target",
+        "tiny",
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--input",
+        f"x_new={tmp_path / 'x_new.npy'}",
+        "--out-dir",
+        out,
+    )
     assert result.exit_code == 0, result.output
     for s in demo.program.sections:
         assert f"section {s.name}: {len(s)} instructions" in result.output
@@ -228,8 +292,18 @@ def test_run_writes_inputs_and_saves_outputs(demo, demo_file, tmp_path):
 
 def test_run_selected_sections_in_order(demo, demo_file, tmp_path):
     np.save(tmp_path / "x.npy", demo.inputs["x"])
-    result = invoke("run", demo_file, "--target", "tiny", "--section", "linear",
-                    "--input", f"x={tmp_path / 'x.npy'}", "--out-dir", tmp_path)
+    result = invoke(
+        "run",
+        demo_file,
+        "--target",
+        "tiny",
+        "--section",
+        "linear",
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--out-dir",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     assert "section linear:" in result.output and "section attn_prefill" not in result.output
     assert "input 'x_new' not given" in result.output
@@ -238,20 +312,32 @@ def test_run_selected_sections_in_order(demo, demo_file, tmp_path):
 
 def test_run_generates_with_a_compiled_decoder(tmp_path):
     shape = DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True)
-    compiled = compile_decoder(random_decoder(shape), load_target("tiny"),
-                               CompileOptions(max_len=8, lengths=(4,)))
+    compiled = compile_decoder(
+        random_decoder(shape), load_target("tiny"), CompileOptions(max_len=8, lengths=(4,))
+    )
     path = tmp_path / "dec.ffb"
     compiled.program.save(path)
     logits = tmp_path / "logits.npy"
-    result = invoke("run", path, "--target", "tiny", "--prompt-ids", "1,2,3,4",
-                    "--max-new-tokens", "2", "--dump-logits", logits)
+    result = invoke(
+        "run",
+        path,
+        "--target",
+        "tiny",
+        "--prompt-ids",
+        "1,2,3,4",
+        "--max-new-tokens",
+        "2",
+        "--dump-logits",
+        logits,
+    )
     assert result.exit_code == 0, result.output
     line = next(l for l in result.output.splitlines() if l.startswith("generated: "))
     tokens = [int(t) for t in line.removeprefix("generated: ").split(",")]
     assert len(tokens) == 2 and all(0 <= t < 50 for t in tokens)
     assert np.load(logits).shape == (5, 50)
-    assert_clean_error(invoke("run", path, "--target", "tiny", "--prompt-ids", "1,99"),
-                       "outside the vocabulary")
+    assert_clean_error(
+        invoke("run", path, "--target", "tiny", "--prompt-ids", "1,99"), "outside the vocabulary"
+    )
 
 
 def test_demo_is_bit_exact_and_saves_what_run_needs(tmp_path):
@@ -262,14 +348,28 @@ def test_demo_is_bit_exact_and_saves_what_run_needs(tmp_path):
         assert row.split()[1:3] == ["yes", "0"], row
     assert "all 3 outputs bit-exact on tiny" in result.output
     # The README's tour: the saved program and inputs run again through `run`.
-    again = invoke("run", tmp_path / "demo.ffb", "--target", "tiny", "--input",
-                   f"x={tmp_path / 'x.npy'}", "--input", f"x_new={tmp_path / 'x_new.npy'}",
-                   "--out-dir", tmp_path / "out")
+    again = invoke(
+        "run",
+        tmp_path / "demo.ffb",
+        "--target",
+        "tiny",
+        "--input",
+        f"x={tmp_path / 'x.npy'}",
+        "--input",
+        f"x_new={tmp_path / 'x_new.npy'}",
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        f"{n}{ext}" for n in ("y_linear", "y_prefill", "y_decode") for ext in (".npy", ".float.npy"))
+        f"{n}{ext}" for n in ("y_linear", "y_prefill", "y_decode") for ext in (".npy", ".float.npy")
+    )
 
 
 def test_run_length_outside_a_section_is_a_clean_error(demo_file):
-    assert_clean_error(invoke("run", demo_file, "--target", "tiny", "--section", "linear",
-                              "--length", "5"), "'linear'", "12..12", "not 5")
+    assert_clean_error(
+        invoke("run", demo_file, "--target", "tiny", "--section", "linear", "--length", "5"),
+        "'linear'",
+        "12..12",
+        "not 5",
+    )

@@ -4,13 +4,13 @@ functional simulator, dump the logits, and compare them with onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_builders as ob
 import pytest
 from click.testing import CliRunner
+from test_onnx_import import ort_logits, session
 
-import onnx_builders as ob
 from flightforge.cli import main
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from test_onnx_import import ort_logits, session
 
 LLAMA = DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True)
 
@@ -24,20 +24,42 @@ def test_compile_and_run_an_onnx_export(tmp_path, buckets, act_bits):
     prog = random_decoder(LLAMA, seed=3)
     model = ob.llama(prog, 6, tmp_path / "llama.onnx")
     out = tmp_path / "llama.ffb"
-    r = invoke("compile", model, "--target", "tiny", "--out", out, "--max-len", "24",
-               "--buckets", buckets, "--act-bits", act_bits)
+    r = invoke(
+        "compile",
+        model,
+        "--target",
+        "tiny",
+        "--out",
+        out,
+        "--max-len",
+        "24",
+        "--buckets",
+        buckets,
+        "--act-bits",
+        act_bits,
+    )
     assert r.exit_code == 0, r.output
     prompt = [5, 17, 250, 3, 99, 42]
     dump = tmp_path / "logits.npy"
-    r = invoke("run", out, "--target", "tiny", "--prompt-ids", ",".join(map(str, prompt)),
-               "--max-new-tokens", "8", "--dump-logits", dump)
+    r = invoke(
+        "run",
+        out,
+        "--target",
+        "tiny",
+        "--prompt-ids",
+        ",".join(map(str, prompt)),
+        "--max-new-tokens",
+        "8",
+        "--dump-logits",
+        dump,
+    )
     assert r.exit_code == 0, r.output
     logits = np.load(dump)
     assert logits.shape == (len(prompt) + 8 - 1, 300) and logits.dtype == np.float32
     line = next(x for x in r.output.splitlines() if x.startswith("generated: "))
     tokens = [int(t) for t in line.removeprefix("generated: ").split(",")]
     assert len(tokens) == 8
-    assert tokens[:-1] == [int(np.argmax(row)) for row in logits[len(prompt) - 1:-1]]
+    assert tokens[:-1] == [int(np.argmax(row)) for row in logits[len(prompt) - 1 : -1]]
     # The float model on the same sequence (prompt plus the generated tokens).
     seq = np.array(prompt + tokens[:-1])
     ref = ort_logits(session(model), seq, prog.kv_heads, prog.head_dim)
@@ -69,10 +91,30 @@ def test_calibration_prompts_from_a_file(tmp_path):
     assert outs[0] != outs[1]
     bad = tmp_path / "bad.txt"
     bad.write_text("1 2 3\n4 five 6\n")
-    r = invoke("compile", model, "--target", "tiny", "--out", tmp_path / "x.ffb", "--max-len", "12",
-               "--calibration", bad)
+    r = invoke(
+        "compile",
+        model,
+        "--target",
+        "tiny",
+        "--out",
+        tmp_path / "x.ffb",
+        "--max-len",
+        "12",
+        "--calibration",
+        bad,
+    )
     assert r.exit_code == 2 and "bad.txt:2" in r.output
     bad.write_text("1 2 300\n")
-    r = invoke("compile", model, "--target", "tiny", "--out", tmp_path / "x.ffb", "--max-len", "12",
-               "--calibration", bad)
+    r = invoke(
+        "compile",
+        model,
+        "--target",
+        "tiny",
+        "--out",
+        tmp_path / "x.ffb",
+        "--max-len",
+        "12",
+        "--calibration",
+        bad,
+    )
     assert r.exit_code == 1 and "token id 300 is outside the vocabulary 0..299" in r.output

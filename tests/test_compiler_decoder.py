@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import accuracy
 import pytest
 
-import accuracy
 from flightforge.compiler.calibrate import calibrate
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.memory import CompileError
@@ -22,10 +22,14 @@ from flightforge.mappings import load_target
 
 FAMILIES = {
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
-    "gpt2": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
-             dict(norm="layer", bias=True, learned_positions=64)),
-    "opt": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
-            dict(norm="layer", bias=True, learned_positions=64)),
+    "gpt2": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
+    "opt": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
 }
 
 
@@ -33,8 +37,11 @@ FAMILIES = {
 #: above: the weakest seed's figures (``python benchmarks/quant_accuracy.py --seeds 5``)
 #: less a margin of a few near-tie positions. A lowering or arithmetic bug, or a clipped
 #: outlier, gives far lower figures.
-FLOORS = {"llama-gqa": (0.93, 0.990, 0.78), "gpt2": (0.985, 0.997, 0.85),
-          "opt": (0.98, 0.997, 0.85)}
+FLOORS = {
+    "llama-gqa": (0.93, 0.990, 0.78),
+    "gpt2": (0.985, 0.997, 0.85),
+    "opt": (0.98, 0.997, 0.85),
+}
 FLOORS_SEEDS = range(5)
 #: The families whose test decoder (seed 0) meets the acceptance criterion. Random
 #: Llama-style decoders do not with INT8 activations; random GPT-2 and OPT ones average
@@ -54,10 +61,16 @@ def test_integer_reference_meets_the_acceptance_criterion(compiled, request):
     """Cosine >= 0.99 at every position and top-1 >= 90%, prefill and 16 decode steps."""
     name, prog, c = compiled
     if name not in MEETS_CRITERION:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "random Llama-style decoders amplify INT8 activation noise through nearly one-hot "
-            "attention beyond the criterion with INT8 activations; 16-bit ones meet it "
-            "(tests/test_act16.py, docs/compiler.md)")))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "random Llama-style decoders amplify INT8 activation noise through nearly one-hot "
+                    "attention beyond the criterion with INT8 activations; 16-bit ones meet it "
+                    "(tests/test_act16.py, docs/compiler.md)"
+                ),
+            )
+        )
     cos, top = accuracy.measure(c.quantized, accuracy.float_reference(prog))
     print("\n" + accuracy.summary(name, cos, top))
     assert accuracy.meets_criterion(cos, top), accuracy.summary(name, cos, top)

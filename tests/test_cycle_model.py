@@ -15,8 +15,8 @@ import json
 import pytest
 
 from flightforge import isa
-from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.buckets import BucketPlan
+from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.isa import Buf, DType, MiscOp, SparseMode, Unit, WPrec
 from flightforge.mappings import load_target
@@ -32,8 +32,9 @@ MV_WAITS_LD = 1 << Unit.LD
 
 
 def ld(nbytes: int, src: int = 0, buf: Buf = Buf.WGT, **kw) -> isa.LD:
-    return isa.LD(buf=buf, src=src, rows=1, row_bytes=nbytes, src_stride=nbytes,
-                  dst_stride=nbytes, **kw)
+    return isa.LD(
+        buf=buf, src=src, rows=1, row_bytes=nbytes, src_stride=nbytes, dst_stride=nbytes, **kw
+    )
 
 
 def mv(n: int, k: int, **kw) -> isa.MV:
@@ -50,11 +51,14 @@ def test_derived_constants_of_tiny():
     assert t.port[Buf.ACT] == 8 and t.port[Buf.META] == 4
 
 
-@pytest.mark.parametrize("src,nbytes,expected", [
-    (0, 64, 20 + 8),  # 8 bursts on one channel = 8 cycles; the WGT port also takes 8
-    (3, 64, 20 + 9),  # unaligned: 9 bursts
-    (CH - 32, 64, 20 + 8 + 2),  # 4 bursts per channel, port-bound at 8, one crossing
-])
+@pytest.mark.parametrize(
+    "src,nbytes,expected",
+    [
+        (0, 64, 20 + 8),  # 8 bursts on one channel = 8 cycles; the WGT port also takes 8
+        (3, 64, 20 + 9),  # unaligned: 9 bursts
+        (CH - 32, 64, 20 + 8 + 2),  # 4 bursts per channel, port-bound at 8, one crossing
+    ],
+)
 def test_load_cycles(src, nbytes, expected):
     assert duration(TINY, ld(nbytes, src)) == expected
 
@@ -65,29 +69,47 @@ def test_rows_in_different_channels_stream_in_parallel():
     t = Timing(TINY, TimingParams())
     # 32 bursts per channel (32 cycles) vs 64 on one channel; both bound by the 8 B port.
     assert t.ld(strided).cycles == 20 + 64 and t.ld(contiguous).cycles == 20 + 64
-    wide = Timing(TINY.model_copy(update={"buffers": TINY.buffers.model_copy(
-        update={"wgt": TINY.buffers.wgt.model_copy(update={"banks": 8})})}))
+    wide = Timing(
+        TINY.model_copy(
+            update={
+                "buffers": TINY.buffers.model_copy(
+                    update={"wgt": TINY.buffers.wgt.model_copy(update={"banks": 8})}
+                )
+            }
+        )
+    )
     assert wide.ld(strided).cycles == 20 + 32 and wide.ld(contiguous).cycles == 20 + 64
 
 
-@pytest.mark.parametrize("ins,expected", [
-    # 16 packed bytes = 2 bursts of 32 2-bit values; the 8-byte WGT port writes 8 INT8 a
-    # cycle: 4 cycles a burst
-    (ld(64, unpack=isa.Unpack.INT2), 20 + 2 * 4),
-    # 3-bit: 24 bytes = 3 bursts in which 21, 21 and 22 values end: 3 cycles each (the
-    # whole-transfer rate would say cdiv(64, 8) = 8)
-    (ld(64, unpack=isa.Unpack.INT3), 20 + 3 * 3),
-    # 4-bit into GLB (4-byte port) from byte 7: 5 packed bytes, 2 values end in the
-    # first burst, 8 in the second: 1 + 2 cycles
-    (ld(10, src=7, buf=Buf.GLB, unpack=isa.Unpack.INT4), 20 + 3),
-    # 3 values of 3 bits per row = 2 bytes with padding: not one span even though both
-    # sides are contiguous, so the shared burst is read once per row
-    (isa.LD(buf=Buf.WGT, rows=2, row_bytes=3, src_stride=2, dst_stride=3,
-            unpack=isa.Unpack.INT3), 20 + 2),
-    # 4-bit rows of 4 values join without padding: one span, one burst of 8 values
-    (isa.LD(buf=Buf.WGT, rows=2, row_bytes=4, src_stride=2, dst_stride=4,
-            unpack=isa.Unpack.INT4), 20 + 1),
-])
+@pytest.mark.parametrize(
+    "ins,expected",
+    [
+        # 16 packed bytes = 2 bursts of 32 2-bit values; the 8-byte WGT port writes 8 INT8 a
+        # cycle: 4 cycles a burst
+        (ld(64, unpack=isa.Unpack.INT2), 20 + 2 * 4),
+        # 3-bit: 24 bytes = 3 bursts in which 21, 21 and 22 values end: 3 cycles each (the
+        # whole-transfer rate would say cdiv(64, 8) = 8)
+        (ld(64, unpack=isa.Unpack.INT3), 20 + 3 * 3),
+        # 4-bit into GLB (4-byte port) from byte 7: 5 packed bytes, 2 values end in the
+        # first burst, 8 in the second: 1 + 2 cycles
+        (ld(10, src=7, buf=Buf.GLB, unpack=isa.Unpack.INT4), 20 + 3),
+        # 3 values of 3 bits per row = 2 bytes with padding: not one span even though both
+        # sides are contiguous, so the shared burst is read once per row
+        (
+            isa.LD(
+                buf=Buf.WGT, rows=2, row_bytes=3, src_stride=2, dst_stride=3, unpack=isa.Unpack.INT3
+            ),
+            20 + 2,
+        ),
+        # 4-bit rows of 4 values join without padding: one span, one burst of 8 values
+        (
+            isa.LD(
+                buf=Buf.WGT, rows=2, row_bytes=4, src_stride=2, dst_stride=4, unpack=isa.Unpack.INT4
+            ),
+            20 + 1,
+        ),
+    ],
+)
 def test_unpacking_load_cycles(ins, expected):
     """An unpacking LD costs, burst by burst, ``ceil(values ending in it / port)``."""
     assert duration(TINY, ins) == expected
@@ -100,8 +122,14 @@ def test_unpacking_load_on_wide_ports_streams_at_the_channel_rate():
     bursts."""
     u280 = Timing(load_target("u280"))
     assert not u280.beatwise(Buf.WGT, 2) and Timing(TINY).beatwise(Buf.WGT, 2)
-    packed = isa.LD(buf=Buf.WGT, rows=64, row_bytes=4096, src_stride=1024, dst_stride=4096,
-                    unpack=isa.Unpack.INT2)
+    packed = isa.LD(
+        buf=Buf.WGT,
+        rows=64,
+        row_bytes=4096,
+        src_stride=1024,
+        dst_stride=4096,
+        unpack=isa.Unpack.INT2,
+    )
     plain = isa.LD(buf=Buf.WGT, rows=64, row_bytes=1024, src_stride=1024, dst_stride=1024)
     share = -(-64 * 4096 // u280.cores)
     assert u280.ld(packed).port_cycles == -(-share // 1024)
@@ -115,17 +143,30 @@ def test_fast_evaluator_times_unpacking_loads_like_the_cycle_model():
     from flightforge.compiler.qdecoder import QuantOptions
     from flightforge.evaluate import durations, prepare
 
-    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
-                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
-    program = compile_decoder(random_decoder(shape, seed=1), TINY, CompileOptions(
-        max_len=4, quant=QuantOptions(weight_bits=3))).program
+    shape = DecoderShape(
+        layers=1,
+        hidden=32,
+        heads=2,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=64,
+        vocab=64,
+        mlp="swiglu",
+        rope=True,
+    )
+    program = compile_decoder(
+        random_decoder(shape, seed=1),
+        TINY,
+        CompileOptions(max_len=4, quant=QuantOptions(weight_bits=3)),
+    ).program
     t = Timing(TINY)
     unpacking = 0
     for sec in program.sections:
         s = prepare(program, sec.name, sec.len_hi)
         unpacking += sum(isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE for i in s.instrs)
-        assert [int(x) for x in durations(s, TINY, TimingParams())] == \
-            [t.duration(i) for i in s.instrs], sec.name
+        assert [int(x) for x in durations(s, TINY, TimingParams())] == [
+            t.duration(i) for i in s.instrs
+        ], sec.name
     assert unpacking
 
 
@@ -228,22 +269,26 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
-    assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == \
-        one.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64))
+    assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == one.misc(
+        isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)
+    )
 
 
 def test_timing_params_are_checked():
     with pytest.raises(ValueError, match="mem_efficiency_pct must be 1..100, not 0"):
         TimingParams(mem_efficiency_pct=0)
-    with pytest.raises(ValueError, match="interleave_bytes 12 must be a multiple of the burst size 8"):
+    with pytest.raises(
+        ValueError, match="interleave_bytes 12 must be a multiple of the burst size 8"
+    ):
         Timing(TINY, TimingParams(interleave_bytes=12))
 
 
 @pytest.fixture(scope="module")
 def compiled():
     shape = DecoderShape(2, 32, 2, 2, 16, 64, 50, "swiglu", True)
-    return compile_decoder(random_decoder(shape, seed=3), TINY,
-                           CompileOptions(max_len=12, lengths=(4, 5, 6, 8))).program
+    return compile_decoder(
+        random_decoder(shape, seed=3), TINY, CompileOptions(max_len=12, lengths=(4, 5, 6, 8))
+    ).program
 
 
 def test_device_protocol_runs_sections(compiled):
@@ -304,10 +349,12 @@ def test_a_decode_bucket_is_sampled_and_interpolated_along_its_positions():
     shape = DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True)
     prog = random_decoder(shape, seed=3)
     plan = BucketPlan(prefill=tuple((n, n) for n in range(1, 61)), decode=((1, 59),))
-    bucketed = compile_decoder(prog, TINY, CompileOptions(max_len=60, buckets=plan,
-                                                          lengths=(4,))).program
-    exact = compile_decoder(prog, TINY, CompileOptions(max_len=60, lengths=(4,) + tuple(
-        range(4, 44)))).program
+    bucketed = compile_decoder(
+        prog, TINY, CompileOptions(max_len=60, buckets=plan, lengths=(4,))
+    ).program
+    exact = compile_decoder(
+        prog, TINY, CompileOptions(max_len=60, lengths=(4,) + tuple(range(4, 44)))
+    ).program
     sampled = simulate(bucketed, TINY, prompt_len=4, decode_steps=40)
     every = simulate(bucketed, TINY, prompt_len=4, decode_steps=40, sample_stride=1)
     assert sampled.decode_method == "sampled" and every.decode_method == "exact"
@@ -334,12 +381,26 @@ def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
     path = tmp_path / "dec.ffb"
     compiled.save(path)
     trace = tmp_path / "trace.json"
-    result = CliRunner().invoke(main, ["simulate", str(path), "--target", "tiny", "--prompt-len",
-                                       "4", "--decode", "3", "--trace", str(trace)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            str(path),
+            "--target",
+            "tiny",
+            "--prompt-len",
+            "4",
+            "--decode",
+            "3",
+            "--trace",
+            str(trace),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "token/s" in result.output and "time to first token" in result.output
     assert json.loads(trace.read_text())["traceEvents"]
-    result = CliRunner().invoke(main, ["simulate", str(path), "--target", "tiny", "--prompt-len",
-                                       "4", "--decode", "5"])
+    result = CliRunner().invoke(
+        main, ["simulate", str(path), "--target", "tiny", "--prompt-len", "4", "--decode", "5"]
+    )
     assert result.exit_code == 1
     assert "Error: the program has no decode section for 1 of the 5 positions" in result.output

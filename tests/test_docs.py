@@ -15,7 +15,8 @@ README = (ROOT / "README.md").read_text()
 
 def test_isa_reference_is_fresh():
     assert (ROOT / "docs" / "isa.md").read_text() == isa.markdown_table(), (
-        "docs/isa.md is stale: regenerate it with `flightforge isa --markdown > docs/isa.md`")
+        "docs/isa.md is stale: regenerate it with `flightforge isa --markdown > docs/isa.md`"
+    )
 
 
 def _setup_commands() -> list[str]:
@@ -23,8 +24,10 @@ def _setup_commands() -> list[str]:
 
 
 def test_readme_gives_exactly_two_setup_commands():
-    assert _setup_commands() == ["pip install -e . && flightforge demo --target tiny",
-                                 "pip install -e '.[test]' && python -m pytest"]
+    assert _setup_commands() == [
+        "pip install -e . && flightforge demo --target tiny",
+        "pip install -e '.[test]' && python -m pytest",
+    ]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -16,19 +16,33 @@ import pytest
 
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
 from flightforge.compiler.qdecoder import QuantOptions
-from flightforge.evaluate import dispatch_cycles, durations, prepare, time_stream
-from flightforge.explore import (Store, build_point, evaluate_point, explore, grid, point_key,
-                                 spec_from_dict)
 from flightforge.dse_report import pareto_mask, write_outputs
+from flightforge.evaluate import dispatch_cycles, durations, prepare, time_stream
+from flightforge.explore import (
+    Store,
+    build_point,
+    evaluate_point,
+    explore,
+    grid,
+    point_key,
+    spec_from_dict,
+)
 from flightforge.mappings import load_target
-from flightforge.resources import design_resources, over_budget
+from flightforge.resources import design_resources
 from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.timing import Timing, TimingParams
 
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 128,
-              "vocab_size": 256, "rope_theta": 10000.0}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "rope_theta": 10000.0,
+}
 
 
 @pytest.fixture
@@ -39,31 +53,51 @@ def model(tmp_path) -> Path:
 
 
 def spec_dict(model: Path, **over) -> dict:
-    d = {"name": "t", "model": str(model), "target": "tiny",
-         "workload": {"prompt_len": 8, "decode_len": 8},
-         "quant": {"weight_bits": 4, "group": 32}, "timing": {"interleave_bytes": 64},
-         "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
-         "search": {"batch": 1}}
+    d = {
+        "name": "t",
+        "model": str(model),
+        "target": "tiny",
+        "workload": {"prompt_len": 8, "decode_len": 8},
+        "quant": {"weight_bits": 4, "group": 32},
+        "timing": {"interleave_bytes": 64},
+        "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
+        "search": {"batch": 1},
+    }
     d.update(over)
     return d
 
 
 def _compile(model: Path, arch):
-    return compile_shape_only(str(model), arch, CompileOptions(
-        with_data=False, lengths=(8,), max_len=16, last_logits_only=True, buckets="fixed",
-        quant=QuantOptions(weight_bits=4, group=32)))
+    return compile_shape_only(
+        str(model),
+        arch,
+        CompileOptions(
+            with_data=False,
+            lengths=(8,),
+            max_len=16,
+            last_logits_only=True,
+            buckets="fixed",
+            quant=QuantOptions(weight_bits=4, group=32),
+        ),
+    )
 
 
 def _variant(arch, **timing_only):
     d = arch.model_dump(mode="json")
     d.update(clock_mhz=173, cores=3, token_depth=d["token_depth"])
-    d["mpe"].update(chains=8, groups_per_chain=2, mm={"n": 2, "k": 2, "m": d["mpe"]["mm"]["m"]},
-                    mv={"n": 4, "k": 4, "m": 1}, pipeline_depth=7)
+    d["mpe"].update(
+        chains=8,
+        groups_per_chain=2,
+        mm={"n": 2, "k": 2, "m": d["mpe"]["mm"]["m"]},
+        mv={"n": 4, "k": 4, "m": 1},
+        pipeline_depth=7,
+    )
     d["sfu"].update(lanes=2, pipeline_depth=3)
     d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)
     for b in d["buffers"].values():
         b.update(banks=b["banks"] * 2, width=b["width"] * 2)
     from flightforge.arch import arch_from_dict
+
     return arch_from_dict(d)
 
 
@@ -73,11 +107,19 @@ def test_stream_cache_key_is_exact(model):
     a, b = _compile(model, arch), _compile(model, _variant(arch))
     assert [s.name for s in a.sections] == [s.name for s in b.sections]
     for sa, sb in zip(a.sections, b.sections):
-        assert sa.instructions == sb.instructions, f"section {sa.name} differs: update stream_fields"
+        assert sa.instructions == sb.instructions, (
+            f"section {sa.name} differs: update stream_fields"
+        )
 
 
-@pytest.mark.parametrize("params", [TimingParams(), TimingParams(interleave_bytes=16, channels=1),
-                                    TimingParams(interleave_bytes=64, mem_efficiency_pct=70, cores=2)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        TimingParams(),
+        TimingParams(interleave_bytes=16, channels=1),
+        TimingParams(interleave_bytes=64, mem_efficiency_pct=70, cores=2),
+    ],
+)
 def test_fast_timing_equals_cycle_model(model, params):
     arch = load_target("tiny")
     prog = _compile(model, arch)
@@ -87,7 +129,9 @@ def test_fast_timing_equals_cycle_model(model, params):
         d = durations(s, arch, params)
         t = Timing(arch, params)
         assert [int(x) for x in d] == [t.duration(i) for i in s.instrs]
-        ref = CycleModel(arch, params).execute(sec.instructions, name=sec.name, d=length - sec.len_lo)
+        ref = CycleModel(arch, params).execute(
+            sec.instructions, name=sec.name, d=length - sec.len_lo
+        )
         st = time_stream(s, arch, params)
         assert st.cycles == ref.cycles
         assert dict(zip(("LD", "ST", "MPE", "SFU"), st.busy)) == ref.busy
@@ -101,29 +145,50 @@ def test_dispatch_cycles_matches_run_dispatch_on_random_durations(model):
     for _ in range(5):
         dur = rng.integers(0, 50, size=len(s.instrs)).tolist()
         ref = run_dispatch(s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _: dur[i])
-        assert dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2) == ref.cycles
+        assert (
+            dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2)
+            == ref.cycles
+        )
 
 
 def test_infeasible_points_are_recorded_with_reasons(model, tmp_path):
-    spec = spec_from_dict(spec_dict(model, target="kv260", parameters={
-        "sparse_m": [8],            # no N:M mode with M = 8: ConfigError
-        "chains": [32, 4096],       # 4096 chains: over the KV260's DSP budget
-        "buffers.act.size": [524288, 64],  # 64 B of activations: the compiler cannot fit it
-    }, workload={"prompt_len": 8, "decode_len": 8, "ttft": False}))
+    spec = spec_from_dict(
+        spec_dict(
+            model,
+            target="kv260",
+            parameters={
+                "sparse_m": [8],  # no N:M mode with M = 8: ConfigError
+                "chains": [32, 4096],  # 4096 chains: over the KV260's DSP budget
+                "buffers.act.size": [524288, 64],  # 64 B of activations: the compiler cannot fit it
+            },
+            workload={"prompt_len": 8, "decode_len": 8, "ttft": False},
+        )
+    )
     store = Store(tmp_path / "s.sqlite")
     explore(spec, store, jobs=1, progress=False)
     rows = store.rows()
     assert len(rows) == 4 and all(r["status"] == "infeasible" for r in rows)
     assert all("no N:M mode with M=8" in r["reason"] for r in rows)
-    spec = spec_from_dict(spec_dict(model, target="kv260", parameters={
-        "chains": [32, 4096], "buffers.act.size": [524288, 64]}, workload={"prompt_len": 8, "decode_len": 8,
-                                                              "ttft": False}))
-    rows = {json.dumps(r["params"], sort_keys=True): r for r in
-            (evaluate_point(spec, p) for p in grid(spec))}
+    spec = spec_from_dict(
+        spec_dict(
+            model,
+            target="kv260",
+            parameters={"chains": [32, 4096], "buffers.act.size": [524288, 64]},
+            workload={"prompt_len": 8, "decode_len": 8, "ttft": False},
+        )
+    )
+    rows = {
+        json.dumps(r["params"], sort_keys=True): r
+        for r in (evaluate_point(spec, p) for p in grid(spec))
+    }
     ok = rows['{"buffers.act.size": 524288, "chains": 32}']
     assert ok["status"] == "ok", ok["reason"]
-    assert rows['{"buffers.act.size": 524288, "chains": 4096}']["reason"].startswith("over budget: DSP")
-    assert rows['{"buffers.act.size": 524288, "chains": 4096}']["metrics"]["decode_tokens_per_s"] > 0
+    assert rows['{"buffers.act.size": 524288, "chains": 4096}']["reason"].startswith(
+        "over budget: DSP"
+    )
+    assert (
+        rows['{"buffers.act.size": 524288, "chains": 4096}']["metrics"]["decode_tokens_per_s"] > 0
+    )
     assert rows['{"buffers.act.size": 64, "chains": 32}']["reason"].startswith("compile: ")
 
 
@@ -132,8 +197,12 @@ def test_pareto_front_on_a_synthetic_objective():
     v = rng.random((300, 2))
     mask = pareto_mask(v, ["min", "max"])
     for i in range(len(v)):
-        dominated = any((v[j, 0] <= v[i, 0]) and (v[j, 1] >= v[i, 1]) and
-                        ((v[j, 0] < v[i, 0]) or (v[j, 1] > v[i, 1])) for j in range(len(v)))
+        dominated = any(
+            (v[j, 0] <= v[i, 0])
+            and (v[j, 1] >= v[i, 1])
+            and ((v[j, 0] < v[i, 0]) or (v[j, 1] > v[i, 1]))
+            for j in range(len(v))
+        )
         assert mask[i] == (not dominated)
     # the points on x + y = 1 (minimise x, minimise y) are all on the front, others are not
     pts = np.array([[x, 1 - x] for x in np.linspace(0, 1, 11)] + [[0.6, 0.6], [1, 1]])
@@ -148,14 +217,22 @@ def test_grid_run_writes_outputs(model, tmp_path):
     assert stats == {"points": 12, "evaluated": 12, "resumed": 0}
     assert explore(spec, store, jobs=1, progress=False)["evaluated"] == 0
     files = write_outputs(spec, store.rows(), tmp_path / "out")
-    for k in ("points_csv", "pareto_csv", "pareto_png", "roofline_png", "utilisation_png",
-              "timeline_png", "report_html"):
+    for k in (
+        "points_csv",
+        "pareto_csv",
+        "pareto_png",
+        "roofline_png",
+        "utilisation_png",
+        "timeline_png",
+        "report_html",
+    ):
         assert files[k].stat().st_size > 0, k
     assert "Pareto front" in files["report_html"].read_text()
 
 
 def test_store_refuses_another_spec(model, tmp_path):
     from flightforge.explore import SpecError
+
     store = Store(tmp_path / "s.sqlite")
     store.bind(spec_from_dict(spec_dict(model)).fingerprint())
     other = spec_from_dict(spec_dict(model, workload={"prompt_len": 9, "decode_len": 8}))
@@ -165,6 +242,7 @@ def test_store_refuses_another_spec(model, tmp_path):
 
 def _count(db: Path) -> int:
     import sqlite3
+
     if not db.exists():
         return 0
     try:
@@ -175,19 +253,38 @@ def _count(db: Path) -> int:
 
 @pytest.mark.parametrize("method", ["grid", "nsga2"])
 def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, method):
-    params = {"clock_mhz": [100, 125, 150, 175, 200, 225], "cores": [1, 2, 3], "sparse_n": [0, 4],
-              "wgt_kib": [16, 32, 64]}
-    spec = spec_dict(model, parameters=params,
-                     search={"method": method, "trials": 40, "population": 8, "batch": 1})
+    params = {
+        "clock_mhz": [100, 125, 150, 175, 200, 225],
+        "cores": [1, 2, 3],
+        "sparse_n": [0, 4],
+        "wgt_kib": [16, 32, 64],
+    }
+    spec = spec_dict(
+        model,
+        parameters=params,
+        search={"method": method, "trials": 40, "population": 8, "batch": 1},
+    )
     spec_path = tmp_path / "spec.yaml"
     import yaml
+
     spec_path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     db = out / "points.sqlite"
-    cmd = [sys.executable, "-m", "flightforge.cli", "dse", str(spec_path), "--out", str(out),
-           "--jobs", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "flightforge.cli",
+        "dse",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while _count(db) < 5 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -200,7 +297,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, m
     after = Store(db).rows()
     keys = [r["key"] for r in after]
     assert len(keys) == len(set(keys)) == total
-    assert [r["key"] for r in after[:len(before)]] == [r["key"] for r in before]
+    assert [r["key"] for r in after[: len(before)]] == [r["key"] for r in before]
     for r in after:
         assert r["key"] == point_key(r["params"])
     if method == "grid":
@@ -209,6 +306,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, m
 
 def test_resources_and_power_reproduce_their_calibration():
     from flightforge.resources import calibration
+
     cal = calibration()
     for e in cal["errors"]:
         for k in ("lut", "ff", "dsp", "bram"):

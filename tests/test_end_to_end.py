@@ -20,10 +20,14 @@ from flightforge.sim.functional import FunctionalSim
 TINY = load_target("tiny")
 FAMILIES = {
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
-    "gpt2": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
-             dict(norm="layer", bias=True, learned_positions=64)),
-    "opt": (DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
-            dict(norm="layer", bias=True, learned_positions=64)),
+    "gpt2": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
+    "opt": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
 }
 
 
@@ -35,7 +39,9 @@ def test_demo_sections_are_bit_exact():
     tensors = {t.name: t for t in prog.inputs + prog.outputs}
     for name, x in demo.inputs.items():
         io = tensors[name]
-        sim.write(prog.segment(io.segment).addr, quantize_act(x, io.scale).astype(np.int8).tobytes())
+        sim.write(
+            prog.segment(io.segment).addr, quantize_act(x, io.scale).astype(np.int8).tobytes()
+        )
     for section in ("linear", "attn_prefill", "attn_decode"):
         sim.run(section)
     for name, expect in demo.expected_int.items():
@@ -47,7 +53,9 @@ def test_demo_sections_are_bit_exact():
 
 def reference_logits(c, prog, prompt, tokens, max_len):
     qd = c.quantized
-    table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
+    table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta or 1.0).astype(
+        np.int64
+    )
     state = qref.IntState()
     rows = [qref.run_decoder(qd, np.asarray(prompt), 0, state, table)]
     pos = len(prompt)
@@ -68,7 +76,7 @@ def test_decoder_generation_is_bit_exact_with_the_integer_reference(family):
     expect = reference_logits(c, prog, prompt, gen.tokens, max_len)
     assert np.array_equal(gen.logits, expect)
     # Greedy tokens follow the logits (the last generated token has no logits row).
-    assert gen.tokens[:-1] == [int(np.argmax(r)) for r in expect[len(prompt) - 1:-1]]
+    assert gen.tokens[:-1] == [int(np.argmax(r)) for r in expect[len(prompt) - 1 : -1]]
 
 
 def test_forced_logits_run_a_given_continuation_bit_exactly():
@@ -80,11 +88,17 @@ def test_forced_logits_run_a_given_continuation_bit_exactly():
     ids = [int(t) for t in np.random.default_rng(4).integers(0, prog.vocab, size=12)]
     got = forced_logits(c.program, FunctionalSim(TINY), ids, 5)
     assert got.shape == (12, prog.vocab)
-    assert np.array_equal(got.astype(np.float32), reference_logits(c, prog, ids[:5], ids[5:] + [0], 12))
-    with pytest.raises(ValueError, match="a sequence of 13 tokens needs 13 positions; the program "
-                                         "was compiled for 12"):
+    assert np.array_equal(
+        got.astype(np.float32), reference_logits(c, prog, ids[:5], ids[5:] + [0], 12)
+    )
+    with pytest.raises(
+        ValueError,
+        match="a sequence of 13 tokens needs 13 positions; the program was compiled for 12",
+    ):
         forced_logits(c.program, FunctionalSim(TINY), ids + [1], 5)
-    last = compile_decoder(prog, TINY, CompileOptions(max_len=12, lengths=(5,), last_logits_only=True))
+    last = compile_decoder(
+        prog, TINY, CompileOptions(max_len=12, lengths=(5,), last_logits_only=True)
+    )
     with pytest.raises(ProgramError, match="last-row logits only"):
         forced_logits(last.program, FunctionalSim(TINY), ids, 5)
 
@@ -93,18 +107,20 @@ def test_chunked_prefill_and_last_row_logits_are_bit_exact():
     shape = DecoderShape(1, 96, 6, 2, 16, 200, 50, "swiglu", True)
     prog = random_decoder(shape, seed=3)
     max_len = 160
-    c = compile_decoder(prog, TINY, CompileOptions(max_len=max_len, lengths=(150, 151),
-                                                   last_logits_only=True))
+    c = compile_decoder(
+        prog, TINY, CompileOptions(max_len=max_len, lengths=(150, 151), last_logits_only=True)
+    )
     chunk = c.program.metadata["decoder"]["prefill_chunk"]
     assert chunk < 150  # the prompt really runs in several chunks
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, prog.vocab, size=150)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 2)
     full = reference_logits(c, prog, prompt, gen.tokens, max_len)
-    assert np.array_equal(gen.logits, full[len(prompt) - 1:])
+    assert np.array_equal(gen.logits, full[len(prompt) - 1 :])
 
 
-@pytest.mark.parametrize("mode,prune", [("S2_4", "magnitude"), ("S8_16", "magnitude"),
-                                        ("S8_16", "sparsegpt")])
+@pytest.mark.parametrize(
+    "mode,prune", [("S2_4", "magnitude"), ("S8_16", "magnitude"), ("S8_16", "sparsegpt")]
+)
 def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     """N:M-sparse INT4 weights with group scales, through packing, META and the MPE."""
     from flightforge.compiler.graph import linear_shapes
@@ -114,10 +130,16 @@ def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     shape, _ = FAMILIES["llama-gqa"]
     prog = random_decoder(shape)
     sparse = SparseMode[mode]
-    plans = {name: WeightPlan(WPrec.INT4, 16, sparse)
-             for name, (_, k) in linear_shapes(shape).items() if name != "lm_head" and k % 16 == 0}
-    c = compile_decoder(prog, TINY, CompileOptions(max_len=16, prune=prune,
-                                                   quant=QuantOptions(weight_bits=4, plans=plans)))
+    plans = {
+        name: WeightPlan(WPrec.INT4, 16, sparse)
+        for name, (_, k) in linear_shapes(shape).items()
+        if name != "lm_head" and k % 16 == 0
+    }
+    c = compile_decoder(
+        prog,
+        TINY,
+        CompileOptions(max_len=16, prune=prune, quant=QuantOptions(weight_bits=4, plans=plans)),
+    )
     assert mode in {p["sparse"] for p in c.program.metadata["decoder"]["weight_plans"].values()}
     prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
@@ -132,9 +154,15 @@ def test_low_bit_weights_widened_on_load_are_bit_exact(bits):
 
     shape, _ = FAMILIES["llama-gqa"]
     prog = random_decoder(shape)
-    c = compile_decoder(prog, TINY, CompileOptions(max_len=16, quant=QuantOptions(weight_bits=bits, group=32)))
-    loads = [i for s in c.program.sections for i in s.instructions
-             if getattr(i, "unpack", Unpack.NONE) != Unpack.NONE]
+    c = compile_decoder(
+        prog, TINY, CompileOptions(max_len=16, quant=QuantOptions(weight_bits=bits, group=32))
+    )
+    loads = [
+        i
+        for s in c.program.sections
+        for i in s.instructions
+        if getattr(i, "unpack", Unpack.NONE) != Unpack.NONE
+    ]
     assert loads and all(i.unpack == Unpack(bits - 1) for i in loads)
     dense = compile_decoder(prog, TINY, CompileOptions(max_len=16)).program
     weights = lambda p: sum(s.size for s in p.segments if s.name.endswith(".weight"))  # noqa: E731

@@ -29,10 +29,10 @@ class MemoryDevice:
             self.write(s.addr, s.data or bytes(s.size))
 
     def write(self, addr: int, data: bytes) -> None:
-        self.mem[addr:addr + len(data)] = data
+        self.mem[addr : addr + len(data)] = data
 
     def read(self, addr: int, size: int) -> bytes:
-        return bytes(self.mem[addr:addr + size])
+        return bytes(self.mem[addr : addr + size])
 
     def run(self, section: str) -> RunResult:
         self.ran.append(section)
@@ -47,8 +47,12 @@ def tiny():
 def _program(tiny, dtype="int8", shape=(2, 3), scale=0.5, size=None):
     t = TensorIO("t", "t", dtype, shape, scale)
     n = hostio.nbytes(t)
-    prog = Program.for_arch(tiny, [], [Segment("t", "input", 0x100, size or n)],
-                            {"inputs": [t.to_dict()], "outputs": [t.to_dict()]})
+    prog = Program.for_arch(
+        tiny,
+        [],
+        [Segment("t", "input", 0x100, size or n)],
+        {"inputs": [t.to_dict()], "outputs": [t.to_dict()]},
+    )
     return prog, t
 
 
@@ -58,21 +62,27 @@ def test_floats_are_rounded_and_saturated():
     assert q.tolist() == [[1, -1, 127, -128, 0]]
 
 
-@pytest.mark.parametrize("dtype,lo,hi", [("int8", -128, 127), ("int16", -32768, 32767),
-                                         ("int32", -2**31, 2**31 - 1)])
+@pytest.mark.parametrize(
+    "dtype,lo,hi", [("int8", -128, 127), ("int16", -32768, 32767), ("int32", -(2**31), 2**31 - 1)]
+)
 def test_integers_are_range_checked(dtype, lo, hi):
     t = TensorIO("ids", "s", dtype, (2,), None)
     assert hostio.quantize(t, np.array([lo, hi], np.int64)).tolist() == [lo, hi]
-    with pytest.raises(hostio.TensorIOError,
-                       match=rf"input 'ids': integer values {lo - 1}\.\.{hi} exceed the {dtype} range"):
+    with pytest.raises(
+        hostio.TensorIOError,
+        match=rf"input 'ids': integer values {lo - 1}\.\.{hi} exceed the {dtype} range",
+    ):
         hostio.quantize(t, np.array([lo - 1, hi], np.int64))
 
 
-@pytest.mark.parametrize("value,match", [
-    (np.zeros((3, 2)), r"input 't': shape \[3, 2\] does not match the program's \[2, 3\]"),
-    (np.full((2, 3), np.nan), r"input 't': holds NaN"),
-    (np.zeros((2, 3), bool), r"input 't': values of type bool are neither"),
-])
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        (np.zeros((3, 2)), r"input 't': shape \[3, 2\] does not match the program's \[2, 3\]"),
+        (np.full((2, 3), np.nan), r"input 't': holds NaN"),
+        (np.zeros((2, 3), bool), r"input 't': values of type bool are neither"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_input(value, match):
     with pytest.raises(hostio.TensorIOError, match=match):
         hostio.quantize(TensorIO("t", "t", "int8", (2, 3), 0.5), value)
@@ -84,7 +94,9 @@ def test_floats_for_an_unscaled_input_are_refused():
 
 
 def test_unknown_dtype_is_refused():
-    with pytest.raises(hostio.TensorIOError, match=r"tensor 'f': element type 'float16' is not one"):
+    with pytest.raises(
+        hostio.TensorIOError, match=r"tensor 'f': element type 'float16' is not one"
+    ):
         hostio.numpy_dtype(TensorIO("f", "f", "float16", (2,), None))
 
 
@@ -102,7 +114,9 @@ def test_write_then_read_round_trips(tiny, dtype):
 
 def test_tensor_larger_than_its_segment_is_refused(tiny):
     prog, t = _program(tiny, size=4)
-    with pytest.raises(hostio.TensorIOError, match=r"tensor 't': 6 bytes .* segment 't' of 4 bytes"):
+    with pytest.raises(
+        hostio.TensorIOError, match=r"tensor 't': 6 bytes .* segment 't' of 4 bytes"
+    ):
         hostio.write_input(MemoryDevice(tiny), prog, t, np.zeros((2, 3), np.int8))
 
 

@@ -51,10 +51,18 @@ def test_dsp_chain_segments_match_numpy(groups: int, window: int, seed: int) -> 
     sim.run()
 
 
-@pytest.mark.parametrize("size,widths,lanes,seed", [
-    (256, [1, 4, 8, 8], 8, 0), (128, [2, 4, 3], 4, 1), (64, [1, 1], 1, 2), (512, [16, 5, 32], 32, 3)])
-def test_buffer_ports_unaligned_match_bytes(size: int, widths: list[int], lanes: int,
-                                            seed: int) -> None:
+@pytest.mark.parametrize(
+    "size,widths,lanes,seed",
+    [
+        (256, [1, 4, 8, 8], 8, 0),
+        (128, [2, 4, 3], 4, 1),
+        (64, [1, 1], 1, 2),
+        (512, [16, 5, 32], 32, 3),
+    ],
+)
+def test_buffer_ports_unaligned_match_bytes(
+    size: int, widths: list[int], lanes: int, seed: int
+) -> None:
     """Every port of a Buffer reads and writes ``width`` bytes at ANY byte address (rows
     crossed, strobes honoured, concurrent ports on different bytes), as a bytearray does:
     the rotate networks of :class:`hw.buffers.BufferPort` against the plain model."""
@@ -66,7 +74,7 @@ def test_buffer_ports_unaligned_match_bytes(size: int, widths: list[int], lanes:
     async def bench(ctx) -> None:
         for _ in range(150):
             # each cycle: ports on disjoint byte ranges, some writing, some reading
-            starts = rng.permutation(size // max(widths))[:len(ports)] * max(widths)
+            starts = rng.permutation(size // max(widths))[: len(ports)] * max(widths)
             ops = []
             for p, w, a in zip(ports, widths, starts):
                 a = int(a + rng.integers(0, max(widths) - w + 1))
@@ -80,7 +88,7 @@ def test_buffer_ports_unaligned_match_bytes(size: int, widths: list[int], lanes:
                 if w > 1:
                     ctx.set(p.strb, strb)
                 ops.append((p, w, a, req, we, data, strb if w > 1 else 1))
-            want = [bytes(model[a:a + w]) for _, w, a, *_ in ops]
+            want = [bytes(model[a : a + w]) for _, w, a, *_ in ops]
             await ctx.tick()
             for (p, w, a, req, we, data, strb), before in zip(ops, want):
                 if req and not we:
@@ -97,15 +105,22 @@ def test_buffer_ports_unaligned_match_bytes(size: int, widths: list[int], lanes:
     sim.run()
 
 
-@pytest.mark.parametrize("make,exc,message", [
-    (lambda: DspChain(0, 16), ValueError, "groups must be at least 1, not 0"),
-    (lambda: DspChain(2.0, 16), TypeError, "groups must be an integer, not 2.0"),
-    (lambda: DspChain(2, 12), ValueError, "window must be a power of two of at least 2, not 12"),
-    (lambda: Buffer(0, 2), ValueError, "size must be at least 1, not 0"),
-    (lambda: Buffer(64, "2"), TypeError, "ports must be an integer, not '2'"),
-    (lambda: BufPortSignature(0), ValueError, "addr_bits must be at least 1, not 0"),
-    (lambda: BufPortSignature(None), TypeError, "addr_bits must be an integer, not None"),
-])
+@pytest.mark.parametrize(
+    "make,exc,message",
+    [
+        (lambda: DspChain(0, 16), ValueError, "groups must be at least 1, not 0"),
+        (lambda: DspChain(2.0, 16), TypeError, "groups must be an integer, not 2.0"),
+        (
+            lambda: DspChain(2, 12),
+            ValueError,
+            "window must be a power of two of at least 2, not 12",
+        ),
+        (lambda: Buffer(0, 2), ValueError, "size must be at least 1, not 0"),
+        (lambda: Buffer(64, "2"), TypeError, "ports must be an integer, not '2'"),
+        (lambda: BufPortSignature(0), ValueError, "addr_bits must be at least 1, not 0"),
+        (lambda: BufPortSignature(None), TypeError, "addr_bits must be an integer, not None"),
+    ],
+)
 def test_parameter_checks(make, exc, message: str) -> None:
     with pytest.raises(exc, match=f"^{message}$"):
         make()
@@ -127,9 +142,18 @@ def _random_unpack_loads(rng: np.random.Generator, count: int) -> list:
         estride = ext_row if contiguous else ext_row + int(rng.integers(0, 12))
         bstride = row_bytes if contiguous else row_bytes + int(rng.integers(0, 9))
         buf = isa.Buf(int(rng.integers(0, len(isa.Buf))))
-        out.append(isa.LD(buf=buf, dst=int(rng.integers(0, 200)), src=int(rng.integers(0, 300)),
-                          rows=rows, row_bytes=row_bytes, src_stride=estride,
-                          dst_stride=bstride, unpack=unpack))
+        out.append(
+            isa.LD(
+                buf=buf,
+                dst=int(rng.integers(0, 200)),
+                src=int(rng.integers(0, 300)),
+                rows=rows,
+                row_bytes=row_bytes,
+                src_stride=estride,
+                dst_stride=bstride,
+                unpack=unpack,
+            )
+        )
     return out
 
 
@@ -173,8 +197,9 @@ def test_load_unit_unpacks_bit_exact_and_cycle_exact() -> None:
                 for i in range(w):
                     if strb >> i & 1:
                         bufs[b][addr + i] = word >> 8 * i & 0xFF
-        valid, beat = rd.step(ctx.get(r.cmd_valid), ctx.get(r.cmd_addr), ctx.get(r.cmd_beats),
-                              ctx.get(r.data_ready))
+        valid, beat = rd.step(
+            ctx.get(r.cmd_valid), ctx.get(r.cmd_addr), ctx.get(r.cmd_beats), ctx.get(r.data_ready)
+        )
         done = bool(ctx.get(dut.done))
         await ctx.tick()
         ctx.set(r.data_valid, valid)
@@ -207,7 +232,11 @@ def test_load_unit_unpacks_bit_exact_and_cycle_exact() -> None:
         for b in isa.Buf:
             want = ref.buffer(b)[:512]
             bad = np.nonzero(got[b] != want)[0]
-            assert not len(bad), (f"{ld}: {b.name} differs at {bad[:8].tolist()}: "
-                                  f"unit {got[b][bad[:8]].tolist()}, functional "
-                                  f"{want[bad[:8]].tolist()}")
-        assert cycles == timing.ld(ld).cycles, f"{ld}: {cycles} cycles, model {timing.ld(ld).cycles}"
+            assert not len(bad), (
+                f"{ld}: {b.name} differs at {bad[:8].tolist()}: "
+                f"unit {got[b][bad[:8]].tolist()}, functional "
+                f"{want[bad[:8]].tolist()}"
+            )
+        assert cycles == timing.ld(ld).cycles, (
+            f"{ld}: {cycles} cycles, model {timing.ld(ld).cycles}"
+        )

@@ -27,15 +27,22 @@ def _random_valid(rng: np.random.Generator, cls: type[isa.Instruction]) -> isa.I
             kw["wait"] &= own
             kw["release"] &= own
         if issubclass(cls, (isa.MM, isa.MV)):
-            kw.update(k=16 * int(rng.integers(1, 64)), gsz=int(rng.integers(0, 3)),
-                      wkn=int(rng.random() < 0.2))
+            kw.update(
+                k=16 * int(rng.integers(1, 64)),
+                gsz=int(rng.integers(0, 3)),
+                wkn=int(rng.random() < 0.2),
+            )
             if kw["gsz"]:
                 kw["colp"] = 1
         if cls is isa.MISC and kw["op"] == isa.MiscOp.ROPE:
             kw["len"] = 2
         try:
-            ins = cls(**{k: (spec.enum(v) if spec.enum and v in set(spec.enum) else v)
-                         for (k, spec), v in zip(cls.field_specs(), kw.values())})
+            ins = cls(
+                **{
+                    k: (spec.enum(v) if spec.enum and v in set(spec.enum) else v)
+                    for (k, spec), v in zip(cls.field_specs(), kw.values())
+                }
+            )
             ins.check()
             return ins
         except (isa.EncodeError, ValueError):
@@ -110,7 +117,9 @@ def test_reserved_bits_are_illegal() -> None:
         assert ctx.get(dut.legal)
         ctx.set(dut.word, good | 1 << (isa.INSTR_BITS - 1))
         assert not ctx.get(dut.legal)
-        ctx.set(dut.word, good | 7 << next(lsb for n, lsb, _, _ in isa.layout(isa.LD) if n == "buf"))
+        ctx.set(
+            dut.word, good | 7 << next(lsb for n, lsb, _, _ in isa.layout(isa.LD) if n == "buf")
+        )
         assert not ctx.get(dut.legal), "buf=7 is no Buf member"
 
     sim = Simulator(dut)
@@ -126,12 +135,30 @@ def test_length_register_applies_the_dynamic_fields() -> None:
     from flightforge.hw.decode import resolve_dynamic, unit_bits
 
     rng = np.random.default_rng(5)
-    cases = {isa.Unit.LD: isa.LD(buf=isa.Buf.ACT, dst=64, src=4096, rows=2, row_bytes=96,
-                                 src_stride=128, dst_stride=96, dyn_step=96),
-             isa.Unit.ST: isa.ST(buf=isa.Buf.ACT, src=0, dst=1 << 20, rows=1, row_bytes=64,
-                                 dyn_step=64),
-             isa.Unit.SFU: isa.MISC(op=isa.MiscOp.ROPE, rows=1, cols=32, a_addr=256, d_addr=512,
-                                    len=16, a_step=32, pos=3, dyn_pos=1)}
+    cases = {
+        isa.Unit.LD: isa.LD(
+            buf=isa.Buf.ACT,
+            dst=64,
+            src=4096,
+            rows=2,
+            row_bytes=96,
+            src_stride=128,
+            dst_stride=96,
+            dyn_step=96,
+        ),
+        isa.Unit.ST: isa.ST(buf=isa.Buf.ACT, src=0, dst=1 << 20, rows=1, row_bytes=64, dyn_step=64),
+        isa.Unit.SFU: isa.MISC(
+            op=isa.MiscOp.ROPE,
+            rows=1,
+            cols=32,
+            a_addr=256,
+            d_addr=512,
+            len=16,
+            a_step=32,
+            pos=3,
+            dyn_pos=1,
+        ),
+    }
     for unit, ins in cases.items():
         m = Module()
         word = Signal(unit_bits(unit))
@@ -143,8 +170,9 @@ def test_length_register_applies_the_dynamic_fields() -> None:
                 ctx.set(word, int.from_bytes(isa.encode([ins]), "little") & ((1 << len(word)) - 1))
                 ctx.set(d, dv)
                 # the hardware always clears the steps (the units never read them)
-                res = dataclasses.replace(isa.resolve(ins, dv), **{
-                    step: 0 for step, _ in isa.DYNAMIC_FIELDS[type(ins)]})
+                res = dataclasses.replace(
+                    isa.resolve(ins, dv), **{step: 0 for step, _ in isa.DYNAMIC_FIELDS[type(ins)]}
+                )
                 want = int.from_bytes(isa.encode([res]), "little")
                 assert ctx.get(out) == want & ((1 << len(out)) - 1), f"{ins} with D={dv}"
 

@@ -28,8 +28,11 @@ def _rtl_resources():
 
 
 def _input_bits(component) -> int:
-    return sum(len(Value.cast(v)) for _, member, v in component.signature.flatten(component)
-               if member.flow == In)
+    return sum(
+        len(Value.cast(v))
+        for _, member, v in component.signature.flatten(component)
+        if member.flow == In
+    )
 
 
 @pytest.mark.parametrize("target", ["tiny", pytest.param("kv260", marks=pytest.mark.slow)])
@@ -40,8 +43,8 @@ def test_mpe_converts_to_rtlil(target) -> None:
     assert "module \\mpe.dut.chain0\n" in text
     for sub in ("feed0", "win0", "epi0"):
         assert f"module \\mpe.dut.{sub}\n" in text
-    top = text[text.index("module \\mpe\n"):]
-    top = top[:top.index("\nend\n")]
+    top = text[text.index("module \\mpe\n") :]
+    top = top[: top.index("\nend\n")]
     assert [ln.split()[-1] for ln in top.splitlines() if " input " in ln] == ["\\clk", "\\rst"]
     assert 8 * max(mpe.port_widths(MatrixEngine.BUFFERS[0])) in widths
 
@@ -66,8 +69,10 @@ def test_mpe_submodules_are_the_parts_the_benchmark_counts() -> None:
     assert all(re.fullmatch(MatrixEngine.REPEATED, n) for n in subs)
     for label, comp, count in mpe.parts():
         comp._MustUse__silence = True
-        assert sum(type(s) is type(comp) and s.signature == comp.signature
-                   for s in subs.values()) == count, label
+        assert (
+            sum(type(s) is type(comp) and s.signature == comp.signature for s in subs.values())
+            == count
+        ), label
     chains = [s for n, s in subs.items() if n.startswith("chain")]
     assert len(chains) == arch.mpe.chains
     assert len(subs) == len(chains) + sum(count for _, _, count in mpe.parts())
@@ -94,5 +99,9 @@ def test_mpe_part_counts(target) -> None:
     assert counts["ChainFeed"] == min(mv_chains, arch.mpe.chains)
     assert counts.get("ChainFeed mm-only", 0) == arch.mpe.chains - mv_chains
     if target in ("u280", "vhk158"):
-        assert counts == {"RowWindows": 128, "ChainFeed": 32, "ChainFeed mm-only": 96,
-                          "SegmentEpilogue": 256}
+        assert counts == {
+            "RowWindows": 128,
+            "ChainFeed": 32,
+            "ChainFeed mm-only": 96,
+            "SegmentEpilogue": 256,
+        }

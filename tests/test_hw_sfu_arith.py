@@ -23,8 +23,13 @@ def _run(dut, bench) -> None:
 def test_divider_matches_floor_division(nw: int, dw: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     cases = [(1 << (nw - 1), 1), ((1 << nw) - 1, (1 << dw) - 1), (5, 7)]
-    cases += [(int(rng.integers(0, 1 << nw, dtype=np.uint64)),
-               int(rng.integers(1, 1 << dw, dtype=np.uint64))) for _ in range(6)]
+    cases += [
+        (
+            int(rng.integers(0, 1 << nw, dtype=np.uint64)),
+            int(rng.integers(1, 1 << dw, dtype=np.uint64)),
+        )
+        for _ in range(6)
+    ]
     dut = Divider(nw, dw)
 
     async def bench(ctx) -> None:
@@ -93,13 +98,19 @@ def test_sfu_lane_matches_its_formula(seed: int) -> None:
 
     async def bench(ctx) -> None:
         for i in range(300):
-            op = {"a": rand(sfu_lane.A_BITS), "b": rand(sfu_lane.B_BITS),
-                  "c": rand(sfu_lane.C_BITS), "d": rand(sfu_lane.D_BITS),
-                  "chain": int(rng.integers(2)), "acc": int(rng.integers(2)),
-                  "sub": int(rng.integers(2)), "bias": rand(sfu_lane.BIAS_BITS),
-                  "shift1": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
-                  "shift2": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
-                  "dt": int(rng.integers(0, len(isa.DType)))}
+            op = {
+                "a": rand(sfu_lane.A_BITS),
+                "b": rand(sfu_lane.B_BITS),
+                "c": rand(sfu_lane.C_BITS),
+                "d": rand(sfu_lane.D_BITS),
+                "chain": int(rng.integers(2)),
+                "acc": int(rng.integers(2)),
+                "sub": int(rng.integers(2)),
+                "bias": rand(sfu_lane.BIAS_BITS),
+                "shift1": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+                "shift2": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+                "dt": int(rng.integers(0, len(isa.DType))),
+            }
             if i % 3 == 0:  # small values, so that the saturation does not always clip
                 op.update(a=rand(12), b=rand(8), c=rand(12), d=rand(8), shift2=op["shift2"] % 8)
             for k, v in op.items():
@@ -118,12 +129,15 @@ def test_sfu_lane_matches_its_formula(seed: int) -> None:
     _run(dut, bench)
 
 
-@pytest.mark.parametrize("make,message,exc", [
-    (lambda: Divider(0, 4), "dividend_width must be at least 1, not 0", ValueError),
-    (lambda: Divider(8, "4"), "divisor_width must be an integer, not '4'", TypeError),
-    (lambda: ISqrt(True), "width must be an integer, not True", TypeError),
-    (lambda: ISqrt(-2), "width must be at least 1, not -2", ValueError),
-])
+@pytest.mark.parametrize(
+    "make,message,exc",
+    [
+        (lambda: Divider(0, 4), "dividend_width must be at least 1, not 0", ValueError),
+        (lambda: Divider(8, "4"), "divisor_width must be an integer, not '4'", TypeError),
+        (lambda: ISqrt(True), "width must be an integer, not True", TypeError),
+        (lambda: ISqrt(-2), "width must be at least 1, not -2", ValueError),
+    ],
+)
 def test_parameter_checks(make, message: str, exc: type[Exception]) -> None:
     with pytest.raises(exc, match=f"^{message}$"):
         make()

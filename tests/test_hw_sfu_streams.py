@@ -24,7 +24,7 @@ def run_unit(arch, unit, instr: isa.MISC, act: np.ndarray, glb: np.ndarray):
     ``start`` to ``done``)."""
     mem = {isa.Buf.ACT: act.copy(), isa.Buf.GLB: glb.copy()}
     ports = [(b, p) for b in SFU_BUFFERS for p in unit.ports(b)]
-    word = int.from_bytes(isa.encode([instr])[:isa.INSTR_BYTES], "little")
+    word = int.from_bytes(isa.encode([instr])[: isa.INSTR_BYTES], "little")
     result = {}
 
     async def bench(ctx) -> None:
@@ -33,8 +33,11 @@ def run_unit(arch, unit, instr: isa.MISC, act: np.ndarray, glb: np.ndarray):
         ctx.set(unit.instr, word & ((1 << len(unit.instr)) - 1))
         ctx.set(unit.start, 1)
         cycles = 0
-        sample = [s for _, p in ports for s in (p.req, p.we, p.addr, p.wdata,
-                                                 *((p.strb,) if hasattr(p, "strb") else ()))]
+        sample = [
+            s
+            for _, p in ports
+            for s in (p.req, p.we, p.addr, p.wdata, *((p.strb,) if hasattr(p, "strb") else ()))
+        ]
         done = False
         while not done:
             _, _, *vals, done = await ctx.tick().sample(*sample, unit.done)
@@ -49,7 +52,9 @@ def run_unit(arch, unit, instr: isa.MISC, act: np.ndarray, glb: np.ndarray):
                 if req and we:
                     writes.append((b, addr, wdata, strb, width))
                 elif req:
-                    reads.append((p, bytes(mem[b][addr:addr + width].tobytes()).ljust(width, b"\0")))
+                    reads.append(
+                        (p, bytes(mem[b][addr : addr + width].tobytes()).ljust(width, b"\0"))
+                    )
             for p, data in reads:
                 ctx.set(p.rdata, int.from_bytes(data, "little"))
             for b, addr, wdata, strb, width in writes:
@@ -82,15 +87,16 @@ def arch():
     return load_target("tiny")
 
 
-def check_against_reference(arch, unit, ins: isa.MISC, act_bytes: np.ndarray,
-                            glb_bytes: np.ndarray) -> int:
+def check_against_reference(
+    arch, unit, ins: isa.MISC, act_bytes: np.ndarray, glb_bytes: np.ndarray
+) -> int:
     """Run ``ins`` on the unit and on the functional simulator from buffers starting with
     these bytes (zeros after); assert equal ACT contents and ``Timing.misc``'s cycles.
     Returns the cycles."""
     act = np.zeros(arch.buffers.of(isa.Buf.ACT).size, np.uint8)
     glb = np.zeros(arch.buffers.of(isa.Buf.GLB).size, np.uint8)
-    act[:len(act_bytes)] = act_bytes
-    glb[:len(glb_bytes)] = glb_bytes
+    act[: len(act_bytes)] = act_bytes
+    glb[: len(glb_bytes)] = glb_bytes
     ref = FunctionalSim(arch)
     ref.buffer(isa.Buf.ACT)[:] = act
     ref.buffer(isa.Buf.GLB)[:] = glb
@@ -102,24 +108,37 @@ def check_against_reference(arch, unit, ins: isa.MISC, act_bytes: np.ndarray,
     return cycles
 
 
-@pytest.mark.parametrize("ops,seed", [
-    ((isa.MiscOp.SOFTMAX,), 1), ((isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM), 2),
-    (h.RANDOM_MISC_OPS, 3)])
+@pytest.mark.parametrize(
+    "ops,seed",
+    [
+        ((isa.MiscOp.SOFTMAX,), 1),
+        ((isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM), 2),
+        (h.RANDOM_MISC_OPS, 3),
+    ],
+)
 def test_sfu_matches_functional_sim_and_timing(arch, ops, seed) -> None:
     unit = SpecialFunctionUnit(arch)
     rng = np.random.default_rng(seed + 100)
     for ins in _instructions(seed, ops, 8):
-        check_against_reference(arch, unit, ins, rng.integers(0, 256, h.WINDOWS[isa.Buf.ACT]),
-                                rng.integers(0, 256, h.WINDOWS[isa.Buf.GLB]))
+        check_against_reference(
+            arch,
+            unit,
+            ins,
+            rng.integers(0, 256, h.WINDOWS[isa.Buf.ACT]),
+            rng.integers(0, 256, h.WINDOWS[isa.Buf.GLB]),
+        )
 
 
-@pytest.mark.parametrize("op,rows,cols", [
-    (isa.MiscOp.SOFTMAX, 3, 30),  # p < gap: each row waits gap - p
-    (isa.MiscOp.SOFTMAX, 3, 180),  # p > gap: the reciprocal hides behind the next MAX
-    (isa.MiscOp.RMSNORM, 4, 120),  # p < gap < 2p: the sequence hides behind OUT + STATS
-    (isa.MiscOp.LAYERNORM, 4, 120),  # 2p < gap: rows every gap cycles
-    (isa.MiscOp.LAYERNORM, 3, 400),  # p > gap: nothing exposed but row 0's
-])
+@pytest.mark.parametrize(
+    "op,rows,cols",
+    [
+        (isa.MiscOp.SOFTMAX, 3, 30),  # p < gap: each row waits gap - p
+        (isa.MiscOp.SOFTMAX, 3, 180),  # p > gap: the reciprocal hides behind the next MAX
+        (isa.MiscOp.RMSNORM, 4, 120),  # p < gap < 2p: the sequence hides behind OUT + STATS
+        (isa.MiscOp.LAYERNORM, 4, 120),  # 2p < gap: rows every gap cycles
+        (isa.MiscOp.LAYERNORM, 3, 400),  # p > gap: nothing exposed but row 0's
+    ],
+)
 def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
     """Long rows: the per-row divide / square root overlaps the neighbouring rows'
     passes, the result stays bit-exact and the cycles are ``Timing.misc``'s."""
@@ -127,15 +146,37 @@ def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
 
     rng = np.random.default_rng(cols)
     a_addr, d_addr = 0, rows * cols
-    ins = isa.MISC(op=op, rows=rows, cols=cols, a_addr=a_addr, a_stride=cols, d_addr=d_addr,
-                   d_stride=cols, m0=int(rng.integers(1, 1 << 12)), shift=int(rng.integers(8, 16)),
-                   eps=int(rng.integers(0, 1 << 16)) if op != isa.MiscOp.SOFTMAX else 0)
-    cycles = check_against_reference(arch, SpecialFunctionUnit(arch), ins,
-                                     rng.integers(0, 256, rows * cols), rng.integers(0, 256, 4 * cols))
-    unhidden = {isa.MiscOp.SOFTMAX: 3 * rows, isa.MiscOp.RMSNORM: 2 * rows,
-                isa.MiscOp.LAYERNORM: 2 * rows}[op] * -(-cols // arch.sfu.lanes)
-    gap = (sfu.SOFTMAX_ROW_GAP if op == isa.MiscOp.SOFTMAX
-           else sfu.norm_row_gap(op == isa.MiscOp.LAYERNORM))
-    print(f"{op.name} {rows}x{cols}: {cycles} cycles, passes {unhidden}, "
-          f"serial waits would add {rows * gap}")
+    ins = isa.MISC(
+        op=op,
+        rows=rows,
+        cols=cols,
+        a_addr=a_addr,
+        a_stride=cols,
+        d_addr=d_addr,
+        d_stride=cols,
+        m0=int(rng.integers(1, 1 << 12)),
+        shift=int(rng.integers(8, 16)),
+        eps=int(rng.integers(0, 1 << 16)) if op != isa.MiscOp.SOFTMAX else 0,
+    )
+    cycles = check_against_reference(
+        arch,
+        SpecialFunctionUnit(arch),
+        ins,
+        rng.integers(0, 256, rows * cols),
+        rng.integers(0, 256, 4 * cols),
+    )
+    unhidden = {
+        isa.MiscOp.SOFTMAX: 3 * rows,
+        isa.MiscOp.RMSNORM: 2 * rows,
+        isa.MiscOp.LAYERNORM: 2 * rows,
+    }[op] * -(-cols // arch.sfu.lanes)
+    gap = (
+        sfu.SOFTMAX_ROW_GAP
+        if op == isa.MiscOp.SOFTMAX
+        else sfu.norm_row_gap(op == isa.MiscOp.LAYERNORM)
+    )
+    print(
+        f"{op.name} {rows}x{cols}: {cycles} cycles, passes {unhidden}, "
+        f"serial waits would add {rows * gap}"
+    )
     assert cycles < unhidden + rows * gap + arch.sfu.pipeline_depth

@@ -15,8 +15,18 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from flightforge import isa
-from flightforge.isa import (DType, EncodeError, DecodeError, MiscOp, SparseMode, WPrec,
-                             INSTR_BITS, INSTR_BYTES, INSTRUCTION_TYPES, OPCODE_BITS)
+from flightforge.isa import (
+    INSTR_BITS,
+    INSTR_BYTES,
+    INSTRUCTION_TYPES,
+    OPCODE_BITS,
+    DecodeError,
+    DType,
+    EncodeError,
+    MiscOp,
+    SparseMode,
+    WPrec,
+)
 
 TYPES = list(INSTRUCTION_TYPES.values())
 
@@ -52,8 +62,11 @@ def _plain(draw, cls, **fixed):
 @st.composite
 def transfers(draw, cls):
     specs = _specs(cls)
-    return draw(_plain(cls, rows=draw(_field(specs["rows"], 1)),
-                       row_bytes=draw(_field(specs["row_bytes"], 1))))
+    return draw(
+        _plain(
+            cls, rows=draw(_field(specs["rows"], 1)), row_bytes=draw(_field(specs["row_bytes"], 1))
+        )
+    )
 
 
 @st.composite
@@ -70,8 +83,9 @@ def matmuls(draw, cls):
     # K must be a multiple of the group size, the sparse block and, for dense INT4, of 2.
     unit = max(isa.group_size(gsz), sparse.m, 2 if wprec == WPrec.INT4 else 1)
     k = unit * draw(st.integers(1, ((1 << isa.DIM_BITS) - 1) // unit))
-    fixed = dict(n=draw(_field(specs["n"], 1)), k=k, sparse=sparse, wprec=wprec, gsz=gsz,
-                 wkn=wkn, colp=colp)
+    fixed = dict(
+        n=draw(_field(specs["n"], 1)), k=k, sparse=sparse, wprec=wprec, gsz=gsz, wkn=wkn, colp=colp
+    )
     if cls is isa.MM:
         fixed["m"] = draw(_field(specs["m"], 1))
     return draw(_plain(cls, **fixed))
@@ -81,8 +95,11 @@ def matmuls(draw, cls):
 def miscs(draw):
     specs = _specs(isa.MISC)
     op = draw(st.sampled_from(list(MiscOp)))
-    fixed = {"op": op, "rows": draw(_field(specs["rows"], 1)),
-             "cols": draw(_field(specs["cols"], 1))}
+    fixed = {
+        "op": op,
+        "rows": draw(_field(specs["rows"], 1)),
+        "cols": draw(_field(specs["cols"], 1)),
+    }
     if op.is_table:
         fixed["a_dt"] = DType.INT8
     elif op == MiscOp.MUL:
@@ -101,8 +118,14 @@ def systems():
     return st.builds(isa.SYS, op=st.sampled_from(list(isa.SysOp)))
 
 
-STRATEGIES = {isa.SYS: systems(), isa.LD: transfers(isa.LD), isa.ST: transfers(isa.ST),
-              isa.MM: matmuls(isa.MM), isa.MV: matmuls(isa.MV), isa.MISC: miscs()}
+STRATEGIES = {
+    isa.SYS: systems(),
+    isa.LD: transfers(isa.LD),
+    isa.ST: transfers(isa.ST),
+    isa.MM: matmuls(isa.MM),
+    isa.MV: matmuls(isa.MV),
+    isa.MISC: miscs(),
+}
 instructions = st.one_of(*STRATEGIES.values())
 
 
@@ -149,15 +172,17 @@ def _int_fields(cls):
 INT_FIELDS = [f for cls in TYPES for f in _int_fields(cls)]
 
 
-@pytest.mark.parametrize("cls,name,spec", INT_FIELDS,
-                         ids=[f"{cls.__name__}.{name}" for cls, name, _ in INT_FIELDS])
+@pytest.mark.parametrize(
+    "cls,name,spec", INT_FIELDS, ids=[f"{cls.__name__}.{name}" for cls, name, _ in INT_FIELDS]
+)
 @settings(max_examples=15)
 @given(data=st.data())
 def test_out_of_range_field_is_refused_naming_index_and_field(cls, name, spec, data):
     good = data.draw(st.lists(instructions, max_size=3))
     instr = data.draw(STRATEGIES[cls])
-    bad_value = data.draw(st.one_of(st.integers(1 << spec.width, 1 << (spec.width + 8)),
-                                    st.integers(-(1 << 20), -1)))
+    bad_value = data.draw(
+        st.one_of(st.integers(1 << spec.width, 1 << (spec.width + 8)), st.integers(-(1 << 20), -1))
+    )
     bad = dataclasses.replace(instr, **{name: bad_value})
     with pytest.raises(EncodeError, match=rf"^instruction {len(good)}: {cls.__name__}\.{name}: "):
         isa.encode([*good, bad])
@@ -187,26 +212,42 @@ def test_sys_with_masks_is_refused():
         isa.encode([isa.SYS(wait=1)])
 
 
-@pytest.mark.parametrize("instr,match", [
-    (isa.LD(rows=0, row_bytes=4), r"LD\.rows: must be at least 1"),
-    (isa.MM(m=1, n=1, k=24, sparse=SparseMode.S4_16),
-     r"MM\.k: 24 is not a multiple of the sparse block m=16"),
-    (isa.MV(n=1, k=32, gsz=1), r"MV\.gsz: group scales need per-column records"),
-    (isa.MV(n=1, k=24, gsz=1, colp=1), r"MV\.gsz: K=24 is not a multiple of the group size 16"),
-    (isa.MV(n=1, k=3, wprec=WPrec.INT4), r"MV\.k: INT4 dense weights need an even K"),
-    (isa.MV(n=1, k=16, wkn=1, wprec=WPrec.INT4), r"MV\.wkn: a \[K\]\[N\] weight must be dense INT8"),
-    (isa.MISC(op=MiscOp.SILU, rows=1, cols=1, a_dt=DType.INT16), r"MISC\.a_dt: SILU .* needs INT8"),
-    (isa.MISC(op=MiscOp.ROPE, rows=1, cols=12, len=8), r"MISC\.len: ROPE head dimension 8"),
-])
+@pytest.mark.parametrize(
+    "instr,match",
+    [
+        (isa.LD(rows=0, row_bytes=4), r"LD\.rows: must be at least 1"),
+        (
+            isa.MM(m=1, n=1, k=24, sparse=SparseMode.S4_16),
+            r"MM\.k: 24 is not a multiple of the sparse block m=16",
+        ),
+        (isa.MV(n=1, k=32, gsz=1), r"MV\.gsz: group scales need per-column records"),
+        (isa.MV(n=1, k=24, gsz=1, colp=1), r"MV\.gsz: K=24 is not a multiple of the group size 16"),
+        (isa.MV(n=1, k=3, wprec=WPrec.INT4), r"MV\.k: INT4 dense weights need an even K"),
+        (
+            isa.MV(n=1, k=16, wkn=1, wprec=WPrec.INT4),
+            r"MV\.wkn: a \[K\]\[N\] weight must be dense INT8",
+        ),
+        (
+            isa.MISC(op=MiscOp.SILU, rows=1, cols=1, a_dt=DType.INT16),
+            r"MISC\.a_dt: SILU .* needs INT8",
+        ),
+        (isa.MISC(op=MiscOp.ROPE, rows=1, cols=12, len=8), r"MISC\.len: ROPE head dimension 8"),
+    ],
+)
 def test_inconsistent_fields_are_refused(instr, match):
     with pytest.raises(EncodeError, match=match):
         isa.encode([instr])
 
 
 def _example(cls):
-    return {isa.SYS: isa.SYS(op=isa.SysOp.HALT), isa.LD: isa.LD(rows=1, row_bytes=1),
-            isa.ST: isa.ST(rows=1, row_bytes=1), isa.MM: isa.MM(m=1, n=1, k=1),
-            isa.MV: isa.MV(n=1, k=1), isa.MISC: isa.MISC(rows=1, cols=1)}[cls]
+    return {
+        isa.SYS: isa.SYS(op=isa.SysOp.HALT),
+        isa.LD: isa.LD(rows=1, row_bytes=1),
+        isa.ST: isa.ST(rows=1, row_bytes=1),
+        isa.MM: isa.MM(m=1, n=1, k=1),
+        isa.MV: isa.MV(n=1, k=1),
+        isa.MISC: isa.MISC(rows=1, cols=1),
+    }[cls]
 
 
 @pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
@@ -219,8 +260,11 @@ def test_layout_is_contiguous_and_fits(cls):
     assert [r[0] for r in rows[1:]] == [f.name for f in dataclasses.fields(cls)]
 
 
-@given(st.integers(max(isa.Opcode) + 1, (1 << OPCODE_BITS) - 1), st.integers(0, 3),
-       st.integers(0, (1 << (INSTR_BITS - OPCODE_BITS)) - 1))
+@given(
+    st.integers(max(isa.Opcode) + 1, (1 << OPCODE_BITS) - 1),
+    st.integers(0, 3),
+    st.integers(0, (1 << (INSTR_BITS - OPCODE_BITS)) - 1),
+)
 def test_unknown_opcode_is_refused(op, index, rest):
     word = (rest << OPCODE_BITS | op).to_bytes(INSTR_BYTES, "little")
     code = isa.encode([isa.SYS()] * index) + word

@@ -34,8 +34,11 @@ def test_verilator_testbench_sources_are_package_data():
     from flightforge.sim.rtl_harness import TB_DIR, TB_SOURCES
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["flightforge.sim"]
+        "package-data"
+    ]["flightforge.sim"]
     for name in TB_SOURCES:
         assert (TB_DIR / name).is_file(), name
         rel = f"{TB_DIR.name}/{name}"
-        assert any(fnmatch(rel, pat) for pat in patterns), f"add {rel} to flightforge.sim package-data"
+        assert any(fnmatch(rel, pat) for pat in patterns), (
+            f"add {rel} to flightforge.sim package-data"
+        )

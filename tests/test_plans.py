@@ -18,9 +18,15 @@ from flightforge.mappings import load_target
 from flightforge.sim.functional import FunctionalSim
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = {"default": {"bits": 4, "group": 32},
-        "layers": [{"match": "l*.q", "sparse": "8:16"}, {"match": "l0.*", "bits": 8},
-                   {"match": "l1.down", "bits": 3}, {"match": "lm_head", "bits": 8, "group": 0}]}
+PLAN = {
+    "default": {"bits": 4, "group": 32},
+    "layers": [
+        {"match": "l*.q", "sparse": "8:16"},
+        {"match": "l0.*", "bits": 8},
+        {"match": "l1.down", "bits": 3},
+        {"match": "lm_head", "bits": 8, "group": 0},
+    ],
+}
 
 
 def test_later_rules_refine_earlier_ones():
@@ -33,13 +39,16 @@ def test_later_rules_refine_earlier_ones():
     assert opts.plan_for("lm_head", 96).bits == 8 and opts.plan_for("l1.v", 96).bits == 4
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"default": {"bitz": 4}}, r"default: unknown field 'bitz'"),
-    ({"layers": [{"match": "l*.q", "bits": 5}]}, r"layers\[0\]: bits must be 2, 3, 4 or 8"),
-    ({"layers": [{"match": "l*.q", "sparse": "3:16"}]}, r"layers\[0\]: sparse '3:16'"),
-    ({"layers": [{"bits": 4}]}, r"layers\[0\]: each entry needs a 'match'"),
-    ({"defaults": {}}, r"unknown key 'defaults'"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"default": {"bitz": 4}}, r"default: unknown field 'bitz'"),
+        ({"layers": [{"match": "l*.q", "bits": 5}]}, r"layers\[0\]: bits must be 2, 3, 4 or 8"),
+        ({"layers": [{"match": "l*.q", "sparse": "3:16"}]}, r"layers\[0\]: sparse '3:16'"),
+        ({"layers": [{"bits": 4}]}, r"layers\[0\]: each entry needs a 'match'"),
+        ({"defaults": {}}, r"unknown key 'defaults'"),
+    ],
+)
 def test_bad_plans_name_the_entry(data, message):
     with pytest.raises(CompileError, match=message):
         parse_plan(data, "plan.yaml")
@@ -48,8 +57,12 @@ def test_bad_plans_name_the_entry(data, message):
 def test_a_pattern_matching_nothing_is_an_error_and_the_shipped_plan_loads():
     prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True))
     spec = parse_plan({"layers": [{"match": "l*.qproj", "bits": 8}]}, "plan.yaml")
-    with pytest.raises(CompileError, match=r"plan.yaml: layers\[0\] match 'l\*.qproj' matches no layer"):
-        compile_decoder(prog, load_target("tiny"), CompileOptions(max_len=8, quant=QuantOptions(spec=spec)))
+    with pytest.raises(
+        CompileError, match=r"plan.yaml: layers\[0\] match 'l\*.qproj' matches no layer"
+    ):
+        compile_decoder(
+            prog, load_target("tiny"), CompileOptions(max_len=8, quant=QuantOptions(spec=spec))
+        )
     shipped = load_plan(ROOT / "examples/plans/llama2-7b-flightllm.yaml")
     assert shipped.resolve("l3.k") == {"bits": 4, "group": 128, "sparse": "4:16"}
 
@@ -58,8 +71,11 @@ def test_a_mixed_plan_compiles_and_runs_bit_exactly_with_its_layers_as_planned()
     from test_end_to_end import reference_logits
 
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
-    c = compile_decoder(prog, load_target("tiny"),
-                        CompileOptions(max_len=16, quant=QuantOptions(spec=parse_plan(PLAN))))
+    c = compile_decoder(
+        prog,
+        load_target("tiny"),
+        CompileOptions(max_len=16, quant=QuantOptions(spec=parse_plan(PLAN))),
+    )
     plans = c.program.metadata["decoder"]["weight_plans"]
     assert plans["l0.q"] == {"bits": 8, "prec": "INT8", "group": 32, "sparse": "S8_16"}
     assert plans["l1.down"]["bits"] == 3 and plans["l1.up"]["bits"] == 4

@@ -7,7 +7,7 @@ import pytest
 from flightforge import isa
 from flightforge.compiler.demo import build_demo
 from flightforge.mappings import load_target
-from flightforge.program import Program, ProgramError, Section, Segment, _HEADER
+from flightforge.program import _HEADER, Program, ProgramError, Section, Segment
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +36,52 @@ def test_save_load_round_trip(program, saved, tiny):
 
 
 def test_hand_built_program_round_trip(tiny):
-    code = [isa.LD(rows=2, row_bytes=8, src_stride=8, dst_stride=8, release=1 << isa.Unit.ST),
-            isa.ST(rows=2, row_bytes=8, src_stride=8, dst_stride=8, dst=64, wait=1 << isa.Unit.LD),
-            isa.SYS(op=isa.SysOp.HALT)]
-    prog = Program.for_arch(tiny, [Section.from_instructions("copy", "main", 1, 4, code)],
-                            [Segment("src", "input", 0, 16, bytes(range(16))),
-                             Segment("dst", "output", 64, 16)], {"note": "hand built"})
+    code = [
+        isa.LD(rows=2, row_bytes=8, src_stride=8, dst_stride=8, release=1 << isa.Unit.ST),
+        isa.ST(rows=2, row_bytes=8, src_stride=8, dst_stride=8, dst=64, wait=1 << isa.Unit.LD),
+        isa.SYS(op=isa.SysOp.HALT),
+    ]
+    prog = Program.for_arch(
+        tiny,
+        [Section.from_instructions("copy", "main", 1, 4, code)],
+        [Segment("src", "input", 0, 16, bytes(range(16))), Segment("dst", "output", 64, 16)],
+        {"note": "hand built"},
+    )
     back = Program.from_bytes(prog.to_bytes(), arch=tiny)
     assert back == prog
     assert back.section("copy").instructions == code
     assert back.section_for("main", 3).name == "copy"
     summary = back.summary()
     assert summary["instructions_per_opcode"] == {"LD": 1, "ST": 1, "SYS": 1}
-    assert summary["sections"] == [{"name": "copy", "stage": "main", "lengths": "1..4",
-                                    "instructions": 3, "bytes": 3 * isa.INSTR_BYTES}]
+    assert summary["sections"] == [
+        {
+            "name": "copy",
+            "stage": "main",
+            "lengths": "1..4",
+            "instructions": 3,
+            "bytes": 3 * isa.INSTR_BYTES,
+        }
+    ]
 
 
 def test_loading_for_another_arch_names_both(saved):
-    with pytest.raises(ProgramError, match=r"demo\.ffb: program was compiled for architecture "
-                                           r"'tiny' .* not 'u280'"):
+    with pytest.raises(
+        ProgramError,
+        match=r"demo\.ffb: program was compiled for architecture "
+        r"'tiny' .* not 'u280'",
+    ):
         Program.load(saved, load_target("u280"))
 
 
 def _positions(data: bytes, count: int = 50) -> list[tuple[str, int]]:
     """About ``count`` byte positions spread over header, manifest, payload and trailer."""
     mlen, plen = _HEADER.unpack_from(data)[3], _HEADER.unpack_from(data)[5]
-    parts = {"header": (0, _HEADER.size), "manifest": (_HEADER.size, _HEADER.size + mlen),
-             "payload": (_HEADER.size + mlen, _HEADER.size + mlen + plen),
-             "trailer": (len(data) - 32, len(data))}
+    parts = {
+        "header": (0, _HEADER.size),
+        "manifest": (_HEADER.size, _HEADER.size + mlen),
+        "payload": (_HEADER.size + mlen, _HEADER.size + mlen + plen),
+        "trailer": (len(data) - 32, len(data)),
+    }
     out = []
     for name, (lo, hi) in parts.items():
         step = max(1, (hi - lo) // (count // len(parts)))
@@ -99,15 +117,16 @@ def test_truncated_files_are_refused(program, keep):
 def test_consistent_but_wrong_header_is_refused(program):
     """A header rewritten with a valid checksum still has to add up."""
     import hashlib
+
     data = program.to_bytes()
     fields = list(_HEADER.unpack_from(data))
     fields[1] = 99  # format version
-    body = _HEADER.pack(*fields) + data[_HEADER.size:-32]
+    body = _HEADER.pack(*fields) + data[_HEADER.size : -32]
     with pytest.raises(ProgramError, match="format version 99 is not supported"):
         Program.from_bytes(body + hashlib.sha256(body).digest(), "v.ffb")
     fields = list(_HEADER.unpack_from(data))
     fields[3] += 1  # manifest length
-    body = _HEADER.pack(*fields) + data[_HEADER.size:-32]
+    body = _HEADER.pack(*fields) + data[_HEADER.size : -32]
     with pytest.raises(ProgramError, match="header lengths do not add up"):
         Program.from_bytes(body + hashlib.sha256(body).digest(), "v.ffb")
 

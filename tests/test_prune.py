@@ -8,6 +8,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from train_tiny import on_grid
+from trained_models import lossy_layers, off_grid_layers, plan
 
 from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
@@ -17,8 +19,6 @@ from flightforge.compiler.qdecoder import QuantOptions
 from flightforge.compiler.quantize import prune_nm
 from flightforge.isa import SparseMode
 from flightforge.mappings import load_target
-from train_tiny import on_grid
-from trained_models import lossy_layers, off_grid_layers, plan
 
 SPARSE = [m for m in SparseMode if m.is_sparse and m.n < m.m]
 
@@ -48,23 +48,32 @@ def test_dense_inputs_columns_that_never_fire_are_dropped_first():
 
 
 @pytest.mark.parametrize("method", PRUNE_METHODS)
-@pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S8_16, SparseMode.S4_16],
-                         ids=["2:4", "8:16", "4:16"])
+@pytest.mark.parametrize(
+    "mode", [SparseMode.S2_4, SparseMode.S8_16, SparseMode.S4_16], ids=["2:4", "8:16", "4:16"]
+)
 def test_an_already_nm_sparse_model_compiles_without_loss(mode, method):
     """A model pruned and fine-tuned before export is compiled with its own pattern: the
     compiler's pruning must then change nothing (blocks with fewer than n weights left
     included), or it would silently drop trained weights."""
     prog = random_decoder(DecoderShape(1, 32, 2, 2, 16, 64, 50, "swiglu", True), seed=1)
     rng = np.random.default_rng(2)
-    sparse = dataclasses.replace(prog, linears={
-        name: p if name == "lm_head" else
-        LinearParams(prune_nm(p.w, mode) * (rng.random(p.w.shape) > 0.3), p.b)
-        for name, p in prog.linears.items()})
+    sparse = dataclasses.replace(
+        prog,
+        linears={
+            name: p
+            if name == "lm_head"
+            else LinearParams(prune_nm(p.w, mode) * (rng.random(p.w.shape) > 0.3), p.b)
+            for name, p in prog.linears.items()
+        },
+    )
 
     def compiled(model):
         spec = parse_plan(plan(model, 4, 32, f"{mode.n}:{mode.m}"))
-        return compile_decoder(model, load_target("tiny"), CompileOptions(
-            max_len=8, lengths=(8,), prune=method, quant=QuantOptions(spec=spec)))
+        return compile_decoder(
+            model,
+            load_target("tiny"),
+            CompileOptions(max_len=8, lengths=(8,), prune=method, quant=QuantOptions(spec=spec)),
+        )
 
     assert lossy_layers(compiled(sparse), sparse) == []
     # The check is not vacuous: the dense model's layers are all pruned.
@@ -84,13 +93,17 @@ def test_weights_on_the_int4_grid_compile_without_loss(sparse):
     for name, p in prog.linears.items():
         wp = options.plan_for(name, p.w.shape[1])
         w = prune_nm(p.w, wp.sparse)
-        grid[name] = p if name == "lm_head" else LinearParams(
-            on_grid(w, wp).astype(np.float64), p.b)
+        grid[name] = (
+            p if name == "lm_head" else LinearParams(on_grid(w, wp).astype(np.float64), p.b)
+        )
     on = dataclasses.replace(prog, linears=grid)
 
     def compiled(model):
-        return compile_decoder(model, load_target("tiny"), CompileOptions(
-            max_len=8, lengths=(8,), quant=QuantOptions(spec=spec)))
+        return compile_decoder(
+            model,
+            load_target("tiny"),
+            CompileOptions(max_len=8, lengths=(8,), quant=QuantOptions(spec=spec)),
+        )
 
     assert off_grid_layers(compiled(on), on) == []
     # Not vacuous: the float weights themselves are rounded in every layer.

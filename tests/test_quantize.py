@@ -14,8 +14,13 @@ from flightforge.isa import DType, SparseMode, WPrec
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 8), st.sampled_from([16, 32, 64]), st.sampled_from([0, 16, 32]),
-       st.sampled_from(list(WPrec)), st.integers(0, 2**31))
+@given(
+    st.integers(1, 8),
+    st.sampled_from([16, 32, 64]),
+    st.sampled_from([0, 16, 32]),
+    st.sampled_from(list(WPrec)),
+    st.integers(0, 2**31),
+)
 def test_dequantised_error_within_half_a_step(n, k, group, prec, seed):
     if group and k % group:
         return
@@ -32,8 +37,10 @@ def test_groups_reduce_int4_error_on_uneven_columns():
     w = rng.normal(size=(8, 64)) * np.repeat([0.05, 1.0], 32)[None, :]
     # The small-magnitude half gets its own scale with groups; without, it shares the
     # large half's coarse step.
-    err = {g: np.abs(quantize_linear(w, prec=WPrec.INT4, group=g).dequantized() - w)[:, :32].mean()
-           for g in (0, 32)}
+    err = {
+        g: np.abs(quantize_linear(w, prec=WPrec.INT4, group=g).dequantized() - w)[:, :32].mean()
+        for g in (0, 32)
+    }
     assert err[32] < err[0] / 4
 
 

@@ -59,29 +59,49 @@ class Recorder:
 
 #: 3-bit weights with 2-bit attention output and MLP down projection, as a
 #: mixed-precision plan file would give them (compiler/plans.py).
-MIXED_2_3_BIT = {"default": {"bits": 3, "group": 16},
-                 "layers": [{"match": "l*.o", "bits": 2}, {"match": "l*.down", "bits": 2}]}
+MIXED_2_3_BIT = {
+    "default": {"bits": 3, "group": 16},
+    "layers": [{"match": "l*.o", "bits": 2}, {"match": "l*.down", "bits": 2}],
+}
 
 
 @pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit", "act16"])
 def decoder(arch, request):
-    shape = DecoderShape(layers=1, hidden=32, heads=2, kv_heads=2, head_dim=16,
-                         intermediate=64, vocab=64, mlp="swiglu", rope=True)
+    shape = DecoderShape(
+        layers=1,
+        hidden=32,
+        heads=2,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=64,
+        vocab=64,
+        mlp="swiglu",
+        rope=True,
+    )
     buckets, quant = request.param, QuantOptions()
     if request.param == "mixed-2/3-bit":
         buckets, quant = "per-length", QuantOptions(spec=parse_plan(MIXED_2_3_BIT))
     if request.param == "act16":
         buckets, quant = "per-length", QuantOptions(act_bits=16)
-    program = compile_decoder(random_decoder(shape, seed=1), arch,
-                              CompileOptions(max_len=len(PROMPT) + NEW_TOKENS,
-                                             buckets=buckets, quant=quant)).program
+    program = compile_decoder(
+        random_decoder(shape, seed=1),
+        arch,
+        CompileOptions(max_len=len(PROMPT) + NEW_TOKENS, buckets=buckets, quant=quant),
+    ).program
     if request.param == "mixed-2/3-bit":
-        widths = {isa.Unpack(i.unpack).bits for s in program.sections for i in s.instructions
-                  if isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE}
+        widths = {
+            isa.Unpack(i.unpack).bits
+            for s in program.sections
+            for i in s.instructions
+            if isinstance(i, isa.LD) and i.unpack != isa.Unpack.NONE
+        }
         assert widths == {2, 3}, f"the plan should load 2- and 3-bit weights, not {widths}"
     if request.param == "act16":
-        assert any(isinstance(i, isa.MISC) and i.op == isa.MiscOp.LUT and i.d_dt == isa.DType.INT8
-                   for s in program.sections for i in s.instructions), "no 16-bit split"
+        assert any(
+            isinstance(i, isa.MISC) and i.op == isa.MiscOp.LUT and i.d_dt == isa.DType.INT8
+            for s in program.sections
+            for i in s.instructions
+        ), "no 16-bit split"
     rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
@@ -94,8 +114,9 @@ def test_decoder_layer_on_rtl_equals_functional_sim(decoder) -> None:
     program, rtl, ref, got, want, _ = decoder
     if any(s.len_hi > s.len_lo for s in program.sections):  # length-adaptive sections
         runs = [decode_run(program, len(PROMPT) + j) for j in range(NEW_TOKENS)]
-        assert any(r.length > program.section(r.section).len_lo for r in runs), \
+        assert any(r.length > program.section(r.section).len_lo for r in runs), (
             "no decode run with D > 0: the length register is not exercised"
+        )
     assert got.tokens == want.tokens
     for seg in program.segments:
         a = np.frombuffer(rtl.read(seg.addr, seg.size), np.uint8)

@@ -32,7 +32,9 @@ def test_demo_on_rtl_equals_functional_sim(arch, demo) -> None:
     build, rtl, ref, report, ref_report = demo
     assert ref_report.bit_exact
     for a in report.outputs:
-        assert a.bit_exact, f"{a.name}: RTL differs from the quantised reference by {a.max_abs_diff}"
+        assert a.bit_exact, (
+            f"{a.name}: RTL differs from the quantised reference by {a.max_abs_diff}"
+        )
     for tio in build.program.outputs:
         got = hostio.read_output(rtl, build.program, tio)
         want = hostio.read_output(ref, build.program, tio)
@@ -50,9 +52,15 @@ def test_demo_cycles_match_cycle_model(arch, demo) -> None:
     lines, bad = [], []
     for r in report.runs:
         instrs = build.program.section(r.section).instructions
-        model = run_dispatch(instrs, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
-                             duration=lambda i, ins: duration(arch, ins)).cycles
-        lines.append(f"demo.{r.section}: rtl {r.cycles} model {model} error {r.cycles / model - 1:+.2%}")
+        model = run_dispatch(
+            instrs,
+            token_depth=arch.token_depth,
+            queue_depth=arch.queue_depth,
+            duration=lambda i, ins: duration(arch, ins),
+        ).cycles
+        lines.append(
+            f"demo.{r.section}: rtl {r.cycles} model {model} error {r.cycles / model - 1:+.2%}"
+        )
         if r.cycles != model:
             bad.append(lines[-1])
     print("\n".join(lines))

@@ -57,17 +57,25 @@ def _coverage(sections) -> Counter:
                 seen["unpack odd row_bytes"] += ins.row_bytes % 2
                 seen["unpack unaligned src"] += bool(ins.src % 8)
                 seen["unpack odd src_stride"] += ins.rows > 1 and ins.src_stride % 2
-                seen["unpack rows back to back"] += (ins.rows > 1
-                                                     and ins.src_stride == ins.src_row_bytes)
+                seen["unpack rows back to back"] += (
+                    ins.rows > 1 and ins.src_stride == ins.src_row_bytes
+                )
                 seen["unpack into a narrow port"] += isa.Buf(ins.buf) in (
-                    isa.Buf.GLB, isa.Buf.META, isa.Buf.SCALE)
+                    isa.Buf.GLB,
+                    isa.Buf.META,
+                    isa.Buf.SCALE,
+                )
             seen["wait"] += bool(ins.wait)
     return seen
 
 
 def model_cycles(arch, instrs) -> int:
-    return run_dispatch(instrs, token_depth=arch.token_depth, queue_depth=arch.queue_depth,
-                        duration=lambda i, ins: duration(arch, ins)).cycles
+    return run_dispatch(
+        instrs,
+        token_depth=arch.token_depth,
+        queue_depth=arch.queue_depth,
+        duration=lambda i, ins: duration(arch, ins),
+    ).cycles
 
 
 def ldst_section(arch, rng: np.random.Generator, length: int = 8) -> list[isa.Instruction]:
@@ -106,8 +114,9 @@ def replay(arch):
             continue
         sections.append(sec)
         steps += [("run", f"random{len(sections) - 1}", isa.encode(sec)), h.dump_step()]
-        expected.append(({b: ref.buffer(b)[:n].tobytes() for b, n in h.WINDOWS.items()},
-                         ref.read(*h.EXT_OUT)))
+        expected.append(
+            ({b: ref.buffer(b)[:n].tobytes() for b, n in h.WINDOWS.items()}, ref.read(*h.EXT_OUT))
+        )
     results = h.run_steps(arch, steps, max_cycles=300_000)
     runs = [r for r in results if r and "section" in r]
     dumps = [r for r in results if r and "buffers" in r]
@@ -118,12 +127,30 @@ def replay(arch):
 def test_random_streams_match_functional_sim(arch, replay) -> None:
     sections, expected, runs, dumps, _ = replay
     seen = _coverage(sections)
-    for feature in ("LD", "ST", "MM", "MV", "MISC", "S2_4", "S2_16", "S4_16", "S8_16",
-                    "S16_16", "wINT4", "gsz", "wkn", "acc_in", "wait", *(
-                        o.name for o in h.RANDOM_MISC_OPS), *(
-                        f"unpack {u.name}" for u in isa.Unpack if u != isa.Unpack.NONE),
-                    "unpack odd row_bytes", "unpack unaligned src", "unpack odd src_stride",
-                    "unpack rows back to back", "unpack into a narrow port"):
+    for feature in (
+        "LD",
+        "ST",
+        "MM",
+        "MV",
+        "MISC",
+        "S2_4",
+        "S2_16",
+        "S4_16",
+        "S8_16",
+        "S16_16",
+        "wINT4",
+        "gsz",
+        "wkn",
+        "acc_in",
+        "wait",
+        *(o.name for o in h.RANDOM_MISC_OPS),
+        *(f"unpack {u.name}" for u in isa.Unpack if u != isa.Unpack.NONE),
+        "unpack odd row_bytes",
+        "unpack unaligned src",
+        "unpack odd src_stride",
+        "unpack rows back to back",
+        "unpack into a narrow port",
+    ):
         assert seen[feature], f"the random streams never exercise {feature}: {dict(seen)}"
     assert len(runs) == len(sections), f"replay stopped after {runs[-1]}"
     for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected)):
@@ -133,13 +160,17 @@ def test_random_streams_match_functional_sim(arch, replay) -> None:
             got = np.frombuffer(dump["buffers"][(b, 0)], np.uint8)
             want = np.frombuffer(bufs[b], np.uint8)
             bad = np.nonzero(got != want)[0]
-            assert not len(bad), (f"section {i}: {b.name} differs at bytes {bad[:16].tolist()}: "
-                                  f"RTL {got[bad[:8]].tolist()}, functional {want[bad[:8]].tolist()}"
-                                  f"\n{listing}")
+            assert not len(bad), (
+                f"section {i}: {b.name} differs at bytes {bad[:16].tolist()}: "
+                f"RTL {got[bad[:8]].tolist()}, functional {want[bad[:8]].tolist()}"
+                f"\n{listing}"
+            )
         got, want = np.frombuffer(dump["ext"][h.EXT_OUT], np.uint8), np.frombuffer(ext, np.uint8)
         bad = np.nonzero(got != want)[0]
-        assert not len(bad), (f"section {i}: external memory differs at "
-                              f"{[h.EXT_OUT[0] + int(x) for x in bad[:16]]}\n{listing}")
+        assert not len(bad), (
+            f"section {i}: external memory differs at "
+            f"{[h.EXT_OUT[0] + int(x) for x in bad[:16]]}\n{listing}"
+        )
 
 
 def _report(sections, runs, model, idx) -> list[str]:
@@ -147,7 +178,9 @@ def _report(sections, runs, model, idx) -> list[str]:
     for i in idx:
         ops = "".join(type(x).__name__[0] for x in sections[i] if not isinstance(x, isa.SYS))
         err = runs[i]["cycles"] / model[i] - 1
-        lines.append(f"random{i}: rtl {runs[i]['cycles']} model {model[i]} error {err:+.2%} ({ops})")
+        lines.append(
+            f"random{i}: rtl {runs[i]['cycles']} model {model[i]} error {err:+.2%} ({ops})"
+        )
     return lines
 
 
@@ -155,10 +188,14 @@ def test_ldst_streams_cycle_exact(replay) -> None:
     """LD/ST/SYS sections: the RTL's cycles equal the cycle model's exactly."""
     sections, _, runs, _, model = replay
     idx = range(SECTIONS + MPE_SECTIONS, len(sections))
-    assert sum(isinstance(x, isa.SYS) and x.op == isa.SysOp.NOP
-               for i in idx for x in sections[i]), "no NOP in the LD/ST streams"
-    bad = [line for i, line in zip(idx, _report(sections, runs, model, idx))
-           if runs[i]["cycles"] != model[i]]
+    assert sum(
+        isinstance(x, isa.SYS) and x.op == isa.SysOp.NOP for i in idx for x in sections[i]
+    ), "no NOP in the LD/ST streams"
+    bad = [
+        line
+        for i, line in zip(idx, _report(sections, runs, model, idx))
+        if runs[i]["cycles"] != model[i]
+    ]
     print("\n".join(_report(sections, runs, model, idx)))
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
 
@@ -169,8 +206,12 @@ def test_mixed_streams_cycle_exact(replay) -> None:
     sections, _, runs, _, model = replay
     idx = list(range(SECTIONS + MPE_SECTIONS))
     assert sum(isinstance(x, (isa.MM, isa.MV)) for i in idx for x in sections[i]) > 100
-    assert sum(isinstance(x, isa.MISC) and x.op == isa.MiscOp.SOFTMAX
-               for i in idx for x in sections[i]) >= 5
+    assert (
+        sum(
+            isinstance(x, isa.MISC) and x.op == isa.MiscOp.SOFTMAX for i in idx for x in sections[i]
+        )
+        >= 5
+    )
     lines = _report(sections, runs, model, idx)
     print("\n".join(lines))
     bad = [line for i, line in zip(idx, lines) if runs[i]["cycles"] != model[i]]

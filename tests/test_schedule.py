@@ -21,13 +21,29 @@ def _st(slot: int, ext: int) -> isa.Instruction:
 
 
 def _add(a: int, b: int, d: int) -> isa.Instruction:
-    return isa.MISC(op=MiscOp.ADD, rows=1, cols=REGION, a_addr=a * REGION, b_addr=b * REGION,
-                    d_addr=d * REGION, m0=1, m1=1)
+    return isa.MISC(
+        op=MiscOp.ADD,
+        rows=1,
+        cols=REGION,
+        a_addr=a * REGION,
+        b_addr=b * REGION,
+        d_addr=d * REGION,
+        m0=1,
+        m1=1,
+    )
 
 
 def _mv(a: int, d: int) -> isa.Instruction:
-    return isa.MV(n=2, k=REGION, a_addr=a * REGION, w_addr=0, d_addr=d * REGION,
-                  d_stride=2 * 4, odt=DType.INT8, mult=1)
+    return isa.MV(
+        n=2,
+        k=REGION,
+        a_addr=a * REGION,
+        w_addr=0,
+        d_addr=d * REGION,
+        d_stride=2 * 4,
+        odt=DType.INT8,
+        mult=1,
+    )
 
 
 slot = st.integers(0, 5)

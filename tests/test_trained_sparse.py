@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import io
 
+import accuracy as acc
 import numpy as np
 import pytest
-
-import accuracy as acc
 from test_onnx_import import ort_logits, session
 from trained_models import FIXTURES, Language, lossy_layers, off_grid_layers, plan, train_tiny
 
@@ -97,16 +96,26 @@ def language():
 def compile_with(trained, language, bits: int, group: int):
     sparse, path, prog = trained
     spec = parse_plan(plan(prog, bits, group, sparse), f"{bits}-bit {sparse}")
-    return compile_onnx(str(path), load_target("tiny"), CompileOptions(
-        max_len=acc.MAX_LEN, lengths=(acc.PROMPT_LEN,),
-        calibration=language.calibration, quant=QuantOptions(spec=spec)))
+    return compile_onnx(
+        str(path),
+        load_target("tiny"),
+        CompileOptions(
+            max_len=acc.MAX_LEN,
+            lengths=(acc.PROMPT_LEN,),
+            calibration=language.calibration,
+            quant=QuantOptions(spec=spec),
+        ),
+    )
 
 
 def measured(trained, language, c) -> tuple[np.ndarray, np.ndarray]:
     _, path, prog = trained
     sess = session(path)
-    return acc.measure(c.quantized, lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim),
-                       language.prompts)
+    return acc.measure(
+        c.quantized,
+        lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim),
+        language.prompts,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +163,20 @@ def test_int4_weights_stay_above_their_floors(sparse_only, int4):
     _, cos, top = int4(sparse_only)
     print("\n" + acc.summary(f"INT4 g32 {sparse_only[0]}", cos, top))
     cos_min, cos_mean, top1 = INT4_FLOOR
-    assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, \
-        acc.summary(f"INT4 g32 {sparse_only[0]}", cos, top)
+    assert cos.min() >= cos_min and cos.mean() >= cos_mean and top.mean() >= top1, acc.summary(
+        f"INT4 g32 {sparse_only[0]}", cos, top
+    )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "INT4 weight rounding after training moves a trained tiny model's logits by more than "
-    "the criterion allows at the worst positions, though top-1 stays at 99%; dense INT4 "
-    "fails the same way, and round-to-nearest needs 6-bit weights (docs/compiler.md); "
-    "quantisation-aware training meets it (the QAT tests below)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "INT4 weight rounding after training moves a trained tiny model's logits by more than "
+        "the criterion allows at the worst positions, though top-1 stays at 99%; dense INT4 "
+        "fails the same way, and round-to-nearest needs 6-bit weights (docs/compiler.md); "
+        "quantisation-aware training meets it (the QAT tests below)"
+    ),
+)
 def test_int4_weights_of_the_trained_model_meet_the_criterion(sparse_only, int4):
     _, cos, top = int4(sparse_only)
     assert acc.meets_criterion(cos, top), acc.summary(f"INT4 g32 {sparse_only[0]}", cos, top)
@@ -174,8 +188,11 @@ def test_qat_weights_compile_to_exactly_themselves(qat, int4):
     c = int4(qat)[0]
     assert off_grid_layers(c, qat[2]) == []
     assert {name: (p.prec, p.group) for name, p in c.quantized.plans.items()} == {
-        name: (WPrec.INT8, 0) if name == "lm_head" else
-        (WPrec.INT4, 0 if name.endswith("down") else 32) for name in qat[2].linears}
+        name: (WPrec.INT8, 0)
+        if name == "lm_head"
+        else (WPrec.INT4, 0 if name.endswith("down") else 32)
+        for name in qat[2].linears
+    }
 
 
 def test_int4_weights_of_the_qat_model_meet_the_criterion(qat, int4):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 import train_tiny
 from accuracy import PROMPT_LEN
 
@@ -43,8 +42,9 @@ class Language:
         rng = np.random.default_rng(7)
         prompts = [corpus.prompt(rng, PROMPT_LEN, i % 2 == 1) for i in range(EVAL_PROMPTS)]
         crng = np.random.default_rng(8)
-        calibration = tuple(tuple(corpus.sequence(crng, CALIBRATION_LEN))
-                            for _ in range(CALIBRATION_SEQUENCES))
+        calibration = tuple(
+            tuple(corpus.sequence(crng, CALIBRATION_LEN)) for _ in range(CALIBRATION_SEQUENCES)
+        )
         return cls(corpus, prompts, calibration)
 
     def replayed(self, ids: np.ndarray) -> np.ndarray:
@@ -57,16 +57,22 @@ def plan(prog: DecoderProgram, bits: int, group: int = 32, sparse: str = "dense"
     layers = [{"match": "lm_head", "bits": 8, "group": 0, "sparse": "dense"}]
     if sparse != "dense":
         m = int(sparse.split(":")[1])
-        layers += [{"match": n, "sparse": "dense"} for n, p in prog.linears.items()
-                   if n != "lm_head" and p.w.shape[1] % m]
+        layers += [
+            {"match": n, "sparse": "dense"}
+            for n, p in prog.linears.items()
+            if n != "lm_head" and p.w.shape[1] % m
+        ]
     return {"default": {"bits": bits, "group": group, "sparse": sparse}, "layers": layers}
 
 
 def off_grid_layers(c: Compiled, prog: DecoderProgram) -> list[str]:
     """The decoder projections whose compiled weights, dequantised, are not exactly the
     model's: none for a model trained onto the compiler's grid (``train_tiny.on_grid``)."""
-    return [name for name, ql in c.quantized.linears.items()
-            if name != "lm_head" and not np.array_equal(ql.dequantized(), prog.linears[name].w)]
+    return [
+        name
+        for name, ql in c.quantized.linears.items()
+        if name != "lm_head" and not np.array_equal(ql.dequantized(), prog.linears[name].w)
+    ]
 
 
 def lossy_layers(c: Compiled, prog: DecoderProgram) -> list[str]:
@@ -79,7 +85,9 @@ def lossy_layers(c: Compiled, prog: DecoderProgram) -> list[str]:
             continue
         w, b = prog.linears[name].w, prog.linears[name].b
         dense = quantize_linear(w, b, prec=wp.prec, group=wp.group, store_bits=wp.store_bits)
-        if not (np.array_equal(c.quantized.prog.linears[name].w, w)
-                and np.array_equal(dense.q, c.quantized.linears[name].q)):
+        if not (
+            np.array_equal(c.quantized.prog.linears[name].w, w)
+            and np.array_equal(dense.q, c.quantized.linears[name].q)
+        ):
             bad.append(name)
     return bad

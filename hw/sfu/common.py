@@ -28,14 +28,16 @@ from ..bus import BufPortSignature
 from .lane import LaneSignature
 
 #: The fields of a decoded MISC instruction, with the widths isa.py gives them.
-MiscFields = data.StructLayout({name: unsigned(spec.width)
-                                for name, spec in isa.MISC.field_specs()})
+MiscFields = data.StructLayout(
+    {name: unsigned(spec.width) for name, spec in isa.MISC.field_specs()}
+)
 
 
 @dataclass(frozen=True)
 class PortGroup:
     """``count`` ports named ``{name}0``, ``{name}1``, ... of ``width`` bytes on ``buf``;
     ``width=None`` means the buffer's full port (``banks * width`` bytes)."""
+
     name: str
     buf: isa.Buf
     width: int | None
@@ -64,8 +66,11 @@ class StreamComponent(wiring.Component):
         if arch.sfu.pipeline_depth < self.MIN_DEPTH:
             raise ValueError(f"the SFU pipelines need sfu.pipeline_depth >= {self.MIN_DEPTH}")
         self.groups = groups
-        members: dict[str, wiring.Member] = {"instr": In(MiscFields), "start": In(1),
-                                             "done": Out(1)}
+        members: dict[str, wiring.Member] = {
+            "instr": In(MiscFields),
+            "start": In(1),
+            "done": Out(1),
+        }
         for j in range(self.lanes):
             members[f"lane{j}"] = Out(LaneSignature())
         for g in groups:
@@ -83,14 +88,14 @@ class StreamComponent(wiring.Component):
 
     def buffer_ports(self, buf: isa.Buf) -> list:
         """This pipeline's ports on ``buf``, in a fixed order."""
-        return [self.port(g.name, j) for g in self.groups if g.buf == buf
-                for j in range(g.count)]
+        return [self.port(g.name, j) for g in self.groups if g.buf == buf for j in range(g.count)]
 
     def finish(self, m: Module, last_write: Value) -> None:
         """Drive ``done`` from the cycle of the last write (``MIN_DEPTH - 1`` after the
         unit's start of a one-element instruction), padded to ``sfu.pipeline_depth``."""
-        m.d.comb += self.done.eq(delay(m, last_write, self.arch.sfu.pipeline_depth - self.MIN_DEPTH,
-                                       "done"))
+        m.d.comb += self.done.eq(
+            delay(m, last_write, self.arch.sfu.pipeline_depth - self.MIN_DEPTH, "done")
+        )
 
 
 class ByteCredit:
@@ -103,8 +108,9 @@ class ByteCredit:
     and :meth:`restart` when a pass begins.
     """
 
-    def __init__(self, m: Module, *, port: int, lanes: int, elem_bytes: Value, cols: Value,
-                 col: Signal) -> None:
+    def __init__(
+        self, m: Module, *, port: int, lanes: int, elem_bytes: Value, cols: Value, col: Signal
+    ) -> None:
         self.q = Signal(isa.DIM_BITS + 8)  # floor(port * t / elem_bytes)
         self.r = Signal(5)  # port * t - q * elem_bytes
         x = self.r + port
@@ -141,7 +147,7 @@ def sext(raw: Value, dt: Value) -> Value:
     """The element of type ``dt`` in the low bits of ``raw``, sign-extended."""
     out = raw[:32].as_signed()
     for d in reversed(list(isa.DType)[:-1]):
-        out = Mux(dt == d, raw[:d.bits].as_signed(), out)
+        out = Mux(dt == d, raw[: d.bits].as_signed(), out)
     return out
 
 

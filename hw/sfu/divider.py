@@ -36,15 +36,17 @@ class Divider(wiring.Component):
     def __init__(self, dividend_width: int, divisor_width: int) -> None:
         self.dividend_width = _check_width("dividend_width", dividend_width)
         self.divisor_width = _check_width("divisor_width", divisor_width)
-        super().__init__({
-            "start": In(1),
-            "dividend": In(unsigned(dividend_width)),
-            "divisor": In(unsigned(divisor_width)),
-            "busy": Out(1),
-            "done": Out(1),
-            "quotient": Out(unsigned(dividend_width)),
-            "remainder": Out(unsigned(divisor_width)),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "dividend": In(unsigned(dividend_width)),
+                "divisor": In(unsigned(divisor_width)),
+                "busy": Out(1),
+                "done": Out(1),
+                "quotient": Out(unsigned(dividend_width)),
+                "remainder": Out(unsigned(divisor_width)),
+            }
+        )
 
     @staticmethod
     def latency_of(dividend_width: int) -> int:
@@ -68,8 +70,13 @@ class Divider(wiring.Component):
             self.remainder.eq(rem),
         ]
         with m.If(self.start):
-            m.d.sync += [count.eq(n), divisor.eq(self.divisor), rem.eq(0),
-                         self.quotient.eq(self.dividend), self.done.eq(0)]
+            m.d.sync += [
+                count.eq(n),
+                divisor.eq(self.divisor),
+                rem.eq(0),
+                self.quotient.eq(self.dividend),
+                self.done.eq(0),
+            ]
         with m.Elif(count != 0):
             m.d.sync += count.eq(count - 1)
             with m.If(trial[-1]):  # negative: restore
@@ -92,13 +99,15 @@ class ISqrt(wiring.Component):
     def __init__(self, width: int) -> None:
         self.width = _check_width("width", width)
         self.steps = (width + 1) // 2
-        super().__init__({
-            "start": In(1),
-            "value": In(unsigned(width)),
-            "busy": Out(1),
-            "done": Out(1),
-            "root": Out(unsigned(self.steps)),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "value": In(unsigned(width)),
+                "busy": Out(1),
+                "done": Out(1),
+                "root": Out(unsigned(self.steps)),
+            }
+        )
 
     @staticmethod
     def latency_of(width: int) -> int:

@@ -22,8 +22,12 @@ from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_byte
 from .lane import ELEM_BITS
 
 #: The operations this pipeline runs.
-ELEMENTWISE_OPS = (isa.MiscOp.ADD, isa.MiscOp.MUL, isa.MiscOp.REQUANT,
-                   *(op for op in isa.MiscOp if op.is_table))
+ELEMENTWISE_OPS = (
+    isa.MiscOp.ADD,
+    isa.MiscOp.MUL,
+    isa.MiscOp.REQUANT,
+    *(op for op in isa.MiscOp if op.is_table),
+)
 
 
 class ElementStream(StreamComponent):
@@ -36,10 +40,15 @@ class ElementStream(StreamComponent):
         glb = arch.buffers.of(isa.Buf.GLB)
         if glb.banks * glb.width < 4:
             raise ValueError("the SFU table lookups need a GLB port of at least 4 bytes")
-        super().__init__(arch, [PortGroup("a", isa.Buf.ACT, None, 1),
-                                PortGroup("b", isa.Buf.ACT, None, 1),
-                                PortGroup("d", isa.Buf.ACT, None, 1),
-                                PortGroup("t", isa.Buf.GLB, 4, arch.sfu.lanes)])
+        super().__init__(
+            arch,
+            [
+                PortGroup("a", isa.Buf.ACT, None, 1),
+                PortGroup("b", isa.Buf.ACT, None, 1),
+                PortGroup("d", isa.Buf.ACT, None, 1),
+                PortGroup("t", isa.Buf.GLB, 4, arch.sfu.lanes),
+            ],
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -69,12 +78,20 @@ class ElementStream(StreamComponent):
 
         a_port, b_port, d_port = self.port("a"), self.port("b"), self.port("d")
         issue = busy & (E != 0)
-        m.d.comb += [a_port.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
-                     a_port.req.eq(issue),
-                     b_port.addr.eq(elem_addr(ins.b_addr, ins.b_stride, row, col, ins.b_dt)),
-                     b_port.req.eq(issue & two)]
+        m.d.comb += [
+            a_port.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
+            a_port.req.eq(issue),
+            b_port.addr.eq(elem_addr(ins.b_addr, ins.b_stride, row, col, ins.b_dt)),
+            b_port.req.eq(issue & two),
+        ]
         # stage 1: operands arrive; compute or look up
-        v1, e1, r1, c1, last1 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
+        v1, e1, r1, c1, last1 = (
+            Signal(),
+            Signal.like(E),
+            Signal.like(row),
+            Signal.like(col),
+            Signal(),
+        )
         m.d.sync += [v1.eq(issue), e1.eq(E), r1.eq(row), c1.eq(col), last1.eq(last)]
         for j in range(L):
             araw = Cat(a_port.rdata, Const(0, 32)).bit_select(j << (ins.a_dt + 3), 32)
@@ -88,26 +105,42 @@ class ElementStream(StreamComponent):
                 with m.Case(isa.MiscOp.ADD):  # a*m0 + b*m1
                     m.d.comb += [lane.a.eq(a), lane.b.eq(ins.m0), lane.c.eq(b), lane.d.eq(ins.m1)]
                 with m.Case(isa.MiscOp.MUL):  # (a*b) * m0
-                    m.d.comb += [lane.a.eq(a[:16].as_signed()), lane.b.eq(b[:16].as_signed()),
-                                 lane.chain.eq(1), lane.d.eq(ins.m0), lane.acc.eq(0)]
+                    m.d.comb += [
+                        lane.a.eq(a[:16].as_signed()),
+                        lane.b.eq(b[:16].as_signed()),
+                        lane.chain.eq(1),
+                        lane.d.eq(ins.m0),
+                        lane.acc.eq(0),
+                    ]
                 with m.Default():  # a*m0
                     m.d.comb += [lane.a.eq(a), lane.b.eq(ins.m0)]
             tp = self.port("t", j)
-            m.d.comb += [tp.addr.eq(ins.p_addr + (a[:8] << ins.d_dt)),
-                         tp.req.eq(v1 & is_table & (j < e1))]
+            m.d.comb += [
+                tp.addr.eq(ins.p_addr + (a[:8] << ins.d_dt)),
+                tp.req.eq(v1 & is_table & (j < e1)),
+            ]
         # stage 2: write
-        v2, e2, r2, c2, last2 = Signal(), Signal.like(E), Signal.like(row), Signal.like(col), Signal()
+        v2, e2, r2, c2, last2 = (
+            Signal(),
+            Signal.like(E),
+            Signal.like(row),
+            Signal.like(col),
+            Signal(),
+        )
         m.d.sync += [v2.eq(v1), e2.eq(e1), r2.eq(r1), c2.eq(c1), last2.eq(last1)]
         outs = [Mux(is_table, self.port("t", j).rdata, self.lane(j).result_q) for j in range(L)]
         packed = Signal(32 * L)
         with m.Switch(ins.d_dt):
             for d in isa.DType:
                 with m.Case(d):
-                    m.d.comb += packed.eq(Cat(*(o[:d.bits] for o in outs)))
+                    m.d.comb += packed.eq(Cat(*(o[: d.bits] for o in outs)))
         nbytes = e2 << ins.d_dt
-        m.d.comb += [d_port.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)),
-                     d_port.we.eq(1), d_port.wdata.eq(packed[:8 * P]),
-                     d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[:P]),
-                     d_port.req.eq(v2 & (e2 != 0))]
+        m.d.comb += [
+            d_port.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)),
+            d_port.we.eq(1),
+            d_port.wdata.eq(packed[: 8 * P]),
+            d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[:P]),
+            d_port.req.eq(v2 & (e2 != 0)),
+        ]
         self.finish(m, last2)
         return m

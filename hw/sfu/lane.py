@@ -69,7 +69,7 @@ def rnd_shift(x: Value, s: Value | int) -> Value:
     if isinstance(s, int):
         return x if s == 0 else ((x >> (s - 1)) + 1) >> 1
     s = Value.cast(s)
-    return Mux(s == 0, x, ((x >> (s - 1)[:len(s)]) + 1) >> 1)
+    return Mux(s == 0, x, ((x >> (s - 1)[: len(s)]) + 1) >> 1)
 
 
 def clamp(x: Value, lo: int, hi: int) -> Value:
@@ -89,15 +89,25 @@ class LaneSignature(wiring.Signature):
     """A pipeline's view of one lane: operands out, results in."""
 
     def __init__(self) -> None:
-        super().__init__({
-            "a": Out(signed(A_BITS)), "b": Out(signed(B_BITS)),
-            "c": Out(signed(C_BITS)), "d": Out(signed(D_BITS)),
-            "chain": Out(1), "acc": Out(1), "sub": Out(1),
-            "shift1": Out(unsigned(isa.SHIFT_BITS)), "shift2": Out(unsigned(isa.SHIFT_BITS)),
-            "bias": Out(signed(BIAS_BITS)), "dt": Out(unsigned(2)),
-            "prod": In(signed(P1_BITS)), "round1": In(signed(P1_BITS)),
-            "result": In(signed(ELEM_BITS)), "result_q": In(signed(ELEM_BITS)),
-        })
+        super().__init__(
+            {
+                "a": Out(signed(A_BITS)),
+                "b": Out(signed(B_BITS)),
+                "c": Out(signed(C_BITS)),
+                "d": Out(signed(D_BITS)),
+                "chain": Out(1),
+                "acc": Out(1),
+                "sub": Out(1),
+                "shift1": Out(unsigned(isa.SHIFT_BITS)),
+                "shift2": Out(unsigned(isa.SHIFT_BITS)),
+                "bias": Out(signed(BIAS_BITS)),
+                "dt": Out(unsigned(2)),
+                "prod": In(signed(P1_BITS)),
+                "round1": In(signed(P1_BITS)),
+                "result": In(signed(ELEM_BITS)),
+                "result_q": In(signed(ELEM_BITS)),
+            }
+        )
 
 
 class SfuLane(wiring.Component):
@@ -109,8 +119,10 @@ class SfuLane(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.d.comb += [self.prod.eq(self.a * self.b),
-                     self.round1.eq(rnd_shift(self.prod, self.shift1))]
+        m.d.comb += [
+            self.prod.eq(self.a * self.b),
+            self.round1.eq(rnd_shift(self.prod, self.shift1)),
+        ]
         p2 = Signal(signed(P2_BITS))
         m.d.comb += p2.eq(Mux(self.chain, self.round1[:C_BITS].as_signed(), self.c) * self.d)
         w = Signal(signed(W_BITS))

@@ -23,9 +23,18 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 
 from flightforge import isa, numerics
 from flightforge.arch import ArchConfig
-from flightforge.sfu import (DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS, MS_BITS, RADICAND_BITS,
-                             S1_BITS, S2_BITS, X_BITS, divider_latency, norm_row_gap,
-                             norm_steps)
+from flightforge.sfu import (
+    DIV_DIVIDEND_BITS,
+    DIV_DIVISOR_BITS,
+    MS_BITS,
+    RADICAND_BITS,
+    S1_BITS,
+    S2_BITS,
+    X_BITS,
+    divider_latency,
+    norm_row_gap,
+    norm_steps,
+)
 
 from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext, strobe
 from .divider import Divider, ISqrt
@@ -49,8 +58,15 @@ class NormStream(StreamComponent):
 
     def __init__(self, arch: ArchConfig) -> None:
         L = arch.sfu.lanes
-        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L),
-                                PortGroup("g", isa.Buf.GLB, 2, L), PortGroup("b", isa.Buf.GLB, 2, L)])
+        super().__init__(
+            arch,
+            [
+                PortGroup("rd", isa.Buf.ACT, 4, L),
+                PortGroup("wr", isa.Buf.ACT, 4, L),
+                PortGroup("g", isa.Buf.GLB, 2, L),
+                PortGroup("b", isa.Buf.GLB, 2, L),
+            ],
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -94,8 +110,14 @@ class NormStream(StreamComponent):
         with m.If((k != 0) & (k < gap)):
             m.d.sync += k.eq(k + 1)
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), phase.eq(STATS), row.eq(0), col.eq(0), k.eq(0),
-                         *sched.restart()]
+            m.d.sync += [
+                busy.eq(1),
+                phase.eq(STATS),
+                row.eq(0),
+                col.eq(0),
+                k.eq(0),
+                *sched.restart(),
+            ]
         with m.If(issuing):
             m.d.sync += [col.eq(col + E), *sched.advance()]
         with m.If(row_end):
@@ -119,16 +141,31 @@ class NormStream(StreamComponent):
         for j in range(L):
             on = issuing & (j < E)
             p, g, b = (self.port(n, j) for n in ("rd", "g", "b"))
-            m.d.comb += [p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
-                         p.req.eq(on),
-                         g.addr.eq(ins.p_addr + ((col + j) << 1)),
-                         b.addr.eq(ins.p_addr + ((ins.cols + col + j) << 1)),
-                         g.req.eq(on & (phase == OUT)), b.req.eq(on & (phase == OUT) & layer)]
+            m.d.comb += [
+                p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                p.req.eq(on),
+                g.addr.eq(ins.p_addr + ((col + j) << 1)),
+                b.addr.eq(ins.p_addr + ((ins.cols + col + j) << 1)),
+                g.req.eq(on & (phase == OUT)),
+                b.req.eq(on & (phase == OUT) & layer),
+            ]
         # stage 1: arrival
         v1 = Signal(L)
-        ph1, r1, c1, last1, first1 = Signal(2), Signal.like(row), Signal.like(col), Signal(), Signal()
-        m.d.sync += [v1.eq(Cat(*(issuing & (j < E) for j in range(L)))), ph1.eq(phase),
-                     r1.eq(row), c1.eq(col), last1.eq(last), first1.eq(col == 0)]
+        ph1, r1, c1, last1, first1 = (
+            Signal(2),
+            Signal.like(row),
+            Signal.like(col),
+            Signal(),
+            Signal(),
+        )
+        m.d.sync += [
+            v1.eq(Cat(*(issuing & (j < E) for j in range(L)))),
+            ph1.eq(phase),
+            r1.eq(row),
+            c1.eq(col),
+            last1.eq(last),
+            first1.eq(col == 0),
+        ]
         xs = [Signal(signed(X_BITS), name=f"x{j}") for j in range(L)]
         for j in range(L):
             m.d.comb += xs[j].eq(sext(self.port("rd", j).rdata, ins.a_dt))
@@ -137,12 +174,14 @@ class NormStream(StreamComponent):
         s2 = [Signal(unsigned(S2_BITS), name=f"s2_{b}") for b in range(2)]
         add1 = sum((Mux(v1[j], xs[j], 0) for j in range(L)), 0)
         # x * x on the lanes' first multipliers (below 2**30: the low 2*X_BITS bits)
-        add2 = sum((Mux(v1[j], self.lane(j).prod[:2 * X_BITS], 0) for j in range(L)), 0)
+        add2 = sum((Mux(v1[j], self.lane(j).prod[: 2 * X_BITS], 0) for j in range(L)), 0)
         with m.If(v1.any() & (ph1 == STATS)):
             for b in range(2):
                 with m.If(r1[0] == b):
-                    m.d.sync += [s1[b].eq(Mux(first1, 0, s1[b]) + add1),
-                                 s2[b].eq(Mux(first1, 0, s2[b]) + add2)]
+                    m.d.sync += [
+                        s1[b].eq(Mux(first1, 0, s1[b]) + add1),
+                        s2[b].eq(Mux(first1, 0, s2[b]) + add2),
+                    ]
 
         # the sequence of row seq_row, at fixed k
         m.submodules.divider = div = Divider(DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS)
@@ -165,8 +204,9 @@ class NormStream(StreamComponent):
         for b in range(2):
             with m.If(par == b):
                 with m.If(layer & (k == steps_l["mean"] + dl)):
-                    m.d.sync += mean[b].eq(Mux(S1 >= 0, div.quotient,
-                                               -div.quotient - (div.remainder != 0)))
+                    m.d.sync += mean[b].eq(
+                        Mux(S1 >= 0, div.quotient, -div.quotient - (div.remainder != 0))
+                    )
                 with m.If(layer & (k == steps_l["mean"] + dl + 1)):
                     m.d.sync += centre.eq(2 * S1 - ins.cols * mean[b])
                 with m.If(layer & (k == steps_l["mean"] + dl + 2)):
@@ -178,8 +218,11 @@ class NormStream(StreamComponent):
         with m.If(at("sqrt")):
             m.d.comb += [sqrt.start.eq(1), sqrt.value.eq(ms << 16)]
         with m.If(at("inverse")):
-            m.d.comb += [div.start.eq(1), div.dividend.eq(1 << numerics.NORM_RSQRT_BITS),
-                         div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root))]
+            m.d.comb += [
+                div.start.eq(1),
+                div.dividend.eq(1 << numerics.NORM_RSQRT_BITS),
+                div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root)),
+            ]
 
         # output: computed on arrival with the row's mean and inverse root, written next cycle
         v2 = Signal(L)
@@ -191,16 +234,25 @@ class NormStream(StreamComponent):
         for j in range(L):
             xc = Signal(signed(X_BITS + 2), name=f"xc{j}")
             lane = self.lane(j)
-            m.d.comb += [xc.eq(xs[j] - row_mean),
-                         # rnd(rnd(xc * inv, 16) * gamma, shift) + beta, saturated
-                         lane.a.eq(Mux(stats, xs[j], row_inv)), lane.b.eq(xc),
-                         lane.shift1.eq(numerics.NORM_T_SHIFT), lane.chain.eq(1),
-                         lane.d.eq(self.port("g", j).rdata.as_signed()), lane.shift2.eq(ins.shift),
-                         lane.bias.eq(Mux(layer, self.port("b", j).rdata.as_signed(), 0)),
-                         lane.dt.eq(ins.d_dt)]
+            m.d.comb += [
+                xc.eq(xs[j] - row_mean),
+                # rnd(rnd(xc * inv, 16) * gamma, shift) + beta, saturated
+                lane.a.eq(Mux(stats, xs[j], row_inv)),
+                lane.b.eq(xc),
+                lane.shift1.eq(numerics.NORM_T_SHIFT),
+                lane.chain.eq(1),
+                lane.d.eq(self.port("g", j).rdata.as_signed()),
+                lane.shift2.eq(ins.shift),
+                lane.bias.eq(Mux(layer, self.port("b", j).rdata.as_signed(), 0)),
+                lane.dt.eq(ins.d_dt),
+            ]
             p = self.port("wr", j)
-            m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
-                         p.we.eq(1), p.wdata.eq(lane.result_q), p.strb.eq(strobe(ins.d_dt)),
-                         p.req.eq(v2[j] & (ph2 == OUT))]
+            m.d.comb += [
+                p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                p.we.eq(1),
+                p.wdata.eq(lane.result_q),
+                p.strb.eq(strobe(ins.d_dt)),
+                p.req.eq(v2[j] & (ph2 == OUT)),
+            ]
         self.finish(m, last2)
         return m

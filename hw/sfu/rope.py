@@ -30,8 +30,14 @@ class RopeStream(StreamComponent):
         if arch.sfu.lanes % 2:
             raise ValueError("ROPE needs an even number of SFU lanes")
         L = arch.sfu.lanes
-        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L),
-                                PortGroup("tab", isa.Buf.GLB, 2, L)])
+        super().__init__(
+            arch,
+            [
+                PortGroup("rd", isa.Buf.ACT, 4, L),
+                PortGroup("wr", isa.Buf.ACT, 4, L),
+                PortGroup("tab", isa.Buf.GLB, 2, L),
+            ],
+        )
         self.slots = L // 2
 
     def elaborate(self, platform) -> Module:
@@ -40,7 +46,7 @@ class RopeStream(StreamComponent):
         L, P, S = self.lanes, self.P, self.slots
         eb = Signal(5)
         m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
-        half = (ins.len >> 1)
+        half = ins.len >> 1
         busy = Signal()
         row = Signal(isa.DIM_BITS)
         done_e = Signal(isa.DIM_BITS + 1)  # elements issued in this row
@@ -57,13 +63,14 @@ class RopeStream(StreamComponent):
             wrap = idxs[-1] + 1 >= half
             nb_ = Signal.like(base, name=f"base{s}")
             ni = Signal.like(i, name=f"idx{s}")
-            m.d.comb += [nb_.eq(Mux(wrap, bases[-1] + ins.len, bases[-1])),
-                         ni.eq(Mux(wrap, 0, idxs[-1] + 1))]
+            m.d.comb += [
+                nb_.eq(Mux(wrap, bases[-1] + ins.len, bases[-1])),
+                ni.eq(Mux(wrap, 0, idxs[-1] + 1)),
+            ]
             bases.append(nb_)
             idxs.append(ni)
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), row.eq(0), done_e.eq(0), base.eq(0), i.eq(0),
-                         *sched.restart()]
+            m.d.sync += [busy.eq(1), row.eq(0), done_e.eq(0), base.eq(0), i.eq(0), *sched.restart()]
         with m.If(busy):
             m.d.sync += [done_e.eq(done_e + (npairs << 1)), *sched.advance()]
             with m.Switch(npairs):
@@ -85,11 +92,16 @@ class RopeStream(StreamComponent):
             col = bases[s] + idxs[s]
             x1p, x2p = self.port("rd", 2 * s), self.port("rd", 2 * s + 1)
             cp, sp = self.port("tab", 2 * s), self.port("tab", 2 * s + 1)
-            m.d.comb += [x1p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
-                         x2p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)),
-                         cp.addr.eq(ins.p_addr + ((tab_row + idxs[s]) << 1)),
-                         sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
-                         x1p.req.eq(on), x2p.req.eq(on), cp.req.eq(on), sp.req.eq(on)]
+            m.d.comb += [
+                x1p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
+                x2p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)),
+                cp.addr.eq(ins.p_addr + ((tab_row + idxs[s]) << 1)),
+                sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
+                x1p.req.eq(on),
+                x2p.req.eq(on),
+                cp.req.eq(on),
+                sp.req.eq(on),
+            ]
             m.d.sync += [v1[s].eq(on), c1[s].eq(col)]
         # stage 1: rotate, lane 2s: x1*cos - x2*sin, lane 2s + 1: x2*cos + x1*sin
         v2 = [Signal(name=f"v2_{s}") for s in range(S)]
@@ -103,17 +115,31 @@ class RopeStream(StreamComponent):
             sin = self.port("tab", 2 * s + 1).rdata.as_signed()
             for h, (p, q) in enumerate(((x1, x2), (x2, x1))):
                 lane = self.lane(2 * s + h)
-                m.d.comb += [lane.a.eq(p), lane.b.eq(cos), lane.c.eq(q), lane.d.eq(sin),
-                             lane.acc.eq(1), lane.sub.eq(h == 0), lane.shift2.eq(ins.shift),
-                             lane.dt.eq(ins.d_dt)]
+                m.d.comb += [
+                    lane.a.eq(p),
+                    lane.b.eq(cos),
+                    lane.c.eq(q),
+                    lane.d.eq(sin),
+                    lane.acc.eq(1),
+                    lane.sub.eq(h == 0),
+                    lane.shift2.eq(ins.shift),
+                    lane.dt.eq(ins.d_dt),
+                ]
             m.d.sync += [v2[s].eq(v1[s]), c2[s].eq(c1[s])]
         # stage 2: write both halves
         for s in range(S):
             for h in range(2):
                 p = self.port("wr", 2 * s + h)
-                m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2,
-                                                 c2[s] + (half if h else 0), ins.d_dt)),
-                             p.we.eq(1), p.wdata.eq(self.lane(2 * s + h).result_q), p.strb.eq(strobe(ins.d_dt)),
-                             p.req.eq(v2[s])]
+                m.d.comb += [
+                    p.addr.eq(
+                        elem_addr(
+                            ins.d_addr, ins.d_stride, r2, c2[s] + (half if h else 0), ins.d_dt
+                        )
+                    ),
+                    p.we.eq(1),
+                    p.wdata.eq(self.lane(2 * s + h).result_q),
+                    p.strb.eq(strobe(ins.d_dt)),
+                    p.req.eq(v2[s]),
+                ]
         self.finish(m, last2)
         return m

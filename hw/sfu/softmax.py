@@ -19,11 +19,18 @@ from amaranth.lib import memory
 
 from flightforge import isa, numerics
 from flightforge.arch import ArchConfig
-from flightforge.sfu import (EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTMAX_ROW_GAP,
-                             SUM_BITS)
+from flightforge.sfu import EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTMAX_ROW_GAP, SUM_BITS
 
-from .common import (ByteCredit, PortGroup, StreamComponent, by_dtype, elem_addr,
-                     elem_bytes, sext, strobe)
+from .common import (
+    ByteCredit,
+    PortGroup,
+    StreamComponent,
+    by_dtype,
+    elem_addr,
+    elem_bytes,
+    sext,
+    strobe,
+)
 from .divider import Divider
 from .lane import ELEM_BITS
 
@@ -50,7 +57,9 @@ class SoftmaxStream(StreamComponent):
 
     def __init__(self, arch: ArchConfig) -> None:
         L = arch.sfu.lanes
-        super().__init__(arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L)])
+        super().__init__(
+            arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L)]
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -104,21 +113,31 @@ class SoftmaxStream(StreamComponent):
         limit = Mux(ins.len == 0, ins.cols, ins.len)
         for j in range(L):
             p = self.port("rd", j)
-            m.d.comb += [p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
-                         p.req.eq(issuing & (j < E))]
+            m.d.comb += [
+                p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
+                p.req.eq(issuing & (j < E)),
+            ]
         # stage 1: arrival
         v1 = Signal(L)
         ph1, r1, c1, last1 = Signal(2), Signal.like(row), Signal.like(col), Signal()
         first1 = Signal()  # the pass's first issue (restarts the maximum or the sum)
-        m.d.sync += [ph1.eq(phase), r1.eq(row), c1.eq(col), last1.eq(last),
-                     first1.eq(col == 0), v1.eq(Cat(*(issuing & (j < E) for j in range(L))))]
+        m.d.sync += [
+            ph1.eq(phase),
+            r1.eq(row),
+            c1.eq(col),
+            last1.eq(last),
+            first1.eq(col == 0),
+            v1.eq(Cat(*(issuing & (j < E) for j in range(L)))),
+        ]
         xs, vc = [], []
         for j in range(L):
             xj = Signal(signed(ELEM_BITS), name=f"x{j}")
             cj = c1 + j
             vj = Signal(name=f"vc{j}")
-            m.d.comb += [xj.eq(sext(self.port("rd", j).rdata, ins.a_dt)),
-                         vj.eq(v1[j] & (cj < limit) & (~ins.causal | (cj <= ins.pos + r1)))]
+            m.d.comb += [
+                xj.eq(sext(self.port("rd", j).rdata, ins.a_dt)),
+                vj.eq(v1[j] & (cj < limit) & (~ins.causal | (cj <= ins.pos + r1))),
+            ]
             xs.append(xj)
             vc.append(vj)
         # MAX: fold the lanes into the row's maximum, one register per row parity
@@ -139,13 +158,31 @@ class SoftmaxStream(StreamComponent):
         # u280's 16-port ROM, and an FPGA build would replicate it this way anyway.
         roms = []
         for h in range(-(-L // 2)):
-            roms.append(rom := memory.Memory(shape=unsigned(EXP_BITS), depth=len(numerics.EXP2_LUT),
-                                             init=[int(v) for v in numerics.EXP2_LUT]))
+            roms.append(
+                rom := memory.Memory(
+                    shape=unsigned(EXP_BITS),
+                    depth=len(numerics.EXP2_LUT),
+                    init=[int(v) for v in numerics.EXP2_LUT],
+                )
+            )
             m.submodules[f"exp2_rom{h}"] = rom
         v2, vc2 = Signal(L), Signal(L)
-        ph2, r2, c2, last2, first2 = Signal(2), Signal.like(row), Signal.like(col), Signal(), Signal()
-        m.d.sync += [v2.eq(v1), vc2.eq(Cat(*vc)), ph2.eq(ph1), r2.eq(r1), c2.eq(c1),
-                     last2.eq(last1), first2.eq(first1)]
+        ph2, r2, c2, last2, first2 = (
+            Signal(2),
+            Signal.like(row),
+            Signal.like(col),
+            Signal(),
+            Signal(),
+        )
+        m.d.sync += [
+            v2.eq(v1),
+            vc2.eq(Cat(*vc)),
+            ph2.eq(ph1),
+            r2.eq(r1),
+            c2.eq(c1),
+            last2.eq(last1),
+            first2.eq(first1),
+        ]
         es = []
         for j in range(L):
             rp = roms[j // 2].read_port()
@@ -153,12 +190,21 @@ class SoftmaxStream(StreamComponent):
             d = Signal(ELEM_BITS, name=f"d{j}")
             t = Signal(ELEM_BITS + isa.MULT_BITS, name=f"t{j}")
             sh = Signal(range(EXP_MAX_SHIFT + 1), name=f"sh{j}")
-            m.d.comb += [d.eq(Mux(vc[j], mx - xs[j], 0)),
-                         lane.a.eq(d), lane.b.eq(ins.m0), lane.shift1.eq(ins.shift),
-                         t.eq(lane.round1),  # rnd(d * m0 >> shift)
-                         rp.addr.eq(t[:8])]
-            m.d.sync += sh.eq(Mux(t >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT, EXP_MAX_SHIFT,
-                                  t >> numerics.FRAC_BITS_EXP))
+            m.d.comb += [
+                d.eq(Mux(vc[j], mx - xs[j], 0)),
+                lane.a.eq(d),
+                lane.b.eq(ins.m0),
+                lane.shift1.eq(ins.shift),
+                t.eq(lane.round1),  # rnd(d * m0 >> shift)
+                rp.addr.eq(t[:8]),
+            ]
+            m.d.sync += sh.eq(
+                Mux(
+                    t >> numerics.FRAC_BITS_EXP > EXP_MAX_SHIFT,
+                    EXP_MAX_SHIFT,
+                    t >> numerics.FRAC_BITS_EXP,
+                )
+            )
             e = Signal(EXP_BITS, name=f"e{j}")
             m.d.comb += e.eq(Mux(vc2[j], rp.data >> sh, 0))
             es.append(e)
@@ -169,8 +215,11 @@ class SoftmaxStream(StreamComponent):
         # the last e of the pass is summed two cycles after its issue: start then
         sum_end = Signal(3)
         m.d.sync += sum_end.eq(Cat(row_end & (phase == SUM), sum_end[:2]))
-        m.d.comb += [div.start.eq(sum_end[2]), div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
-                     div.divisor.eq(total)]
+        m.d.comb += [
+            div.start.eq(sum_end[2]),
+            div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
+            div.divisor.eq(total),
+        ]
         zero = Signal()  # the row's sum was 0 (every column masked): y = 0
         with m.If(sum_end[2]):
             m.d.sync += zero.eq(total == 0)
@@ -178,11 +227,19 @@ class SoftmaxStream(StreamComponent):
         frac_shift = by_dtype(ins.d_dt, lambda dt: numerics.SOFTMAX_RECIP_BITS - (dt.bits - 1))
         for j in range(L):  # the element a stage behind, on the lane's second multiplier
             lane = self.lane(j)
-            m.d.comb += [lane.c.eq(recip), lane.d.eq(es[j]), lane.shift2.eq(frac_shift),
-                         lane.dt.eq(ins.d_dt)]  # y = min(y_max, rnd(e * recip >> frac_shift))
+            m.d.comb += [
+                lane.c.eq(recip),
+                lane.d.eq(es[j]),
+                lane.shift2.eq(frac_shift),
+                lane.dt.eq(ins.d_dt),
+            ]  # y = min(y_max, rnd(e * recip >> frac_shift))
             p = self.port("wr", j)
-            m.d.comb += [p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
-                         p.we.eq(1), p.wdata.eq(lane.result),
-                         p.strb.eq(strobe(ins.d_dt)), p.req.eq(v2[j] & (ph2 == OUT))]
+            m.d.comb += [
+                p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                p.we.eq(1),
+                p.wdata.eq(lane.result),
+                p.strb.eq(strobe(ins.d_dt)),
+                p.req.eq(v2[j] & (ph2 == OUT)),
+            ]
         self.finish(m, last2)
         return m

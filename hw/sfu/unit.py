@@ -33,8 +33,10 @@ def _mux_tree(sel: Value, values: list) -> Value:
     """``values[sel]`` as a binary tree of 2:1 multiplexers on the bits of ``sel`` (a
     4:1 multiplexer, one LUT6 a bit, for the four pipelines)."""
     for bit in range(len(sel)):
-        values = [Mux(sel[bit], values[i + 1], values[i]) if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
+        values = [
+            Mux(sel[bit], values[i + 1], values[i]) if i + 1 < len(values) else values[i]
+            for i in range(0, len(values), 2)
+        ]
     return values[0]
 
 
@@ -44,20 +46,33 @@ class SpecialFunctionUnit(wiring.Component):
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
         self.streams: dict[str, StreamComponent] = {
-            "elementwise": ElementStream(arch), "rope": RopeStream(arch),
-            "softmax": SoftmaxStream(arch), "norm": NormStream(arch)}
+            "elementwise": ElementStream(arch),
+            "rope": RopeStream(arch),
+            "softmax": SoftmaxStream(arch),
+            "norm": NormStream(arch),
+        }
         covered = [op for s in self.streams.values() for op in s.OPS]
         assert sorted(covered) == sorted(isa.MiscOp), "every MiscOp needs exactly one pipeline"
-        self._inner = {b: [p for s in self.streams.values() for p in s.buffer_ports(b)]
-                       for b in SFU_BUFFERS}
-        super().__init__({**unit_members(isa.Unit.SFU), **{
-            f"buf_{b.name.lower()}_s{i}": Out(p.signature)
-            for b, ports in self._inner.items() for i, p in enumerate(ports)}})
+        self._inner = {
+            b: [p for s in self.streams.values() for p in s.buffer_ports(b)] for b in SFU_BUFFERS
+        }
+        super().__init__(
+            {
+                **unit_members(isa.Unit.SFU),
+                **{
+                    f"buf_{b.name.lower()}_s{i}": Out(p.signature)
+                    for b, ports in self._inner.items()
+                    for i, p in enumerate(ports)
+                },
+            }
+        )
 
     def ports(self, buf: isa.Buf) -> list:
         """The unit's ports on ``buf``, in a fixed order."""
-        return [getattr(self, f"buf_{buf.name.lower()}_s{i}")
-                for i in range(len(self._inner.get(buf, [])))]
+        return [
+            getattr(self, f"buf_{buf.name.lower()}_s{i}")
+            for i in range(len(self._inner.get(buf, [])))
+        ]
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         """Byte widths of :meth:`ports`."""
@@ -87,7 +102,8 @@ class SpecialFunctionUnit(wiring.Component):
                         m.d.comb += getattr(stream.lane(j), name).eq(getattr(lane, name))
                 else:
                     m.d.comb += getattr(lane, name).eq(
-                        _mux_tree(which, [getattr(s.lane(j), name) for s in streams]))
+                        _mux_tree(which, [getattr(s.lane(j), name) for s in streams])
+                    )
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):

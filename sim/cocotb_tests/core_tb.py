@@ -32,8 +32,19 @@ _u8p = ctypes.POINTER(ctypes.c_uint8)
 _i64p = ctypes.POINTER(ctypes.c_int64)
 #: ctypes signatures of the ff_* functions of flightforge_tb_host.cpp that Python calls.
 _SIGNATURES = {
-    "ff_configure": ([ctypes.c_uint64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                      ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64], ctypes.c_int),
+    "ff_configure": (
+        [
+            ctypes.c_uint64,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_uint64,
+        ],
+        ctypes.c_int,
+    ),
     "ff_mem_write": ([ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64], ctypes.c_int),
     "ff_mem_read": ([ctypes.c_uint64, _u8p, ctypes.c_uint64], ctypes.c_int),
     "ff_pages": ([ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64], ctypes.c_uint64),
@@ -76,8 +87,16 @@ class Host:
     def attach(cls, job: dict) -> Host:
         lib = bind(ctypes.CDLL(None))  # the simulator executable (linked with -rdynamic)
         t = job["timing"]
-        lib.ff_configure(job["capacity"], job["page_bits"], job["beat_bytes"], job["instr_bytes"],
-                         t["rd_latency"], t["wr_latency"], t["penalty"], t["channel_bytes"])
+        lib.ff_configure(
+            job["capacity"],
+            job["page_bits"],
+            job["beat_bytes"],
+            job["instr_bytes"],
+            t["rd_latency"],
+            t["wr_latency"],
+            t["penalty"],
+            t["channel_bytes"],
+        )
         return cls(lib, job["page_bits"])
 
     def error(self) -> str:
@@ -115,8 +134,12 @@ class Host:
         out = np.zeros(4, np.int64)
         self.lib.ff_run_result(_ptr(out, _i64p))
         cycles, timeout, illegal, token_error = (int(v) for v in out)
-        return {"cycles": cycles, "timeout": bool(timeout), "illegal": illegal,
-                "token_error": token_error}
+        return {
+            "cycles": cycles,
+            "timeout": bool(timeout),
+            "illegal": illegal,
+            "token_error": token_error,
+        }
 
     def request_dump(self, windows: list[tuple[int, int, int]]) -> None:
         flat = np.array([v for w in windows for v in w], np.int64)
@@ -153,7 +176,7 @@ async def dump_buffers(dut, host: Host, windows) -> dict:
     await operate(dut)
     data, out, pos = host.dumped(), {}, 0
     for buf, lo, hi in windows:
-        out[(buf, lo)] = data[pos:pos + hi - lo]
+        out[(buf, lo)] = data[pos : pos + hi - lo]
         pos += hi - lo
     return out
 
@@ -184,8 +207,12 @@ async def replay(dut):
                 if rec["timeout"] or rec["illegal"] or rec["fault"]:
                     break
             elif kind == "dump":
-                results.append({"buffers": await dump_buffers(dut, host, step[1]),
-                                "ext": {(a, n): host.read(a, n) for a, n in step[2]}})
+                results.append(
+                    {
+                        "buffers": await dump_buffers(dut, host, step[1]),
+                        "ext": {(a, n): host.read(a, n) for a, n in step[2]},
+                    }
+                )
             elif kind == "memory":
                 results.append(host.pages())
     except HostError as e:  # reported by the harness as a DeviceError
