@@ -35,8 +35,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from rtl_resources import synth, yosys_binary  # benchmarks/: the one Yosys runner
 
+from flightforge.hw.synth import synth, yosys_binary
 from flightforge.mappings import load_target
 from flightforge.resources import sfu_copies
 

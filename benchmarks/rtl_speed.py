@@ -258,10 +258,9 @@ def bench_speed(arch, repeats: int = 5, pysim_cycles: int | None = None) -> list
 
 
 def bench_synth(arch) -> dict:
-    """One DSP chain through the shared Yosys runner (benchmarks/rtl_resources.py)."""
-    from rtl_resources import synth  # benchmarks/: the one Yosys runner
-
+    """One DSP chain through the project's Yosys runner (:mod:`flightforge.hw.synth`)."""
     from flightforge.hw.dsp_chain import DspChain
+    from flightforge.hw.synth import synth
 
     yosys = shutil.which("yosys")
     if yosys is None:

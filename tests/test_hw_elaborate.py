@@ -1,30 +1,22 @@
 """The matrix engine of the shipped configs elaborates and converts to RTLIL.
 
 Only tiny is simulated; the larger configs' MPE must still be emitted for the resource
-estimate (benchmarks/rtl_resources.py). Amaranth 0.5 numbers a design's top-level input
-bits in 16 bits, so the MPE (kv260: 116 154 input bits) is converted inside
-``PortBoxes``, as the benchmark does. kv260 takes ~30 s; u280/vhk158 (the same core, ten
-times the ports) are left to the benchmark.
+estimate (benchmarks/rtl_resources.py, through flightforge.hw.synth). Amaranth 0.5
+numbers a design's top-level input bits in 16 bits, so the MPE (kv260: 116 154 input
+bits) is converted inside ``flightforge.hw.synth.PortBoxes``, as the benchmark does.
+kv260 takes ~30 s; u280/vhk158 (the same core, ten times the ports) are left to the
+benchmark.
 """
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 from amaranth import Value
 from amaranth.lib.wiring import In
 
 from flightforge.hw.mpe import MatrixEngine
+from flightforge.hw.synth import convert_boxed
 from flightforge.mappings import load_target
-
-
-def _rtl_resources():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rtl_resources.py"
-    spec = importlib.util.spec_from_file_location("rtl_resources", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _input_bits(component) -> int:
@@ -38,7 +30,7 @@ def _input_bits(component) -> int:
 @pytest.mark.parametrize("target", ["tiny", pytest.param("kv260", marks=pytest.mark.slow)])
 def test_mpe_converts_to_rtlil(target) -> None:
     mpe = MatrixEngine(load_target(target))
-    text, widths = _rtl_resources().convert_boxed(mpe, "mpe")
+    text, widths = convert_boxed(mpe, "mpe")
     assert "module \\mpe.dut\n" in text
     assert "module \\mpe.dut.chain0\n" in text
     for sub in ("feed0", "win0", "epi0"):
