@@ -24,16 +24,18 @@ is the largest that fits at the longest context, found once per compile.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from flightforge.arch import ArchConfig
+from flightforge.generate import prefill_steps
 from flightforge.isa import Buf, DType, MiscOp
 from flightforge.program import Program
 
 from . import kernels
-from .buckets import BucketPlan, LinearShape, bucket_name, chunk_starts, estimate_cycles
+from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
 from .builder import Builder, Tile
 from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
 from .memory import CompileError
@@ -508,6 +510,21 @@ def cycle_latency_model(qd: QuantDecoder, arch: ArchConfig, max_len: int):
     return latency
 
 
+def _wanted_positions(
+    lengths: Iterable[int], chunk: int, chunked: bool, last_only: bool
+) -> dict[str, set[int]]:
+    """The length registers each stage's sections must serve for ``--lengths``: every
+    step that prefills each length (the host's own plan, :func:`prefill_steps`, so a
+    prompt of a multiple of the chunk plus one finds its shorter prefill and its decode
+    step), and the decode step at each length."""
+    wanted: dict[str, set[int]] = {"prefill": set(), "prefill_chunk": set(), "decode": set()}
+    for n in lengths:
+        for stage, at in prefill_steps(n, chunk, chunked, last_only):
+            wanted["prefill_chunk" if stage == "prefill_final" else stage].add(at)
+        wanted["decode"].add(n)
+    return wanted
+
+
 def lower_decoder(
     qd: QuantDecoder,
     arch: ArchConfig,
@@ -526,8 +543,9 @@ def lower_decoder(
     ``buckets`` groups lengths into sections (one per bucket and stage): a
     :class:`BucketPlan`, or a policy name: ``per-length`` (the default), ``fixed``
     (FlightLLM's artifact: prefill by 128, decode by 16) or ``auto`` (the fewest buckets
-    within ``bucket_bound`` modelled latency overhead, under ``bucket_latency``). ``lengths`` restricts the sections compiled to the buckets
-    holding those lengths (e.g. one length for a quick performance run);
+    within ``bucket_bound`` modelled latency overhead, under ``bucket_latency``).
+    ``lengths`` restricts the sections compiled to those that prefill a prompt of each
+    length and decode at it (e.g. one length for a quick performance run);
     ``last_logits_only`` computes the LM head for the last prompt row only, as serving
     does (generation then needs no other row).
     """
@@ -546,13 +564,15 @@ def lower_decoder(
         for length in lengths:
             if not 1 <= length <= max_len:
                 raise CompileError(f"length {length} is outside 1..{max_len}")
-    wanted = None if lengths is None else set(lengths)
+    wanted = (
+        None if lengths is None else _wanted_positions(lengths, chunk, chunked, last_logits_only)
+    )
 
-    def chosen(lo: int, hi: int) -> bool:
-        return wanted is None or any(lo <= n <= hi for n in wanted)
+    def chosen(stage: str, lo: int, hi: int) -> bool:
+        return wanted is None or any(lo <= n <= hi for n in wanted[stage])
 
     for lo, hi in plan.prefill:
-        if not chosen(lo, hi):
+        if not chosen("prefill", lo, hi):
             continue
         b.begin_section(lo, hi)
         for pos0 in range(0, hi, chunk):
@@ -575,18 +595,15 @@ def lower_decoder(
         if last_logits_only
         else (("prefill_chunk", "all"),)
     )
-    needed = (
-        None if wanted is None else {p for n in wanted if n > chunk for p in chunk_starts(n, chunk)}
-    )
     for lo, hi in plan.chunk_starts:
-        if needed is not None and not any(lo <= p <= hi for p in needed):
+        if not chosen("prefill_chunk", lo, hi):
             continue
         for stage, head in kinds:
             b.begin_section(lo, hi)
             _emit_stage(b, qd, pl, chunk, lo, max_len, head, dyn=hi > lo, ctx=hi + chunk)
             b.end_section(bucket_name(stage, lo, hi), stage, lo, hi)
     for lo, hi in plan.decode:
-        if not chosen(lo, hi):
+        if not chosen("decode", lo, hi):
             continue
         b.begin_section(lo, hi)
         _emit_stage(b, qd, pl, 1, lo, max_len, "all", dyn=hi > lo, ctx=hi + 1)

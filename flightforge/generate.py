@@ -50,43 +50,47 @@ def chunk_starts(length: int, chunk: int) -> list[int]:
     return [0] + [length - chunk * m for m in range(n - 1, 0, -1)]
 
 
-def prefill_runs(program: Program, length: int) -> list[Run]:
-    """The runs that prefill a prompt of ``length`` tokens.
+def prefill_steps(length: int, chunk: int, chunked: bool, last_only: bool) -> list[tuple[str, int]]:
+    """The ``(stage, length register)`` pairs that prefill a prompt of ``length`` tokens.
 
     A whole-prompt program has one section per prompt-length bucket. A chunked program
     (see ``compiler/buckets.py``) runs prompts of at most one chunk the same way, and
-    longer ones as full passes of ``prefill_chunk`` rows whose start positions select
-    the ``prefill_chunk`` section (and, for the last pass of a last-row-logits program,
-    the ``prefill_final`` section, which also computes the LM head). A prompt one token
+    longer ones as full passes of ``chunk`` rows whose start positions select the
+    ``prefill_chunk`` section (and, for the last pass of a last-row-logits program, the
+    ``prefill_final`` section, which also computes the LM head). A prompt one token
     longer than a whole number of chunks ends with a decode step for its last token:
     one row runs on the matrix-vector path instead of a full chunk.
+
+    The host runs these steps and the compiler compiles the sections they need (for
+    ``--lengths``) from this one function, so the two cannot disagree.
     """
-    meta = program.metadata["decoder"]
-    chunk = meta.get("prefill_chunk", 0)
-    if meta.get("prefill_mode") != "chunked" or length <= chunk:
-        return [Run(program.section_for("prefill", length).name, length)]
+    if not chunked or length <= chunk:
+        return [("prefill", length)]
     if length % chunk == 1:
         head = length - 1
         body = (
-            [Run(program.section_for("prefill", head).name, head)]
+            [("prefill", head)]
             if head <= chunk
-            else [
-                Run(program.section_for("prefill_chunk", p).name, p)
-                for p in chunk_starts(head, chunk)
-            ]
+            else [("prefill_chunk", p) for p in chunk_starts(head, chunk)]
         )
-        return body + [decode_run(program, length - 1)]
-    last_only = meta.get("prefill_logits") == "last"
+        return body + [("decode", length - 1)]
     starts = chunk_starts(length, chunk)
     return [
-        Run(
-            program.section_for(
-                "prefill_final" if last_only and i == len(starts) - 1 else "prefill_chunk", pos0
-            ).name,
-            pos0,
-        )
+        ("prefill_final" if last_only and i == len(starts) - 1 else "prefill_chunk", pos0)
         for i, pos0 in enumerate(starts)
     ]
+
+
+def prefill_runs(program: Program, length: int) -> list[Run]:
+    """The runs that prefill a prompt of ``length`` tokens (see :func:`prefill_steps`)."""
+    meta = program.metadata["decoder"]
+    steps = prefill_steps(
+        length,
+        meta.get("prefill_chunk", 0),
+        meta.get("prefill_mode") == "chunked",
+        meta.get("prefill_logits") == "last",
+    )
+    return [Run(program.section_for(stage, at).name, at) for stage, at in steps]
 
 
 def decode_run(program: Program, position: int) -> Run:

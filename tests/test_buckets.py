@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from flightforge import isa
 from flightforge.compiler.buckets import BucketPlan
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.lower import LATENCY_MODELS, make_plan
+from flightforge.compiler.lower import LATENCY_MODELS, lower_decoder, make_plan
 from flightforge.compiler.memory import CompileError
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.generate import generate
+from flightforge.generate import decode_run, generate, prefill_runs
 from flightforge.mappings import load_target
 from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.device import DeviceError
@@ -195,3 +195,25 @@ def test_auto_buckets_from_the_cycle_model_run_bit_exactly():
         got = generate(cyc, FunctionalSim(TINY), prompt, 3)
         ref = generate(exact, FunctionalSim(TINY), prompt, 3)
         assert np.array_equal(got.logits, ref.logits)
+
+
+@pytest.mark.parametrize(("target", "vocab", "max_len"), [("tiny", 2000, 48), ("kv260", 12000, 46)])
+def test_fixed_buckets_compiled_for_one_length_serve_that_length(target, vocab, max_len):
+    """``--buckets fixed --lengths L`` compiles every section the host runs for L, at
+    every L: also a multiple of the prefill chunk plus one, whose last token runs as a
+    decode step after a shorter prefill (a large vocabulary keeps the chunk short)."""
+    arch = load_target(target)
+    prog = random_decoder(DecoderShape(1, 64, 2, 1, 32, 128, vocab, "swiglu", True), seed=4)
+    opts = CompileOptions(max_len=max_len, buckets="fixed", lengths=(1,), with_data=False)
+    qd = compile_decoder(prog, arch, opts).quantized
+    chunks = set()
+    for length in range(1, max_len + 1):
+        program = lower_decoder(
+            qd, arch, max_len, with_data=False, lengths=[length], buckets="fixed"
+        )
+        chunks.add(program.metadata["decoder"]["prefill_chunk"])
+        prefill_runs(program, length)  # raises if a section it runs was not compiled
+        if length < max_len:
+            decode_run(program, length)
+    (chunk,) = chunks
+    assert 2 * chunk + 1 <= max_len, "the lengths must reach two chunks plus one"
