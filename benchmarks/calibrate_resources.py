@@ -2,8 +2,8 @@
 
 Synthesises the blocks of one core (``hw/``) with Yosys ``synth_xilinx -family xcup``
 (UltraScale+) at small configurations, counts LUT, FF, DSP48E2 and block-RAM cells, fits
-the per-block coefficients of :mod:`flightforge.resources` and writes them, with every
-synthesis result and the model's error on each, to ``flightforge/resource_calibration.json``
+the per-block coefficients of :mod:`flightforge.dse.resources` and writes them, with every
+synthesis result and the model's error on each, to ``dse/resource_calibration.json``
 (committed: tests and the DSE read it and never need Yosys).
 
 What is synthesised, and what each gives:
@@ -23,7 +23,7 @@ file: LLaMA2-7B decode on the U280 mapping under FlightLLM's artifact assumption
 g128 weights, q/k 4:16 sparse, fixed buckets, data over 24 channels at 70% efficiency)
 must draw FlightLLM's reported 45 W.
 
-    python benchmarks/calibrate_resources.py [--out flightforge/resource_calibration.json]
+    python benchmarks/calibrate_resources.py [--out dse/resource_calibration.json]
     python benchmarks/calibrate_resources.py --power
 """
 
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from flightforge.dse.resources import sfu_copies
 from flightforge.hw.synth import synth, yosys_binary
 from flightforge.mappings import load_target
-from flightforge.resources import sfu_copies
 
-OUT = Path(__file__).resolve().parent.parent / "flightforge" / "resource_calibration.json"
+OUT = Path(__file__).resolve().parent.parent / "dse" / "resource_calibration.json"
 CHAIN_FIT = [(g, w) for g in (2, 4, 8) for w in (4, 16)]
 CHAIN_HOLDOUT = [(16, 8)]
 CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
@@ -57,8 +57,9 @@ POWER_ASSUMED = {
 
 def calibrate_power(path: Path) -> dict:
     """Fit ``power.scale`` so the U280 LLaMA2-7B decode reference point draws 45 W."""
-    from flightforge.explore import evaluate_point, spec_from_dict
-    from flightforge.resources import calibration
+    from flightforge.dse.points import evaluate_point
+    from flightforge.dse.resources import calibration
+    from flightforge.dse.spec import spec_from_dict
 
     data = json.loads(path.read_text())
     data["power"] = dict(POWER_ASSUMED, scale=1.0)
@@ -95,7 +96,7 @@ def calibrate_power(path: Path) -> dict:
 def model_errors(runs: list[dict], coef: dict) -> list[dict]:
     """The model's relative error on each chain and buffer run (held-out runs marked)."""
     from flightforge.arch import BufferConfig
-    from flightforge.resources import bank_memories
+    from flightforge.dse.resources import bank_memories
 
     out = []
     for r in runs:

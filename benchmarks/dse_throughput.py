@@ -20,7 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from flightforge.explore import Store, build_point, explore, spec_from_dict
+from flightforge.dse.points import build_point
+from flightforge.dse.search import explore
+from flightforge.dse.spec import spec_from_dict
+from flightforge.dse.store import Store
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "configs" / "llama2-7b.json"
 SPEC = {

@@ -42,6 +42,13 @@ from collections import Counter
 from pathlib import Path
 
 from flightforge import isa
+from flightforge.dse.resources import (
+    KINDS,
+    buffer_memories,
+    calibration,
+    core_resources,
+    sfu_copies,
+)
 from flightforge.hw.synth import (
     YOSYS_MEMORY_KB,
     YOSYS_TIMEOUT_S,
@@ -51,7 +58,6 @@ from flightforge.hw.synth import (
     yosys_binary,
 )
 from flightforge.mappings import load_target
-from flightforge.resources import KINDS, buffer_memories, calibration, core_resources, sfu_copies
 
 TARGETS = ("tiny", "kv260", "u280", "vhk158")
 
@@ -104,7 +110,7 @@ def buffer_ports(arch) -> dict[str, list[int]]:
 
 
 def model_blocks(arch) -> dict[str, dict[str, float]]:
-    """The resource model's figure for the same blocks (flightforge/resources.py)."""
+    """The resource model's figure for the same blocks (dse/resources.py)."""
     c = calibration()["coefficients"]
     macs_chain = 2 * arch.mpe.groups_per_chain
     chain = {
@@ -279,7 +285,7 @@ def print_table(res: dict) -> None:
     m = res["model"]
     print(
         _total(
-            "resource model (flightforge/resources.py)",
+            "resource model (dse/resources.py)",
             m,
             f"{_fmt(m['bram'])} + {_fmt(m['uram'])} URAM",
         )

@@ -726,8 +726,10 @@ def dse(
     """Explore architectures and mappings for a model: grid or NSGA-II search, results in
     SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
     try:
-        from .dse_report import write_outputs
-        from .explore import SpecError, Store, explore, load_spec
+        from .dse.report import write_outputs
+        from .dse.search import explore
+        from .dse.spec import SpecError, load_spec
+        from .dse.store import Store
     except ImportError as e:
         raise click.ClickException(f"{e}; install the DSE extra: pip install -e '.[dse]'") from None
     try:

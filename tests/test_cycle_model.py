@@ -137,11 +137,11 @@ def test_unpacking_load_on_wide_ports_streams_at_the_channel_rate():
 
 
 def test_fast_evaluator_times_unpacking_loads_like_the_cycle_model():
-    """flightforge.evaluate takes the burst-by-burst port cycles from Timing: a 3-bit
+    """flightforge.dse.timing takes the burst-by-burst port cycles from Timing: a 3-bit
     decoder on tiny (unpacking LDs into the 8-byte WGT port, 21 or 22 values ending in a
     burst: 3 cycles each, not the 8 a cycle of a whole-transfer rate) times identically."""
     from flightforge.compiler.qdecoder import QuantOptions
-    from flightforge.evaluate import durations, prepare
+    from flightforge.dse.timing import durations, prepare
 
     shape = DecoderShape(
         layers=1,

@@ -16,19 +16,14 @@ import pytest
 
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
 from flightforge.compiler.qdecoder import QuantOptions
-from flightforge.dse_report import pareto_mask, write_outputs
-from flightforge.evaluate import dispatch_cycles, durations, prepare, time_stream
-from flightforge.explore import (
-    Store,
-    build_point,
-    evaluate_point,
-    explore,
-    grid,
-    point_key,
-    spec_from_dict,
-)
+from flightforge.dse.points import build_point, evaluate_point, grid, point_key
+from flightforge.dse.report import pareto_mask, write_outputs
+from flightforge.dse.resources import design_resources
+from flightforge.dse.search import explore
+from flightforge.dse.spec import spec_from_dict
+from flightforge.dse.store import Store
+from flightforge.dse.timing import dispatch_cycles, durations, prepare, time_stream
 from flightforge.mappings import load_target
-from flightforge.resources import design_resources
 from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.timing import Timing, TimingParams
@@ -231,7 +226,7 @@ def test_grid_run_writes_outputs(model, tmp_path):
 
 
 def test_store_refuses_another_spec(model, tmp_path):
-    from flightforge.explore import SpecError
+    from flightforge.dse.spec import SpecError
 
     store = Store(tmp_path / "s.sqlite")
     store.bind(spec_from_dict(spec_dict(model)).fingerprint())
@@ -305,7 +300,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, m
 
 
 def test_resources_and_power_reproduce_their_calibration():
-    from flightforge.resources import calibration
+    from flightforge.dse.resources import calibration
 
     cal = calibration()
     for e in cal["errors"]:

@@ -1,6 +1,6 @@
 """Every Python package folder of the repository is installed by pyproject.toml.
 
-compiler/, hw/, sim/ and mappings/ are mapped into the flightforge namespace through
+compiler/, hw/, sim/, dse/ and mappings/ are mapped into the flightforge namespace through
 ``package-dir``, so setuptools cannot discover their subpackages by itself: a folder
 missing from ``packages`` would work in an editable install and vanish from a plain one.
 """
@@ -24,6 +24,7 @@ def test_every_package_folder_is_listed_in_pyproject():
             found.add(".".join([pkg, *rel.parts]))
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
     assert "*.yaml" in cfg["package-data"]["flightforge.mappings"]
+    assert "*.json" in cfg["package-data"]["flightforge.dse"]  # resource_calibration.json
 
 
 def test_verilator_testbench_sources_are_package_data():

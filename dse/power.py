@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import ArchConfig
-from .resources import calibration, core_resources, sfu_copies
+from flightforge.arch import ArchConfig
 
-UNITS = ("LD", "ST", "MPE", "SFU")
+from .resources import calibration, core_resources, sfu_copies
 
 
 @dataclass(frozen=True)

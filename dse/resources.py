@@ -20,7 +20,7 @@ Per core (``cores`` copies), from the architecture config:
   URAMs go to URAM, largest first, while the device's URAM budget lasts; the rest go
   to BRAM.
 
-Coefficients come from ``flightforge/resource_calibration.json``, written by
+Coefficients come from ``dse/resource_calibration.json``, written by
 ``benchmarks/calibrate_resources.py`` (Yosys ``synth_xilinx -family xcup``); the model's
 error on each calibration run is listed in docs/dse.md.
 """
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from . import isa
-from .arch import ArchConfig, BufferConfig
+from flightforge import isa
+from flightforge.arch import ArchConfig, BufferConfig
 
 CALIBRATION = Path(__file__).with_name("resource_calibration.json")
 KINDS = ("dsp", "lut", "ff", "bram", "uram")

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-UNITS = ("LD", "ST", "MPE", "SFU")
+from flightforge import isa
+
+UNITS = tuple(u.name for u in isa.Unit)
 
 
 def pareto_mask(values: np.ndarray, directions: list[str]) -> np.ndarray:
@@ -212,8 +214,9 @@ def plot_timeline(
     """Unit occupancy over the start of one decode step of a point (cycle model schedule)."""
     import matplotlib.pyplot as plt
 
-    from .explore import _cache, build_point, decode_positions, evaluate_point
-    from .sim.cycle_model import CycleModel
+    from flightforge.sim.cycle_model import CycleModel
+
+    from .points import build_point, decode_positions, evaluate_point, program_cache
 
     fig, ax = plt.subplots(figsize=(9, 3.2))
     try:
@@ -225,7 +228,7 @@ def plot_timeline(
         arch, _, _, tparams = build_point(spec, params)
         # Loads the point's program from the DSE's program cache (or compiles it).
         row = evaluate_point(spec, params, cache_dir)
-        prog = _cache(cache_dir).programs[row["metrics"]["stream_key"]]
+        prog = program_cache(cache_dir).programs[row["metrics"]["stream_key"]]
         _, samples = decode_positions(spec.workload)
         sec = prog.section_for("decode", samples[0])
         run = CycleModel(arch, tparams).execute(

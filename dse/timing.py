@@ -12,7 +12,7 @@ what it depends on (docs/dse.md, "What is cached and why it is exact"):
    sizes, ``token_depth``, the external memory's burst and capacity; with ``auto``
    buckets, whose plan comes from a latency estimate, the whole architecture). Clock,
    cores, chains, DSP groups, SFU lanes, bandwidth, latency and channel use only change
-   durations. ``tests/test_dse_evaluate.py`` compiles one model under two architectures
+   durations. ``tests/test_dse.py`` compiles one model under two architectures
    that differ in every other field and checks that the streams are identical.
 2. **Prepared streams** (:class:`Stream`): a section resolved at its bucket offset,
    reduced to per-instruction integer arrays (unit, wait and release masks).
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,14 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from . import formats, isa
-from .arch import ArchConfig, arch_from_dict
-from .program import Program
+from flightforge import formats, isa
+from flightforge.arch import ArchConfig, arch_from_dict
+from flightforge.compiler.memory import CompileError
+from flightforge.program import Program
+from flightforge.sim.timing import SPLIT_BUFFERS, Q, Timing, TimingParams
 
-Q = 256  #: the Q8 scale of memory rates (sim/timing.py)
 N_UNITS = len(isa.Unit)
 SYS_KIND, HALT_KIND = N_UNITS, N_UNITS + 1
-SPLIT_BUFFERS = frozenset({isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE})
 
 
 # --- stream keys ---------------------------------------------------------------------------
@@ -72,12 +71,6 @@ def stream_fields(arch: ArchConfig, buckets: str) -> dict[str, Any]:
         # prefill chunks and short-prompt buckets come in whole MM row tiles
         "mm_rows": arch.mpe.mm.m,
     }
-
-
-def canonical_hash(obj: Any) -> str:
-    """SHA-256 (hex, 24 digits) of the canonical JSON of ``obj``."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 # --- prepared streams ------------------------------------------------------------------------
@@ -175,8 +168,6 @@ def _unit_rate_arch(arch: ArchConfig) -> ArchConfig:
 
 def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.ndarray]:
     """Worst per-channel bursts and channel crossings of every transfer (cached by map)."""
-    from .sim.timing import Timing, TimingParams
-
     mem = arch.hbm
     key = (mem.burst_bytes, mem.capacity, mem.channels, params.interleave_bytes, params.channels)
     hit = stream._geometry.get(key)
@@ -203,8 +194,6 @@ def _port_cycles(timing, ins: isa.Instruction) -> int:
 
 def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
     """Cycles every instruction occupies its unit (``Timing.duration``, 0 for SYS)."""
-    from .sim.timing import Timing
-
     timing = Timing(arch, params)
     out = np.zeros(len(stream.instrs), dtype=np.int64)
     ckey = (
@@ -401,8 +390,6 @@ class ProgramCache:
         path = self.dir / f"{key}.ffb" if self.dir else None
         err = self.dir / f"{key}.err" if self.dir else None
         if err is not None and err.exists():
-            from .compiler.memory import CompileError
-
             e = CompileError(err.read_text())
             self.programs[key] = e
             raise e

@@ -1,0 +1,255 @@
+"""Points of a spec's space: their parameters, their architecture, their evaluation.
+
+:func:`build_point` turns a point's parameters into an architecture, compile options and
+timing parameters; :func:`evaluate_point` compiles (through the program cache), times
+and prices it, and returns a row for the store. Points the device cannot hold (over the
+resource budget) or the compiler cannot fit (``CompileError``) or that are not valid
+architectures (``ConfigError``) are rows with status ``infeasible`` and the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from flightforge import isa
+from flightforge.arch import ArchConfig, ConfigError, arch_from_dict
+from flightforge.compiler.hf_config import load_structure
+from flightforge.compiler.memory import CompileError
+from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
+from flightforge.compiler.qdecoder import QuantOptions, WeightPlan
+from flightforge.generate import prefill_runs
+from flightforge.mappings import load_target
+from flightforge.program import ProgramError
+from flightforge.sim.device import DeviceError
+from flightforge.sim.timing import Timing, TimingParams
+
+from .power import power
+from .resources import KINDS, design_resources, over_budget, utilisation
+from .spec import ARCH_KNOBS, QUANT_KNOBS, TIMING_KNOBS, Spec, Workload, canonical_hash
+from .timing import DispatchError, ProgramCache, stream_fields, time_stream
+
+#: unit names in mask-bit order, for the per-unit metrics (``busy_LD``, ...)
+UNITS = tuple(u.name for u in isa.Unit)
+
+
+def point_key(params: dict[str, Any]) -> str:
+    """Canonical hash of a point's parameters (the store's primary key)."""
+    return canonical_hash(params)
+
+
+def grid(spec: Spec) -> list[dict[str, Any]]:
+    names = sorted(spec.parameters)
+    return [
+        dict(zip(names, combo)) for combo in itertools.product(*(spec.parameters[n] for n in names))
+    ]
+
+
+def _base_arch(spec: Spec) -> ArchConfig:
+    t = spec.target
+    return load_target(spec.path(t) if t.endswith((".yaml", ".yml")) else t)
+
+
+def _set(d: dict, path: tuple[str, ...], value: Any) -> None:
+    for p in path[:-1]:
+        if not isinstance(d.get(p), dict):
+            raise ConfigError(f"architecture has no field {'.'.join(path)}")
+        d = d[p]
+    if path[-1] not in d and len(path) > 1:
+        raise ConfigError(f"architecture has no field {'.'.join(path)}")
+    d[path[-1]] = value
+
+
+def build_point(spec: Spec, params: dict[str, Any], base: ArchConfig | None = None):
+    """(arch, QuantOptions, buckets, TimingParams) of a point; ConfigError if invalid.
+
+    Changing ``chains`` or ``groups_per_chain`` rescales the base target's MM and MV
+    parallel shapes by the same ratio (the chain dimension is MM's ``m`` and MV's ``n``,
+    the group dimension their ``k``), unless the point sets ``mpe.mm``/``mpe.mv`` itself.
+    """
+    base = base or _base_arch(spec)
+    d = base.model_dump(mode="json")
+    q = spec.quant.model_dump()
+    tm = spec.timing.model_dump()
+    buckets = spec.buckets
+    for k, v in params.items():
+        if k in ARCH_KNOBS:
+            _set(d, ARCH_KNOBS[k], int(v) * 1024 if k.endswith("_kib") else v)
+        elif k in QUANT_KNOBS:
+            q[k] = v
+        elif k in TIMING_KNOBS:
+            tm[k] = v
+        elif k == "buckets":
+            buckets = v
+        else:
+            _set(d, tuple(k.split(".")), v)
+    rc = d["mpe"]["chains"] / base.mpe.chains
+    rg = d["mpe"]["groups_per_chain"] / base.mpe.groups_per_chain
+    if (rc, rg) != (1, 1) and "mpe.mm" not in params and "mpe.mv" not in params:
+        mm, mv = d["mpe"]["mm"], d["mpe"]["mv"]
+        mm["m"], mm["k"] = max(1, round(mm["m"] * rc)), max(1, round(mm["k"] * rg))
+        mv["n"], mv["k"] = max(1, round(mv["n"] * rc)), max(1, round(mv["k"] * rg))
+    m, n = int(q["sparse_m"]), int(q["sparse_n"])
+    d["sparse_m"] = m
+    d["sparse_n"] = [mode.n for mode in isa.SparseMode if mode.is_sparse and mode.m == m]
+    if not d["sparse_n"]:
+        raise ConfigError(f"sparse_m: the ISA has no N:M mode with M={m}")
+    arch = arch_from_dict(d, f"point {json.dumps(params, sort_keys=True)}")
+    plans = {}
+    if n:
+        try:
+            mode = isa.SparseMode.from_nm(n, m)
+        except ValueError as e:
+            raise ConfigError(f"sparse_n: {e}") from None
+        bits = int(q["weight_bits"])
+        prec = isa.WPrec.INT4 if bits == 4 else isa.WPrec.INT8
+        layers = _model_layers(spec)
+        plans = {
+            f"l{i}.{w}": WeightPlan(prec, int(q["group"]) if bits == 4 else 0, mode)
+            for i in range(layers)
+            for w in spec.quant.sparse_layers
+        }
+    quant = QuantOptions(weight_bits=int(q["weight_bits"]), group=int(q["group"]), plans=plans)
+    try:
+        tparams = TimingParams(
+            interleave_bytes=int(tm["interleave_bytes"]),
+            channels=int(tm["hbm_channels"]),
+            mem_efficiency_pct=int(tm["mem_efficiency_pct"]),
+        )
+        Timing(arch, tparams)
+    except ValueError as e:
+        raise ConfigError(f"timing: {e}") from None
+    return arch, quant, buckets, tparams
+
+
+def _model_layers(spec: Spec) -> int:
+    return load_structure(spec.path(spec.model)).shape.layers
+
+
+def decode_positions(w: Workload) -> tuple[np.ndarray, list[int]]:
+    """All decode positions of the request and the sampled ones."""
+    pos = np.arange(w.prompt_len, w.prompt_len + w.decode_len)
+    k = min(w.decode_samples, len(pos))
+    samples = sorted({int(round(x)) for x in np.linspace(pos[0], pos[-1], k)})
+    return pos, samples
+
+
+_CACHES: dict[str, ProgramCache] = {}
+
+
+def program_cache(cache_dir: str | None) -> ProgramCache:
+    key = cache_dir or ""
+    if key not in _CACHES:
+        _CACHES[key] = ProgramCache(cache_dir)
+    return _CACHES[key]
+
+
+def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = None) -> dict:
+    """Evaluate one point: a row for the store (status ok or infeasible with a reason)."""
+    t0 = time.perf_counter()
+    row = {"key": point_key(params), "params": params, "status": "ok", "reason": "", "metrics": {}}
+
+    def done(status: str = "ok", reason: str = "") -> dict:
+        row["status"], row["reason"] = status, reason
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    try:
+        arch, quant, buckets, tparams = build_point(spec, params)
+    except (ConfigError, CompileError) as e:
+        return done("infeasible", f"config: {e}")
+    m = row["metrics"]
+    res = design_resources(arch)
+    util = utilisation(res, arch)
+    m.update({k: getattr(res, k) for k in KINDS})
+    m.update({f"{k}_util": v for k, v in util.items()})
+    m["max_utilisation"] = max(util.values()) if util else 0.0
+    over = over_budget(res, arch)
+    w = spec.workload
+    positions, samples = decode_positions(w)
+    lengths = tuple(sorted({w.prompt_len, *samples}))
+    skey = canonical_hash(
+        {
+            "model": spec.path(spec.model).read_text(),
+            "quant": repr(quant),
+            "buckets": buckets,
+            "lengths": lengths,
+            "max_len": int(positions[-1]) + 1,
+            "arch": stream_fields(arch, buckets),
+        }
+    )
+    m["stream_key"] = skey
+    cache = program_cache(cache_dir)
+    options = CompileOptions(
+        with_data=False,
+        lengths=lengths,
+        max_len=int(positions[-1]) + 1,
+        last_logits_only=True,
+        buckets=buckets,
+        quant=quant,
+    )
+    try:
+        program = cache.program(
+            skey, arch, lambda a: compile_shape_only(str(spec.path(spec.model)), a, options)
+        )
+    except (CompileError, ConfigError) as e:
+        return done("infeasible", f"compile: {e}")
+    try:
+        clock = arch.clock_mhz * 1e6
+        cycles, busy, moved, macs = [], np.zeros(4), 0, 0
+        for p in samples:
+            sec = program.section_for("decode", p)
+            st = time_stream(cache.stream(skey, program, sec.name, p), arch, tparams)
+            cycles.append(st.cycles)
+            busy += np.array(st.busy) / st.cycles / len(samples)
+            moved += st.bytes_moved / len(samples)
+            macs += st.macs / len(samples)
+        step = (
+            float(np.interp(positions, samples, cycles).mean())
+            if len(samples) > 1
+            else float(cycles[0])
+        )
+        m["decode_step_cycles"] = step
+        m["decode_step_s"] = step / clock
+        m["decode_tokens_per_s"] = clock / step
+        m["bytes_per_step"] = moved
+        m["macs_per_step"] = macs
+        m.update({f"busy_{u}": float(b) for u, b in zip(UNITS, busy)})
+        bw = moved / m["decode_step_s"]
+        m["hbm_utilisation"] = bw / (arch.hbm.bandwidth_gbs * 1e9)
+        used = (tparams.channels or arch.hbm.channels) if tparams.interleave_bytes else 1
+        m["bw_gbs"] = (
+            arch.hbm.bandwidth_gbs * used / arch.hbm.channels * tparams.mem_efficiency_pct / 100
+        )
+        m["peak_gops"] = 2 * arch.mpe.mv.macs * arch.cores * arch.clock_mhz / 1e3
+        pw = power(arch, dict(zip(UNITS, busy)), bw)
+        m.update(
+            power_w=pw.total_w,
+            static_w=pw.static_w,
+            logic_w=pw.logic_w,
+            memory_w=pw.memory_w,
+            energy_per_token_j=pw.total_w * m["decode_step_s"],
+        )
+        if w.ttft:
+            pre = 0
+            for r in prefill_runs(program, w.prompt_len):
+                pre += time_stream(
+                    cache.stream(skey, program, r.section, r.length), arch, tparams
+                ).cycles
+            m["prefill_cycles"] = pre
+            m["ttft_s"] = pre / clock
+    except (ProgramError, DeviceError, DispatchError, KeyError, ValueError, isa.IsaError) as e:
+        return done("infeasible", f"timing: {type(e).__name__}: {e}")
+    if over:
+        return done("infeasible", "over budget: " + "; ".join(over))
+    return done()
+
+
+def evaluate_batch(spec_json: str, points: list[dict], cache_dir: str | None) -> list[dict]:
+    """Worker entry point: evaluate several points (sent as JSON so any worker can run it)."""
+    spec = Spec.model_validate_json(spec_json)
+    return [evaluate_point(spec, p, cache_dir) for p in points]

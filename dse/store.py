@@ -1,0 +1,98 @@
+"""The DSE store: every evaluated point in SQLite, committed as it arrives."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from .spec import SpecError
+
+
+class Store:
+    """Every evaluated point, in SQLite, written (and committed) as it arrives.
+
+    ``points.key`` is the canonical hash of the parameters, so a point is stored at most
+    once; ``meta.spec`` holds the spec fingerprint, so a store is never resumed with a
+    spec whose results would differ.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS points (key TEXT PRIMARY KEY, seq INTEGER, "
+            "params TEXT, status TEXT, reason TEXT, metrics TEXT, extra TEXT, "
+            "seconds REAL, created REAL)"
+        )
+        self.db.commit()
+
+    def bind(self, fingerprint: str) -> None:
+        row = self.db.execute("SELECT v FROM meta WHERE k='spec'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('spec', ?)", (fingerprint,))
+            self.db.commit()
+        elif row[0] != fingerprint:
+            raise SpecError(
+                f"{self.path} holds points of another spec (fingerprint {row[0]}, "
+                f"not {fingerprint}); give another --store or --out"
+            )
+
+    def keys(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT key FROM points")}
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+
+    def put(self, row: dict, extra: dict | None = None) -> bool:
+        """Store a result; False if its key was already stored (it is then ignored)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO points VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM points),"
+            " ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["key"],
+                json.dumps(row["params"], sort_keys=True),
+                row["status"],
+                row["reason"],
+                json.dumps(row["metrics"], sort_keys=True),
+                json.dumps(extra or {}),
+                row.get("seconds", 0.0),
+                time.time(),
+            ),
+        )
+        self.db.commit()
+        return cur.rowcount == 1
+
+    def get(self, key: str) -> dict | None:
+        r = self.db.execute(
+            "SELECT key, params, status, reason, metrics, extra, seconds FROM points WHERE key=?",
+            (key,),
+        ).fetchone()
+        return None if r is None else self._row(r)
+
+    def rows(self) -> list[dict]:
+        return [
+            self._row(r)
+            for r in self.db.execute(
+                "SELECT key, params, status, reason, metrics, extra, seconds FROM points ORDER BY seq"
+            )
+        ]
+
+    @staticmethod
+    def _row(r) -> dict:
+        return {
+            "key": r[0],
+            "params": json.loads(r[1]),
+            "status": r[2],
+            "reason": r[3],
+            "metrics": json.loads(r[4]),
+            "extra": json.loads(r[5]),
+            "seconds": r[6],
+        }
+
+    def close(self) -> None:
+        self.db.close()
