@@ -90,23 +90,16 @@ def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
 
 def buffer_ports(arch) -> dict[str, list[int]]:
     """Port widths (bytes) of each buffer of the core, as ``hw.core.Core`` builds them
-    (debug port, LD/ST, MPE, SFU)."""
-    from flightforge.hw.core import Core
+    (LD shared with the debug port, ST, MPE, SFU)."""
+    from flightforge.hw.core import buffer_port_widths
     from flightforge.hw.memory_units import LoadUnit, StoreUnit
     from flightforge.hw.mpe import MatrixEngine
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
 
-    del Core  # the order below is Core.elaborate's
     units = [LoadUnit(arch), StoreUnit(arch), MatrixEngine(arch), SpecialFunctionUnit(arch)]
     for u in [*units, *units[3].streams.values()]:
         u._MustUse__silence = True  # only their port widths are looked at
-    out = {}
-    for b in isa.Buf:
-        users = [u for u in units if hasattr(u, f"buf_{b.name.lower()}")]
-        widths = [1] + [u.buffer_width(b) for u in users]
-        widths += [x for u in units if hasattr(u, "port_widths") for x in u.port_widths(b)]
-        out[b.name] = widths
-    return out
+    return {b.name: buffer_port_widths(arch, b, units) for b in isa.Buf}
 
 
 def model_blocks(arch) -> dict[str, dict[str, float]]:

@@ -10,14 +10,15 @@ Top-level ports (see :mod:`.bus` for the channel protocols):
 - ``imem_we``/``imem_addr``/``imem_wdata``: host writes into the instruction buffer
   (one instruction per cycle, while idle);
 - ``mem_rd``/``mem_wr``: external memory, ``hbm.burst_bytes`` per beat;
-- ``dbg_*``: host access to any buffer byte (highest arbitration priority; meant for
-  use while the core is halted): ``dbg_en`` with ``dbg_buf``/``dbg_addr`` (and
+- ``dbg_*``: host access to any buffer byte through the LD unit's buffer port, which it
+  takes over while ``dbg_en`` selects the buffer (meant for use while the core is halted,
+  when LD is idle): ``dbg_en`` with ``dbg_buf``/``dbg_addr`` (and
   ``dbg_we``/``dbg_wdata``) reads the byte onto ``dbg_rdata`` in the next cycle.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,6 +32,16 @@ from .decode import resolve_dynamic
 from .memory_units import LoadUnit, StoreUnit, _beat_bytes
 from .mpe import MatrixEngine
 from .sfu.unit import SpecialFunctionUnit
+
+
+def buffer_port_widths(arch: ArchConfig, buf: isa.Buf, units) -> list[int]:
+    """Byte widths of ``buf``'s ports in the order :class:`Core` connects them: LD (shared
+    with the debug port), ST, then every port of the MPE and the SFU (``units``: the
+    core's LD, ST, MPE and SFU)."""
+    users = [u for u in units if hasattr(u, f"buf_{buf.name.lower()}")]
+    return [u.buffer_width(buf) for u in users] + [
+        w for u in units if hasattr(u, "port_widths") for w in u.port_widths(buf)
+    ]
 
 
 class Core(wiring.Component):
@@ -61,6 +72,17 @@ class Core(wiring.Component):
                 "dbg_rdata": Out(8),
             }
         )
+
+    def _debug_shared(self, m: Module, b: isa.Buf, port, ld_port) -> None:
+        """Buffer port ``port`` serves the debug access when ``dbg_en`` selects ``b`` (the
+        host uses it while the core is halted, when LD is idle), else the LD unit's
+        ``ld_port``: one port on the RAM for both."""
+        dbg = self.dbg_en & (self.dbg_buf == b)
+        fields = ["req", "we", "addr", "wdata"] + (["strb"] if hasattr(port, "strb") else [])
+        mine = {"req": 1, "we": self.dbg_we, "addr": self.dbg_addr, "wdata": self.dbg_wdata}
+        for name in fields:
+            m.d.comb += getattr(port, name).eq(Mux(dbg, mine.get(name, 1), getattr(ld_port, name)))
+        m.d.comb += [ld_port.rdata.eq(port.rdata), ld_port.grant.eq(port.grant & ~dbg)]
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -94,31 +116,27 @@ class Core(wiring.Component):
             self.token_error.eq(ctrl.token_error),
         ]
 
-        # Buffers: the debug port first (priority), then every unit that uses the buffer.
+        # Buffers: LD's port first (the debug port shares it), then ST, MPE, SFU.
         dbg_was = {}
         for b in isa.Buf:
             users = [u for u in units.values() if hasattr(u, f"buf_{b.name.lower()}")]
+            assert isinstance(users[0], LoadUnit), "the debug port shares the LD port"
             cfg = arch.buffers.of(b)
-            extra = [u for u in units.values() if hasattr(u, "port_widths")]
-            widths = (
-                [1]
-                + [u.buffer_width(b) if isinstance(u, (LoadUnit, StoreUnit)) else 1 for u in users]
-                + [w for u in extra for w in u.port_widths(b)]
-            )
+            widths = buffer_port_widths(arch, b, units.values())
             buf = Buffer(cfg.size, widths, cfg.banks * cfg.width)
             m.submodules[f"buf_{b.name.lower()}"] = buf
-            for i, user in enumerate(users):
-                wiring.connect(m, getattr(user, f"buf_{b.name.lower()}"), getattr(buf, f"p{i + 1}"))
-            xports = [p for u in extra if u.port_widths(b) for p in u.ports(b)]
-            for i, port in enumerate(xports):
-                wiring.connect(m, port, getattr(buf, f"p{len(users) + 1 + i}"))
-            m.d.comb += [
-                buf.p0.req.eq(self.dbg_en & (self.dbg_buf == b)),
-                buf.p0.we.eq(self.dbg_we),
-                buf.p0.addr.eq(self.dbg_addr),
-                buf.p0.wdata.eq(self.dbg_wdata),
+            self._debug_shared(m, b, buf.p0, getattr(users[0], f"buf_{b.name.lower()}"))
+            for i, user in enumerate(users[1:], 1):
+                wiring.connect(m, getattr(user, f"buf_{b.name.lower()}"), getattr(buf, f"p{i}"))
+            xports = [
+                p
+                for u in units.values()
+                if hasattr(u, "port_widths") and u.port_widths(b)
+                for p in u.ports(b)
             ]
-            dbg_was[b] = buf.p0.rdata
+            for i, port in enumerate(xports):
+                wiring.connect(m, port, getattr(buf, f"p{len(users) + i}"))
+            dbg_was[b] = buf.p0.rdata[:8]
         sel = Signal(3)  # the buffer read in the previous cycle
         m.d.sync += sel.eq(self.dbg_buf)
         with m.Switch(sel):

@@ -1,22 +1,28 @@
 """The SFU unit: hands each MISC instruction to the lane-parallel pipeline that runs it.
 
 Four pipelines (:class:`.elementwise.ElementStream`, :class:`.rope.RopeStream`,
-:class:`.softmax.SoftmaxStream`, :class:`.norm.NormStream`) each own their buffer ports
-and share the unit's ``sfu.lanes`` arithmetic datapaths (:class:`.lane.SfuLane`, one per
-lane), so the unit latches the instruction, starts the right pipeline one cycle later,
-gives the lanes that pipeline's operands and reports its ``done``. The core gives every port the unit lists (:meth:`port_widths`,
-:meth:`ports`) a port of its own on the buffer.
+:class:`.softmax.SoftmaxStream`, :class:`.norm.NormStream`) share the unit's
+``sfu.lanes`` arithmetic datapaths (:class:`.lane.SfuLane`, one per lane) and its buffer
+ports, so the unit latches the instruction, starts the right pipeline one cycle later,
+gives the lanes and the ports that pipeline's operands and requests, and reports its
+``done``. One MISC instruction runs at a time, so the pipelines' ports are never busy
+together: slot ``i`` of the unit's ports on a buffer serves port ``i`` of every
+pipeline (as wide as the widest of them), chosen by the same pipeline index as the
+lanes; read data go to every pipeline. The core gives every port the unit lists
+(:meth:`port_widths`, :meth:`ports`) a port on the buffer.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, Value
+from amaranth import Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
+from ..buffers import addr_bits
+from ..bus import BufPortSignature
 from ..decode import unit_members, view
 from .common import StreamComponent
 from .elementwise import ElementStream
@@ -40,6 +46,16 @@ def _mux_tree(sel: Value, values: list) -> Value:
     return values[0]
 
 
+def _slot_widths(per_pipeline: list[list]) -> list[int]:
+    """Widths of the shared port slots: slot ``i`` is as wide as the widest ``i``-th port
+    of any pipeline."""
+    slots = max((len(ports) for ports in per_pipeline), default=0)
+    return [
+        max(len(ports[i].wdata) // 8 for ports in per_pipeline if i < len(ports))
+        for i in range(slots)
+    ]
+
+
 class SpecialFunctionUnit(wiring.Component):
     """MISC unit; one buffer port (``buf_act_s0``, ``buf_glb_s0``, ...) per pipeline port."""
 
@@ -53,16 +69,19 @@ class SpecialFunctionUnit(wiring.Component):
         }
         covered = [op for s in self.streams.values() for op in s.OPS]
         assert sorted(covered) == sorted(isa.MiscOp), "every MiscOp needs exactly one pipeline"
-        self._inner = {
-            b: [p for s in self.streams.values() for p in s.buffer_ports(b)] for b in SFU_BUFFERS
-        }
+        #: per buffer, per pipeline: its ports, in slot order
+        self._inner = {b: [s.buffer_ports(b) for s in self.streams.values()] for b in SFU_BUFFERS}
+        #: per buffer: the byte width of each shared slot (its widest pipeline port)
+        self._slots = {b: _slot_widths(self._inner[b]) for b in SFU_BUFFERS}
         super().__init__(
             {
                 **unit_members(isa.Unit.SFU),
                 **{
-                    f"buf_{b.name.lower()}_s{i}": Out(p.signature)
-                    for b, ports in self._inner.items()
-                    for i, p in enumerate(ports)
+                    f"buf_{b.name.lower()}_s{i}": Out(
+                        BufPortSignature(addr_bits(arch.buffers.of(b).size), w)
+                    )
+                    for b, widths in self._slots.items()
+                    for i, w in enumerate(widths)
                 },
             }
         )
@@ -71,12 +90,32 @@ class SpecialFunctionUnit(wiring.Component):
         """The unit's ports on ``buf``, in a fixed order."""
         return [
             getattr(self, f"buf_{buf.name.lower()}_s{i}")
-            for i in range(len(self._inner.get(buf, [])))
+            for i in range(len(self._slots.get(buf, [])))
         ]
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         """Byte widths of :meth:`ports`."""
-        return [len(p.wdata) // 8 for p in self._inner.get(buf, [])]
+        return list(self._slots.get(buf, []))
+
+    def _share_ports(self, m: Module, which: Value) -> None:
+        """Drive each slot from pipeline ``which``'s port in it (zero-extended), and give
+        every pipeline's port the slot's read data and grant."""
+        for b in SFU_BUFFERS:
+            for i, outer in enumerate(self.ports(b)):
+                users = [(k, ports[i]) for k, ports in enumerate(self._inner[b]) if i < len(ports)]
+                for _, p in users:
+                    m.d.comb += [
+                        p.rdata.eq(outer.rdata[: len(p.rdata)]),
+                        p.grant.eq(outer.grant),
+                    ]
+                names = ["req", "we", "addr", "wdata"] + (
+                    ["strb"] if hasattr(outer, "strb") else []
+                )
+                for name in names:
+                    by_pipe = [Const(0, len(getattr(outer, name)))] * len(self.streams)
+                    for k, p in users:
+                        by_pipe[k] = getattr(p, name) if hasattr(p, name) else Const(1, 1)
+                    m.d.comb += getattr(outer, name).eq(_mux_tree(which, by_pipe))
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -86,12 +125,11 @@ class SpecialFunctionUnit(wiring.Component):
             m.submodules[name] = stream
             for fname, _ in isa.MISC.field_specs():
                 m.d.comb += stream.instr[fname].eq(ins[fname])
-        for b, inner in self._inner.items():
-            for outer, port in zip(self.ports(b), inner):
-                wiring.connect(m, port, wiring.flipped(outer))
-        # One arithmetic datapath per lane, its operands from the pipeline that runs the
-        # instruction (`which`, set with `word` at start), its results to every pipeline.
+        # One arithmetic datapath per lane and one set of buffer ports, their operands and
+        # requests from the pipeline that runs the instruction (`which`, set with `word`
+        # at start), their results and read data to every pipeline.
         which = Signal(range(len(self.streams)))
+        self._share_ports(m, which)
         streams = list(self.streams.values())
         members = LaneSignature().members
         for j in range(self.arch.sfu.lanes):
