@@ -144,9 +144,8 @@ def main() -> None:
     version = subprocess.run([yosys, "-V"], capture_output=True, text=True).stdout.strip()
     from flightforge.hw.buffers import Buffer
     from flightforge.hw.controller import Controller
-    from flightforge.hw.dsp_chain import DspChain
     from flightforge.hw.memory_units import LoadUnit, StoreUnit
-    from flightforge.hw.mpe import MatrixEngine
+    from flightforge.hw.mpe import DspChain, MatrixEngine
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
 
     arch = load_target("tiny")

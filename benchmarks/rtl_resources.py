@@ -65,9 +65,8 @@ TARGETS = ("tiny", "kv260", "u280", "vhk158")
 def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
     """(block, component, black-boxed submodules, instances per core) of one core."""
     from flightforge.hw.controller import Controller
-    from flightforge.hw.dsp_chain import DspChain
     from flightforge.hw.memory_units import LoadUnit, StoreUnit
-    from flightforge.hw.mpe import MatrixEngine
+    from flightforge.hw.mpe import DspChain, MatrixEngine
     from flightforge.hw.sfu.lane import SfuLane
     from flightforge.hw.sfu.unit import SpecialFunctionUnit
 

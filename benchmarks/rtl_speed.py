@@ -259,7 +259,7 @@ def bench_speed(arch, repeats: int = 5, pysim_cycles: int | None = None) -> list
 
 def bench_synth(arch) -> dict:
     """One DSP chain through the project's Yosys runner (:mod:`flightforge.hw.synth`)."""
-    from flightforge.hw.dsp_chain import DspChain
+    from flightforge.hw.mpe import DspChain
     from flightforge.hw.synth import synth
 
     yosys = shutil.which("yosys")

@@ -6,7 +6,7 @@ Per core (``cores`` copies), from the architecture config:
   one DSP48: ``chains * groups_per_chain``), plus the MPE epilogue and the SFU lanes.
 - **LUT / FF**: per MAC ``a + b * sparse_m`` (the sparse MUX in front of each MAC picks
   1 of ``sparse_m`` activations: its LUTs grow with the window), fitted on Yosys runs of
-  ``hw.dsp_chain.DspChain``; per-core constants for the controller, the LD and ST units
+  ``hw.mpe.DspChain``; per-core constants for the controller, the LD and ST units
   and the MPE epilogue; the SFU as the earlier single-lane RTL SFU (one element per
   cycle, with the row units: divider, square root, exp table) plus, per extra lane,
   ``SFU_LANE_SHARE`` of it (an assumption). The current lane-parallel RTL SFU and tiled

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from flightforge.hw.buffers import Buffer
 from flightforge.hw.bus import BufPortSignature
-from flightforge.hw.dsp_chain import DspChain
+from flightforge.hw.mpe import DspChain
 
 
 @pytest.mark.parametrize("groups,window,seed", [(4, 16, 0), (2, 4, 1), (1, 2, 2)])

@@ -1,5 +1,5 @@
-"""The MAC operands of the matrix engine (:mod:`.mpe`): per-row activation windows and
-the per-chain mode multiplexer.
+"""The MAC operands of the matrix engine (:mod:`.engine`): per-row activation windows,
+the per-chain mode multiplexer, and the wiring that feeds every chain (:func:`feed_chains`).
 
 Both are repeated blocks of the MPE (one per tile row, one per chain: 128 each on u280),
 written as components of their own so that each distinct block is synthesised once and
@@ -9,13 +9,13 @@ Yosys cannot handle on the large configs.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from flightforge import isa
+from flightforge import formats, isa
 
-from .dsp_chain import ACT_BITS, WGT_BITS
+from .chain import ACT_BITS, WGT_BITS
 
 
 def field_bits(name: str) -> int:
@@ -86,7 +86,7 @@ class RowWindows(wiring.Component):
 
 def operand_layout(macs: int, window: int) -> data.StructLayout:
     """The operands of a chain's ``macs`` MACs: activation window, weight, index (the
-    shapes of :class:`.dsp_chain.DspChain`'s ``act``, ``wgt`` and ``idx``)."""
+    shapes of :class:`.chain.DspChain`'s ``act``, ``wgt`` and ``idx``)."""
     return data.StructLayout(
         {
             "act": data.ArrayLayout(window_layout(window), macs),
@@ -127,3 +127,74 @@ class ChainFeed(wiring.Component):
             with m.If(self.is_mm if nm == "mm" else ~self.is_mm):
                 m.d.comb += self.ops.eq(getattr(self, nm))
         return m
+
+
+def feed_chains(
+    m: Module, eng, d, staged, act_ports: list, f_ent: Value, f_int4: Value, chains: list
+) -> None:
+    """Give every chain its MACs' operands of the instruction's mode.
+
+    ``sk`` is a multiple of the mode's ``k`` and a MAC's entry ``i < k`` is a constant,
+    so a MAC's activation window and index are constant slices, one per sparse mode, not
+    shifts (:class:`RowWindows`). Windows depend on (row, entry), indices and weights on
+    (column, entry): built once each; each chain's :class:`ChainFeed` picks its MACs'
+    operands of the instruction's mode.
+    """
+    pa = eng.P[isa.Buf.ACT]
+    f = d.f
+    wst_n, mst_n = staged.wst_n, staged.mst_n
+    wins = []
+    for w, (k, p0, apr) in enumerate(eng.win_rows):
+        m.submodules[f"win{w}"] = rw = RowWindows(k, eng.window, apr * pa)
+        m.d.comb += [
+            rw.sparse.eq(f["sparse"]),
+            rw.row.eq(Cat(*(p.rdata for p in act_ports[p0 : p0 + apr]))),
+        ]
+        wins.append(rw)
+    macw, maci = {}, {}
+
+    def weight(j, i):
+        if (j, i) not in macw:
+            macw[j, i] = wv = Signal(signed(8), name=f"wv{j}_{i}")
+            lo, hi = wst_n[j].word_select(i, 8), wst_n[j].word_select(i >> 1, 8)
+            nib = hi[4:8] if i % 2 else hi[0:4]
+            m.d.comb += wv.eq(Mux(i < f_ent, Mux(f_int4, nib.as_signed(), lo.as_signed()), 0))
+        return macw[j, i]
+
+    def index(j, i):
+        if (j, i) not in maci:
+            maci[j, i] = iv = Signal(range(eng.window), name=f"iv{j}_{i}")
+            with m.Switch(f["sparse"]):
+                with m.Case(isa.SparseMode.DENSE):
+                    m.d.comb += iv.eq(0)
+                for mode in isa.SparseMode:
+                    if mode.is_sparse:
+                        b = 1 << (formats.index_bits(mode).bit_length() - 1)
+                        with m.Case(mode):
+                            m.d.comb += iv.eq(mst_n[j][i * b : (i + 1) * b])
+                with m.Default():
+                    m.d.comb += iv.eq(mst_n[j][i : i + 1])
+        return maci[j, i]
+
+    for ch, chain in enumerate(chains):
+        if not eng.feed_modes[ch]:
+            continue  # no tile reaches the chain: its operands stay zero
+        m.submodules[f"feed{ch}"] = fd = ChainFeed(eng.G, eng.window, eng.feed_modes[ch])
+        m.d.comb += [
+            fd.is_mm.eq(d.is_mm),
+            chain.act.eq(fd.ops.act),
+            chain.wgt.eq(fd.ops.wgt),
+            chain.idx.eq(fd.ops.idx),
+        ]
+        for mac in range(eng.macs):
+            for nm in fd.modes:
+                rm, n, k = eng.modes[nm]
+                seg, i = divmod(ch * eng.macs + mac, k)
+                r, j = divmod(seg, n)
+                if r < rm:
+                    ops = getattr(fd, nm)
+                    m.d.comb += [
+                        ops.act[mac].eq(wins[eng.win_of[nm, r]].windows[i]),
+                        ops.wgt[mac].eq(weight(j, i)),
+                        ops.idx[mac].eq(index(j, i)),
+                    ]

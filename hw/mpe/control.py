@@ -1,0 +1,250 @@
+"""The MPE's control: the instruction's fields and derived sizes, and the fetch loop.
+
+:func:`decode` turns the latched MM/MV word into the sizes of formats.py's layout
+(entries, bytes per column, record bytes, steps); :func:`sequence` is the loop over
+row tiles, column tiles, steps and fetch cycles of :func:`sim.timing.Timing.matmul`,
+with the tile base addresses it advances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from amaranth import Module, Mux, Signal, Value
+
+from flightforge import formats, isa
+
+from ..decode import field
+from ..sfu.common import by_dtype
+
+HDR = formats.RECORD_HEADER_BYTES
+
+
+def lg(v: int) -> int:
+    """log2 of a power of two."""
+    return v.bit_length() - 1
+
+
+@dataclass
+class Decoded:
+    """The latched instruction and the sizes derived from its fields."""
+
+    word: Signal
+    f: dict[str, Value]  #: the MM/MV fields by name
+    is_mm: Value
+    sel: Callable  #: ``sel(fn)``: ``fn(mode)`` of the instruction's mode
+    rows: Value
+    a_stride: Value
+    tm: Value
+    tn: Value
+    tk: Value
+    ltn: Value
+    ltk: Value
+    lm: Signal
+    ln: Signal
+    lib: Signal
+    sparse: Value
+    int4: Value
+    wkn: Value
+    entries: Signal
+    gsz_on: Value
+    lge: Signal  #: log2 of the stored entries per scale group
+    wrb: Value
+    mrb: Value
+    recb: Value
+    obytes: Value
+    steps: Signal
+
+
+def decode(m: Module, eng) -> Decoded:
+    """The fields of the MM/MV word the engine latched, and formats.py's sizes from them."""
+    word = Signal.like(eng.instr)
+    opcode = word[: isa.OPCODE_BITS]
+    f = {name: field(word, (isa.MM, isa.MV), opcode, name) for name, *_ in isa.layout(isa.MV)[1:]}
+    is_mm = opcode == isa.Opcode.MM
+    mmf = field(word, (isa.MM,), opcode, "m"), field(word, (isa.MM,), opcode, "a_stride")
+
+    def sel(fn):
+        """``fn(mode)`` of the instruction's mode (MM or MV)."""
+        return Mux(is_mm, fn("mm"), fn("mv"))
+
+    tm, tn, tk = (sel(lambda nm, i=i: eng.modes[nm][i]) for i in range(3))
+    lm = Signal(range(8))
+    ln = Signal(range(8))
+    lib = Signal(range(4))
+    with m.Switch(f["sparse"]):
+        for mode in isa.SparseMode:
+            if mode.is_sparse:
+                with m.Case(mode):
+                    ib = formats.index_bits(mode)
+                    m.d.comb += [
+                        lm.eq(mode.m.bit_length() - 1),
+                        ln.eq(mode.n.bit_length() - 1),
+                        lib.eq(ib.bit_length() - 1),
+                    ]
+    sparse = f["sparse"] != isa.SparseMode.DENSE
+    int4 = f["wprec"] == isa.WPrec.INT4
+    entries = Signal(isa.DIM_BITS + 1)
+    m.d.comb += entries.eq((f["k"] >> lm) << ln)
+    gsz_on = f["gsz"] != 0
+    lge = Signal(range(32))
+    m.d.comb += lge.eq(f["gsz"] + 3 - lm + ln)
+    ngroups = Mux(gsz_on, f["k"] >> (f["gsz"] + 3), 0)
+    ltk = sel(lambda nm: lg(eng.modes[nm][2]))
+    steps = Signal(isa.DIM_BITS + 1)
+    m.d.comb += steps.eq((entries + tk - 1) >> ltk)
+    return Decoded(
+        word=word,
+        f=f,
+        is_mm=is_mm,
+        sel=sel,
+        rows=Mux(is_mm, mmf[0], 1),
+        a_stride=mmf[1],
+        tm=tm,
+        tn=tn,
+        tk=tk,
+        ltn=sel(lambda nm: lg(eng.modes[nm][1])),
+        ltk=ltk,
+        lm=lm,
+        ln=ln,
+        lib=lib,
+        sparse=sparse,
+        int4=int4,
+        wkn=f["wkn"],
+        entries=entries,
+        gsz_on=gsz_on,
+        lge=lge,
+        wrb=Mux(int4, (entries + 1) >> 1, entries),
+        mrb=Mux(sparse, ((entries << lib) + 7) >> 3, 0),
+        recb=HDR + (((ngroups + 3) >> 2) << 2),
+        obytes=by_dtype(f["odt"], lambda d: d.nbytes),
+        steps=steps,
+    )
+
+
+@dataclass
+class Loop:
+    """The fetch loop's state: where the current step of the current tile is."""
+
+    busy: Signal
+    rt_row: Signal  #: first row of the tile
+    c0: Signal  #: first column of the tile
+    s: Signal  #: step
+    cyc: Signal  #: fetch cycle of the step
+    a_base: Signal
+    d_base: Signal
+    p_base: Signal
+    w_tile: Signal
+    m_tile: Signal
+    q_tile: Signal
+    sk: Signal  #: the step's first stored entry
+    ent: Signal  #: the step's entries (the last step's can be fewer)
+    wcyc: Signal  #: cycles the step's weights take on the WGT ports
+    mcyc: Signal  #: ... and its indices on the META ports
+    last_step: Value
+    fire: Value  #: the step's last fetch cycle
+    last_issue: Signal  #: the instruction's last fetch cycle
+
+
+def sequence(m: Module, eng, d: Decoded) -> Loop:
+    """Row tiles, column tiles, steps and fetch cycles, as ``Timing.matmul`` counts them."""
+    pw, pm = eng.P[isa.Buf.WGT], eng.P[isa.Buf.META]
+    f, sel = d.f, d.sel
+    A = isa.BUF_ADDR_BITS + 2
+    busy = Signal()
+    rt_row = Signal(isa.DIM_BITS + 1)
+    c0 = Signal(isa.DIM_BITS + 1)
+    s = Signal(isa.DIM_BITS + 1)
+    cyc = Signal(8)
+    a_base, d_base, p_base = Signal(A), Signal(A), Signal(A)
+    w_tile, m_tile, q_tile = Signal(A), Signal(A), Signal(A)
+    sk = Signal(isa.DIM_BITS + 8)
+    m.d.comb += sk.eq(s << d.ltk)
+    rem = Signal(isa.DIM_BITS + 1)
+    m.d.comb += rem.eq(d.entries - sk)
+    ent = Signal(isa.DIM_BITS + 1)
+    m.d.comb += ent.eq(Mux(rem < d.tk, rem, d.tk))
+    wbytes = Mux(d.int4 & ~d.wkn, (ent + 1) >> 1, ent)
+    mbytes = Mux(d.sparse, ((ent << d.lib) + 7) >> 3, 0)
+    wcyc = Signal(16)
+    mcyc = Signal(16)
+    m.d.comb += [
+        wcyc.eq(((wbytes << d.ltn) + pw - 1) >> lg(pw)),
+        mcyc.eq(((mbytes << d.ltn) + pm - 1) >> lg(pm)),
+    ]
+    ccyc = Signal(16)
+    m.d.comb += ccyc.eq(Mux(wcyc > mcyc, wcyc, mcyc))
+    last_cyc = cyc + 1 >= ccyc
+    last_step = s + 1 == d.steps
+    last_ctile = c0 + d.tn >= f["n"]
+    last_rtile = rt_row + d.tm >= d.rows
+
+    with m.If(~busy):
+        with m.If(eng.start):
+            m.d.sync += [d.word.eq(eng.instr), busy.eq(1)]
+            ins = eng.instr
+            fi = {
+                name: field(ins, (isa.MM, isa.MV), ins[: isa.OPCODE_BITS], name)
+                for name in ("a_addr", "d_addr", "p_addr", "w_addr", "meta_addr", "q_addr")
+            }
+            m.d.sync += [
+                rt_row.eq(0),
+                c0.eq(0),
+                s.eq(0),
+                cyc.eq(0),
+                a_base.eq(fi["a_addr"]),
+                d_base.eq(fi["d_addr"]),
+                p_base.eq(fi["p_addr"]),
+                w_tile.eq(fi["w_addr"]),
+                m_tile.eq(fi["meta_addr"]),
+                q_tile.eq(fi["q_addr"]),
+            ]
+    last_issue = Signal()
+    rows_log = sel(lambda nm: lg(eng.modes[nm][0]))
+    with m.If(busy):
+        m.d.sync += cyc.eq(cyc + 1)
+        with m.If(last_cyc):
+            m.d.sync += [cyc.eq(0), s.eq(s + 1)]
+            with m.If(last_step):
+                m.d.sync += [
+                    s.eq(0),
+                    c0.eq(c0 + d.tn),
+                    w_tile.eq(w_tile + Mux(d.wkn, d.tn, d.wrb << d.ltn)),
+                    m_tile.eq(m_tile + (d.mrb << d.ltn)),
+                    q_tile.eq(q_tile + (d.recb << d.ltn)),
+                ]
+                with m.If(last_ctile):
+                    m.d.sync += [
+                        c0.eq(0),
+                        w_tile.eq(f["w_addr"]),
+                        m_tile.eq(f["meta_addr"]),
+                        q_tile.eq(f["q_addr"]),
+                        rt_row.eq(rt_row + d.tm),
+                        a_base.eq(a_base + (d.a_stride << rows_log)),
+                        d_base.eq(d_base + (f["d_stride"] << rows_log)),
+                        p_base.eq(p_base + (f["d_stride"] << rows_log)),
+                    ]
+                    with m.If(last_rtile):
+                        m.d.sync += busy.eq(0)
+                        m.d.comb += last_issue.eq(1)
+    return Loop(
+        busy=busy,
+        rt_row=rt_row,
+        c0=c0,
+        s=s,
+        cyc=cyc,
+        a_base=a_base,
+        d_base=d_base,
+        p_base=p_base,
+        w_tile=w_tile,
+        m_tile=m_tile,
+        q_tile=q_tile,
+        sk=sk,
+        ent=ent,
+        wcyc=wcyc,
+        mcyc=mcyc,
+        last_step=last_step,
+        fire=busy & last_cyc,
+        last_issue=last_issue,
+    )

@@ -1,0 +1,217 @@
+"""The matrix processing engine: MM and MV, dense and N:M sparse, INT8/INT4 weights.
+
+Tiled as :func:`sim.timing.Timing.matmul` counts: the instruction is cut into output
+tiles of the mode's shape (``mpe.mm`` or ``mpe.mv``: ``m`` rows x ``n`` columns), and a
+tile into steps of ``k`` stored weight entries. Every ``(row, column)`` pair of a tile is
+one segment of ``k`` MACs on the chains (reduction-node cuts end segments and
+group-scale groups), all chains in parallel. A step lasts ``max(1, ceil(n * wbytes /
+port[WGT]), ceil(n * mbytes / port[META]))`` cycles: the WGT (META) port is split over
+the tile's ``n`` columns (``[K][N]`` weights: into row reads), and the bytes are staged
+per column. In the step's last fetch cycle the unit also reads the rows' activation
+spans (the ``k`` activations, or the sparse blocks the step's entries index), the
+step's group scales and, at a tile's last step, the column records and partial sums.
+Then, pipelined behind the fetch of the next step: MACs (one cycle), reduction nodes
+(one cycle), group scaling and accumulation into one 50-bit accumulator per segment
+and, at the tile's last step, the epilogue ``sat(rnd((acc + psum + bias) * mult >>
+shift))`` written in the same cycle. An instruction of ``T`` fetch cycles is done
+``T + 4`` cycles after it started (tiny's ``pipeline_depth``).
+
+The repeated parts are components of their own (:meth:`MatrixEngine.parts`), so that
+each distinct one is synthesised once and counted per instance
+(benchmarks/rtl_resources.py; the flat MPE of u280 was beyond Yosys in 10 GB): the
+``chains`` x :class:`.chain.DspChain`, one :class:`.operands.RowWindows` per tile
+row, one :class:`.operands.ChainFeed` per chain and one
+:class:`.epilogue.SegmentEpilogue` per segment. The fetch loop is :mod:`.control`'s, the
+addressing, the staging of weights and indices and the writes :mod:`.fetch`'s; this
+module holds the parameters and ports and wires the parts.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+
+from flightforge import isa
+from flightforge.arch import ArchConfig
+
+from ..buffers import addr_bits
+from ..bus import BufPortSignature
+from ..decode import unit_members
+from .chain import PROD_BITS, DspChain
+from .control import decode, sequence
+from .epilogue import SegmentEpilogue, ends, segment_epilogues
+from .fetch import issue_reads, stage, write_results
+from .operands import ChainFeed, RowWindows, feed_chains
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+class MatrixEngine(wiring.Component):
+    """MM/MV unit; ports ``buf_<buffer><i>`` (see :meth:`port_widths`)."""
+
+    BUFFERS = (isa.Buf.ACT, isa.Buf.WGT, isa.Buf.META, isa.Buf.SCALE)
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        mp = arch.mpe
+        self.G = mp.groups_per_chain
+        self.macs = 2 * self.G
+        self.window = arch.sparse_m
+        self.modes = {"mm": (mp.mm.m, mp.mm.n, mp.mm.k), "mv": (1, mp.mv.n, mp.mv.k)}
+        P = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
+        self.P = P
+        for name, (rm, n, k) in self.modes.items():
+            if rm * n * k > mp.chains * self.macs or self.macs % k or k % 2:
+                raise ValueError(f"mpe.{name} {rm}x{n}x{k} does not map onto the chains")
+            if mp.pipeline_depth < 4:
+                raise ValueError("the MPE pipeline needs mpe.pipeline_depth >= 4")
+            if P[isa.Buf.WGT] % n or P[isa.Buf.META] % n or self.window % 2:
+                raise ValueError(f"mpe.{name}: n={n} must divide the WGT and META ports")
+        nmax = max(n for _, n, _ in self.modes.values())
+        self.nmax = nmax
+        self.segs = max(rm * n for rm, n, _ in self.modes.values())
+        self.wb = max(k for _, _, k in self.modes.values())  # staged weight bytes/column
+        self.mb = _cdiv(self.wb * 4, 8)
+        self.terms = self.wb // 2  # DSP-group sums per segment (the longest mode's)
+        self.sum_bits = PROD_BITS + self.macs.bit_length()  # a chain's group sum
+        # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
+        # records per column, ACT: activation spans per row, partial sums, results.
+        wgt_w = max(max(P[isa.Buf.WGT] // n, n) for _, n, _ in self.modes.values())
+        self.n_wgt = max(max(n, min(k, P[isa.Buf.WGT] // n)) for _, n, k in self.modes.values())
+        self.wgt_w = min(wgt_w, P[isa.Buf.WGT])
+        self.meta_w = max(P[isa.Buf.META] // n for _, n, _ in self.modes.values())
+        pa = P[isa.Buf.ACT]
+        self.span = max(k * self.window // 2 for _, _, k in self.modes.values())
+        self.apr = {nm: _cdiv(k * self.window // 2, pa) for nm, (_, _, k) in self.modes.items()}
+        self.n_act = max(rm * self.apr[nm] for nm, (rm, _, _) in self.modes.items())
+        self.ppr = {nm: _cdiv(4 * n, pa) for nm, (_, n, _) in self.modes.items()}
+        self.n_psum = max(rm * self.ppr[nm] for nm, (rm, _, _) in self.modes.items())
+        # Repeated blocks: one RowWindows per distinct (k, row ports) of a tile row (the
+        # modes share a row's windows when they agree), one ChainFeed per chain that some
+        # mode's tile reaches, with the modes that reach it.
+        self.win_rows: list[tuple[int, int, int]] = []  # (k, first ACT read port, ports)
+        self.win_of: dict[tuple[str, int], int] = {}  # (mode, row) -> RowWindows
+        for nm, (rm, _n, k) in self.modes.items():
+            for r in range(rm):
+                key = (k, r * self.apr[nm], self.apr[nm])
+                if key not in self.win_rows:
+                    self.win_rows.append(key)
+                self.win_of[nm, r] = self.win_rows.index(key)
+        self.feed_modes = [
+            tuple(nm for nm, (rm, n, k) in self.modes.items() if c * self.macs < rm * n * k)
+            for c in range(mp.chains)
+        ]
+        ps = P[isa.Buf.SCALE]
+        self.rec_reads = _cdiv(6, ps)
+        widths = {
+            isa.Buf.WGT: [self.wgt_w] * self.n_wgt,
+            isa.Buf.META: [self.meta_w] * nmax,
+            isa.Buf.SCALE: [min(ps, max(k // 2 for _, _, k in self.modes.values()))] * nmax
+            + [ps] * (nmax * self.rec_reads),
+            isa.Buf.ACT: [pa] * self.n_act + [pa] * (2 * self.n_psum),  # reads, psum, writes
+        }
+        self.widths = widths
+        members = {}
+        for b in self.BUFFERS:
+            for i, w in enumerate(widths[b]):
+                members[f"buf_{b.name.lower()}{i}"] = Out(
+                    BufPortSignature(addr_bits(arch.buffers.of(b).size), w)
+                )
+        super().__init__({**unit_members(isa.Unit.MPE), **members})
+
+    #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
+    #: row windows, segment epilogues.
+    REPEATED = r"chain\d+|feed\d+|win\d+|epi\d+"
+
+    def parts(self) -> list[tuple[str, wiring.Component, int]]:
+        """The repeated blocks but the chains: ``(label, a new instance, instances)`` per
+        distinct block, as :meth:`elaborate` instantiates them (so that each is synthesised
+        once and counted per instance, benchmarks/rtl_resources.py)."""
+        out = []
+        for k, apr in sorted({(k, apr) for k, _, apr in self.win_rows}):
+            count = sum((kk, a) == (k, apr) for kk, _, a in self.win_rows)
+            row = apr * self.P[isa.Buf.ACT]
+            out.append((f"RowWindows (k={k}, {row} B)", RowWindows(k, self.window, row), count))
+        for modes in sorted({fm for fm in self.feed_modes if fm}, key=len, reverse=True):
+            out.append(
+                (
+                    f"ChainFeed ({', '.join(modes)})",
+                    ChainFeed(self.G, self.window, modes),
+                    self.feed_modes.count(modes),
+                )
+            )
+        out.append(("SegmentEpilogue", SegmentEpilogue(self.terms, self.sum_bits), self.segs))
+        return out
+
+    def port_widths(self, buf: isa.Buf) -> list[int]:
+        return self.widths.get(buf, [])
+
+    def ports(self, buf: isa.Buf):
+        return [getattr(self, f"buf_{buf.name.lower()}{i}") for i in range(len(self.widths[buf]))]
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        chains = []
+        for c in range(self.arch.mpe.chains):
+            m.submodules[f"chain{c}"] = ch = DspChain(self.G, self.window)
+            chains.append(ch)
+        d = decode(m, self)  # the latched instruction's fields and sizes
+        lp = sequence(m, self, d)  # tiles, steps, fetch cycles
+        rd = issue_reads(m, self, d, lp)  # every read port's address and request
+        staged = stage(m, self, d, lp, rd)  # weights and indices per column
+        # stage F: the fired step's tags, its operands into the chains
+        A = isa.BUF_ADDR_BITS + 2
+        fv, f_done, f_last, f_first = Signal(), Signal(), Signal(), Signal()
+        f_ent = Signal.like(lp.ent)
+        f_c0, f_r0, f_d = Signal.like(lp.c0), Signal.like(lp.rt_row), Signal(A)
+        m.d.sync += [
+            fv.eq(lp.fire),
+            f_done.eq(lp.last_issue),
+            f_ent.eq(lp.ent),
+            f_last.eq(lp.last_step),
+            f_first.eq(lp.s == 0),
+            f_c0.eq(lp.c0),
+            f_r0.eq(lp.rt_row),
+            f_d.eq(lp.d_base),
+        ]
+        feed_chains(m, self, d, staged, rd.act, f_ent, d.int4 & ~d.wkn, chains)
+        # cuts: segment and scale-group ends; a chain starts at a multiple of ``k``, so
+        # its cuts are the same for every chain
+        group_mask = Signal(32)
+        m.d.comb += group_mask.eq((Const(1, 32) << d.lge) - 1)
+        cut = Signal(self.G)
+        for gg in range(self.G):
+            for nm, (_rm, _n, k) in self.modes.items():
+                with m.If(d.is_mm if nm == "mm" else ~d.is_mm):
+                    m.d.comb += cut[gg].eq(ends(d, group_mask, (2 * gg) % k, k))
+        for chain in chains:
+            m.d.comb += [chain.valid.eq(fv), chain.cut.eq(cut)]
+
+        # stage F+2: scale, accumulate, requantise (SegmentEpilogue), write
+        def dl(v, name):
+            for t in range(2):
+                r = Signal.like(v, name=f"{name}_d{t}")
+                m.d.sync += r.eq(v)
+                v = r
+            return v
+
+        ev = dl(fv, "ev")
+        e_last, e_first = dl(f_last, "elast"), dl(f_first, "efirst")
+        e_c0, e_r0, e_d = dl(f_c0, "ec0"), dl(f_r0, "er0"), dl(f_d, "ed")
+        delayed = tuple(
+            [dl(p.rdata, f"{tag}{j}") for j, p in enumerate(ports)]
+            for tag, ports in (("sc", rd.scale), ("rec", rd.rec), ("ps", rd.psum))
+        )
+        results = segment_epilogues(m, self, d, chains, group_mask, ev, e_first, delayed)
+        write_results(m, self, d, rd.wr, results, ev & e_last, e_c0, e_r0, e_d)
+        # done: the last write (the cycle of the last step's epilogue), padded
+        done = ev & e_last & dl(f_done, "edone")
+        for t in range(self.arch.mpe.pipeline_depth - 4):
+            r = Signal(name=f"done_d{t}")
+            m.d.sync += r.eq(done)
+            done = r
+        m.d.comb += self.done.eq(done)
+        return m
