@@ -6,10 +6,10 @@ serving does) for U280 for every prompt length 1..2048 and every decode position
 
 - the compile time and the instruction bytes of the bucketed program;
 - the exact instruction bytes of compiling every length separately (counted pass by pass
-  with the real kernels, see compiler/storage.py; not extrapolated from sampled lengths);
+  with the real kernels, see compiler/lower/storage.py; not extrapolated from sampled lengths);
 - the reduction ratio;
 - the modelled latency overhead of bucketing at every length (the analytical model of
-  compiler/buckets.py: bucketed runs against per-length runs; decode steps and chunk
+  compiler/lower/buckets.py: bucketed runs against per-length runs; decode steps and chunk
   passes attend over their actual context, so they cost what per-length runs do), and,
   with ``--latency cycle`` (the default, the policy's model), the cycle model's overhead
   of each whole-prompt bucket at every length it serves.
@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 from flightforge import isa
-from flightforge.compiler import lower
-from flightforge.compiler.buckets import run_latency
-from flightforge.compiler.builder import Builder
+from flightforge.compiler.frontend.hf_config import load_structure
 from flightforge.compiler.graph import linear_shapes, shape_program
-from flightforge.compiler.hf_config import load_structure
+from flightforge.compiler.lower import decoder as lower
+from flightforge.compiler.lower.buckets import run_latency
+from flightforge.compiler.lower.builder import Builder
+from flightforge.compiler.lower.storage import PassCounter, check_layer_identity, per_length_storage
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions, shape_only_decoder
-from flightforge.compiler.storage import PassCounter, check_layer_identity, per_length_storage
+from flightforge.compiler.quant.qdecoder import QuantOptions, shape_only_decoder
 from flightforge.generate import decode_run, prefill_runs
 from flightforge.mappings import load_target
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.mappings import load_target
 from flightforge.sim.cycle_model import CycleModel, simulate
 

@@ -48,7 +48,7 @@ def add() -> dict:
     sa, sb, sy = 0.013, 0.0041, 0.02
     a = RNG.integers(-32768, 32768, size=(ROWS, COLS))
     b = RNG.integers(-32768, 32768, size=(ROWS, COLS))
-    from flightforge.compiler.kernels import add_params
+    from flightforge.compiler.quant.fixed_point import add_params
 
     m0, m1, sh = add_params(sa, sb, sy)
     y = numerics.add(a, b, m0, m1, sh, DType.INT16)
@@ -87,7 +87,7 @@ def softmax() -> dict:
     s_x = 0.002  # score scale (q*k products)
     x = RNG.normal(size=(ROWS, COLS)) * 3.0
     xi = np.round(x / s_x).astype(np.int64)
-    from flightforge.compiler.kernels import softmax_params
+    from flightforge.compiler.quant.fixed_point import softmax_params
 
     # softmax_params(s_q, s_k, d) folds 1/sqrt(d); pick s_q*s_k/sqrt(d) = s_x.
     m0, sh = softmax_params(s_x * 4.0, 1.0, 16)
@@ -105,7 +105,7 @@ def norm(kind: str) -> dict:
     gamma = 1 + RNG.normal(size=COLS) * 0.2
     beta = RNG.normal(size=COLS) * 0.1
     eps = 1e-5
-    from flightforge.compiler.kernels import norm_eps, norm_gain
+    from flightforge.compiler.quant.fixed_point import norm_eps, norm_gain
 
     s_y = 4.0 / 127
     g, shift = norm_gain(gamma, s_y)

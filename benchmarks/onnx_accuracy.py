@@ -23,9 +23,9 @@ from accuracy import COS_MIN, TOP1_MIN, measure  # noqa: E402
 from export_tiny_hf import export  # noqa: E402
 from test_onnx_import import ort_logits, session  # noqa: E402
 
-from flightforge.compiler.onnx_import import import_onnx  # noqa: E402
+from flightforge.compiler.frontend.onnx_import import import_onnx  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder  # noqa: E402
-from flightforge.compiler.qdecoder import ACT_BITS, QuantOptions  # noqa: E402
+from flightforge.compiler.quant.qdecoder import ACT_BITS, QuantOptions  # noqa: E402
 from flightforge.mappings import load_target  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Accuracy of the compiler's quantisation on random-weight decoders of each family.
 
 The integer reference (``qref.run_decoder``, bit-exact with every simulator) is compared
-with the float model (``calibrate.run_float``, equal to onnxruntime on the ONNX exports)
+with the float model (``interpret.run_float``, equal to onnxruntime on the ONNX exports)
 on 4 random prompts of 16 tokens, each followed by 16 greedy decode steps (the float
 model's tokens are fed to both, so every position compares the same context): 128
 positions per decoder. The acceptance criterion is a cosine of at least 0.99 at every
@@ -28,11 +28,18 @@ import json
 
 import numpy as np
 
-from flightforge.compiler import kernels, qref
-from flightforge.compiler.calibrate import FloatState, calibrate, run_float
 from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
+from flightforge.compiler.interpret import FloatState, run_float
+from flightforge.compiler.lower import kernels
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts
-from flightforge.compiler.qdecoder import ACT_BITS, QuantDecoder, QuantOptions, quantize_decoder
+from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.calibrate import calibrate
+from flightforge.compiler.quant.qdecoder import (
+    ACT_BITS,
+    QuantDecoder,
+    QuantOptions,
+    quantize_decoder,
+)
 
 FAMILIES = {  # the families of tests/test_compiler_decoder.py
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
@@ -266,7 +273,7 @@ def weights(families: list[str], seeds: int) -> dict:
     INT8; layers whose K is not a multiple of the sparse block stay dense)."""
     from flightforge.compiler.graph import linear_shapes
     from flightforge.compiler.pipeline import compile_decoder
-    from flightforge.compiler.plans import parse_plan
+    from flightforge.compiler.quant.plans import parse_plan
     from flightforge.mappings import load_target
 
     tiny = load_target("tiny")

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions, WeightPlan
+from flightforge.compiler.quant.qdecoder import QuantOptions, WeightPlan
 from flightforge.isa import SparseMode, WPrec
 from flightforge.mappings import load_target
 from flightforge.program import Program

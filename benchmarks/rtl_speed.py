@@ -94,7 +94,7 @@ def bench_random(
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
     if ldst_only:
-        from flightforge.compiler.schedule import TokenScheduler
+        from flightforge.compiler.lower.schedule import TokenScheduler
 
         secs = []
         for _ in range(sections):

@@ -83,11 +83,11 @@ from trained_models import (
     plan,
 )
 
-from flightforge.compiler.onnx_import import import_onnx  # noqa: E402
+from flightforge.compiler.frontend.onnx_import import import_onnx  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_onnx  # noqa: E402
-from flightforge.compiler.plans import parse_plan  # noqa: E402
-from flightforge.compiler.prune import inverse_hessian_factor  # noqa: E402
-from flightforge.compiler.qdecoder import QuantOptions  # noqa: E402
+from flightforge.compiler.quant.plans import parse_plan  # noqa: E402
+from flightforge.compiler.quant.prune import inverse_hessian_factor  # noqa: E402
+from flightforge.compiler.quant.qdecoder import QuantOptions  # noqa: E402
 from flightforge.generate import forced_logits  # noqa: E402
 from flightforge.mappings import load_target  # noqa: E402
 from flightforge.sim.functional import FunctionalSim  # noqa: E402
@@ -340,7 +340,7 @@ def rounded(w: np.ndarray, bits: int) -> np.ndarray:
 def gptq(w: np.ndarray, x: np.ndarray, bits: int, damp: float = 0.01) -> np.ndarray:
     """GPTQ (Frantar et al., 2023) onto the round-to-nearest grid, pruned weights kept at
     zero: each column's rounding error is compensated on the later columns through the
-    inverse Hessian's Cholesky factor, as compiler/prune.py does for pruning."""
+    inverse Hessian's Cholesky factor, as compiler/quant/prune.py does for pruning."""
     step, top = group_steps(w, bits), (1 << (bits - 1)) - 1
     keep = w != 0
     hinv, _ = inverse_hessian_factor(x, damp)
@@ -359,8 +359,8 @@ def weight_study(families: list[str], seeds: int, work: Path) -> dict:
     The LM head stays float; activations are exact, so this bounds the formats from above."""
     from accuracy import float_reference
 
-    from flightforge.compiler.calibrate import FloatState, run_float
     from flightforge.compiler.graph import Linear, LinearParams
+    from flightforge.compiler.interpret import FloatState, run_float
 
     lang = Language.make()
     calib = [np.array(c) for c in lang.calibration]

@@ -19,9 +19,10 @@ import numpy as np
 from flightforge.arch import ArchConfig
 from flightforge.isa import Buf, DType, WPrec
 
-from . import kernels, qref
-from .builder import Builder
-from .quantize import act_scale, quantize_act, quantize_linear
+from .lower import kernels
+from .lower.builder import Builder
+from .quant import qref
+from .quant.quantize import act_scale, quantize_act, quantize_linear
 
 ROPE_THETA = 10000.0
 

@@ -15,14 +15,14 @@ import numpy as np
 from flightforge.arch import ArchConfig
 from flightforge.program import Program
 
-from .buckets import BucketPlan
-from .calibrate import calibrate
+from .errors import CompileError
 from .graph import DecoderProgram
-from .lower import lower_decoder
-from .memory import CompileError
-from .prune import prune_decoder
-from .qdecoder import QuantDecoder, QuantOptions, quantize_decoder
-from .schedule import unordered_hazards
+from .lower.buckets import BucketPlan
+from .lower.decoder import lower_decoder
+from .lower.schedule import unordered_hazards
+from .quant.calibrate import calibrate
+from .quant.prune import prune_decoder
+from .quant.qdecoder import QuantDecoder, QuantOptions, quantize_decoder
 
 DEFAULT_CALIBRATION_PROMPTS = 4
 DEFAULT_CALIBRATION_LENGTH = 16
@@ -147,9 +147,9 @@ def compile_shape_only(
     config_path: str, arch: ArchConfig, options: CompileOptions = CompileOptions(with_data=False)
 ) -> Program:
     """Compile a full-size model from its Hugging Face config.json, without weights."""
+    from .frontend.hf_config import load_structure
     from .graph import linear_shapes, shape_program
-    from .hf_config import load_structure
-    from .qdecoder import shape_only_decoder
+    from .quant.qdecoder import shape_only_decoder
 
     st = load_structure(config_path)
     prog = shape_program(
@@ -181,7 +181,7 @@ def compile_onnx(
     path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()
 ) -> Compiled:
     """Compile an ONNX export of a decoder-only LLM (see ``docs/frontend.md``)."""
-    from .onnx_import import import_onnx
+    from .frontend.onnx_import import import_onnx
 
     imported = import_onnx(path)
     s = imported.summary

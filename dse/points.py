@@ -18,10 +18,10 @@ import numpy as np
 
 from flightforge import isa
 from flightforge.arch import ArchConfig, ConfigError, arch_from_dict
-from flightforge.compiler.hf_config import load_structure
-from flightforge.compiler.memory import CompileError
+from flightforge.compiler.errors import CompileError
+from flightforge.compiler.frontend.hf_config import load_structure
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions, WeightPlan
+from flightforge.compiler.quant.qdecoder import QuantOptions, WeightPlan
 from flightforge.generate import prefill_runs
 from flightforge.mappings import load_target
 from flightforge.program import ProgramError

@@ -45,7 +45,7 @@ import numpy as np
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig, arch_from_dict
-from flightforge.compiler.memory import CompileError
+from flightforge.compiler.errors import CompileError
 from flightforge.program import Program
 from flightforge.sim.timing import SPLIT_BUFFERS, Q, Timing, TimingParams
 

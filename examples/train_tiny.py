@@ -55,8 +55,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_tiny_hf import build  # noqa: E402
 
-from flightforge.compiler.qdecoder import QuantOptions, WeightPlan  # noqa: E402
-from flightforge.compiler.quantize import prune_nm, quantize_linear  # noqa: E402
+from flightforge.compiler.quant.qdecoder import QuantOptions, WeightPlan  # noqa: E402
+from flightforge.compiler.quant.quantize import prune_nm, quantize_linear  # noqa: E402
 from flightforge.isa import SparseMode  # noqa: E402
 
 BEG, END, COPY = 0, 1, 2  #: marker tokens; every other id is a state of the chain

@@ -22,7 +22,7 @@ from .program import Program, ProgramError
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from .compiler.memory import CompileError
+    from .compiler.errors import CompileError
     from .sim.device import DeviceError
 
     return (
@@ -507,7 +507,7 @@ def demo(target: str, save_dir: Path | None) -> None:
     "plan_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Per-layer weight plan YAML: bits, group and N:M sparsity by layer name "
-    "(see compiler/plans.py).",
+    "(see compiler/quant/plans.py).",
 )
 @click.option(
     "--prune",
@@ -593,7 +593,7 @@ def compile_cmd(
     compiles a full-size model shape-only, for performance work.
     """
     from .compiler import pipeline
-    from .compiler.qdecoder import QuantOptions
+    from .compiler.quant.qdecoder import QuantOptions
 
     if (model is None) == (config is None):
         raise click.UsageError("give either an ONNX MODEL or --config CONFIG.json")
@@ -601,7 +601,7 @@ def compile_cmd(
     if max_len is None:
         max_len = max(wanted) if wanted else pipeline.CompileOptions().max_len
     arch = _target(target)
-    from .compiler.plans import load_plan
+    from .compiler.quant.plans import load_plan
 
     spec = load_plan(plan_file) if plan_file is not None else None
     quant = QuantOptions(

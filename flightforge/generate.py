@@ -54,7 +54,7 @@ def prefill_steps(length: int, chunk: int, chunked: bool, last_only: bool) -> li
     """The ``(stage, length register)`` pairs that prefill a prompt of ``length`` tokens.
 
     A whole-prompt program has one section per prompt-length bucket. A chunked program
-    (see ``compiler/buckets.py``) runs prompts of at most one chunk the same way, and
+    (see ``compiler/lower/buckets.py``) runs prompts of at most one chunk the same way, and
     longer ones as full passes of ``chunk`` rows whose start positions select the
     ``prefill_chunk`` section (and, for the last pass of a last-row-logits program, the
     ``prefill_final`` section, which also computes the LM head). A prompt one token

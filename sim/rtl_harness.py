@@ -562,7 +562,7 @@ def random_section(
 ) -> list[isa.Instruction]:
     """A random stream of ``length`` LD/ST/MM/MV/MISC instructions plus HALT, with the
     wait/release tokens the compiler's scheduler inserts for its hazards."""
-    from flightforge.compiler.schedule import TokenScheduler
+    from flightforge.compiler.lower.schedule import TokenScheduler
 
     sched = TokenScheduler(token_depth=arch.token_depth)
     while len(sched.instrs) < length:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from flightforge.compiler import kernels, qref
-from flightforge.compiler.calibrate import FloatState, run_float
 from flightforge.compiler.graph import DecoderProgram
-from flightforge.compiler.qdecoder import QuantDecoder
+from flightforge.compiler.interpret import FloatState, run_float
+from flightforge.compiler.lower import kernels
+from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.qdecoder import QuantDecoder
 
 PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
 MAX_LEN = PROMPT_LEN + DECODE

@@ -18,12 +18,13 @@ from test_compiler_decoder import FAMILIES
 from test_end_to_end import TINY, reference_logits
 
 from flightforge import numerics
-from flightforge.compiler import kernels, qref
-from flightforge.compiler.calibrate import calibrate
 from flightforge.compiler.graph import Act, random_decoder
+from flightforge.compiler.quant import fixed_point
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts, compile_decoder
-from flightforge.compiler.qdecoder import QuantOptions, quantize_decoder, split_tensors
-from flightforge.compiler.quantize import quantize_linear
+from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.calibrate import calibrate
+from flightforge.compiler.quant.qdecoder import QuantOptions, quantize_decoder, split_tensors
+from flightforge.compiler.quant.quantize import quantize_linear
 from flightforge.generate import generate
 from flightforge.isa import MISC, DType, MiscOp, WPrec
 from flightforge.sim.functional import FunctionalSim
@@ -33,7 +34,7 @@ A16 = QuantOptions(act_bits=16)
 
 @given(
     hnp.arrays(
-        np.int64, st.integers(1, 64), elements=st.integers(-kernels.SPLIT_MAX, kernels.SPLIT_MAX)
+        np.int64, st.integers(1, 64), elements=st.integers(-fixed_point.SPLIT_MAX, fixed_point.SPLIT_MAX)
     )
 )
 def test_halves_rebuild_every_value_in_range(x):
@@ -45,7 +46,7 @@ def test_halves_rebuild_every_value_in_range(x):
 @given(hnp.arrays(np.int64, st.integers(1, 64), elements=st.integers(0, 2**15 - 1)))
 def test_probabilities_split_to_within_one_unit(p):
     """INT16 probabilities split with s = 1: 2 * (256*hi + lo) is p or its neighbour."""
-    hi, lo = qref.split(p, kernels.PROB16_SPLIT_SHIFT)
+    hi, lo = qref.split(p, fixed_point.PROB16_SPLIT_SHIFT)
     assert np.abs(2 * (256 * hi + lo) - p).max() <= 1
 
 
@@ -58,7 +59,7 @@ def test_split_linear_equals_the_wide_product(seed, plan):
     rng = np.random.default_rng(seed)
     prec, group = plan
     ql = quantize_linear(rng.normal(size=(24, 64)), rng.normal(size=24), prec=prec, group=group)
-    x = rng.integers(-kernels.SPLIT_MAX, kernels.SPLIT_MAX + 1, size=(3, 64))
+    x = rng.integers(-fixed_point.SPLIT_MAX, fixed_point.SPLIT_MAX + 1, size=(3, 64))
     s_x, s_y = 1e-3, 2e-2
     bias_q, mult, shift = ql.requant(s_x, s_y)
     wide = numerics.matmul(

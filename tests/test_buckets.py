@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flightforge import isa
-from flightforge.compiler.buckets import BucketPlan
+from flightforge.compiler.errors import CompileError
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.lower import LATENCY_MODELS, lower_decoder, make_plan
-from flightforge.compiler.memory import CompileError
+from flightforge.compiler.lower.buckets import BucketPlan
+from flightforge.compiler.lower.decoder import LATENCY_MODELS, lower_decoder, make_plan
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.generate import decode_run, generate, prefill_runs
 from flightforge.mappings import load_target

@@ -12,12 +12,12 @@ import dataclasses
 import accuracy
 import pytest
 
-from flightforge.compiler.calibrate import calibrate
+from flightforge.compiler.errors import CompileError
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.memory import CompileError
+from flightforge.compiler.lower.schedule import unordered_hazards
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts, compile_decoder
-from flightforge.compiler.qdecoder import quantize_decoder
-from flightforge.compiler.schedule import unordered_hazards
+from flightforge.compiler.quant.calibrate import calibrate
+from flightforge.compiler.quant.qdecoder import quantize_decoder
 from flightforge.mappings import load_target
 
 FAMILIES = {

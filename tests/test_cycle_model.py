@@ -15,8 +15,8 @@ import json
 import pytest
 
 from flightforge import isa
-from flightforge.compiler.buckets import BucketPlan
 from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.lower.buckets import BucketPlan
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.isa import Buf, DType, MiscOp, SparseMode, Unit, WPrec
 from flightforge.mappings import load_target
@@ -140,7 +140,7 @@ def test_fast_evaluator_times_unpacking_loads_like_the_cycle_model():
     """flightforge.dse.timing takes the burst-by-burst port cycles from Timing: a 3-bit
     decoder on tiny (unpacking LDs into the 8-byte WGT port, 21 or 22 values ending in a
     burst: 3 cycles each, not the 8 a cycle of a whole-transfer rate) times identically."""
-    from flightforge.compiler.qdecoder import QuantOptions
+    from flightforge.compiler.quant.qdecoder import QuantOptions
     from flightforge.dse.timing import durations, prepare
 
     shape = DecoderShape(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.dse.points import build_point, evaluate_point, grid, point_key
 from flightforge.dse.report import pareto_mask, write_outputs
 from flightforge.dse.resources import design_resources

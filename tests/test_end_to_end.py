@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flightforge.compiler import kernels, qref
 from flightforge.compiler.demo import build_demo
 from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.lower import kernels
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.quantize import quantize_act
+from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.quantize import quantize_act
 from flightforge.generate import forced_logits, generate
 from flightforge.mappings import load_target
 from flightforge.program import ProgramError
@@ -124,7 +125,7 @@ def test_chunked_prefill_and_last_row_logits_are_bit_exact():
 def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     """N:M-sparse INT4 weights with group scales, through packing, META and the MPE."""
     from flightforge.compiler.graph import linear_shapes
-    from flightforge.compiler.qdecoder import QuantOptions, WeightPlan
+    from flightforge.compiler.quant.qdecoder import QuantOptions, WeightPlan
     from flightforge.isa import SparseMode, WPrec
 
     shape, _ = FAMILIES["llama-gqa"]
@@ -149,7 +150,7 @@ def test_sparse_int4_decoder_is_bit_exact(mode, prune):
 @pytest.mark.parametrize("bits", [2, 3])
 def test_low_bit_weights_widened_on_load_are_bit_exact(bits):
     """2- and 3-bit weights stored packed, widened to INT8 by LD unpack, with group scales."""
-    from flightforge.compiler.qdecoder import QuantOptions
+    from flightforge.compiler.quant.qdecoder import QuantOptions
     from flightforge.isa import Unpack
 
     shape, _ = FAMILIES["llama-gqa"]

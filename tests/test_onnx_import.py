@@ -22,17 +22,18 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from flightforge.compiler.calibrate import FloatState, calibrate, run_float
+from flightforge.compiler.frontend.onnx_graph import FrontendError
+from flightforge.compiler.frontend.onnx_import import import_onnx, load_onnx
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.onnx_graph import FrontendError
-from flightforge.compiler.onnx_import import import_onnx, load_onnx
+from flightforge.compiler.interpret import FloatState, run_float
 from flightforge.compiler.pipeline import (
     CompileOptions,
     calibration_prompts,
     compile_decoder,
     compile_onnx,
 )
-from flightforge.compiler.qdecoder import QuantOptions, quantize_decoder
+from flightforge.compiler.quant.calibrate import calibrate
+from flightforge.compiler.quant.qdecoder import QuantOptions, quantize_decoder
 from flightforge.mappings import load_target
 
 LLAMA = DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True)
@@ -428,7 +429,7 @@ def test_torch_exports_at_init_range_0_2_meet_the_criterion(family, tmp_path):
 
 
 def test_fit_theta_recovers_the_base():
-    from flightforge.compiler.onnx_patterns import fit_theta
+    from flightforge.compiler.frontend.onnx_patterns import fit_theta
 
     for theta in (10000.0, 500000.0):
         inv = 1.0 / theta ** (np.arange(8) * 2 / 16)

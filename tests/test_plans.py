@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flightforge.compiler.errors import CompileError
 from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.memory import CompileError
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.plans import load_plan, parse_plan
-from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.compiler.quant.plans import load_plan, parse_plan
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.generate import generate
 from flightforge.isa import SparseMode, WPrec
 from flightforge.mappings import load_target

@@ -13,10 +13,10 @@ from trained_models import lossy_layers, off_grid_layers, plan
 
 from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.plans import parse_plan
-from flightforge.compiler.prune import PRUNE_METHODS, sparsegpt_nm
-from flightforge.compiler.qdecoder import QuantOptions
-from flightforge.compiler.quantize import prune_nm
+from flightforge.compiler.quant.plans import parse_plan
+from flightforge.compiler.quant.prune import PRUNE_METHODS, sparsegpt_nm
+from flightforge.compiler.quant.qdecoder import QuantOptions
+from flightforge.compiler.quant.quantize import prune_nm
 from flightforge.isa import SparseMode
 from flightforge.mappings import load_target
 

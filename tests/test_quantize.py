@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flightforge import numerics
-from flightforge.compiler.memory import CompileError
-from flightforge.compiler.quantize import prune_nm, quantize_linear
+from flightforge.compiler.errors import CompileError
+from flightforge.compiler.quant.quantize import prune_nm, quantize_linear
 from flightforge.isa import DType, SparseMode, WPrec
 
 

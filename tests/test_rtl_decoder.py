@@ -15,8 +15,8 @@ import pytest
 from flightforge import isa
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.plans import parse_plan
-from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.compiler.quant.plans import parse_plan
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.generate import decode_run, generate
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
@@ -58,7 +58,7 @@ class Recorder:
 
 
 #: 3-bit weights with 2-bit attention output and MLP down projection, as a
-#: mixed-precision plan file would give them (compiler/plans.py).
+#: mixed-precision plan file would give them (compiler/quant/plans.py).
 MIXED_2_3_BIT = {
     "default": {"bits": 3, "group": 16},
     "layers": [{"match": "l*.o", "bits": 2}, {"match": "l*.down", "bits": 2}],

@@ -80,7 +80,7 @@ def model_cycles(arch, instrs) -> int:
 
 def ldst_section(arch, rng: np.random.Generator, length: int = 8) -> list[isa.Instruction]:
     """A random LD/ST-only stream (with NOPs) synchronised by the compiler's scheduler."""
-    from flightforge.compiler.schedule import TokenScheduler
+    from flightforge.compiler.lower.schedule import TokenScheduler
 
     sched = TokenScheduler(token_depth=arch.token_depth)
     while len(sched.instrs) < length:

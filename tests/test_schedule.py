@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flightforge import isa
-from flightforge.compiler.schedule import TokenScheduler, unordered_hazards
+from flightforge.compiler.lower.schedule import TokenScheduler, unordered_hazards
 from flightforge.isa import Buf, DType, MiscOp
 
 REGION = 8  # bytes per region slot; small address spaces make conflicts frequent

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from flightforge.compiler.hf_config import load_structure, structure_from_config
-from flightforge.compiler.memory import CompileError
+from flightforge.compiler.errors import CompileError
+from flightforge.compiler.frontend.hf_config import load_structure, structure_from_config
+from flightforge.compiler.lower.schedule import unordered_hazards
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
-from flightforge.compiler.qdecoder import QuantOptions
-from flightforge.compiler.schedule import unordered_hazards
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.isa import MM, MV
 from flightforge.mappings import load_target
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flightforge.compiler import lower
-from flightforge.compiler.builder import Builder
 from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.lower import decoder as lower
+from flightforge.compiler.lower.builder import Builder
+from flightforge.compiler.lower.storage import PassCounter, check_layer_identity, per_length_storage
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.storage import PassCounter, check_layer_identity, per_length_storage
 from flightforge.mappings import load_target
 
 TINY = load_target("tiny")

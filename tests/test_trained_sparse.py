@@ -32,10 +32,10 @@ import pytest
 from test_onnx_import import ort_logits, session
 from trained_models import FIXTURES, Language, lossy_layers, off_grid_layers, plan, train_tiny
 
-from flightforge.compiler.onnx_import import import_onnx
+from flightforge.compiler.frontend.onnx_import import import_onnx
 from flightforge.compiler.pipeline import CompileOptions, compile_onnx
-from flightforge.compiler.plans import parse_plan
-from flightforge.compiler.qdecoder import QuantOptions
+from flightforge.compiler.quant.plans import parse_plan
+from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.isa import WPrec
 from flightforge.mappings import load_target
 

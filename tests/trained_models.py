@@ -19,7 +19,7 @@ from accuracy import PROMPT_LEN
 
 from flightforge.compiler.graph import DecoderProgram
 from flightforge.compiler.pipeline import Compiled
-from flightforge.compiler.quantize import quantize_linear
+from flightforge.compiler.quant.quantize import quantize_linear
 from flightforge.isa import SparseMode
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -53,7 +53,7 @@ class Language:
 
 
 def plan(prog: DecoderProgram, bits: int, group: int = 32, sparse: str = "dense") -> dict:
-    """A plan file's content (compiler/plans.py) applying one format to the decoder."""
+    """A plan file's content (compiler/quant/plans.py) applying one format to the decoder."""
     layers = [{"match": "lm_head", "bits": 8, "group": 0, "sparse": "dense"}]
     if sparse != "dense":
         m = int(sparse.split(":")[1])

@@ -1,7 +1,7 @@
 """Decoder structure from a Hugging Face ``config.json``, for shape-only compilation.
 
 Full-size models are compiled for performance work without their weights: the config
-gives every dimension, and :func:`flightforge.compiler.qdecoder.shape_only_decoder`
+gives every dimension, and :func:`flightforge.compiler.quant.qdecoder.shape_only_decoder`
 turns the structure into a program with real instructions, addresses and sizes.
 Supported ``model_type``: llama (Llama 2, Llama 3 with grouped-query attention),
 opt and gpt2. A missing or inconsistent field is an error naming the file and field.
@@ -15,8 +15,8 @@ from typing import Any
 
 from flightforge.files import read_json
 
-from .graph import DecoderShape
-from .memory import CompileError
+from ..errors import CompileError
+from ..graph import DecoderShape
 
 SUPPORTED = ("llama", "mistral", "opt", "gpt2")
 GPT2_ACTIVATIONS = {

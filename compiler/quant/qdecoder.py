@@ -14,11 +14,12 @@ import numpy as np
 from flightforge import numerics
 from flightforge.isa import DType, SparseMode, WPrec
 
-from . import kernels
-from .calibrate import ACT_FNS, TensorStats
-from .graph import Act, Attention, DecoderProgram, Linear, Norm, Rope
-from .kernels import SPLIT_MAX
-from .memory import CompileError
+from ..errors import CompileError
+from ..graph import Act, Attention, DecoderProgram, Linear, Norm, Rope
+from ..interpret import ACT_FNS
+from . import fixed_point
+from .calibrate import TensorStats
+from .fixed_point import SPLIT_MAX
 from .plans import PlanSpec, sparse_mode
 from .quantize import LinearLayout, QuantLinear, quantize_linear
 
@@ -70,7 +71,7 @@ class QuantOptions:
     #: their 15 bits, so that later positions and other prompts do not clip them.
     qk_headroom: float = 1.15
     wide_headroom: float = 2.0
-    spec: PlanSpec | None = None  #: per-layer rules from a plan file (compiler/plans.py)
+    spec: PlanSpec | None = None  #: per-layer rules from a plan file (compiler/quant/plans.py)
     #: Bits of the matrix engine's activations: 8, or 16 run as two INT8 halves per
     #: operand (docs/compiler.md, "16-bit activations"): every Linear input and the
     #: attention's q, k and v become INT16, at twice the engine passes.
@@ -218,11 +219,11 @@ def quantize_decoder(
             )
         elif isinstance(op, Norm):
             n = prog.norms[op.params]
-            gamma, shift = kernels.norm_gain(n.gamma, scales[op.out])
+            gamma, shift = fixed_point.norm_gain(n.gamma, scales[op.out])
             beta = None
             if n.beta is not None:
                 beta = np.clip(np.round(n.beta / scales[op.out]), -32768, 32767).astype(np.int64)
-            norms[op.params] = NormQ(gamma, beta, shift, kernels.norm_eps(n.eps, scales[op.x]))
+            norms[op.params] = NormQ(gamma, beta, shift, fixed_point.norm_eps(n.eps, scales[op.x]))
         elif isinstance(op, Act):
             tables[op.out] = numerics.lut_for(
                 ACT_FNS[op.fn],

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .calibrate import ACT_FNS, rope_float
+from ..interpret import ACT_FNS, rope_float
 from .onnx_graph import FrontendError, OnnxGraph, OnnxNode
 
 # ------------------------------------------------------------------------ tensors & events

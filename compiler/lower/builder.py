@@ -16,7 +16,8 @@ from flightforge import isa
 from flightforge.arch import ArchConfig
 from flightforge.program import Program, Section, TensorIO
 
-from .memory import BufferAllocator, CompileError, ExternalLayout, buffer_allocators
+from ..errors import CompileError
+from .memory import BufferAllocator, ExternalLayout, buffer_allocators
 from .schedule import TokenScheduler
 
 ROW_BYTES_MAX = (1 << isa.ROW_BYTES_BITS) - 1

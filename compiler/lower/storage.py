@@ -24,9 +24,9 @@ from functools import lru_cache
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from . import lower
+from ..quant.qdecoder import QuantDecoder
+from . import decoder as lower
 from .builder import Builder
-from .qdecoder import QuantDecoder
 
 
 @dataclass

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .calibrate import rope_float
+from ..interpret import rope_float
 from .onnx_graph import OnnxNode
 from .onnx_patterns import (
     Const,

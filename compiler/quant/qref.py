@@ -15,12 +15,12 @@ import numpy as np
 from flightforge import numerics
 from flightforge.isa import DType
 
-from . import kernels
-from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .kernels import (
+from ..graph import Act, Add, Attention, Linear, Mul, Norm, Rope
+from .fixed_point import (
     HI_MULT,
     NEG_TABLE,
     PROB16_SPLIT_SHIFT,
+    add_params,
     pv16_params,
     pv_params,
     softmax_params,
@@ -168,7 +168,7 @@ def run_decoder(
         elif isinstance(op, Attention):
             env[op.out] = _attention(qd, env, op, pos0, state)
         elif isinstance(op, Add):
-            m0, m1, shift = kernels.add_params(sc[op.a], sc[op.b], sc[op.out])
+            m0, m1, shift = add_params(sc[op.a], sc[op.b], sc[op.out])
             env[op.out] = numerics.add(env[op.a], env[op.b], m0, m1, shift, qd.dtype(op.out))
         elif isinstance(op, Mul):
             m0, shift = numerics.quantize_multiplier(sc[op.a] * sc[op.b] / sc[op.out])

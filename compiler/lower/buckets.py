@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from flightforge.arch import ArchConfig
 from flightforge.generate import chunk_starts  # noqa: F401 - the host's pass plan, re-exported
 
-from .memory import CompileError
+from ..errors import CompileError
 
 Bucket = tuple[int, int]  #: inclusive ``(lo, hi)``
 

@@ -23,7 +23,7 @@ import numpy as np
 from flightforge import formats, numerics
 from flightforge.isa import SparseMode, WPrec, gsz_code
 
-from .memory import CompileError
+from ..errors import CompileError
 
 INT8_MAX = 127
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from .memory import CompileError
+from ..errors import CompileError
 
 PROBE_ROWS = 7  #: prompt length of the probe run: prime, unlike any head count or width
 

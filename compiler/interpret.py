@@ -1,14 +1,11 @@
-"""Float interpreter of a :class:`DecoderProgram`, used to calibrate activation scales.
+"""The float interpreter of a :class:`DecoderProgram`: what every op of the IR means.
 
-Calibration runs the float model on sample prompts (prefill, then greedy decode steps
-that continue them, so that decode positions are sampled as well as prompt positions)
-and records, for every named tensor, its largest magnitude and a deterministic
-subsample of its values. :meth:`TensorStats.scale` then picks the scale: by default the
-largest magnitude maps to the top code (32767 for INT16 tensors such as the residual
-stream and the logits, 127 for INT8 ones); with ``search`` (``QuantOptions.mse_clip``)
-an INT8 tensor takes the clipping point that minimises the mean squared quantisation
-error on the samples (searched from 20% to 100% of the largest magnitude). RoPE rotates
-in place, so its tensor's statistics cover values before and after rotation.
+:func:`run_float` runs a program in float64, one op at a time, with a KV cache per
+sequence (:class:`FloatState`). It is the reference every stage is checked against: the
+frontend verifies an imported program against onnxruntime with it, pruning measures its
+error with it, and calibration (:mod:`.quant.calibrate`) records every tensor's range
+through its observer. ``ACT_FNS`` and :func:`rope_float` are the float semantics of the
+activation and RoPE ops, which the frontend also uses to recognise them.
 """
 
 from __future__ import annotations
@@ -42,49 +39,17 @@ def rope_float(x: np.ndarray, pos0: int, head_dim: int, theta: float) -> np.ndar
     return np.stack([y1, y2], axis=2).reshape(x.shape)
 
 
-SAMPLES_PER_OBSERVATION = 2048
-CLIP_CANDIDATES = np.linspace(0.2, 1.0, 81)
-
-
-@dataclass
-class TensorStats:
-    """What calibration saw of one tensor."""
-
-    peak: float = 0.0
-    samples: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, x: np.ndarray) -> None:
-        flat = np.abs(np.asarray(x, np.float64)).ravel()
-        if not flat.size:
-            return
-        self.peak = max(self.peak, float(flat.max()))
-        step = max(1, flat.size // SAMPLES_PER_OBSERVATION)
-        self.samples.append(flat[::step])
-
-    def scale(self, top: int, search: bool) -> float:
-        """Scale for integer codes up to ``top``: max-based, or MSE-optimal when ``search``."""
-        peak = max(self.peak, 1e-6)
-        if not search or not self.samples:
-            return peak / top
-        x = np.concatenate(self.samples)
-        best, best_err = peak / top, np.inf
-        for r in CLIP_CANDIDATES:
-            s = r * peak / top
-            err = float(np.mean((np.minimum(np.round(x / s), top) * s - x) ** 2))
-            if err < best_err:
-                best, best_err = s, err
-        return best
-
-
 @dataclass
 class FloatState:
-    """KV caches of one sequence, ``[layer] -> (k, v)`` each ``[positions][kv_heads*d]``."""
+    """KV caches of one sequence, ``[layer] -> (k, v)`` each ``[positions][kv_heads*d]``,
+    and who watches the tensors as they are written (calibration records their ranges)."""
 
     kv: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    stats: dict[str, TensorStats] = field(default_factory=dict)
+    observer: Callable[[str, np.ndarray], None] | None = None
 
     def observe(self, name: str, x: np.ndarray) -> None:
-        self.stats.setdefault(name, TensorStats()).add(x)
+        if self.observer is not None:
+            self.observer(name, x)
 
 
 def run_float(
@@ -159,27 +124,3 @@ def _attention(env, op: Attention, pos0: int, state: FloatState) -> np.ndarray:
             :, j * d : (j + 1) * d
         ]
     return out
-
-
-DECODE_STEPS = 16
-
-
-def calibrate(
-    prog: DecoderProgram, prompts: list[np.ndarray], decode_steps: int = DECODE_STEPS
-) -> dict[str, TensorStats]:
-    """Per-tensor statistics over prefill of each prompt and greedy decode steps.
-
-    With the default prompts (16 tokens) the 16 decode steps sample positions up to 31
-    as decode rows. Four steps left the ranges of later positions short: on random test
-    decoders, more positions fell below cosine 0.99 (docs/compiler.md, "Accuracy").
-    """
-    stats: dict[str, TensorStats] = {}
-    for ids in prompts:
-        state = FloatState(stats=stats)
-        logits = run_float(prog, np.asarray(ids), 0, state)
-        pos = len(ids)
-        for _ in range(decode_steps):
-            nxt = int(np.argmax(logits[-1]))
-            logits = run_float(prog, np.array([nxt]), pos, state)
-            pos += 1
-    return stats

@@ -14,9 +14,7 @@ from flightforge import isa
 from flightforge.arch import ArchConfig
 from flightforge.program import Segment
 
-
-class CompileError(ValueError):
-    """The model or program cannot be compiled for the target as asked."""
+from ..errors import CompileError
 
 
 def _align(x: int, a: int) -> int:

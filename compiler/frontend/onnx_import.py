@@ -21,9 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..graph import (
+    DecoderProgram,
+    DecoderShape,
+    LinearParams,
+    NormParams,
+    decoder_ops,
+    wide_tensors,
+)
+from ..interpret import FloatState, run_float
 from . import onnx_fused  # noqa: F401  (registers the handlers of fused and contrib ops)
-from .calibrate import FloatState, run_float
-from .graph import DecoderProgram, DecoderShape, LinearParams, NormParams, decoder_ops, wide_tensors
 from .onnx_graph import (
     FrontendError,
     build_graph,

@@ -30,7 +30,7 @@ from typing import Any
 from flightforge.files import read_yaml
 from flightforge.isa import SparseMode
 
-from .memory import CompileError
+from ..errors import CompileError
 
 FIELDS = ("bits", "group", "sparse")
 

@@ -34,12 +34,13 @@ from flightforge.generate import prefill_steps
 from flightforge.isa import Buf, DType, MiscOp
 from flightforge.program import Program
 
+from ..errors import CompileError
+from ..graph import Act, Add, Attention, Linear, Mul, Norm, Rope
+from ..quant.fixed_point import NEG_TABLE
+from ..quant.qdecoder import QuantDecoder
 from . import kernels
 from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
 from .builder import Builder, Tile
-from .graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .memory import CompileError
-from .qdecoder import QuantDecoder
 
 TABLE_OPS = {
     "silu": MiscOp.SILU,
@@ -109,7 +110,7 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     inp = b.place("input", "input", max_len * prog.hidden * 2)
     logits = b.place("logits", "output", max_len * prog.vocab * 2)
     neg = (
-        kernels.place_params(b, "split_negate.table", kernels.NEG_TABLE.astype(np.int8), with_data)
+        kernels.place_params(b, "split_negate.table", NEG_TABLE.astype(np.int8), with_data)
         if qd.split
         else None
     )

@@ -23,9 +23,9 @@ import numpy as np
 
 from flightforge.isa import SparseMode
 
-from .calibrate import FloatState, run_float
-from .graph import DecoderProgram, Linear, LinearParams
-from .memory import CompileError
+from ..errors import CompileError
+from ..graph import DecoderProgram, Linear, LinearParams
+from ..interpret import FloatState, run_float
 
 PRUNE_METHODS = ("magnitude", "sparsegpt")
 
