@@ -34,7 +34,9 @@ A16 = QuantOptions(act_bits=16)
 
 @given(
     hnp.arrays(
-        np.int64, st.integers(1, 64), elements=st.integers(-fixed_point.SPLIT_MAX, fixed_point.SPLIT_MAX)
+        np.int64,
+        st.integers(1, 64),
+        elements=st.integers(-fixed_point.SPLIT_MAX, fixed_point.SPLIT_MAX),
     )
 )
 def test_halves_rebuild_every_value_in_range(x):
