@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from flightforge import formats, isa
-from flightforge import sfu as row_ops
+from flightforge import sfu_row_ops as row_ops
 from flightforge.arch import ArchConfig
 
 Q = 256  #: fixed-point scale of memory rates (Q8: rate_q8 / 256 bytes per cycle)

@@ -19,9 +19,8 @@ from test_end_to_end import TINY, reference_logits
 
 from flightforge import numerics
 from flightforge.compiler.graph import Act, random_decoder
-from flightforge.compiler.quant import fixed_point
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts, compile_decoder
-from flightforge.compiler.quant import qref
+from flightforge.compiler.quant import fixed_point, qref
 from flightforge.compiler.quant.calibrate import calibrate
 from flightforge.compiler.quant.qdecoder import QuantOptions, quantize_decoder, split_tensors
 from flightforge.compiler.quant.quantize import quantize_linear

@@ -213,7 +213,7 @@ def test_sfu_passes_and_port():
 
 
 def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
-    """Hand-computed schedules of the pass orders in flightforge.sfu."""
+    """Hand-computed schedules of the pass orders in flightforge.sfu_row_ops."""
     t = Timing(TINY)
     # SOFTMAX, 3 rows of p = 5 (20 INT8 columns, 4 lanes): MAX0 SUM0 MAX1 [wait 35] OUT0
     # SUM1 MAX2 [35] OUT1 SUM2 [40] OUT2

@@ -144,9 +144,9 @@ def test_parameter_checks(make, message: str, exc: type[Exception]) -> None:
 
 
 def test_sfu_row_gaps() -> None:
-    """The per-row waits of SOFTMAX and the norms (flightforge.sfu), from the latencies
+    """The per-row waits of SOFTMAX and the norms (flightforge.sfu_row_ops), from the latencies
     of the divider and square root measured above."""
-    from flightforge import sfu
+    from flightforge import sfu_row_ops as sfu
 
     assert sfu.SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
     # mean square, square root, inverse root, latch; LAYERNORM first its mean and centring

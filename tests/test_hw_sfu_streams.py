@@ -142,7 +142,7 @@ def test_sfu_matches_functional_sim_and_timing(arch, ops, seed) -> None:
 def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
     """Long rows: the per-row divide / square root overlaps the neighbouring rows'
     passes, the result stays bit-exact and the cycles are ``Timing.misc``'s."""
-    from flightforge import sfu
+    from flightforge import sfu_row_ops as sfu
 
     rng = np.random.default_rng(cols)
     a_addr, d_addr = 0, rows * cols

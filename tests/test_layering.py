@@ -113,3 +113,31 @@ def test_only_the_frontend_imports_onnx():
                 if mod == "onnx" or mod.startswith("onnx.")
             ]
     assert bad == []
+
+
+UPPER = tuple(f"flightforge.{p}" for p in ("compiler", "sim", "hw", "dse", "mappings"))
+
+
+def test_the_core_imports_nothing_above_it():
+    """flightforge/ (ISA, config, formats, numerics, program, ...) is the bottom layer:
+    compiler, simulators, RTL, DSE and the target loader build on it, never the reverse."""
+    assert violations("flightforge", UPPER, exempt=("cli.py",)) == []
+
+
+def test_the_cli_reaches_the_upper_layers_only_lazily():
+    """cli.py is the top layer and may call any other, but only from inside its commands,
+    so that importing it (``flightforge --help``) loads the core alone."""
+    path = ROOT / "flightforge" / "cli.py"
+    tree = ast.parse(path.read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {mod for _, mod in imports(path)}
+    eager = []
+    for node in top:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            eager += [f"flightforge.{node.module or ''}" for _ in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            eager.append(node.module)
+        else:
+            eager += [a.name for a in node.names]
+    assert [m for m in eager if any(m == u or m.startswith(u + ".") for u in UPPER)] == []
+    assert any(m.startswith("flightforge.compiler") for m in names)  # the scan sees lazy ones

@@ -11,7 +11,7 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from flightforge.sfu import divider_latency, isqrt_latency
+from flightforge.sfu_row_ops import divider_latency, isqrt_latency
 
 
 def _check_width(name: str, width: object) -> int:

@@ -37,7 +37,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa, numerics
-from flightforge.sfu import EXP_BITS, X_BITS
+from flightforge.sfu_row_ops import EXP_BITS, X_BITS
 
 #: Width of an element value in the pipelines: the widest :class:`~flightforge.isa.DType`.
 ELEM_BITS = max(d.bits for d in isa.DType)

@@ -9,11 +9,11 @@ second pass over the row; the exact identity ``sum (x - m)**2 = S2 - m * (2*S1 -
 the single pass, with two multiplications once per row.
 
 Between a row's statistics and its output the row's sequence runs
-(:func:`flightforge.sfu.norm_steps`: mean, mean square, square root, inverse root, on
+(:func:`flightforge.sfu_row_ops.norm_steps`: mean, mean square, square root, inverse root, on
 one divider and one square-root unit). The passes are ordered STATS0 STATS1 OUT0 STATS2
 OUT1 ...: row ``r + 1``'s statistics are gathered while row ``r``'s sequence runs, and
 row ``r + 1``'s sequence starts as row ``r``'s output pass does, so rows follow every
-``max(2p, gap)`` cycles (:func:`flightforge.sfu.norm_cycles`, which the cycle model
+``max(2p, gap)`` cycles (:func:`flightforge.sfu_row_ops.norm_cycles`, which the cycle model
 charges). The statistics, the mean and the inverse root are kept per row parity.
 """
 
@@ -23,7 +23,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 
 from flightforge import isa, numerics
 from flightforge.arch import ArchConfig
-from flightforge.sfu import (
+from flightforge.sfu_row_ops import (
     DIV_DIVIDEND_BITS,
     DIV_DIVISOR_BITS,
     MS_BITS,

@@ -5,9 +5,9 @@ the next row's first pass.
 any output, so each row is read three times (MAX, SUM, OUT) and the exponent is
 recomputed in OUT rather than stored (recomputing costs a ROM read, storing a row
 buffer). Between SUM and OUT the row waits for ``2**38 // sum`` on the restoring
-divider (:data:`flightforge.sfu.SOFTMAX_ROW_GAP` cycles); the passes are ordered
+divider (:data:`flightforge.sfu_row_ops.SOFTMAX_ROW_GAP` cycles); the passes are ordered
 MAX0 SUM0 MAX1 OUT0 SUM1 MAX2 OUT1 ... so that the next row's MAX runs meanwhile, and
-OUT waits only for what is left (:func:`flightforge.sfu.softmax_cycles`, which the
+OUT waits only for what is left (:func:`flightforge.sfu_row_ops.softmax_cycles`, which the
 cycle model charges). Two maximum registers, one per row parity, keep a row's maximum
 while the next row's is being found.
 """
@@ -19,7 +19,13 @@ from amaranth.lib import memory
 
 from flightforge import isa, numerics
 from flightforge.arch import ArchConfig
-from flightforge.sfu import EXP_BITS, EXP_MAX_SHIFT, RECIP_DIVIDEND_BITS, SOFTMAX_ROW_GAP, SUM_BITS
+from flightforge.sfu_row_ops import (
+    EXP_BITS,
+    EXP_MAX_SHIFT,
+    RECIP_DIVIDEND_BITS,
+    SOFTMAX_ROW_GAP,
+    SUM_BITS,
+)
 
 from .common import (
     ByteCredit,
@@ -49,7 +55,7 @@ class SoftmaxStream(StreamComponent):
     multiplier and saturation: the probabilities are not negative, so saturating is
     ``min(y_max, .)``).
     The divider starts three cycles after SUM's last issue (when its last ``e`` is
-    summed); OUT may issue from :data:`~flightforge.sfu.SOFTMAX_ROW_GAP` + 1
+    summed); OUT may issue from :data:`~flightforge.sfu_row_ops.SOFTMAX_ROW_GAP` + 1
     cycles after that last issue, so that its first ``y`` meets the quotient.
     """
 

@@ -1,4 +1,4 @@
-"""The SFU's row reductions (SOFTMAX, RMSNORM, LAYERNORM): datapath widths and timing.
+"""The SFU's row operations (SOFTMAX, RMSNORM, LAYERNORM): datapath widths and timing.
 
 The RTL (``hw/sfu``) builds these operations and the cycle model (``sim/timing.py``)
 charges them; both take the widths, latencies and the per-instruction cycle count from
