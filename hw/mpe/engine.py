@@ -45,8 +45,30 @@ from .fetch import issue_reads, stage, write_results
 from .operands import ChainFeed, RowWindows, feed_chains
 
 
+#: bytes of a column record the MPE reads: the INT32 bias and the 16-bit multiplier
+REC_BYTES = 6
+
+
 def _cdiv(a, b):
     return -(-a // b)
+
+
+def row_port_widths(modes: dict[str, tuple[int, int]], port: int) -> list[int]:
+    """Byte widths of ports that move, per mode, ``(rows, bytes per row)``: each row's
+    bytes in chunks of ``port`` (port ``i``: row ``i // chunks``, chunk ``i % chunks``).
+    Port ``i`` is as wide as the widest chunk any mode gives it; only a row's last chunk
+    can be narrower than ``port``, so concatenating a row's ports keeps every byte at
+    its place."""
+    out: list[int] = []
+    for rows, need in modes.values():
+        chunks = _cdiv(need, port)
+        for i in range(rows * chunks):
+            w = min(port, need - i % chunks * port)
+            if i < len(out):
+                out[i] = max(out[i], w)
+            else:
+                out.append(w)
+    return out
 
 
 class MatrixEngine(wiring.Component):
@@ -105,13 +127,21 @@ class MatrixEngine(wiring.Component):
             for c in range(mp.chains)
         ]
         ps = P[isa.Buf.SCALE]
-        self.rec_reads = _cdiv(6, ps)
+        self.rec_reads = _cdiv(REC_BYTES, ps)
+        # Each port as wide as the bytes its widest mode moves through it (a row's
+        # activation span, 4 bytes per column of partial sums or results, a record's
+        # REC_BYTES), not a full buffer line: port cost grows with the width.
+        psum_w = row_port_widths({nm: (rm, 4 * n) for nm, (rm, n, _) in self.modes.items()}, pa)
         widths = {
             isa.Buf.WGT: [self.wgt_w] * self.n_wgt,
             isa.Buf.META: [self.meta_w] * nmax,
             isa.Buf.SCALE: [min(ps, max(k // 2 for _, _, k in self.modes.values()))] * nmax
-            + [ps] * (nmax * self.rec_reads),
-            isa.Buf.ACT: [pa] * self.n_act + [pa] * (2 * self.n_psum),  # reads, psum, writes
+            + row_port_widths({"rec": (nmax, REC_BYTES)}, ps),
+            isa.Buf.ACT: row_port_widths(
+                {nm: (rm, k * self.window // 2) for nm, (rm, _, k) in self.modes.items()}, pa
+            )
+            + psum_w  # partial-sum reads
+            + psum_w,  # result writes
         }
         self.widths = widths
         members = {}
