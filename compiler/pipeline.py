@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flightforge import progress
 from flightforge.arch import ArchConfig
 from flightforge.program import Program
 
@@ -105,11 +106,12 @@ def compile_decoder(
     modes = {
         name: options.quant.plan_for(name, p.w.shape[1]).sparse for name, p in prog.linears.items()
     }
-    prog = prune_decoder(prog, pruning_prompts(prog, options, prompts), modes, options.prune)
-    # Record every activation's range on sample prompts run through the float model.
-    stats = calibrate(prog, prompts)
-    # Fix scales, integer weights, norm gains and activation tables.
-    qd = quantize_decoder(prog, stats, options.quant)
+    with progress.step("prune, calibrate and quantise"):
+        prog = prune_decoder(prog, pruning_prompts(prog, options, prompts), modes, options.prune)
+        # Record every activation's range on sample prompts run through the float model.
+        stats = calibrate(prog, prompts)
+        # Fix scales, integer weights, norm gains and activation tables.
+        qd = quantize_decoder(prog, stats, options.quant)
     # Emit one synchronised section per prefill length and decode position.
     program = lower_decoder(
         qd,
@@ -183,7 +185,8 @@ def compile_onnx(
     """Compile an ONNX export of a decoder-only LLM (see ``docs/frontend.md``)."""
     from .frontend.onnx_import import import_onnx
 
-    imported = import_onnx(path)
+    with progress.step(f"import {path}"):
+        imported = import_onnx(path)
     s = imported.summary
     return compile_decoder(
         imported.program,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 
+from flightforge import progress
+
 from .points import evaluate_batch
 from .spec import ARCH_KNOBS, Spec
 
@@ -31,12 +33,14 @@ def make_executor(jobs: int, scheduler: str | None):
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    """A tqdm bar counting points (None when disabled: tqdm is then not imported)."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    """The DSE's bar: points done of ``total``, resumed ones counted but not in the rate.
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="pt", dynamic_ncols=True)
+    The bar advances by a whole batch when its rows arrive (see :func:`run_points`) and
+    its rate is the average since the start (:func:`flightforge.progress.bar`): counting
+    the first row of a batch alone made the first ETA one batch size too long (53 min
+    shown for a 4.5 min run).
+    """
+    return progress.bar(total, desc, unit="pt", show=enabled, initial=initial)
 
 
 def _batches(points: list[dict], size: int, stream_of) -> list[list[dict]]:
@@ -45,8 +49,12 @@ def _batches(points: list[dict], size: int, stream_of) -> list[list[dict]]:
     return [points[i : i + size] for i in range(0, len(points), size)]
 
 
-def run_points(spec: Spec, points: list[dict], executor, cache_dir: str | None, on_row) -> None:
-    """Evaluate ``points`` on ``executor`` (None: here), calling ``on_row`` per result.
+def run_points(
+    spec: Spec, points: list[dict], executor, cache_dir: str | None, on_row, bar=None
+) -> None:
+    """Evaluate ``points`` on ``executor`` (None: here), calling ``on_row`` per result and
+    advancing ``bar`` by the rows ``on_row`` counted (it returns whether a row was new)
+    once per batch.
 
     Results arrive in completion order; pending batches are cancelled if one fails.
     """
@@ -57,16 +65,20 @@ def run_points(spec: Spec, points: list[dict], executor, cache_dir: str | None, 
         spec.search.batch,
         lambda p: json.dumps([p.get(k) for k in sorted(stream_params)], default=str),
     )
+
+    def take(rows: list[dict]) -> None:
+        new = sum(bool(on_row(row)) for row in rows)
+        if bar is not None:
+            bar.update(new)
+
     if executor is None:
         for b in batches:
-            for row in evaluate_batch(spec_json, b, cache_dir):
-                on_row(row)
+            take(evaluate_batch(spec_json, b, cache_dir))
         return
     futures = [executor.submit(evaluate_batch, spec_json, b, cache_dir) for b in batches]
     try:
         for f in cf.as_completed(futures):
-            for row in f.result():
-                on_row(row)
+            take(f.result())
     finally:
         for f in futures:
             f.cancel()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flightforge import isa
+from flightforge import isa, progress
 
 UNITS = tuple(u.name for u in isa.Unit)
 
@@ -50,6 +50,10 @@ def frame(rows: list[dict]):
     return pd.DataFrame.from_records(recs)
 
 
+#: The steps write_outputs reports: tables, three plots, the timeline, the page.
+REPORT_STEPS = 6
+
+
 def write_outputs(
     spec, rows: list[dict], out_dir: str | Path, cache_dir: str | None = None
 ) -> dict[str, Path]:
@@ -59,6 +63,7 @@ def write_outputs(
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    bar = progress.bar(REPORT_STEPS, "report", unit="file")
     df = frame(rows)
     files = {"points_csv": out / "points.csv"}
     df.to_csv(files["points_csv"], index=False)
@@ -81,18 +86,26 @@ def write_outputs(
         front = feasible.iloc[0:0]
     files["pareto_csv"] = out / "pareto.csv"
     front.to_csv(files["pareto_csv"], index=False)
+    bar.update(1)
     files["pareto_png"] = plot_pareto(df, front, objs, dirs, out / "pareto.png")
+    bar.update(1)
     files["roofline_png"] = plot_roofline(df, front, out / "roofline.png")
+    bar.update(1)
     files["utilisation_png"] = plot_utilisation(front, out / "utilisation.png")
+    bar.update(1)
     best = front.iloc[0] if len(front) else None
-    if best is not None:
+    if best is not None:  # the best point's timeline: compiled and timed again
+        bar.set_description_str("report: timeline of the best point")
         files["timeline_png"] = plot_timeline(
             spec,
             {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
             out / "timeline.png",
             cache_dir,
         )
+    bar.update(1)
     files["report_html"] = write_html(spec, df, front, files, out / "report.html")
+    bar.update(1)
+    bar.close()
     return files
 
 

@@ -57,15 +57,13 @@ def _explore_grid(spec, store, executor, cache_dir, progress) -> dict[str, int]:
     bar = progress_bar(len(points), len(points) - len(todo), progress, spec.name)
     new = 0
 
-    def on_row(row):
+    def on_row(row) -> bool:
         nonlocal new
         new += store.put(row)
-        if bar is not None:
-            bar.update(1)
+        return True
 
-    run_points(spec, todo, executor, cache_dir, on_row)
-    if bar is not None:
-        bar.close()
+    run_points(spec, todo, executor, cache_dir, on_row, bar)
+    bar.close()
     return {"points": len(points), "evaluated": new, "resumed": len(points) - len(todo)}
 
 
@@ -130,11 +128,10 @@ def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> 
             if store.get(key) is None and key not in todo:
                 todo[key] = dict(t.params)
 
-        def on_row(row):
-            if store.put(row, {"system_attrs": _system_attrs(study, pending, row["key"])}) and bar:
-                bar.update(1)
+        def on_row(row) -> bool:
+            return bool(store.put(row, {"system_attrs": _system_attrs(study, pending, row["key"])}))
 
-        run_points(spec, list(todo.values()), executor, cache_dir, on_row)
+        run_points(spec, list(todo.values()), executor, cache_dir, on_row, bar)
         for t, key in pending:
             row = store.get(key)
             vals = objective_values(spec, row["metrics"]) if row else None
@@ -143,8 +140,7 @@ def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> 
             else:
                 t.set_user_attr("constraint", [0.0 if row["status"] == "ok" else 1.0])
                 study.tell(t, vals)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return {"points": len(store), "evaluated": len(store) - start, "resumed": start}
 
 

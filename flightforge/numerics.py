@@ -81,7 +81,7 @@ def matmul(
     """MM/MV result for INT8 ``a[M][K]`` and dense-equivalent ``w[N][K]``.
 
     Products are summed in INT32 within each group of ``group`` along K (the whole row
-    without groups), scaled by the uint8 group scale and summed in the 48-bit
+    without groups), scaled by the uint8 group scale and summed in the 50-bit
     accumulator; bounds: |a*w| <= 2**14, a group sum < 2**31 for K < 2**16, the scaled
     sum < 2**46, times a 16-bit multiplier < 2**62.
     """

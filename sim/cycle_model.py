@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flightforge import formats, isa
+from flightforge import formats, isa, progress
 from flightforge.arch import ArchConfig
 from flightforge.generate import decode_run, prefill_runs
 from flightforge.program import Program, ProgramError
@@ -243,6 +243,61 @@ class CycleModel:
 # --- whole requests ------------------------------------------------------------------
 
 
+class UncompiledPositions(DeviceError):
+    """Decode positions of a request that the program has no section for (and that
+    interpolation, if asked for, cannot reach). The fields let a front end (the command
+    line) say what to do in its own terms."""
+
+    def __init__(
+        self,
+        positions: list[int],
+        steps: int,
+        compiled: list[tuple[int, int]],
+        interpolating: bool,
+    ) -> None:
+        self.positions = positions  #: the positions at fault, ascending
+        self.steps = steps  #: decode steps the request asked for
+        self.compiled = compiled  #: the decode positions with a section, as merged ranges
+        self.interpolating = interpolating
+        have = self.compiled_text()
+        if interpolating:
+            text = (
+                f"decode position {positions[0]} lies outside the compiled decode positions "
+                f"({have}); interpolation never extrapolates"
+            )
+        else:
+            text = (
+                f"the program has no decode section for {len(positions)} of the {steps} "
+                f"positions (first {positions[0]}; compiled: {have}); compile them, or "
+                f"interpolate between compiled positions (interpolate=True)"
+            )
+        super().__init__(text)
+
+    def compiled_text(self) -> str:
+        """The compiled decode positions as text, e.g. ``4..6, 8`` (or ``none``)."""
+        return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in self.compiled) or "none"
+
+
+def _merged_ranges(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted inclusive ranges with touching or overlapping ones merged."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One decode step of a request: timed by running its section, or interpolated."""
+
+    position: int
+    cycles: float
+    timed: bool  #: False: interpolated between timed neighbours (no per-unit schedule)
+
+
 @dataclass
 class Report:
     """A request of ``prompt_len`` tokens followed by ``decode_steps`` generated ones."""
@@ -263,6 +318,8 @@ class Report:
     peak_bytes_per_cycle: float
     prefill_runs: list[SectionRun] = field(default_factory=list, repr=False)
     decode_runs: list[SectionRun] = field(default_factory=list, repr=False)
+    #: Every decode step of the request, in order (the trace lays them all out).
+    decode_timeline: list[DecodeStep] = field(default_factory=list, repr=False)
 
     @property
     def total_cycles(self) -> int:
@@ -320,8 +377,12 @@ class Report:
     def trace(self) -> dict[str, Any]:
         """Chrome/Perfetto trace-event JSON: one track per unit, sections end to end.
 
-        Times are microseconds at the target clock. The prefill and every decode run
-        that was simulated (one per bucket or sampled position) are laid out in order.
+        Times are microseconds at the target clock. The prefill runs and every decode
+        step follow each other on the ``sections`` track. A step that was timed by running
+        its section also has its instructions on the unit tracks; a run of steps whose
+        cycles were interpolated (``sampled`` or ``interpolated`` decode) is one span named
+        ``decode P..Q (interpolated)`` with ``args.timed = false`` and no unit detail, so
+        the timeline's length is the request's whole modelled time.
         """
         events: list[dict[str, Any]] = [
             {
@@ -346,41 +407,78 @@ class Report:
             {"name": "thread_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "sections"}}
         )
         us = 1.0 / self.clock_mhz
-        offset = 0
-        runs = self.prefill_runs + self.decode_runs
-        for run in runs:
-            events.append(
-                {
-                    "name": run.section,
-                    "ph": "X",
-                    "pid": 0,
-                    "tid": 0,
-                    "ts": offset * us,
-                    "dur": run.cycles * us,
-                    "args": {"D": run.d},
-                }
-            )
-            s, e = run.schedule.start, run.schedule.end
-            for i, ins in enumerate(run.instrs):
-                if ins.UNIT is None:
-                    continue
+        offset = 0.0
+        for run in self.prefill_runs:
+            events += _run_events(run, offset, us, {"stage": "prefill", "timed": True})
+            offset += run.cycles
+        runs = {
+            row["position"]: run
+            for row, run in zip(self.decode_samples, self.decode_runs, strict=True)
+        }
+        pending: list[DecodeStep] = []
+        for step in [*self.decode_timeline, None]:
+            if pending and (step is None or step.timed):
+                cycles = sum(p.cycles for p in pending)
+                lo, hi = pending[0].position, pending[-1].position
                 events.append(
                     {
-                        "name": ins.OPCODE.name,
+                        "name": f"decode {lo}..{hi} (interpolated)",
                         "ph": "X",
                         "pid": 0,
-                        "tid": int(ins.UNIT) + 1,
-                        "ts": (offset + int(s[i])) * us,
-                        "dur": int(e[i] - s[i]) * us,
-                        "args": {"i": i, "asm": isa.disassemble(ins)},
+                        "tid": 0,
+                        "ts": offset * us,
+                        "dur": cycles * us,
+                        "args": {"stage": "decode", "timed": False, "positions": [lo, hi]},
                     }
                 )
+                offset += cycles
+                pending = []
+            if step is None:
+                break
+            if not step.timed:
+                pending.append(step)
+                continue
+            run = runs[step.position]
+            args = {"stage": "decode", "timed": True, "position": step.position}
+            events += _run_events(run, offset, us, args)
             offset += run.cycles
         return {"traceEvents": events, "displayTimeUnit": "ns"}
 
     def write_trace(self, path: str) -> None:
         with open(path, "w") as f:
             json.dump(self.trace(), f)
+
+
+def _run_events(run: SectionRun, offset: float, us: float, args: dict) -> list[dict[str, Any]]:
+    """A section run as trace events: its span on the sections track, its instructions
+    on their units' tracks, from ``offset`` cycles on."""
+    events: list[dict[str, Any]] = [
+        {
+            "name": run.section,
+            "ph": "X",
+            "pid": 0,
+            "tid": 0,
+            "ts": offset * us,
+            "dur": run.cycles * us,
+            "args": {"D": run.d, **args},
+        }
+    ]
+    s, e = run.schedule.start, run.schedule.end
+    for i, ins in enumerate(run.instrs):
+        if ins.UNIT is None:
+            continue
+        events.append(
+            {
+                "name": ins.OPCODE.name,
+                "ph": "X",
+                "pid": 0,
+                "tid": int(ins.UNIT) + 1,
+                "ts": (offset + int(s[i])) * us,
+                "dur": int(e[i] - s[i]) * us,
+                "args": {"i": i, "asm": isa.disassemble(ins)},
+            }
+        )
+    return events
 
 
 def _accumulate(total: dict, part: dict, weight: float) -> None:
@@ -435,11 +533,8 @@ def simulate(
         runs = prefill_runs(program, prompt_len)
     except (ProgramError, KeyError) as e:
         raise DeviceError(f"cannot prefill {prompt_len} tokens: {e}") from None
-    prefill = []
-    for r in runs:
-        model.run(r.section, r.length)
-        prefill.append(model.runs[-1])
     decode_secs = [s for s in program.sections if s.stage == "decode"]
+    compiled = _merged_ranges([(s.len_lo, s.len_hi) for s in decode_secs])
     positions = range(prompt_len, prompt_len + decode_steps)
     by_section: dict[str, list[int]] = defaultdict(list)
     missing = []
@@ -449,12 +544,9 @@ def simulate(
         except ProgramError:
             missing.append(p)
     if missing and not interpolate:
-        raise DeviceError(
-            f"the program has no decode section for {len(missing)} of the "
-            f"{decode_steps} positions (first {missing[0]}); compile them, or "
-            f"pass interpolate=True"
-        )
+        raise UncompiledPositions(missing, decode_steps, compiled, False)
     samples: dict[int, SectionRun] = {}
+    between: dict[int, tuple[int, int]] = {}  #: untimed position -> its timed neighbours
     counts: dict[int, float] = defaultdict(float)
     section_of = {p: name for name, ps in by_section.items() for p in ps}
     bucketed = [
@@ -465,36 +557,38 @@ def simulate(
     timed = sorted(
         set(section_of) - set(bucketed) | set(bucketed[::sample_stride]) | set(bucketed[-1:])
     )
+    # Interpolation needs simulated positions on both sides of every missing one.
+    extra = [s for s in decode_secs if s.name not in by_section] if missing else []
+    known = sorted({*timed, *(s.len_lo for s in extra)})
+    outside = [p for p in missing if not known or not known[0] < p < known[-1]]
+    if outside:
+        raise UncompiledPositions(outside, decode_steps, compiled, True)
+    bar = progress.bar(len(runs) + len(timed) + len(extra), "cycle model", unit="run")
+    prefill = []
+    for r in runs:
+        model.run(r.section, r.length)
+        prefill.append(model.runs[-1])
+        bar.update(1)
     for p in timed:
         model.run(section_of[p], p)
         samples[p] = model.runs[-1]
         counts[p] += 1
+        bar.update(1)
+    for s in extra:
+        model.run(s.name, s.len_lo)
+        samples[s.len_lo] = model.runs[-1]
+        bar.update(1)
+    bar.close()
     for lo, hi in zip(timed, timed[1:]):
         for p in range(lo + 1, hi):
             if p in section_of:
-                w = (p - lo) / (hi - lo)
-                counts[lo] += 1 - w
-                counts[hi] += w
-    if missing:
-        known = sorted(samples)
-        extra = [s for s in decode_secs if s.name not in by_section]
-        # Interpolation needs simulated positions on both sides of every missing one.
-        for s in extra:
-            model.run(s.name, s.len_lo)
-            samples[s.len_lo] = model.runs[-1]
-        known = sorted(samples)
-        for p in missing:
-            lo = max((k for k in known if k < p), default=None)
-            hi = min((k for k in known if k > p), default=None)
-            if lo is None or hi is None:
-                raise DeviceError(
-                    f"decode position {p} lies outside the compiled positions "
-                    f"{known[0] if known else '-'}..{known[-1] if known else '-'}; "
-                    f"the model interpolates but never extrapolates"
-                )
-            w = (p - lo) / (hi - lo)
-            counts[lo] += 1 - w
-            counts[hi] += w
+                between[p] = (lo, hi)
+    for p in missing:
+        between[p] = (max(k for k in known if k < p), min(k for k in known if k > p))
+    for p, (lo, hi) in between.items():
+        w = (p - lo) / (hi - lo)
+        counts[lo] += 1 - w
+        counts[hi] += w
     decode_cycles = 0.0
     busy: dict = {}
     stalls: dict = {}
@@ -518,6 +612,15 @@ def simulate(
     else:
         method = "sampled"
     timing = model.timing
+    timeline = []
+    for p in positions:
+        if p in between:
+            lo, hi = between[p]
+            w = (p - lo) / (hi - lo)
+            cycles = (1 - w) * samples[lo].cycles + w * samples[hi].cycles
+            timeline.append(DecodeStep(p, cycles, False))
+        else:
+            timeline.append(DecodeStep(p, float(samples[p].cycles), True))
     sample_rows = [
         {
             "position": p,
@@ -545,6 +648,7 @@ def simulate(
         float(timing.peak_bytes_per_cycle),
         prefill,
         [samples[p] for p in sorted(samples)],
+        timeline,
     )
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +137,10 @@ def test_inspect_errors_are_clean(demo_file, args, fragments):
 
 
 def test_compile_shape_only_then_inspect(tmp_path):
+    """--lengths 16 compiles the prefill of a 16-token prompt and the decode step at
+    position 16 (max-len defaults to 17); an explicit --max-len 16 has no such step and
+    says so."""
     out = tmp_path / "llama.ffb"
-    start = time.perf_counter()
     result = invoke(
         "compile",
         "--config",
@@ -157,11 +158,21 @@ def test_compile_shape_only_then_inspect(tmp_path):
         "--last-logits-only",
     )
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - start < 30
-    assert f"wrote {out}: 1 section," in result.output and "(shape-only)" in result.output
+    assert f"wrote {out}: 2 sections," in result.output and "(shape-only)" in result.output
     shown = invoke("inspect", out, "--target", "u280", "--limit", "2")
     assert shown.exit_code == 0, shown.output
-    assert "prefill_16" in shown.output and "... " in shown.output
+    assert "prefill_16" in shown.output and "decode_16" in shown.output
+    assert "... " in shown.output
+    result = invoke(
+        "compile", "--config", LLAMA_1B, "--target", "u280", "--out", out, "--lengths", "16",
+        "--max-len", "16", "--weight-bits", "4", "--group", "128",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "note: --max-len 16 has decode positions up to 15: no decode section for length 16 "
+        "(give --max-len 17 for one)\n"
+    )
+    assert f"wrote {out}: 1 section," in result.output
 
 
 def test_compile_with_fixed_buckets(tmp_path):
@@ -286,6 +297,8 @@ def test_run_writes_inputs_and_saves_outputs(demo, demo_file, tmp_path):
         assert f"section {s.name}: {len(s)} instructions" in result.output
     for t in demo.program.outputs:
         got = np.load(out / f"{t.name}.npy")
+        assert got.dtype == np.dtype(t.dtype), f"{t.name} saved as {got.dtype}, not {t.dtype}"
+        assert f"output {t.name}: {t.dtype}{list(t.shape)}" in result.output
         np.testing.assert_array_equal(got, demo.expected_int[t.name], err_msg=t.name)
         np.testing.assert_allclose(np.load(out / f"{t.name}.float.npy"), got * t.scale)
 

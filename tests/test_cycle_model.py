@@ -403,4 +403,19 @@ def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
         main, ["simulate", str(path), "--target", "tiny", "--prompt-len", "4", "--decode", "5"]
     )
     assert result.exit_code == 1
-    assert "Error: the program has no decode section for 1 of the 5 positions" in result.output
+    assert result.output == (
+        f"Error: {path} has no decode section for 1 of the 5 decode steps (position 7; "
+        "compiled decode positions: 4..6, 8); compile them (`flightforge compile ... "
+        "--max-len 8` without --lengths, or --lengths naming them) or add --interpolate\n"
+    )
+    result = CliRunner().invoke(
+        main,
+        ["simulate", str(path), "--target", "tiny", "--prompt-len", "4", "--decode", "6"]
+        + ["--interpolate"],
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {path} cannot time decode position 9: --interpolate needs compiled decode "
+        "positions below and above it (compiled: 4..6, 8), it never extrapolates; compile "
+        "with --max-len 10 or more\n"
+    )

@@ -275,7 +275,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, m
         str(out),
         "--jobs",
         "1",
-        "--no-progress",
+        "-q",
     ]
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -6,7 +6,7 @@ for ``tiny``, the integer reference tracks onnxruntime over a prefill and 16 dec
 torch.onnx exports of Hugging Face models run when torch and transformers are installed
 (marked slow).
 
-Accuracy figures: ``python -m pytest tests/test_onnx_import.py -q -s -k "accuracy or acceptance or torch"``
+Accuracy figures: ``python -m pytest --run-slow tests/test_onnx_import.py -q -s -k "accuracy or acceptance or torch"``
 prints, per style, the minimum and mean cosine and the top-1 agreement.
 """
 

@@ -32,6 +32,7 @@ def test_shipped_configs_parse(name, layers, kv, inter, vocab, mlp):
     assert (s.layers, s.kv_heads, s.intermediate, s.vocab, s.mlp) == (layers, kv, inter, vocab, mlp)
 
 
+@pytest.mark.slow  # every length up to 256 of a full-size model: over a minute
 def test_llama_3_2_1b_compiles_shape_only_for_u280():
     program = compile_shape_only(
         str(CONFIGS / "llama-3.2-1b.json"),

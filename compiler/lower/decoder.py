@@ -23,12 +23,14 @@ is the largest that fits at the longest context, found once per compile.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from flightforge import progress
 from flightforge.arch import ArchConfig
 from flightforge.generate import prefill_steps
 from flightforge.isa import Buf, DType, MiscOp
@@ -559,7 +561,9 @@ def lower_decoder(
     b = Builder(arch)
     pl = _place(b, qd, max_len, with_data)
     chunk = prefill_chunk(qd, arch, pl, max_len, last_logits_only)
-    plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk, bucket_latency)
+    timing_buckets = policy == "auto"  # the cycle model times candidate buckets: minutes
+    with progress.step("plan length buckets") if timing_buckets else contextlib.nullcontext():
+        plan = make_plan(qd, arch, max_len, policy, bucket_bound, chunk, bucket_latency)
     plan.check(max_len, chunk if last_logits_only else None, chunk if chunked else None)
     if lengths is not None:
         for length in lengths:
@@ -572,6 +576,18 @@ def lower_decoder(
     def chosen(stage: str, lo: int, hi: int) -> bool:
         return wanted is None or any(lo <= n <= hi for n in wanted[stage])
 
+    # Chunked prefill of prompts longer than a chunk: full passes ending at the prompt's
+    # end (see chunk_starts), so the last row is always the final pass's last row.
+    kinds = (
+        (("prefill_chunk", "none"), ("prefill_final", "last"))
+        if last_logits_only
+        else (("prefill_chunk", "all"),)
+    )
+    starts = [(lo, hi) for lo, hi in plan.chunk_starts if chosen("prefill_chunk", lo, hi)]
+    total = sum(chosen("prefill", lo, hi) for lo, hi in plan.prefill) + sum(
+        chosen("decode", lo, hi) for lo, hi in plan.decode
+    )
+    bar = progress.bar(total + len(starts) * len(kinds), "compile", unit="section")
     for lo, hi in plan.prefill:
         if not chosen("prefill", lo, hi):
             continue
@@ -589,26 +605,21 @@ def lower_decoder(
             else:
                 _emit_stage(b, qd, pl, rows, pos0, max_len, "none")
         b.end_section(bucket_name("prefill", lo, hi), "prefill", lo, hi)
-    # Chunked prefill of prompts longer than a chunk: full passes ending at the prompt's
-    # end (see chunk_starts), so the last row is always the final pass's last row.
-    kinds = (
-        (("prefill_chunk", "none"), ("prefill_final", "last"))
-        if last_logits_only
-        else (("prefill_chunk", "all"),)
-    )
-    for lo, hi in plan.chunk_starts:
-        if not chosen("prefill_chunk", lo, hi):
-            continue
+        bar.update(1)
+    for lo, hi in starts:
         for stage, head in kinds:
             b.begin_section(lo, hi)
             _emit_stage(b, qd, pl, chunk, lo, max_len, head, dyn=hi > lo, ctx=hi + chunk)
             b.end_section(bucket_name(stage, lo, hi), stage, lo, hi)
+            bar.update(1)
     for lo, hi in plan.decode:
         if not chosen("decode", lo, hi):
             continue
         b.begin_section(lo, hi)
         _emit_stage(b, qd, pl, 1, lo, max_len, "all", dyn=hi > lo, ctx=hi + 1)
         b.end_section(bucket_name("decode", lo, hi), "decode", lo, hi)
+        bar.update(1)
+    bar.close()
     prog = qd.prog
     b.metadata.update(metadata or {})
     b.metadata["decoder"] = {
