@@ -12,9 +12,13 @@ import re
 
 import pytest
 from amaranth import Value
+from amaranth.hdl import Fragment
 from amaranth.lib.wiring import In
 
+from flightforge import isa
 from flightforge.hw.mpe import MatrixEngine
+from flightforge.hw.mpe.engine import INDEX_BITS_MAX, row_port_widths
+from flightforge.hw.sfu.elementwise import ElementStream
 from flightforge.hw.synth import convert_boxed
 from flightforge.mappings import load_target
 
@@ -98,3 +102,53 @@ def test_mpe_part_counts(target) -> None:
             "ChainFeed mm-only": 96,
             "SegmentEpilogue": 256,
         }
+
+
+@pytest.mark.parametrize(
+    "modes, port, widths",
+    [
+        ({"mm": (4, 32), "mv": (1, 64)}, 8, [8] * 16),  # tiny's activation spans
+        ({"mm": (32, 8), "mv": (1, 64)}, 128, [64] + [8] * 31),  # kv260's partial sums
+        ({"mm": (2, 300)}, 128, [128, 128, 44] * 2),  # rows of several chunks
+        ({"rec": (2, 6)}, 4, [4, 2, 4, 2]),
+    ],
+)
+def test_row_ports_are_as_wide_as_their_widest_mode(modes, port, widths) -> None:
+    assert row_port_widths(modes, port) == widths
+
+
+@pytest.mark.parametrize("target", ["tiny", "kv260", "u280"])
+def test_mpe_ports_carry_every_byte_of_every_mode(target) -> None:
+    """Sized ports still hold what each mode moves through them in one cycle: a row's
+    activation span, partial sums and results (``4 * n`` bytes), a column's weight
+    and index bytes of a step (or ``[K][N]`` rows of ``n`` bytes)."""
+    arch = load_target(target)
+    mpe = MatrixEngine(arch)
+    mpe._MustUse__silence = True  # only its port widths are looked at
+    pw, pm = mpe.P[isa.Buf.WGT], mpe.P[isa.Buf.META]
+    act = mpe.port_widths(isa.Buf.ACT)
+    wgt, meta = mpe.port_widths(isa.Buf.WGT), mpe.port_widths(isa.Buf.META)
+    for nm, (rows, n, k) in mpe.modes.items():
+        span, ppr = mpe.apr[nm], mpe.ppr[nm]
+        for r in range(rows):
+            assert sum(act[r * span : (r + 1) * span]) >= k * arch.sparse_m // 2, (nm, r)
+            for base in (mpe.n_act, mpe.n_act + mpe.n_psum):  # partial sums, results
+                assert sum(act[base + r * ppr : base + (r + 1) * ppr]) >= 4 * n, (nm, r)
+        assert all(wgt[j] >= min(pw // n, k) for j in range(n)), nm
+        assert all(wgt[p] >= n for p in range(min(k, pw // n))), nm
+        assert all(meta[j] >= min(pm // n, -(-k * INDEX_BITS_MAX // 8)) for j in range(n)), nm
+    assert max(act) <= mpe.P[isa.Buf.ACT] and max(wgt) <= pw and max(meta) <= pm
+
+
+@pytest.mark.parametrize("target", ["tiny", "kv260", "u280"])
+def test_sfu_elementwise_ports_carry_a_cycle_of_lanes(target) -> None:
+    """An element-wise operand or result port holds the ``lanes`` elements of up to 4
+    bytes that one cycle issues (or the whole line, if narrower), and the element
+    stream elaborates with it."""
+    arch = load_target(target)
+    stream = ElementStream(arch)
+    act = arch.buffers.of(isa.Buf.ACT)
+    want = min(act.banks * act.width, 4 * arch.sfu.lanes)
+    for name in ("a", "b", "d"):
+        assert len(stream.port(name).wdata) == 8 * want, name
+    Fragment.get(stream, None)

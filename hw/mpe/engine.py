@@ -32,7 +32,7 @@ from amaranth import Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from flightforge import isa
+from flightforge import formats, isa
 from flightforge.arch import ArchConfig
 
 from ..buffers import addr_bits
@@ -45,6 +45,8 @@ from .fetch import issue_reads, stage, write_results
 from .operands import ChainFeed, RowWindows, feed_chains
 
 
+#: bits of a sparse index at most (the ISA's widest N:M block: 1 of 16 positions)
+INDEX_BITS_MAX = max(formats.index_bits(md) for md in isa.SparseMode if md.is_sparse)
 #: bytes of a column record the MPE reads: the INT32 bias and the 16-bit multiplier
 REC_BYTES = 6
 
@@ -96,15 +98,12 @@ class MatrixEngine(wiring.Component):
         self.nmax = nmax
         self.segs = max(rm * n for rm, n, _ in self.modes.values())
         self.wb = max(k for _, _, k in self.modes.values())  # staged weight bytes/column
-        self.mb = _cdiv(self.wb * 4, 8)
+        self.mb = _cdiv(self.wb * INDEX_BITS_MAX, 8)
         self.terms = self.wb // 2  # DSP-group sums per segment (the longest mode's)
         self.sum_bits = PROD_BITS + self.macs.bit_length()  # a chain's group sum
         # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
         # records per column, ACT: activation spans per row, partial sums, results.
-        wgt_w = max(max(P[isa.Buf.WGT] // n, n) for _, n, _ in self.modes.values())
         self.n_wgt = max(max(n, min(k, P[isa.Buf.WGT] // n)) for _, n, k in self.modes.values())
-        self.wgt_w = min(wgt_w, P[isa.Buf.WGT])
-        self.meta_w = max(P[isa.Buf.META] // n for _, n, _ in self.modes.values())
         pa = P[isa.Buf.ACT]
         self.span = max(k * self.window // 2 for _, _, k in self.modes.values())
         self.apr = {nm: _cdiv(k * self.window // 2, pa) for nm, (_, _, k) in self.modes.items()}
@@ -133,8 +132,8 @@ class MatrixEngine(wiring.Component):
         # REC_BYTES), not a full buffer line: port cost grows with the width.
         psum_w = row_port_widths({nm: (rm, 4 * n) for nm, (rm, n, _) in self.modes.items()}, pa)
         widths = {
-            isa.Buf.WGT: [self.wgt_w] * self.n_wgt,
-            isa.Buf.META: [self.meta_w] * nmax,
+            isa.Buf.WGT: self._weight_port_widths(),
+            isa.Buf.META: self._index_port_widths(),
             isa.Buf.SCALE: [min(ps, max(k // 2 for _, _, k in self.modes.values()))] * nmax
             + row_port_widths({"rec": (nmax, REC_BYTES)}, ps),
             isa.Buf.ACT: row_port_widths(
@@ -151,6 +150,30 @@ class MatrixEngine(wiring.Component):
                     BufPortSignature(addr_bits(arch.buffers.of(b).size), w)
                 )
         super().__init__({**unit_members(isa.Unit.MPE), **members})
+
+    def _weight_port_widths(self) -> list[int]:
+        """WGT port ``p``: in a mode of ``n`` columns, column ``p``'s bytes of a step
+        (``min(port / n, k)``: one cycle's share of the port, at most the step's ``k``
+        INT8 weights) or, for ``[K][N]`` weights, row ``p``'s ``n`` bytes (rows
+        ``p < min(k, port / n)`` per cycle); as wide as its widest use."""
+        pw = self.P[isa.Buf.WGT]
+        widths = [0] * self.n_wgt
+        for _, n, k in self.modes.values():
+            for p in range(self.n_wgt):
+                col = min(pw // n, k) if p < n else 0
+                row = n if p < min(k, pw // n) else 0
+                widths[p] = max(widths[p], col, row)
+        return widths
+
+    def _index_port_widths(self) -> list[int]:
+        """META port ``j``: column ``j``'s index bytes of a step in the modes with more
+        than ``j`` columns (``min(port / n, k * INDEX_BITS_MAX / 8)``)."""
+        pm = self.P[isa.Buf.META]
+        widths = [0] * self.nmax
+        for _, n, k in self.modes.values():
+            for j in range(n):
+                widths[j] = max(widths[j], min(pm // n, _cdiv(k * INDEX_BITS_MAX, 8)))
+        return widths
 
     #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
     #: row windows, segment epilogues.

@@ -141,7 +141,8 @@ def stage(m: Module, eng, d: Decoded, lp: Loop, rd: Reads) -> Staged:
                     with m.If(cyc_q == c):
                         with m.If(~d.wkn):
                             for j in range(n):
-                                for b in range(wc):
+                                # bytes past the port (its modes' k) are not staged
+                                for b in range(min(wc, len(wp[j].rdata) // 8)):
                                     if c * wc + b < eng.wb:
                                         m.d.comb += (
                                             wst_n[j]
@@ -152,7 +153,7 @@ def stage(m: Module, eng, d: Decoded, lp: Loop, rd: Reads) -> Staged:
                             for p in range(min(pw // n, len(wp))):
                                 row = c * (pw // n) + p
                                 if row < eng.wb:
-                                    for j in range(n):
+                                    for j in range(min(n, len(wp[p].rdata) // 8)):
                                         m.d.comb += (
                                             wst_n[j]
                                             .word_select(row, 8)
@@ -165,7 +166,7 @@ def stage(m: Module, eng, d: Decoded, lp: Loop, rd: Reads) -> Staged:
                 for c in range(_cdiv(eng.mb, mc)):
                     with m.If(cyc_q == c):
                         for j in range(n):
-                            for b in range(mc):
+                            for b in range(min(mc, len(mp_[j].rdata) // 8)):
                                 if c * mc + b < eng.mb:
                                     m.d.comb += (
                                         mst_n[j]

@@ -40,12 +40,16 @@ class ElementStream(StreamComponent):
         glb = arch.buffers.of(isa.Buf.GLB)
         if glb.banks * glb.width < 4:
             raise ValueError("the SFU table lookups need a GLB port of at least 4 bytes")
+        # An operand or the result moves at most `lanes` elements of at most 4 bytes a
+        # cycle (the byte-credit schedule issues no more), so its port needs no more.
+        act = arch.buffers.of(isa.Buf.ACT)
+        row = min(act.banks * act.width, arch.sfu.lanes * max(d.nbytes for d in isa.DType))
         super().__init__(
             arch,
             [
-                PortGroup("a", isa.Buf.ACT, None, 1),
-                PortGroup("b", isa.Buf.ACT, None, 1),
-                PortGroup("d", isa.Buf.ACT, None, 1),
+                PortGroup("a", isa.Buf.ACT, row, 1),
+                PortGroup("b", isa.Buf.ACT, row, 1),
+                PortGroup("d", isa.Buf.ACT, row, 1),
                 PortGroup("t", isa.Buf.GLB, 4, arch.sfu.lanes),
             ],
         )
@@ -138,8 +142,8 @@ class ElementStream(StreamComponent):
         m.d.comb += [
             d_port.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)),
             d_port.we.eq(1),
-            d_port.wdata.eq(packed[: 8 * P]),
-            d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[:P]),
+            d_port.wdata.eq(packed[: len(d_port.wdata)]),
+            d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[: len(d_port.strb)]),
             d_port.req.eq(v2 & (e2 != 0)),
         ]
         self.finish(m, last2)
