@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from flightforge import isa
+from flightforge import isa, progress
 from flightforge.arch import ArchConfig, ConfigError, arch_from_dict
 from flightforge.compiler.errors import CompileError
 from flightforge.compiler.frontend.hf_config import load_structure
@@ -250,6 +250,10 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
 
 
 def evaluate_batch(spec_json: str, points: list[dict], cache_dir: str | None) -> list[dict]:
-    """Worker entry point: evaluate several points (sent as JSON so any worker can run it)."""
+    """Worker entry point: evaluate several points (sent as JSON so any worker can run it).
+
+    Without progress bars: the DSE's own bar counts the points.
+    """
     spec = Spec.model_validate_json(spec_json)
-    return [evaluate_point(spec, p, cache_dir) for p in points]
+    with progress.quiet():
+        return [evaluate_point(spec, p, cache_dir) for p in points]

@@ -96,12 +96,13 @@ def write_outputs(
     best = front.iloc[0] if len(front) else None
     if best is not None:  # the best point's timeline: compiled and timed again
         bar.set_description_str("report: timeline of the best point")
-        files["timeline_png"] = plot_timeline(
-            spec,
-            {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
-            out / "timeline.png",
-            cache_dir,
-        )
+        with progress.quiet():
+            files["timeline_png"] = plot_timeline(
+                spec,
+                {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
+                out / "timeline.png",
+                cache_dir,
+            )
     bar.update(1)
     files["report_html"] = write_html(spec, df, front, files, out / "report.html")
     bar.update(1)
