@@ -286,7 +286,8 @@ def print_table(res: dict) -> None:
     dev = res["device"]
     if dev:
         print(
-            f"| device {dev['part']} | | {_fmt(dev['lut'])} | {_fmt(dev['ff'])} | {_fmt(dev['dsp'])} "
+            f"| device {dev['part']} | | {_fmt(dev['lut'])} | {_fmt(dev['ff'])} | "
+            f"{_fmt(dev['dsp'])} "
             f"| {_fmt(dev['bram'])} + {_fmt(dev['uram'])} URAM | |"
         )
         c = res["cores"]

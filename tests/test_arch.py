@@ -73,13 +73,15 @@ _DELETE = object()
         (
             "hbm.capacity",
             1 << (isa.EXT_ADDR_BITS + 1),
-            rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's {isa.EXT_ADDR_BITS}-bit",
+            rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's "
+            rf"{isa.EXT_ADDR_BITS}-bit",
         ),
         ("hbm.capacity", 3 * 2**20 + 1, r"hbm: capacity 3145729 is not divisible by 2 channels"),
         (
             "buffers.wgt.size",
             (1 << isa.BUF_ADDR_BITS) + 1,
-            rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit",
+            rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's "
+            rf"{isa.BUF_ADDR_BITS}-bit",
         ),
         (
             "mpe.mm",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flightforge import isa
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
 from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.dse.points import build_point, evaluate_point, grid, point_key
@@ -101,7 +102,7 @@ def test_stream_cache_key_is_exact(model):
     arch = load_target("tiny")
     a, b = _compile(model, arch), _compile(model, _variant(arch))
     assert [s.name for s in a.sections] == [s.name for s in b.sections]
-    for sa, sb in zip(a.sections, b.sections):
+    for sa, sb in zip(a.sections, b.sections, strict=True):
         assert sa.instructions == sb.instructions, (
             f"section {sa.name} differs: update stream_fields"
         )
@@ -129,7 +130,7 @@ def test_fast_timing_equals_cycle_model(model, params):
         )
         st = time_stream(s, arch, params)
         assert st.cycles == ref.cycles
-        assert dict(zip(("LD", "ST", "MPE", "SFU"), st.busy)) == ref.busy
+        assert dict(zip((u.name for u in isa.Unit), st.busy, strict=True)) == ref.busy
 
 
 def test_dispatch_cycles_matches_run_dispatch_on_random_durations(model):
@@ -139,7 +140,9 @@ def test_dispatch_cycles_matches_run_dispatch_on_random_durations(model):
     rng = np.random.default_rng(0)
     for _ in range(5):
         dur = rng.integers(0, 50, size=len(s.instrs)).tolist()
-        ref = run_dispatch(s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _: dur[i])
+        ref = run_dispatch(
+            s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _, dur=dur: dur[i]
+        )
         assert (
             dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2)
             == ref.cycles

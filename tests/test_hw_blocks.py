@@ -97,7 +97,7 @@ def test_buffer_ports_unaligned_match_bytes(
             # each cycle: ports on disjoint byte ranges, some writing, some reading
             starts = rng.permutation(size // max(widths))[: len(ports)] * max(widths)
             ops = []
-            for p, w, a in zip(ports, widths, starts):
+            for p, w, a in zip(ports, widths, starts, strict=True):
                 a = int(a + rng.integers(0, max(widths) - w + 1))
                 we, req = bool(rng.integers(2)), bool(rng.integers(4))
                 data = rng.integers(0, 256, w, dtype=np.uint8)
@@ -111,7 +111,7 @@ def test_buffer_ports_unaligned_match_bytes(
                 ops.append((p, w, a, req, we, data, strb if w > 1 else 1))
             want = [bytes(model[a : a + w]) for _, w, a, *_ in ops]
             await ctx.tick()
-            for (p, w, a, req, we, data, strb), before in zip(ops, want):
+            for (p, w, a, req, we, data, strb), before in zip(ops, want, strict=True):
                 if req and not we:
                     got = ctx.get(p.rdata).to_bytes(w, "little")
                     assert got == before, f"read {w} B at {a}: {got.hex()} != {before.hex()}"

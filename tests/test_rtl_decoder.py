@@ -121,7 +121,7 @@ def test_decoder_layer_cycles_match_cycle_model(decoder) -> None:
     _, rtl, _, _, _, model = decoder
     assert [r.section for r in rtl.runs] == [r.section for r in model.runs]
     lines, bad = [], []
-    for a, b in zip(rtl.runs, model.runs):
+    for a, b in zip(rtl.runs, model.runs, strict=True):
         err = a.cycles / b.cycles - 1
         lines.append(f"decoder.{a.section}: rtl {a.cycles} model {b.cycles} error {err:+.2%}")
         if a.cycles != b.cycles:

@@ -145,10 +145,10 @@ def test_random_streams_match_functional_sim(rtl_tiny, replay) -> None:
     ):
         assert seen[feature], f"the random streams never exercise {feature}: {dict(seen)}"
     assert len(runs) == len(sections), f"replay stopped after {runs[-1]}"
-    for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected)):
+    for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected, strict=True)):
         h.check_run(run, run["section"])
         listing = "\n".join(f"  {j}: {ins}" for j, ins in enumerate(sections[i]))
-        for b, n in h.WINDOWS.items():
+        for b in h.WINDOWS:
             got = np.frombuffer(dump["buffers"][(b, 0)], np.uint8)
             want = np.frombuffer(bufs[b], np.uint8)
             bad = np.nonzero(got != want)[0]
@@ -185,7 +185,7 @@ def test_ldst_streams_cycle_exact(replay) -> None:
     ), "no NOP in the LD/ST streams"
     bad = [
         line
-        for i, line in zip(idx, _report(sections, runs, model, idx))
+        for i, line in zip(idx, _report(sections, runs, model, idx), strict=True)
         if runs[i]["cycles"] != model[i]
     ]
     print("\n".join(_report(sections, runs, model, idx)))
@@ -206,5 +206,5 @@ def test_mixed_streams_cycle_exact(replay) -> None:
     )
     lines = _report(sections, runs, model, idx)
     print("\n".join(lines))
-    bad = [line for i, line in zip(idx, lines) if runs[i]["cycles"] != model[i]]
+    bad = [line for i, line in zip(idx, lines, strict=True) if runs[i]["cycles"] != model[i]]
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)
