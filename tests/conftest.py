@@ -11,6 +11,10 @@ for tests that drive the Verilog under Verilator through cocotb, skipped with th
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from flightforge.arch import ArchConfig
@@ -46,3 +50,44 @@ def rtl_tiny(tiny: ArchConfig) -> ArchConfig:
     if reason := rtl_harness.unavailable():
         pytest.skip(reason)
     return tiny
+
+
+#: A tiny Llama's Hugging Face config.json: what the DSE tests compile shape-only.
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "rope_theta": 10000.0,
+}
+
+
+@pytest.fixture
+def tiny_llama_json(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny-llama.json"
+    p.write_text(json.dumps(TINY_LLAMA))
+    return p
+
+
+def _dse_spec_dict(model: Path, **over) -> dict:
+    d = {
+        "name": "t",
+        "model": str(model),
+        "target": "tiny",
+        "workload": {"prompt_len": 8, "decode_len": 8},
+        "quant": {"weight_bits": 4, "group": 32},
+        "timing": {"interleave_bytes": 64},
+        "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
+        "search": {"batch": 1},
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture
+def dse_spec_dict() -> Callable[..., dict]:
+    """``make(model_json, **fields)``: a small DSE spec on ``tiny``, fields replaced."""
+    return _dse_spec_dict
