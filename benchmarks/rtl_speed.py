@@ -112,7 +112,7 @@ def bench_random(
     ]
     runs = [r for r in h.run_steps(arch, steps) if r and "section" in r]
     errs = []
-    for r, s in zip(runs, secs, strict=False):  # runs stop at a section that fails
+    for r, s in zip(runs, secs):
         try:
             errs.append(r["cycles"] / model_cycles(arch, s) - 1)
         except Exception:  # a stream that deadlocks under the model's timing: skip it
@@ -268,7 +268,7 @@ def bench_synth(arch) -> dict:
             "bench": "yosys_synth_xilinx",
             "skipped": "yosys not on PATH (apt-get install yosys)",
         }
-    r = synth(DspChain(arch.mpe.groups_per_chain, arch.sparse_m), "dsp_chain", yosys)
+    r = synth(DspChain(arch.mpe.groups_per_chain, arch.sparse_m), "dsp_chain", yosys, flatten=True)
     return {
         "bench": "yosys_synth_xilinx",
         "block": "DspChain",
@@ -277,6 +277,7 @@ def bench_synth(arch) -> dict:
         "window": arch.sparse_m,
         "seconds": r["seconds"],
         "ok": r["ok"],
+        "depth": r.get("depth"),
         "cells": {
             k: v
             for k, v in r.get("cells", {}).items()

@@ -288,8 +288,7 @@ def assemble(
             )
         att = w.take(atts[0])
         (q, rq), (k, rk), (v, rv) = (
-            w.projection(t, ln.out, n)
-            for t, n in zip(att.ins, ("query", "key", "value"), strict=True)
+            w.projection(t, ln.out, n) for t, n in zip(att.ins, ("query", "key", "value"))
         )
         if rv is not None or (rq is None) != (rk is None):
             raise w.fail("RoPE must rotate the query and the key and nothing else", att)
