@@ -130,7 +130,8 @@ def main() -> None:
     worst_len = 1 + max(range(len(pre_over)), key=pre_over.__getitem__)
     print(
         f"modelled latency overhead of bucketing: prefill max {max(pre_over):.2%} "
-        f"mean {sum(pre_over) / len(pre_over):.2%} (worst at length {worst_len}); decode max {max(dec_over):.2%} "
+        f"mean {sum(pre_over) / len(pre_over):.2%} (worst at length {worst_len}); decode max "
+        f"{max(dec_over):.2%} "
         f"mean {sum(dec_over) / len(dec_over):.2%}"
     )
     short = []

@@ -82,7 +82,8 @@ def main() -> None:
     print(
         f"  whole request (prefill {args.prompt}, decode {args.decode}; "
         f"{len(program.sections)} sections compiled, {runs} section runs): {request_s:.2f} s; "
-        f"modelled TTFT {report.prefill_seconds * 1e3:.1f} ms, {report.decode_tokens_per_s:.1f} token/s"
+        f"modelled TTFT {report.prefill_seconds * 1e3:.1f} ms, {report.decode_tokens_per_s:.1f} "
+        f"token/s"
     )
     print(
         json.dumps(

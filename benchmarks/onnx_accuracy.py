@@ -17,14 +17,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]  # the tests' measurement
+sys.path[:0] = [str(ROOT / "examples")]  # the exporter
 
-from accuracy import COS_MIN, TOP1_MIN, measure  # noqa: E402
 from export_tiny_hf import export  # noqa: E402
-from test_onnx_import import ort_logits, session  # noqa: E402
 
 from flightforge.compiler.frontend.onnx_import import import_onnx  # noqa: E402
+from flightforge.compiler.frontend.ort_reference import ort_logits, session  # noqa: E402
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder  # noqa: E402
+from flightforge.compiler.quant.accuracy import COS_MIN, TOP1_MIN, measure  # noqa: E402
 from flightforge.compiler.quant.qdecoder import ACT_BITS, QuantOptions  # noqa: E402
 from flightforge.mappings import load_target  # noqa: E402
 
@@ -53,8 +53,9 @@ def main() -> None:
                 for bits in args.act_bits:
                     options = CompileOptions(max_len=32, quant=QuantOptions(act_bits=bits))
                     c = compile_decoder(prog, load_target("tiny"), options)
+                    kv, d = prog.kv_heads, prog.head_dim
                     cos, top = measure(
-                        c.quantized, lambda ids: ort_logits(sess, ids, prog.kv_heads, prog.head_dim)
+                        c.quantized, lambda ids, sess=sess, kv=kv, d=d: ort_logits(sess, ids, kv, d)
                     )
                     ok = cos.min() >= COS_MIN and top.mean() >= TOP1_MIN
                     rows.append(

@@ -28,32 +28,19 @@ import json
 
 import numpy as np
 
-from flightforge.compiler.graph import DecoderShape, LinearParams, random_decoder
+from flightforge.compiler.graph import FAMILIES, LinearParams, random_decoder
 from flightforge.compiler.interpret import FloatState, run_float
-from flightforge.compiler.lower import kernels
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts
 from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.accuracy import COS_MIN, DECODE, PROMPT_LEN, PROMPTS, TOP1_MIN
 from flightforge.compiler.quant.calibrate import calibrate
+from flightforge.compiler.quant.fixed_point import rope_table_bytes
 from flightforge.compiler.quant.qdecoder import (
     ACT_BITS,
     QuantDecoder,
     QuantOptions,
     quantize_decoder,
 )
-
-FAMILIES = {  # the families of tests/test_compiler_decoder.py
-    "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
-    "gpt2": (
-        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
-        dict(norm="layer", bias=True, learned_positions=64),
-    ),
-    "opt": (
-        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
-        dict(norm="layer", bias=True, learned_positions=64),
-    ),
-}
-PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
-COS_MIN, TOP1_MIN = 0.99, 0.90
 
 
 def quantize(prog, quant: QuantOptions = QuantOptions()) -> QuantDecoder:
@@ -80,7 +67,7 @@ def integer_logits(qd: QuantDecoder, ids: np.ndarray, envs: list | None = None) 
     """Prefill of the prompt, then one decode step per further token."""
     prog = qd.prog
     theta = prog.rope_theta or 1.0
-    table = kernels.rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
+    table = rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
     state = qref.IntState()
     rows = []
     steps = [(0, ids[:PROMPT_LEN])] + [(p, ids[p : p + 1]) for p in range(PROMPT_LEN, len(ids))]
@@ -207,7 +194,7 @@ def bits(fam: str, seeds: int) -> dict:
                 for n, v in env.items():
                     peak[n] = max(peak.get(n, 0.0), float(np.abs(v).max()))
 
-            def fake(n, x):
+            def fake(n, x, act_bits=act_bits, prog=prog, qd=qd, peak=peak):
                 if act_bits is None:
                     return x
                 if n in prog.wide:
@@ -279,7 +266,8 @@ def weights(families: list[str], seeds: int) -> dict:
     tiny = load_target("tiny")
     result: dict = {}
     print(
-        f"{'family':10s} {'weights':20s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  (over {seeds} seeds)"
+        f"{'family':10s} {'weights':20s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}  (over "
+        f"{seeds} seeds)"
     )
     for fam in families:
         shape, kw = FAMILIES[fam]

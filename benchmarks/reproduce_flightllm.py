@@ -148,7 +148,8 @@ def main() -> None:
             else None
         )
         print(
-            f"\n{target}: {arch.cores} cores @ {arch.clock_mhz:g} MHz, HBM {arch.hbm.bandwidth_gbs:g} GB/s "
+            f"\n{target}: {arch.cores} cores @ {arch.clock_mhz:g} MHz, HBM "
+            f"{arch.hbm.bandwidth_gbs:g} GB/s "
             f"over {arch.hbm.channels} channels, interleave {arch.hbm.interleave_bytes} B: "
             f"{default.decode_tokens_per_s:.1f} token/s at KV 128 as configured"
             + (f"; linear map {linear.decode_tokens_per_s:.1f}" if linear else "")
@@ -205,17 +206,21 @@ def main() -> None:
         g = r["gpu_model_tok_s"]
         pub_pre = f"{r['published_prefill_ms']:7.1f}" if r["published_prefill_ms"] else f"{'-':>7}"
         print(
-            f"{r['target']:7} {r['prefill']:4} {r['decode']:5} | {r['physical']['decode_tok_s']:8.1f} "
-            f"{r['artifact']['decode_tok_s']:8.1f} {r['published_tok_s']:6.1f} {e['physical']:+8.1%} "
+            f"{r['target']:7} {r['prefill']:4} {r['decode']:5} | "
+            f"{r['physical']['decode_tok_s']:8.1f} "
+            f"{r['artifact']['decode_tok_s']:8.1f} {r['published_tok_s']:6.1f} "
+            f"{e['physical']:+8.1%} "
             f"{e['artifact']:+8.1%} | {r['artifact']['prefill_ms']:10.1f} {pub_pre} | "
-            f"{r['roofline_tok_s']:8.1f} {r['artifact']['decode_tok_s'] / r['roofline_tok_s']:5.2f} | "
+            f"{r['roofline_tok_s']:8.1f} "
+            f"{r['artifact']['decode_tok_s'] / r['roofline_tok_s']:5.2f} | "
             f"{g['V100S']:.0f}/{g['A100']:.0f}/{g['H100']:.0f}"
         )
     for kv, v in onboard.items():
         for n in errors:
             errors[n].append(rel(v[n], v["published"]))
         print(
-            f"u280 on-board at KV {kv}: physical {v['physical']:.1f}, artifact {v['artifact']:.1f}, "
+            f"u280 on-board at KV {kv}: physical {v['physical']:.1f}, artifact "
+            f"{v['artifact']:.1f}, "
             f"published {v['published']:.1f} token/s"
         )
     worst = {n: max(map(abs, errors[n])) for n in errors}

@@ -84,7 +84,8 @@ def core_blocks(arch) -> list[tuple[str, object, str | None, int]]:
         ("StoreUnit", StoreUnit(arch), None, 1),
         ("MatrixEngine w/o chains, feeds, row windows, epilogues", mpe, MatrixEngine.REPEATED, 1),
         *((label, c, None, count) for label, c, count in mpe.parts()),
-        (f"DspChain({g}, {w})", DspChain(g, w), None, arch.mpe.chains),
+        # the DSP48E2 primitives, as synthesis would take them (DspSlice's docstring)
+        (f"DspChain({g}, {w})", DspChain(g, w, primitive=True), None, arch.mpe.chains),
         ("SpecialFunctionUnit w/o pipelines and lanes", sfu, rf"lane\d+|{streams}", 1),
         *((f"{type(s).__name__} ({name} pipeline)", s, None, 1) for name, s in sfu.streams.items()),
         ("SfuLane", SfuLane(), None, arch.sfu.lanes),

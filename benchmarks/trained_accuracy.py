@@ -41,7 +41,8 @@ and the summary gives each format's figures over the seeds.
 ``--weight-study`` fake-quantises the weights alone (float activations) at 4, 5 and 6
 bits and with GPTQ at 4 bits: what precision the criterion needs. Checkpoints and
 exports are kept in ``--work`` and reused (missing ones are trained, about three
-minutes per family and seed, and two more for the four QAT models). Needs the test extra (torch, transformers, onnxscript).
+minutes per family and seed, and two more for the four QAT models). Needs the test extra
+(torch, transformers, onnxscript).
 Ends with one JSON line.
 """
 
@@ -60,31 +61,25 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]  # the tests' measurement
+sys.path[:0] = [str(ROOT / "examples")]  # the trainer and its measurement helpers
 
 import train_tiny  # noqa: E402
-from accuracy import (
+from export_tiny_hf import export_model  # noqa: E402
+from trained_models import EVAL_PROMPTS, Language, lossy_layers, off_grid_layers, plan  # noqa: E402
+
+from flightforge.compiler.frontend.onnx_import import import_onnx  # noqa: E402
+from flightforge.compiler.frontend.ort_reference import ort_logits, session  # noqa: E402
+from flightforge.compiler.pipeline import CompileOptions, compile_onnx  # noqa: E402
+from flightforge.compiler.quant.accuracy import (  # noqa: E402
     COS_MIN,
     DECODE,
     MAX_LEN,
     PROMPT_LEN,
     TOP1_MIN,
-    integer_logits,  # noqa: E402
+    integer_logits,
     measure,
     random_prompts,
 )
-from export_tiny_hf import export_model  # noqa: E402
-from test_onnx_import import ort_logits, session  # noqa: E402
-from trained_models import (
-    EVAL_PROMPTS,
-    Language,
-    lossy_layers,
-    off_grid_layers,  # noqa: E402
-    plan,
-)
-
-from flightforge.compiler.frontend.onnx_import import import_onnx  # noqa: E402
-from flightforge.compiler.pipeline import CompileOptions, compile_onnx  # noqa: E402
 from flightforge.compiler.quant.plans import parse_plan  # noqa: E402
 from flightforge.compiler.quant.prune import inverse_hessian_factor  # noqa: E402
 from flightforge.compiler.quant.qdecoder import QuantOptions  # noqa: E402
@@ -316,7 +311,8 @@ def summarise(rows: list[Row]) -> dict:
     for family, fmts in out.items():
         for fmt, v in fmts.items():
             print(
-                f"            {family:6s} {fmt:34s} {v['cos_min_worst']:8.4f}..{v['cos_min_best']:.4f} "
+                f"            {family:6s} {fmt:34s} "
+                f"{v['cos_min_worst']:8.4f}..{v['cos_min_best']:.4f} "
                 f"{v['cos_mean']:8.4f} {v['top1']:6.1%}  {v['met']}/{v['seeds']}"
             )
     return out
@@ -357,16 +353,16 @@ def weight_study(families: list[str], seeds: int, work: Path) -> dict:
     """Weight-only fake quantisation with float activations: what precision the trained
     models' weights need, and what a second-order rounding (GPTQ) would give at 4 bits.
     The LM head stays float; activations are exact, so this bounds the formats from above."""
-    from accuracy import float_reference
-
     from flightforge.compiler.graph import Linear, LinearParams
     from flightforge.compiler.interpret import FloatState, run_float
+    from flightforge.compiler.quant.accuracy import float_reference
 
     lang = Language.make()
     calib = [np.array(c) for c in lang.calibration]
     out: dict = {}
     print(
-        f"{'model':16s} {'weights (float activations)':30s} {'cos min':>8s} {'cos mean':>8s} {'top-1':>6s}"
+        f"{'model':16s} {'weights (float activations)':30s} {'cos min':>8s} {'cos mean':>8s} "
+        f"{'top-1':>6s}"
     )
     for family in families:
         for seed in range(seeds):
@@ -375,10 +371,11 @@ def weight_study(families: list[str], seeds: int, work: Path) -> dict:
                 prog = import_onnx(models[name][0]).program
                 ref = float_reference(prog)
 
-                def score(linears: dict, label: str) -> None:
+                def score(
+                    linears: dict, label: str, prog=prog, ref=ref, key=f"{family} s{seed} {name}"
+                ) -> None:
                     fake = float_reference(dataclasses.replace(prog, linears=linears))
                     cos, top = measure(None, ref, lang.prompts, logits=fake)
-                    key = f"{family} s{seed} {name}"
                     out.setdefault(key, {})[label] = {
                         "cos_min": float(cos.min()),
                         "cos_mean": float(cos.mean()),

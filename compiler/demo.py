@@ -22,6 +22,7 @@ from flightforge.isa import Buf, DType, WPrec
 from .lower import kernels
 from .lower.builder import Builder
 from .quant import qref
+from .quant.fixed_point import rope_table_bytes
 from .quant.quantize import act_scale, quantize_act, quantize_linear
 
 ROPE_THETA = 10000.0
@@ -112,7 +113,7 @@ def build_demo(arch: ArchConfig, spec: DemoSpec = DemoSpec()) -> DemoBuild:
     }
     placed = {name: kernels.place_linear(b, name, q, *io_scales[name]) for name, q in ql.items()}
     lin, pq, pk, pv, po = (placed[n] for n in ("linear", "q", "k", "v", "o"))
-    table = kernels.rope_table_bytes(L + 1, d, ROPE_THETA)
+    table = rope_table_bytes(L + 1, d, ROPE_THETA)
     rope_addr = b.place("rope_table", "const", table.nbytes, table)
     kc = b.place("attn.k_cache", "kv", (L + 1) * d)
     vc = b.place("attn.v_cache", "kv", (L + 1) * d)

@@ -289,3 +289,18 @@ def random_decoder(
         wide=wide_tensors(ops, "h0"),
         n_positions=learned_positions,
     )
+
+
+#: Random decoders of the three families the tests and benchmarks compile, at one small
+#: shape: family -> (shape, keyword arguments of :func:`random_decoder`).
+FAMILIES: dict[str, tuple[DecoderShape, dict]] = {
+    "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
+    "gpt2": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
+    "opt": (
+        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
+        dict(norm="layer", bias=True, learned_positions=64),
+    ),
+}

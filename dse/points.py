@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from flightforge import isa
+from flightforge import isa, progress
 from flightforge.arch import ArchConfig, ConfigError, arch_from_dict
 from flightforge.compiler.errors import CompileError
 from flightforge.compiler.frontend.hf_config import load_structure
@@ -45,7 +45,8 @@ def point_key(params: dict[str, Any]) -> str:
 def grid(spec: Spec) -> list[dict[str, Any]]:
     names = sorted(spec.parameters)
     return [
-        dict(zip(names, combo)) for combo in itertools.product(*(spec.parameters[n] for n in names))
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(spec.parameters[n] for n in names))
     ]
 
 
@@ -218,7 +219,7 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
         m["decode_tokens_per_s"] = clock / step
         m["bytes_per_step"] = moved
         m["macs_per_step"] = macs
-        m.update({f"busy_{u}": float(b) for u, b in zip(UNITS, busy)})
+        m.update({f"busy_{u}": float(b) for u, b in zip(UNITS, busy, strict=True)})
         bw = moved / m["decode_step_s"]
         m["hbm_utilisation"] = bw / (arch.hbm.bandwidth_gbs * 1e9)
         used = (tparams.channels or arch.hbm.channels) if tparams.interleave_bytes else 1
@@ -226,7 +227,7 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
             arch.hbm.bandwidth_gbs * used / arch.hbm.channels * tparams.mem_efficiency_pct / 100
         )
         m["peak_gops"] = 2 * arch.mpe.mv.macs * arch.cores * arch.clock_mhz / 1e3
-        pw = power(arch, dict(zip(UNITS, busy)), bw)
+        pw = power(arch, dict(zip(UNITS, busy, strict=True)), bw)
         m.update(
             power_w=pw.total_w,
             static_w=pw.static_w,
@@ -250,6 +251,10 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
 
 
 def evaluate_batch(spec_json: str, points: list[dict], cache_dir: str | None) -> list[dict]:
-    """Worker entry point: evaluate several points (sent as JSON so any worker can run it)."""
+    """Worker entry point: evaluate several points (sent as JSON so any worker can run it).
+
+    Without progress bars: the DSE's own bar counts the points.
+    """
     spec = Spec.model_validate_json(spec_json)
-    return [evaluate_point(spec, p, cache_dir) for p in points]
+    with progress.quiet():
+        return [evaluate_point(spec, p, cache_dir) for p in points]

@@ -96,12 +96,13 @@ def write_outputs(
     best = front.iloc[0] if len(front) else None
     if best is not None:  # the best point's timeline: compiled and timed again
         bar.set_description_str("report: timeline of the best point")
-        files["timeline_png"] = plot_timeline(
-            spec,
-            {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
-            out / "timeline.png",
-            cache_dir,
-        )
+        with progress.quiet():
+            files["timeline_png"] = plot_timeline(
+                spec,
+                {c[2:]: best[c] for c in front.columns if c.startswith("p_")},
+                out / "timeline.png",
+                cache_dir,
+            )
     bar.update(1)
     files["report_html"] = write_html(spec, df, front, files, out / "report.html")
     bar.update(1)
@@ -285,11 +286,12 @@ def write_html(spec, df, front, files: dict[str, Path], path: Path) -> Path:
         for k, p in files.items()
         if k.endswith("_png")
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSE: {html.escape(spec.name)}</title>
+    name, model, target = (html.escape(x) for x in (spec.name, spec.model, spec.target))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSE: {name}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px}}img{{max-width:900px}}</style></head><body>
-<h1>Design-space exploration: {html.escape(spec.name)}</h1>
-<p>Model <code>{html.escape(spec.model)}</code> on base target <code>{html.escape(spec.target)}</code>;
+<h1>Design-space exploration: {name}</h1>
+<p>Model <code>{model}</code> on base target <code>{target}</code>;
 workload: prompt {spec.workload.prompt_len}, decode {spec.workload.decode_len} tokens.
 Objectives: {html.escape(json.dumps(spec.objectives))}.</p>
 <p>{n} points: {ok} feasible, {n - ok} infeasible ({html.escape(json.dumps(reasons))}).

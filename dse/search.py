@@ -128,7 +128,7 @@ def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> 
             if store.get(key) is None and key not in todo:
                 todo[key] = dict(t.params)
 
-        def on_row(row) -> bool:
+        def on_row(row, pending=pending) -> bool:
             return bool(store.put(row, {"system_attrs": _system_attrs(study, pending, row["key"])}))
 
         run_points(spec, list(todo.values()), executor, cache_dir, on_row, bar)

@@ -51,7 +51,8 @@ class Store:
     def put(self, row: dict, extra: dict | None = None) -> bool:
         """Store a result; False if its key was already stored (it is then ignored)."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO points VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM points),"
+            "INSERT OR IGNORE INTO points VALUES "
+            "(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM points),"
             " ?, ?, ?, ?, ?, ?, ?)",
             (
                 row["key"],
@@ -78,7 +79,8 @@ class Store:
         return [
             self._row(r)
             for r in self.db.execute(
-                "SELECT key, params, status, reason, metrics, extra, seconds FROM points ORDER BY seq"
+                "SELECT key, params, status, reason, metrics, extra, seconds "
+                "FROM points ORDER BY seq"
             )
         ]
 

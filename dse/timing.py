@@ -225,7 +225,7 @@ def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
         bkey = ("beatwise", timing.burst, tuple(sorted(timing.port.items())), cores)
         beat = stream._compute.get(bkey)
         if beat is None:
-            pairs = list(zip(stream.xfer_buf.tolist(), stream.xfer_bits.tolist()))
+            pairs = list(zip(stream.xfer_buf.tolist(), stream.xfer_bits.tolist(), strict=True))
             slow = {p: timing.beatwise(isa.Buf(p[0]), p[1]) for p in set(pairs)}
             idx = [j for j, p in enumerate(pairs) if slow[p]]
             beat = stream._compute[bkey] = (

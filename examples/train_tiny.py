@@ -618,7 +618,7 @@ def main() -> None:
     cfg = TrainConfig(
         a.family, a.intermediate, a.seed, a.steps, a.finetune_steps, qat_steps=a.qat_steps
     )
-    for name, path in run(cfg, a.out, parse_modes(a.sparse), not a.sparse_only, qat=a.qat).items():
+    for path in run(cfg, a.out, parse_modes(a.sparse), not a.sparse_only, qat=a.qat).values():
         print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
 

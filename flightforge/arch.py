@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import isa
+from . import mpe as mpe_datapath
 from .files import read_yaml
 
 
@@ -77,11 +78,32 @@ class MpeConfig(_Model):
     macs_per_group: Literal[2] = 2
     mm: ParallelShape = Field(description="parallelism in MM (GEMM/SpMM) mode")
     mv: ParallelShape = Field(description="parallelism in MV (GEMV/SpMV) mode")
-    pipeline_depth: int = Field(default=8, ge=1, description="cycles from first operand to result")
+    pipeline_depth: int | None = Field(
+        default=None,
+        ge=1,
+        description="cycles an MM/MV adds to its fetch cycles; default (and least): the "
+        "datapath's own, flightforge.mpe.min_depth(groups_per_chain)",
+    )
 
     @property
     def macs(self) -> int:
         return self.chains * self.groups_per_chain * self.macs_per_group
+
+    @property
+    def depth(self) -> int:
+        """Cycles an MM/MV instruction takes beyond its fetch cycles (``pipeline_depth``,
+        or the DSP48E2 datapath's own depth when it is not given)."""
+        return self.pipeline_depth or mpe_datapath.min_depth(self.groups_per_chain)
+
+    @model_validator(mode="after")
+    def _depth_fits(self) -> MpeConfig:
+        least = mpe_datapath.min_depth(self.groups_per_chain)
+        if self.pipeline_depth is not None and self.pipeline_depth < least:
+            raise ValueError(
+                f"pipeline_depth must be at least {least} (the datapath of "
+                f"{self.groups_per_chain} cascaded DSP48E2 slices), not {self.pipeline_depth!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> MpeConfig:

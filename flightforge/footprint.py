@@ -40,8 +40,8 @@ def footprint(instr: isa.Instruction, d_max: int = 0) -> tuple[list[Access], lis
         lo_r, lo_w = footprint(isa.resolve(instr, 0))
         hi_r, hi_w = footprint(isa.resolve(instr, d_max))
         return (
-            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r)],
-            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w)],
+            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_r, hi_r, strict=True)],
+            [Access(a.space, a.lo, b.hi) for a, b in zip(lo_w, hi_w, strict=True)],
         )
     if isinstance(instr, isa.LD):
         return (

@@ -21,6 +21,7 @@ compile that carries addresses and sizes without weight values).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 from collections import Counter
@@ -194,7 +195,7 @@ class Program:
                     f"section {s.name!r}: length range {s.len_lo}..{s.len_hi} is empty"
                 )
         segs = sorted(self.segments, key=lambda s: s.addr)
-        for a, b in zip(segs, segs[1:]):
+        for a, b in itertools.pairwise(segs):
             if b.addr < a.end:
                 raise ProgramError(
                     f"segments {a.name!r} ({a.addr:#x}..{a.end:#x}) and {b.name!r} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 #: None: show progress when stderr is a terminal; False: never (``-q``); True: always.
@@ -73,17 +73,17 @@ def bar(total: int | None, desc: str, unit: str = "it", *, show: bool = True, **
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
 
-def track(items: Iterable, desc: str, total: int | None = None, unit: str = "it") -> Iterator:
-    """Iterate over ``items`` with a bar (``total`` defaults to ``len(items)``)."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    b = bar(total, desc, unit)
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No progress inside the block: work nested in a step with its own bar (a DSE
+    point's compile), or in a worker process whose bars would cut into the parent's."""
+    global _enabled
+    before = _enabled
+    _enabled = False
     try:
-        for item in items:
-            yield item
-            b.update(1)
+        yield
     finally:
-        b.close()
+        _enabled = before
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ stated in the report; see docs/cycle_model.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -579,7 +580,7 @@ def simulate(
         samples[s.len_lo] = model.runs[-1]
         bar.update(1)
     bar.close()
-    for lo, hi in zip(timed, timed[1:]):
+    for lo, hi in itertools.pairwise(timed):
         for p in range(lo + 1, hi):
             if p in section_of:
                 between[p] = (lo, hi)

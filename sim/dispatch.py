@@ -101,8 +101,14 @@ def run_dispatch(
     end = np.full(n, -1, dtype=np.int64)
     # Per instruction, once: its unit (None for SYS) and the units of its masks.
     unit_of = [ins.UNIT for ins in instrs]
-    waits = [MASK_UNITS[ins.wait] if u is not None else () for ins, u in zip(instrs, unit_of)]
-    releases = [MASK_UNITS[ins.release] if u is not None else () for ins, u in zip(instrs, unit_of)]
+    waits = [
+        MASK_UNITS[ins.wait] if u is not None else ()
+        for ins, u in zip(instrs, unit_of, strict=True)
+    ]
+    releases = [
+        MASK_UNITS[ins.release] if u is not None else ()
+        for ins, u in zip(instrs, unit_of, strict=True)
+    ]
     halt_at = n - 1  # check_section_code: the last instruction is the only HALT
     queues: dict[isa.Unit, deque[int]] = {u: deque() for u in UNITS}
     busy: dict[isa.Unit, int | None] = {u: None for u in UNITS}  # running instruction

@@ -300,7 +300,7 @@ class Timing:
         shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         n_c = cdiv(i.n, self.cores)
         tiles = cdiv(i.rows, shape.m) * cdiv(n_c, shape.n)
-        cycles = tiles * self.matmul_tile(i) + self.arch.mpe.pipeline_depth
+        cycles = tiles * self.matmul_tile(i) + self.arch.mpe.depth
         return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)
 
     def sync(self, out_bytes: int) -> int:

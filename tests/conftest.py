@@ -1,11 +1,24 @@
-"""Test-suite options shared by every test file.
+"""Test-suite options and fixtures shared by every test file.
 
 ``--run-slow`` also runs the tests marked ``slow`` (RTL builds and long simulations,
 Verilog export, synthesis, torch exports, trained models): the default ``python -m pytest``
 skips them to stay within minutes on a 2-core machine; CI (``.ci/run``) runs them all.
+
+``tiny`` is the small shipped target most tests run on; ``rtl_tiny`` is the same target
+for tests that drive the Verilog under Verilator through cocotb, skipped with the reason
+(``rtl_harness.unavailable``) when Verilator or cocotb is missing, never passed silently.
 """
 
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+
+from flightforge.arch import ArchConfig
+from flightforge.mappings import load_target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,3 +36,58 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ArchConfig:
+    return load_target("tiny")
+
+
+@pytest.fixture(scope="session")
+def rtl_tiny(tiny: ArchConfig) -> ArchConfig:
+    from flightforge.sim import rtl_harness
+
+    if reason := rtl_harness.unavailable():
+        pytest.skip(reason)
+    return tiny
+
+
+#: A tiny Llama's Hugging Face config.json: what the DSE tests compile shape-only.
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "rope_theta": 10000.0,
+}
+
+
+@pytest.fixture
+def tiny_llama_json(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny-llama.json"
+    p.write_text(json.dumps(TINY_LLAMA))
+    return p
+
+
+def _dse_spec_dict(model: Path, **over) -> dict:
+    d = {
+        "name": "t",
+        "model": str(model),
+        "target": "tiny",
+        "workload": {"prompt_len": 8, "decode_len": 8},
+        "quant": {"weight_bits": 4, "group": 32},
+        "timing": {"interleave_bytes": 64},
+        "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
+        "search": {"batch": 1},
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture
+def dse_spec_dict() -> Callable[..., dict]:
+    """``make(model_json, **fields)``: a small DSE spec on ``tiny``, fields replaced."""
+    return _dse_spec_dict

@@ -8,19 +8,17 @@ included, meet the acceptance criterion that 8-bit activations miss.
 
 from __future__ import annotations
 
-import accuracy
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_compiler_decoder import FAMILIES
-from test_end_to_end import TINY, reference_logits
 
 from flightforge import numerics
-from flightforge.compiler.graph import Act, random_decoder
+from flightforge.compiler.graph import FAMILIES, Act, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, calibration_prompts, compile_decoder
-from flightforge.compiler.quant import fixed_point, qref
+from flightforge.compiler.quant import accuracy, fixed_point, qref
+from flightforge.compiler.quant.accuracy import reference_logits
 from flightforge.compiler.quant.calibrate import calibrate
 from flightforge.compiler.quant.qdecoder import QuantOptions, quantize_decoder, split_tensors
 from flightforge.compiler.quant.quantize import quantize_linear
@@ -86,15 +84,15 @@ def test_engine_inputs_are_split_and_table_inputs_are_not():
 
 
 @pytest.mark.parametrize("family", ["llama-gqa", "gpt2"])
-def test_split_programs_are_bit_exact_with_the_integer_reference(family):
+def test_split_programs_are_bit_exact_with_the_integer_reference(family, tiny):
     shape, kw = FAMILIES[family]
     prog = random_decoder(shape, **kw)
-    c = compile_decoder(prog, TINY, CompileOptions(max_len=20, verify=True, quant=A16))
+    c = compile_decoder(prog, tiny, CompileOptions(max_len=20, verify=True, quant=A16))
     ops = {MiscOp(i.op) for s in c.program.sections for i in s.instructions if isinstance(i, MISC)}
     assert MiscOp.LUT in ops and c.program.metadata["decoder"]["activation_bits"] == 16
     prompt = [int(t) for t in np.random.default_rng(5).integers(0, prog.vocab, size=9)]
-    gen = generate(c.program, FunctionalSim(TINY), prompt, 8)
-    assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 20))
+    gen = generate(c.program, FunctionalSim(tiny), prompt, 8)
+    assert np.array_equal(gen.logits, reference_logits(c.quantized, prompt, gen.tokens, 20))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

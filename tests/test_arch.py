@@ -73,13 +73,15 @@ _DELETE = object()
         (
             "hbm.capacity",
             1 << (isa.EXT_ADDR_BITS + 1),
-            rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's {isa.EXT_ADDR_BITS}-bit",
+            rf"hbm: capacity {1 << (isa.EXT_ADDR_BITS + 1)} exceeds the ISA's "
+            rf"{isa.EXT_ADDR_BITS}-bit",
         ),
         ("hbm.capacity", 3 * 2**20 + 1, r"hbm: capacity 3145729 is not divisible by 2 channels"),
         (
             "buffers.wgt.size",
             (1 << isa.BUF_ADDR_BITS) + 1,
-            rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit",
+            rf"buffers\.wgt: size {(1 << isa.BUF_ADDR_BITS) + 1} exceeds the ISA's "
+            rf"{isa.BUF_ADDR_BITS}-bit",
         ),
         (
             "mpe.mm",
@@ -87,6 +89,12 @@ _DELETE = object()
             r"mpe: mm parallelism 64x64x64 = 262144 MACs exceeds",
         ),
         ("hbm.kind", "sram", r"hbm\.kind: Input should be 'hbm' or 'ddr'"),
+        (
+            "mpe.pipeline_depth",
+            9,
+            r"mpe: pipeline_depth must be at least 10 \(the datapath of 4 cascaded "
+            r"DSP48E2 slices\), not 9",
+        ),
         ("clock_mhz", _DELETE, r"clock_mhz: Field required"),
     ],
 )
@@ -121,3 +129,13 @@ def test_file_errors_name_the_file(tmp_path, tiny_dict):
 def test_unknown_target_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match=r"unknown target 'u281'; shipped targets: .*u280"):
         load_target("u281")
+
+
+def test_mpe_depth_is_the_datapaths_unless_padded(tiny_dict):
+    """Without ``pipeline_depth`` an MM/MV costs the datapath's own depth
+    (flightforge.mpe.min_depth); a larger one pads it."""
+    from flightforge import mpe
+
+    assert arch_from_dict(tiny_dict).mpe.depth == mpe.min_depth(4) == 2 + 3 + 4 + 1
+    padded = arch_from_dict(_set(tiny_dict, "mpe.pipeline_depth", 13))
+    assert padded.mpe.depth == 13

@@ -82,7 +82,7 @@ def test_targets_lists_every_mapping_with_a_summary():
     result = invoke("targets")
     assert result.exit_code == 0
     for name in available_targets():
-        line = next(l for l in result.output.splitlines() if l.startswith(name + " "))
+        line = next(ln for ln in result.output.splitlines() if ln.startswith(name + " "))
         assert "MACs" in line and "MHz" in line and "GB/s" in line
     assert "3 cores x 4096 MACs @ 225 MHz, HBM 460 GB/s" in result.output
 
@@ -344,7 +344,7 @@ def test_run_generates_with_a_compiled_decoder(tmp_path):
         logits,
     )
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.output.splitlines() if l.startswith("generated: "))
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("generated: "))
     tokens = [int(t) for t in line.removeprefix("generated: ").split(",")]
     assert len(tokens) == 2 and all(0 <= t < 50 for t in tokens)
     assert np.load(logits).shape == (5, 50)
@@ -357,7 +357,7 @@ def test_demo_is_bit_exact_and_saves_what_run_needs(tmp_path):
     result = invoke("demo", "--target", "tiny", "--save", tmp_path)
     assert result.exit_code == 0, result.output
     for name in ("y_linear", "y_prefill", "y_decode"):
-        row = next(l for l in result.output.splitlines() if l.startswith(name))
+        row = next(ln for ln in result.output.splitlines() if ln.startswith(name))
         assert row.split()[1:3] == ["yes", "0"], row
     assert "all 3 outputs bit-exact on tiny" in result.output
     # The README's tour: the saved program and inputs run again through `run`.

@@ -7,9 +7,9 @@ import numpy as np
 import onnx_builders as ob
 import pytest
 from click.testing import CliRunner
-from test_onnx_import import ort_logits, session
 
 from flightforge.cli import main
+from flightforge.compiler.frontend.ort_reference import ort_logits, session
 from flightforge.compiler.graph import DecoderShape, random_decoder
 
 LLAMA = DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True)

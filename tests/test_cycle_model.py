@@ -4,7 +4,8 @@ The ``tiny`` target's constants, which the expected numbers below are computed f
 100 MHz; 2 channels of 32 MiB at 1.6 GB/s in all, so 8 bytes per cycle per channel
 (rate_q8 = 2048); 200 ns latency = 20 cycles; 8-byte bursts; a 2-cycle cross-channel
 penalty; buffer ports of 2 x 4 = 8 bytes per cycle (ACT, WGT) and 4 (GLB, META, SCALE);
-MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 8 x 1, MPE pipeline 4; SFU 4 lanes,
+MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 4 x 1, MPE depth 10 (flightforge.mpe.min_depth:
+2 frame cycles, 3 of systolic skew, 4 DSP48E2 stages, 1 lane read); SFU 4 lanes,
 pipeline 4.
 """
 
@@ -180,9 +181,10 @@ def test_interleaved_map_spreads_a_contiguous_load():
 def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
     int8 = duration(TINY, mv(64, 64))
     int4 = duration(TINY, mv(64, 64, wprec=WPrec.INT4))
-    # compute: ceil(64/4) * ceil(64/8) = 128 cycles; the 8 B/cycle WGT port needs 512
-    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the 4-cycle pipeline.
-    assert (int8, int4) == (512 + 4, 256 + 4)
+    # compute: ceil(64/4) * ceil(64/4) = 256 cycles; the 8 B/cycle WGT port needs 512
+    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the 10-cycle datapath
+    # (2 frame + 3 skew along 4 cascaded slices + 4 DSP48E2 stages + 1 lane read).
+    assert (int8, int4) == (512 + 10, 256 + 10)
 
 
 @pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
@@ -233,14 +235,14 @@ def test_ld_overlaps_an_independent_mv():
     r = run([ld(64), mv(64, 64), HALT])
     s, e = r.schedule.start, r.schedule.end
     assert (s[0], e[0]) == (0, 28)
-    assert (s[1], e[1]) == (1, 1 + 516)  # dispatched one cycle later, runs concurrently
-    assert r.cycles == 517 + 1  # HALT retires the cycle after the last completion
-    assert r.busy["LD"] == 28 and r.busy["MPE"] == 516
+    assert (s[1], e[1]) == (1, 1 + 522)  # dispatched one cycle later, runs concurrently
+    assert r.cycles == 523 + 1  # HALT retires the cycle after the last completion
+    assert r.busy["LD"] == 28 and r.busy["MPE"] == 522
 
 
 def test_missing_token_is_a_stall_in_the_breakdown():
     r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
-    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 516)
+    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 522)
     mpe = r.stalls["MPE"]
     assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
     ld_row = r.stalls["LD"]
@@ -263,9 +265,9 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     two = Timing(TINY, TimingParams(cores=2))
     i = mv(64, 64)
     assert two.matmul_compute(i) * 2 == one.matmul_compute(i)
-    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 4; then
+    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 10; then
     # the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
-    assert two.matmul(i) == 256 + 4 + 32 + 1
+    assert two.matmul(i) == 256 + 10 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4

@@ -37,7 +37,9 @@ def test_readme_gives_exactly_two_setup_commands():
     ]
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_after_the_linter():
+    """.ci/run runs the README's test command, step by step, with ruff's lint and format
+    check after the install and before the tests (set -e: a finding fails the run)."""
     ci = ROOT / ".ci" / "run"
     assert ci.stat().st_mode & stat.S_IXUSR, ".ci/run must be executable"
     lines = [ln.strip() for ln in ci.read_text().splitlines()]
@@ -45,6 +47,9 @@ def test_ci_runs_the_readme_test_command():
     # CI runs every test: the README's command with the slow ones, as the last line, so
     # that pytest's exit status (5 when no test ran) is the script's, unmasked.
     assert lines[-1] == _setup_commands()[1] + " --run-slow"
+    # ruff's lint and format check run before the tests (set -e: a finding fails the run)
+    for step in ("ruff check .", "ruff format --check ."):
+        assert step in lines[:-1], f".ci/run does not run {step!r} before the tests"
 
 
 def test_readme_shows_every_cli_command():

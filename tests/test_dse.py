@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flightforge import isa
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
 from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.dse.points import build_point, evaluate_point, grid, point_key
@@ -27,39 +28,6 @@ from flightforge.mappings import load_target
 from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.timing import Timing, TimingParams
-
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "vocab_size": 256,
-    "rope_theta": 10000.0,
-}
-
-
-@pytest.fixture
-def model(tmp_path) -> Path:
-    p = tmp_path / "tiny-llama.json"
-    p.write_text(json.dumps(TINY_LLAMA))
-    return p
-
-
-def spec_dict(model: Path, **over) -> dict:
-    d = {
-        "name": "t",
-        "model": str(model),
-        "target": "tiny",
-        "workload": {"prompt_len": 8, "decode_len": 8},
-        "quant": {"weight_bits": 4, "group": 32},
-        "timing": {"interleave_bytes": 64},
-        "parameters": {"clock_mhz": [100, 150, 200], "cores": [1, 2], "sparse_n": [0, 4]},
-        "search": {"batch": 1},
-    }
-    d.update(over)
-    return d
 
 
 def _compile(model: Path, arch):
@@ -85,7 +53,7 @@ def _variant(arch, **timing_only):
         groups_per_chain=2,
         mm={"n": 2, "k": 2, "m": d["mpe"]["mm"]["m"]},
         mv={"n": 4, "k": 4, "m": 1},
-        pipeline_depth=7,
+        pipeline_depth=9,  # a pad over the datapath's 8 cycles (flightforge.mpe.min_depth(2))
     )
     d["sfu"].update(lanes=2, pipeline_depth=3)
     d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)
@@ -96,12 +64,12 @@ def _variant(arch, **timing_only):
     return arch_from_dict(d)
 
 
-def test_stream_cache_key_is_exact(model):
+def test_stream_cache_key_is_exact(tiny_llama_json):
     """Every field outside stream_fields leaves the instruction streams unchanged."""
     arch = load_target("tiny")
-    a, b = _compile(model, arch), _compile(model, _variant(arch))
+    a, b = _compile(tiny_llama_json, arch), _compile(tiny_llama_json, _variant(arch))
     assert [s.name for s in a.sections] == [s.name for s in b.sections]
-    for sa, sb in zip(a.sections, b.sections):
+    for sa, sb in zip(a.sections, b.sections, strict=True):
         assert sa.instructions == sb.instructions, (
             f"section {sa.name} differs: update stream_fields"
         )
@@ -115,9 +83,9 @@ def test_stream_cache_key_is_exact(model):
         TimingParams(interleave_bytes=64, mem_efficiency_pct=70, cores=2),
     ],
 )
-def test_fast_timing_equals_cycle_model(model, params):
+def test_fast_timing_equals_cycle_model(tiny_llama_json, params):
     arch = load_target("tiny")
-    prog = _compile(model, arch)
+    prog = _compile(tiny_llama_json, arch)
     for sec in prog.sections:
         length = sec.len_hi
         s = prepare(prog, sec.name, length)
@@ -129,27 +97,29 @@ def test_fast_timing_equals_cycle_model(model, params):
         )
         st = time_stream(s, arch, params)
         assert st.cycles == ref.cycles
-        assert dict(zip(("LD", "ST", "MPE", "SFU"), st.busy)) == ref.busy
+        assert dict(zip((u.name for u in isa.Unit), st.busy, strict=True)) == ref.busy
 
 
-def test_dispatch_cycles_matches_run_dispatch_on_random_durations(model):
+def test_dispatch_cycles_matches_run_dispatch_on_random_durations(tiny_llama_json):
     arch = load_target("tiny")
-    prog = _compile(model, arch)
+    prog = _compile(tiny_llama_json, arch)
     s = prepare(prog, prog.sections[-1].name, prog.sections[-1].len_lo)
     rng = np.random.default_rng(0)
     for _ in range(5):
         dur = rng.integers(0, 50, size=len(s.instrs)).tolist()
-        ref = run_dispatch(s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _: dur[i])
+        ref = run_dispatch(
+            s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _, dur=dur: dur[i]
+        )
         assert (
             dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2)
             == ref.cycles
         )
 
 
-def test_infeasible_points_are_recorded_with_reasons(model, tmp_path):
+def test_infeasible_points_are_recorded_with_reasons(tiny_llama_json, dse_spec_dict, tmp_path):
     spec = spec_from_dict(
-        spec_dict(
-            model,
+        dse_spec_dict(
+            tiny_llama_json,
             target="kv260",
             parameters={
                 "sparse_m": [8],  # no N:M mode with M = 8: ConfigError
@@ -165,8 +135,8 @@ def test_infeasible_points_are_recorded_with_reasons(model, tmp_path):
     assert len(rows) == 4 and all(r["status"] == "infeasible" for r in rows)
     assert all("no N:M mode with M=8" in r["reason"] for r in rows)
     spec = spec_from_dict(
-        spec_dict(
-            model,
+        dse_spec_dict(
+            tiny_llama_json,
             target="kv260",
             parameters={"chains": [32, 4096], "buffers.act.size": [524288, 64]},
             workload={"prompt_len": 8, "decode_len": 8, "ttft": False},
@@ -205,8 +175,8 @@ def test_pareto_front_on_a_synthetic_objective():
     assert not pareto_mask(np.array([[np.nan, 0.0], [1.0, 1.0]]), ["min", "min"])[0]
 
 
-def test_grid_run_writes_outputs(model, tmp_path):
-    spec = spec_from_dict(spec_dict(model))
+def test_grid_run_writes_outputs(tiny_llama_json, dse_spec_dict, tmp_path):
+    spec = spec_from_dict(dse_spec_dict(tiny_llama_json))
     store = Store(tmp_path / "s.sqlite")
     stats = explore(spec, store, jobs=1, progress=False)
     assert stats == {"points": 12, "evaluated": 12, "resumed": 0}
@@ -225,12 +195,14 @@ def test_grid_run_writes_outputs(model, tmp_path):
     assert "Pareto front" in files["report_html"].read_text()
 
 
-def test_store_refuses_another_spec(model, tmp_path):
+def test_store_refuses_another_spec(tiny_llama_json, dse_spec_dict, tmp_path):
     from flightforge.dse.spec import SpecError
 
     store = Store(tmp_path / "s.sqlite")
-    store.bind(spec_from_dict(spec_dict(model)).fingerprint())
-    other = spec_from_dict(spec_dict(model, workload={"prompt_len": 9, "decode_len": 8}))
+    store.bind(spec_from_dict(dse_spec_dict(tiny_llama_json)).fingerprint())
+    other = spec_from_dict(
+        dse_spec_dict(tiny_llama_json, workload={"prompt_len": 9, "decode_len": 8})
+    )
     with pytest.raises(SpecError, match="another spec"):
         store.bind(other.fingerprint())
 
@@ -247,15 +219,17 @@ def _count(db: Path) -> int:
 
 
 @pytest.mark.parametrize("method", ["grid", "nsga2"])
-def test_killed_run_resumes_without_lost_or_duplicated_points(model, tmp_path, method):
+def test_killed_run_resumes_without_lost_or_duplicated_points(
+    tiny_llama_json, dse_spec_dict, tmp_path, method
+):
     params = {
         "clock_mhz": [100, 125, 150, 175, 200, 225],
         "cores": [1, 2, 3],
         "sparse_n": [0, 4],
         "wgt_kib": [16, 32, 64],
     }
-    spec = spec_dict(
-        model,
+    spec = dse_spec_dict(
+        tiny_llama_json,
         parameters=params,
         search={"method": method, "trials": 40, "population": 8, "batch": 1},
     )
@@ -313,7 +287,7 @@ def test_resources_and_power_reproduce_their_calibration():
     assert cal["power"]["reference"]["target_w"] == 45.0
 
 
-def test_build_point_rescales_the_mpe(model):
-    spec = spec_from_dict(spec_dict(model, target="u280"))
+def test_build_point_rescales_the_mpe(tiny_llama_json, dse_spec_dict):
+    spec = spec_from_dict(dse_spec_dict(tiny_llama_json, target="u280"))
     arch, *_ = build_point(spec, {"chains": 64, "groups_per_chain": 8})
     assert (arch.mpe.mm.m, arch.mpe.mm.k, arch.mpe.mv.n, arch.mpe.mv.k) == (64, 8, 32, 8)

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from flightforge.compiler.demo import build_demo
-from flightforge.compiler.graph import DecoderShape, random_decoder
-from flightforge.compiler.lower import kernels
+from flightforge.compiler.graph import FAMILIES, DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
-from flightforge.compiler.quant import qref
+from flightforge.compiler.quant.accuracy import reference_logits
 from flightforge.compiler.quant.quantize import quantize_act
 from flightforge.generate import forced_logits, generate
 from flightforge.mappings import load_target
@@ -19,17 +18,6 @@ from flightforge.program import ProgramError
 from flightforge.sim.functional import FunctionalSim
 
 TINY = load_target("tiny")
-FAMILIES = {
-    "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
-    "gpt2": (
-        DecoderShape(2, 96, 6, 6, 16, 200, 300, "gelu_tanh", False),
-        dict(norm="layer", bias=True, learned_positions=64),
-    ),
-    "opt": (
-        DecoderShape(2, 96, 6, 6, 16, 200, 300, "relu", False),
-        dict(norm="layer", bias=True, learned_positions=64),
-    ),
-}
 
 
 def test_demo_sections_are_bit_exact():
@@ -52,20 +40,6 @@ def test_demo_sections_are_bit_exact():
         assert np.array_equal(got, expect), name
 
 
-def reference_logits(c, prog, prompt, tokens, max_len):
-    qd = c.quantized
-    table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta or 1.0).astype(
-        np.int64
-    )
-    state = qref.IntState()
-    rows = [qref.run_decoder(qd, np.asarray(prompt), 0, state, table)]
-    pos = len(prompt)
-    for t in tokens[:-1]:
-        rows.append(qref.run_decoder(qd, np.asarray([t]), pos, state, table))
-        pos += 1
-    return (np.vstack(rows) * qd.scales["logits"]).astype(np.float32)
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_decoder_generation_is_bit_exact_with_the_integer_reference(family):
     shape, kw = FAMILIES[family]
@@ -74,7 +48,7 @@ def test_decoder_generation_is_bit_exact_with_the_integer_reference(family):
     c = compile_decoder(prog, TINY, CompileOptions(max_len=max_len))
     prompt = [int(t) for t in np.random.default_rng(5).integers(0, prog.vocab, size=9)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 8)
-    expect = reference_logits(c, prog, prompt, gen.tokens, max_len)
+    expect = reference_logits(c.quantized, prompt, gen.tokens, max_len)
     assert np.array_equal(gen.logits, expect)
     # Greedy tokens follow the logits (the last generated token has no logits row).
     assert gen.tokens[:-1] == [int(np.argmax(r)) for r in expect[len(prompt) - 1 : -1]]
@@ -90,7 +64,7 @@ def test_forced_logits_run_a_given_continuation_bit_exactly():
     got = forced_logits(c.program, FunctionalSim(TINY), ids, 5)
     assert got.shape == (12, prog.vocab)
     assert np.array_equal(
-        got.astype(np.float32), reference_logits(c, prog, ids[:5], ids[5:] + [0], 12)
+        got.astype(np.float32), reference_logits(c.quantized, ids[:5], ids[5:] + [0], 12)
     )
     with pytest.raises(
         ValueError,
@@ -115,7 +89,7 @@ def test_chunked_prefill_and_last_row_logits_are_bit_exact():
     assert chunk < 150  # the prompt really runs in several chunks
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, prog.vocab, size=150)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 2)
-    full = reference_logits(c, prog, prompt, gen.tokens, max_len)
+    full = reference_logits(c.quantized, prompt, gen.tokens, max_len)
     assert np.array_equal(gen.logits, full[len(prompt) - 1 :])
 
 
@@ -144,7 +118,7 @@ def test_sparse_int4_decoder_is_bit_exact(mode, prune):
     assert mode in {p["sparse"] for p in c.program.metadata["decoder"]["weight_plans"].values()}
     prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
-    assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 16))
+    assert np.array_equal(gen.logits, reference_logits(c.quantized, prompt, gen.tokens, 16))
 
 
 @pytest.mark.parametrize("bits", [2, 3])
@@ -170,4 +144,4 @@ def test_low_bit_weights_widened_on_load_are_bit_exact(bits):
     assert weights(c.program) * 8 < weights(dense) * (bits + 1)
     prompt = [int(t) for t in np.random.default_rng(2).integers(0, prog.vocab, size=7)]
     gen = generate(c.program, FunctionalSim(TINY), prompt, 4)
-    assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 16))
+    assert np.array_equal(gen.logits, reference_logits(c.quantized, prompt, gen.tokens, 16))

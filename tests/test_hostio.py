@@ -11,7 +11,6 @@ import pytest
 
 from flightforge import hostio
 from flightforge.compiler.demo import DEMO_SECTIONS, build_demo, run_demo
-from flightforge.mappings import load_target
 from flightforge.program import Program, Segment, TensorIO
 from flightforge.sim.device import RunResult
 
@@ -37,11 +36,6 @@ class MemoryDevice:
     def run(self, section: str) -> RunResult:
         self.ran.append(section)
         return RunResult(section, 0)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_target("tiny")
 
 
 def _program(tiny, dtype="int8", shape=(2, 3), scale=0.5, size=None):

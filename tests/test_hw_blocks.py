@@ -8,42 +8,63 @@ from amaranth.sim import Simulator
 from flightforge.hw.buffers import Buffer
 from flightforge.hw.bus import BufPortSignature
 from flightforge.hw.mpe import DspChain
+from flightforge.mpe import RUN
 
 
-@pytest.mark.parametrize("groups,window,seed", [(4, 16, 0), (2, 4, 1), (1, 2, 2)])
-def test_dsp_chain_segments_match_numpy(groups: int, window: int, seed: int) -> None:
+def chain_reference(act, wgt, idx, cut, groups: int) -> list[list[int]]:
+    """The lane sums a chain reads at its odd slices: per lane, the products since the
+    last cut (``cut`` bit ``g`` ends a segment after slice ``g``) or run start."""
+    want, run = [], [0, 0]
+    for g in range(groups):
+        if g and (cut >> (g - 1) & 1 or g % RUN == 0):
+            run = [0, 0]
+        run = [run[lane] + int(act[g][lane][idx[g]]) * int(wgt[g]) for lane in range(2)]
+        if g % 2:
+            want.append(list(run))
+    return want
+
+
+@pytest.mark.parametrize(
+    "groups,window,seed,extreme",
+    [(4, 16, 0, False), (2, 4, 1, False), (16, 16, 2, False), (16, 2, 3, True)],
+)
+def test_dsp_chain_lane_sums_match_numpy(groups: int, window: int, seed: int, extreme) -> None:
+    """Steps enter every cycle (the systolic pipeline full) and leave ``latency`` later;
+    ``extreme``: every operand -128 or 127, the lane fields' limits (WP487 packing)."""
     rng = np.random.default_rng(seed)
     dut = DspChain(groups, window)
-    macs = 2 * groups
+    lo, hi = (-128, 128) if not extreme else (-128, -127)
     cases = []
-    for _ in range(20):
-        act = rng.integers(-128, 128, size=(macs, window))
-        wgt = rng.integers(-128, 128, size=macs)
-        idx = rng.integers(0, window, size=macs)
-        cut = int(rng.integers(0, 1 << groups))
-        prods = act[np.arange(macs), idx] * wgt
-        want, run = [], 0
-        for g in range(groups):
-            run += prods[2 * g] + prods[2 * g + 1]
-            want.append(int(run))
-            if cut >> g & 1:
-                run = 0
-        cases.append((act, wgt, idx, cut, want))
+    for _ in range(24):
+        act = rng.integers(lo, hi, size=(groups, 2, window))
+        wgt = rng.integers(lo, hi, size=groups)
+        if extreme:
+            act = np.where(rng.integers(0, 4, size=act.shape) == 0, 127, act)
+            wgt = np.where(rng.integers(0, 4, size=wgt.shape) == 0, 127, wgt)
+        idx = rng.integers(0, window, size=groups)
+        cut = int(rng.integers(0, 1 << groups)) if not extreme else 0
+        cases.append((act, wgt, idx, cut, chain_reference(act, wgt, idx, cut, groups)))
 
     async def bench(ctx) -> None:
-        for act, wgt, idx, cut, want in cases:
-            ctx.set(dut.act, [[int(x) for x in row] for row in act])
-            ctx.set(dut.wgt, [int(x) for x in wgt])
-            ctx.set(dut.idx, [int(x) for x in idx])
-            ctx.set(dut.cut, cut)
-            ctx.set(dut.valid, 1)
+        got = []
+        for t in range(len(cases) + dut.latency):
+            if t < len(cases):
+                act, wgt, idx, cut, _ = cases[t]
+                ctx.set(dut.act, [[[int(x) for x in w] for w in lanes] for lanes in act])
+                ctx.set(dut.wgt, [int(x) for x in wgt])
+                ctx.set(dut.idx, [int(x) for x in idx])
+                ctx.set(dut.cut, cut)
+            ctx.set(dut.valid, t < len(cases))
+            if ctx.get(dut.out_valid):
+                got.append(
+                    [[ctx.get(dut.sums[h][lane]) for lane in range(2)] for h in range(groups // 2)]
+                )
             await ctx.tick()
-            ctx.set(dut.valid, 0)
-            assert not ctx.get(dut.out_valid)
-            await ctx.tick()
-            assert ctx.get(dut.out_valid)
-            got = [ctx.get(dut.sums[g]) for g in range(groups)]
-            assert got == want, f"cut={cut:b}: got {got}, want {want}"
+        assert len(got) == len(cases), f"{len(got)} outputs for {len(cases)} steps"
+        for t, sums in enumerate(got):
+            assert sums == cases[t][4], (
+                f"step {t} cut={cases[t][3]:b}: got {sums}, want {cases[t][4]}"
+            )
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -76,7 +97,7 @@ def test_buffer_ports_unaligned_match_bytes(
             # each cycle: ports on disjoint byte ranges, some writing, some reading
             starts = rng.permutation(size // max(widths))[: len(ports)] * max(widths)
             ops = []
-            for p, w, a in zip(ports, widths, starts):
+            for p, w, a in zip(ports, widths, starts, strict=True):
                 a = int(a + rng.integers(0, max(widths) - w + 1))
                 we, req = bool(rng.integers(2)), bool(rng.integers(4))
                 data = rng.integers(0, 256, w, dtype=np.uint8)
@@ -90,7 +111,7 @@ def test_buffer_ports_unaligned_match_bytes(
                 ops.append((p, w, a, req, we, data, strb if w > 1 else 1))
             want = [bytes(model[a : a + w]) for _, w, a, *_ in ops]
             await ctx.tick()
-            for (p, w, a, req, we, data, strb), before in zip(ops, want):
+            for (p, w, a, req, we, data, strb), before in zip(ops, want, strict=True):
                 if req and not we:
                     got = ctx.get(p.rdata).to_bytes(w, "little")
                     assert got == before, f"read {w} B at {a}: {got.hex()} != {before.hex()}"
@@ -108,7 +129,8 @@ def test_buffer_ports_unaligned_match_bytes(
 @pytest.mark.parametrize(
     "make,exc,message",
     [
-        (lambda: DspChain(0, 16), ValueError, "groups must be at least 1, not 0"),
+        (lambda: DspChain(0, 16), ValueError, "groups must be even and at least 2, not 0"),
+        (lambda: DspChain(3, 16), ValueError, "groups must be even and at least 2, not 3"),
         (lambda: DspChain(2.0, 16), TypeError, "groups must be an integer, not 2.0"),
         (
             lambda: DspChain(2, 12),

@@ -40,7 +40,7 @@ def _random_valid(rng: np.random.Generator, cls: type[isa.Instruction]) -> isa.I
             ins = cls(
                 **{
                     k: (spec.enum(v) if spec.enum and v in set(spec.enum) else v)
-                    for (k, spec), v in zip(cls.field_specs(), kw.values())
+                    for (k, spec), v in zip(cls.field_specs(), kw.values(), strict=True)
                 }
             )
             ins.check()

@@ -13,7 +13,6 @@ from amaranth.sim import Simulator
 
 from flightforge import isa
 from flightforge.hw.sfu.unit import SFU_BUFFERS, SpecialFunctionUnit
-from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.functional import FunctionalSim
 from flightforge.sim.timing import duration
@@ -82,11 +81,6 @@ def _instructions(seed: int, ops, count: int) -> list[isa.MISC]:
     return out
 
 
-@pytest.fixture(scope="module")
-def arch():
-    return load_target("tiny")
-
-
 def check_against_reference(
     arch, unit, ins: isa.MISC, act_bytes: np.ndarray, glb_bytes: np.ndarray
 ) -> int:
@@ -116,12 +110,12 @@ def check_against_reference(
         (h.RANDOM_MISC_OPS, 3),
     ],
 )
-def test_sfu_matches_functional_sim_and_timing(arch, ops, seed) -> None:
-    unit = SpecialFunctionUnit(arch)
+def test_sfu_matches_functional_sim_and_timing(tiny, ops, seed) -> None:
+    unit = SpecialFunctionUnit(tiny)
     rng = np.random.default_rng(seed + 100)
     for ins in _instructions(seed, ops, 8):
         check_against_reference(
-            arch,
+            tiny,
             unit,
             ins,
             rng.integers(0, 256, h.WINDOWS[isa.Buf.ACT]),
@@ -139,7 +133,7 @@ def test_sfu_matches_functional_sim_and_timing(arch, ops, seed) -> None:
         (isa.MiscOp.LAYERNORM, 3, 400),  # p > gap: nothing exposed but row 0's
     ],
 )
-def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
+def test_row_reductions_hide_their_per_row_wait(tiny, op, rows, cols) -> None:
     """Long rows: the per-row divide / square root overlaps the neighbouring rows'
     passes, the result stays bit-exact and the cycles are ``Timing.misc``'s."""
     from flightforge import sfu_row_ops as sfu
@@ -159,8 +153,8 @@ def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
         eps=int(rng.integers(0, 1 << 16)) if op != isa.MiscOp.SOFTMAX else 0,
     )
     cycles = check_against_reference(
-        arch,
-        SpecialFunctionUnit(arch),
+        tiny,
+        SpecialFunctionUnit(tiny),
         ins,
         rng.integers(0, 256, rows * cols),
         rng.integers(0, 256, 4 * cols),
@@ -169,7 +163,7 @@ def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
         isa.MiscOp.SOFTMAX: 3 * rows,
         isa.MiscOp.RMSNORM: 2 * rows,
         isa.MiscOp.LAYERNORM: 2 * rows,
-    }[op] * -(-cols // arch.sfu.lanes)
+    }[op] * -(-cols // tiny.sfu.lanes)
     gap = (
         sfu.SOFTMAX_ROW_GAP
         if op == isa.MiscOp.SOFTMAX
@@ -179,4 +173,4 @@ def test_row_reductions_hide_their_per_row_wait(arch, op, rows, cols) -> None:
         f"{op.name} {rows}x{cols}: {cycles} cycles, passes {unhidden}, "
         f"serial waits would add {rows * gap}"
     )
-    assert cycles < unhidden + rows * gap + arch.sfu.pipeline_depth
+    assert cycles < unhidden + rows * gap + tiny.sfu.pipeline_depth

@@ -8,6 +8,7 @@ valid; ``assume`` only guards the rare combination they do not construct.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import pytest
@@ -254,7 +255,7 @@ def _example(cls):
 def test_layout_is_contiguous_and_fits(cls):
     rows = isa.layout(cls)
     assert rows[0][:3] == ("opcode", 0, OPCODE_BITS)
-    for (_, lsb, width, _), (_, nxt, _, _) in zip(rows, rows[1:]):
+    for (_, lsb, width, _), (_, nxt, _, _) in itertools.pairwise(rows):
         assert lsb + width == nxt
     assert rows[-1][1] + rows[-1][2] <= INSTR_BITS
     assert [r[0] for r in rows[1:]] == [f.name for f in dataclasses.fields(cls)]

@@ -141,3 +141,31 @@ def test_the_cli_reaches_the_upper_layers_only_lazily():
             eager += [a.name for a in node.names]
     assert [m for m in eager if any(m == u or m.startswith(u + ".") for u in UPPER)] == []
     assert any(m.startswith("flightforge.compiler") for m in names)  # the scan sees lazy ones
+
+
+def test_nothing_imports_from_benchmarks_or_test_modules():
+    """Code that tests and benchmarks share lives in the package (or, for the trainer's
+    helpers, in examples/): the package, benchmarks and examples import nothing from
+    tests/, nothing imports benchmarks/, and no test module imports another. Only
+    tests/ itself may use its support module (onnx_builders.py)."""
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    bench_modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    bad = []
+    for folder in ("flightforge", "compiler", "sim", "hw", "dse", "mappings", "tests"):
+        for path in files(folder):
+            for line, mod in imports(path):
+                top = mod.split(".")[0]
+                in_tests = folder == "tests"
+                if (
+                    top in bench_modules
+                    or (top in test_modules and (not in_tests or top.startswith("test_")))
+                    or top in ("tests", "benchmarks")
+                ):
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+    for folder in ("benchmarks", "examples"):
+        for path in files(folder):
+            for line, mod in imports(path):
+                top = mod.split(".")[0]
+                if top in test_modules or top in bench_modules:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+    assert bad == []

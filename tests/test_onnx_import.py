@@ -2,11 +2,12 @@
 
 Per style: the recovered DecoderProgram reproduces onnxruntime's float logits; compiled
 for ``tiny``, the integer reference tracks onnxruntime over a prefill and 16 decode steps
-(tests/accuracy.py). Bad input gives errors naming the node, op, layer or file. Real
+(compiler/quant/accuracy.py). Bad input gives errors naming the node, op, layer or file. Real
 torch.onnx exports of Hugging Face models run when torch and transformers are installed
 (marked slow).
 
-Accuracy figures: ``python -m pytest --run-slow tests/test_onnx_import.py -q -s -k "accuracy or acceptance or torch"``
+Accuracy figures:
+``python -m pytest --run-slow tests/test_onnx_import.py -q -s -k "accuracy or acceptance or torch"``
 prints, per style, the minimum and mean cosine and the top-1 agreement.
 """
 
@@ -14,16 +15,15 @@ from __future__ import annotations
 
 import math
 
-import accuracy as acc
 import numpy as np
 import onnx
 import onnx_builders as ob
-import onnxruntime as ort
 import pytest
 from onnx import helper
 
 from flightforge.compiler.frontend.onnx_graph import FrontendError
 from flightforge.compiler.frontend.onnx_import import import_onnx, load_onnx
+from flightforge.compiler.frontend.ort_reference import ort_logits, session
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.interpret import FloatState, run_float
 from flightforge.compiler.pipeline import (
@@ -32,6 +32,7 @@ from flightforge.compiler.pipeline import (
     compile_decoder,
     compile_onnx,
 )
+from flightforge.compiler.quant import accuracy as acc
 from flightforge.compiler.quant.calibrate import calibrate
 from flightforge.compiler.quant.qdecoder import QuantOptions, quantize_decoder
 from flightforge.mappings import load_target
@@ -51,25 +52,6 @@ STYLES = {
     "genai-packed": (LLAMA, {}, lambda p, f: ob.genai(p, 6, f, packed=True)),
     "msrope-qdq": (LLAMA, {}, lambda p, f: ob.msrope(p, 6, f)),
 }
-
-
-def session(path) -> ort.InferenceSession:
-    """onnxruntime without graph optimisations: its QDQ fusions quantise activations."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_logits(sess: ort.InferenceSession, ids: np.ndarray, kv: int, d: int) -> np.ndarray:
-    feeds = {}
-    for i in sess.get_inputs():
-        if i.name == "input_ids":
-            feeds[i.name] = ids[None].astype(np.int64)
-        elif i.name == "attention_mask":
-            feeds[i.name] = np.ones((1, len(ids)), np.int64)
-        elif i.name.startswith("past"):
-            feeds[i.name] = np.zeros((1, kv, 0, d), np.float32)
-    return sess.run([sess.get_outputs()[0].name], feeds)[0][0].astype(np.float64)
 
 
 @pytest.fixture(scope="module", params=sorted(STYLES))
@@ -148,7 +130,8 @@ def test_acceptance_criterion_against_onnxruntime(exported, request):
             pytest.mark.xfail(
                 strict=True,
                 reason=(
-                    "random Llama-style graphs amplify INT8 activation noise through nearly one-hot "
+                    "random Llama-style graphs amplify INT8 activation noise through nearly "
+                    "one-hot "
                     "attention beyond the criterion with INT8 activations; 16-bit ones meet it "
                     "(test_acceptance_criterion_with_16_bit_activations, docs/frontend.md)"
                 ),
@@ -221,7 +204,8 @@ def llama_model(tmp_path):
 def _insert_after(
     model: onnx.ModelProto, op_type: str, index: int, new: list[onnx.NodeProto], out: str
 ) -> None:
-    """Insert ``new`` after the ``index``-th node of ``op_type``, rewiring its readers to ``out``."""
+    """Insert ``new`` after the ``index``-th node of ``op_type``, rewiring its readers to
+    ``out``."""
     nodes = list(model.graph.node)
     target = [n for n in nodes if n.op_type == op_type][index]
     src = target.output[0]

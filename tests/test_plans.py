@@ -68,7 +68,7 @@ def test_a_pattern_matching_nothing_is_an_error_and_the_shipped_plan_loads():
 
 
 def test_a_mixed_plan_compiles_and_runs_bit_exactly_with_its_layers_as_planned():
-    from test_end_to_end import reference_logits
+    from flightforge.compiler.quant.accuracy import reference_logits
 
     prog = random_decoder(DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True))
     c = compile_decoder(
@@ -81,4 +81,4 @@ def test_a_mixed_plan_compiles_and_runs_bit_exactly_with_its_layers_as_planned()
     assert plans["l1.down"]["bits"] == 3 and plans["l1.up"]["bits"] == 4
     prompt = [3, 1, 4, 1, 5, 9, 2]
     gen = generate(c.program, FunctionalSim(load_target("tiny")), prompt, 4)
-    assert np.array_equal(gen.logits, reference_logits(c, prog, prompt, gen.tokens, 16))
+    assert np.array_equal(gen.logits, reference_logits(c.quantized, prompt, gen.tokens, 16))

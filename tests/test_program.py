@@ -11,11 +11,6 @@ from flightforge.program import _HEADER, Program, ProgramError, Section, Segment
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_target("tiny")
-
-
-@pytest.fixture(scope="module")
 def program(tiny):
     return build_demo(tiny).program
 

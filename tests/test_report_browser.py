@@ -6,12 +6,10 @@ every table must render rows; a full-page screenshot is kept as a test artefact 
 ``out/test-artefacts/dse-report.png``.
 """
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-from test_dse import TINY_LLAMA, spec_dict
 
 from flightforge.dse.report import write_outputs
 from flightforge.dse.search import explore
@@ -37,10 +35,9 @@ def _browser(monkeypatch):
 
 
 @pytest.fixture
-def report(tmp_path) -> Path:
-    model = tmp_path / "tiny-llama.json"
-    model.write_text(json.dumps(TINY_LLAMA))
-    spec = spec_from_dict(spec_dict(model, parameters={"clock_mhz": [100, 200], "cores": [1, 2]}))
+def report(tmp_path, tiny_llama_json, dse_spec_dict) -> Path:
+    params = {"clock_mhz": [100, 200], "cores": [1, 2]}
+    spec = spec_from_dict(dse_spec_dict(tiny_llama_json, parameters=params))
     store = Store(tmp_path / "points.sqlite")
     explore(spec, store, jobs=1, progress=False)
     return write_outputs(spec, store.rows(), tmp_path / "out")["report_html"]

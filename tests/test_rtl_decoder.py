@@ -18,7 +18,6 @@ from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.compiler.quant.plans import parse_plan
 from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.generate import decode_run, generate
-from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.cycle_model import CycleModel
 from flightforge.sim.functional import FunctionalSim
@@ -27,13 +26,6 @@ pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
 PROMPT = [3, 17, 42]
 NEW_TOKENS = 2
-
-
-@pytest.fixture(scope="module")
-def arch():
-    if reason := h.unavailable():
-        pytest.skip(reason)
-    return load_target("tiny")
 
 
 class Recorder:
@@ -66,7 +58,7 @@ MIXED_2_3_BIT = {
 
 
 @pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit", "act16"])
-def decoder(arch, request):
+def decoder(rtl_tiny, request):
     shape = DecoderShape(
         layers=1,
         hidden=32,
@@ -85,7 +77,7 @@ def decoder(arch, request):
         buckets, quant = "per-length", QuantOptions(act_bits=16)
     program = compile_decoder(
         random_decoder(shape, seed=1),
-        arch,
+        rtl_tiny,
         CompileOptions(max_len=len(PROMPT) + NEW_TOKENS, buckets=buckets, quant=quant),
     ).program
     if request.param == "mixed-2/3-bit":
@@ -102,10 +94,10 @@ def decoder(arch, request):
             for s in program.sections
             for i in s.instructions
         ), "no 16-bit split"
-    rtl, ref = Recorder(h.RtlDevice(arch)), FunctionalSim(arch)
+    rtl, ref = Recorder(h.RtlDevice(rtl_tiny)), FunctionalSim(rtl_tiny)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
-    model = Recorder(CycleModel(arch))
+    model = Recorder(CycleModel(rtl_tiny))
     generate(program, model, PROMPT, NEW_TOKENS)  # timing does not depend on the data
     return program, rtl, ref, got, want, model
 
@@ -129,7 +121,7 @@ def test_decoder_layer_cycles_match_cycle_model(decoder) -> None:
     _, rtl, _, _, _, model = decoder
     assert [r.section for r in rtl.runs] == [r.section for r in model.runs]
     lines, bad = [], []
-    for a, b in zip(rtl.runs, model.runs):
+    for a, b in zip(rtl.runs, model.runs, strict=True):
         err = a.cycles / b.cycles - 1
         lines.append(f"decoder.{a.section}: rtl {a.cycles} model {b.cycles} error {err:+.2%}")
         if a.cycles != b.cycles:

@@ -7,7 +7,6 @@ import pytest
 
 from flightforge import hostio
 from flightforge.compiler.demo import build_demo, run_demo
-from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.functional import FunctionalSim
 
@@ -15,20 +14,13 @@ pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def arch():
-    if reason := h.unavailable():
-        pytest.skip(reason)
-    return load_target("tiny")
+def demo(rtl_tiny):
+    build = build_demo(rtl_tiny)
+    rtl, ref = h.RtlDevice(rtl_tiny), FunctionalSim(rtl_tiny)
+    return build, rtl, ref, run_demo(rtl_tiny, rtl, build), run_demo(rtl_tiny, ref, build)
 
 
-@pytest.fixture(scope="module")
-def demo(arch):
-    build = build_demo(arch)
-    rtl, ref = h.RtlDevice(arch), FunctionalSim(arch)
-    return build, rtl, ref, run_demo(arch, rtl, build), run_demo(arch, ref, build)
-
-
-def test_demo_on_rtl_equals_functional_sim(arch, demo) -> None:
+def test_demo_on_rtl_equals_functional_sim(rtl_tiny, demo) -> None:
     build, rtl, ref, report, ref_report = demo
     assert ref_report.bit_exact
     for a in report.outputs:
@@ -42,7 +34,7 @@ def test_demo_on_rtl_equals_functional_sim(arch, demo) -> None:
     assert all(r.cycles and r.cycles > 0 for r in report.runs)
 
 
-def test_demo_cycles_match_cycle_model(arch, demo) -> None:
+def test_demo_cycles_match_cycle_model(rtl_tiny, demo) -> None:
     """Every demo section (linear, attention prefill and decode): RTL cycles equal the
     cycle model's."""
     from flightforge.sim.dispatch import run_dispatch
@@ -54,9 +46,9 @@ def test_demo_cycles_match_cycle_model(arch, demo) -> None:
         instrs = build.program.section(r.section).instructions
         model = run_dispatch(
             instrs,
-            token_depth=arch.token_depth,
-            queue_depth=arch.queue_depth,
-            duration=lambda i, ins: duration(arch, ins),
+            token_depth=rtl_tiny.token_depth,
+            queue_depth=rtl_tiny.queue_depth,
+            duration=lambda i, ins: duration(rtl_tiny, ins),
         ).cycles
         lines.append(
             f"demo.{r.section}: rtl {r.cycles} model {model} error {r.cycles / model - 1:+.2%}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from flightforge import isa
-from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.device import DeviceError
 
@@ -20,13 +19,6 @@ def test_build_tag_covers_every_source_and_parameter() -> None:
     for name in tb:
         assert h.build_tag("module m; endmodule", {**tb, name: tb[name] + b"\n"}, params) != base
     assert h.build_tag("module m; endmodule", tb, {"BEAT_BYTES": 16}) != base
-
-
-@pytest.fixture(scope="module")
-def arch():
-    if reason := h.unavailable():
-        pytest.skip(reason)
-    return load_target("tiny")
 
 
 def _transfer(kind: type, cap: int) -> bytes:
@@ -60,24 +52,24 @@ def _transfer(kind: type, cap: int) -> bytes:
         ),
     ],
 )
-def test_transfer_outside_memory_is_an_error(arch, kind, message) -> None:
+def test_transfer_outside_memory_is_an_error(rtl_tiny, kind, message) -> None:
     with pytest.raises(DeviceError, match=message):
-        h.run_steps(arch, [("run", "oob", _transfer(kind, arch.hbm.capacity))])
+        h.run_steps(rtl_tiny, [("run", "oob", _transfer(kind, rtl_tiny.hbm.capacity))])
 
 
 @pytest.mark.rtl
-def test_host_write_outside_memory_is_an_error(arch) -> None:
-    cap = arch.hbm.capacity
+def test_host_write_outside_memory_is_an_error(rtl_tiny) -> None:
+    cap = rtl_tiny.hbm.capacity
     with pytest.raises(
         DeviceError,
         match=rf"^write: bytes {cap - 4}\.\.{cap + 3} are outside "
         rf"external memory \(0\.\.{cap - 1}\)$",
     ):
-        h.run_steps(arch, [("write", cap - 4, bytes(8))])
+        h.run_steps(rtl_tiny, [("write", cap - 4, bytes(8))])
 
 
 @pytest.mark.rtl
-def test_cycle_limit_stops_the_section(arch) -> None:
+def test_cycle_limit_stops_the_section(rtl_tiny) -> None:
     code = isa.encode(
         [
             isa.LD(
@@ -86,12 +78,12 @@ def test_cycle_limit_stops_the_section(arch) -> None:
             isa.SYS(op=isa.SysOp.HALT),
         ]
     )
-    results = h.run_steps(arch, [("run", "slow", code), ("run", "never", code)], max_cycles=10)
+    results = h.run_steps(rtl_tiny, [("run", "slow", code), ("run", "never", code)], max_cycles=10)
     assert [(r["section"], r["timeout"], r["cycles"]) for r in results] == [("slow", True, 10)]
 
 
 @pytest.mark.rtl
-def test_run_step_sets_the_length_register(arch) -> None:
+def test_run_step_sets_the_length_register(rtl_tiny) -> None:
     """``("run", name, code, d)`` holds ``run_d`` at ``d``: a LD with ``dyn_step`` reads
     ``d`` steps further on, as ``isa.resolve`` says."""
     data = bytes(range(256))
@@ -108,7 +100,7 @@ def test_run_step_sets_the_length_register(arch) -> None:
     code = isa.encode([ld, isa.SYS(op=isa.SysOp.HALT)])
     dump = ("dump", [(isa.Buf.ACT, 0, 16)], [])
     results = h.run_steps(
-        arch, [("write", 0, data), ("run", "d0", code), dump, ("run", "d3", code, 3), dump]
+        rtl_tiny, [("write", 0, data), ("run", "d0", code), dump, ("run", "d3", code, 3), dump]
     )
     assert results[2]["buffers"][(isa.Buf.ACT, 0)] == data[16:32]
     assert results[4]["buffers"][(isa.Buf.ACT, 0)] == data[112:128]

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from flightforge import isa
-from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.device import DeviceError
 from flightforge.sim.dispatch import run_dispatch
@@ -30,13 +29,6 @@ SECTIONS = 56
 MPE_SECTIONS = 24  #: LD/ST/MM/MV sections (no MISC)
 LDST_SECTIONS = 24
 SEED = 2024
-
-
-@pytest.fixture(scope="module")
-def arch():
-    if reason := h.unavailable():
-        pytest.skip(reason)
-    return load_target("tiny")
 
 
 def _coverage(sections) -> Counter:
@@ -91,21 +83,21 @@ def ldst_section(arch, rng: np.random.Generator, length: int = 8) -> list[isa.In
 
 
 @pytest.fixture(scope="module")
-def replay(arch):
+def replay(rtl_tiny):
     """Build the mixed and LD/ST-only sections, run them on the functional simulator and
     the cycle model, then all in one RTL simulation."""
     rng = np.random.default_rng(SEED)
     data = rng.integers(0, 256, h.EXT_DATA[1], dtype=np.uint8).tobytes()
-    ref = FunctionalSim(arch)
+    ref = FunctionalSim(rtl_tiny)
     ref.write(h.EXT_DATA[0], data)
     steps, sections, expected = [("write", h.EXT_DATA[0], data)], [], []
     while len(sections) < SECTIONS + MPE_SECTIONS + LDST_SECTIONS:
         if len(sections) < SECTIONS:
-            sec = h.random_section(arch, rng, length=10)
+            sec = h.random_section(rtl_tiny, rng, length=10)
         elif len(sections) < SECTIONS + MPE_SECTIONS:
-            sec = h.random_section(arch, rng, length=10, misc_ops=())
+            sec = h.random_section(rtl_tiny, rng, length=10, misc_ops=())
         else:
-            sec = ldst_section(arch, rng)
+            sec = ldst_section(rtl_tiny, rng)
         before = ({b: ref.buffer(b).copy() for b in isa.Buf}, dict(ref.ext._pages))
         try:
             ref.execute(sec, name=f"random{len(sections)}")
@@ -117,14 +109,14 @@ def replay(arch):
         expected.append(
             ({b: ref.buffer(b)[:n].tobytes() for b, n in h.WINDOWS.items()}, ref.read(*h.EXT_OUT))
         )
-    results = h.run_steps(arch, steps, max_cycles=300_000)
+    results = h.run_steps(rtl_tiny, steps, max_cycles=300_000)
     runs = [r for r in results if r and "section" in r]
     dumps = [r for r in results if r and "buffers" in r]
-    model = [model_cycles(arch, sec) for sec in sections]
+    model = [model_cycles(rtl_tiny, sec) for sec in sections]
     return sections, expected, runs, dumps, model
 
 
-def test_random_streams_match_functional_sim(arch, replay) -> None:
+def test_random_streams_match_functional_sim(rtl_tiny, replay) -> None:
     sections, expected, runs, dumps, _ = replay
     seen = _coverage(sections)
     for feature in (
@@ -153,10 +145,10 @@ def test_random_streams_match_functional_sim(arch, replay) -> None:
     ):
         assert seen[feature], f"the random streams never exercise {feature}: {dict(seen)}"
     assert len(runs) == len(sections), f"replay stopped after {runs[-1]}"
-    for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected)):
+    for i, (run, dump, (bufs, ext)) in enumerate(zip(runs, dumps, expected, strict=True)):
         h.check_run(run, run["section"])
         listing = "\n".join(f"  {j}: {ins}" for j, ins in enumerate(sections[i]))
-        for b, n in h.WINDOWS.items():
+        for b in h.WINDOWS:
             got = np.frombuffer(dump["buffers"][(b, 0)], np.uint8)
             want = np.frombuffer(bufs[b], np.uint8)
             bad = np.nonzero(got != want)[0]
@@ -193,7 +185,7 @@ def test_ldst_streams_cycle_exact(replay) -> None:
     ), "no NOP in the LD/ST streams"
     bad = [
         line
-        for i, line in zip(idx, _report(sections, runs, model, idx))
+        for i, line in zip(idx, _report(sections, runs, model, idx), strict=True)
         if runs[i]["cycles"] != model[i]
     ]
     print("\n".join(_report(sections, runs, model, idx)))
@@ -214,5 +206,5 @@ def test_mixed_streams_cycle_exact(replay) -> None:
     )
     lines = _report(sections, runs, model, idx)
     print("\n".join(lines))
-    bad = [line for i, line in zip(idx, lines) if runs[i]["cycles"] != model[i]]
+    bad = [line for i, line in zip(idx, lines, strict=True) if runs[i]["cycles"] != model[i]]
     assert not bad, "RTL and cycle model differ:\n" + "\n".join(bad)

@@ -302,8 +302,11 @@ def test_add_mul_requant():
         shift=15,
     )
     assert got.tolist() == [
-        [clamp(rnd(int(x) * 40000 + int(y) * 9000, 15), isa.DType.INT16) for x, y in zip(ra, rb)]
-        for ra, rb in zip(a, b)
+        [
+            clamp(rnd(int(x) * 40000 + int(y) * 9000, 15), isa.DType.INT16)
+            for x, y in zip(ra, rb, strict=True)
+        ]
+        for ra, rb in zip(a, b, strict=True)
     ]
     a8 = rng.integers(-128, 128, size=(3, 9))
     got = misc(
@@ -318,8 +321,11 @@ def test_add_mul_requant():
         shift=20,
     )
     assert got.tolist() == [
-        [clamp(rnd(int(x) * int(y) * 30000, 20), isa.DType.INT8) for x, y in zip(ra, rb)]
-        for ra, rb in zip(a8, b)
+        [
+            clamp(rnd(int(x) * int(y) * 30000, 20), isa.DType.INT8)
+            for x, y in zip(ra, rb, strict=True)
+        ]
+        for ra, rb in zip(a8, b, strict=True)
     ]
     a32 = rng.integers(-(1 << 31), 1 << 31, size=(2, 5))
     got = misc(sim, a32, isa.DType.INT32, isa.DType.INT8, op=isa.MiscOp.REQUANT, m0=123, shift=30)
@@ -343,9 +349,9 @@ def reference_softmax(x, m0, shift, pos, length, causal, bits):
     out = []
     for r, row in enumerate(x):
         valid = [j < (length or len(row)) and (not causal or j <= pos + r) for j in range(len(row))]
-        mx = max(int(v) for v, ok in zip(row, valid) if ok)
+        mx = max(int(v) for v, ok in zip(row, valid, strict=True) if ok)
         e = []
-        for v, ok in zip(row, valid):
+        for v, ok in zip(row, valid, strict=True):
             t = rnd((mx - int(v)) * m0, shift)
             e.append(exp2[t % 256] >> min(t // 256, 16) if ok else 0)
         recip = (1 << 38) // sum(e)
@@ -386,7 +392,7 @@ def reference_norm(x, gamma, beta, eps, shift, odt, layer):
         t = [rnd(v * inv, 16) for v in row]
         y = [
             rnd(tv * int(g), shift) + (int(beta[j]) if layer else 0)
-            for j, (tv, g) in enumerate(zip(t, gamma))
+            for j, (tv, g) in enumerate(zip(t, gamma, strict=True))
         ]
         out.append([clamp(v, odt) for v in y])
     return out
@@ -519,7 +525,9 @@ def test_a_full_token_counter_blocks_dispatch_for_good():
     with pytest.raises(DeviceError, match=f"room to release to SFU \\({depth} tokens"):
         FunctionalSim(ARCH).execute([*lds, *consumers, HALT])
     # Interleaved, the same tokens never exceed the depth.
-    FunctionalSim(ARCH).execute([x for pair in zip(lds, consumers) for x in pair] + [HALT])
+    FunctionalSim(ARCH).execute(
+        [x for pair in zip(lds, consumers, strict=True) for x in pair] + [HALT]
+    )
 
 
 def test_tokens_left_at_halt_are_an_error():

@@ -26,14 +26,14 @@ from __future__ import annotations
 import contextlib
 import io
 
-import accuracy as acc
 import numpy as np
 import pytest
-from test_onnx_import import ort_logits, session
 from trained_models import FIXTURES, Language, lossy_layers, off_grid_layers, plan, train_tiny
 
 from flightforge.compiler.frontend.onnx_import import import_onnx
+from flightforge.compiler.frontend.ort_reference import ort_logits, session
 from flightforge.compiler.pipeline import CompileOptions, compile_onnx
+from flightforge.compiler.quant import accuracy as acc
 from flightforge.compiler.quant.plans import parse_plan
 from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.isa import WPrec

@@ -297,7 +297,7 @@ def probe_values(g: OnnxGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
             f"{g.path}: onnxruntime cannot run the model on a probe prompt of "
             f"{len(next(iter(feeds.values()))[0])} tokens: {e}"
         ) from None
-    out = dict(zip(names, vals))
+    out = dict(zip(names, vals, strict=True))
     out.update(feeds)
     out.update(g.initializers)
     for node in g.nodes.values():

@@ -288,7 +288,8 @@ def assemble(
             )
         att = w.take(atts[0])
         (q, rq), (k, rk), (v, rv) = (
-            w.projection(t, ln.out, n) for t, n in zip(att.ins, ("query", "key", "value"))
+            w.projection(t, ln.out, n)
+            for t, n in zip(att.ins, ("query", "key", "value"), strict=True)
         )
         if rv is not None or (rq is None) != (rk is None):
             raise w.fail("RoPE must rotate the query and the key and nothing else", att)

@@ -527,7 +527,7 @@ class Interpreter:
                         tags[k] = self.view(k)
                 outs, role = handler(self, node, tags), "decoder"
             self.roles[node.name] = role
-            for name, tag in zip(node.outputs, outs):
+            for name, tag in zip(node.outputs, outs, strict=True):
                 if name:
                     self.tags[name] = tag
 
@@ -746,7 +746,7 @@ def Split(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
 @handles("Slice")
 def Slice(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     tag = tags[0]
-    data, out = ip.val(node.inputs[0]), ip.val(node.outputs[0])
+    data = ip.val(node.inputs[0])
     if isinstance(tag, Lin):
         starts, ends = ip.val(node.inputs[1]), ip.val(node.inputs[2])
         axes = ip.val(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else [0]
@@ -777,7 +777,7 @@ def _rope_part(ip: Interpreter, node: OnnxNode, i: int, tables: tuple) -> RopePa
 def Concat(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     stream = [(k, t) for k, t in enumerate(tags) if not isinstance(t, STATIC)]
     static_empty = all(
-        ip.val(n).size == 0 for n, t in zip(node.inputs, tags) if isinstance(t, STATIC)
+        ip.val(n).size == 0 for n, t in zip(node.inputs, tags, strict=True) if isinstance(t, STATIC)
     )
     if len(stream) == 1 and static_empty:  # past key/value (empty in the probe) + new rows
         k, t = stream[0]
@@ -1006,7 +1006,7 @@ def _norm_rule(ip, op, a, b, na, nb, ca, cb, nodes) -> Tag | None:
                 return Normed(nodes, base.t, "layer", s.eps)
             if isinstance(base, Tensor) and isinstance(x, View) and x.t is base and x.factor == 1.0:
                 return Normed(nodes, base, "rms", s.eps)
-    for n, o, name, c in ((a, b, nb, cb), (b, a, na, ca)):
+    for n, o, name in ((a, b, nb), (b, a, na)):
         if isinstance(n, Normed) and isinstance(o, Const):
             v = np.asarray(ip.val(name), np.float64).reshape(-1)
             if v.size not in (1, n.t.features):

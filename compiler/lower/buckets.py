@@ -153,7 +153,7 @@ class BucketPlan:
             if max_len > chunk:
                 parts.append(("chunk start", self.chunk_starts, 0, max_len - chunk, 1))
         parts.append(("prefill", self.prefill, 1, top, 1))
-        for stage, buckets, first, last, step in parts:
+        for stage, buckets, first, last, _step in parts:
             expect = first
             for lo, hi in buckets:
                 if lo != expect or hi < lo:

@@ -38,7 +38,7 @@ from flightforge.program import Program
 
 from ..errors import CompileError
 from ..graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from ..quant.fixed_point import NEG_TABLE
+from ..quant.fixed_point import NEG_TABLE, rope_table_bytes
 from ..quant.qdecoder import QuantDecoder
 from . import kernels
 from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
@@ -90,7 +90,7 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
             )
     rope = 0
     if prog.rope_theta is not None:
-        table = kernels.rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
+        table = rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
         rope = b.place("rope_table", "const", table.nbytes, table if with_data else None)
     if prog.n_positions:
         b.place(
@@ -107,8 +107,8 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
     )
     cache = prog.kv_heads * max_len * prog.head_dim
     planes = 2 if any(isinstance(op, Attention) and op.k in qd.split for op in prog.ops) else 1
-    k_cache = {l: b.place(f"layer{l}.k_cache", "kv", planes * cache) for l in range(prog.layers)}
-    v_cache = {l: b.place(f"layer{l}.v_cache", "kv", planes * cache) for l in range(prog.layers)}
+    k_cache = {i: b.place(f"layer{i}.k_cache", "kv", planes * cache) for i in range(prog.layers)}
+    v_cache = {i: b.place(f"layer{i}.v_cache", "kv", planes * cache) for i in range(prog.layers)}
     inp = b.place("input", "input", max_len * prog.hidden * 2)
     logits = b.place("logits", "output", max_len * prog.vocab * 2)
     neg = (

@@ -557,12 +557,6 @@ def attention16(
     b.free(*caches)
 
 
-def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:
-    """The RoPE constant segment: per position, cos INT16[d/2] then sin INT16[d/2]."""
-    cos, sin = numerics.rope_tables(positions, head_dim, theta)
-    return np.concatenate([cos, sin], axis=1).astype("<i2")
-
-
 @dataclass(frozen=True)
 class PlacedParams:
     """An SFU parameter block (norm gains/biases, activation table) in external memory."""

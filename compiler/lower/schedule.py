@@ -200,7 +200,8 @@ def unordered_hazards(instrs: list[isa.Instruction], d_max: int = 0) -> list[tup
             if ins.release >> other & 1:
                 releases.setdefault((u, other), []).append(idx)
     for pair, rel in releases.items():
-        for r, w in zip(rel, waits.get(pair, [])):
+        # a release with no later wait (or a wait with no release) pairs with nothing
+        for r, w in zip(rel, waits.get(pair, []), strict=False):
             graph.add_edge(r, w)
     prints = [
         (idx, ins.UNIT, *footprint(ins, d_max))

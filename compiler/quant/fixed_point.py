@@ -93,3 +93,9 @@ def add_params(s_a: float, s_b: float, s_y: float) -> tuple[int, int, int]:
             f"16-bit multiplier pair"
         )
     return m0, m1, shift
+
+
+def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:
+    """The RoPE constant segment: per position, cos INT16[d/2] then sin INT16[d/2]."""
+    cos, sin = numerics.rope_tables(positions, head_dim, theta)
+    return np.concatenate([cos, sin], axis=1).astype("<i2")

@@ -28,22 +28,22 @@ module holds the parameters and ports and wires the parts.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Signal
+from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
+from flightforge.mpe import LANE_SUM_BITS, chain_latency, min_depth
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
 from ..decode import unit_members
-from .chain import PROD_BITS, DspChain
+from .chain import LANES, DspChain
 from .control import decode, sequence
 from .epilogue import SegmentEpilogue, ends, segment_epilogues
 from .fetch import issue_reads, stage, write_results
 from .operands import ChainFeed, RowWindows, feed_chains
-
 
 #: bits of a sparse index at most (the ISA's widest N:M block: 1 of 16 positions)
 INDEX_BITS_MAX = max(formats.index_bits(md) for md in isa.SparseMode if md.is_sparse)
@@ -81,17 +81,21 @@ class MatrixEngine(wiring.Component):
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
         mp = arch.mpe
-        self.G = mp.groups_per_chain
-        self.macs = 2 * self.G
+        self.G = mp.groups_per_chain  # DSP48E2 slices per chain, two MACs (lanes) each
+        self.macs = LANES * self.G
         self.window = arch.sparse_m
         self.modes = {"mm": (mp.mm.m, mp.mm.n, mp.mm.k), "mv": (1, mp.mv.n, mp.mv.k)}
         P = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.P = P
+        if self.G % 2:
+            raise ValueError(f"mpe.groups_per_chain must be even, not {self.G!r}")
         for name, (rm, n, k) in self.modes.items():
-            if rm * n * k > mp.chains * self.macs or self.macs % k or k % 2:
-                raise ValueError(f"mpe.{name} {rm}x{n}x{k} does not map onto the chains")
-            if mp.pipeline_depth < 4:
-                raise ValueError("the MPE pipeline needs mpe.pipeline_depth >= 4")
+            # a segment's k entries on k slices of one chain, two rows in the two lanes
+            if _cdiv(rm, LANES) * n * k > mp.chains * self.G or self.G % k or k % 2:
+                raise ValueError(
+                    f"mpe.{name} {rm}x{n}x{k} does not map onto {mp.chains} chains of "
+                    f"{self.G} slices (k even, dividing the slices; ceil(m/2)*n*k slices)"
+                )
             if P[isa.Buf.WGT] % n or P[isa.Buf.META] % n or self.window % 2:
                 raise ValueError(f"mpe.{name}: n={n} must divide the WGT and META ports")
         nmax = max(n for _, n, _ in self.modes.values())
@@ -99,8 +103,8 @@ class MatrixEngine(wiring.Component):
         self.segs = max(rm * n for rm, n, _ in self.modes.values())
         self.wb = max(k for _, _, k in self.modes.values())  # staged weight bytes/column
         self.mb = _cdiv(self.wb * INDEX_BITS_MAX, 8)
-        self.terms = self.wb // 2  # DSP-group sums per segment (the longest mode's)
-        self.sum_bits = PROD_BITS + self.macs.bit_length()  # a chain's group sum
+        self.terms = self.wb // 2  # lane sums per segment, one per odd slice (longest mode)
+        self.sum_bits = LANE_SUM_BITS
         # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
         # records per column, ACT: activation spans per row, partial sums, results.
         self.n_wgt = max(max(n, min(k, P[isa.Buf.WGT] // n)) for _, n, k in self.modes.values())
@@ -122,7 +126,7 @@ class MatrixEngine(wiring.Component):
                     self.win_rows.append(key)
                 self.win_of[nm, r] = self.win_rows.index(key)
         self.feed_modes = [
-            tuple(nm for nm, (rm, n, k) in self.modes.items() if c * self.macs < rm * n * k)
+            tuple(nm for nm, (rm, n, k) in self.modes.items() if c * self.G < self.slices(nm))
             for c in range(mp.chains)
         ]
         ps = P[isa.Buf.SCALE]
@@ -175,6 +179,19 @@ class MatrixEngine(wiring.Component):
                 widths[j] = max(widths[j], min(pm // n, _cdiv(k * INDEX_BITS_MAX, 8)))
         return widths
 
+    def slices(self, mode: str) -> int:
+        """Slices a tile of ``mode`` occupies (row pairs x columns x entries)."""
+        rm, n, k = self.modes[mode]
+        return _cdiv(rm, LANES) * n * k
+
+    def place(self, mode: str, row: int, col: int, entry: int) -> tuple[int, int, int]:
+        """``(chain, slice, lane)`` of a MAC: rows ``2p`` and ``2p + 1`` of a tile share
+        their slices (the weight: WP487 packing), a segment's ``k`` entries are ``k``
+        consecutive slices of one chain."""
+        rm, n, k = self.modes[mode]
+        x = ((row // LANES) * n + col) * k + entry
+        return x // self.G, x % self.G, row % LANES
+
     #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
     #: row windows, segment epilogues.
     REPEATED = r"chain\d+|feed\d+|win\d+|epi\d+"
@@ -213,7 +230,8 @@ class MatrixEngine(wiring.Component):
             chains.append(ch)
         d = decode(m, self)  # the latched instruction's fields and sizes
         lp = sequence(m, self, d)  # tiles, steps, fetch cycles
-        rd = issue_reads(m, self, d, lp)  # every read port's address and request
+        lat = chain_latency(self.G)
+        rd = issue_reads(m, self, d, lp, lat - 2)  # every read port's address and request
         staged = stage(m, self, d, lp, rd)  # weights and indices per column
         # stage F: the fired step's tags, its operands into the chains
         A = isa.BUF_ADDR_BITS + 2
@@ -235,17 +253,18 @@ class MatrixEngine(wiring.Component):
         # its cuts are the same for every chain
         group_mask = Signal(32)
         m.d.comb += group_mask.eq((Const(1, 32) << d.lge) - 1)
-        cut = Signal(self.G)
-        for gg in range(self.G):
+        odd_cut = Signal(self.G // 2)  # after slice 2h + 1: only odd slices end anything
+        for h in range(self.G // 2):
             for nm, (_rm, _n, k) in self.modes.items():
                 with m.If(d.is_mm if nm == "mm" else ~d.is_mm):
-                    m.d.comb += cut[gg].eq(ends(d, group_mask, (2 * gg) % k, k))
+                    m.d.comb += odd_cut[h].eq(ends(d, group_mask, (2 * h + 1) % k, k))
+        cut = Cat(*(b for h in range(self.G // 2) for b in (Const(0, 1), odd_cut[h])))
         for chain in chains:
             m.d.comb += [chain.valid.eq(fv), chain.cut.eq(cut)]
 
-        # stage F+2: scale, accumulate, requantise (SegmentEpilogue), write
-        def dl(v, name):
-            for t in range(2):
+        # stage E = F + the chain's latency: scale, accumulate, requantise, write
+        def dl(v, name, cycles=lat):
+            for t in range(cycles):
                 r = Signal.like(v, name=f"{name}_d{t}")
                 m.d.sync += r.eq(v)
                 v = r
@@ -255,14 +274,14 @@ class MatrixEngine(wiring.Component):
         e_last, e_first = dl(f_last, "elast"), dl(f_first, "efirst")
         e_c0, e_r0, e_d = dl(f_c0, "ec0"), dl(f_r0, "er0"), dl(f_d, "ed")
         delayed = tuple(
-            [dl(p.rdata, f"{tag}{j}") for j, p in enumerate(ports)]
+            [dl(p.rdata, f"{tag}{j}", 2) for j, p in enumerate(ports)]
             for tag, ports in (("sc", rd.scale), ("rec", rd.rec), ("ps", rd.psum))
         )
         results = segment_epilogues(m, self, d, chains, group_mask, ev, e_first, delayed)
         write_results(m, self, d, rd.wr, results, ev & e_last, e_c0, e_r0, e_d)
         # done: the last write (the cycle of the last step's epilogue), padded
         done = ev & e_last & dl(f_done, "edone")
-        for t in range(self.arch.mpe.pipeline_depth - 4):
+        for t in range(self.arch.mpe.depth - min_depth(self.G)):
             r = Signal(name=f"done_d{t}")
             m.d.sync += r.eq(done)
             done = r

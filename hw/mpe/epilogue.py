@@ -18,6 +18,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa
+from flightforge.mpe import RUN
 
 from ..sfu.lane import rnd_shift, saturate
 from .operands import field_bits
@@ -29,7 +30,8 @@ RESULT_BITS = 32  #: a result before packing: the widest output type
 class SegmentEpilogue(wiring.Component):
     """Group scaling, accumulation and requantisation of one segment.
 
-    ``sums[q]``: the sum of DSP group ``q`` of the segment (entries ``2q``, ``2q + 1``),
+    ``sums[q]``: the lane sum the segment's chain reads at entry ``2q + 1`` (the entries
+    since the chain's last cut),
     counted when ``ended[q]`` (the group closes a scale group or the segment) with weight
     ``scales[q]`` (1 without group scales, ``gsz_on`` = 0): a cut at a group that ends
     nothing passes the running sum down the cascade instead. ``valid`` accumulates the
@@ -80,11 +82,14 @@ class SegmentEpilogue(wiring.Component):
 
 
 def ends(d, group_mask: Value, i: int, k: int) -> Value:
-    """Whether the DSP group of entries ``i``, ``i + 1`` of a ``k``-entry segment ends a
-    scale group or the segment. ``sk`` is a multiple of ``k`` and ``i + 2 <= k``: ``sk +
-    i + 2`` ends a group of ``2**lge`` entries iff ``i + 2`` does (for a group longer than
-    ``k`` only ``i + 2 == k`` can, a segment end anyway)."""
-    return Const(int(i + 2 == k), 1) | (d.gsz_on & ((Const(i + 2, 32) & group_mask) == 0))
+    """Whether entry ``i`` (odd) of a ``k``-entry segment ends the segment, a lane run
+    (:data:`~flightforge.mpe.RUN` slices, where the chain cuts itself) or a scale group.
+    ``sk`` is a multiple of ``k`` and ``i < k``: ``sk + i + 1`` ends a group of
+    ``2**lge`` entries iff ``i + 1`` does (for a group longer than ``k`` only ``i + 1 ==
+    k`` can, a segment end anyway); likewise a run, as ``k`` and ``RUN`` are powers of two
+    and a segment starts at a multiple of ``k`` in its chain."""
+    fixed = i + 1 == k or (i + 1) % RUN == 0
+    return Const(int(fixed), 1) | (d.gsz_on & ((Const(i + 1, 32) & group_mask) == 0))
 
 
 def segment_epilogues(
@@ -106,11 +111,11 @@ def segment_epilogues(
         for nm, (_rm, _n, k) in eng.modes.items():
             if 2 * q < k:
                 with m.If(is_mm if nm == "mm" else ~is_mm):
-                    m.d.comb += ended[q].eq(ends(d, group_mask, 2 * q, k))
+                    m.d.comb += ended[q].eq(ends(d, group_mask, 2 * q + 1, k))
 
     def group_sum(key):
-        ch, gg = key
-        return chains[ch].sums[gg]
+        ch, sl, lane = key
+        return chains[ch].sums[sl // 2][lane]
 
     def group_scale(key):
         j, q = key
@@ -137,8 +142,8 @@ def segment_epilogues(
         return Mux(is_mm, 0 if a is None else value(a), 0 if b is None else value(b))
 
     def chain_group(nm, t, q):
-        first = t * eng.modes[nm][2] + 2 * q
-        return first // eng.macs, first % eng.macs // 2
+        r, j = divmod(t, eng.modes[nm][1])
+        return eng.place(nm, r, j, 2 * q + 1)
 
     results = []
     for t in range(eng.segs):

@@ -35,8 +35,25 @@ class Reads:
     wr: list  #: result writes, ``ppr`` per tile row
 
 
-def issue_reads(m: Module, eng, d: Decoded, lp: Loop) -> Reads:
-    """Addresses and requests of every read port (the write ports: :func:`write_results`)."""
+def _late(m: Module, lp: Loop, cycles: int) -> dict[str, Value]:
+    """The loop values the epilogue's reads use, ``cycles`` cycles late."""
+    out = {}
+    for name in ("fire", "last_step", "sk", "q_tile", "p_base", "c0"):
+        v = getattr(lp, name)
+        for t in range(cycles):
+            r = Signal(len(v), name=f"late_{name}{t}")
+            m.d.sync += r.eq(v)
+            v = r
+        out[name] = v
+    return out
+
+
+def issue_reads(m: Module, eng, d: Decoded, lp: Loop, late: int = 0) -> Reads:
+    """Addresses and requests of every read port (the write ports: :func:`write_results`).
+
+    The reads the epilogue uses (group scales, records, partial sums) are issued ``late``
+    cycles after the step's last fetch cycle, so that their data meets the chains' sums
+    without a delay line as wide as the data."""
     P = eng.P
     pw, pm, pa = P[isa.Buf.WGT], P[isa.Buf.META], P[isa.Buf.ACT]
     f, sel = d.f, d.sel
@@ -78,21 +95,23 @@ def issue_reads(m: Module, eng, d: Decoded, lp: Loop) -> Reads:
                         port.addr.eq(lp.a_base + r * d.a_stride + a_off + q * pa),
                         port.req.eq(fire),
                     ]
+    lt = _late(m, lp, late)
+    fire = lt["fire"]
     sp = eng.ports(isa.Buf.SCALE)
     scale_ports, rec_ports = sp[: eng.nmax], sp[eng.nmax :]
     gi0 = Signal(isa.DIM_BITS + 8)
-    m.d.comb += gi0.eq(lp.sk >> d.lge)
+    m.d.comb += gi0.eq(lt["sk"] >> d.lge)
     for j, port in enumerate(scale_ports):
         m.d.comb += [
-            port.addr.eq(lp.q_tile + j * d.recb + HDR + gi0),
+            port.addr.eq(lt["q_tile"] + j * d.recb + HDR + gi0),
             port.req.eq(fire & d.gsz_on & (j < d.tn)),
         ]
     ps = P[isa.Buf.SCALE]
     for i, port in enumerate(rec_ports):
         j, h = divmod(i, eng.rec_reads)
         m.d.comb += [
-            port.addr.eq(lp.q_tile + j * d.recb + h * ps),
-            port.req.eq(fire & lp.last_step & f["colp"] & (j < d.tn)),
+            port.addr.eq(lt["q_tile"] + j * d.recb + h * ps),
+            port.req.eq(fire & lt["last_step"] & f["colp"] & (j < d.tn)),
         ]
     for i, port in enumerate(psum_ports):
         for nm, (rm, _n, _k) in eng.modes.items():
@@ -100,8 +119,8 @@ def issue_reads(m: Module, eng, d: Decoded, lp: Loop) -> Reads:
             if r < rm:
                 with m.If(d.is_mm if nm == "mm" else ~d.is_mm):
                     m.d.comb += [
-                        port.addr.eq(lp.p_base + r * f["d_stride"] + (lp.c0 << 2) + h * pa),
-                        port.req.eq(fire & lp.last_step & f["acc_in"]),
+                        port.addr.eq(lt["p_base"] + r * f["d_stride"] + (lt["c0"] << 2) + h * pa),
+                        port.req.eq(fire & lt["last_step"] & f["acc_in"]),
                     ]
     return Reads(wp, mp_, act_ports, scale_ports, rec_ports, psum_ports, wr_ports)
 

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from flightforge import formats, isa
 
-from .chain import ACT_BITS, WGT_BITS
+from .chain import ACT_BITS, LANES, WGT_BITS
 
 
 def field_bits(name: str) -> int:
@@ -84,14 +84,15 @@ class RowWindows(wiring.Component):
         return m
 
 
-def operand_layout(macs: int, window: int) -> data.StructLayout:
-    """The operands of a chain's ``macs`` MACs: activation window, weight, index (the
-    shapes of :class:`.chain.DspChain`'s ``act``, ``wgt`` and ``idx``)."""
+def operand_layout(groups: int, window: int) -> data.StructLayout:
+    """The operands of a chain's ``groups`` slices: two lanes' activation windows, the
+    shared weight and index (the shapes of :class:`.chain.DspChain`'s ``act``, ``wgt``
+    and ``idx``)."""
     return data.StructLayout(
         {
-            "act": data.ArrayLayout(window_layout(window), macs),
-            "wgt": data.ArrayLayout(signed(WGT_BITS), macs),
-            "idx": data.ArrayLayout(unsigned(_lg(window)), macs),
+            "act": data.ArrayLayout(data.ArrayLayout(window_layout(window), LANES), groups),
+            "wgt": data.ArrayLayout(signed(WGT_BITS), groups),
+            "idx": data.ArrayLayout(unsigned(_lg(window)), groups),
         }
     )
 
@@ -116,7 +117,7 @@ class ChainFeed(wiring.Component):
         self.groups = groups
         self.window = window
         self.modes = tuple(nm for nm in self.MODES if nm in modes)
-        layout = operand_layout(2 * groups, window)
+        layout = operand_layout(groups, window)
         super().__init__(
             {"is_mm": In(1), **{nm: In(layout) for nm in self.modes}, "ops": Out(layout)}
         )
@@ -186,15 +187,14 @@ def feed_chains(
             chain.wgt.eq(fd.ops.wgt),
             chain.idx.eq(fd.ops.idx),
         ]
-        for mac in range(eng.macs):
+        for g in range(eng.G):
             for nm in fd.modes:
                 rm, n, k = eng.modes[nm]
-                seg, i = divmod(ch * eng.macs + mac, k)
-                r, j = divmod(seg, n)
-                if r < rm:
+                seg, i = divmod(ch * eng.G + g, k)  # eng.place, inverted
+                pair, j = divmod(seg, n)
+                rows = [r for r in range(LANES * pair, LANES * pair + LANES) if r < rm]
+                if rows:
                     ops = getattr(fd, nm)
-                    m.d.comb += [
-                        ops.act[mac].eq(wins[eng.win_of[nm, r]].windows[i]),
-                        ops.wgt[mac].eq(weight(j, i)),
-                        ops.idx[mac].eq(index(j, i)),
-                    ]
+                    m.d.comb += [ops.wgt[g].eq(weight(j, i)), ops.idx[g].eq(index(j, i))]
+                    for r in rows:
+                        m.d.comb += ops.act[g][r % LANES].eq(wins[eng.win_of[nm, r]].windows[i])

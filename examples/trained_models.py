@@ -1,5 +1,5 @@
 """Measuring compiled trained models (``examples/train_tiny.py``), shared by the tests and
-``benchmarks/trained_accuracy.py``.
+``benchmarks/trained_accuracy.py`` (beside the trainer, which it builds on).
 
 A trained model is measured on prompts of its own language (random token ids are far
 outside what it learned), calibrated on other text of that language, and compiled
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import train_tiny
-from accuracy import PROMPT_LEN
 
 from flightforge.compiler.graph import DecoderProgram
 from flightforge.compiler.pipeline import Compiled
+from flightforge.compiler.quant.accuracy import PROMPT_LEN
 from flightforge.compiler.quant.quantize import quantize_linear
 from flightforge.isa import SparseMode
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"  #: trained checkpoints
 EVAL_PROMPTS = 8  #: half of them end on COPY, so their decode steps replay a span
 #: 50 x 32 = 1600 calibration rows: SparseGPT's 8 rows per input feature of K = 200.
 CALIBRATION_SEQUENCES, CALIBRATION_LEN = 50, 32

@@ -1,4 +1,4 @@
-"""The acceptance measurement of a compiled decoder's accuracy, shared by the tests.
+"""The acceptance measurement of a compiled decoder's accuracy (tests and benchmarks).
 
 Each of ``PROMPTS`` random prompts of ``PROMPT_LEN`` tokens is extended by ``DECODE``
 greedy steps of the float reference; the integer reference (``qref.run_decoder``, which
@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from flightforge.compiler.graph import DecoderProgram
-from flightforge.compiler.interpret import FloatState, run_float
-from flightforge.compiler.lower import kernels
-from flightforge.compiler.quant import qref
-from flightforge.compiler.quant.qdecoder import QuantDecoder
+from ..graph import DecoderProgram
+from ..interpret import FloatState, run_float
+from . import qref
+from .fixed_point import rope_table_bytes
+from .qdecoder import QuantDecoder
 
 PROMPTS, PROMPT_LEN, DECODE = 4, 16, 16
 MAX_LEN = PROMPT_LEN + DECODE
@@ -29,7 +29,7 @@ def integer_logits(qd: QuantDecoder, ids: np.ndarray, prompt_len: int = PROMPT_L
     """Dequantised logits of every position: a prefill of the prompt, then decode steps."""
     prog = qd.prog
     theta = prog.rope_theta or 1.0
-    table = kernels.rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
+    table = rope_table_bytes(len(ids), prog.head_dim, theta).astype(np.int64)
     state = qref.IntState()
     rows = [qref.run_decoder(qd, ids[:prompt_len], 0, state, table)]
     for pos in range(prompt_len, len(ids)):
@@ -107,3 +107,20 @@ def summary(name: str, cos: np.ndarray, top: np.ndarray) -> str:
 
 def meets_criterion(cos: np.ndarray, top: np.ndarray) -> bool:
     return bool(cos.min() >= COS_MIN and top.mean() >= TOP1_MIN)
+
+
+def reference_logits(
+    qd: QuantDecoder, prompt: Sequence[int], tokens: Sequence[int], max_len: int
+) -> np.ndarray:
+    """What a compiled program's greedy generation must return, bit for bit: the integer
+    reference's dequantised logits for a prefill of ``prompt``, then one decode step per
+    token of ``tokens`` but the last (float32, as the device's host reads them)."""
+    prog = qd.prog
+    table = rope_table_bytes(max_len, prog.head_dim, prog.rope_theta or 1.0).astype(np.int64)
+    state = qref.IntState()
+    rows = [qref.run_decoder(qd, np.asarray(prompt), 0, state, table)]
+    pos = len(prompt)
+    for t in tokens[:-1]:
+        rows.append(qref.run_decoder(qd, np.asarray([t]), pos, state, table))
+        pos += 1
+    return (np.vstack(rows) * qd.scales["logits"]).astype(np.float32)

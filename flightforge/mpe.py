@@ -1,0 +1,52 @@
+"""The MPE's DSP48E2 datapath: lane packing, pipeline depths and the chain's latency.
+
+The RTL (``hw/mpe``) builds the chain to these numbers and the cycle model
+(``sim/timing.py``) charges them, so the two agree by construction (as
+:mod:`flightforge.sfu` does for the SFU).
+
+A chain is ``groups_per_chain`` DSP48E2 slices in one PCOUT->PCIN cascade. Each slice
+makes two INT8 multiplies that share the weight (AMD WP487): its pre-adder forms
+``(a_hi << LANE_SHIFT) + a_lo`` from two rows' activations, its 27x18 multiplier takes
+the weight, and the post-adder adds the cascade (or zero, where a reduction node cuts it).
+The low lane's sum occupies the low ``LANE_SHIFT`` bits of P, the high lane's the rest;
+reading the lanes back undoes the borrow the low lane's sign left in the high one.
+"""
+
+from __future__ import annotations
+
+#: Bit position of the high lane in the packed 27-bit pre-adder operand and in P.
+LANE_SHIFT = 18
+#: Products a lane accumulates along the cascade before the chain cuts it: a lane sum of
+#: ``RUN`` INT8 products lies in ``[-RUN * 128 * 127, RUN * 128 * 128]``, a span below
+#: ``2**LANE_SHIFT``, so the low lane is recovered exactly (:data:`LANE_MAX`).
+RUN = 8
+#: The largest low-lane sum: above it, the low field's value is a negative sum.
+LANE_MAX = RUN * 128 * 128
+#: Width of a lane sum (``LANE_MAX`` = 2**17 needs 19 signed bits).
+LANE_SUM_BITS = LANE_MAX.bit_length() + 1
+#: Register stages of one slice from its operands to P: A/D/B1, AD/B2, M, P.
+SLICE_STAGES = 4
+#: The lane sums, read from P and registered once before the de-skew.
+DECODE_STAGES = 1
+#: Cycles the MPE spends before the chains (start, fetch to staged operands) and after
+#: them (the epilogue's write, ``done``) on an instruction of one fetch cycle: the
+#: original MPE's pipeline without its two-cycle chain.
+FRAME_CYCLES = 2
+
+assert (RUN * 128 * 127) + LANE_MAX < 1 << LANE_SHIFT
+
+
+def chain_latency(groups: int) -> int:
+    """Cycles from a step's operands at the chain inputs to its de-skewed lane sums.
+
+    Slice ``g`` sees its operands ``g`` cycles late (the systolic skew the cascade
+    implies: slice ``g`` adds slice ``g - 1``'s P one cycle after that P was made), its P
+    comes ``SLICE_STAGES`` cycles after that, and every output is delayed to the last
+    slice's time."""
+    return (groups - 1) + SLICE_STAGES + DECODE_STAGES
+
+
+def min_depth(groups: int) -> int:
+    """The fewest cycles the MPE can add to an instruction's fetch cycles (``Timing.matmul``'s
+    ``pipeline_depth`` term): the frame plus the chain."""
+    return FRAME_CYCLES + chain_latency(groups)
