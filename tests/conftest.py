@@ -1,8 +1,10 @@
 """Test-suite options and fixtures shared by every test file.
 
-``--run-slow`` also runs the tests marked ``slow`` (RTL builds and long simulations,
-Verilog export, synthesis, torch exports, trained models): the default ``python -m pytest``
-skips them to stay within minutes on a 2-core machine; CI (``.ci/run``) runs them all.
+``--run-slow`` also runs the tests marked ``slow`` (long simulations, Verilog export,
+synthesis, torch exports, trained models, the slow README/docs commands) and those marked
+``rtl`` (each needs a Verilator build of the core, minutes on a fresh clone): the default
+``python -m pytest`` skips them to stay within minutes on a 2-core machine; CI
+(``.ci/run``) runs them all.
 
 ``tiny`` is the small shipped target most tests run on; ``rtl_tiny`` is the same target
 for tests that drive the Verilog under Verilator through cocotb, skipped with the reason
@@ -25,17 +27,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow",
         action="store_true",
-        help="also run the tests marked slow (RTL, export, synthesis); .ci/run does",
+        help="also run the tests marked slow or rtl (Verilator, export, synthesis); .ci/run does",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI does)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        kind = next((k for k in ("slow", "rtl") if k in item.keywords), None)
+        if kind is not None:
+            item.add_marker(pytest.mark.skip(reason=f"{kind}: run with --run-slow (CI does)"))
 
 
 @pytest.fixture(scope="session")
