@@ -413,7 +413,7 @@ def test_torch_exports_at_init_range_0_2_meet_the_criterion(family, tmp_path):
 
 
 def test_fit_theta_recovers_the_base():
-    from flightforge.compiler.frontend.onnx_patterns import fit_theta
+    from flightforge.compiler.frontend.probe import fit_theta
 
     for theta in (10000.0, 500000.0):
         inv = 1.0 / theta ** (np.arange(8) * 2 / 16)

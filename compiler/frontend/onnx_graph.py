@@ -1,9 +1,9 @@
 """Reading an ONNX file safely, as a networkx graph, with one concrete probe run.
 
-This is the only place (with :mod:`.onnx_patterns` and :mod:`.onnx_import`) that imports
-``onnx``. Loading refuses what could read outside the model's folder: an external-data
-location that is absolute or climbs out of the folder is an error naming the tensor and
-the location. A file that does not parse, or whose nodes read tensors nothing defines
+This is the only module that imports ``onnx`` (``tests/test_layering.py`` checks that
+nothing outside the frontend does). Loading refuses what could read outside the model's
+folder: an external-data location that is absolute or climbs out of the folder is an
+error naming the tensor and the location. A file that does not parse, or whose nodes read tensors nothing defines
 (a truncated file), is an error naming the file.
 
 The probe: recognising a decoder needs the shape of every intermediate tensor and the

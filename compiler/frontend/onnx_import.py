@@ -1,6 +1,6 @@
 """The ONNX frontend: an exported decoder-only LLM to a :class:`DecoderProgram`.
 
-    read_model -> build_graph -> probe run -> tag every tensor (onnx_patterns, onnx_fused)
+    read_model -> build_graph -> probe run -> tag every tensor (interpreter, patterns)
                -> assemble the decoder by following the residual stream -> verify
 
 The assembler starts at the token embedding and follows the dataflow through each
@@ -30,7 +30,8 @@ from ..graph import (
     wide_tensors,
 )
 from ..interpret import FloatState, run_float
-from . import onnx_fused  # noqa: F401  (registers the handlers of fused and contrib ops)
+from . import patterns  # noqa: F401  (registers the rules of every pattern family)
+from .interpreter import Interpreter
 from .onnx_graph import (
     FrontendError,
     build_graph,
@@ -39,7 +40,7 @@ from .onnx_graph import (
     probe_values,
     read_model,
 )
-from .onnx_patterns import Elem, Event, Interpreter, KVOut, Lin, Normed, Tensor, View
+from .tags import Elem, Event, KVOut, Lin, Normed, Tensor, View
 
 #: largest relative difference between the recovered program's logits and onnxruntime's
 VERIFY_TOLERANCE = 5e-3

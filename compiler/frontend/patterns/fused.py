@@ -1,4 +1,4 @@
-"""Handlers for fused and contrib operators: what ORT transformers optimisations and the
+"""Fused and contrib operators, one rule each: what ORT transformers optimisations and the
 onnxruntime-genai model builder write instead of decomposed patterns.
 
 LayerNormalization, SimplifiedLayerNormalization, RMSNormalization,
@@ -14,23 +14,11 @@ import math
 
 import numpy as np
 
-from ..interpret import rope_float
-from .onnx_graph import OnnxNode
-from .onnx_patterns import (
-    Const,
-    Interpreter,
-    KVOut,
-    Layout,
-    Lin,
-    Normed,
-    Tag,
-    Unused,
-    View,
-    _close,
-    causal_probs,
-    fit_theta,
-    handles,
-)
+from ...interpret import rope_float
+from ..interpreter import Interpreter, Rule, always, fine
+from ..onnx_graph import OnnxNode
+from ..probe import causal_probs, fit_theta
+from ..tags import Const, KVOut, Layout, Lin, Normed, Tag, Unused, View, close
 
 
 def _opt(node: OnnxNode, i: int) -> str:
@@ -69,7 +57,6 @@ def _aux(node: OnnxNode, n: int) -> list[Tag]:
     return [Unused((node.name,)) for _ in range(n)]
 
 
-@handles("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")
 def LayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     x = ip.view(0)
     ip.layout(x, node.inputs[0], ("SF",))
@@ -78,7 +65,6 @@ def LayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]
     return [out] + _aux(node, len(node.outputs) - 1)
 
 
-@handles("SkipSimplifiedLayerNormalization", "SkipLayerNormalization")
 def SkipLayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     """``out = norm(input + skip [+ bias])``; output 3 is the sum, the next residual."""
     layer = node.op == "SkipLayerNormalization"
@@ -99,7 +85,6 @@ def SkipLayerNormalization(ip: Interpreter, node: OnnxNode, tags: list) -> list[
     return (outs + [View((node.name,), s, 1.0)])[: len(node.outputs)]
 
 
-@handles("MatMulNBits")
 def MatMulNBits(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     """Block-quantised weight ``[N][K]``: ``(q - zero_point) * scale`` per block of K."""
     at = node.attrs
@@ -136,7 +121,7 @@ def MatMulNBits(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     bias = _const_vec(ip, node, 5, "MatMulNBits bias")
     lin = Lin(x.nodes + (node.name,), x.t, w * x.factor, bias)
     want = x.t.value @ lin.w.T + (0 if bias is None else bias)
-    if not _close(ip.val(node.outputs[0]).reshape(ip.rows, -1), want, 2e-2):
+    if not close(ip.val(node.outputs[0]).reshape(ip.rows, -1), want, 2e-2):
         raise ip.fail(
             "the dequantised weights do not reproduce MatMulNBits' output (unknown packing)"
         )
@@ -162,7 +147,7 @@ def _rope_tables(ip: Interpreter, node: OnnxNode, i: int) -> np.ndarray:
     the same for every batch entry."""
     t = np.asarray(ip.val(node.inputs[i]))
     if t.ndim == 3 and not _opt(node, 3) and node.domain != "com.microsoft":
-        if not all(_close(t[b], t[0]) for b in range(1, t.shape[0])):
+        if not all(close(t[b], t[0]) for b in range(1, t.shape[0])):
             raise ip.fail("rotary caches differ between batch entries")
         t = t[0]
     if t.ndim != 2:
@@ -170,7 +155,6 @@ def _rope_tables(ip: Interpreter, node: OnnxNode, i: int) -> np.ndarray:
     return t
 
 
-@handles("RotaryEmbedding")
 def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     """com.microsoft: (input, position_ids, cos_cache, sin_cache), or ONNX opset 23:
     (X, cos_cache, sin_cache, position_ids)."""
@@ -185,7 +169,7 @@ def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     d = lay.d if lay.kind != "SF" else 2 * _rope_tables(ip, node, cos_i).shape[-1]
     theta = _rope_theta(ip, node, cos_i, sin_i, d)
     want = rope_float(x.t.value, 0, d, theta)
-    if not _close(lay.to_view(x.factor * want), ip.val(node.outputs[0])):
+    if not close(lay.to_view(x.factor * want), ip.val(node.outputs[0])):
         raise ip.fail(
             f"the output is not rotate-half RoPE with base {theta:g} at positions "
             f"0..{ip.rows - 1} (position ids or scaling not supported)"
@@ -194,7 +178,6 @@ def RotaryEmbedding(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     return [View((node.name,), t, x.factor)]
 
 
-@handles("GroupQueryAttention")
 def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     at = node.attrs
     heads, kv = int(at["num_heads"]), int(at["kv_num_heads"])
@@ -253,7 +236,6 @@ def GroupQueryAttention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag
     return outs[: len(node.outputs)]
 
 
-@handles("Attention")
 def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     """ONNX opset 23 Attention (what torch.onnx writes for scaled_dot_product_attention at
     opset >= 23): Q, K, V as ``[batch][heads][seq][head_dim]``, or ``[batch][seq][features]``
@@ -315,7 +297,7 @@ def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
         .transpose(1, 0, 2)
         .reshape(ip.rows, heads * d)
     )
-    if not _close(ctx, want):
+    if not close(ctx, want):
         raise ip.fail(
             "the output is not causal attention of the scaled query-key products "
             "(unsupported mask, bias or scaling)"
@@ -334,9 +316,22 @@ def Attention(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     return outs[: len(node.outputs)]
 
 
-@handles("DequantizeLinear", "QuantizeLinear")
 def QDQ(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
     raise ip.fail(
         "quantise/dequantise of activations is not supported; only weights given as "
         "DequantizeLinear of initialisers are"
     )
+
+
+#: one rule per fused op: the rewrite validates the attributes and values as it goes
+NORMS = ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization")
+SKIP_NORMS = ("SkipSimplifiedLayerNormalization", "SkipLayerNormalization")
+RULES = [
+    Rule("fused norm", NORMS, always, fine, LayerNormalization),
+    Rule("fused residual and norm", SKIP_NORMS, always, fine, SkipLayerNormalization),
+    Rule("block-quantised projection", ("MatMulNBits",), always, fine, MatMulNBits),
+    Rule("fused rotary embedding", ("RotaryEmbedding",), always, fine, RotaryEmbedding),
+    Rule("grouped-query attention", ("GroupQueryAttention",), always, fine, GroupQueryAttention),
+    Rule("opset-23 attention", ("Attention",), always, fine, Attention),
+    Rule("activation quantisation", ("DequantizeLinear", "QuantizeLinear"), always, fine, QDQ),
+]
