@@ -3,8 +3,8 @@
 This is the only module that imports ``onnx`` (``tests/test_layering.py`` checks that
 nothing outside the frontend does). Loading refuses what could read outside the model's
 folder: an external-data location that is absolute or climbs out of the folder is an
-error naming the tensor and the location. A file that does not parse, or whose nodes read tensors nothing defines
-(a truncated file), is an error naming the file.
+error naming the tensor and the location. A file that does not parse, or whose nodes
+read tensors nothing defines (a truncated file), is an error naming the file.
 
 The probe: recognising a decoder needs the shape of every intermediate tensor and the
 values of the shape, mask and rotary-table plumbing, which exporters compute at run time
