@@ -8,7 +8,11 @@ cluster runs take the same code path.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
+import multiprocessing
+import threading
+from collections.abc import Iterator
 
 from flightforge import progress
 
@@ -25,8 +29,6 @@ def make_executor(jobs: int, scheduler: str | None):
         return client.get_executor(), client
     if jobs <= 1:
         return None, None
-    import multiprocessing
-
     return cf.ProcessPoolExecutor(
         max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
     ), None
@@ -35,10 +37,11 @@ def make_executor(jobs: int, scheduler: str | None):
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     """The DSE's bar: points done of ``total``, resumed ones counted but not in the rate.
 
-    The bar advances by a whole batch when its rows arrive (see :func:`run_points`) and
-    its rate is the average since the start (:func:`flightforge.progress.bar`): counting
-    the first row of a batch alone made the first ETA one batch size too long (53 min
-    shown for a 4.5 min run).
+    The bar advances point by point, also while the batches of local workers run (see
+    :func:`run_points`), and its rate is the average since the start
+    (:func:`flightforge.progress.bar`): an ETA from batches that arrive whole, or from a
+    short recent window, was several times too long (the issue saw 53 min for a 4.5 min
+    run; docs/dse.md has measurements).
     """
     return progress.bar(total, desc, unit="pt", show=enabled, initial=initial)
 
@@ -49,14 +52,46 @@ def _batches(points: list[dict], size: int, stream_of) -> list[list[dict]]:
     return [points[i : i + size] for i in range(0, len(points), size)]
 
 
+class _Advance:
+    """A ``put``-able that advances a bar: point-by-point progress within this process."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def put(self, n: int) -> None:
+        self.bar.update(n)
+
+
+@contextlib.contextmanager
+def _points_done(bar) -> Iterator:
+    """A queue that local worker processes put a 1 on per evaluated point, drained into
+    ``bar`` by a thread: with the results of a batch arriving at once, the bar (and its
+    ETA) would otherwise move only when a whole batch of every worker is done."""
+    manager = multiprocessing.get_context("spawn").Manager()
+    queue = manager.Queue()
+
+    def drain() -> None:
+        while (n := queue.get()) is not None:
+            bar.update(n)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        queue.put(None)
+        thread.join()
+        manager.shutdown()
+
+
 def run_points(
     spec: Spec, points: list[dict], executor, cache_dir: str | None, on_row, bar=None
 ) -> None:
-    """Evaluate ``points`` on ``executor`` (None: here), calling ``on_row`` per result and
-    advancing ``bar`` by the rows ``on_row`` counted (it returns whether a row was new)
-    once per batch.
+    """Evaluate ``points`` on ``executor`` (None: here), calling ``on_row`` per result.
 
-    Results arrive in completion order; pending batches are cancelled if one fails.
+    ``bar`` counts the points: per point as they finish here or in local worker
+    processes, per batch (the rows ``on_row`` reports new) on a Dask cluster. Results
+    arrive in completion order; pending batches are cancelled if one fails.
     """
     spec_json = spec.model_dump_json()
     stream_params = [k for k in spec.parameters if k not in ARCH_KNOBS or k.endswith("_kib")]
@@ -66,19 +101,23 @@ def run_points(
         lambda p: json.dumps([p.get(k) for k in sorted(stream_params)], default=str),
     )
 
+    live = bar is not None and not getattr(bar, "disable", True)
+    per_point = live and (executor is None or isinstance(executor, cf.ProcessPoolExecutor))
+
     def take(rows: list[dict]) -> None:
         new = sum(bool(on_row(row)) for row in rows)
-        if bar is not None:
+        if live and not per_point:
             bar.update(new)
 
     if executor is None:
         for b in batches:
-            take(evaluate_batch(spec_json, b, cache_dir))
+            take(evaluate_batch(spec_json, b, cache_dir, _Advance(bar) if per_point else None))
         return
-    futures = [executor.submit(evaluate_batch, spec_json, b, cache_dir) for b in batches]
-    try:
-        for f in cf.as_completed(futures):
-            take(f.result())
-    finally:
-        for f in futures:
-            f.cancel()
+    with _points_done(bar) if per_point else contextlib.nullcontext() as done:
+        futures = [executor.submit(evaluate_batch, spec_json, b, cache_dir, done) for b in batches]
+        try:
+            for f in cf.as_completed(futures):
+                take(f.result())
+        finally:
+            for f in futures:
+                f.cancel()

@@ -250,11 +250,20 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
     return done()
 
 
-def evaluate_batch(spec_json: str, points: list[dict], cache_dir: str | None) -> list[dict]:
+def evaluate_batch(
+    spec_json: str, points: list[dict], cache_dir: str | None, done=None
+) -> list[dict]:
     """Worker entry point: evaluate several points (sent as JSON so any worker can run it).
 
-    Without progress bars: the DSE's own bar counts the points.
+    ``done`` (a queue, or anything with ``put``) gets a 1 after each point, so that the
+    parent's bar moves point by point while a batch runs. Without progress bars of its
+    own: the DSE's bar counts the points.
     """
     spec = Spec.model_validate_json(spec_json)
+    rows = []
     with progress.quiet():
-        return [evaluate_point(spec, p, cache_dir) for p in points]
+        for p in points:
+            rows.append(evaluate_point(spec, p, cache_dir))
+            if done is not None:
+                done.put(1)
+    return rows

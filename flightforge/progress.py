@@ -43,6 +43,7 @@ class _Off:
     """What :func:`bar` returns when progress is off: the same calls, doing nothing."""
 
     n = 0
+    disable = True  #: as tqdm's attribute: nothing is drawn
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -291,3 +291,33 @@ def test_build_point_rescales_the_mpe(tiny_llama_json, dse_spec_dict):
     spec = spec_from_dict(dse_spec_dict(tiny_llama_json, target="u280"))
     arch, *_ = build_point(spec, {"chains": 64, "groups_per_chain": 8})
     assert (arch.mpe.mm.m, arch.mpe.mm.k, arch.mpe.mv.n, arch.mpe.mv.k) == (64, 8, 32, 8)
+
+
+class _Recorder:
+    """A live progress bar that records its updates."""
+
+    disable = False
+
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_bar_counts_points_as_they_finish_inside_a_batch(tiny_llama_json, dse_spec_dict, jobs):
+    """A batch's rows arrive at once; the bar still moves per point (here and in local
+    worker processes), so its rate and ETA see both workers' progress."""
+    from flightforge.dse.executors import make_executor, run_points
+
+    params = {"clock_mhz": [100, 200], "cores": [1, 2]}
+    spec = spec_from_dict(dse_spec_dict(tiny_llama_json, parameters=params, search={"batch": 2}))
+    rows, bar = [], _Recorder()
+    executor, _ = make_executor(jobs, None)
+    try:
+        run_points(spec, grid(spec), executor, None, lambda r: rows.append(r) or True, bar)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    assert len(rows) == 4 and bar.updates == [1, 1, 1, 1]
