@@ -19,6 +19,7 @@ from flightforge import isa
 from flightforge.hw.mpe import MatrixEngine
 from flightforge.hw.mpe.engine import INDEX_BITS_MAX, row_port_widths
 from flightforge.hw.sfu.elementwise import ElementStream
+from flightforge.hw.sfu.unit import SFU_BUFFERS, SpecialFunctionUnit
 from flightforge.hw.synth import convert_boxed
 from flightforge.mappings import load_target
 
@@ -152,3 +153,17 @@ def test_sfu_elementwise_ports_carry_a_cycle_of_lanes(target) -> None:
     for name in ("a", "b", "d"):
         assert len(stream.port(name).wdata) == 8 * want, name
     Fragment.get(stream, None)
+
+
+@pytest.mark.parametrize("target", ["tiny", "kv260"])
+def test_sfu_pipelines_share_one_set_of_ports(target) -> None:
+    """One MISC runs at a time, so the unit has as many ports on a buffer as its most
+    demanding pipeline, slot ``i`` as wide as the widest pipeline port ``i``."""
+    unit = SpecialFunctionUnit(load_target(target))
+    unit._MustUse__silence = True  # only its ports are looked at
+    for b in SFU_BUFFERS:
+        per_pipe = [[len(p.wdata) // 8 for p in s.buffer_ports(b)] for s in unit.streams.values()]
+        slots = max(map(len, per_pipe))
+        want = [max(w[i] for w in per_pipe if i < len(w)) for i in range(slots)]
+        assert unit.port_widths(b) == want, b
+        assert len(unit.ports(b)) == slots, b
