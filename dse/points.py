@@ -22,6 +22,7 @@ from flightforge.compiler.errors import CompileError
 from flightforge.compiler.frontend.hf_config import load_structure
 from flightforge.compiler.pipeline import CompileOptions, compile_shape_only
 from flightforge.compiler.quant.qdecoder import QuantOptions, WeightPlan
+from flightforge.files import read_text
 from flightforge.generate import prefill_runs
 from flightforge.mappings import load_target
 from flightforge.program import ProgramError
@@ -30,7 +31,7 @@ from flightforge.sim.timing import Timing, TimingParams
 
 from .power import power
 from .resources import KINDS, design_resources, over_budget, utilisation
-from .spec import ARCH_KNOBS, QUANT_KNOBS, TIMING_KNOBS, Spec, Workload, canonical_hash
+from .spec import ARCH_KNOBS, QUANT_KNOBS, TIMING_KNOBS, Spec, SpecError, Workload, canonical_hash
 from .timing import DispatchError, ProgramCache, stream_fields, time_stream
 
 #: unit names in mask-bit order, for the per-unit metrics (``busy_LD``, ...)
@@ -175,7 +176,7 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
     lengths = tuple(sorted({w.prompt_len, *samples}))
     skey = canonical_hash(
         {
-            "model": spec.path(spec.model).read_text(),
+            "model": read_text(spec.path(spec.model), SpecError),
             "quant": repr(quant),
             "buckets": buckets,
             "lengths": lengths,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from flightforge import isa, progress
+from flightforge.files import atomic_writer, prepare_output_dir, write_text
 
 UNITS = tuple(u.name for u in isa.Unit)
 
@@ -61,19 +62,20 @@ def write_outputs(
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(Path(out_dir))
     bar = progress.bar(REPORT_STEPS, "report", unit="file")
     df = frame(rows)
     files = {"points_csv": out / "points.csv"}
-    df.to_csv(files["points_csv"], index=False)
+    with atomic_writer(files["points_csv"], "w") as f:
+        df.to_csv(f, index=False)
     try:
         import pyarrow  # noqa: F401
 
         files["points_parquet"] = out / "points.parquet"
-        df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(
-            files["points_parquet"], index=False
-        )
+        with atomic_writer(files["points_parquet"]) as f:
+            df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(
+                f, index=False
+            )
     except ImportError:
         pass
     objs = list(spec.objectives)
@@ -85,7 +87,8 @@ def write_outputs(
     else:
         front = feasible.iloc[0:0]
     files["pareto_csv"] = out / "pareto.csv"
-    front.to_csv(files["pareto_csv"], index=False)
+    with atomic_writer(files["pareto_csv"], "w") as f:
+        front.to_csv(f, index=False)
     bar.update(1)
     files["pareto_png"] = plot_pareto(df, front, objs, dirs, out / "pareto.png")
     bar.update(1)
@@ -115,7 +118,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_writer(path) as f:
+        fig.savefig(f, dpi=110, format=path.suffix.lstrip("."))
     plt.close(fig)
     return path
 
@@ -297,5 +301,5 @@ Objectives: {html.escape(json.dumps(spec.objectives))}.</p>
 <p>{n} points: {ok} feasible, {n - ok} infeasible ({html.escape(json.dumps(reasons))}).
 All points: <a href="points.csv">points.csv</a>; front: <a href="pareto.csv">pareto.csv</a>.</p>
 <h2>Pareto front ({len(front)} points)</h2>{table}{imgs}</body></html>"""
-    path.write_text(page)
+    write_text(path, page)
     return path

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flightforge import isa
-from flightforge.files import read_yaml
+from flightforge.files import read_text, read_yaml
 
 
 def canonical_hash(obj: Any) -> str:
@@ -90,7 +90,7 @@ class Spec(_M):
     def fingerprint(self) -> str:
         """What a stored point's metrics depend on besides its parameters."""
         d = self.model_dump(mode="json", exclude={"search", "objectives", "name", "base_dir"})
-        d["model_json"] = self.path(self.model).read_text()
+        d["model_json"] = read_text(self.path(self.model), SpecError)
         return canonical_hash(d)
 
 

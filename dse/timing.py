@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 
 from flightforge import formats, isa
-from flightforge.arch import ArchConfig, arch_from_dict
+from flightforge.arch import ArchConfig
 from flightforge.compiler.errors import CompileError
+from flightforge.files import prepare_output_dir, write_bytes
 from flightforge.program import Program
 from flightforge.sim.timing import SPLIT_BUFFERS, Q, Timing, TimingParams
 
@@ -157,13 +158,23 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
 
 def _unit_rate_arch(arch: ArchConfig) -> ArchConfig:
     """``arch`` with 1 byte per cycle per channel, no latency, no crossing penalty and
-    unbounded buffer ports: a transfer then lasts exactly ``worst_bursts * burst`` cycles."""
-    d = arch.model_dump(mode="json")
-    d["clock_mhz"] = 1000
-    d["hbm"].update(bandwidth_gbs=arch.hbm.channels, latency_ns=0, cross_channel_penalty_cycles=0)
-    for b in d["buffers"].values():
-        b["width"] = 1 << 30
-    return arch_from_dict(d, "<unit-rate arch>")
+    unbounded buffer ports: a transfer then lasts exactly ``worst_bursts * burst`` cycles.
+
+    A device for the timing model only, not a core anyone could build (its ports are
+    2^30 bytes wide), so it is copied from the validated ``arch`` without validation."""
+    hbm = arch.hbm.model_copy(
+        update={
+            "bandwidth_gbs": float(arch.hbm.channels),
+            "latency_ns": 0.0,
+            "cross_channel_penalty_cycles": 0,
+        }
+    )
+    wide = {
+        b.name.lower(): arch.buffers.of(b).model_copy(update={"width": 1 << 30}) for b in isa.Buf
+    }
+    return arch.model_copy(
+        update={"clock_mhz": 1000.0, "hbm": hbm, "buffers": arch.buffers.model_copy(update=wide)}
+    )
 
 
 def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.ndarray]:
@@ -420,7 +431,5 @@ class ProgramCache:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{id(data)}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    prepare_output_dir(path.parent)
+    write_bytes(path, data)

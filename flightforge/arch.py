@@ -11,13 +11,32 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from . import isa
 from . import mpe as mpe_datapath
-from .files import read_yaml
+from .files import read_yaml, short_repr
+
+#: Integers are integers: ``cores: true`` or ``chains: 4.5`` is refused, not coerced.
+Int = Annotated[int, Strict()]
+#: Finite numbers (YAML's ``.inf`` and ``.nan`` are refused); integers are accepted.
+Real = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+#: Bounds of quantities no FPGA reaches; past them the cycle model's conversions to
+#: cycles lose meaning (an infinite clock, a latency of years).
+MAX_CLOCK_MHZ = 2000.0
+MAX_LATENCY_NS = 1e6
+MAX_BANDWIDTH_GBS = 1e5
+MIN_SFU_DEPTH = 4  #: issue, operand arrival, compute, write (hw/sfu/common.py)
+#: The SFU's pipelines read and write ACT in 4-byte (INT32/FP) elements and look tables
+#: up in GLB 4 bytes at a time, so those two buffers need at least this many byte lanes.
+SFU_PORT_BYTES = 4
+
+
+def _pow2(v: int) -> bool:
+    return v >= 1 and not v & (v - 1)
 
 
 class ConfigError(ValueError):
@@ -31,9 +50,14 @@ class _Model(BaseModel):
 class BufferConfig(_Model):
     """One on-chip buffer of a core."""
 
-    size: int = Field(gt=0, description="capacity in bytes")
-    banks: int = Field(default=1, ge=1, description="independently addressed banks")
-    width: int = Field(default=16, ge=1, description="bytes per bank port per cycle")
+    size: Int = Field(gt=0, description="capacity in bytes")
+    banks: Int = Field(default=1, ge=1, description="independently addressed banks")
+    width: Int = Field(default=16, ge=1, description="bytes per bank port per cycle")
+
+    @property
+    def lanes(self) -> int:
+        """Byte lanes of the RAM (hw/buffers.py): a port reaches ``lanes`` bytes a cycle."""
+        return self.banks * self.width
 
     @model_validator(mode="after")
     def _fits_isa(self) -> BufferConfig:
@@ -43,6 +67,13 @@ class BufferConfig(_Model):
                 f"size {self.size} exceeds the ISA's {isa.BUF_ADDR_BITS}-bit "
                 f"buffer address space ({limit} bytes)"
             )
+        if not _pow2(self.lanes):
+            raise ValueError(
+                f"banks x width = {self.banks} x {self.width} = {self.lanes} byte lanes "
+                f"must be a power of two (byte address a is in lane a % lanes)"
+            )
+        if self.size % self.lanes:
+            raise ValueError(f"size {self.size} is not a multiple of the {self.lanes} byte lanes")
         return self
 
 
@@ -56,13 +87,24 @@ class Buffers(_Model):
     def of(self, buf: isa.Buf) -> BufferConfig:
         return getattr(self, buf.name.lower())
 
+    @model_validator(mode="after")
+    def _sfu_ports_fit(self) -> Buffers:
+        for name in ("act", "glb"):
+            lanes = getattr(self, name).lanes
+            if lanes < SFU_PORT_BYTES:
+                raise ValueError(
+                    f"{name} has {lanes} byte lanes (banks x width); the SFU's "
+                    f"{SFU_PORT_BYTES}-byte ports on it need at least {SFU_PORT_BYTES}"
+                )
+        return self
+
 
 class ParallelShape(_Model):
     """Output columns, reduction elements and rows the MPE handles per cycle."""
 
-    n: int = Field(ge=1)
-    k: int = Field(ge=1)
-    m: int = Field(ge=1)
+    n: Int = Field(ge=1)
+    k: Int = Field(ge=2, multiple_of=2, description="even: a DSP group takes two entries")
+    m: Int = Field(ge=1)
 
     @property
     def macs(self) -> int:
@@ -73,12 +115,12 @@ class MpeConfig(_Model):
     """Matrix processing engine: ``chains`` sparse DSP chains of ``groups_per_chain``
     DSP groups, each group two cascaded MACs ending in a reduction node."""
 
-    chains: int = Field(ge=1)
-    groups_per_chain: int = Field(ge=1)
+    chains: Int = Field(ge=1)
+    groups_per_chain: Int = Field(ge=1)
     macs_per_group: Literal[2] = 2
     mm: ParallelShape = Field(description="parallelism in MM (GEMM/SpMM) mode")
-    mv: ParallelShape = Field(description="parallelism in MV (GEMV/SpMV) mode")
-    pipeline_depth: int | None = Field(
+    mv: ParallelShape = Field(description="parallelism in MV (GEMV/SpMV) mode; m is 1")
+    pipeline_depth: Int | None = Field(
         default=None,
         ge=1,
         description="cycles an MM/MV adds to its fetch cycles; default (and least): the "
@@ -107,6 +149,9 @@ class MpeConfig(_Model):
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> MpeConfig:
+        if self.mv.m != 1:
+            raise ValueError(f"mv.m must be 1 (one row: a matrix-vector product), not {self.mv.m}")
+        chain_macs = self.groups_per_chain * self.macs_per_group
         for mode in ("mm", "mv"):
             shape: ParallelShape = getattr(self, mode)
             if shape.macs > self.macs:
@@ -115,12 +160,19 @@ class MpeConfig(_Model):
                     f"{shape.macs} MACs exceeds the {self.macs} MACs of "
                     f"{self.chains} chains x {self.groups_per_chain} groups x 2"
                 )
+            if chain_macs % shape.k:
+                raise ValueError(
+                    f"{mode}.k = {shape.k} does not divide a chain's {chain_macs} MACs "
+                    f"({self.groups_per_chain} groups x 2): a chain's outputs are whole k"
+                )
         return self
 
 
 class SfuConfig(_Model):
-    lanes: int = Field(ge=1, description="elements processed per cycle")
-    pipeline_depth: int = Field(default=6, ge=1)
+    lanes: Int = Field(
+        ge=2, multiple_of=2, description="elements per cycle; even: RoPE rotates lane pairs"
+    )
+    pipeline_depth: Int = Field(default=6, ge=MIN_SFU_DEPTH)
 
 
 class MemoryConfig(_Model):
@@ -134,15 +186,17 @@ class MemoryConfig(_Model):
     """
 
     kind: Literal["hbm", "ddr"]
-    channels: int = Field(ge=1)
-    capacity: int = Field(gt=0, description="total bytes")
-    bandwidth_gbs: float = Field(
-        gt=0, description="peak bandwidth over all channels, GB/s (1e9 B/s)"
+    channels: Int = Field(ge=1)
+    capacity: Int = Field(gt=0, description="total bytes")
+    bandwidth_gbs: Real = Field(
+        gt=0, le=MAX_BANDWIDTH_GBS, description="peak bandwidth over all channels, GB/s (1e9 B/s)"
     )
-    latency_ns: float = Field(ge=0, description="first-beat latency of a request")
-    burst_bytes: int = Field(default=64, ge=1, description="bytes per burst beat of one channel")
-    cross_channel_penalty_cycles: int = Field(default=0, ge=0)
-    interleave_bytes: int = Field(
+    latency_ns: Real = Field(ge=0, le=MAX_LATENCY_NS, description="first-beat latency")
+    burst_bytes: Int = Field(
+        default=64, ge=2, description="bytes per burst beat of one channel (a power of two)"
+    )
+    cross_channel_penalty_cycles: Int = Field(default=0, ge=0, le=1_000_000)
+    interleave_bytes: Int = Field(
         default=0, ge=0, description="0: contiguous channels; else bytes per channel in turn"
     )
 
@@ -157,6 +211,8 @@ class MemoryConfig(_Model):
                 f"capacity {self.capacity} exceeds the ISA's "
                 f"{isa.EXT_ADDR_BITS}-bit external address space"
             )
+        if not _pow2(self.burst_bytes):
+            raise ValueError(f"burst_bytes must be a power of two, not {self.burst_bytes}")
         if self.capacity % self.channels:
             raise ValueError(
                 f"capacity {self.capacity} is not divisible by {self.channels} channels"
@@ -173,11 +229,11 @@ class DeviceBudget(_Model):
     """Resources of the target device, for resource checks and DSE."""
 
     part: str
-    dsp: int = Field(ge=0)
-    lut: int = Field(ge=0)
-    ff: int = Field(ge=0)
-    bram: int = Field(ge=0, description="36 Kb block RAMs")
-    uram: int = Field(ge=0, description="288 Kb UltraRAMs")
+    dsp: Int = Field(ge=0)
+    lut: Int = Field(ge=0)
+    ff: Int = Field(ge=0)
+    bram: Int = Field(ge=0, description="36 Kb block RAMs")
+    uram: Int = Field(ge=0, description="288 Kb UltraRAMs")
 
 
 class ArchConfig(_Model):
@@ -185,16 +241,16 @@ class ArchConfig(_Model):
 
     name: str
     description: str = ""
-    clock_mhz: float = Field(gt=0)
-    cores: int = Field(ge=1)
-    sparse_m: int = Field(default=16, ge=2)
-    sparse_n: tuple[int, ...] = (2, 4, 8, 16)
+    clock_mhz: Real = Field(gt=0, le=MAX_CLOCK_MHZ)
+    cores: Int = Field(ge=1)
+    sparse_m: Int = Field(default=16, ge=2)
+    sparse_n: tuple[Int, ...] = (2, 4, 8, 16)
     act_bits: Literal[8] = 8
-    weight_bits: tuple[int, ...] = (2, 3, 4, 8)
-    token_depth: int = Field(
+    weight_bits: tuple[Int, ...] = (2, 3, 4, 8)
+    token_depth: Int = Field(
         default=8, ge=1, description="capacity of each wait/release token counter"
     )
-    queue_depth: int = Field(
+    queue_depth: Int = Field(
         default=4, ge=1, description="instructions each unit's issue queue holds"
     )
     mpe: MpeConfig
@@ -219,6 +275,21 @@ class ArchConfig(_Model):
                 raise ValueError(f"weight_bits: {b} is not one of 2, 3, 4, 8")
         return self
 
+    @model_validator(mode="after")
+    def _mpe_reaches_its_operands(self) -> ArchConfig:
+        """Each MPE column takes its weights and sparse indices from an equal share of
+        the WGT and META ports (hw/mpe.py), so the columns must divide their lanes."""
+        for mode in ("mm", "mv"):
+            n = getattr(self.mpe, mode).n
+            for buf in ("wgt", "meta"):
+                lanes = getattr(self.buffers, buf).lanes
+                if lanes % n:
+                    raise ValueError(
+                        f"mpe.{mode}.n = {n} does not divide the {lanes} byte lanes of "
+                        f"buffers.{buf}: each column reads an equal share of the port"
+                    )
+        return self
+
     @property
     def clock_hz(self) -> float:
         return self.clock_mhz * 1e6
@@ -237,7 +308,11 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
+        shown = (
+            ""
+            if isinstance(value, dict) or e["type"] == "missing"
+            else f" (got {short_repr(value)})"
+        )
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import extras, hostio, isa, progress
+from . import extras, files, hostio, isa, progress
 from .arch import ArchConfig, ConfigError
 from .program import Program, ProgramError
 
@@ -81,21 +81,21 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def _prompt_file(path: Path) -> tuple[tuple[int, ...], ...]:
-    """Token-id prompts, one per non-empty line, ids separated by commas or spaces."""
+    """Token-id prompts, one per non-empty line, ids separated by commas or spaces.
+    Bad contents are the file's fault, not the command line's: exit status 1."""
     prompts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(files.read_text(path, click.ClickException).splitlines(), 1):
         fields = line.replace(",", " ").split()
         if not fields:
             continue
         try:
             prompts.append(tuple(int(v) for v in fields))
         except ValueError:
-            raise click.BadParameter(
-                f"{path}:{n}: expected token ids, not {line.strip()[:40]!r}",
-                param_hint="--calibration",
+            raise click.ClickException(
+                f"{path}:{n}: expected token ids, not {line.strip()[:40]!r}"
             ) from None
     if not prompts:
-        raise click.BadParameter(f"{path} holds no prompt", param_hint="--calibration")
+        raise click.ClickException(f"{path}: holds no prompt")
     return tuple(prompts)
 
 
@@ -334,20 +334,10 @@ def _load_input(spec: str, program: Program) -> tuple[hostio.TensorIO, np.ndarra
             f"program has no input {name!r}; inputs: " + (", ".join(tensors) or "none")
         )
     try:
-        value = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise hostio.TensorIOError(f"input {name!r}: {path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise hostio.TensorIOError(
-            f"input {name!r}: {path}: not a readable .npy file: {e}"
-        ) from None
+        value = files.read_npy(Path(path), hostio.TensorIOError)
+    except hostio.TensorIOError as e:
+        raise hostio.TensorIOError(f"input {name!r}: {e}") from None
     return tensors[name], value
-
-
-def _parent_made(path: Path) -> Path:
-    """``path``, with its folder created: outputs such as ``out/x.ffb`` need no mkdir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _file_stem(name: str) -> str:
@@ -429,6 +419,8 @@ def run(
         return
     if dump_logits is not None:
         raise click.UsageError("--dump-logits needs --prompt-ids")
+    if program.outputs:
+        files.prepare_output_dir(out_dir)
     given = [_load_input(spec, program) for spec in inputs]
     given = [(tio, hostio.quantize(tio, value)) for tio, value in given]  # fail before running
     sim = _functional_sim(arch)
@@ -449,13 +441,11 @@ def run(
             f"section {result.section}: {result.instructions} instructions"
             + ("" if result.cycles is None else f", {result.cycles} cycles")
         )
-    if program.outputs:
-        out_dir.mkdir(parents=True, exist_ok=True)
     for tio in program.outputs:
         ints = hostio.read_output(sim, program, tio)
         stem = out_dir / _file_stem(tio.name)
-        np.save(f"{stem}.npy", ints.astype(hostio.numpy_dtype(tio)))
-        np.save(f"{stem}.float.npy", hostio.dequantize(tio, ints))
+        files.write_npy(Path(f"{stem}.npy"), ints.astype(hostio.numpy_dtype(tio)))
+        files.write_npy(Path(f"{stem}.float.npy"), hostio.dequantize(tio, ints))
         click.echo(
             f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy"
         )
@@ -474,6 +464,8 @@ def _generate(
         raise click.UsageError(
             "--prompt-ids needs a compiled decoder (the program has no 'decoder' metadata)"
         )
+    if dump_logits is not None:
+        files.check_output_file(dump_logits)
     sim = _functional_sim(arch)
     try:
         gen = generate(program, sim, list(prompt), max_new_tokens)
@@ -481,7 +473,7 @@ def _generate(
         raise click.ClickException(str(e)) from None
     click.echo("generated: " + ",".join(map(str, gen.tokens)))
     if dump_logits is not None:
-        np.save(_parent_made(dump_logits), gen.logits)
+        files.write_npy(dump_logits, gen.logits)
         click.echo(f"logits {list(gen.logits.shape)} -> {dump_logits}")
 
 
@@ -507,12 +499,13 @@ def demo(target: str, save_dir: Path | None) -> None:
     from .compiler.demo import build_demo, run_demo
 
     arch = _target(target)
+    if save_dir is not None:
+        files.prepare_output_dir(save_dir)
     build = build_demo(arch)
     if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
         build.program.save(save_dir / "demo.ffb")
         for name, value in build.inputs.items():
-            np.save(save_dir / f"{_file_stem(name)}.npy", value)
+            files.write_npy(save_dir / f"{_file_stem(name)}.npy", value)
         click.echo(
             f"wrote {save_dir / 'demo.ffb'} and inputs "
             + ", ".join(f"{_file_stem(n)}.npy" for n in build.inputs)
@@ -666,6 +659,7 @@ def compile_cmd(
 
     if (model is None) == (config is None):
         raise click.UsageError("give either an ONNX MODEL or --config CONFIG.json")
+    files.check_output_file(out)  # before the compile, not after it
     wanted = _int_list(lengths, "--lengths") if lengths else None
     if max_len is None:
         max_len = max(wanted) + 1 if wanted else pipeline.CompileOptions().max_len
@@ -703,7 +697,7 @@ def compile_cmd(
         program = pipeline.compile_onnx(str(model), arch, options).program
     else:
         program = pipeline.compile_shape_only(str(config), arch, options)
-    program.save(_parent_made(out))
+    program.save(out)
     instrs = sum(len(s) for s in program.sections)
     weights = sum(g.size for g in program.segments if g.kind == "weights")
     n = len(program.sections)
@@ -757,6 +751,8 @@ def simulate(
     from .sim.cycle_model import simulate as time_request
 
     arch = _target(target)
+    if trace is not None:
+        files.check_output_file(trace)  # its folder made or refused before the timing
     program = Program.load(file, arch)
     try:
         report = time_request(program, arch, prompt_len, decode_steps, interpolate=interpolate)
@@ -764,7 +760,7 @@ def simulate(
         raise click.ClickException(_uncompiled_message(e, file)) from None
     click.echo("\n".join(report_lines(report)))
     if trace is not None:
-        report.write_trace(str(_parent_made(trace)))
+        report.write_trace(str(trace))
         click.echo(f"wrote {trace}")
 
 

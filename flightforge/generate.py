@@ -81,9 +81,18 @@ def prefill_steps(length: int, chunk: int, chunked: bool, last_only: bool) -> li
     ]
 
 
+def decoder_metadata(program: Program) -> dict:
+    """The program's ``decoder`` metadata; a program compiled from anything but a decoder
+    (``flightforge demo``'s, say) cannot be prefilled or generated with."""
+    meta = program.metadata.get("decoder")
+    if meta is None:
+        raise ProgramError("program is not a compiled decoder (no 'decoder' metadata)")
+    return meta
+
+
 def prefill_runs(program: Program, length: int) -> list[Run]:
     """The runs that prefill a prompt of ``length`` tokens (see :func:`prefill_steps`)."""
-    meta = program.metadata["decoder"]
+    meta = decoder_metadata(program)
     steps = prefill_steps(
         length,
         meta.get("prefill_chunk", 0),
@@ -103,9 +112,7 @@ class _Host:
     the input segment, runs sections, and reads INT16 logits back."""
 
     def __init__(self, program: Program, device) -> None:
-        meta = program.metadata.get("decoder")
-        if meta is None:
-            raise ProgramError("program is not a compiled decoder (no 'decoder' metadata)")
+        meta = decoder_metadata(program)
         self.program, self.device, self.meta = program, device, meta
         self.last_only = meta.get("prefill_logits", "all") == "last"
         self.cycles: int | None = 0

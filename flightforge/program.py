@@ -31,14 +31,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from . import isa
 from .arch import ArchConfig
+from .files import read_bytes, short_repr, write_bytes
 
 MAGIC = b"FFBIN\x00\r\n"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sHHI32sQ")
 _DIGEST_BYTES = 32
 SEGMENT_KINDS = ("weights", "kv", "input", "output", "const", "scratch")
+MAX_FILE_BYTES = 2 << isa.EXT_ADDR_BITS  #: a binary's data is at most its memory image, and code
 
 
 class ProgramError(ValueError):
@@ -128,6 +132,83 @@ class TensorIO:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorIO:
         return cls(d["name"], d["segment"], d["dtype"], tuple(d["shape"]), d.get("scale"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _SectionEntry(_Strict):
+    name: str
+    stage: str
+    len_lo: int
+    len_hi: int
+    offset: int
+    size: int = Field(ge=0)
+
+
+class _SegmentEntry(_Strict):
+    name: str
+    kind: str
+    addr: int = Field(ge=0)
+    size: int = Field(ge=0)
+    offset: int | None
+
+
+class _TensorEntry(_Strict):
+    name: str
+    segment: str
+    dtype: str
+    shape: list[int]
+    scale: float | None = None
+
+
+class _DecoderEntry(_Strict):
+    """The decoder fields the host (:mod:`flightforge.generate`) and the cycle model read."""
+
+    model_config = ConfigDict(extra="allow")
+    max_len: int = Field(ge=1)
+    hidden: int = Field(ge=1)
+    vocab: int = Field(ge=1)
+    input_segment: str
+    logits_segment: str
+    embed_segment: str
+    positions_segment: str | None = None
+    position_offset: int = 0
+    input_scale: float
+    logits_scale: float
+    prefill_logits: str = "all"
+    prefill_chunk: int = Field(default=0, ge=0)
+    prefill_mode: str = "whole"
+
+
+class _Metadata(_Strict):
+    model_config = ConfigDict(extra="allow")
+    inputs: list[_TensorEntry] = []
+    outputs: list[_TensorEntry] = []
+    decoder: _DecoderEntry | None = None
+
+
+class _Manifest(_Strict):
+    """The manifest's schema: a binary whose checksum holds can still be written by
+    another tool; every field the loader, host and models read is typed here, so a
+    wrong type is an error naming the field, not a traceback later."""
+
+    arch: str
+    sections: list[_SectionEntry]
+    segments: list[_SegmentEntry]
+    metadata: _Metadata = _Metadata()
+
+
+def _check_manifest(manifest: Any) -> str | None:
+    """None if ``manifest`` fits :class:`_Manifest`, else a message naming the field."""
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        return f"manifest field {loc}: {err['msg']} (got {short_repr(err.get('input'))})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -255,7 +336,8 @@ class Program:
         return body + hashlib.sha256(body).digest()
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.to_bytes())
+        """Write the binary atomically: a failed write leaves any earlier file intact."""
+        write_bytes(Path(path), self.to_bytes())
 
     @classmethod
     def from_bytes(
@@ -282,8 +364,11 @@ class Program:
             raise fail("header lengths do not add up to the file size")
         try:
             manifest = json.loads(body[_HEADER.size : _HEADER.size + mlen])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise fail(f"manifest is not valid JSON: {e}") from None
+        problem = _check_manifest(manifest)
+        if problem:
+            raise fail(problem)
         payload = body[_HEADER.size + mlen :]
 
         def blob(entry: dict, what: str) -> bytes:
@@ -335,10 +420,7 @@ class Program:
     @classmethod
     def load(cls, path: str | Path, arch: ArchConfig | None = None) -> Program:
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ProgramError(f"{path}: cannot read: {e.strerror}") from None
+        data = read_bytes(path, ProgramError, MAX_FILE_BYTES, regular=True)
         return cls.from_bytes(data, str(path), arch)
 
     # --- reporting -----------------------------------------------------------------------

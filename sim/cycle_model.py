@@ -20,12 +20,14 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flightforge import formats, isa, progress
 from flightforge.arch import ArchConfig
+from flightforge.files import write_text
 from flightforge.generate import decode_run, prefill_runs
 from flightforge.program import Program, ProgramError
 
@@ -446,8 +448,8 @@ class Report:
         return {"traceEvents": events, "displayTimeUnit": "ns"}
 
     def write_trace(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.trace(), f)
+        """Write :meth:`trace` as JSON, atomically (:func:`flightforge.files.write_text`)."""
+        write_text(Path(path), json.dumps(self.trace()))
 
 
 def _run_events(run: SectionRun, offset: float, us: float, args: dict) -> list[dict[str, Any]]:

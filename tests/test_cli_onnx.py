@@ -103,7 +103,7 @@ def test_calibration_prompts_from_a_file(tmp_path):
         "--calibration",
         bad,
     )
-    assert r.exit_code == 2 and "bad.txt:2" in r.output
+    assert r.exit_code == 1 and "bad.txt:2" in r.output  # the file is at fault: exit 1
     bad.write_text("1 2 300\n")
     r = invoke(
         "compile",

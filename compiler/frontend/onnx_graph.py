@@ -16,6 +16,7 @@ the heads, which table is the cosine, what the mask allows) against these values
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import networkx as nx
 import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
+
+from flightforge.files import read_bytes
 
 from ..errors import CompileError
 
@@ -72,13 +75,21 @@ class OnnxGraph:
 
 
 def read_model(path: str | Path) -> onnx.ModelProto:
-    """Parse the file and load its external data, refusing locations outside its folder."""
+    """The model with its external data, from a file the frontend may trust.
+
+    Refused, naming the file and tensor: a file that does not parse or has no graph;
+    external data outside the model's folder, missing, or shorter than its tensor's
+    offset and length; any tensor (initialiser or constant attribute) whose dims declare
+    more bytes than its data holds, so nothing later allocates by a declared size. The
+    bytes are read by :func:`flightforge.files.read_bytes` (regular files only).
+    """
     path = Path(path)
     if not path.is_file():
         raise FrontendError(f"{path}: no such file")
+    data = read_bytes(path, FrontendError, MAX_ONNX_BYTES, regular=True)
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError, or RuntimeWarning-like errors
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf's DecodeError and friends
         raise FrontendError(
             f"{path}: not a readable ONNX model (truncated or corrupt?): {type(e).__name__}: {e}"
         ) from None
@@ -89,31 +100,88 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         )
     base = path.parent.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        loc = info.location
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or not target.is_relative_to(base):
-            raise FrontendError(
-                f"{path}: tensor {tensor.name!r} has external data at {loc!r}, "
-                f"outside the model's folder {base}; refused"
-            )
-        if not target.is_file():
-            raise FrontendError(
-                f"{path}: tensor {tensor.name!r}: external data file {loc!r} does not exist"
-            )
-        end = (info.offset or 0) + (info.length or 0)
-        if end > target.stat().st_size:
-            raise FrontendError(
-                f"{path}: tensor {tensor.name!r}: external data {loc!r} is "
-                f"{target.stat().st_size} bytes, shorter than offset+length {end}"
-            )
+        if external_data_helper.uses_external_data(tensor):
+            have = _external_bytes(tensor, base, path)
+        else:
+            have = _inline_bytes(tensor)
+        if have is not None:
+            _check_declared(tensor, have, path)
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as e:
         raise FrontendError(f"{path}: cannot load external data: {e}") from None
     return model
+
+
+MAX_ONNX_BYTES = 2**31  #: protobuf's own limit on one message (weights beyond go external)
+#: Element types packed below a byte (the rest take their numpy itemsize).
+_SUB_BYTE_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (
+        ("INT4", 4),
+        ("UINT4", 4),
+        ("FLOAT4E2M1", 4),
+        ("INT2", 2),
+        ("UINT2", 2),
+        ("FLOAT6E2M3", 6),
+        ("FLOAT6E3M2", 6),
+    )
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def _external_bytes(tensor: onnx.TensorProto, base: Path, path: Path) -> int:
+    """The bytes of ``tensor``'s external data, refusing a location outside ``base``."""
+    info = external_data_helper.ExternalDataInfo(tensor)
+    loc = info.location
+    target = (base / loc).resolve()
+    if os.path.isabs(loc) or not target.is_relative_to(base):
+        raise FrontendError(
+            f"{path}: tensor {tensor.name!r} has external data at {loc!r}, "
+            f"outside the model's folder {base}; refused"
+        )
+    if not target.is_file():
+        raise FrontendError(
+            f"{path}: tensor {tensor.name!r}: external data file {loc!r} does not exist"
+        )
+    size = target.stat().st_size
+    end = (info.offset or 0) + (info.length or 0)
+    if end > size:
+        raise FrontendError(
+            f"{path}: tensor {tensor.name!r}: external data {loc!r} is {size} bytes, "
+            f"shorter than offset+length {end}"
+        )
+    return info.length if info.length else size - (info.offset or 0)
+
+
+def _inline_bytes(tensor: onnx.TensorProto) -> int | None:
+    """An upper bound on the bytes ``tensor`` holds in the file (None: strings)."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    # A typed field holds one element per entry, or two (complex parts, packed 4-bit
+    # values): at most 8 bytes of data per entry bounds the tensor.
+    return len(getattr(tensor, helper.tensor_dtype_to_field(tensor.data_type))) * 8
+
+
+def _check_declared(tensor: onnx.TensorProto, have: int, path: Path) -> None:
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise FrontendError(f"{path}: tensor {tensor.name!r} has negative dims {dims}")
+    try:
+        bits = 8 * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise FrontendError(
+            f"{path}: tensor {tensor.name!r} has unknown data type {tensor.data_type}"
+        ) from None
+    bits = _SUB_BYTE_BITS.get(tensor.data_type, bits)
+    want = -(-math.prod(dims) * bits // 8)
+    if want > have:
+        raise FrontendError(
+            f"{path}: tensor {tensor.name!r} declares dims {dims} ({want} bytes) "
+            f"but holds {have} bytes of data"
+        )
 
 
 def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:

@@ -38,7 +38,7 @@ from flightforge.program import Program
 
 from ..errors import CompileError
 from ..graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from ..quant.fixed_point import NEG_TABLE, rope_table_bytes
+from ..quant.fixed_point import NEG_TABLE, rope_table_bytes, rope_table_nbytes
 from ..quant.qdecoder import QuantDecoder
 from . import kernels
 from .buckets import BucketPlan, LinearShape, bucket_name, estimate_cycles
@@ -89,9 +89,8 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
                 b, f"{op.out}.table", qd.tables[op.out].astype(dt), with_data
             )
     rope = 0
-    if prog.rope_theta is not None:
-        table = rope_table_bytes(max_len, prog.head_dim, prog.rope_theta)
-        rope = b.place("rope_table", "const", table.nbytes, table if with_data else None)
+    if prog.rope_theta is not None:  # its data is built below, once every segment fits
+        rope = b.place("rope_table", "const", rope_table_nbytes(max_len, prog.head_dim))
     if prog.n_positions:
         b.place(
             "embed_positions",
@@ -116,6 +115,8 @@ def _place(b: Builder, qd: QuantDecoder, max_len: int, with_data: bool) -> _Plac
         if qd.split
         else None
     )
+    if prog.rope_theta is not None and with_data:
+        b.ext.fill("rope_table", rope_table_bytes(max_len, prog.head_dim, prog.rope_theta))
     return _Placed(
         linears,
         norms,

@@ -6,6 +6,7 @@ sizes involved; nothing is truncated or silently spilled.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +99,17 @@ class ExternalLayout:
         self.segments.append(Segment(name, kind, addr, size, data))
         self._next = addr + size
         return addr
+
+    def fill(self, name: str, data: bytes | np.ndarray) -> None:
+        """Give the placed segment ``name`` its data: a large table whose size grows with
+        the length is built only once every segment is known to fit."""
+        if not isinstance(data, bytes):
+            data = np.ascontiguousarray(data).tobytes()
+        for i, seg in enumerate(self.segments):
+            if seg.name == name:
+                self.segments[i] = dataclasses.replace(seg, data=data)
+                return
+        raise CompileError(f"no segment {name!r} to fill")
 
 
 def buffer_allocators(arch: ArchConfig) -> dict[isa.Buf, BufferAllocator]:

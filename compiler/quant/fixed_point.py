@@ -99,3 +99,8 @@ def rope_table_bytes(positions: int, head_dim: int, theta: float) -> np.ndarray:
     """The RoPE constant segment: per position, cos INT16[d/2] then sin INT16[d/2]."""
     cos, sin = numerics.rope_tables(positions, head_dim, theta)
     return np.concatenate([cos, sin], axis=1).astype("<i2")
+
+
+def rope_table_nbytes(positions: int, head_dim: int) -> int:
+    """The size of :func:`rope_table_bytes`, known before (and without) building it."""
+    return positions * 2 * (head_dim // 2) * 2

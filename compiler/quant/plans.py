@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flightforge.files import read_yaml
+from flightforge.files import read_yaml, short_repr
 from flightforge.isa import SparseMode
 
 from ..errors import CompileError
@@ -66,41 +66,61 @@ class PlanSpec:
                 )
 
 
-def _values(entry: dict, where: str) -> dict[str, Any]:
+def _values(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise CompileError(
+            f"{where}: expected a mapping of {', '.join(FIELDS)}, not {short_repr(entry)}"
+        )
     out = {}
     for key, value in entry.items():
         if key not in FIELDS:
-            raise CompileError(f"{where}: unknown field {key!r} (fields: {', '.join(FIELDS)})")
-        if key == "bits" and value not in (2, 3, 4, 8):
-            raise CompileError(f"{where}: bits must be 2, 3, 4 or 8, not {value!r}")
-        if key == "group" and (not isinstance(value, int) or value < 0):
-            raise CompileError(f"{where}: group must be a non-negative integer, not {value!r}")
+            raise CompileError(
+                f"{where}: unknown field {short_repr(key)} (fields: {', '.join(FIELDS)})"
+            )
+        if key == "bits" and (_not_int(value) or value not in (2, 3, 4, 8)):
+            raise CompileError(f"{where}: bits must be 2, 3, 4 or 8, not {short_repr(value)}")
+        if key == "group" and (_not_int(value) or value < 0):
+            raise CompileError(
+                f"{where}: group must be a non-negative integer, not {short_repr(value)}"
+            )
         if key == "sparse":
-            value = str(value)
+            if not isinstance(value, str):
+                raise CompileError(
+                    f"{where}: sparse must be 'dense' or 'n:m', not {short_repr(value)}"
+                )
             if value != "dense":
                 try:
                     n, m = (int(x) for x in value.split(":"))
                     SparseMode.from_nm(n, m)
                 except ValueError as e:
-                    raise CompileError(f"{where}: sparse {value!r}: {e}") from None
+                    raise CompileError(f"{where}: sparse {short_repr(value)}: {e}") from None
         out[key] = value
     return out
+
+
+def _not_int(value: Any) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool)
 
 
 def parse_plan(data: Any, source: str = "<plan>") -> PlanSpec:
     if not isinstance(data, dict):
         raise CompileError(f"{source}: a plan is a mapping with 'default' and 'layers'")
-    extra = set(data) - {"default", "layers"}
+    extra = set(map(str, data)) - {"default", "layers"}
     if extra:
-        raise CompileError(f"{source}: unknown key {sorted(extra)[0]!r} (keys: default, layers)")
+        raise CompileError(
+            f"{source}: unknown key {short_repr(sorted(extra)[0])} (keys: default, layers)"
+        )
     default = _values(data.get("default") or {}, f"{source}: default")
+    layers = data.get("layers") or []
+    if not isinstance(layers, list):
+        raise CompileError(f"{source}: layers must be a list of entries, not {short_repr(layers)}")
     rules = []
-    for i, entry in enumerate(data.get("layers") or []):
+    for i, entry in enumerate(layers):
         where = f"{source}: layers[{i}]"
-        if not isinstance(entry, dict) or "match" not in entry:
-            raise CompileError(f"{where}: each entry needs a 'match' pattern")
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
+            raise CompileError(f"{where}: each entry needs a 'match' pattern (a string)")
         entry = dict(entry)
-        rules.append(PlanRule(str(entry.pop("match")), _values(entry, where)))
+        rules.append(PlanRule(entry.pop("match"), _values(entry, where)))
     return PlanSpec(default, tuple(rules), source)
 
 
