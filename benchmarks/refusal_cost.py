@@ -2,8 +2,9 @@
 process, per input class of issue 16 (the README promises that a 1 KB input never takes
 more than a second or 100 MB to refuse).
 
-Each case runs ``python -m flightforge.cli`` in a fresh process; its peak resident set
-comes from ``wait4``. ``isa`` (print the instruction set) is the baseline: the cost of
+Each case runs ``python -m flightforge.cli`` in a fresh process; its CPU time and peak
+resident set come from ``wait4`` (CPU time, unlike wall time, does not grow when other
+work shares the machine). ``isa`` (print the instruction set) is the baseline: the cost of
 starting Python and importing the CLI, which every case pays too.
 
     python benchmarks/refusal_cost.py
@@ -21,43 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests")]  # the tests' bad inputs
+
+from bad_inputs import big_initializer, huge_npy, laughs, onnx_with  # noqa: E402
 
 
-def _laughs(path: Path) -> Path:
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for i in range(1, 9):
-        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
-        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 10) + "]")
-    lines.append("name: *i\nparameters: {chains: *i}\nlayers: *i")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _huge_npy(path: Path) -> Path:
-    with path.open("wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f4", "fortran_order": False, "shape": (10**11,)}
-        )
-        f.write(bytes(16))
-    return path
-
-
-def _big_initializer(path: Path) -> Path:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    big = TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[100000, 100000])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y], [big])
-    onnx.save(helper.make_model(graph), path)
-    return path
-
-
-def _run(args: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak MiB and exit status of the CLI with ``args``."""
+def _run(args: list[str]) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds, peak MiB and exit status of the CLI with ``args``."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flightforge.cli", *args],
@@ -66,7 +38,8 @@ def _run(args: list[str]) -> tuple[float, float, int]:
     )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - start, cpu, usage.ru_maxrss / 1024, proc.returncode
 
 
 def main() -> None:
@@ -78,7 +51,8 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        bomb = _laughs(d / "bomb.yaml")
+        bomb = laughs(d / "bomb.yaml")
+        model = onnx_with(d / "m.onnx", big_initializer())
         config = ROOT / "examples" / "configs" / "llama-3.2-1b.json"
         out = str(d / "x.ffb")
         cases = {
@@ -91,10 +65,10 @@ def main() -> None:
             "YAML aliases as a DSE spec": ["dse", str(bomb), "--out", str(d / "dse")],
             ".npy declaring 10^11 floats": [
                 "run", str(demo / "demo.ffb"), "--target", "tiny",
-                "--input", f"x={_huge_npy(d / 'huge.npy')}",
+                "--input", f"x={huge_npy(d / 'huge.npy')}",
             ],
             "ONNX initialiser of 10^10 floats": [
-                "compile", str(_big_initializer(d / "m.onnx")), "--target", "tiny", "--out", out,
+                "compile", str(model), "--target", "tiny", "--out", out,
             ],
             "/dev/zero as --plan": [
                 "compile", "--config", str(config), "--target", "tiny", "--plan", "/dev/zero",
@@ -107,11 +81,16 @@ def main() -> None:
         }  # fmt: skip
         sizes = {"YAML aliases": bomb.stat().st_size, ".npy": (d / "huge.npy").stat().st_size}
         results = {}
-        print(f"{'case':<34} {'s':>6} {'peak MiB':>9} {'exit':>5}")
+        print(f"{'case':<34} {'wall s':>6} {'CPU s':>6} {'peak MiB':>9} {'exit':>5}")
         for name, args in cases.items():
-            secs, mib, code = _run(args)
-            results[name] = {"seconds": round(secs, 3), "peak_mib": round(mib, 1), "exit": code}
-            print(f"{name:<34} {secs:>6.2f} {mib:>9.1f} {code:>5}")
+            secs, cpu, mib, code = _run(args)
+            results[name] = {
+                "seconds": round(secs, 3),
+                "cpu_seconds": round(cpu, 3),
+                "peak_mib": round(mib, 1),
+                "exit": code,
+            }
+            print(f"{name:<34} {secs:>6.2f} {cpu:>6.2f} {mib:>9.1f} {code:>5}")
     print(json.dumps({"benchmark": "refusal_cost", "input_bytes": sizes, "cases": results}))
 
 

@@ -26,9 +26,9 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import yaml
+from bad_inputs import big_initializer, huge_npy, laughs, onnx_with
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
@@ -127,18 +127,6 @@ def hf_config(tmp_path) -> Path:
     return path
 
 
-def laughs(path: Path) -> Path:
-    """A ~1 KB YAML whose nested aliases expand to 10^9 strings ("billion laughs")."""
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for i in range(1, 9):
-        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
-        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 10) + "]")
-    lines.append("name: *i\nparameters: {chains: *i}\nlayers: *i")
-    path.write_text("\n".join(lines) + "\n")
-    assert path.stat().st_size < 1100
-    return path
-
-
 # --- small inputs that declare or expand to huge ones ------------------------------------------
 
 
@@ -146,6 +134,7 @@ def test_nested_yaml_aliases_are_refused_as_a_target_a_plan_and_a_dse_spec(
     tmp_path, demo_file, hf_config
 ):
     bomb = laughs(tmp_path / "bomb.yaml")
+    assert bomb.stat().st_size < 1024
     out = tmp_path / "x.ffb"
     refused("inspect", demo_file, "--target", bomb, fragments=[str(bomb), "aliases"])
     refused(
@@ -157,12 +146,7 @@ def test_nested_yaml_aliases_are_refused_as_a_target_a_plan_and_a_dse_spec(
 
 
 def test_an_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path, demo_file):
-    path = tmp_path / "huge.npy"
-    with path.open("wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f4", "fortran_order": False, "shape": (10**11,)}
-        )
-        f.write(bytes(16))
+    path = huge_npy(tmp_path / "huge.npy")
     refused(
         "run", demo_file, "--target", "tiny", "--input", f"x={path}",
         fragments=[str(path), "declares", "16 bytes of data"],
@@ -170,18 +154,11 @@ def test_an_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path, d
 
 
 def _onnx_with(tmp_path: Path, tensor: TensorProto) -> Path:
-    """An Identity model carrying ``tensor`` as an unused initialiser."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y], [tensor])
-    path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph), path)
-    return path
+    return onnx_with(tmp_path / "model.onnx", tensor)
 
 
 def test_an_onnx_initialiser_declaring_more_than_it_holds_is_refused(tmp_path):
-    big = TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[100000, 100000])
-    model = _onnx_with(tmp_path, big)
+    model = _onnx_with(tmp_path, big_initializer())
     refused(
         "compile", model, "--target", "tiny", "--out", tmp_path / "x.ffb",
         fragments=[str(model), "'big'", "declares dims [100000, 100000]"],
