@@ -255,6 +255,15 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO]:
     naming ``path``.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A device or a pipe (``--out /dev/null``) is written in place: renaming a
+        # temporary file over it would replace the device node itself.
+        try:
+            with open(path, mode) as f:
+                yield f
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+        return
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")

@@ -260,6 +260,15 @@ def test_the_output_folder_is_made_or_refused_before_compiling(
         refused(*args, fragments=[str(blocker), "cannot create the output folder"])
 
 
+def test_a_device_as_output_is_written_in_place_not_replaced():
+    import stat
+
+    from flightforge.files import write_bytes
+
+    write_bytes(Path("/dev/null"), b"discarded")
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+
+
 # --- wrong encoding, structure or type -----------------------------------------------------------
 
 
