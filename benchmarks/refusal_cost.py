@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests")]  # the tests' bad inputs
+sys.path[:0] = [str(ROOT / "examples")]
 
 from bad_inputs import big_initializer, huge_npy, laughs, onnx_with  # noqa: E402
 

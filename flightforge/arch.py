@@ -149,21 +149,36 @@ class MpeConfig(_Model):
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> MpeConfig:
+        """The mapping hw/mpe builds: a chain of ``groups_per_chain`` DSP48E2 slices cut
+        by a reduction node after every second slice; a tile segment's ``k`` entries on
+        ``k`` slices of one chain, two rows of the tile in each slice's two lanes."""
+        g, lanes = self.groups_per_chain, self.macs_per_group
         if self.mv.m != 1:
             raise ValueError(f"mv.m must be 1 (one row: a matrix-vector product), not {self.mv.m}")
-        chain_macs = self.groups_per_chain * self.macs_per_group
+        if g % 2:
+            raise ValueError(
+                f"groups_per_chain must be even (a reduction node ends each pair of "
+                f"slices), not {g}"
+            )
         for mode in ("mm", "mv"):
             shape: ParallelShape = getattr(self, mode)
             if shape.macs > self.macs:
                 raise ValueError(
                     f"{mode} parallelism {shape.n}x{shape.k}x{shape.m} = "
                     f"{shape.macs} MACs exceeds the {self.macs} MACs of "
-                    f"{self.chains} chains x {self.groups_per_chain} groups x 2"
+                    f"{self.chains} chains x {g} groups x 2"
                 )
-            if chain_macs % shape.k:
+            if g % shape.k:
                 raise ValueError(
-                    f"{mode}.k = {shape.k} does not divide a chain's {chain_macs} MACs "
-                    f"({self.groups_per_chain} groups x 2): a chain's outputs are whole k"
+                    f"{mode}.k = {shape.k} does not divide a chain's {g} slices: a "
+                    f"segment's k entries lie on k slices of one chain"
+                )
+            slices = -(-shape.m // lanes) * shape.n * shape.k
+            if slices > self.chains * g:
+                raise ValueError(
+                    f"{mode} parallelism {shape.n}x{shape.k}x{shape.m} needs "
+                    f"ceil(m/{lanes}) x n x k = {slices} slices, more than the "
+                    f"{self.chains} chains x {g} slices"
                 )
         return self
 

@@ -1,5 +1,6 @@
-"""Small files that declare or expand to huge ones (issue 16), shared by
-tests/test_hardening.py and benchmarks/refusal_cost.py."""
+"""Examples of bad input: small files that declare or expand to huge ones, which the
+CLI must refuse at once (tests/test_hardening.py checks that it does,
+benchmarks/refusal_cost.py measures what refusing costs; docs/files.md)."""
 
 from __future__ import annotations
 
