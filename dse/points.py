@@ -32,7 +32,7 @@ from flightforge.sim.timing import Timing, TimingParams
 from .power import power
 from .resources import KINDS, design_resources, over_budget, utilisation
 from .spec import ARCH_KNOBS, QUANT_KNOBS, TIMING_KNOBS, Spec, SpecError, Workload, canonical_hash
-from .timing import DispatchError, ProgramCache, stream_fields, time_stream
+from .timing import ProgramCache, stream_fields, time_stream
 
 #: unit names in mask-bit order, for the per-unit metrics (``busy_LD``, ...)
 UNITS = tuple(u.name for u in isa.Unit)
@@ -244,7 +244,7 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
                 ).cycles
             m["prefill_cycles"] = pre
             m["ttft_s"] = pre / clock
-    except (ProgramError, DeviceError, DispatchError, KeyError, ValueError, isa.IsaError) as e:
+    except (ProgramError, DeviceError, KeyError, ValueError, isa.IsaError) as e:
         return done("infeasible", f"timing: {type(e).__name__}: {e}")
     if over:
         return done("infeasible", "over budget: " + "; ".join(over))

@@ -23,9 +23,9 @@ what it depends on (docs/dse.md, "What is cached and why it is exact"):
    architecture, and the rate part of ``docs/cycle_model.md``'s LD/ST formula, evaluated
    for all transfers at once with numpy (except the buffer side of the few transfers
    counted burst by burst, ``Timing.beatwise``, which Timing gives).
-4. **Dispatch**: :func:`dispatch_cycles` is the machine of :mod:`flightforge.sim.dispatch`
-   specialised to precomputed integer arrays (same cycle-by-cycle rules, no schedule kept);
-   results are memoised by the duration vector.
+4. **Dispatch**: :func:`flightforge.sim.dispatch.dispatch_cycles`, the very machine every
+   simulator runs, on the stream decoded once and the duration vector (no schedule
+   kept); results are memoised by the duration vector.
 
 Tests check durations against ``Timing.duration`` and cycles against ``run_dispatch``
 instruction for instruction.
@@ -34,9 +34,6 @@ instruction for instruction.
 from __future__ import annotations
 
 import hashlib
-import heapq
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +45,10 @@ from flightforge.arch import ArchConfig
 from flightforge.compiler.errors import CompileError
 from flightforge.files import prepare_output_dir, write_bytes
 from flightforge.program import Program
+from flightforge.sim import dispatch
 from flightforge.sim.timing import SPLIT_BUFFERS, Q, Timing, TimingParams
 
 N_UNITS = len(isa.Unit)
-SYS_KIND, HALT_KIND = N_UNITS, N_UNITS + 1
 
 
 # --- stream keys ---------------------------------------------------------------------------
@@ -84,7 +81,7 @@ class Stream:
     name: str
     d: int
     instrs: list[isa.Instruction]
-    kind: list[int]  #: unit index, SYS_KIND or HALT_KIND
+    kind: list[int]  #: unit index, or dispatch.SYS_KIND / HALT_KIND (``dispatch.decode``)
     waits: list[tuple[int, ...]]
     releases: list[tuple[int, ...]]
     mm_idx: np.ndarray  #: indices of MM/MV instructions
@@ -101,27 +98,18 @@ class Stream:
     _memo: dict = field(default_factory=dict, repr=False)
 
 
-def _units(mask: int) -> tuple[int, ...]:
-    return tuple(u for u in range(N_UNITS) if mask >> u & 1)
-
-
 def prepare(program: Program, section: str, length: int | None = None) -> Stream:
     """The section ``section`` of ``program`` run with ``length`` (its bucket offset)."""
     sec = program.section(section)
     d = 0 if length is None else length - sec.len_lo
     instrs = [isa.resolve(i, d) if d and isa.is_dynamic(i) else i for i in sec.instructions]
-    kind, waits, releases = [], [], []
+    dispatch.check_section_code(instrs, section)
+    kind, waits, releases = dispatch.decode(instrs)
     mm, misc, xfer, xbytes, xsplit, xbuf, xbits = [], [], [], [], [], [], []
     macs = 0
     for i, ins in enumerate(instrs):
         if isinstance(ins, isa.SYS):
-            kind.append(HALT_KIND if ins.op == isa.SysOp.HALT else SYS_KIND)
-            waits.append(())
-            releases.append(())
             continue
-        kind.append(int(ins.UNIT))
-        waits.append(_units(ins.wait))
-        releases.append(_units(ins.release))
         if isinstance(ins, (isa.MM, isa.MV)):
             mm.append(i)
             macs += ins.rows * ins.n * formats.weight_entries(ins.k, isa.SparseMode(ins.sparse))
@@ -254,90 +242,7 @@ def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
     return out
 
 
-# --- dispatch --------------------------------------------------------------------------------
-
-
-class DispatchError(RuntimeError):
-    """The stream deadlocked or left tokens at HALT (run ``sim.dispatch`` for the details)."""
-
-
-def dispatch_cycles(
-    kind: Sequence[int],
-    waits: Sequence[tuple[int, ...]],
-    releases: Sequence[tuple[int, ...]],
-    dur: Sequence[int],
-    *,
-    token_depth: int,
-    queue_depth: int,
-) -> int:
-    """Cycles of one section: :func:`flightforge.sim.dispatch.run_dispatch`'s machine.
-
-    Same rules in the same order each cycle (retire, dispatch one, start heads in unit
-    order, advance time by one cycle or jump to the next completion), on plain lists.
-    """
-    n = len(kind)
-    queues = [deque() for _ in range(N_UNITS)]
-    idle = [True] * N_UNITS
-    tok = [0] * (N_UNITS * N_UNITS)  # tok[src * N + dst]
-    heap: list[tuple[int, int, int]] = []
-    pc = t = 0
-    last = -1
-    NU = N_UNITS
-
-    def can_start(i: int, u: int) -> bool:
-        for v in waits[i]:
-            if tok[v * NU + u] <= 0:
-                return False
-        for v in releases[i]:
-            if tok[u * NU + v] >= token_depth:
-                return False
-        return True
-
-    while True:
-        while heap and heap[0][0] <= t:
-            _, u, i = heapq.heappop(heap)
-            for v in releases[i]:
-                tok[u * NU + v] += 1
-            idle[u] = True
-        if pc < n and last < t:
-            k = kind[pc]
-            if k == HALT_KIND:
-                if all(idle) and not any(queues):
-                    if any(tok):
-                        raise DispatchError("tokens left over at HALT")
-                    return t + 1
-            elif k == SYS_KIND:
-                last = t
-                pc += 1
-            elif len(queues[k]) < queue_depth:
-                queues[k].append(pc)
-                last = t
-                pc += 1
-        for u in range(NU):
-            q = queues[u]
-            if idle[u] and q and can_start(q[0], u):
-                i = q.popleft()
-                for v in waits[i]:
-                    tok[v * NU + u] -= 1
-                d = dur[i]
-                heapq.heappush(heap, (t + (d if d > 1 else 1), u, i))
-                idle[u] = False
-        if pc < n:
-            k = kind[pc]
-            if k == HALT_KIND:
-                nxt = all(idle) and not any(queues)
-            elif k == SYS_KIND:
-                nxt = True
-            else:
-                nxt = len(queues[k]) < queue_depth
-        else:
-            nxt = False
-        if nxt or any(idle[u] and queues[u] and can_start(queues[u][0], u) for u in range(NU)):
-            t += 1
-        elif heap:
-            t = max(t + 1, heap[0][0])
-        else:
-            raise DispatchError(f"deadlock at instruction {pc}")
+# --- timing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -363,13 +268,13 @@ def time_stream(stream: Stream, arch: ArchConfig, params) -> StreamTiming:
     )
     cycles = stream._memo.get(key)
     if cycles is None:
-        cycles = dispatch_cycles(
-            stream.kind,
-            stream.waits,
-            stream.releases,
+        cycles = dispatch.dispatch_cycles(
+            stream.instrs,
+            (stream.kind, stream.waits, stream.releases),
             dur.tolist(),
             token_depth=arch.token_depth,
             queue_depth=arch.queue_depth,
+            section=stream.name,
         )
         stream._memo[key] = cycles
     return StreamTiming(cycles, busy, stream.bytes_moved, stream.macs)

@@ -22,7 +22,10 @@ so a program that deadlocks, or that is correctly synchronised, is so on all of 
   reorder the next section, so it is reported as an error naming the releasing unit.
 
 The engine is event-driven (time jumps to the next completion while dispatch is
-blocked), so a timed run costs O(instructions x log units), not O(cycles).
+blocked), so a timed run costs O(instructions x log units), not O(cycles). It runs on a
+stream decoded once into integers (:func:`decode`: each instruction's unit, or SYS or
+HALT, and the units of its masks); the design-space exploration times a decoded stream
+many times with other durations (:func:`dispatch_cycles`), through this same engine.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ class Schedule:
 MASK_UNITS: tuple[tuple[isa.Unit, ...], ...] = tuple(
     tuple(u for u in UNITS if mask >> u & 1) for mask in range(1 << len(UNITS))
 )
+N_UNITS = len(UNITS)
+#: :func:`decode`'s kind of an instruction that occupies no unit, and of the final HALT
+SYS_KIND, HALT_KIND = N_UNITS, N_UNITS + 1
+_MASK_INTS = tuple(tuple(int(u) for u in units) for units in MASK_UNITS)
+_NONE = np.empty(0, dtype=np.int64)  #: the schedule of a run that keeps none
 
 
 def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
@@ -78,6 +86,25 @@ def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
             )
 
 
+def decode(
+    instrs: Sequence[isa.Instruction],
+) -> tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Per instruction: its unit (``SYS_KIND`` for SYS, ``HALT_KIND`` for SYS HALT), and
+    the units of its wait and release masks (empty for SYS)."""
+    kind, waits, releases = [], [], []
+    for ins in instrs:
+        u = ins.UNIT
+        if u is None:
+            kind.append(HALT_KIND if ins.op == isa.SysOp.HALT else SYS_KIND)
+            waits.append(())
+            releases.append(())
+        else:
+            kind.append(int(u))
+            waits.append(_MASK_INTS[ins.wait])
+            releases.append(_MASK_INTS[ins.release])
+    return kind, waits, releases
+
+
 def run_dispatch(
     instrs: Sequence[isa.Instruction],
     *,
@@ -95,96 +122,133 @@ def run_dispatch(
     by its unit's order has already performed its own).
     """
     check_section_code(instrs, section)
-    n = len(instrs)
-    dispatch = np.full(n, -1, dtype=np.int64)
-    start = np.full(n, -1, dtype=np.int64)
-    end = np.full(n, -1, dtype=np.int64)
-    # Per instruction, once: its unit (None for SYS) and the units of its masks.
-    unit_of = [ins.UNIT for ins in instrs]
-    waits = [
-        MASK_UNITS[ins.wait] if u is not None else ()
-        for ins, u in zip(instrs, unit_of, strict=True)
-    ]
-    releases = [
-        MASK_UNITS[ins.release] if u is not None else ()
-        for ins, u in zip(instrs, unit_of, strict=True)
-    ]
-    halt_at = n - 1  # check_section_code: the last instruction is the only HALT
-    queues: dict[isa.Unit, deque[int]] = {u: deque() for u in UNITS}
-    busy: dict[isa.Unit, int | None] = {u: None for u in UNITS}  # running instruction
-    tokens = [[0] * len(UNITS) for _ in UNITS]  # tokens[src][dst]
+    kind, waits, releases = decode(instrs)
+    return _machine(
+        instrs, kind, waits, releases, duration, token_depth, queue_depth, on_start, section, True
+    )
+
+
+def dispatch_cycles(
+    instrs: Sequence[isa.Instruction],
+    decoded: tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]],
+    durations: Sequence[int],
+    *,
+    token_depth: int,
+    queue_depth: int,
+    section: str = "<stream>",
+) -> int:
+    """The cycles of :func:`run_dispatch` for a stream already :func:`decode`-d (and
+    checked), with precomputed durations: the same machine, keeping no schedule."""
+    kind, waits, releases = decoded
+    return _machine(
+        instrs,
+        kind,
+        waits,
+        releases,
+        lambda i, _: durations[i],
+        token_depth,
+        queue_depth,
+        None,
+        section,
+        False,
+    ).cycles
+
+
+def _machine(
+    instrs: Sequence[isa.Instruction],
+    kind: Sequence[int],
+    waits: Sequence[tuple[int, ...]],
+    releases: Sequence[tuple[int, ...]],
+    duration: Callable[[int, isa.Instruction], int],
+    token_depth: int,
+    queue_depth: int,
+    on_start: Callable[[int, isa.Instruction], None] | None,
+    section: str,
+    record: bool,
+) -> Schedule:
+    """The machine of the module docstring, cycle by cycle; the schedule if ``record``."""
+    n, nu = len(kind), N_UNITS
+    dispatch = [-1] * n if record else []
+    start = [-1] * n if record else []
+    end = [-1] * n if record else []
+    queues: list[deque[int]] = [deque() for _ in range(nu)]
+    busy = [False] * nu
+    tokens = [0] * (nu * nu)  # tokens[src * nu + dst]
     queued = running = 0
     completions: list[tuple[int, int, int]] = []  # (time, unit, instr)
     pc = 0
     t = 0
     last_dispatch = -1
 
-    def can_start(i: int, u: isa.Unit) -> bool:
-        return all(tokens[v][u] > 0 for v in waits[i]) and all(
-            tokens[u][v] < token_depth for v in releases[i]
-        )
+    def can_start(i: int, u: int) -> bool:
+        for v in waits[i]:
+            if tokens[v * nu + u] <= 0:
+                return False
+        for v in releases[i]:
+            if tokens[u * nu + v] >= token_depth:
+                return False
+        return True
 
     def can_dispatch(i: int) -> bool:
-        u = unit_of[i]
-        if u is None:
-            return i != halt_at or (queued == 0 and running == 0)
-        return len(queues[u]) < queue_depth
+        k = kind[i]
+        if k == HALT_KIND:
+            return queued == 0 and running == 0
+        return k == SYS_KIND or len(queues[k]) < queue_depth
 
     while True:
         # Retire everything that completes now.
         while completions and completions[0][0] <= t:
-            _, u_val, i = heapq.heappop(completions)
-            u = UNITS[u_val]
+            _, u, i = heapq.heappop(completions)
             for v in releases[i]:
-                tokens[u][v] += 1
-            busy[u] = None
+                tokens[u * nu + v] += 1
+            busy[u] = False
             running -= 1
         # Dispatch at most one instruction this cycle.
         if pc < n and last_dispatch < t and can_dispatch(pc):
-            dispatch[pc] = t
-            u = unit_of[pc]
-            if pc == halt_at:
-                leftover = [
-                    (UNITS[s].name, UNITS[d].name, tokens[s][d])
-                    for s in range(len(UNITS))
-                    for d in range(len(UNITS))
-                    if tokens[s][d]
-                ]
-                if leftover:
-                    desc = ", ".join(f"{c} from {s} to {d}" for s, d, c in leftover)
-                    raise DeviceError(
-                        f"section {section!r} reached HALT (instruction {pc}) "
-                        f"with unconsumed tokens: {desc}"
-                    )
-                return Schedule(dispatch, start, end, t + 1)
-            if u is not None:
-                queues[u].append(pc)
+            if record:
+                dispatch[pc] = t
+            k = kind[pc]
+            if k == HALT_KIND:
+                if any(tokens):
+                    raise DeviceError(_leftover_message(tokens, pc, section))
+                if not record:
+                    return Schedule(_NONE, _NONE, _NONE, t + 1)
+                return Schedule(
+                    np.array(dispatch, dtype=np.int64),
+                    np.array(start, dtype=np.int64),
+                    np.array(end, dtype=np.int64),
+                    t + 1,
+                )
+            if k != SYS_KIND:
+                queues[k].append(pc)
                 queued += 1
             last_dispatch = t
             pc += 1
         # Start every head that can start.
         consumed = False
-        for u in UNITS:
+        for u in range(nu):
             q = queues[u]
-            if busy[u] is None and q and can_start(q[0], u):
+            if not busy[u] and q and can_start(q[0], u):
                 i = q.popleft()
                 queued -= 1
-                ins = instrs[i]
                 for v in waits[i]:
-                    tokens[v][u] -= 1
+                    tokens[v * nu + u] -= 1
                     consumed = True
-                start[i] = t
+                ins = instrs[i]
                 if on_start is not None:
                     on_start(i, ins)
-                d = max(1, int(duration(i, ins)))
-                end[i] = t + d
-                busy[u] = i
+                d = int(duration(i, ins))
+                d = d if d > 1 else 1
+                if record:
+                    start[i] = t
+                    end[i] = t + d
+                busy[u] = True
                 running += 1
-                heapq.heappush(completions, (t + d, int(u), i))
+                heapq.heappush(completions, (t + d, u, i))
         # Advance time. A head the loop passed over can start next cycle only if a later
         # unit's start consumed a token into room it was waiting for.
         startable = consumed and any(
-            busy[u] is None and queues[u] and can_start(queues[u][0], u) for u in UNITS
+            not busy[u] and queues[u] and can_start(queues[u][0], u) for u in range(nu)
         )
         if (pc < n and can_dispatch(pc)) or startable:
             t += 1
@@ -194,10 +258,21 @@ def run_dispatch(
             raise DeviceError(_deadlock_message(instrs, queues, tokens, token_depth, pc, section))
 
 
+def _leftover_message(tokens: list[int], pc: int, section: str) -> str:
+    leftover = [
+        (UNITS[s].name, UNITS[d].name, tokens[s * N_UNITS + d])
+        for s in range(N_UNITS)
+        for d in range(N_UNITS)
+        if tokens[s * N_UNITS + d]
+    ]
+    desc = ", ".join(f"{c} from {s} to {d}" for s, d, c in leftover)
+    return f"section {section!r} reached HALT (instruction {pc}) with unconsumed tokens: {desc}"
+
+
 def _deadlock_message(
     instrs: Sequence[isa.Instruction],
-    queues: dict[isa.Unit, deque[int]],
-    tokens: list[list[int]],
+    queues: list[deque[int]],
+    tokens: list[int],
     token_depth: int,
     pc: int,
     section: str,
@@ -211,12 +286,12 @@ def _deadlock_message(
         lacks = [
             f"a token from {v.name} (none released)"
             for v in MASK_UNITS[ins.wait]
-            if tokens[v][u] == 0
+            if tokens[v * N_UNITS + u] == 0
         ]
         full = [
             f"room to release to {v.name} ({token_depth} tokens already waiting)"
             for v in MASK_UNITS[ins.release]
-            if tokens[u][v] >= token_depth
+            if tokens[u * N_UNITS + v] >= token_depth
         ]
         lines.append(
             f"instruction {i} ({ins.OPCODE.name} on {u.name}) waits for "

@@ -23,10 +23,10 @@ from flightforge.dse.resources import design_resources
 from flightforge.dse.search import explore
 from flightforge.dse.spec import spec_from_dict
 from flightforge.dse.store import Store
-from flightforge.dse.timing import dispatch_cycles, durations, prepare, time_stream
+from flightforge.dse.timing import durations, prepare, time_stream
 from flightforge.mappings import load_target
 from flightforge.sim.cycle_model import CycleModel
-from flightforge.sim.dispatch import run_dispatch
+from flightforge.sim.dispatch import dispatch_cycles, run_dispatch
 from flightforge.sim.timing import Timing, TimingParams
 
 
@@ -111,7 +111,9 @@ def test_dispatch_cycles_matches_run_dispatch_on_random_durations(tiny_llama_jso
             s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _, dur=dur: dur[i]
         )
         assert (
-            dispatch_cycles(s.kind, s.waits, s.releases, dur, token_depth=2, queue_depth=2)
+            dispatch_cycles(
+                s.instrs, (s.kind, s.waits, s.releases), dur, token_depth=2, queue_depth=2
+            )
             == ref.cycles
         )
 
