@@ -31,7 +31,7 @@ Hessians on 1600 rows of it).
 The LM head stays INT8 and dense in every row (as in FlightLLM's mapping); layers whose
 K is not a multiple of the block stay dense (the Llama's MLP down projections at n:16).
 Every row's simulator logits are checked bit for bit against the integer reference.
-A uniformly random prompt set (``tests/accuracy.py``'s) is scored too, for information,
+A uniformly random prompt set (``compiler/quant/accuracy.py``'s) is scored too, for information,
 and the summary gives each format's figures over the seeds.
 
     python benchmarks/trained_accuracy.py [--family llama,gpt2] [--seeds 3] [--work build/trained]
@@ -159,7 +159,7 @@ class Row:
     format: str
     held: bool
     language: Score  #: prompts of the model's language (the measurement)
-    random: Score  #: uniformly random prompts, as tests/accuracy.py uses (for information)
+    random: Score  #: uniformly random prompts, as compiler/quant/accuracy.py uses
     sim_exact: bool  #: simulator logits equal the integer reference's, bit for bit
     lossless: bool | None  #: compiling an already N:M model kept its weights (None: n/a)
     on_grid: bool | None  #: a QAT model's compiled weights dequantise to its own (None: n/a)

@@ -11,7 +11,7 @@ projection on the compiler's INT4 grid, in float32):
 
 Each is exported by torch.onnx, compiled with its own N:M pattern, and its integer
 reference (bit-exact with the simulators) compared with onnxruntime on the same float
-ONNX over prompts of the model's language (tests/trained_models.py): the frontend
+ONNX over prompts of the model's language (examples/trained_models.py): the frontend
 issue's criterion, cosine >= 0.99 at every position and top-1 >= 90%, prefill and 16
 decode steps. Measured (docs/compiler.md, "Trained tiny models"): with INT8 weights both
 N:M models meet it (over training seeds 0-2 the Llama does on 2 of 3, the miss being

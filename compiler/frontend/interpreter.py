@@ -87,6 +87,18 @@ RULES: dict[str, list[Rule]] = {}
 NO_MATCH: dict[str, str | Check] = {}
 
 
+def found(name: str, ops: tuple[str, ...], find: Callable) -> Rule:
+    """A rule whose pattern and rewrite are one function ``find(ip, node, tags)``: the
+    output tag if the node is the pattern, else None (nothing left to check)."""
+    return Rule(
+        name,
+        ops,
+        lambda ip, node, tags: find(ip, node, tags) is not None,
+        fine,
+        lambda ip, node, tags: [find(ip, node, tags)],
+    )
+
+
 def register(rules: list[Rule]) -> None:
     for r in rules:
         for op in r.ops:

@@ -12,7 +12,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..interpreter import NO_MATCH, SHAPE_KEEPING, VIEW_OPS, Interpreter, Rule, always, fine
+from ..interpreter import (
+    NO_MATCH,
+    SHAPE_KEEPING,
+    VIEW_OPS,
+    Interpreter,
+    Rule,
+    always,
+    fine,
+    found,
+)
 from ..onnx_graph import OnnxNode
 from ..probe import causal_probs, scalar
 from ..tags import (
@@ -74,14 +83,6 @@ def _scaled(ip: Interpreter, node: OnnxNode, tags: list) -> Scores | None:
     return None
 
 
-def scale_mask_pattern(ip: Interpreter, node: OnnxNode, tags: list) -> bool:
-    return _scaled(ip, node, tags) is not None
-
-
-def scale_mask_rw(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
-    return [_scaled(ip, node, tags)]
-
-
 # -- softmax, its NaN guard, and a Where mask
 
 
@@ -125,14 +126,6 @@ def _where(ip: Interpreter, node: OnnxNode, tags: list) -> Tag | None:
             if p is c.p and isinstance(o, Const) and not np.any(ip.val(name)):
                 return replace(p, nodes=p.nodes + (node.name,))
     return None
-
-
-def where_pattern(ip: Interpreter, node: OnnxNode, tags: list) -> bool:
-    return _where(ip, node, tags) is not None
-
-
-def where_rewrite(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
-    return [_where(ip, node, tags)]
 
 
 # -- probabilities x value: the attention op
@@ -182,10 +175,10 @@ def keep_rewrite(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
 RULES = [
     Rule("attention context", ("MatMul", "Gemm"), context_pattern, fine, context_rewrite),
     Rule("attention scores", ("MatMul",), scores_pattern, fine, scores_rewrite),
-    Rule("score scale or mask", ("Add", "Mul", "Div"), scale_mask_pattern, fine, scale_mask_rw),
+    found("score scale or mask", ("Add", "Mul", "Div"), _scaled),
     Rule("attention softmax", ("Softmax",), always, softmax_check, softmax_rewrite),
     Rule("softmax NaN test", ("IsNaN",), always, isnan_check, isnan_rewrite),
-    Rule("mask or NaN guard", ("Where",), where_pattern, fine, where_rewrite),
+    found("mask or NaN guard", ("Where",), _where),
     Rule("reshaped scores", tuple(sorted(VIEW_OPS)), keep_pattern, fine, keep_rewrite),
 ]
 NO_MATCH["Where"] = (

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..interpreter import NO_MATCH, Interpreter, Rule, fine
+from ..interpreter import NO_MATCH, Interpreter, Rule, fine, found
 from ..onnx_graph import OnnxNode
 from ..probe import is_square, scalar
 from ..tags import (
@@ -105,14 +105,6 @@ def _stage(ip: Interpreter, node: OnnxNode, tags: list) -> Tag | None:
     return None
 
 
-def stage_pattern(ip: Interpreter, node: OnnxNode, tags: list) -> bool:
-    return _stage(ip, node, tags) is not None
-
-
-def stage_rewrite(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
-    return [_stage(ip, node, tags)]
-
-
 # -- gain and bias of the normalised tensor
 
 
@@ -134,14 +126,6 @@ def _affine(ip: Interpreter, node: OnnxNode, tags: list) -> Tag | None:
             if node.op == "Div" and n is a:
                 return replace(n, nodes=nodes, gamma=n.gamma / v, beta=n.beta / v)
     return None
-
-
-def affine_pattern(ip: Interpreter, node: OnnxNode, tags: list) -> bool:
-    return _affine(ip, node, tags) is not None
-
-
-def affine_rewrite(ip: Interpreter, node: OnnxNode, tags: list) -> list[Tag]:
-    return [_affine(ip, node, tags)]
 
 
 # -- square root and reciprocal as unary ops
@@ -167,8 +151,8 @@ BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
 RULES = [
     Rule("mean", ("ReduceMean",), mean_pattern, mean_check, mean_rewrite, views=True),
     Rule("mean square", ("ReduceMean",), mean_square_pattern, mean_check, mean_square_rewrite),
-    Rule("norm stage", BINARY, stage_pattern, fine, stage_rewrite),
-    Rule("norm gain or bias", BINARY, affine_pattern, fine, affine_rewrite),
+    found("norm stage", BINARY, _stage),
+    found("norm gain or bias", BINARY, _affine),
     Rule("standard deviation", ("Sqrt",), sqrt_pattern, fine, sqrt_rewrite),
     Rule("inverse deviation", ("Reciprocal",), reciprocal_pattern, fine, reciprocal_rewrite),
 ]
