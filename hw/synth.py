@@ -49,6 +49,18 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (YOSYS_MEMORY_KB * 1024, YOSYS_MEMORY_KB * 1024))
 
 
+def run_yosys(yosys: str, script: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run a Yosys script quietly under :data:`YOSYS_MEMORY_KB` (raises
+    ``subprocess.TimeoutExpired`` after ``timeout`` s)."""
+    return subprocess.run(
+        [yosys, "-q", "-p", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_limit_memory,
+    )
+
+
 def yosys_binary() -> str:
     """Path of the ``yosys`` executable; raises if there is none."""
     yosys = shutil.which("yosys")
@@ -183,13 +195,7 @@ def _synth_il(
             script += f"; opt_clean -purge; setattr -unset src; write_json {netlist}"
         t = time.perf_counter()
         try:
-            proc = subprocess.run(
-                [yosys, "-q", "-p", script],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                preexec_fn=_limit_memory,
-            )
+            proc = run_yosys(yosys, script, timeout)
         except subprocess.TimeoutExpired:
             return {
                 "ok": False,
@@ -557,13 +563,7 @@ def memory_ports(
             "memory_collect; delete t:* t:$mem_v2 %d; setattr -set keep 1 t:$mem_v2; "
             f"opt_clean; write_json {out}"
         )
-        proc = subprocess.run(
-            [yosys, "-q", "-p", script],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            preexec_fn=_limit_memory,
-        )
+        proc = run_yosys(yosys, script, timeout)
         if proc.returncode:
             tail = (proc.stderr or proc.stdout).strip()[-300:]
             raise RuntimeError(f"{name}: yosys exit {proc.returncode}: {tail}")

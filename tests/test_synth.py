@@ -154,9 +154,9 @@ def test_memory_ports_finds_the_instruction_buffer() -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 15: the buffers' lane RAMs have one read-write port per user (tiny's ACT "
-    "lanes 54); the buffer work of issue 15 (banked RAMs of <= 2 ports) makes this pass: "
-    "then remove this mark",
+    reason="issue 15: the buffers' lane RAMs have one read-write port per user (tiny's "
+    "ACT lanes 34 on 3408d53); the buffer work of issue 15 (banked RAMs of <= 2 ports) "
+    "makes this pass: then remove this mark",
 )
 @pytest.mark.parametrize("target", ["tiny", pytest.param("kv260", marks=pytest.mark.synthesis)])
 def test_core_memories_have_at_most_two_ports(target) -> None:
