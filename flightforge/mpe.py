@@ -2,7 +2,7 @@
 
 The RTL (``hw/mpe``) builds the chain to these numbers and the cycle model
 (``sim/timing.py``) charges them, so the two agree by construction (as
-:mod:`flightforge.sfu` does for the SFU).
+:mod:`flightforge.sfu_row_ops` does for the SFU).
 
 A chain is ``groups_per_chain`` DSP48E2 slices in one PCOUT->PCIN cascade. Each slice
 makes two INT8 multiplies that share the weight (AMD WP487): its pre-adder forms
