@@ -120,32 +120,24 @@ class MpeConfig(_Model):
     macs_per_group: Literal[2] = 2
     mm: ParallelShape = Field(description="parallelism in MM (GEMM/SpMM) mode")
     mv: ParallelShape = Field(description="parallelism in MV (GEMV/SpMV) mode; m is 1")
-    pipeline_depth: Int | None = Field(
-        default=None,
-        ge=1,
-        description="cycles an MM/MV adds to its fetch cycles; default (and least): the "
-        "datapath's own, flightforge.mpe.min_depth(groups_per_chain)",
-    )
 
     @property
     def macs(self) -> int:
         return self.chains * self.groups_per_chain * self.macs_per_group
 
     @property
-    def depth(self) -> int:
-        """Cycles an MM/MV instruction takes beyond its fetch cycles (``pipeline_depth``,
-        or the DSP48E2 datapath's own depth when it is not given)."""
-        return self.pipeline_depth or mpe_datapath.min_depth(self.groups_per_chain)
+    def requantisers(self) -> int:
+        """Shared requantisation units per core (flightforge.mpe.requantisers)."""
+        return mpe_datapath.requantisers([self.mm.n, self.mv.n])
 
-    @model_validator(mode="after")
-    def _depth_fits(self) -> MpeConfig:
-        least = mpe_datapath.min_depth(self.groups_per_chain)
-        if self.pipeline_depth is not None and self.pipeline_depth < least:
-            raise ValueError(
-                f"pipeline_depth must be at least {least} (the datapath of "
-                f"{self.groups_per_chain} cascaded DSP48E2 slices), not {self.pipeline_depth!r}"
-            )
-        return self
+    def drain(self, shape: ParallelShape) -> int:
+        """Cycles the requantisers take per output tile of ``shape``."""
+        return mpe_datapath.drain_cycles(self.requantisers, shape.m, shape.n)
+
+    def depth(self, shape: ParallelShape) -> int:
+        """Cycles an MM/MV of ``shape`` takes beyond its fetch cycles: the DSP48E2
+        datapath's, derived (flightforge.mpe.depth), not configured."""
+        return mpe_datapath.depth(self.groups_per_chain, self.drain(shape))
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> MpeConfig:

@@ -10,9 +10,14 @@ makes two INT8 multiplies that share the weight (AMD WP487): its pre-adder forms
 the weight, and the post-adder adds the cascade (or zero, where a reduction node cuts it).
 The low lane's sum occupies the low ``LANE_SHIFT`` bits of P, the high lane's the rest;
 reading the lanes back undoes the borrow the low lane's sign left in the high one.
+
+Behind the chains, each segment accumulates; a tile's totals are requantised by a few
+shared pipelined units (:func:`requantisers`) over :func:`drain_cycles` cycles.
 """
 
 from __future__ import annotations
+
+import math
 
 #: Bit position of the high lane in the packed 27-bit pre-adder operand and in P.
 LANE_SHIFT = 18
@@ -28,6 +33,9 @@ LANE_SUM_BITS = LANE_MAX.bit_length() + 1
 SLICE_STAGES = 4
 #: The lane sums, read from P and registered once before the de-skew.
 DECODE_STAGES = 1
+#: Register stages of a shared requantiser from the choice of its operands to the
+#: written result: operands, product (a DSP48E2's M and P), shifted, rounded, saturated.
+REQUANT_STAGES = 6
 #: Cycles the MPE spends before the chains (start, fetch to staged operands) and after
 #: them (the epilogue's write, ``done``) on an instruction of one fetch cycle: the
 #: original MPE's pipeline without its two-cycle chain.
@@ -46,7 +54,20 @@ def chain_latency(groups: int) -> int:
     return (groups - 1) + SLICE_STAGES + DECODE_STAGES
 
 
-def min_depth(groups: int) -> int:
-    """The fewest cycles the MPE can add to an instruction's fetch cycles (``Timing.matmul``'s
-    ``pipeline_depth`` term): the frame plus the chain."""
-    return FRAME_CYCLES + chain_latency(groups)
+def requantisers(ns: list[int]) -> int:
+    """Shared requantisers per core: one per column of the widest tile row (the least
+    common multiple of the modes' ``n``, so each drains whole rows)."""
+    return math.lcm(*ns)
+
+
+def drain_cycles(units: int, rows: int, n: int) -> int:
+    """Cycles ``units`` requantisers take to drain a tile of ``rows`` x ``n`` held
+    totals, ``units // n`` rows a cycle. The fetch loop keeps tiles' last steps at least
+    this many cycles apart."""
+    return -(-rows // (units // n))
+
+
+def depth(groups: int, drain: int) -> int:
+    """Cycles an MM/MV adds to its fetch cycles (``Timing.matmul``): the frame, the
+    chain, the last tile's drain and the requantisers' stages."""
+    return FRAME_CYCLES + chain_latency(groups) + drain + REQUANT_STAGES

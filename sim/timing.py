@@ -21,8 +21,10 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   writes per cycle (a port narrower than a burst, or a LD that unpacks 2/3/4-bit values
   into INT8: ``formats.lowbit_values_per_burst``), each burst costs
   ``ceil(values ending in it / port)`` cycles (not re-packed).
-- **MM/MV**: ``ceil(M / m) * ceil(N / n) * tile + pipeline_depth`` for the mode's
-  parallel shape ``n x k x m``: an output tile runs ``ceil(K_eff / k)`` steps
+- **MM/MV**: ``tile + (tiles - 1) * max(tile, drain) + depth`` with ``tiles =
+  ceil(M / m) * ceil(N / n)`` for the mode's parallel shape ``n x k x m`` (``drain``,
+  ``depth``: the DSP48E2 datapath's and shared requantisers', ``flightforge.mpe``; a
+  tile shorter than its drain waits for the requantisers): an output tile runs ``ceil(K_eff / k)`` steps
   (``K_eff = K * N_keep / M_block`` stored entries for N:M-sparse weights), each lasting
   ``max(1, ceil(n * weight_bytes / wgt_port), ceil(n * index_bytes / meta_port))``
   cycles for one column's bytes of the step: the compute bound
@@ -300,7 +302,10 @@ class Timing:
         shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         n_c = cdiv(i.n, self.cores)
         tiles = cdiv(i.rows, shape.m) * cdiv(n_c, shape.n)
-        cycles = tiles * self.matmul_tile(i) + self.arch.mpe.depth
+        tile, mp = self.matmul_tile(i), self.arch.mpe
+        # the shared requantisers drain a tile in ``drain`` cycles: tiles' last steps are
+        # at least that far apart (the fetch loop waits), the last drain ends the work
+        cycles = tile + (tiles - 1) * max(tile, mp.drain(shape)) + mp.depth(shape)
         return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)
 
     def sync(self, out_bytes: int) -> int:

@@ -89,12 +89,7 @@ _DELETE = object()
             r"mpe: mm parallelism 64x64x64 = 262144 MACs exceeds",
         ),
         ("hbm.kind", "sram", r"hbm\.kind: Input should be 'hbm' or 'ddr'"),
-        (
-            "mpe.pipeline_depth",
-            9,
-            r"mpe: pipeline_depth must be at least 10 \(the datapath of 4 cascaded "
-            r"DSP48E2 slices\), not 9",
-        ),
+        ("mpe.pipeline_depth", 12, r"mpe\.pipeline_depth: Extra inputs are not permitted"),
         ("clock_mhz", _DELETE, r"clock_mhz: Field required"),
     ],
 )
@@ -131,11 +126,14 @@ def test_unknown_target_lists_the_shipped_ones():
         load_target("u281")
 
 
-def test_mpe_depth_is_the_datapaths_unless_padded(tiny_dict):
-    """Without ``pipeline_depth`` an MM/MV costs the datapath's own depth
-    (flightforge.mpe.min_depth); a larger one pads it."""
-    from flightforge import mpe
-
-    assert arch_from_dict(tiny_dict).mpe.depth == mpe.min_depth(4) == 2 + 3 + 4 + 1
-    padded = arch_from_dict(_set(tiny_dict, "mpe.pipeline_depth", 13))
-    assert padded.mpe.depth == 13
+def test_mpe_depth_and_requantisers_derive_from_the_shapes(tiny_dict):
+    """The MPE's depth is its datapath's (flightforge.mpe), not a configured number: tiny
+    has lcm(2, 4) = 4 requantisers, which drain an MM tile (4 rows x 2 columns) in 2
+    cycles and an MV tile (1 x 4) in 1; depth = 2 frame + chain (3 skew + 4 slice + 1
+    read) + drain + 6 requantiser stages."""
+    mp = arch_from_dict(tiny_dict).mpe
+    assert mp.requantisers == 4
+    assert (mp.drain(mp.mm), mp.drain(mp.mv)) == (2, 1)
+    assert (mp.depth(mp.mm), mp.depth(mp.mv)) == (2 + 8 + 2 + 6, 2 + 8 + 1 + 6)
+    u280 = load_target("u280").mpe
+    assert (u280.requantisers, u280.drain(u280.mm), u280.depth(u280.mm)) == (64, 4, 32)

@@ -23,7 +23,6 @@ from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.hw.core import Core
 from flightforge.mappings import target_path
-from flightforge.mpe import min_depth
 from flightforge.sim.cycle_model import simulate
 
 SHAPE = DecoderShape(1, 32, 2, 1, 16, 64, 48, "swiglu", True)
@@ -77,9 +76,6 @@ def configs(draw) -> dict:
             "groups_per_chain": groups,
             "mm": _shape(draw, chains, groups, lanes, None),
             "mv": _shape(draw, chains, groups, lanes, 1),
-            "pipeline_depth": draw(
-                st.none() | st.integers(min_depth(groups), min_depth(groups) + 3)
-            ),
         },
         "sfu": {
             "lanes": draw(st.integers(1, 6)) * 2,

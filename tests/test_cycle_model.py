@@ -4,8 +4,9 @@ The ``tiny`` target's constants, which the expected numbers below are computed f
 100 MHz; 2 channels of 32 MiB at 1.6 GB/s in all, so 8 bytes per cycle per channel
 (rate_q8 = 2048); 200 ns latency = 20 cycles; 8-byte bursts; a 2-cycle cross-channel
 penalty; buffer ports of 2 x 4 = 8 bytes per cycle (ACT, WGT) and 4 (GLB, META, SCALE);
-MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 4 x 1, MPE depth 10 (flightforge.mpe.min_depth:
-2 frame cycles, 3 of systolic skew, 4 DSP48E2 stages, 1 lane read); SFU 4 lanes,
+MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 4 x 1, 4 shared requantisers; MPE depth (MM
+18, MV 17) = 2 frame cycles + 3 of systolic skew + 4 DSP48E2 stages + 1 lane read + the
+tile's drain (MM 2, MV 1) + 6 requantiser stages (flightforge.mpe.depth); SFU 4 lanes,
 pipeline 4.
 """
 
@@ -182,9 +183,10 @@ def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
     int8 = duration(TINY, mv(64, 64))
     int4 = duration(TINY, mv(64, 64, wprec=WPrec.INT4))
     # compute: ceil(64/4) * ceil(64/4) = 256 cycles; the 8 B/cycle WGT port needs 512
-    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the 10-cycle datapath
-    # (2 frame + 3 skew along 4 cascaded slices + 4 DSP48E2 stages + 1 lane read).
-    assert (int8, int4) == (512 + 10, 256 + 10)
+    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the MV's 17-cycle datapath
+    # (2 frame + 3 skew along 4 cascaded slices + 4 DSP48E2 stages + 1 lane read + a
+    # 1-cycle drain + 6 requantiser stages).
+    assert (int8, int4) == (512 + 17, 256 + 17)
 
 
 @pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
@@ -235,14 +237,14 @@ def test_ld_overlaps_an_independent_mv():
     r = run([ld(64), mv(64, 64), HALT])
     s, e = r.schedule.start, r.schedule.end
     assert (s[0], e[0]) == (0, 28)
-    assert (s[1], e[1]) == (1, 1 + 522)  # dispatched one cycle later, runs concurrently
-    assert r.cycles == 523 + 1  # HALT retires the cycle after the last completion
-    assert r.busy["LD"] == 28 and r.busy["MPE"] == 522
+    assert (s[1], e[1]) == (1, 1 + 529)  # dispatched one cycle later, runs concurrently
+    assert r.cycles == 530 + 1  # HALT retires the cycle after the last completion
+    assert r.busy["LD"] == 28 and r.busy["MPE"] == 529
 
 
 def test_missing_token_is_a_stall_in_the_breakdown():
     r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
-    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 522)
+    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 529)
     mpe = r.stalls["MPE"]
     assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
     ld_row = r.stalls["LD"]
@@ -265,9 +267,9 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     two = Timing(TINY, TimingParams(cores=2))
     i = mv(64, 64)
     assert two.matmul_compute(i) * 2 == one.matmul_compute(i)
-    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 10; then
+    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 17; then
     # the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
-    assert two.matmul(i) == 256 + 10 + 32 + 1
+    assert two.matmul(i) == 256 + 17 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
@@ -421,3 +423,26 @@ def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
         "positions below and above it (compiled: 4..6, 8), it never extrapolates; compile "
         "with --max-len 10 or more\n"
     )
+
+
+def test_requantisers_hold_back_tiles_shorter_than_their_drain():
+    """tiny's 4 requantisers drain an MM tile (4 x 2) in 2 cycles, so a tile's last step
+    waits until the previous tile's drain is under way: 4 tiles of one 1-cycle step
+    take 1 + 3 * max(1, 2) cycles, then the 18-cycle MM depth (2 frame + 8 chain + 2
+    drain + 6 requantiser stages)."""
+    t = Timing(TINY)
+    i = isa.MM(m=8, n=4, k=4, a_stride=4, mult=1)
+    assert t.matmul_tile(i) == 1
+    assert t.matmul(i) == 1 + 3 * 2 + 18
+    # a tile as long as its drain is not held back: 2 steps of 1 cycle
+    j = isa.MM(m=8, n=4, k=8, a_stride=8, mult=1)
+    assert t.matmul_tile(j) == 2 and t.matmul(j) == 4 * 2 + 18
+
+
+def test_mv_tiles_drain_in_one_cycle():
+    """An MV tile is one row of 4 columns: the 4 requantisers take it in one cycle, so
+    one-step MV tiles (4 columns x 4 INT4 weights = 8 bytes, one WGT port cycle) run
+    back to back: 3 tiles of 1 cycle, then the MV depth 17."""
+    t = Timing(TINY)
+    i = isa.MV(n=12, k=4, mult=1, wprec=WPrec.INT4)
+    assert (t.matmul_tile(i), t.matmul(i)) == (1, 3 + 17)

@@ -53,7 +53,6 @@ def _variant(arch, **timing_only):
         groups_per_chain=2,
         mm={"n": 2, "k": 2, "m": d["mpe"]["mm"]["m"]},
         mv={"n": 4, "k": 2, "m": 1},  # k divides the 2 slices of a chain
-        pipeline_depth=9,  # a pad over the datapath's 8 cycles (flightforge.mpe.min_depth(2))
     )
     d["sfu"].update(lanes=2, pipeline_depth=5)
     d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)

@@ -8,6 +8,7 @@ kv260 takes ~30 s; u280/vhk158 (the same core, ten times the ports) are left to 
 benchmark.
 """
 
+import math
 import re
 
 import pytest
@@ -38,7 +39,7 @@ def test_mpe_converts_to_rtlil(target) -> None:
     text, widths = convert_boxed(mpe, "mpe")
     assert "module \\mpe.dut\n" in text
     assert "module \\mpe.dut.chain0\n" in text
-    for sub in ("feed0", "win0", "epi0"):
+    for sub in ("feed0", "win0", "acc0", "rq0"):
         assert f"module \\mpe.dut.{sub}\n" in text
     top = text[text.index("module \\mpe\n") :]
     top = top[: top.index("\nend\n")]
@@ -78,7 +79,8 @@ def test_mpe_submodules_are_the_parts_the_benchmark_counts() -> None:
 
 @pytest.mark.parametrize("target", ["tiny", "kv260", "u280", "vhk158"])
 def test_mpe_part_counts(target) -> None:
-    """One epilogue per segment of the larger tile, one window block per tile row (a row
+    """One accumulator per segment of the larger tile, one requantiser per column of the
+    widest tile row (lcm of the modes' n), one window block per tile row (a row
     the modes read alike shared), one feed per chain; a chain an MV tile does not reach
     gets the MM-only feed."""
     arch = load_target(target)
@@ -90,7 +92,8 @@ def test_mpe_part_counts(target) -> None:
         key = label.split()[0] + (" mm-only" if label == "ChainFeed (mm)" else "")
         counts[key] = counts.get(key, 0) + count
     mm, mv, slices = arch.mpe.mm, arch.mpe.mv, arch.mpe.groups_per_chain
-    assert counts["SegmentEpilogue"] == max(mm.m * mm.n, mv.n)
+    assert counts["SegmentAccumulator"] == max(mm.m * mm.n, mv.n)
+    assert counts["Requantiser"] == math.lcm(mm.n, mv.n)
     shared = mm.k == mv.k and mpe.apr["mm"] == mpe.apr["mv"]
     assert counts["RowWindows"] == mm.m + (0 if shared else 1)
     mv_chains = -(-mv.n * mv.k // slices)  # one row: the high lanes idle
@@ -101,7 +104,8 @@ def test_mpe_part_counts(target) -> None:
             "RowWindows": 128,
             "ChainFeed": 64,
             "ChainFeed mm-only": 64,
-            "SegmentEpilogue": 256,
+            "SegmentAccumulator": 256,
+            "Requantiser": 64,
         }
 
 

@@ -92,7 +92,8 @@ class DspSlice(wiring.Component):
         m = Module()
         zero = delay(m, self.zero, 2, "zero")  # the OPMODE register is the third stage
         if self.primitive:
-            opmode = Mux(zero, self.OPMODE_M, self.OPMODE_M | self.OPMODE_PCIN)
+            opmode = Signal(9)  # W = 0, Z = PCIN or 0, Y = X = M
+            m.d.comb += opmode.eq(Mux(zero, self.OPMODE_M, self.OPMODE_M | self.OPMODE_PCIN))
             a30 = Signal(signed(30))  # the A port, sign-extended
             m.d.comb += a30.eq(self.a)
             m.submodules.dsp = Instance(

@@ -175,8 +175,13 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
     ]
     ccyc = Signal(16)
     m.d.comb += ccyc.eq(Mux(wcyc > mcyc, wcyc, mcyc))
-    last_cyc = cyc + 1 >= ccyc
     last_step = s + 1 == d.steps
+    # a tile's last step waits until the requantisers can take its totals: at least
+    # ``drain`` cycles after the previous tile's (flightforge.mpe.drain_cycles)
+    drain = {nm: eng.arch.mpe.drain(eng.shapes[nm]) for nm in eng.modes}
+    gap = Signal(range(max(drain.values()) + 1))
+    hold = last_step & (gap != 0)
+    last_cyc = (cyc + 1 >= ccyc) & ~hold
     last_ctile = c0 + d.tn >= f["n"]
     last_rtile = rt_row + d.tm >= d.rows
 
@@ -202,8 +207,13 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
             ]
     last_issue = Signal()
     rows_log = sel(lambda nm: lg(eng.modes[nm][0]))
+    with m.If(gap != 0):
+        m.d.sync += gap.eq(gap - 1)
     with m.If(busy):
-        m.d.sync += cyc.eq(cyc + 1)
+        with m.If(~hold):
+            m.d.sync += cyc.eq(cyc + 1)
+        with m.If(last_cyc & last_step):
+            m.d.sync += gap.eq(sel(lambda nm: drain[nm] - 1))
         with m.If(last_cyc):
             m.d.sync += [cyc.eq(0), s.eq(s + 1)]
             with m.If(last_step):

@@ -21,7 +21,8 @@ each distinct one is synthesised once and counted per instance
 (benchmarks/rtl_resources.py; the flat MPE of u280 was beyond Yosys in 10 GB): the
 ``chains`` x :class:`.chain.DspChain`, one :class:`.operands.RowWindows` per tile
 row, one :class:`.operands.ChainFeed` per chain and one
-:class:`.epilogue.SegmentEpilogue` per segment. The fetch loop is :mod:`.control`'s, the
+:class:`.epilogue.SegmentAccumulator` per segment and ``requantisers`` shared
+:class:`.requant.Requantiser` units. The fetch loop is :mod:`.control`'s, the
 addressing, the staging of weights and indices and the writes :mod:`.fetch`'s; this
 module holds the parameters and ports and wires the parts.
 """
@@ -34,16 +35,17 @@ from amaranth.lib.wiring import Out
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
-from flightforge.mpe import LANE_SUM_BITS, chain_latency, min_depth
+from flightforge.mpe import LANE_SUM_BITS, REQUANT_STAGES, chain_latency
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
 from ..decode import unit_members
 from .chain import LANES, DspChain
 from .control import decode, sequence
-from .epilogue import SegmentEpilogue, ends, segment_epilogues
+from .epilogue import SegmentAccumulator, ends, segment_accumulators
 from .fetch import issue_reads, stage, write_results
 from .operands import ChainFeed, RowWindows, feed_chains
+from .requant import Requantiser, drain
 
 #: bits of a sparse index at most (the ISA's widest N:M block: 1 of 16 positions)
 INDEX_BITS_MAX = max(formats.index_bits(md) for md in isa.SparseMode if md.is_sparse)
@@ -85,6 +87,8 @@ class MatrixEngine(wiring.Component):
         self.macs = LANES * self.G
         self.window = arch.sparse_m
         self.modes = {"mm": (mp.mm.m, mp.mm.n, mp.mm.k), "mv": (1, mp.mv.n, mp.mv.k)}
+        self.shapes = {"mm": mp.mm, "mv": mp.mv}
+        self.requantisers = mp.requantisers
         P = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.P = P
         if self.G % 2:
@@ -194,7 +198,7 @@ class MatrixEngine(wiring.Component):
 
     #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
     #: row windows, segment epilogues.
-    REPEATED = r"chain\d+|feed\d+|win\d+|epi\d+"
+    REPEATED = r"chain\d+|feed\d+|win\d+|acc\d+|rq\d+"
 
     def parts(self) -> list[tuple[str, wiring.Component, int]]:
         """The repeated blocks but the chains: ``(label, a new instance, instances)`` per
@@ -213,7 +217,8 @@ class MatrixEngine(wiring.Component):
                     self.feed_modes.count(modes),
                 )
             )
-        out.append(("SegmentEpilogue", SegmentEpilogue(self.terms, self.sum_bits), self.segs))
+        out.append(("SegmentAccumulator", SegmentAccumulator(self.terms, self.sum_bits), self.segs))
+        out.append(("Requantiser", Requantiser(), self.requantisers))
         return out
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
@@ -277,13 +282,28 @@ class MatrixEngine(wiring.Component):
             [dl(p.rdata, f"{tag}{j}", 2) for j, p in enumerate(ports)]
             for tag, ports in (("sc", rd.scale), ("rec", rd.rec), ("ps", rd.psum))
         )
-        results = segment_epilogues(m, self, d, chains, group_mask, ev, e_first, delayed)
-        write_results(m, self, d, rd.wr, results, ev & e_last, e_c0, e_r0, e_d)
-        # done: the last write (the cycle of the last step's epilogue), padded
-        done = ev & e_last & dl(f_done, "edone")
-        for t in range(self.arch.mpe.depth - min_depth(self.G)):
-            r = Signal(name=f"done_d{t}")
-            m.d.sync += r.eq(done)
-            done = r
-        m.d.comb += self.done.eq(done)
+        held, mults = segment_accumulators(
+            m, self, d, chains, group_mask, ev, e_first, e_last, delayed
+        )
+        # the tile's tags, held with its totals and carried along the requantisers
+        tags = [Signal.like(v, name=f"h_{v.name}") for v in (e_c0, e_r0, e_d)]
+        h_done, e_done = Signal(), dl(f_done, "edone")
+        with m.If(ev & e_last):
+            m.d.sync += [t.eq(v) for t, v in zip(tags, (e_c0, e_r0, e_d), strict=True)]
+            m.d.sync += h_done.eq(e_done)
+        results, w_valid, w_c, w_last = drain(m, self, d, held, mults, ev & e_last)
+        w_c0, w_r0, w_d, w_done = (
+            dl(v, f"w_{i}", REQUANT_STAGES) for i, v in enumerate([*tags, h_done])
+        )
+        R = self.requantisers
+
+        def row_results(nm: str, r: int) -> list:
+            n = self.modes[nm][1]
+            return [results[(r % (R // n)) * n + j] for j in range(n)]
+
+        def row_valid(nm: str, r: int):
+            return w_valid & (w_c == r // (R // self.modes[nm][1]))
+
+        write_results(m, self, d, rd.wr, row_results, row_valid, w_c0, w_r0, w_d)
+        m.d.comb += self.done.eq(w_valid & w_last & w_done)  # the last write
         return m

@@ -1,14 +1,15 @@
-"""The per-segment epilogue of the matrix engine (:mod:`.engine`).
+"""The per-segment accumulators of the matrix engine (:mod:`.engine`).
 
-Every ``(row, column)`` pair of an output tile is one segment, ``k`` MACs long, whose
-dot product the chains deliver as ``k / 2`` DSP-group sums. Two cycles behind a step's
-MACs its epilogue scales each scale group's sum, accumulates the step into the
-segment's 50-bit accumulator and, at the tile's last step, computes the result
-``sat(rnd((acc + psum + bias) * mult >> shift))`` the MPE writes in the same cycle.
+Every ``(row, column)`` pair of an output tile is one segment, ``k`` entries long, whose
+dot product the chains deliver as ``k / 2`` lane sums (one per odd slice). A chain
+latency behind a step's operands its :class:`SegmentAccumulator` scales each scale
+group's sum and accumulates the step into the segment's 50-bit accumulator; at the
+tile's last step it holds ``acc + psum + bias`` for the shared requantisers
+(:mod:`.requant`), which drain a tile's segments while the next tile accumulates.
 
-One :class:`SegmentEpilogue` per segment (the MPE's ``segs``: 256 on u280, each with its
-multipliers): a component of its own so that it is synthesised once and counted per
-instance (benchmarks/rtl_resources.py), not inside one flat MPE.
+One :class:`SegmentAccumulator` per segment (the MPE's ``segs``: 256 on u280): a
+component of its own so that it is synthesised once and counted per instance
+(benchmarks/rtl_resources.py), not inside one flat MPE.
 """
 
 from __future__ import annotations
@@ -20,24 +21,20 @@ from amaranth.lib.wiring import In, Out
 from flightforge import isa
 from flightforge.mpe import RUN
 
-from ..sfu.lane import rnd_shift, saturate
-from .operands import field_bits
-
 ACC_BITS = 50  #: accumulator: scaled sums < 2**46 plus bias and partial sums (numerics)
-RESULT_BITS = 32  #: a result before packing: the widest output type
+HELD_BITS = ACC_BITS + 2  #: ``acc + psum + bias``, two 32-bit addends more
 
 
-class SegmentEpilogue(wiring.Component):
-    """Group scaling, accumulation and requantisation of one segment.
+class SegmentAccumulator(wiring.Component):
+    """Group scaling and accumulation of one segment; its total held for requantisation.
 
     ``sums[q]``: the lane sum the segment's chain reads at entry ``2q + 1`` (the entries
-    since the chain's last cut),
-    counted when ``ended[q]`` (the group closes a scale group or the segment) with weight
-    ``scales[q]`` (1 without group scales, ``gsz_on`` = 0): a cut at a group that ends
-    nothing passes the running sum down the cascade instead. ``valid`` accumulates the
-    step (``first``: onto 0, not onto the accumulator); ``result`` is combinational from
-    this step's total, ``psum``, ``bias``, ``mult``, ``shift`` and the output type ``odt``.
-    The instruction's mode is the MPE's business: it gives each input of the segment's
+    since the chain's last cut), counted when ``ended[q]`` (the entry closes a scale
+    group, a lane run or the segment) with weight ``scales[q]`` (1 without group scales,
+    ``gsz_on`` = 0). ``valid`` accumulates the step (``first``: onto 0, not onto the
+    accumulator); with ``last`` (the tile's last step) ``held`` takes ``acc + psum +
+    bias`` in the same cycle, and keeps it until the next tile's last step. The
+    instruction's mode is the MPE's business: it gives each input of the segment's
     (row, column) pair in that mode, zeros in a mode that leaves the segment idle.
     """
 
@@ -50,16 +47,14 @@ class SegmentEpilogue(wiring.Component):
             {
                 "valid": In(1),
                 "first": In(1),
+                "last": In(1),
                 "sums": In(data.ArrayLayout(signed(sum_bits), terms)),
                 "ended": In(terms),
                 "scales": In(data.ArrayLayout(unsigned(8), terms)),
                 "gsz_on": In(1),
                 "psum": In(signed(32)),
                 "bias": In(signed(32)),
-                "mult": In(unsigned(isa.MULT_BITS)),
-                "shift": In(field_bits("shift")),
-                "odt": In(field_bits("odt")),
-                "result": Out(RESULT_BITS),
+                "held": Out(signed(HELD_BITS)),
             }
         )
 
@@ -76,8 +71,8 @@ class SegmentEpilogue(wiring.Component):
         m.d.comb += total.eq(Mux(self.first, 0, acc) + contrib)
         with m.If(self.valid):
             m.d.sync += acc.eq(total)
-        scaled = (total + self.psum + self.bias) * self.mult
-        m.d.comb += self.result.eq(saturate(rnd_shift(scaled, self.shift), self.odt))
+            with m.If(self.last):
+                m.d.sync += self.held.eq(total + self.psum + self.bias)
         return m
 
 
@@ -92,11 +87,12 @@ def ends(d, group_mask: Value, i: int, k: int) -> Value:
     return Const(int(fixed), 1) | (d.gsz_on & ((Const(i + 1, 32) & group_mask) == 0))
 
 
-def segment_epilogues(
-    m: Module, eng, d, chains: list, group_mask: Value, ev: Value, e_first: Value, reads
-) -> list[Value]:
-    """One :class:`SegmentEpilogue` per segment, given each input of the segment's
-    (row, column) pair in the instruction's mode; returns the results, row-major.
+def segment_accumulators(
+    m: Module, eng, d, chains: list, group_mask: Value, ev: Value, e_first: Value, e_last, reads
+) -> tuple[list[Value], list[Value]]:
+    """One :class:`SegmentAccumulator` per segment, given each input of the segment's
+    (row, column) pair in the instruction's mode; returns the held totals (row-major)
+    and, per column of the widest mode, the multiplier, held alike.
 
     ``reads`` are the scale, record and partial-sum read data, delayed to the step's
     epilogue cycle: ``(scales, recs, psums)``.
@@ -145,9 +141,9 @@ def segment_epilogues(
         r, j = divmod(t, eng.modes[nm][1])
         return eng.place(nm, r, j, 2 * q + 1)
 
-    results = []
+    held = []
     for t in range(eng.segs):
-        m.submodules[f"epi{t}"] = ep = SegmentEpilogue(eng.terms, eng.sum_bits)
+        m.submodules[f"acc{t}"] = ep = SegmentAccumulator(eng.terms, eng.sum_bits)
         at = {}  # mode -> (row, column) of segment t
         for nm, (rm, n, _k) in eng.modes.items():
             if t < rm * n:
@@ -162,15 +158,23 @@ def segment_epilogues(
         m.d.comb += [
             ep.valid.eq(ev),
             ep.first.eq(e_first),
+            ep.last.eq(e_last),
             ep.ended.eq(ended),
             ep.gsz_on.eq(d.gsz_on),
             ep.bias.eq(pick(col, lambda j: Mux(f["colp"], record(j)[0:32], 0))),
-            ep.mult.eq(pick(col, lambda j: Mux(f["colp"], record(j)[32:48], f["mult"]))),
             ep.psum.eq(
                 pick({nm: (r * eng.ppr[nm], eng.ppr[nm], j) for nm, (r, j) in at.items()}, psum)
             ),
-            ep.shift.eq(f["shift"]),
-            ep.odt.eq(f["odt"]),
         ]
-        results.append(ep.result)
-    return results
+        held.append(ep.held)
+    # the columns' multipliers (a record's, or the instruction's), held like the totals
+    mults = []
+    for j in range(eng.nmax):
+        col = {nm: j for nm, (_rm, n, _k) in eng.modes.items() if j < n}
+        mult = Signal(unsigned(isa.MULT_BITS), name=f"mult{j}")
+        with m.If(ev & e_last):
+            m.d.sync += mult.eq(
+                pick(col, lambda j: Mux(f["colp"], record(j)[32 : 32 + isa.MULT_BITS], f["mult"]))
+            )
+        mults.append(mult)
+    return held, mults

@@ -9,6 +9,7 @@ row at a tile's last step. The addresses follow formats.py's layouts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from amaranth import Cat, Module, Mux, Signal, Value
@@ -200,14 +201,15 @@ def write_results(
     eng,
     d: Decoded,
     wr_ports: list,
-    results: list[Value],
-    valid: Value,
+    row_results: Callable[[str, int], list[Value]],
+    row_valid: Callable[[str, int], Value],
     c0: Value,
     r0: Value,
     d_base: Value,
 ) -> None:
-    """Write a tile's ``results`` (row-major) one port per output row and port width,
-    packed at the output type's bytes, columns past ``N`` and rows past ``M`` masked."""
+    """Write row ``r``'s results (``row_results(mode, r)``) through its ports (one per
+    port width of the row) when ``row_valid(mode, r)``, packed at the output type's
+    bytes, columns past ``N`` and rows past ``M`` masked."""
     pa = eng.P[isa.Buf.ACT]
     f = d.f
     for i, port in enumerate(wr_ports):
@@ -222,7 +224,7 @@ def write_results(
                     for dt in isa.DType:
                         with m.Case(dt):
                             m.d.comb += packed.eq(
-                                Cat(*(results[r * n + j][: 8 * dt.nbytes] for j in range(n)))
+                                Cat(*(v[: 8 * dt.nbytes] for v in row_results(nm, r)))
                             )
                 strb = Signal(4 * n, name=f"strb{i}_{nm}")
                 ncols = f["n"] - c0
@@ -244,5 +246,7 @@ def write_results(
                         packed.word_select(h, 8 * pa) if len(packed) > 8 * pa else packed
                     ),
                     port.strb.eq(strb.word_select(h, pa) if len(strb) > pa else strb),
-                    port.req.eq(valid & (r0 + r < d.rows) & (h * pa < (d.obytes << d.ltn))),
+                    port.req.eq(
+                        row_valid(nm, r) & (r0 + r < d.rows) & (h * pa < (d.obytes << d.ltn))
+                    ),
                 ]
