@@ -375,8 +375,9 @@ def print_table(res: dict) -> None:
             f"{_fmt(dev['dsp'])} | {_fmt(dev['bram'])} + {_fmt(dev['uram'])} URAM | | |"
         )
         use = summary(res)["utilisation_pct"]
+        part = "" if res["complete"] and res["ports_complete"] else " (blocks missing)"
         print(
-            f"| core x {res['cores']} / device | | "
+            f"| core x {res['cores']} / device{part} | | "
             + " | ".join(f"{use[k]:.0f}%" for k in ("lut", "ff", "dsp", "bram36"))
             + f" + {use['uram'] or 0:.0f}% URAM | | |"
         )
