@@ -268,7 +268,8 @@ def bench_synth(arch) -> dict:
             "bench": "yosys_synth_xilinx",
             "skipped": "yosys not on PATH (apt-get install yosys)",
         }
-    r = synth(DspChain(arch.mpe.groups_per_chain, arch.sparse_m), "dsp_chain", yosys, flatten=True)
+    chain = DspChain(arch.mpe.groups_per_chain, arch.sparse_m, primitive=True)  # as synthesised
+    r = synth(chain, "dsp_chain", yosys, flatten=True)
     return {
         "bench": "yosys_synth_xilinx",
         "block": "DspChain",
