@@ -25,7 +25,8 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   ceil(M / m) * ceil(N / n)`` for the mode's parallel shape ``n x k x m`` (``drain``,
   ``depth``: the DSP48E2 datapath's and shared requantisers', ``flightforge.mpe``; a
   tile shorter than its drain waits for the requantisers): an output tile runs
-  ``ceil(K_eff / k)`` steps (``K_eff = K * N_keep / M_block`` stored entries for N:M-sparse weights), each lasting
+  ``ceil(K_eff / k)`` steps (``K_eff = K * N_keep / M_block`` stored entries for N:M-sparse
+  weights), each lasting
   ``max(1, ceil(n * weight_bytes / wgt_port), ceil(n * index_bytes / meta_port))``
   cycles for one column's bytes of the step: the compute bound
   ``ceil(M/m) * ceil(N/n) * ceil(K_eff/k)`` or the weight/index port bound, whichever
