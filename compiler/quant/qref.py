@@ -16,16 +16,7 @@ from flightforge import numerics
 from flightforge.isa import DType
 
 from ..graph import Act, Add, Attention, Linear, Mul, Norm, Rope
-from .fixed_point import (
-    HI_MULT,
-    NEG_TABLE,
-    PROB16_SPLIT_SHIFT,
-    add_params,
-    pv16_params,
-    pv_params,
-    softmax_params,
-    split_params,
-)
+from . import fixed_point as fx
 from .qdecoder import QuantDecoder
 from .quantize import QuantLinear
 
@@ -48,9 +39,9 @@ def linear(
 
 def split(x: np.ndarray, s: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The INT8 halves of a 16-bit tensor, by the SFU operations of ``kernels.split``."""
-    hi_shift, lo_m1, lo_shift = split_params(s)
+    hi_shift, lo_m1, lo_shift = fx.split_params(s)
     hi = numerics.requant(x, 1, hi_shift, DType.INT8)
-    return hi, numerics.add(x, numerics.table(hi, NEG_TABLE), 1, lo_m1, lo_shift, DType.INT8)
+    return hi, numerics.add(x, numerics.table(hi, fx.NEG_TABLE), 1, lo_m1, lo_shift, DType.INT8)
 
 
 def linear16(
@@ -61,7 +52,7 @@ def linear16(
     hi, lo = split(x)
     bias_q, mult, shift = ql.requant(s_x, s_y)
     groups = dict(scales=ql.gscale if ql.group else None, group=ql.group)
-    psum = numerics.matmul(hi, ql.q, mult=HI_MULT, odt=DType.INT32, **groups)
+    psum = numerics.matmul(hi, ql.q, mult=fx.HI_MULT, odt=DType.INT32, **groups)
     return numerics.matmul(
         lo, ql.q, bias=bias_q, mult=mult, shift=shift, odt=odt, psum=psum, **groups
     )
@@ -90,9 +81,9 @@ def attention(
 ) -> np.ndarray:
     d = q.shape[1]
     scores = numerics.matmul(q, k_cache[:ctx], odt=DType.INT32)
-    m0, sh = softmax_params(s_q, s_k, d)
+    m0, sh = fx.softmax_params(s_q, s_k, d)
     probs = numerics.softmax(scores, m0, sh, pos=pos0, causal=True, odt=DType.INT8)
-    mult, sh = pv_params(s_v, s_o)
+    mult, sh = fx.pv_params(s_v, s_o)
     return numerics.matmul(probs, v_cache[:ctx].T, mult=mult, shift=sh, odt=odt)
 
 
@@ -100,7 +91,7 @@ def _split_product(a: np.ndarray, w: np.ndarray, s_a: int = 0, **requant) -> np.
     """``256*a_hi.w_hi + a_hi.w_lo + a_lo.w_hi`` (``w`` as ``[N][K]``), as
     ``kernels._split_product`` chains it."""
     (ah, al), (wh, wl) = split(a, s_a), split(w)
-    p = numerics.matmul(ah, wh, mult=HI_MULT, odt=DType.INT32)
+    p = numerics.matmul(ah, wh, mult=fx.HI_MULT, odt=DType.INT32)
     p = numerics.matmul(ah, wl, odt=DType.INT32, psum=p)
     return numerics.matmul(al, wh, psum=p, **requant)
 
@@ -120,10 +111,12 @@ def attention16(
     """:func:`attention` with 16-bit q, K, V and probabilities (``kernels.attention16``)."""
     d = q.shape[1]
     scores = _split_product(q, k_cache[:ctx], odt=DType.INT32)
-    m0, sh = softmax_params(s_q * HI_MULT, s_k, d)
+    m0, sh = fx.softmax_params(s_q * fx.HI_MULT, s_k, d)
     probs = numerics.softmax(scores, m0, sh, pos=pos0, causal=True, odt=DType.INT16)
-    mult, sh = pv16_params(s_v, s_o)
-    return _split_product(probs, v_cache[:ctx].T, PROB16_SPLIT_SHIFT, mult=mult, shift=sh, odt=odt)
+    mult, sh = fx.pv16_params(s_v, s_o)
+    return _split_product(
+        probs, v_cache[:ctx].T, fx.PROB16_SPLIT_SHIFT, mult=mult, shift=sh, odt=odt
+    )
 
 
 @dataclass
@@ -168,7 +161,7 @@ def run_decoder(
         elif isinstance(op, Attention):
             env[op.out] = _attention(qd, env, op, pos0, state)
         elif isinstance(op, Add):
-            m0, m1, shift = add_params(sc[op.a], sc[op.b], sc[op.out])
+            m0, m1, shift = fx.add_params(sc[op.a], sc[op.b], sc[op.out])
             env[op.out] = numerics.add(env[op.a], env[op.b], m0, m1, shift, qd.dtype(op.out))
         elif isinstance(op, Mul):
             m0, shift = numerics.quantize_multiplier(sc[op.a] * sc[op.b] / sc[op.out])
