@@ -183,10 +183,15 @@ def compile_onnx(
     path: str, arch: ArchConfig, options: CompileOptions = CompileOptions()
 ) -> Compiled:
     """Compile an ONNX export of a decoder-only LLM (see ``docs/frontend.md``)."""
+    # The file is parsed and its declared sizes checked before the frontend (and with it
+    # ``onnx``, 0.7 s of imports) loads, so a small bad file is refused within a second.
+    from .frontend.onnx_file import read_checked
+
+    model = read_checked(path)
     from .frontend.onnx_import import import_onnx
 
     with progress.step(f"import {path}"):
-        imported = import_onnx(path)
+        imported = import_onnx(path, model)
     s = imported.summary
     return compile_decoder(
         imported.program,

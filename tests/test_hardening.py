@@ -165,6 +165,31 @@ def test_an_onnx_initialiser_declaring_more_than_it_holds_is_refused(tmp_path):
     )  # fmt: skip
 
 
+def test_a_bad_onnx_file_is_refused_before_onnx_is_imported(tmp_path):
+    """The README's one-second promise: the refusal must not pay for ``import onnx``
+    (0.7-0.9 s of CPU, most of it ml_dtypes). In a fresh interpreter, the compile command
+    refuses the file with neither ``onnx`` nor ``ml_dtypes`` loaded; importing ``onnx``
+    afterwards still works and parses with the same message classes."""
+    model = _onnx_with(tmp_path, big_initializer())
+    code = f"""
+import sys
+from flightforge.cli import main
+try:
+    main(["compile", {str(model)!r}, "--target", "tiny", "--out", {str(tmp_path / "x.ffb")!r}])
+except SystemExit as e:
+    assert e.code == 1, e.code
+loaded = sorted(m for m in ("onnx", "ml_dtypes", "onnxruntime") if m in sys.modules)
+assert not loaded, loaded
+from flightforge.compiler.frontend.onnx_file import read_checked
+import onnx
+assert type(read_checked({str(model)!r}.replace("model.onnx", "ok.onnx"))) is onnx.ModelProto
+"""
+    onnx_with(tmp_path / "ok.onnx", helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "declares dims [100000, 100000]" in out.stderr + out.stdout
+
+
 def test_devices_and_endless_files_are_refused(tmp_path, demo_file, hf_config):
     refused("inspect", "/dev/zero", fragments=["/dev/zero", "not a regular file"])
     refused(

@@ -1,10 +1,8 @@
 """Reading an ONNX file safely, as a networkx graph, with one concrete probe run.
 
-This is the only module that imports ``onnx`` (``tests/test_layering.py`` checks that
-nothing outside the frontend does). Loading refuses what could read outside the model's
-folder: an external-data location that is absolute or climbs out of the folder is an
-error naming the tensor and the location. A file that does not parse, or whose nodes
-read tensors nothing defines (a truncated file), is an error naming the file.
+The file itself is parsed and checked by :mod:`.onnx_file` (before ``onnx`` is
+imported); here its external data is loaded and the graph indexed. A model whose nodes
+read tensors nothing defines (a truncated file) is an error naming the file.
 
 The probe: recognising a decoder needs the shape of every intermediate tensor and the
 values of the shape, mask and rotary-table plumbing, which exporters compute at run time
@@ -16,8 +14,6 @@ the heads, which table is the cosine, what the mask allows) against these values
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +23,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from flightforge.files import read_bytes
-
-from ..errors import CompileError
+from .onnx_file import FrontendError, read_checked
 
 PROBE_ROWS = 7  #: prompt length of the probe run: prime, unlike any head count or width
-
-
-class FrontendError(CompileError):
-    """An ONNX model the frontend cannot turn into a decoder; the message names the culprit."""
 
 
 @dataclass(frozen=True)
@@ -74,114 +64,21 @@ class OnnxGraph:
         return self.opsets.get(node.domain or "", self.opsets.get("ai.onnx", 0))
 
 
-def read_model(path: str | Path) -> onnx.ModelProto:
+def read_model(path: str | Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """The model with its external data, from a file the frontend may trust.
 
-    Refused, naming the file and tensor: a file that does not parse or has no graph;
-    external data outside the model's folder, missing, or shorter than its tensor's
-    offset and length; any tensor (initialiser or constant attribute) whose dims declare
-    more bytes than its data holds, so nothing later allocates by a declared size. The
-    bytes are read by :func:`flightforge.files.read_bytes` (regular files only).
+    ``model`` is :func:`.onnx_file.read_checked`'s parse of ``path`` when the caller
+    already has it (the compile command checks the file before importing ``onnx``);
+    every refusal of a bad file is that function's, naming the file and tensor.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FrontendError(f"{path}: no such file")
-    data = read_bytes(path, FrontendError, MAX_ONNX_BYTES, regular=True)
+    if model is None:
+        model = read_checked(path)
     try:
-        model = onnx.load_model_from_string(data)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise FrontendError(
-            f"{path}: not a readable ONNX model (truncated or corrupt?): {type(e).__name__}: {e}"
-        ) from None
-    if not model.graph.node or not model.graph.output:
-        raise FrontendError(
-            f"{path}: the file parses but holds no graph nodes or outputs "
-            f"(truncated or not an ONNX model?)"
-        )
-    base = path.parent.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            have = _external_bytes(tensor, base, path)
-        else:
-            have = _inline_bytes(tensor)
-        if have is not None:
-            _check_declared(tensor, have, path)
-    try:
-        external_data_helper.load_external_data_for_model(model, str(base))
+        external_data_helper.load_external_data_for_model(model, str(path.parent.resolve()))
     except Exception as e:
         raise FrontendError(f"{path}: cannot load external data: {e}") from None
     return model
-
-
-MAX_ONNX_BYTES = 2**31  #: protobuf's own limit on one message (weights beyond go external)
-#: Element types packed below a byte (the rest take their numpy itemsize).
-_SUB_BYTE_BITS = {
-    getattr(onnx.TensorProto, name): bits
-    for name, bits in (
-        ("INT4", 4),
-        ("UINT4", 4),
-        ("FLOAT4E2M1", 4),
-        ("INT2", 2),
-        ("UINT2", 2),
-        ("FLOAT6E2M3", 6),
-        ("FLOAT6E3M2", 6),
-    )
-    if hasattr(onnx.TensorProto, name)
-}
-
-
-def _external_bytes(tensor: onnx.TensorProto, base: Path, path: Path) -> int:
-    """The bytes of ``tensor``'s external data, refusing a location outside ``base``."""
-    info = external_data_helper.ExternalDataInfo(tensor)
-    loc = info.location
-    target = (base / loc).resolve()
-    if os.path.isabs(loc) or not target.is_relative_to(base):
-        raise FrontendError(
-            f"{path}: tensor {tensor.name!r} has external data at {loc!r}, "
-            f"outside the model's folder {base}; refused"
-        )
-    if not target.is_file():
-        raise FrontendError(
-            f"{path}: tensor {tensor.name!r}: external data file {loc!r} does not exist"
-        )
-    size = target.stat().st_size
-    end = (info.offset or 0) + (info.length or 0)
-    if end > size:
-        raise FrontendError(
-            f"{path}: tensor {tensor.name!r}: external data {loc!r} is {size} bytes, "
-            f"shorter than offset+length {end}"
-        )
-    return info.length if info.length else size - (info.offset or 0)
-
-
-def _inline_bytes(tensor: onnx.TensorProto) -> int | None:
-    """An upper bound on the bytes ``tensor`` holds in the file (None: strings)."""
-    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return None
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    # A typed field holds one element per entry, or two (complex parts, packed 4-bit
-    # values): at most 8 bytes of data per entry bounds the tensor.
-    return len(getattr(tensor, helper.tensor_dtype_to_field(tensor.data_type))) * 8
-
-
-def _check_declared(tensor: onnx.TensorProto, have: int, path: Path) -> None:
-    dims = list(tensor.dims)
-    if any(d < 0 for d in dims):
-        raise FrontendError(f"{path}: tensor {tensor.name!r} has negative dims {dims}")
-    try:
-        bits = 8 * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        raise FrontendError(
-            f"{path}: tensor {tensor.name!r} has unknown data type {tensor.data_type}"
-        ) from None
-    bits = _SUB_BYTE_BITS.get(tensor.data_type, bits)
-    want = -(-math.prod(dims) * bits // 8)
-    if want > have:
-        raise FrontendError(
-            f"{path}: tensor {tensor.name!r} declares dims {dims} ({want} bytes) "
-            f"but holds {have} bytes of data"
-        )
 
 
 def build_graph(model: onnx.ModelProto, path: Path) -> OnnxGraph:

@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from .onnx_graph import (
     read_model,
 )
 from .tags import Elem, Event, KVOut, Lin, Normed, Tensor, View
+
+if TYPE_CHECKING:
+    import onnx
 
 #: largest relative difference between the recovered program's logits and onnxruntime's
 VERIFY_TOLERANCE = 5e-3
@@ -94,10 +98,11 @@ def load_onnx(path: str | Path) -> DecoderProgram:
     return import_onnx(path).program
 
 
-def import_onnx(path: str | Path) -> OnnxImport:
+def import_onnx(path: str | Path, model: onnx.ModelProto | None = None) -> OnnxImport:
+    """``model``: the file already parsed and checked by :func:`.onnx_file.read_checked`."""
     path = Path(path)
     # Parse, refuse unsafe external data, shape-infer and index the graph.
-    g = build_graph(read_model(path), path)
+    g = build_graph(read_model(path, model), path)
     # Run it once on a short random prompt, keeping every intermediate value.
     rows = probe_rows(g)
     feeds, ids = probe_feeds(g, rows, _vocab_hint(g))
