@@ -156,22 +156,12 @@ class StepRecorder:
 def decoder_prefill(arch) -> tuple[str, list[tuple[int, bytes]], bytes]:
     """The prefill section of tests/test_rtl_decoder.py's one-layer decoder (same shape,
     seed and prompt): its name, the memory writes before it, and its code."""
-    from flightforge.compiler.graph import DecoderShape, random_decoder
+    from flightforge.compiler.graph import ONE_LAYER, random_decoder
     from flightforge.compiler.pipeline import CompileOptions, compile_decoder
     from flightforge.generate import generate
 
     prompt, new_tokens = [3, 17, 42], 2
-    shape = DecoderShape(
-        layers=1,
-        hidden=32,
-        heads=2,
-        kv_heads=2,
-        head_dim=16,
-        intermediate=64,
-        vocab=64,
-        mlp="swiglu",
-        rope=True,
-    )
+    shape = ONE_LAYER
     program = compile_decoder(
         random_decoder(shape, seed=1), arch, CompileOptions(max_len=len(prompt) + new_tokens)
     ).program

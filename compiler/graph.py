@@ -293,6 +293,21 @@ def random_decoder(
 
 #: Random decoders of the three families the tests and benchmarks compile, at one small
 #: shape: family -> (shape, keyword arguments of :func:`random_decoder`).
+#: The one-layer Llama-style decoder the RTL tests, the cycle-model checks and the RTL
+#: speed benchmark share: small enough that tiny's Verilated core runs both stages of it
+#: in seconds, with every decoder op (RMSNorm, RoPE, attention, SwiGLU) present.
+ONE_LAYER = DecoderShape(
+    layers=1,
+    hidden=32,
+    heads=2,
+    kv_heads=2,
+    head_dim=16,
+    intermediate=64,
+    vocab=64,
+    mlp="swiglu",
+    rope=True,
+)
+
 FAMILIES: dict[str, tuple[DecoderShape, dict]] = {
     "llama-gqa": (DecoderShape(2, 96, 6, 2, 16, 200, 300, "swiglu", True), {}),
     "gpt2": (

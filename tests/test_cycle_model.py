@@ -17,7 +17,7 @@ import json
 import pytest
 
 from flightforge import isa
-from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.graph import ONE_LAYER, DecoderShape, random_decoder
 from flightforge.compiler.lower.buckets import BucketPlan
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.isa import Buf, DType, MiscOp, SparseMode, Unit, WPrec
@@ -145,17 +145,7 @@ def test_fast_evaluator_times_unpacking_loads_like_the_cycle_model():
     from flightforge.compiler.quant.qdecoder import QuantOptions
     from flightforge.dse.timing import durations, prepare
 
-    shape = DecoderShape(
-        layers=1,
-        hidden=32,
-        heads=2,
-        kv_heads=2,
-        head_dim=16,
-        intermediate=64,
-        vocab=64,
-        mlp="swiglu",
-        rope=True,
-    )
+    shape = ONE_LAYER
     program = compile_decoder(
         random_decoder(shape, seed=1),
         TINY,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flightforge import isa
-from flightforge.compiler.graph import DecoderShape, random_decoder
+from flightforge.compiler.graph import ONE_LAYER, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.compiler.quant.plans import parse_plan
 from flightforge.compiler.quant.qdecoder import QuantOptions
@@ -59,17 +59,7 @@ MIXED_2_3_BIT = {
 
 @pytest.fixture(scope="module", params=["per-length", "fixed", "mixed-2/3-bit", "act16"])
 def decoder(rtl_tiny, request):
-    shape = DecoderShape(
-        layers=1,
-        hidden=32,
-        heads=2,
-        kv_heads=2,
-        head_dim=16,
-        intermediate=64,
-        vocab=64,
-        mlp="swiglu",
-        rope=True,
-    )
+    shape = ONE_LAYER
     buckets, quant = request.param, QuantOptions()
     if request.param == "mixed-2/3-bit":
         buckets, quant = "per-length", QuantOptions(spec=parse_plan(MIXED_2_3_BIT))
