@@ -120,6 +120,14 @@ class MpeConfig(_Model):
     macs_per_group: Literal[2] = 2
     mm: ParallelShape = Field(description="parallelism in MM (GEMM/SpMM) mode")
     mv: ParallelShape = Field(description="parallelism in MV (GEMV/SpMV) mode; m is 1")
+    tile_k: Int = Field(
+        ge=2,
+        le=(1 << isa.DIM_BITS) - 1,
+        description=(
+            "activation tile buffer capacity per tile row, in INT8 activations: the "
+            "largest reduction length K of one MM/MV (longer K is split by the compiler)"
+        ),
+    )
 
     @property
     def macs(self) -> int:

@@ -71,3 +71,29 @@ def depth(groups: int, drain: int) -> int:
     """Cycles an MM/MV adds to its fetch cycles (``Timing.matmul``): the frame, the
     chain, the last tile's drain and the requantisers' stages."""
     return FRAME_CYCLES + chain_latency(groups) + drain + REQUANT_STAGES
+
+
+# --- the activation tile buffer (hw/mpe/tile_buffer.py) ----------------------------------
+
+#: Cycles a tile fill spends after its last ACT line read before the first step may read
+#: the tile buffer: the line's read data (one cycle), then its realigned write (one).
+FILL_TAIL = 2
+
+
+def tile_span(k: int, sparse_m: int) -> int:
+    """Bytes of one tile row a step reads: the span of ``k`` stored entries, at most
+    ``k / 2`` sparse blocks of ``sparse_m`` activations (2:M; dense reads ``k``)."""
+    return k * sparse_m // 2
+
+
+def tile_word(span: int, line: int) -> int:
+    """Bytes of a tile-buffer bank's word: a step's widest span or an ACT line (the fill
+    writes whole lines), whichever is wider; both are powers of two."""
+    return max(span, line)
+
+
+def fill_lines(offset: int, k: int, line: int) -> int:
+    """Aligned ACT lines the fill reads for one tile row of ``k`` activations that start
+    ``offset`` bytes into a line: every line the row touches, one per cycle (the fill
+    realigns them once, so rows may start at any byte)."""
+    return -(-(offset + k) // line)

@@ -79,6 +79,23 @@ class Section:
         return len(self.code) // isa.INSTR_BYTES
 
 
+def check_tile_k(section: Section, arch: ArchConfig) -> None:
+    """Every MM/MV of ``section`` reduces over at most ``mpe.tile_k`` activations, the
+    MPE's activation tile buffer per row, at the section's longest length (``k`` grows
+    by ``D <= len_hi - len_lo`` when ``dyn_k``)."""
+    d_max = section.len_hi - section.len_lo
+    for i, ins in enumerate(section.instructions):
+        if isinstance(ins, (isa.MM, isa.MV)):
+            k = ins.k + (d_max if ins.dyn_k else 0)
+            if k > arch.mpe.tile_k:
+                at = f" at D={d_max}" if ins.dyn_k and d_max else ""
+                raise ProgramError(
+                    f"section {section.name!r}, instruction {i} ({ins.OPCODE.name}): k: "
+                    f"K={k}{at} exceeds the MPE's activation tile buffer "
+                    f"(mpe.tile_k = {arch.mpe.tile_k} activations per row)"
+                )
+
+
 @dataclass(frozen=True)
 class Segment:
     """A region of external memory described by the program."""
@@ -295,6 +312,8 @@ class Program:
                         f"segment {s.name!r} ends at {s.end:#x}, beyond the "
                         f"{arch.hbm.capacity:#x} bytes of external memory"
                     )
+            for s in self.sections:
+                check_tile_k(s, arch)
 
     # --- serialisation -------------------------------------------------------------------
 

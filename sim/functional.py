@@ -269,6 +269,12 @@ class FunctionalSim:
             stats.sfu_elements += ins.rows * ins.cols
 
     def _matmul(self, ins: isa.MM | isa.MV, stats: _Stats) -> None:
+        tile_k = self.arch.mpe.tile_k
+        if ins.k > tile_k:
+            raise DeviceError(
+                f"k: K={ins.k} exceeds the MPE's activation tile buffer "
+                f"(mpe.tile_k = {tile_k} activations per row)"
+            )
         rows = ins.rows
         a_stride = ins.a_stride if isinstance(ins, isa.MM) else ins.k
         a = self._read(isa.Buf.ACT, "a_addr", ins.a_addr, rows, ins.k, a_stride, isa.DType.INT8)

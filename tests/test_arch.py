@@ -62,6 +62,8 @@ _DELETE = object()
     [
         ("buffers.act.size", -5, r"buffers\.act\.size: Input should be greater than 0 \(got -5\)"),
         ("mpe.chains", 0, r"mpe\.chains: Input should be greater than or equal to 1"),
+        ("mpe.tile_k", 1, r"mpe\.tile_k: Input should be greater than or equal to 2"),
+        ("mpe.tile_k", 1 << 16, r"mpe\.tile_k: Input should be less than or equal to 65535"),
         ("clock_mhz", -100, r"clock_mhz: Input should be greater than 0"),
         ("frequency", 100, r"frequency: Extra inputs are not permitted"),
         ("mpe.lanes", 4, r"mpe\.lanes: Extra inputs are not permitted"),

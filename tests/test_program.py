@@ -144,3 +144,23 @@ def test_segment_beyond_external_memory_is_refused(tiny):
 def test_header_layout_is_as_documented():
     """The module docstring puts the manifest at byte 56."""
     assert _HEADER.size == 56
+
+
+def test_an_mm_longer_than_the_tile_buffer_is_refused(tiny):
+    """The checker refuses K past ``mpe.tile_k``, at the section's longest length when
+    ``dyn_k`` lets K grow with D, naming the section, instruction and field."""
+    halt = isa.SYS(op=isa.SysOp.HALT)
+    k = tiny.mpe.tile_k
+    fits = isa.MV(n=1, k=k - 4, dyn_k=1)
+    Program.for_arch(tiny, [Section.from_instructions("ok", "main", 1, 5, [fits, halt])], [])
+    with pytest.raises(
+        ProgramError,
+        match=rf"section 'grow', instruction 0 \(MV\): k: K={k + 1} at D=5 exceeds .*"
+        rf"mpe\.tile_k = {k}",
+    ):
+        Program.for_arch(tiny, [Section.from_instructions("grow", "main", 1, 6, [fits, halt])], [])
+    long = isa.MM(m=2, n=1, k=k + 2, a_stride=k + 2)
+    with pytest.raises(ProgramError, match=rf"instruction 1 \(MM\): k: K={k + 2} exceeds"):
+        Program.for_arch(
+            tiny, [Section.from_instructions("s", "main", 1, 1, [halt, long, halt])], []
+        )

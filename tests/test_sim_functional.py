@@ -567,6 +567,17 @@ def test_out_of_range_operands_name_instruction_field_and_buffer():
         FunctionalSim(ARCH).execute([far, HALT])
 
 
+def test_a_matmul_longer_than_the_tile_buffer_names_instruction_and_field():
+    k = ARCH.mpe.tile_k + 2
+    mv = isa.MV(n=1, k=k, a_addr=0, d_addr=ARCH.mpe.tile_k + 8, mult=1)
+    with pytest.raises(
+        DeviceError,
+        match=rf"instruction 0 \(MV\): k: K={k} exceeds the MPE's activation tile buffer "
+        rf"\(mpe\.tile_k = {k - 2} ",
+    ):
+        FunctionalSim(ARCH).execute([mv, HALT])
+
+
 def test_a_program_for_another_architecture_is_refused():
     from flightforge.compiler.demo import build_demo
 

@@ -123,6 +123,14 @@ class Builder:
             instr.check()
         except isa.EncodeError as e:
             raise CompileError(f"lowering produced an invalid instruction: {e}") from None
+        if isinstance(instr, (isa.MM, isa.MV)):
+            k = instr.k + (self.sched.d_max if instr.dyn_k else 0)
+            if k > self.arch.mpe.tile_k:
+                raise CompileError(
+                    f"lowering produced an {instr.OPCODE.name} with K={k} (k field), more "
+                    f"than the MPE's activation tile buffer holds (mpe.tile_k = "
+                    f"{self.arch.mpe.tile_k})"
+                )
         self.sched.add(instr)
 
     def begin_section(self, len_lo: int, len_hi: int) -> None:
