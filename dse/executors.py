@@ -11,6 +11,8 @@ import concurrent.futures as cf
 import contextlib
 import json
 import multiprocessing
+import multiprocessing.managers
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +20,13 @@ from flightforge import progress
 
 from .points import evaluate_batch
 from .spec import ARCH_KNOBS, Spec
+
+
+def _ignore_sigint() -> None:
+    """Worker initialiser: Ctrl-C is the parent's to handle (it stops the workers); a
+    terminal sends SIGINT to the whole process group, and workers that took it would each
+    print a traceback and hand a ``KeyboardInterrupt`` back as a batch's result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_executor(jobs: int, scheduler: str | None):
@@ -30,8 +39,34 @@ def make_executor(jobs: int, scheduler: str | None):
     if jobs <= 1:
         return None, None
     return cf.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_sigint,
     ), None
+
+
+def close_executor(executor, client, abort: bool) -> None:
+    """Shut down what :func:`make_executor` made; on ``abort`` (Ctrl-C, an error) now.
+
+    A process pool's ``shutdown`` cancels the batches not yet started, but the
+    interpreter's exit then waits for the running ones (tens of seconds to minutes for
+    a large model's compile), so on abort the workers are terminated first: their
+    batches were not stored, and a resumed run evaluates them again. A Dask cluster's
+    pending tasks are cancelled with the client.
+    """
+    if isinstance(executor, cf.ProcessPoolExecutor):
+        if abort:
+            terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+            if terminate is not None:
+                terminate()
+            else:
+                for proc in list((executor._processes or {}).values()):
+                    proc.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+    elif executor is not None:
+        executor.shutdown(wait=False)
+    if client is not None:
+        client.close()
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
@@ -67,7 +102,8 @@ def _points_done(bar) -> Iterator:
     """A queue that local worker processes put a 1 on per evaluated point, drained into
     ``bar`` by a thread: with the results of a batch arriving at once, the bar (and its
     ETA) would otherwise move only when a whole batch of every worker is done."""
-    manager = multiprocessing.get_context("spawn").Manager()
+    manager = multiprocessing.managers.SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(_ignore_sigint)
     queue = manager.Queue()
 
     def drain() -> None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any
+import types
+import typing
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from flightforge import isa, progress
 from flightforge.arch import ArchConfig, ConfigError, arch_from_dict
@@ -31,11 +34,43 @@ from flightforge.sim.timing import Timing, TimingParams
 
 from .power import power
 from .resources import KINDS, design_resources, over_budget, utilisation
-from .spec import ARCH_KNOBS, QUANT_KNOBS, TIMING_KNOBS, Spec, SpecError, Workload, canonical_hash
+from .spec import (
+    ARCH_KNOBS,
+    QUANT_KNOBS,
+    TIMING_KNOBS,
+    QuantSpec,
+    Spec,
+    SpecError,
+    TimingSpec,
+    Workload,
+    canonical_hash,
+)
 from .timing import ProgramCache, stream_fields, time_stream
 
 #: unit names in mask-bit order, for the per-unit metrics (``busy_LD``, ...)
 UNITS = tuple(u.name for u in isa.Unit)
+#: the metrics of a timed point (:func:`evaluate_point`), which objectives may name
+METRICS = (
+    *KINDS,
+    *(f"{k}_util" for k in KINDS),
+    "max_utilisation",
+    "decode_step_cycles",
+    "decode_step_s",
+    "decode_tokens_per_s",
+    "bytes_per_step",
+    "macs_per_step",
+    *(f"busy_{u}" for u in UNITS),
+    "hbm_utilisation",
+    "bw_gbs",
+    "peak_gops",
+    "power_w",
+    "static_w",
+    "logic_w",
+    "memory_w",
+    "energy_per_token_j",
+)
+#: the metrics only a spec with ``workload.ttft`` gets
+PREFILL_METRICS = ("prefill_cycles", "ttft_s")
 
 
 def point_key(params: dict[str, Any]) -> str:
@@ -54,6 +89,87 @@ def grid(spec: Spec) -> list[dict[str, Any]]:
 def _base_arch(spec: Spec) -> ArchConfig:
     t = spec.target
     return load_target(spec.path(t) if t.endswith((".yaml", ".yml")) else t)
+
+
+def check_spec(spec: Spec) -> ArchConfig:
+    """Refuse a spec that no point of could run, before any point runs; its base target.
+
+    An unknown target, a model file that cannot be read as a model, an objective no point
+    reports, or a knob value of the wrong type (checked against the field the knob sets,
+    so the types stay those of the architecture and spec models) is a :class:`SpecError`
+    naming the spec file and field. A value of the right type that makes an invalid
+    architecture (a shape that does not divide a port) stays a point, infeasible.
+    """
+    src = spec.source
+    try:
+        base = _base_arch(spec)
+    except ConfigError as e:
+        raise SpecError(f"{src}: target: {e}") from None
+    try:
+        _model_layers(spec)
+    except (CompileError, ConfigError, OSError) as e:
+        raise SpecError(f"{src}: model: {e}") from None
+    known = METRICS + (PREFILL_METRICS if spec.workload.ttft else ())
+    for k in spec.objectives:
+        if k not in known:
+            why = "needs workload.ttft: true" if k in PREFILL_METRICS else "no point reports it"
+            raise SpecError(f"{src}: objectives.{k}: {why}; metrics: {', '.join(known)}")
+    for k, values in spec.parameters.items():
+        adapter, scale = _knob_adapter(spec, k)
+        for v in values:
+            try:
+                exact = isinstance(v, int) and not isinstance(v, bool)
+                adapter.validate_python(v * scale if exact else v)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"]
+                raise SpecError(f"{src}: parameters.{k}: {v!r}: {msg}") from None
+    return base
+
+
+def _knob_adapter(spec: Spec, knob: str) -> tuple[TypeAdapter, int]:
+    """The validator of one knob's values (and the factor a value is scaled by first)."""
+    if knob in QUANT_KNOBS:
+        return _field_adapter(QuantSpec, knob), 1
+    if knob in TIMING_KNOBS:
+        return _field_adapter(TimingSpec, knob), 1
+    if knob == "buckets":
+        return _field_adapter(Spec, knob), 1
+    path = ARCH_KNOBS.get(knob) or tuple(knob.split("."))
+    model: Any = ArchConfig
+    for name in path[:-1]:
+        model = _model_of(model, name)
+        if model is None:
+            raise SpecError(
+                f"{spec.source}: parameters.{knob}: the architecture has no field {'.'.join(path)}"
+            )
+    if path[-1] not in model.model_fields:
+        raise SpecError(
+            f"{spec.source}: parameters.{knob}: the architecture has no field {'.'.join(path)}"
+        )
+    if knob.endswith("_kib") and knob in ARCH_KNOBS:  # KiB: an integer, times 1024
+        return _field_adapter(model, path[-1]), 1024
+    return _field_adapter(model, path[-1]), 1
+
+
+def _model_of(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The model class of field ``name`` of ``model`` (through ``X | None``), or None."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    ann = field.annotation
+    members = typing.get_args(ann) if isinstance(ann, types.UnionType) else (ann,)
+    for m in members:
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            return m
+    return None
+
+
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    """A validator of one field of ``model``: its type and its own constraints."""
+    field = model.model_fields[name]
+    if not field.metadata:
+        return TypeAdapter(field.annotation)
+    return TypeAdapter(Annotated[field.annotation, *field.metadata])
 
 
 def _set(d: dict, path: tuple[str, ...], value: Any) -> None:

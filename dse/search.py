@@ -9,12 +9,11 @@ docs/dse.md.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import math
 import os
 
-from .executors import make_executor, progress_bar, run_points
-from .points import grid, point_key
+from .executors import close_executor, make_executor, progress_bar, run_points
+from .points import check_spec, grid, point_key
 from .spec import Spec
 from .store import Store
 
@@ -31,23 +30,23 @@ def explore(
     trials: int | None = None,
 ) -> dict[str, int]:
     """Evaluate the spec's space into ``store`` (resuming whatever it already holds)."""
+    check_spec(spec)
     store.bind(spec.fingerprint())
     jobs = jobs or min(os.cpu_count() or 1, 2)
     method = method or spec.search.method
     executor, client = make_executor(jobs, scheduler)
     try:
         if method == "grid":
-            return _explore_grid(spec, store, executor, cache_dir, progress)
-        return _explore_nsga2(
-            spec, store, executor, cache_dir, progress, trials or spec.search.trials, jobs
-        )
-    finally:
-        if isinstance(executor, cf.ProcessPoolExecutor):
-            executor.shutdown(wait=False, cancel_futures=True)
-        elif executor is not None:
-            executor.shutdown(wait=False)
-        if client is not None:
-            client.close()
+            stats = _explore_grid(spec, store, executor, cache_dir, progress)
+        else:
+            stats = _explore_nsga2(
+                spec, store, executor, cache_dir, progress, trials or spec.search.trials, jobs
+            )
+    except BaseException:  # Ctrl-C or an error: stop the workers now, not after their batches
+        close_executor(executor, client, abort=True)
+        raise
+    close_executor(executor, client, abort=False)
+    return stats
 
 
 def _explore_grid(spec, store, executor, cache_dir, progress) -> dict[str, int]:

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flightforge import isa
+from flightforge.arch import Int
 from flightforge.files import read_text, read_yaml
 
 
@@ -32,27 +33,29 @@ class _M(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Integer fields are strict (``Int``, as in the architecture): a knob value of 4.5 or
+# "4" is a spec error, refused before any point runs, never a coerced or failed point.
 class Workload(_M):
-    prompt_len: int = Field(default=128, ge=1)
-    decode_len: int = Field(default=512, ge=1)
+    prompt_len: Int = Field(default=128, ge=1)
+    decode_len: Int = Field(default=512, ge=1)
     #: decode positions timed (evenly spaced, first and last included); the others are
     #: interpolated linearly (decode time is affine in the context, docs/cycle_model.md)
-    decode_samples: int = Field(default=2, ge=1)
+    decode_samples: Int = Field(default=2, ge=1)
     ttft: bool = True  #: also time the prefill (time to first token)
 
 
 class QuantSpec(_M):
-    weight_bits: int = 4
-    group: int = 128
-    sparse_n: int = 0  #: N of the N:M pattern of ``sparse_layers`` (0: dense)
-    sparse_m: int = 16
+    weight_bits: Int = 4
+    group: Int = 128
+    sparse_n: Int = Field(default=0, ge=0)  #: N of the N:M pattern of ``sparse_layers`` (0: dense)
+    sparse_m: Int = Field(default=16, ge=2)
     sparse_layers: tuple[str, ...] = ("q", "k")
 
 
 class TimingSpec(_M):
-    interleave_bytes: int = 4096
-    hbm_channels: int = 0  #: channels the interleaved map uses (0: all)
-    mem_efficiency_pct: int = 100
+    interleave_bytes: Int = Field(default=4096, ge=0)
+    hbm_channels: Int = Field(default=0, ge=0)  #: channels the interleaved map uses (0: all)
+    mem_efficiency_pct: Int = Field(default=100, ge=1, le=100)
 
 
 class SearchSpec(_M):
@@ -61,6 +64,15 @@ class SearchSpec(_M):
     population: int = Field(default=32, ge=2)
     seed: int = 0
     batch: int = Field(default=4, ge=1, description="points per task sent to a worker")
+
+
+#: The objectives of a spec that names none (``ttft_s`` only when the prefill is timed).
+DEFAULT_OBJECTIVES: dict[str, Literal["min", "max"]] = {
+    "decode_tokens_per_s": "max",
+    "ttft_s": "min",
+    "energy_per_token_j": "min",
+    "max_utilisation": "min",
+}
 
 
 class Spec(_M):
@@ -73,15 +85,24 @@ class Spec(_M):
     timing: TimingSpec = TimingSpec()
     parameters: dict[str, list[Any]] = Field(default_factory=dict)
     objectives: dict[str, Literal["min", "max"]] = Field(
-        default_factory=lambda: {
-            "decode_tokens_per_s": "max",
-            "ttft_s": "min",
-            "energy_per_token_j": "min",
-            "max_utilisation": "min",
-        }
+        default_factory=lambda: dict(DEFAULT_OBJECTIVES)
     )
     search: SearchSpec = SearchSpec()
     base_dir: str = "."  #: where relative paths resolve (the spec file's folder)
+    source: str = "<spec>"  #: the spec file, named in error messages
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objectives(cls, data: Any) -> Any:
+        """Without ``workload.ttft`` no point has a ``ttft_s``: drop it from the defaults."""
+        if isinstance(data, dict) and "objectives" not in data:
+            wl = data.get("workload")
+            if isinstance(wl, dict) and wl.get("ttft") is False:
+                data = {
+                    **data,
+                    "objectives": {k: v for k, v in DEFAULT_OBJECTIVES.items() if k != "ttft_s"},
+                }
+        return data
 
     def path(self, p: str) -> Path:
         q = Path(p)
@@ -89,7 +110,9 @@ class Spec(_M):
 
     def fingerprint(self) -> str:
         """What a stored point's metrics depend on besides its parameters."""
-        d = self.model_dump(mode="json", exclude={"search", "objectives", "name", "base_dir"})
+        d = self.model_dump(
+            mode="json", exclude={"search", "objectives", "name", "base_dir", "source"}
+        )
         d["model_json"] = read_text(self.path(self.model), SpecError)
         return canonical_hash(d)
 
@@ -119,6 +142,7 @@ def load_spec(path: str | Path) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     data.setdefault("base_dir", str(path.parent))
+    data.setdefault("source", str(path))
     return spec_from_dict(data, str(path))
 
 
@@ -126,9 +150,10 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        lines = [f"{source}: invalid DSE spec"]
-        for err in e.errors():
-            lines.append(f"  {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        errs = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        if len(errs) == 1:  # one line naming the field
+            raise SpecError(f"{source}: {errs[0]}") from None
+        lines = [f"{source}: invalid DSE spec", *(f"  {x}" for x in errs)]
         raise SpecError("\n".join(lines)) from None
     for k, values in spec.parameters.items():
         if k not in KNOBS and "." not in k:

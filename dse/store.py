@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 from .spec import SpecError
+
+
+class StoreError(SpecError):
+    """A store that cannot be used: not a DSE store, or in use by another run."""
 
 
 class Store:
@@ -16,20 +22,56 @@ class Store:
     ``points.key`` is the canonical hash of the parameters, so a point is stored at most
     once; ``meta.spec`` holds the spec fingerprint, so a store is never resumed with a
     spec whose results would differ.
+
+    A writing store holds an exclusive lock (``flock`` on ``PATH.lock``) while it is open:
+    a second run on the same store is refused at once, naming the run that holds it,
+    instead of evaluating the same points again and discarding them (``INSERT OR
+    IGNORE``) as "0 evaluated". The kernel drops the lock when its process dies, even by
+    SIGKILL, so a killed run never blocks its resumption. ``readonly`` stores (a report
+    of a running exploration) take no lock.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        self._lock = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS points (key TEXT PRIMARY KEY, seq INTEGER, "
-            "params TEXT, status TEXT, reason TEXT, metrics TEXT, extra TEXT, "
-            "seconds REAL, created REAL)"
-        )
-        self.db.commit()
+        if not readonly:
+            self._lock = self._acquire()
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS points (key TEXT PRIMARY KEY, seq INTEGER, "
+                "params TEXT, status TEXT, reason TEXT, metrics TEXT, extra TEXT, "
+                "seconds REAL, created REAL)"
+            )
+            self.db.commit()
+        except sqlite3.Error as e:
+            self.close()
+            raise StoreError(f"{self.path}: not a usable DSE store: {e}") from None
+
+    def _acquire(self):
+        """The store's lock file, locked; StoreError naming the holder if another run has it."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        f = open(lock_path, "a+")  # noqa: SIM115 (held open while the store is)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StoreError(
+                f"{self.path}: in use by another DSE run ({holder}); wait for it to finish, "
+                f"or give another --out or --store (two runs on one store would evaluate "
+                f"the same points twice)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        return f
 
     def bind(self, fingerprint: str) -> None:
         row = self.db.execute("SELECT v FROM meta WHERE k='spec'").fetchone()
@@ -97,4 +139,9 @@ class Store:
         }
 
     def close(self) -> None:
-        self.db.close()
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None

@@ -821,6 +821,7 @@ def dse(
     SQLite (resumable), CSV/Parquet, Pareto front, plots and an HTML report (docs/dse.md)."""
     extras.require("dse", "dse")
     try:
+        from .dse.points import check_spec
         from .dse.report import write_outputs
         from .dse.search import explore
         from .dse.spec import SpecError, load_spec
@@ -829,19 +830,29 @@ def dse(
         raise click.ClickException(extras.missing_message("dse", "dse", str(e))) from None
     try:
         spec = load_spec(spec_file)
+        check_spec(spec)  # refused before any point runs or any file is written
         out = out_dir or Path("out") / f"dse-{spec.name}"
-        db = Store(store or out / "points.sqlite")
+        db = Store(store or out / "points.sqlite", readonly=report_only)
         if not report_only:
-            stats = explore(
-                spec,
-                db,
-                jobs=jobs,
-                scheduler=scheduler,
-                cache_dir=str(out / "programs"),
-                progress=progress.enabled(),
-                method=method,
-                trials=trials,
-            )
+            try:
+                stats = explore(
+                    spec,
+                    db,
+                    jobs=jobs,
+                    scheduler=scheduler,
+                    cache_dir=str(out / "programs"),
+                    progress=progress.enabled(),
+                    method=method,
+                    trials=trials,
+                )
+            except KeyboardInterrupt:
+                click.echo(
+                    f"\nInterrupted: {len(db)} points stored in {db.path}; run the same "
+                    f"command again to resume",
+                    err=True,
+                )
+                db.close()
+                raise SystemExit(130) from None
             click.echo(
                 f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from {db.path}"
             )
