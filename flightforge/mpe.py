@@ -11,7 +11,8 @@ the weight, and the post-adder adds the cascade (or zero, where a reduction node
 The low lane's sum occupies the low ``LANE_SHIFT`` bits of P, the high lane's the rest;
 reading the lanes back undoes the borrow the low lane's sign left in the high one.
 
-Behind the chains, each segment accumulates; a tile's totals are requantised by a few
+Behind the chains, each segment accumulates on one DSP48E2 (a scale group a cycle,
+:func:`scale_cycles`); a tile's totals are requantised by a few
 shared pipelined units (:func:`requantisers`) over :func:`drain_cycles` cycles.
 """
 
@@ -33,6 +34,9 @@ LANE_SUM_BITS = LANE_MAX.bit_length() + 1
 SLICE_STAGES = 4
 #: The lane sums, read from P and registered once before the de-skew.
 DECODE_STAGES = 1
+#: Register stages of a segment accumulator from a step's lane sums to its accumulated
+#: group: the lane sums latched, then its DSP48E2's A/D/B1, AD/B2, M and P.
+ACC_STAGES = 1 + SLICE_STAGES
 #: Register stages of a shared requantiser from the choice of its operands to the
 #: written result: operands, product (a DSP48E2's M and P), shifted, rounded, saturated.
 REQUANT_STAGES = 6
@@ -67,10 +71,19 @@ def drain_cycles(units: int, rows: int, n: int) -> int:
     return -(-rows // (units // n))
 
 
-def depth(groups: int, drain: int) -> int:
+def scale_cycles(k: int, group_entries: int) -> int:
+    """Cycles a segment accumulator spends on a step of ``k`` stored entries: one per
+    scale group of ``group_entries`` stored entries the step holds (it has one
+    multiplier), at least one (0: no group scales). A step lasts at least this long; the
+    tile's last step adds all but one of them to the depth."""
+    return max(1, k // group_entries) if group_entries else 1
+
+
+def depth(groups: int, drain: int, scale: int = 1) -> int:
     """Cycles an MM/MV adds to its fetch cycles (``Timing.matmul``): the frame, the
-    chain, the last tile's drain and the requantisers' stages."""
-    return FRAME_CYCLES + chain_latency(groups) + drain + REQUANT_STAGES
+    chain, the accumulators (with the last step's ``scale`` cycles,
+    :func:`scale_cycles`), the last tile's drain and the requantisers' stages."""
+    return FRAME_CYCLES + chain_latency(groups) + ACC_STAGES + scale - 1 + drain + REQUANT_STAGES
 
 
 # --- the activation tile buffer (hw/mpe/tile_buffer.py) ----------------------------------

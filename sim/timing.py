@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from flightforge import formats, isa
+from flightforge import mpe as mpe_datapath
 from flightforge import sfu_row_ops as row_ops
 from flightforge.arch import ArchConfig
 
@@ -281,8 +282,9 @@ class Timing:
         The tile runs ``S = ceil(K_eff / s.k)`` steps of ``s.k`` stored entries; a step
         lasts ``max(1, ceil(n * wbytes / port[WGT]), ceil(n * mbytes / port[META]))``
         cycles, where ``wbytes``/``mbytes`` are one column's weight and index bytes of the
-        step (the ports are split evenly over the tile's ``n`` columns). Only the last
-        step can be short."""
+        step (the ports are split evenly over the tile's ``n`` columns), and at least one
+        cycle per scale group in the step (:meth:`scale_cycles`). Only the last step can
+        be short."""
         shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         mode = isa.SparseMode(i.sparse)
         k_eff = formats.weight_entries(i.k, mode)
@@ -291,10 +293,12 @@ class Timing:
         ib = formats.index_bits(mode) if mode.is_sparse else 0
         pw, pm = self.port[isa.Buf.WGT], self.port[isa.Buf.META]
 
+        sc = self.scale_cycles(i)
+
         def step(entries: int) -> int:
             w = cdiv(shape.n * cdiv(entries * bits, 8), pw)
             mt = cdiv(shape.n * cdiv(entries * ib, 8), pm)
-            return max(1, w, mt)
+            return max(1, w, mt, sc)
 
         last = k_eff - (steps - 1) * shape.k
         return (steps - 1) * step(shape.k) + step(last)
@@ -307,7 +311,17 @@ class Timing:
         # the shared requantisers drain a tile in ``drain`` cycles: tiles' last steps are
         # at least that far apart (the fetch loop waits), the last drain ends the work
         cycles = tile + (tiles - 1) * max(tile, mp.drain(shape)) + mp.depth(shape)
+        # the accumulators take the last step's scale groups one a cycle
+        cycles += self.scale_cycles(i) - 1
         return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)
+
+    def scale_cycles(self, i: isa.MM | isa.MV) -> int:
+        """Cycles a segment accumulator (one multiplier) spends on a step: one per scale
+        group of stored entries the step holds (flightforge.mpe.scale_cycles)."""
+        shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
+        group = isa.group_size(i.gsz)
+        stored = formats.weight_entries(group, isa.SparseMode(i.sparse)) if group else 0
+        return mpe_datapath.scale_cycles(shape.k, stored)
 
     def sync(self, out_bytes: int) -> int:
         """All-gather of a matrix result across cores (0 on one core)."""

@@ -50,6 +50,7 @@ class Decoded:
     entries: Signal
     gsz_on: Value
     lge: Signal  #: log2 of the stored entries per scale group
+    subs: Signal  #: scale groups per step, at least 1 (flightforge.mpe.scale_cycles)
     wrb: Value
     mrb: Value
     recb: Value
@@ -92,6 +93,8 @@ def decode(m: Module, eng) -> Decoded:
     m.d.comb += lge.eq(f["gsz"] + 3 - lm + ln)
     ngroups = Mux(gsz_on, f["k"] >> (f["gsz"] + 3), 0)
     ltk = sel(lambda nm: lg(eng.modes[nm][2]))
+    subs = Signal(range(max(k for _, _, k in eng.modes.values()) + 1))
+    m.d.comb += subs.eq(Mux(gsz_on & (lge < ltk), 1 << (ltk - lge)[:5], 1))
     steps = Signal(isa.DIM_BITS + 1)
     m.d.comb += steps.eq((entries + tk - 1) >> ltk)
     return Decoded(
@@ -115,6 +118,7 @@ def decode(m: Module, eng) -> Decoded:
         entries=entries,
         gsz_on=gsz_on,
         lge=lge,
+        subs=subs,
         wrb=Mux(int4, (entries + 1) >> 1, entries),
         mrb=Mux(sparse, ((entries << lib) + 7) >> 3, 0),
         recb=HDR + (((ngroups + 3) >> 2) << 2),
@@ -173,8 +177,9 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
         wcyc.eq(((wbytes << d.ltn) + pw - 1) >> lg(pw)),
         mcyc.eq(((mbytes << d.ltn) + pm - 1) >> lg(pm)),
     ]
-    ccyc = Signal(16)
-    m.d.comb += ccyc.eq(Mux(wcyc > mcyc, wcyc, mcyc))
+    ccyc = Signal(16)  # and one cycle per scale group: the accumulators' (d.subs)
+    wm = Mux(wcyc > mcyc, wcyc, mcyc)
+    m.d.comb += ccyc.eq(Mux(wm > d.subs, wm, d.subs))
     last_step = s + 1 == d.steps
     # a tile's last step waits until the requantisers can take its totals: at least
     # ``drain`` cycles after the previous tile's (flightforge.mpe.drain_cycles)
@@ -210,7 +215,7 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
     with m.If(gap != 0):
         m.d.sync += gap.eq(gap - 1)
     with m.If(busy):
-        with m.If(~hold):
+        with m.If(~hold | (cyc + 1 < ccyc)):  # only a held step's last cycle waits
             m.d.sync += cyc.eq(cyc + 1)
         with m.If(last_cyc & last_step):
             m.d.sync += gap.eq(sel(lambda nm: drain[nm] - 1))

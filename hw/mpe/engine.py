@@ -217,7 +217,9 @@ class MatrixEngine(wiring.Component):
                     self.feed_modes.count(modes),
                 )
             )
-        out.append(("SegmentAccumulator", SegmentAccumulator(self.terms, self.sum_bits), self.segs))
+        # the accumulators as synthesis takes them: DSP48E2 instances (as the chains)
+        acc = SegmentAccumulator(self.terms, self.sum_bits, primitive=True)
+        out.append(("SegmentAccumulator", acc, self.segs))
         out.append(("Requantiser", Requantiser(), self.requantisers))
         return out
 
@@ -282,18 +284,18 @@ class MatrixEngine(wiring.Component):
             [dl(p.rdata, f"{tag}{j}", 2) for j, p in enumerate(ports)]
             for tag, ports in (("sc", rd.scale), ("rec", rd.rec), ("ps", rd.psum))
         )
-        held, mults = segment_accumulators(
-            m, self, d, chains, group_mask, ev, e_first, e_last, delayed
+        held, mults, hold, (w_c0, w_r0, w_d, w_done) = segment_accumulators(
+            m,
+            self,
+            d,
+            chains,
+            (ev, e_first, e_last),
+            delayed,
+            [e_c0, e_r0, e_d, dl(f_done, "edone")],
         )
-        # the tile's tags, held with its totals and carried along the requantisers
-        tags = [Signal.like(v, name=f"h_{v.name}") for v in (e_c0, e_r0, e_d)]
-        h_done, e_done = Signal(), dl(f_done, "edone")
-        with m.If(ev & e_last):
-            m.d.sync += [t.eq(v) for t, v in zip(tags, (e_c0, e_r0, e_d), strict=True)]
-            m.d.sync += h_done.eq(e_done)
-        results, w_valid, w_c, w_last = drain(m, self, d, held, mults, ev & e_last)
+        results, w_valid, w_c, w_last = drain(m, self, d, held, mults, hold)
         w_c0, w_r0, w_d, w_done = (
-            dl(v, f"w_{i}", REQUANT_STAGES) for i, v in enumerate([*tags, h_done])
+            dl(v, f"w_{i}", REQUANT_STAGES) for i, v in enumerate([w_c0, w_r0, w_d, w_done])
         )
         R = self.requantisers
 
