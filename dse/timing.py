@@ -81,9 +81,7 @@ class Stream:
     name: str
     d: int
     instrs: list[isa.Instruction]
-    kind: list[int]  #: unit index, or dispatch.SYS_KIND / HALT_KIND (``dispatch.decode``)
-    waits: list[tuple[int, ...]]
-    releases: list[tuple[int, ...]]
+    decoded: dispatch.Decoded  #: units, masks and buffer sides (``dispatch.decode``)
     mm_idx: np.ndarray  #: indices of MM/MV instructions
     misc_idx: np.ndarray
     xfer_idx: np.ndarray  #: LD and ST
@@ -104,7 +102,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
     d = 0 if length is None else length - sec.len_lo
     instrs = [isa.resolve(i, d) if d and isa.is_dynamic(i) else i for i in sec.instructions]
     dispatch.check_section_code(instrs, section)
-    kind, waits, releases = dispatch.decode(instrs)
+    decoded = dispatch.decode(instrs)
     mm, misc, xfer, xbytes, xsplit, xbuf, xbits = [], [], [], [], [], [], []
     macs = 0
     for i, ins in enumerate(instrs):
@@ -126,9 +124,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
         section,
         d,
         instrs,
-        kind,
-        waits,
-        releases,
+        decoded,
         np.array(mm, dtype=np.int64),
         np.array(misc, dtype=np.int64),
         np.array(xfer, dtype=np.int64),
@@ -259,7 +255,7 @@ def time_stream(stream: Stream, arch: ArchConfig, params) -> StreamTiming:
     """Time ``stream`` on ``arch`` with timing ``params`` (exactly the cycle model's cycles)."""
     dur = durations(stream, arch, params)
     dur1 = np.maximum(dur, 1)
-    kinds = np.asarray(stream.kind)
+    kinds = np.asarray(stream.decoded.kind)
     busy = tuple(int(dur1[kinds == u].sum()) for u in range(N_UNITS))
     key = (
         hashlib.blake2b(dur.tobytes(), digest_size=16).digest(),
@@ -270,7 +266,7 @@ def time_stream(stream: Stream, arch: ArchConfig, params) -> StreamTiming:
     if cycles is None:
         cycles = dispatch.dispatch_cycles(
             stream.instrs,
-            (stream.kind, stream.waits, stream.releases),
+            stream.decoded,
             dur.tolist(),
             token_depth=arch.token_depth,
             queue_depth=arch.queue_depth,

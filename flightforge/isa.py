@@ -194,6 +194,11 @@ class MiscOp(enum.IntEnum):
         """Operations computed by a 256-entry table lookup in GLB."""
         return self in (MiscOp.SILU, MiscOp.GELU, MiscOp.RELU, MiscOp.LUT)
 
+    @property
+    def reads_glb(self) -> bool:
+        """Operations that read parameters from GLB at ``p_addr`` (gains, tables)."""
+        return self.is_table or self in (MiscOp.RMSNORM, MiscOp.LAYERNORM, MiscOp.ROPE)
+
 
 class SysOp(enum.IntEnum):
     NOP = 0
@@ -545,6 +550,70 @@ def resolve(instr: Instruction, d: int) -> Instruction:
 
 def is_dynamic(instr: Instruction) -> bool:
     return any(getattr(instr, step) for step, _ in DYNAMIC_FIELDS.get(type(instr), ()))
+
+
+class Side(enum.IntEnum):
+    """The two sides of a buffer: each is one port of its RAMs (``docs/rtl.md``)."""
+
+    READ = 0
+    WRITE = 1
+
+
+SIDE_BITS = 2 * len(Buf)  #: one bit per (buffer, side): bit ``2 * buf + side``
+
+
+def side_bit(buf: Buf, side: Side) -> int:
+    return 1 << (2 * int(buf) + int(side))
+
+
+def buffer_sides(instr: Instruction) -> int:
+    """The buffer sides ``instr`` holds while it runs, as a mask of :func:`side_bit`.
+
+    Why: a buffer's RAMs have one read and one write port, and a unit that accesses a
+    side owns it from its instruction's start to its end. The dispatch rule
+    (:mod:`flightforge.sim.dispatch`, the RTL controller) starts an instruction only when
+    no other running instruction holds a side it needs, so two units never share a
+    port cycle by cycle and no arbiter can make a unit wait mid-instruction: the model
+    and the RTL agree by construction. The sides follow from the opcode and the fields
+    that select buffers, nothing dynamic (the controller computes them from the issue
+    queue's head): LD writes ``buf``, ST reads ``buf``; MM/MV read ACT (activations and
+    partial sums) and WGT, META when sparse, SCALE when ``colp``, and write ACT; MISC
+    reads and writes ACT and reads GLB when its operation takes parameters."""
+    if isinstance(instr, LD):
+        return side_bit(Buf(instr.buf), Side.WRITE)
+    if isinstance(instr, ST):
+        return side_bit(Buf(instr.buf), Side.READ)
+    if isinstance(instr, _MatMul):
+        mask = side_bit(Buf.ACT, Side.READ) | side_bit(Buf.WGT, Side.READ)
+        mask |= side_bit(Buf.ACT, Side.WRITE)
+        if SparseMode(instr.sparse).is_sparse:
+            mask |= side_bit(Buf.META, Side.READ)
+        if instr.colp:
+            mask |= side_bit(Buf.SCALE, Side.READ)
+        return mask
+    if isinstance(instr, MISC):
+        mask = side_bit(Buf.ACT, Side.READ) | side_bit(Buf.ACT, Side.WRITE)
+        if MiscOp(instr.op).reads_glb:
+            mask |= side_bit(Buf.GLB, Side.READ)
+        return mask
+    return 0
+
+
+#: The fields :func:`buffer_sides` reads, per class (the RTL controller tabulates the
+#: function over every value of these; ``tests/test_isa.py`` checks no other field matters).
+SIDE_FIELDS: dict[type[Instruction], tuple[str, ...]] = {
+    LD: ("buf",),
+    ST: ("buf",),
+    MM: ("sparse", "colp"),
+    MV: ("sparse", "colp"),
+    MISC: ("op",),
+}
+
+
+def sides_str(mask: int) -> str:
+    """``ACT.read+WGT.read`` for a :func:`buffer_sides` mask."""
+    names = [f"{b.name}.{s.name.lower()}" for b in Buf for s in Side if mask & side_bit(b, s)]
+    return "+".join(names) or "none"
 
 
 INSTRUCTION_TYPES: dict[Opcode, type[Instruction]] = {

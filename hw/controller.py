@@ -15,8 +15,12 @@ cycle (model time ``t`` is the ``t``-th cycle after the one in which ``start`` i
   counter it releases into is below ``token_depth`` (after the consumption of units
   started earlier in the same cycle, in unit order, as the model's start loop); an
   instruction dispatched into an empty queue is itself the head and may start in the
-  same cycle. Starting consumes the waited tokens; completion (the unit's ``done``, in
-  its last busy cycle) adds the released ones for the next cycle.
+  same cycle. A head also waits while another unit's running instruction holds a buffer
+  side it needs (:func:`flightforge.isa.buffer_sides`, computed from the head's fields by
+  :func:`.decode.buffer_sides`; sides claimed by units started earlier in the cycle
+  count). Starting consumes the waited tokens and claims the sides; completion (the
+  unit's ``done``, in its last busy cycle) adds the released tokens and frees the sides
+  for the next cycle.
 
 An unknown opcode, an enum field out of range or non-zero reserved bits stop the
 section with ``illegal`` set. A deadlocked program simply stops making progress; the
@@ -32,15 +36,11 @@ from amaranth.lib.wiring import In, Out
 from flightforge import isa
 from flightforge.arch import ArchConfig
 
-from .decode import Decoder, field, unit_bits, unit_members
+from .decode import Decoder, buffer_sides, field, unit_bits, unit_classes, unit_members
 
 IMEM_DEPTH = 4096  #: instructions the on-chip instruction buffer holds (one section)
 IMEM_ADDR_BITS = (IMEM_DEPTH - 1).bit_length()
 UNITS = tuple(isa.Unit)
-
-
-def _classes(unit: isa.Unit) -> tuple[type[isa.Instruction], ...]:
-    return tuple(c for c in isa.INSTRUCTION_TYPES.values() if c.UNIT == unit)
 
 
 class Controller(wiring.Component):
@@ -85,6 +85,7 @@ class Controller(wiring.Component):
         ents = {u: [Signal(unit_bits(u), name=f"q_{u.name}_{i}") for i in range(qd)] for u in UNITS}
         running = {u: Signal(name=f"running_{u.name}") for u in UNITS}
         released = {u: Signal(isa.MASK_BITS, name=f"release_{u.name}") for u in UNITS}
+        holds = {u: Signal(isa.SIDE_BITS, name=f"holds_{u.name}") for u in UNITS}
         idle = 1
         for u in UNITS:
             idle &= (cnt[u] == 0) & ~running[u]
@@ -106,15 +107,17 @@ class Controller(wiring.Component):
             if v != u
         }
         start = {u: Signal(name=f"start_{u.name}") for u in UNITS}
-        heads, waits = {}, {}
+        heads, waits, needs = {}, {}, {}
         for u in UNITS:
             head = Signal(unit_bits(u), name=f"head_{u.name}")
             m.d.comb += head.eq(Mux(cnt[u] != 0, ents[u][0], word[: unit_bits(u)]))
             heads[u] = head
-            waits[u] = field(head, _classes(u), head[: isa.OPCODE_BITS], "wait")
+            waits[u] = field(head, unit_classes(u), head[: isa.OPCODE_BITS], "wait")
+            needs[u] = Signal(isa.SIDE_BITS, name=f"needs_{u.name}")
+            m.d.comb += needs[u].eq(buffer_sides(u, head))
         for k, u in enumerate(UNITS):
             head = heads[u]
-            rel = field(head, _classes(u), head[: isa.OPCODE_BITS], "release")
+            rel = field(head, unit_classes(u), head[: isa.OPCODE_BITS], "release")
             ok = ~running[u] & ((cnt[u] != 0) | disp[u])
             for v in UNITS:
                 if v == u:
@@ -124,9 +127,13 @@ class Controller(wiring.Component):
                 if UNITS.index(v) < k:  # v started earlier in this cycle's loop
                     level = level - (start[v] & waits[v][u])
                 ok &= ~rel[v] | (level < depth)
+                taken = Mux(running[v], holds[v], 0)
+                if UNITS.index(v) < k:
+                    taken |= Mux(start[v], needs[v], 0)
+                ok &= (needs[u] & taken) == 0
             m.d.comb += [start[u].eq(ok), ports[u].start.eq(ok), ports[u].instr.eq(head)]
             with m.If(ok):
-                m.d.sync += [running[u].eq(1), released[u].eq(rel)]
+                m.d.sync += [running[u].eq(1), released[u].eq(rel), holds[u].eq(needs[u])]
             with m.Elif(ports[u].done):
                 m.d.sync += running[u].eq(0)
             # Queue update: pop the head if it started from the queue; push the dispatched

@@ -3,6 +3,7 @@ written by hand here. A field's bits are wherever the ISA's layout puts them, so
 change in isa.py changes the RTL at the next elaboration.
 """
 
+import itertools
 from functools import cache
 
 from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
@@ -97,6 +98,37 @@ class Decoder(wiring.Component):
                     else:
                         m.d.comb += self.unit.eq(cls.UNIT)
         return m
+
+
+def unit_classes(unit: isa.Unit) -> tuple[type[isa.Instruction], ...]:
+    return tuple(c for c in isa.INSTRUCTION_TYPES.values() if c.UNIT == unit)
+
+
+def buffer_sides(unit: isa.Unit, word: Value) -> Value:
+    """:func:`flightforge.isa.buffer_sides` of ``word``, an instruction of ``unit``.
+
+    A table, not a second statement of the rule: the function is evaluated on every
+    combination of the fields it reads (``isa.SIDE_FIELDS``: at most 12 per class), and
+    the word's fields select the entry.
+    """
+    opcode = Value.cast(word)[: isa.OPCODE_BITS]
+    out = Const(0, isa.SIDE_BITS)
+    for cls in unit_classes(unit):
+        names = isa.SIDE_FIELDS[cls]
+        specs = {n: spec for n, _, _, spec in isa.layout(cls)}
+        choices = [
+            list(specs[n].enum) if specs[n].enum else range(1 << specs[n].width) for n in names
+        ]
+        fields = view(cls, word)
+        table = Const(0, isa.SIDE_BITS)
+        for combo in itertools.product(*choices):
+            mask = isa.buffer_sides(cls(**dict(zip(names, combo, strict=True))))
+            hit = Const(1, 1)
+            for n, c in zip(names, combo, strict=True):
+                hit &= Value.cast(fields[n]) == int(c)
+            table = Mux(hit, mask, table)
+        out = Mux(opcode == cls.OPCODE, table, out)
+    return out
 
 
 def unit_members(unit: isa.Unit) -> dict[str, wiring.Member]:

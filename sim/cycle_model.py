@@ -15,6 +15,7 @@ stated in the report; see docs/cycle_model.md.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 from collections import Counter, defaultdict
@@ -36,7 +37,13 @@ from .dispatch import MASK_UNITS, Schedule, run_dispatch
 from .timing import Timing, TimingParams, timing_for
 
 UNITS = tuple(isa.Unit)
-STALL_KINDS = ("dispatch", *(f"wait_{u.name}" for u in UNITS), "release_room", "drain")
+STALL_KINDS = (
+    "dispatch",
+    *(f"wait_{u.name}" for u in UNITS),
+    "buffer_side",
+    "release_room",
+    "drain",
+)
 
 
 @dataclass
@@ -83,11 +90,23 @@ def stall_breakdown(
     order, into ``dispatch`` (it had not been dispatched yet: in-order dispatch was held
     up behind another unit's full queue or earlier instructions), ``wait_V`` (it was
     waiting for the token from unit V that arrived last; tokens between a pair of units
-    are first-in first-out, so the k-th wait consumes the k-th release) and
-    ``release_room`` (a counter it releases to was full). Idle time after a unit's last
-    instruction is ``drain``. Busy plus stalls equals the section's cycles on every unit.
+    are first-in first-out, so the k-th wait consumes the k-th release), ``buffer_side``
+    (another unit's running instruction held a buffer side it needs,
+    :func:`flightforge.isa.buffer_sides`) and ``release_room`` (a counter it releases to
+    was full). Idle time after a unit's last instruction is ``drain``. Busy plus stalls
+    equals the section's cycles on every unit.
     """
     end, start, disp = sched.end.tolist(), sched.start.tolist(), sched.dispatch.tolist()
+    sides = [isa.buffer_sides(ins) for ins in instrs]
+    # Per side bit, its holders' (start, end) in start order: one holder at a time.
+    holders: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for i, mask in enumerate(sides):
+        for b in range(isa.SIDE_BITS):
+            if mask >> b & 1:
+                holders[b].append((start[i], end[i]))
+    for spans in holders.values():
+        spans.sort()
+    starts = {b: [a for a, _ in spans] for b, spans in holders.items()}
     releases: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, ins in enumerate(instrs):
         if ins.UNIT is not None:
@@ -118,6 +137,15 @@ def stall_breakdown(
             w = min(tok, s)
             row[wait_key[who]] += w - t
             t = w
+        if s > t and sides[i]:
+            freed = t  # when the last holder of a side it needs let go
+            for b in range(isa.SIDE_BITS):
+                if sides[i] >> b & 1:
+                    k = bisect.bisect_left(starts[b], s) - 1  # the holder before it
+                    if k >= 0:
+                        freed = max(freed, min(holders[b][k][1], s))
+            row["buffer_side"] += freed - t
+            t = freed
         row["release_room"] += s - t
         free[u] = end[i]
     for u in UNITS:

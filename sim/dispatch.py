@@ -13,9 +13,13 @@ so a program that deadlocks, or that is correctly synchronised, is so on all of 
   one token from each waited counter; the instruction leaves the queue and occupies
   its unit for ``duration`` cycles (at least one). An instruction dispatched in a
   cycle may start in that same cycle.
+- A head also starts only when no other running instruction holds a buffer side it
+  needs (:func:`flightforge.isa.buffer_sides`: each buffer has one read and one write
+  port; an instruction owns the sides it uses from its start to its end), again seeing
+  the sides claimed by units started earlier in the same cycle, in unit order.
 - Completion adds one token to each released counter (a room check at start
   guarantees the counter cannot overflow, because a unit runs one instruction at a
-  time and nothing else releases into its counters).
+  time and nothing else releases into its counters) and frees the instruction's sides.
 - If nothing can dispatch, start or complete, the section is deadlocked: a
   :class:`DeviceError` names each blocked head instruction and the token it lacks.
 - At ``HALT`` every counter must be back at zero: a token left over would silently
@@ -24,8 +28,8 @@ so a program that deadlocks, or that is correctly synchronised, is so on all of 
 The engine is event-driven (time jumps to the next completion while dispatch is
 blocked), so a timed run costs O(instructions x log units), not O(cycles). It runs on a
 stream decoded once into integers (:func:`decode`: each instruction's unit, or SYS or
-HALT, and the units of its masks); the design-space exploration times a decoded stream
-many times with other durations (:func:`dispatch_cycles`), through this same engine.
+HALT, the units of its masks and its buffer sides); the design-space exploration times a
+decoded stream many times with other durations (:func:`dispatch_cycles`), through this same engine.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,23 +91,31 @@ def check_section_code(instrs: Sequence[isa.Instruction], section: str) -> None:
             )
 
 
-def decode(
-    instrs: Sequence[isa.Instruction],
-) -> tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """Per instruction: its unit (``SYS_KIND`` for SYS, ``HALT_KIND`` for SYS HALT), and
-    the units of its wait and release masks (empty for SYS)."""
-    kind, waits, releases = [], [], []
+class Decoded(NamedTuple):
+    """A stream as the dispatch engine reads it, one entry per instruction."""
+
+    kind: list[int]  #: unit index, ``SYS_KIND`` for SYS or ``HALT_KIND`` for SYS HALT
+    waits: list[tuple[int, ...]]  #: units of the wait mask (empty for SYS)
+    releases: list[tuple[int, ...]]  #: units of the release mask (empty for SYS)
+    sides: list[int]  #: :func:`flightforge.isa.buffer_sides` (0 for SYS)
+
+
+def decode(instrs: Sequence[isa.Instruction]) -> Decoded:
+    """The stream as integers, decoded once for any number of timed runs."""
+    kind, waits, releases, sides = [], [], [], []
     for ins in instrs:
         u = ins.UNIT
         if u is None:
             kind.append(HALT_KIND if ins.op == isa.SysOp.HALT else SYS_KIND)
             waits.append(())
             releases.append(())
+            sides.append(0)
         else:
             kind.append(int(u))
             waits.append(_MASK_INTS[ins.wait])
             releases.append(_MASK_INTS[ins.release])
-    return kind, waits, releases
+            sides.append(isa.buffer_sides(ins))
+    return Decoded(kind, waits, releases, sides)
 
 
 def run_dispatch(
@@ -122,15 +135,14 @@ def run_dispatch(
     by its unit's order has already performed its own).
     """
     check_section_code(instrs, section)
-    kind, waits, releases = decode(instrs)
     return _machine(
-        instrs, kind, waits, releases, duration, token_depth, queue_depth, on_start, section, True
+        instrs, decode(instrs), duration, token_depth, queue_depth, on_start, section, True
     )
 
 
 def dispatch_cycles(
     instrs: Sequence[isa.Instruction],
-    decoded: tuple[list[int], list[tuple[int, ...]], list[tuple[int, ...]]],
+    decoded: Decoded,
     durations: Sequence[int],
     *,
     token_depth: int,
@@ -139,12 +151,9 @@ def dispatch_cycles(
 ) -> int:
     """The cycles of :func:`run_dispatch` for a stream already :func:`decode`-d (and
     checked), with precomputed durations: the same machine, keeping no schedule."""
-    kind, waits, releases = decoded
     return _machine(
         instrs,
-        kind,
-        waits,
-        releases,
+        decoded,
         lambda i, _: durations[i],
         token_depth,
         queue_depth,
@@ -156,9 +165,7 @@ def dispatch_cycles(
 
 def _machine(
     instrs: Sequence[isa.Instruction],
-    kind: Sequence[int],
-    waits: Sequence[tuple[int, ...]],
-    releases: Sequence[tuple[int, ...]],
+    decoded: Decoded,
     duration: Callable[[int, isa.Instruction], int],
     token_depth: int,
     queue_depth: int,
@@ -167,6 +174,7 @@ def _machine(
     record: bool,
 ) -> Schedule:
     """The machine of the module docstring, cycle by cycle; the schedule if ``record``."""
+    kind, waits, releases, sides = decoded
     n, nu = len(kind), N_UNITS
     dispatch = [-1] * n if record else []
     start = [-1] * n if record else []
@@ -174,6 +182,7 @@ def _machine(
     queues: list[deque[int]] = [deque() for _ in range(nu)]
     busy = [False] * nu
     tokens = [0] * (nu * nu)  # tokens[src * nu + dst]
+    held = 0  # buffer sides held by running instructions (isa.side_bit mask)
     queued = running = 0
     completions: list[tuple[int, int, int]] = []  # (time, unit, instr)
     pc = 0
@@ -187,7 +196,7 @@ def _machine(
         for v in releases[i]:
             if tokens[u * nu + v] >= token_depth:
                 return False
-        return True
+        return not sides[i] & held
 
     def can_dispatch(i: int) -> bool:
         k = kind[i]
@@ -201,6 +210,7 @@ def _machine(
             _, u, i = heapq.heappop(completions)
             for v in releases[i]:
                 tokens[u * nu + v] += 1
+            held &= ~sides[i]
             busy[u] = False
             running -= 1
         # Dispatch at most one instruction this cycle.
@@ -239,6 +249,7 @@ def _machine(
                     on_start(i, ins)
                 d = int(duration(i, ins))
                 d = d if d > 1 else 1
+                held |= sides[i]
                 if record:
                     start[i] = t
                     end[i] = t + d

@@ -243,6 +243,29 @@ def test_missing_token_is_a_stall_in_the_breakdown():
         assert r.busy[unit] + sum(r.stalls[unit].values()) == r.cycles
 
 
+def test_a_buffer_side_held_by_another_unit_is_a_wait_and_a_stall():
+    """One write port per buffer: a MISC writing ACT waits for a LD into ACT to end,
+    though no token orders them (isa.buffer_sides); a MV reading WGT does not wait for
+    a LD writing WGT (different sides), but a MISC after a MV waits for both ACT sides."""
+    requant = isa.MISC(op=MiscOp.REQUANT, rows=1, cols=8, m0=1)
+    # REQUANT: 2 bytes an element through the 8 B ACT port, 8 columns: 2 cycles, + 4
+    assert Timing(TINY).misc(requant) == 6
+    r = run([ld(64, buf=Buf.ACT), requant, HALT])
+    s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
+    assert (s[0], e[0]) == (0, 28)
+    assert (s[1], e[1]) == (28, 34)  # dispatched at 1, ACT.write free at 28
+    sfu = r.stalls["SFU"]
+    assert (sfu["dispatch"], sfu["buffer_side"], sfu["drain"]) == (1, 27, 1)
+    assert r.cycles == 35
+    r = run([ld(64, buf=Buf.WGT), mv(4, 8), requant, HALT])
+    s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
+    assert s[1] == 1  # MV overlaps the LD into WGT
+    assert s[2] == e[1]  # REQUANT waits for the MV's ACT sides
+    assert r.stalls["SFU"]["buffer_side"] == e[1] - 2
+    for unit in ("LD", "ST", "MPE", "SFU"):
+        assert r.busy[unit] + sum(r.stalls[unit].values()) == r.cycles
+
+
 def test_full_token_counter_is_a_release_room_stall():
     # token_depth 4: the fifth LD releasing to the MPE waits for the MPE to consume one.
     lds = [ld(64, release=LD_RELEASE_MPE) for _ in range(5)]

@@ -109,12 +109,7 @@ def test_dispatch_cycles_matches_run_dispatch_on_random_durations(tiny_llama_jso
         ref = run_dispatch(
             s.instrs, token_depth=2, queue_depth=2, duration=lambda i, _, dur=dur: dur[i]
         )
-        assert (
-            dispatch_cycles(
-                s.instrs, (s.kind, s.waits, s.releases), dur, token_depth=2, queue_depth=2
-            )
-            == ref.cycles
-        )
+        assert dispatch_cycles(s.instrs, s.decoded, dur, token_depth=2, queue_depth=2) == ref.cycles
 
 
 def test_infeasible_points_are_recorded_with_reasons(tiny_llama_json, dse_spec_dict, tmp_path):

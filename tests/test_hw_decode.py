@@ -179,3 +179,30 @@ def test_length_register_applies_the_dynamic_fields() -> None:
         sim = Simulator(m)
         sim.add_testbench(bench)
         sim.run()
+
+
+def test_buffer_sides_table_matches_isa() -> None:
+    """The controller's table of the buffer sides a head needs (``hw.decode.buffer_sides``)
+    gives ``isa.buffer_sides`` for random valid instructions of every unit."""
+    from amaranth import Module, Signal
+
+    from flightforge.hw.decode import buffer_sides, unit_bits
+
+    rng = np.random.default_rng(11)
+    for unit in isa.Unit:
+        m = Module()
+        word = Signal(unit_bits(unit))
+        out = Signal(isa.SIDE_BITS)
+        m.d.comb += out.eq(buffer_sides(unit, word))
+        classes = [c for c in isa.INSTRUCTION_TYPES.values() if c.UNIT == unit]
+        cases = [_random_valid(rng, cls) for cls in classes for _ in range(40)]
+
+        async def bench(ctx, word=word, out=out, cases=cases) -> None:
+            for ins in cases:
+                ctx.set(word, isa.encode_word(ins) & ((1 << len(word)) - 1))
+                got, want = ctx.get(out), isa.buffer_sides(ins)
+                assert got == want, f"{ins}: {isa.sides_str(got)} != {isa.sides_str(want)}"
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()

@@ -323,3 +323,14 @@ def test_group_size_codes():
         assert isa.gsz_code(isa.group_size(code)) == code
     with pytest.raises(ValueError, match="group size must be 0 or a power of two"):
         isa.gsz_code(48)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_buffer_sides_read_only_the_fields_the_rtl_tabulates(data):
+    """hw.decode.buffer_sides tabulates isa.buffer_sides over isa.SIDE_FIELDS only: any
+    other field must not change an instruction's sides."""
+    cls = data.draw(st.sampled_from(list(isa.SIDE_FIELDS)))
+    ins = data.draw(STRATEGIES[cls])
+    kept = {n: getattr(ins, n) for n in isa.SIDE_FIELDS[cls]}
+    assert isa.buffer_sides(ins) == isa.buffer_sides(cls(**kept))
