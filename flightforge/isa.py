@@ -743,6 +743,13 @@ def markdown_table() -> str:
         + ", ".join(f"{u.name}={u.value}" for u in Unit)
         + ".",
         "",
+        "Buffer sides (`buffer_sides`): each buffer has one read and one write port; an "
+        "instruction holds the sides it uses from its start to its end and starts only when "
+        "no other unit's running instruction holds one of them. LD writes `buf`; ST reads "
+        "`buf`; MM and MV read ACT and WGT, META when sparse, SCALE when `colp`, and write "
+        "ACT; MISC reads and writes ACT and reads GLB for RMSNORM, LAYERNORM, ROPE and the "
+        "table operations.",
+        "",
     ]
     for e in (Buf, DType, WPrec, Unpack, SparseMode, MiscOp, SysOp):
         lines.append(f"- `{e.__name__}`: " + ", ".join(f"{m.name}={m.value}" for m in e))
