@@ -24,12 +24,15 @@ from .program import Program, ProgramError
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from .compiler.errors import CompileError
     from .sim.device import DeviceError
+    from .sim.rtl_harness import RtlBuildError, RtlUnavailable
 
     return (
         ConfigError,
         ProgramError,
         isa.IsaError,
         DeviceError,
+        RtlBuildError,
+        RtlUnavailable,
         CompileError,
         hostio.TensorIOError,
         extras.MissingExtra,
@@ -60,6 +63,37 @@ def _target(name_or_path: str) -> ArchConfig:
     from .mappings import load_target
 
     return load_target(name_or_path)
+
+
+def _load_for_target(file: Path, target: str | None) -> tuple[Program, ArchConfig]:
+    """The program in ``file`` and its target: ``--target`` when given (the binary must
+    have been compiled for it, else one error naming both), else the target the binary
+    records. A version 1 binary records only its target's name and digest: a shipped
+    target of that name and digest stands in for it."""
+    if target is not None:
+        arch = _target(target)
+        return Program.load(file, arch), arch
+    program = Program.load(file)
+    arch = program.target() or _shipped_target(program, file)
+    try:
+        program.validate(arch)
+    except ProgramError as e:
+        raise ProgramError(f"{file}: {e}") from None
+    return program, arch
+
+
+def _shipped_target(program: Program, file: Path) -> ArchConfig:
+    from .mappings import available_targets
+
+    if program.arch_name in available_targets():
+        arch = _target(program.arch_name)
+        if arch.digest() == program.arch_digest:
+            return arch
+    raise ProgramError(
+        f"{file}: records no target config (an older binary) and its target "
+        f"{program.arch_name!r} (config digest {program.arch_digest.hex()[:16]}) is no "
+        f"shipped target's: give --target"
+    )
 
 
 def _functional_sim(arch: ArchConfig):
@@ -100,6 +134,9 @@ def _prompt_file(path: Path) -> tuple[tuple[int, ...], ...]:
 
 
 TARGET_HELP = "Target: a shipped name (see `flightforge targets`) or an architecture YAML path."
+RECORDED_TARGET_HELP = (
+    TARGET_HELP + " Default: the target the binary records; a given target must match it."
+)
 
 
 def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -344,9 +381,91 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+BACKENDS = ("functional", "cycle", "rtl")
+
+
+class _Runs:
+    """A device whose runs advance a progress bar and are kept for the report: the
+    command line's view of any back end (the device protocol, forwarded)."""
+
+    def __init__(self, device, bar) -> None:
+        self.device, self.bar, self.arch = device, bar, device.arch
+        self.results: list = []
+
+    def load(self, program: Program) -> None:
+        self.device.load(program)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.device.write(addr, data)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.device.read(addr, size)
+
+    def run(self, section: str, length: int | None = None):
+        self.bar.set_postfix_str(section)
+        result = self.device.run(section, length)
+        self.results.append(result)
+        self.bar.update()
+        return result
+
+
+def _device(backend: str, arch: ArchConfig, waves: Path | None):
+    """The back end ``run`` drives: the functional simulator; the cycle model, paired
+    with the functional simulator for the values it does not carry; or the core's RTL
+    under Verilator, built now (cached by content hash) so that its progress shows
+    before the runs'."""
+    if backend == "functional":
+        return _functional_sim(arch)
+    if backend == "cycle":
+        from .sim.cycle_model import CycleModel
+        from .sim.device import TimedDevice
+
+        return TimedDevice(_functional_sim(arch), CycleModel(arch))
+    extras.require("rtl", "run --backend rtl")
+    from .sim import rtl_harness
+
+    if why := rtl_harness.unavailable():
+        raise extras.MissingExtra(extras.missing_message("rtl", "run --backend rtl", why))
+    fmt = waves.suffix.removeprefix(".") if waves is not None else False
+    rtl_harness.build(arch, waves=fmt)
+    return rtl_harness.RtlDevice(arch, waves=fmt, waves_file=waves)
+
+
+def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
+    """One line per section run, and the total cycles and latency when the back end
+    counts cycles (the cycle model, the RTL)."""
+    lines = [
+        f"section {r.section}: {r.instructions} instructions"
+        + ("" if r.cycles is None else f", {r.cycles} cycles")
+        for r in runs
+    ]
+    if runs and all(r.cycles is not None for r in runs):
+        total = sum(r.cycles for r in runs)
+        lines.append(
+            f"total: {total} cycles, {total / arch.clock_hz * 1e3:.4g} ms at {arch.clock_mhz:g} MHz"
+        )
+    return lines
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", required=True, help=TARGET_HELP)
+@click.option("--target", help=RECORDED_TARGET_HELP)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="functional",
+    show_default=True,
+    help="Where to run: the functional simulator; the cycle model (values from the "
+    "functional simulator, cycles and latency from the model); or the core's RTL under "
+    "Verilator (the rtl extra; built on first use and cached under build/rtl).",
+)
+@click.option(
+    "--waves",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.fst",
+    help="--backend rtl: write the waveform of the whole run here (FST, or VCD for a "
+    ".vcd name; FST needs the lz4 headers).",
+)
 @click.option(
     "--section",
     "sections",
@@ -391,10 +510,13 @@ def _file_stem(name: str) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --prompt-ids: save the float logits of every position as .npy.",
 )
+@quiet_option
 @_clean_errors
 def run(
     file: Path,
-    target: str,
+    target: str | None,
+    backend: str,
+    waves: Path | None,
     sections: tuple[str, ...],
     inputs: tuple[str, ...],
     length: int | None,
@@ -403,19 +525,28 @@ def run(
     max_new_tokens: int,
     dump_logits: Path | None,
 ) -> None:
-    """Run a program on the functional simulator.
+    """Run a program on the functional simulator, the cycle model or the RTL.
 
     Writes the given inputs, runs the sections, and saves every output as NAME.npy
-    (integers) and NAME.float.npy (integers times the output's scale).
+    (integers) and NAME.float.npy (integers times the output's scale). Every back end
+    computes the same values; the cycle model and the RTL also report cycles.
     """
-    arch = _target(target)
-    program = Program.load(file, arch)
+    if waves is not None:
+        if backend != "rtl":
+            raise click.UsageError("--waves needs --backend rtl")
+        if waves.suffix not in (".fst", ".vcd"):
+            raise click.BadParameter(
+                f"{waves}: name a .fst (compact) or .vcd waveform file", param_hint="--waves"
+            )
+        files.check_output_file(waves)
+    program, arch = _load_for_target(file, target)
     if prompt_ids is not None:
         if sections or inputs or length:
             raise click.UsageError(
                 "--prompt-ids generates tokens; it does not take --section, --input or --length"
             )
-        _generate(program, arch, _int_list(prompt_ids, "--prompt-ids"), max_new_tokens, dump_logits)
+        prompt = _int_list(prompt_ids, "--prompt-ids")
+        _generate(program, arch, backend, waves, prompt, max_new_tokens, dump_logits)
         return
     if dump_logits is not None:
         raise click.UsageError("--dump-logits needs --prompt-ids")
@@ -423,42 +554,50 @@ def run(
         files.prepare_output_dir(out_dir)
     given = [_load_input(spec, program) for spec in inputs]
     given = [(tio, hostio.quantize(tio, value)) for tio, value in given]  # fail before running
-    sim = _functional_sim(arch)
-    sim.load(program)
+    names = sections or [s.name for s in program.sections]
+    for name in names:
+        program.section(name)  # an unknown name fails before any build or run
+    device = _device(backend, arch, waves)
+    device.load(program)
     for tio, value in given:
-        hostio.write_input(sim, program, tio, value)
-    names = {t.name for t, _ in given}
+        hostio.write_input(device, program, tio, value)
+    given_names = {t.name for t, _ in given}
     for tio in program.inputs:
-        if tio.name not in names:
+        if tio.name not in given_names:
             click.echo(
                 f"note: input {tio.name!r} not given; its segment keeps the contents "
                 f"the program loaded",
                 err=True,
             )
-    for name in sections or [s.name for s in program.sections]:
-        result = sim.run(name) if length is None else sim.run(name, length)
-        click.echo(
-            f"section {result.section}: {result.instructions} instructions"
-            + ("" if result.cycles is None else f", {result.cycles} cycles")
-        )
+    results = []
+    with contextlib.closing(progress.bar(len(names), f"run on {backend}", "section")) as bar:
+        for name in names:
+            bar.set_postfix_str(name)
+            results.append(device.run(name) if length is None else device.run(name, length))
+            bar.update()
+    click.echo("\n".join(_run_lines(arch, results)))
     for tio in program.outputs:
-        ints = hostio.read_output(sim, program, tio)
+        ints = hostio.read_output(device, program, tio)
         stem = out_dir / _file_stem(tio.name)
         files.write_npy(Path(f"{stem}.npy"), ints.astype(hostio.numpy_dtype(tio)))
         files.write_npy(Path(f"{stem}.float.npy"), hostio.dequantize(tio, ints))
         click.echo(
             f"output {tio.name}: {tio.dtype}{list(tio.shape)} -> {stem}.npy, {stem}.float.npy"
         )
+    if waves is not None:
+        click.echo(f"wrote {waves}")
 
 
 def _generate(
     program: Program,
     arch: ArchConfig,
+    backend: str,
+    waves: Path | None,
     prompt: tuple[int, ...],
     max_new_tokens: int,
     dump_logits: Path | None,
 ) -> None:
-    from .generate import generate
+    from .generate import generate, generation_runs
 
     if "decoder" not in program.metadata:
         raise click.UsageError(
@@ -466,15 +605,25 @@ def _generate(
         )
     if dump_logits is not None:
         files.check_output_file(dump_logits)
-    sim = _functional_sim(arch)
     try:
-        gen = generate(program, sim, list(prompt), max_new_tokens)
-    except ValueError as e:  # prompt ids or lengths the program cannot serve
-        raise click.ClickException(str(e)) from None
+        total = len(generation_runs(program, len(prompt), max_new_tokens))
+    except ValueError:  # lengths the program cannot serve: generate() says it best
+        total = None
+    device = _device(backend, arch, waves)
+    with contextlib.closing(progress.bar(total, f"generate on {backend}", "run")) as bar:
+        runs = _Runs(device, bar)
+        try:
+            gen = generate(program, runs, list(prompt), max_new_tokens)
+        except ValueError as e:  # prompt ids or lengths the program cannot serve
+            raise click.ClickException(str(e)) from None
+    if backend != "functional":
+        click.echo("\n".join(_run_lines(arch, runs.results)))
     click.echo("generated: " + ",".join(map(str, gen.tokens)))
     if dump_logits is not None:
         files.write_npy(dump_logits, gen.logits)
         click.echo(f"logits {list(gen.logits.shape)} -> {dump_logits}")
+    if waves is not None:
+        click.echo(f"wrote {waves}")
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -712,7 +861,7 @@ def compile_cmd(
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", required=True, help=TARGET_HELP)
+@click.option("--target", help=RECORDED_TARGET_HELP)
 @click.option(
     "--prompt-len", type=click.IntRange(min=1), required=True, help="Prompt tokens (the prefill)."
 )
@@ -740,7 +889,7 @@ def compile_cmd(
 @_clean_errors
 def simulate(
     file: Path,
-    target: str,
+    target: str | None,
     prompt_len: int,
     decode_steps: int,
     interpolate: bool,
@@ -750,10 +899,9 @@ def simulate(
     from .sim.cycle_model import UncompiledPositions, report_lines
     from .sim.cycle_model import simulate as time_request
 
-    arch = _target(target)
     if trace is not None:
         files.check_output_file(trace)  # its folder made or refused before the timing
-    program = Program.load(file, arch)
+    program, arch = _load_for_target(file, target)
     try:
         report = time_request(program, arch, prompt_len, decode_steps, interpolate=interpolate)
     except UncompiledPositions as e:

@@ -107,6 +107,13 @@ def decode_run(program: Program, position: int) -> Run:
     return Run(program.section_for("decode", position).name, position)
 
 
+def generation_runs(program: Program, prompt_len: int, max_new_tokens: int) -> list[Run]:
+    """Every run :func:`generate` makes: the prefill, then one decode step per new token
+    after the first (which the prefill's logits give)."""
+    decodes = [decode_run(program, prompt_len + j) for j in range(max_new_tokens - 1)]
+    return prefill_runs(program, prompt_len) + decodes
+
+
 class _Host:
     """The host's side of a compiled decoder on a device: it gathers embedding rows into
     the input segment, runs sections, and reads INT16 logits back."""

@@ -8,7 +8,8 @@ Layout (all integers little-endian)::
     12  manifest length  u32
     16  arch digest      32 bytes  SHA-256 of the canonical architecture config
     48  payload length   u64
-    56  manifest         UTF-8 JSON: sections, segments, metadata
+    56  manifest         UTF-8 JSON: the target's name and config, sections, segments,
+                         metadata
     ..  payload          section code and segment data, at offsets the manifest gives
     ..  checksum         32 bytes  SHA-256 of every byte before it
 
@@ -16,6 +17,10 @@ A section is one instruction stream for one stage and one range of lengths (a le
 bucket). A segment is a named region of external memory: weights, KV cache, inputs,
 outputs, constants; its data may be absent (zero-initialised, or a shape-only
 compile that carries addresses and sizes without weight values).
+
+Format version 2 records the whole target config (its canonical JSON, whose SHA-256 is
+the header's digest) so that ``run`` and ``simulate`` need no ``--target``; version 1
+binaries, which record only the target's name and digest, still load.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import isa
-from .arch import ArchConfig
+from .arch import ArchConfig, ConfigError, arch_from_dict
 from .files import read_bytes, short_repr, write_bytes
 
 MAGIC = b"FFBIN\x00\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this build reads: 1 lacks the manifest's ``arch_config``.
+READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<8sHHI32sQ")
 _DIGEST_BYTES = 32
 SEGMENT_KINDS = ("weights", "kv", "input", "output", "const", "scratch")
@@ -212,6 +219,7 @@ class _Manifest(_Strict):
     wrong type is an error naming the field, not a traceback later."""
 
     arch: str
+    arch_config: str | None = None
     sections: list[_SectionEntry]
     segments: list[_SegmentEntry]
     metadata: _Metadata = _Metadata()
@@ -237,6 +245,9 @@ class Program:
     sections: tuple[Section, ...]
     segments: tuple[Segment, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The target's canonical config JSON (``ArchConfig.canonical_json``); None in a
+    #: version 1 binary, which records only the name and digest.
+    arch_config: str | None = None
 
     @classmethod
     def for_arch(
@@ -246,9 +257,26 @@ class Program:
         segments: Iterable[Segment] = (),
         metadata: dict[str, Any] | None = None,
     ) -> Program:
-        prog = cls(arch.name, arch.digest(), tuple(sections), tuple(segments), dict(metadata or {}))
+        prog = cls(
+            arch.name,
+            arch.digest(),
+            tuple(sections),
+            tuple(segments),
+            dict(metadata or {}),
+            arch.canonical_json(),
+        )
         prog.validate(arch)
         return prog
+
+    def target(self) -> ArchConfig | None:
+        """The target the program was compiled for, from the config it records (None
+        for a version 1 binary, which records only its name and digest)."""
+        if self.arch_config is None:
+            return None
+        try:
+            return arch_from_dict(json.loads(self.arch_config), f"target {self.arch_name!r}")
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise ProgramError(f"the recorded target config is invalid: {e}") from None
 
     def section(self, name: str) -> Section:
         for s in self.sections:
@@ -342,14 +370,16 @@ class Program:
         manifest = json.dumps(
             {
                 "arch": self.arch_name,
+                **({} if self.arch_config is None else {"arch_config": self.arch_config}),
                 "sections": sections,
                 "segments": segments,
                 "metadata": self.metadata,
             },
             sort_keys=True,
         ).encode()
+        version = FORMAT_VERSION if self.arch_config is not None else 1
         head = _HEADER.pack(
-            MAGIC, FORMAT_VERSION, isa.ISA_VERSION, len(manifest), self.arch_digest, len(payload)
+            MAGIC, version, isa.ISA_VERSION, len(manifest), self.arch_digest, len(payload)
         )
         body = head + manifest + payload
         return body + hashlib.sha256(body).digest()
@@ -375,8 +405,9 @@ class Program:
         if hashlib.sha256(body).digest() != digest:
             raise fail("checksum mismatch: the file is corrupt or truncated")
         _, fmt, isa_ver, mlen, arch_digest, plen = _HEADER.unpack_from(data)
-        if fmt != FORMAT_VERSION:
-            raise fail(f"format version {fmt} is not supported (this build reads {FORMAT_VERSION})")
+        if fmt not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
+            raise fail(f"format version {fmt} is not supported (this build reads {readable})")
         if isa_ver != isa.ISA_VERSION:
             raise fail(f"ISA version {isa_ver} does not match this build's {isa.ISA_VERSION}")
         if _HEADER.size + mlen + plen != len(body):
@@ -388,6 +419,11 @@ class Program:
         problem = _check_manifest(manifest)
         if problem:
             raise fail(problem)
+        config = manifest.get("arch_config")
+        if config is not None and hashlib.sha256(config.encode()).digest() != arch_digest:
+            raise fail("the recorded target config does not match the header's config digest")
+        if config is not None and fmt < 2:
+            raise fail(f"format version {fmt} has no recorded target config (arch_config)")
         payload = body[_HEADER.size + mlen :]
 
         def blob(entry: dict, what: str) -> bytes:
@@ -422,6 +458,7 @@ class Program:
                 tuple(sections),
                 tuple(segments),
                 manifest.get("metadata", {}),
+                config,
             )
         except (KeyError, TypeError) as e:
             raise fail(f"manifest is missing or mistypes field {e}") from None

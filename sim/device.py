@@ -82,3 +82,35 @@ def run_offset(section: Section, length: int | None) -> int:
             f"not {length}"
         )
     return length - section.len_lo
+
+
+class TimedDevice:
+    """Values from one device and cycles from another, as one :class:`Device`.
+
+    The cycle model carries no data (its ``read`` returns zeros), so on its own it
+    would generate meaningless tokens; paired with the functional simulator it gives
+    the real tokens and the modelled cycles of the same runs (``flightforge run
+    --backend cycle``).
+    """
+
+    def __init__(self, values: Device, timing: Device) -> None:
+        if values.arch.digest() != timing.arch.digest():
+            raise ValueError("the value and timing devices must share one architecture")
+        self.arch = values.arch
+        self.values, self.timing = values, timing
+
+    def load(self, program: Program) -> None:
+        self.values.load(program)
+        self.timing.load(program)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.values.write(addr, data)
+        self.timing.write(addr, data)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.values.read(addr, size)
+
+    def run(self, section: str, length: int | None = None) -> RunResult:
+        done = self.values.run(section, length)
+        timed = self.timing.run(section, length)
+        return RunResult(section, done.instructions, timed.cycles, timed.stats)

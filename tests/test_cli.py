@@ -1,6 +1,8 @@
 """The ``flightforge`` command line, through click's CliRunner.
 
-``run`` and ``demo`` drive the functional simulator; the rest needs none.
+``run`` and ``demo`` drive the functional simulator (and ``run --backend cycle`` the
+cycle model beside it); the rest needs none. ``run --backend rtl`` is tested in
+test_rtl_run.py.
 """
 
 from __future__ import annotations
@@ -267,6 +269,70 @@ def test_run_refuses_unknown_inputs_and_files(demo_file, tmp_path):
     assert invoke("run", demo_file, "--target", "tiny", "--input", "x").exit_code == 2
 
 
+def test_run_and_simulate_take_the_target_from_the_binary(demo_file, tmp_path):
+    """Without --target the binary's recorded config is the target; a given --target
+    must be the one the program was compiled for (one error naming both)."""
+    result = invoke("run", demo_file, "--section", "linear", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "section linear:" in result.output
+    assert_clean_error(invoke("run", demo_file, "--target", "u280"), "'tiny'", "'u280'")
+    assert_clean_error(
+        invoke("simulate", demo_file, "--target", "u280", "--prompt-len", "1"), "'tiny'", "'u280'"
+    )
+
+
+def test_a_version_1_binary_runs_on_its_shipped_target(demo, tmp_path):
+    """Binaries written before the target config was recorded (format version 1) still
+    run: a shipped target of their name and digest stands in; another name needs
+    --target, said in one line."""
+    import dataclasses
+
+    old = tmp_path / "old.ffb"
+    dataclasses.replace(demo.program, arch_config=None).save(old)
+    assert Program.load(old).arch_config is None
+    result = invoke("run", old, "--section", "linear", "--out-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    mine = tmp_path / "mine.ffb"
+    dataclasses.replace(demo.program, arch_config=None, arch_name="mine").save(mine)
+    assert_clean_error(invoke("run", mine), "mine.ffb", "'mine'", "give --target")
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--waves", "w.vcd"], "--waves needs --backend rtl"),
+        (["--backend", "rtl", "--waves", "w.txt"], ".fst"),
+        (["--backend", "gpu"], "'gpu'"),
+    ],
+)
+def test_run_backend_usage_errors(demo_file, args, fragment):
+    result = invoke("run", demo_file, *args)
+    assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_run_on_the_cycle_backend_gives_the_values_and_the_model_cycles(demo, demo_file, tmp_path):
+    """--backend cycle: the functional simulator's outputs, the cycle model's cycles per
+    section and their total latency at the target's clock."""
+    from flightforge.sim.cycle_model import CycleModel
+
+    np.save(tmp_path / "x.npy", demo.inputs["x"])
+    out = tmp_path / "out"
+    args = ["--section", "linear", "--input", f"x={tmp_path / 'x.npy'}", "--out-dir", out]
+    result = invoke("run", demo_file, "--backend", "cycle", *args)
+    assert result.exit_code == 0, result.output
+    arch = load_target("tiny")
+    model = CycleModel(arch)
+    model.load(demo.program)
+    cycles = model.run("linear").cycles
+    assert (
+        f"section linear: {len(demo.program.section('linear'))} instructions, {cycles} cycles"
+        in (result.output)
+    )
+    ms = cycles / arch.clock_hz * 1e3
+    assert f"total: {cycles} cycles, {ms:.4g} ms at {arch.clock_mhz:g} MHz" in result.output
+    np.testing.assert_array_equal(np.load(out / "y_linear.npy"), demo.expected_int["y_linear"])
+
+
 def test_run_prompt_ids_needs_a_decoder(demo_file):
     result = invoke("run", demo_file, "--target", "tiny", "--prompt-ids", "1,2")
     assert result.exit_code == 2 and "compiled decoder" in result.output
@@ -348,6 +414,12 @@ def test_run_generates_with_a_compiled_decoder(tmp_path):
     tokens = [int(t) for t in line.removeprefix("generated: ").split(",")]
     assert len(tokens) == 2 and all(0 <= t < 50 for t in tokens)
     assert np.load(logits).shape == (5, 50)
+    timed = invoke(
+        "run", path, "--backend", "cycle", "--prompt-ids", "1,2,3,4", "--max-new-tokens", "2"
+    )
+    assert timed.exit_code == 0, timed.output
+    assert line in timed.output.splitlines()  # the same tokens, computed functionally
+    assert "section prefill_4: " in timed.output and "total: " in timed.output
     assert_clean_error(
         invoke("run", path, "--target", "tiny", "--prompt-ids", "1,99"), "outside the vocabulary"
     )

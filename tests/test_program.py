@@ -7,7 +7,7 @@ import pytest
 from flightforge import isa
 from flightforge.compiler.demo import build_demo
 from flightforge.mappings import load_target
-from flightforge.program import _HEADER, Program, ProgramError, Section, Segment
+from flightforge.program import _HEADER, FORMAT_VERSION, Program, ProgramError, Section, Segment
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,31 @@ def test_hand_built_program_round_trip(tiny):
             "bytes": 3 * isa.INSTR_BYTES,
         }
     ]
+
+
+def test_the_binary_records_its_target(program, saved, tiny):
+    """Format version 2 carries the target's config, so a binary names its own target;
+    a version 1 binary (no config) round-trips as version 1."""
+    import dataclasses
+
+    back = Program.load(saved)
+    assert back.target() == tiny
+    assert _HEADER.unpack_from(saved.read_bytes())[1] == FORMAT_VERSION == 2
+    old = dataclasses.replace(program, arch_config=None).to_bytes()
+    assert _HEADER.unpack_from(old)[1] == 1
+    again = Program.from_bytes(old, "old.ffb", tiny)
+    assert again.target() is None and again.to_bytes() == old
+
+
+def test_a_recorded_config_that_does_not_match_the_digest_is_refused(program, tiny):
+    """A manifest rewritten with another target's config (and a valid checksum) cannot
+    pass for the digest in the header."""
+    import dataclasses
+
+    u280 = load_target("u280").canonical_json()
+    forged = dataclasses.replace(program, arch_config=u280).to_bytes()  # checksum recomputed
+    with pytest.raises(ProgramError, match="does not match the header's config digest"):
+        Program.from_bytes(forged, "forged.ffb")
 
 
 def test_loading_for_another_arch_names_both(saved):
