@@ -384,31 +384,6 @@ def _file_stem(name: str) -> str:
 BACKENDS = ("functional", "cycle", "rtl")
 
 
-class _Runs:
-    """A device whose runs advance a progress bar and are kept for the report: the
-    command line's view of any back end (the device protocol, forwarded)."""
-
-    def __init__(self, device, bar) -> None:
-        self.device, self.bar, self.arch = device, bar, device.arch
-        self.results: list = []
-
-    def load(self, program: Program) -> None:
-        self.device.load(program)
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.device.write(addr, data)
-
-    def read(self, addr: int, size: int) -> bytes:
-        return self.device.read(addr, size)
-
-    def run(self, section: str, length: int | None = None):
-        self.bar.set_postfix_str(section)
-        result = self.device.run(section, length)
-        self.results.append(result)
-        self.bar.update()
-        return result
-
-
 def _device(backend: str, arch: ArchConfig, waves: Path | None):
     """The back end ``run`` drives: the functional simulator; the cycle model, paired
     with the functional simulator for the values it does not carry; or the core's RTL
@@ -609,15 +584,22 @@ def _generate(
         total = len(generation_runs(program, len(prompt), max_new_tokens))
     except ValueError:  # lengths the program cannot serve: generate() says it best
         total = None
+    from .sim.device import RecordingDevice
+
     device = _device(backend, arch, waves)
     with contextlib.closing(progress.bar(total, f"generate on {backend}", "run")) as bar:
-        runs = _Runs(device, bar)
+
+        def advance(result) -> None:
+            bar.set_postfix_str(result.section)
+            bar.update()
+
+        runs = RecordingDevice(device, advance)
         try:
             gen = generate(program, runs, list(prompt), max_new_tokens)
         except ValueError as e:  # prompt ids or lengths the program cannot serve
             raise click.ClickException(str(e)) from None
     if backend != "functional":
-        click.echo("\n".join(_run_lines(arch, runs.results)))
+        click.echo("\n".join(_run_lines(arch, runs.runs)))
     click.echo("generated: " + ",".join(map(str, gen.tokens)))
     if dump_logits is not None:
         files.write_npy(dump_logits, gen.logits)

@@ -8,6 +8,7 @@ simulated or real gateware).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -114,3 +115,30 @@ class TimedDevice:
         done = self.values.run(section, length)
         timed = self.timing.run(section, length)
         return RunResult(section, done.instructions, timed.cycles, timed.stats)
+
+
+class RecordingDevice:
+    """Forwards the :class:`Device` protocol to ``device`` and keeps every run's result
+    (in ``runs``), calling ``on_run`` with each: how a caller sees the runs that
+    :func:`flightforge.generate.generate` makes on any back end (a test comparing back
+    ends, the command line's progress bar and cycle report)."""
+
+    def __init__(self, device: Device, on_run: Callable[[RunResult], None] | None = None) -> None:
+        self.device, self.arch, self.on_run = device, device.arch, on_run
+        self.runs: list[RunResult] = []
+
+    def load(self, program: Program) -> None:
+        self.device.load(program)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.device.write(addr, data)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.device.read(addr, size)
+
+    def run(self, section: str, length: int | None = None) -> RunResult:
+        result = self.device.run(section, length)
+        self.runs.append(result)
+        if self.on_run is not None:
+            self.on_run(result)
+        return result

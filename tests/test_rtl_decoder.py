@@ -20,33 +20,13 @@ from flightforge.compiler.quant.qdecoder import QuantOptions
 from flightforge.generate import decode_run, generate
 from flightforge.sim import rtl_harness as h
 from flightforge.sim.cycle_model import CycleModel
+from flightforge.sim.device import RecordingDevice
 from flightforge.sim.functional import FunctionalSim
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow]
 
 PROMPT = [3, 17, 42]
 NEW_TOKENS = 2
-
-
-class Recorder:
-    """Forwards the Device calls and keeps every run's result."""
-
-    def __init__(self, device) -> None:
-        self.device, self.runs = device, []
-
-    def load(self, program) -> None:
-        self.device.load(program)
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.device.write(addr, data)
-
-    def read(self, addr: int, size: int) -> bytes:
-        return self.device.read(addr, size)
-
-    def run(self, section: str, length: int | None = None):
-        r = self.device.run(section, length)
-        self.runs.append(r)
-        return r
 
 
 #: 3-bit weights with 2-bit attention output and MLP down projection, as a
@@ -84,10 +64,10 @@ def decoder(rtl_tiny, request):
             for s in program.sections
             for i in s.instructions
         ), "no 16-bit split"
-    rtl, ref = Recorder(h.RtlDevice(rtl_tiny)), FunctionalSim(rtl_tiny)
+    rtl, ref = RecordingDevice(h.RtlDevice(rtl_tiny)), FunctionalSim(rtl_tiny)
     got = generate(program, rtl, PROMPT, NEW_TOKENS)
     want = generate(program, ref, PROMPT, NEW_TOKENS)
-    model = Recorder(CycleModel(rtl_tiny))
+    model = RecordingDevice(CycleModel(rtl_tiny))
     generate(program, model, PROMPT, NEW_TOKENS)  # timing does not depend on the data
     return program, rtl, ref, got, want, model
 
