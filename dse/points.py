@@ -64,10 +64,14 @@ METRICS = (
     "bw_gbs",
     "peak_gops",
     "power_w",
+    "power_w_lo",  # the power model's uncertainty band (dse/power.py)
+    "power_w_hi",
     "static_w",
     "logic_w",
     "memory_w",
     "energy_per_token_j",
+    "energy_per_token_j_lo",
+    "energy_per_token_j_hi",
 )
 #: the metrics only a spec with ``workload.ttft`` gets
 PREFILL_METRICS = ("prefill_cycles", "ttft_s")
@@ -347,10 +351,14 @@ def evaluate_point(spec: Spec, params: dict[str, Any], cache_dir: str | None = N
         pw = power(arch, dict(zip(UNITS, busy, strict=True)), bw)
         m.update(
             power_w=pw.total_w,
+            power_w_lo=pw.lo_w,
+            power_w_hi=pw.hi_w,
             static_w=pw.static_w,
             logic_w=pw.logic_w,
             memory_w=pw.memory_w,
             energy_per_token_j=pw.total_w * m["decode_step_s"],
+            energy_per_token_j_lo=pw.lo_w * m["decode_step_s"],
+            energy_per_token_j_hi=pw.hi_w * m["decode_step_s"],
         )
         if w.ttft:
             pre = 0

@@ -12,6 +12,8 @@ import numpy as np
 from flightforge import isa, progress
 from flightforge.files import atomic_writer, prepare_output_dir, write_text
 
+from .power import band_text
+
 UNITS = tuple(u.name for u in isa.Unit)
 
 
@@ -51,6 +53,45 @@ def frame(rows: list[dict]):
     return pd.DataFrame.from_records(recs)
 
 
+def pareto_front(spec, df):
+    """The feasible points no other feasible point dominates, best first objective first."""
+    objs = list(spec.objectives)
+    dirs = [spec.objectives[k] for k in objs]
+    feasible = df[df["status"] == "ok"] if len(df) else df
+    if not (len(feasible) and all(k in feasible for k in objs)):
+        return feasible.iloc[0:0]
+    front = feasible[pareto_mask(feasible[objs].to_numpy(dtype=float), dirs)]
+    return front.sort_values(objs[0], ascending=dirs[0] == "min")
+
+
+#: Banded figures: (column shown, central metric); its band is ``METRIC_lo``..``METRIC_hi``.
+BANDED = (("power W [band]", "power_w"), ("J/token [band]", "energy_per_token_j"))
+
+
+def with_bands(front):
+    """``front`` with each banded metric also as text ``value [lo-hi]`` (dse/power.py)."""
+    out = front.copy()
+    for label, k in BANDED:
+        if all(c in out for c in (k, f"{k}_lo", f"{k}_hi")):
+            out[label] = [
+                band_text(v, lo, hi)
+                for v, lo, hi in zip(out[k], out[f"{k}_lo"], out[f"{k}_hi"], strict=True)
+            ]
+    return out
+
+
+def summary_table(spec, rows: list[dict], limit: int = 5) -> str:
+    """The first ``limit`` Pareto points as a text table, power and energy with their band."""
+    front = with_bands(pareto_front(spec, frame(rows))).head(limit)
+    if not len(front):
+        return "no feasible point"
+    cols = [c for c in front.columns if c.startswith("p_")]
+    cols += [c for c in ("decode_tokens_per_s", "max_utilisation") if c in front]
+    cols += [label for label, _ in BANDED if label in front]
+    text = front[cols].rename(columns=lambda c: c.removeprefix("p_"))
+    return text.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
 #: The steps write_outputs reports: tables, three plots, the timeline, the page.
 REPORT_STEPS = 6
 
@@ -80,12 +121,7 @@ def write_outputs(
         pass
     objs = list(spec.objectives)
     dirs = [spec.objectives[k] for k in objs]
-    feasible = df[df["status"] == "ok"] if len(df) else df
-    if len(feasible) and all(k in feasible for k in objs):
-        front = feasible[pareto_mask(feasible[objs].to_numpy(dtype=float), dirs)]
-        front = front.sort_values(objs[0], ascending=dirs[0] == "min")
-    else:
-        front = feasible.iloc[0:0]
+    front = pareto_front(spec, df)
     files["pareto_csv"] = out / "pareto.csv"
     with atomic_writer(files["pareto_csv"], "w") as f:
         front.to_csv(f, index=False)
@@ -277,8 +313,11 @@ def write_html(spec, df, front, files: dict[str, Path], path: Path) -> Path:
         if n
         else {}
     )
+    front = with_bands(front)
     cols = [c for c in front.columns if c.startswith("p_")] + [
-        c for c in (*spec.objectives, "power_w", "dsp", "lut", "bram", "uram") if c in front
+        c
+        for c in (*spec.objectives, *(label for label, _ in BANDED), "dsp", "lut", "bram", "uram")
+        if c in front
     ]
     table = (
         front[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}")
@@ -300,6 +339,10 @@ workload: prompt {spec.workload.prompt_len}, decode {spec.workload.decode_len} t
 Objectives: {html.escape(json.dumps(spec.objectives))}.</p>
 <p>{n} points: {ok} feasible, {n - ok} infeasible ({html.escape(json.dumps(reasons))}).
 All points: <a href="points.csv">points.csv</a>; front: <a href="pareto.csv">pareto.csv</a>.</p>
-<h2>Pareto front ({len(front)} points)</h2>{table}{imgs}</body></html>"""
+<h2>Pareto front ({len(front)} points)</h2>{table}
+<p>Power and energy per token are printed as <i>value [low-high]</i>: the power model's
+uncertainty band, every component at the low or high end of its range (static x0.5-1.5,
+logic x0.5-2, memory x0.75-1.3; sources in docs/dse.md). Comparisons of energy between
+points share most of the band's error; absolute figures do not.</p>{imgs}</body></html>"""
     write_text(path, page)
     return path

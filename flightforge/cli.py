@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -952,7 +954,7 @@ def dse(
     extras.require("dse", "dse")
     try:
         from .dse.points import check_spec
-        from .dse.report import write_outputs
+        from .dse.report import summary_table, write_outputs
         from .dse.search import explore
         from .dse.spec import SpecError, load_spec
         from .dse.store import Store
@@ -982,7 +984,12 @@ def dse(
                     err=True,
                 )
                 db.close()
-                raise SystemExit(130) from None
+                # Every stored point is committed; exit now rather than through the
+                # interpreter's exit handlers, which join the terminated workers' pool
+                # threads (a race with their closed pipes that printed OSError traces).
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             click.echo(
                 f"{stats['evaluated']} points evaluated, {stats['resumed']} resumed from {db.path}"
             )
@@ -991,6 +998,9 @@ def dse(
     except SpecError as e:
         raise click.ClickException(str(e)) from None
     ok = sum(r["status"] == "ok" for r in rows)
+    if ok:
+        click.echo("Pareto front (first 5; power and energy as value [band], docs/dse.md):")
+        click.echo(summary_table(spec, rows))
     click.echo(
         f"{len(rows)} points ({ok} feasible, {len(rows) - ok} infeasible); "
         f"report: {files['report_html']}"

@@ -268,7 +268,7 @@ def test_killed_run_resumes_without_lost_or_duplicated_points(
         assert {point_key(p) for p in grid(spec_from_dict(spec))} == set(keys)
 
 
-def test_resources_and_power_reproduce_their_calibration():
+def test_resources_reproduce_their_calibration():
     from flightforge.dse.resources import calibration
 
     cal = calibration()
@@ -279,7 +279,7 @@ def test_resources_and_power_reproduce_their_calibration():
     u280 = load_target("u280")
     res = design_resources(u280)
     assert res.dsp >= u280.cores * u280.mpe.macs / 2
-    assert cal["power"]["reference"]["target_w"] == 45.0
+    assert "power" not in cal  # the power model is not fitted (dse/power.py)
 
 
 def test_build_point_rescales_the_mpe(tiny_llama_json, dse_spec_dict):
