@@ -23,8 +23,8 @@ import yaml
 from click.testing import CliRunner
 
 from flightforge.cli import main
-from flightforge.dse.points import METRICS, PREFILL_METRICS, evaluate_point
-from flightforge.dse.spec import spec_from_dict
+from flightforge.dse.points import METRICS, PREFILL_METRICS, check_spec, evaluate_point
+from flightforge.dse.spec import load_spec, spec_from_dict
 from flightforge.dse.store import Store, StoreError
 
 
@@ -106,6 +106,15 @@ def test_an_unknown_objective_is_refused(tiny_llama_json, dse_spec_dict, tmp_pat
         tmp_path / "out",
         "objectives.ttft_s: needs workload.ttft: true",
     )
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).resolve().parent.parent / "examples").glob("dse_*.yaml"))
+)
+def test_the_example_specs_pass_the_checks(example):
+    spec = load_spec(example)
+    check_spec(spec)
+    assert spec.source == str(example)
 
 
 def test_the_default_objectives_leave_out_ttft_when_the_prefill_is_not_timed(
