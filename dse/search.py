@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 from .executors import close_executor, make_executor, progress_bar, run_points
 from .points import check_spec, grid, point_key
@@ -84,9 +85,16 @@ def _explore_nsga2(spec, store, executor, cache_dir, progress, trials, jobs) -> 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {k: CategoricalDistribution(v) for k, v in sorted(spec.parameters.items())}
-    sampler = optuna.samplers.NSGAIISampler(
-        population_size=spec.search.population, seed=spec.search.seed, constraints_func=_constraints
-    )
+    with warnings.catch_warnings():
+        # Optuna 5 deprecates constraints_func for Trial.set_constraint (removal planned for
+        # 7); the stored trials carry their constraint as a user attribute that resume
+        # replays, so keep it, without printing the notice on every run of every user.
+        warnings.filterwarnings("ignore", "`constraints_func` has been deprecated", FutureWarning)
+        sampler = optuna.samplers.NSGAIISampler(
+            population_size=spec.search.population,
+            seed=spec.search.seed,
+            constraints_func=_constraints,
+        )
     study = optuna.create_study(
         directions=["minimize" if d == "min" else "maximize" for d in spec.objectives.values()],
         sampler=sampler,

@@ -138,10 +138,13 @@ class Store:
             "seconds": r[6],
         }
 
+    def __del__(self) -> None:  # a store dropped without close() still frees its lock
+        self.close()
+
     def close(self) -> None:
         if getattr(self, "db", None) is not None:
             self.db.close()
             self.db = None
-        if self._lock is not None:
+        if getattr(self, "_lock", None) is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 
 from flightforge.cli import main
 from flightforge.dse.points import METRICS, PREFILL_METRICS, check_spec, evaluate_point
+from flightforge.dse.search import explore
 from flightforge.dse.spec import load_spec, spec_from_dict
 from flightforge.dse.store import Store, StoreError
 
@@ -150,6 +152,22 @@ def test_a_second_run_on_a_store_in_use_is_refused(tiny_llama_json, dse_spec_dic
     assert Store(out / "points.sqlite", readonly=True).rows() == []
     holder.close()
     Store(out / "points.sqlite").close()  # free again once the run is over
+
+
+def test_an_nsga2_run_prints_no_deprecation_notice(tiny_llama_json, dse_spec_dict, tmp_path):
+    spec = spec_from_dict(
+        dse_spec_dict(
+            tiny_llama_json,
+            parameters={"clock_mhz": [100, 200]},
+            search={"method": "nsga2", "trials": 2, "population": 2},
+        )
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = Store(tmp_path / "s.sqlite")
+        explore(spec, store, jobs=1, progress=False)
+        store.close()
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
 
 
 def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path):
