@@ -98,11 +98,12 @@ def _base_arch(spec: Spec) -> ArchConfig:
 def check_spec(spec: Spec) -> ArchConfig:
     """Refuse a spec that no point of could run, before any point runs; its base target.
 
-    An unknown target, a model file that cannot be read as a model, an objective no point
-    reports, or a knob value of the wrong type (checked against the field the knob sets,
-    so the types stay those of the architecture and spec models) is a :class:`SpecError`
-    naming the spec file and field. A value of the right type that makes an invalid
-    architecture (a shape that does not divide a port) stays a point, infeasible.
+    An unknown target, a model file that cannot be read as a model, no objective or one no
+    point reports, a knob value of the wrong type (checked against the field the knob
+    sets, so the types stay those of the architecture and spec models) or listed twice,
+    or two knobs setting one field is a :class:`SpecError` naming the spec file and field.
+    A value of the right type that makes an invalid architecture (a shape that does not
+    divide a port) stays a point, infeasible.
     """
     src = spec.source
     try:
@@ -113,21 +114,49 @@ def check_spec(spec: Spec) -> ArchConfig:
         _model_layers(spec)
     except (CompileError, ConfigError, OSError) as e:
         raise SpecError(f"{src}: model: {e}") from None
+    _check_objectives(spec)
+    _check_parameters(spec)
+    return base
+
+
+def _check_objectives(spec: Spec) -> None:
+    """At least one objective, each a metric the spec's points report."""
+    src = spec.source
+    if not spec.objectives:
+        raise SpecError(f"{src}: objectives: name at least one metric to minimise or maximise")
     known = METRICS + (PREFILL_METRICS if spec.workload.ttft else ())
     for k in spec.objectives:
         if k not in known:
             why = "needs workload.ttft: true" if k in PREFILL_METRICS else "no point reports it"
             raise SpecError(f"{src}: objectives.{k}: {why}; metrics: {', '.join(known)}")
+
+
+def _check_parameters(spec: Spec) -> None:
+    """Each knob's values of the type of the field it sets, none listed twice, and no two
+    knobs setting one field (``chains`` and ``mpe.chains``: one would silently win)."""
+    src = spec.source
+    owner: dict[tuple[str, ...], str] = {}
     for k, values in spec.parameters.items():
         adapter, scale = _knob_adapter(spec, k)
-        for v in values:
+        path = ARCH_KNOBS.get(k) or (tuple(k.split(".")) if "." in k else (k,))
+        if path in owner:
+            raise SpecError(
+                f"{src}: parameters.{owner[path]} and parameters.{k} set the same field "
+                f"{'.'.join(path)}; keep one"
+            )
+        owner[path] = k
+        for i, v in enumerate(values):
             try:
                 exact = isinstance(v, int) and not isinstance(v, bool)
                 adapter.validate_python(v * scale if exact else v)
             except ValidationError as e:
                 msg = e.errors()[0]["msg"]
                 raise SpecError(f"{src}: parameters.{k}: {v!r}: {msg}") from None
-    return base
+            same = [w for w in values[:i] if w == v]
+            if same:
+                raise SpecError(
+                    f"{src}: parameters.{k}: {v!r} is listed twice (as {same[0]!r} and {v!r})"
+                )
 
 
 def _knob_adapter(spec: Spec, knob: str) -> tuple[TypeAdapter, int]:

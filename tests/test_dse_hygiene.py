@@ -62,6 +62,15 @@ BAD_PARAMETERS = [
     ({"hbm.latency_ns": ["abc"]}, "parameters.hbm.latency_ns: 'abc': Input should be a valid"),
     ({"foo.bar": [1]}, "parameters.foo.bar: the architecture has no field foo.bar"),
     ({"mpe.chain": [4]}, "parameters.mpe.chain: the architecture has no field mpe.chain"),
+    ({"clock_mhz": [150, 200, 150.0]}, "parameters.clock_mhz: 150.0 is listed twice (as 150 and"),
+    (
+        {"chains": [8, 16], "mpe.chains": [32]},
+        "parameters.chains and parameters.mpe.chains set the same field mpe.chains; keep one",
+    ),
+    (
+        {"act_kib": [64], "buffers.act.size": [65536]},
+        "parameters.act_kib and parameters.buffers.act.size set the same field buffers.act.size",
+    ),
 ]
 
 
@@ -96,6 +105,8 @@ def test_an_unreadable_model_is_refused(dse_spec_dict, tmp_path, text, fragment)
 
 
 def test_an_unknown_objective_is_refused(tiny_llama_json, dse_spec_dict, tmp_path):
+    spec = dse_spec_dict(tiny_llama_json, objectives={})
+    _refused(_write_spec(tmp_path, spec), tmp_path / "out", "objectives: name at least one")
     spec = dse_spec_dict(tiny_llama_json, objectives={"tokens_per_s": "max"})
     _refused(_write_spec(tmp_path, spec), tmp_path / "out", "objectives.tokens_per_s: no point")
     spec = dse_spec_dict(
