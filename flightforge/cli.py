@@ -386,11 +386,11 @@ def _file_stem(name: str) -> str:
 BACKENDS = ("functional", "cycle", "rtl")
 
 
-def _device(backend: str, arch: ArchConfig, waves: Path | None):
+def _device(backend: str, arch: ArchConfig, waves: Path | None, sections: list):
     """The back end ``run`` drives: the functional simulator; the cycle model, paired
     with the functional simulator for the values it does not carry; or the core's RTL
     under Verilator, built now (cached by content hash) so that its progress shows
-    before the runs'."""
+    before the runs', once the ``sections`` to run are known to fit it."""
     if backend == "functional":
         return _functional_sim(arch)
     if backend == "cycle":
@@ -398,8 +398,11 @@ def _device(backend: str, arch: ArchConfig, waves: Path | None):
         from .sim.device import TimedDevice
 
         return TimedDevice(_functional_sim(arch), CycleModel(arch))
-    extras.require("rtl", "run --backend rtl")
     from .sim import rtl_harness
+
+    for sec in sections:
+        rtl_harness.check_code_fits(sec.name, len(sec))
+    extras.require("rtl", "run --backend rtl")
 
     if why := rtl_harness.unavailable():
         raise extras.MissingExtra(extras.missing_message("rtl", "run --backend rtl", why))
@@ -532,9 +535,7 @@ def run(
     given = [_load_input(spec, program) for spec in inputs]
     given = [(tio, hostio.quantize(tio, value)) for tio, value in given]  # fail before running
     names = sections or [s.name for s in program.sections]
-    for name in names:
-        program.section(name)  # an unknown name fails before any build or run
-    device = _device(backend, arch, waves)
+    device = _device(backend, arch, waves, [program.section(n) for n in names])
     device.load(program)
     for tio, value in given:
         hostio.write_input(device, program, tio, value)
@@ -583,12 +584,13 @@ def _generate(
     if dump_logits is not None:
         files.check_output_file(dump_logits)
     try:
-        total = len(generation_runs(program, len(prompt), max_new_tokens))
+        runs = generation_runs(program, len(prompt), max_new_tokens)
+        used, total = {r.section for r in runs}, len(runs)
     except ValueError:  # lengths the program cannot serve: generate() says it best
-        total = None
+        used, total = {s.name for s in program.sections}, None
     from .sim.device import RecordingDevice
 
-    device = _device(backend, arch, waves)
+    device = _device(backend, arch, waves, [s for s in program.sections if s.name in used])
     with contextlib.closing(progress.bar(total, f"generate on {backend}", "run")) as bar:
 
         def advance(result) -> None:

@@ -311,14 +311,9 @@ def run_steps(
     """
     from cocotb_tools.runner import get_runner
 
-    from flightforge.hw.controller import IMEM_DEPTH
-
     for step in steps:
-        if step[0] == "run" and len(step[2]) // isa.INSTR_BYTES > IMEM_DEPTH:
-            raise DeviceError(
-                f"section {step[1]!r} has {len(step[2]) // isa.INSTR_BYTES} "
-                f"instructions; the RTL's instruction buffer holds {IMEM_DEPTH}"
-            )
+        if step[0] == "run":
+            check_code_fits(step[1], len(step[2]) // isa.INSTR_BYTES)
     b = build(arch, waves=waves, build_root=build_root)
     trace = f"dump.{b.waves}"
     with tempfile.TemporaryDirectory(prefix="ffrtl-") as tmp:
@@ -356,6 +351,18 @@ def run_steps(
             where = f"section {rec['section']!r}: " if "section" in rec else ""
             raise DeviceError(where + rec["fault"])
     return results
+
+
+def check_code_fits(section: str, instructions: int) -> None:
+    """Raise :class:`DeviceError` for a section longer than the core's instruction
+    buffer (checked before any build or simulation)."""
+    from flightforge.hw.controller import IMEM_DEPTH
+
+    if instructions > IMEM_DEPTH:
+        raise DeviceError(
+            f"section {section!r} has {instructions} instructions; the RTL's instruction "
+            f"buffer holds {IMEM_DEPTH}"
+        )
 
 
 def check_run(rec: dict, section: str) -> None:

@@ -20,7 +20,7 @@ from flightforge.compiler.demo import build_demo
 from flightforge.compiler.graph import DecoderShape, random_decoder
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
 from flightforge.mappings import available_targets, load_target
-from flightforge.program import Program
+from flightforge.program import Program, Section
 
 ROOT = Path(__file__).parent.parent
 LLAMA_1B = ROOT / "examples" / "configs" / "llama-3.2-1b.json"
@@ -331,6 +331,21 @@ def test_run_on_the_cycle_backend_gives_the_values_and_the_model_cycles(demo, de
     ms = cycles / arch.clock_hz * 1e3
     assert f"total: {cycles} cycles, {ms:.4g} ms at {arch.clock_mhz:g} MHz" in result.output
     np.testing.assert_array_equal(np.load(out / "y_linear.npy"), demo.expected_int["y_linear"])
+
+
+def test_a_section_longer_than_the_rtls_instruction_buffer_is_refused_first(tmp_path):
+    """--backend rtl refuses a section the core cannot hold before building anything
+    (so also where Verilator is not installed)."""
+    from flightforge.hw.controller import IMEM_DEPTH
+
+    code = [isa.SYS(op=isa.SysOp.NOP)] * IMEM_DEPTH + [isa.SYS(op=isa.SysOp.HALT)]
+    path = tmp_path / "long.ffb"
+    Program.for_arch(
+        load_target("tiny"), [Section.from_instructions("long", "main", 1, 1, code)]
+    ).save(path)
+    assert_clean_error(
+        invoke("run", path, "--backend", "rtl"), "'long'", f"{IMEM_DEPTH + 1} instructions"
+    )
 
 
 def test_run_prompt_ids_needs_a_decoder(demo_file):
