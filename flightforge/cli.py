@@ -8,6 +8,7 @@ with exit status 1 and no traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -386,14 +387,23 @@ def _file_stem(name: str) -> str:
 BACKENDS = ("functional", "cycle", "rtl")
 
 
-def _device(backend: str, arch: ArchConfig, waves: Path | None, sections: list):
+@dataclasses.dataclass(frozen=True)
+class _Backend:
+    """``run``'s back end and its RTL options."""
+
+    name: str
+    waves: Path | None = None  #: --waves (rtl): the trace file, its format by suffix
+    build_dir: Path | None = None  #: --build-dir (rtl): the Verilator build cache
+
+
+def _device(backend: _Backend, arch: ArchConfig, sections: list):
     """The back end ``run`` drives: the functional simulator; the cycle model, paired
     with the functional simulator for the values it does not carry; or the core's RTL
     under Verilator, built now (cached by content hash) so that its progress shows
     before the runs', once the ``sections`` to run are known to fit it."""
-    if backend == "functional":
+    if backend.name == "functional":
         return _functional_sim(arch)
-    if backend == "cycle":
+    if backend.name == "cycle":
         from .sim.cycle_model import CycleModel
         from .sim.device import TimedDevice
 
@@ -406,9 +416,10 @@ def _device(backend: str, arch: ArchConfig, waves: Path | None, sections: list):
 
     if why := rtl_harness.unavailable():
         raise extras.MissingExtra(extras.missing_message("rtl", "run --backend rtl", why))
+    waves, root = backend.waves, backend.build_dir
     fmt = waves.suffix.removeprefix(".") if waves is not None else False
-    rtl_harness.build(arch, waves=fmt)
-    return rtl_harness.RtlDevice(arch, waves=fmt, waves_file=waves)
+    rtl_harness.build(arch, waves=fmt, build_root=root)
+    return rtl_harness.RtlDevice(arch, waves=fmt, waves_file=waves, build_root=root)
 
 
 def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
@@ -445,6 +456,12 @@ def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
     metavar="FILE.fst",
     help="--backend rtl: write the waveform of the whole run here (FST, or VCD for a "
     ".vcd name; FST needs the lz4 headers).",
+)
+@click.option(
+    "--build-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="--backend rtl: where Verilator builds are cached "
+    "[default: $FLIGHTFORGE_RTL_BUILD, else build/rtl].",
 )
 @click.option(
     "--section",
@@ -497,6 +514,7 @@ def run(
     target: str | None,
     backend: str,
     waves: Path | None,
+    build_dir: Path | None,
     sections: tuple[str, ...],
     inputs: tuple[str, ...],
     length: int | None,
@@ -511,6 +529,8 @@ def run(
     (integers) and NAME.float.npy (integers times the output's scale). Every back end
     computes the same values; the cycle model and the RTL also report cycles.
     """
+    if backend != "rtl" and build_dir is not None:
+        raise click.UsageError("--build-dir needs --backend rtl")
     if waves is not None:
         if backend != "rtl":
             raise click.UsageError("--waves needs --backend rtl")
@@ -520,13 +540,14 @@ def run(
             )
         files.check_output_file(waves)
     program, arch = _load_for_target(file, target)
+    where = _Backend(backend, waves, build_dir)
     if prompt_ids is not None:
         if sections or inputs or length:
             raise click.UsageError(
                 "--prompt-ids generates tokens; it does not take --section, --input or --length"
             )
         prompt = _int_list(prompt_ids, "--prompt-ids")
-        _generate(program, arch, backend, waves, prompt, max_new_tokens, dump_logits)
+        _generate(program, arch, where, prompt, max_new_tokens, dump_logits)
         return
     if dump_logits is not None:
         raise click.UsageError("--dump-logits needs --prompt-ids")
@@ -535,7 +556,7 @@ def run(
     given = [_load_input(spec, program) for spec in inputs]
     given = [(tio, hostio.quantize(tio, value)) for tio, value in given]  # fail before running
     names = sections or [s.name for s in program.sections]
-    device = _device(backend, arch, waves, [program.section(n) for n in names])
+    device = _device(where, arch, [program.section(n) for n in names])
     device.load(program)
     for tio, value in given:
         hostio.write_input(device, program, tio, value)
@@ -569,8 +590,7 @@ def run(
 def _generate(
     program: Program,
     arch: ArchConfig,
-    backend: str,
-    waves: Path | None,
+    where: _Backend,
     prompt: tuple[int, ...],
     max_new_tokens: int,
     dump_logits: Path | None,
@@ -590,8 +610,8 @@ def _generate(
         used, total = {s.name for s in program.sections}, None
     from .sim.device import RecordingDevice
 
-    device = _device(backend, arch, waves, [s for s in program.sections if s.name in used])
-    with contextlib.closing(progress.bar(total, f"generate on {backend}", "run")) as bar:
+    device = _device(where, arch, [s for s in program.sections if s.name in used])
+    with contextlib.closing(progress.bar(total, f"generate on {where.name}", "run")) as bar:
 
         def advance(result) -> None:
             bar.set_postfix_str(result.section)
@@ -602,14 +622,14 @@ def _generate(
             gen = generate(program, runs, list(prompt), max_new_tokens)
         except ValueError as e:  # prompt ids or lengths the program cannot serve
             raise click.ClickException(str(e)) from None
-    if backend != "functional":
+    if where.name != "functional":
         click.echo("\n".join(_run_lines(arch, runs.runs)))
     click.echo("generated: " + ",".join(map(str, gen.tokens)))
     if dump_logits is not None:
         files.write_npy(dump_logits, gen.logits)
         click.echo(f"logits {list(gen.logits.shape)} -> {dump_logits}")
-    if waves is not None:
-        click.echo(f"wrote {waves}")
+    if where.waves is not None:
+        click.echo(f"wrote {where.waves}")
 
 
 # --- demo -----------------------------------------------------------------------------------

@@ -303,6 +303,7 @@ def test_a_version_1_binary_runs_on_its_shipped_target(demo, tmp_path):
         (["--waves", "w.vcd"], "--waves needs --backend rtl"),
         (["--backend", "rtl", "--waves", "w.txt"], ".fst"),
         (["--backend", "gpu"], "'gpu'"),
+        (["--build-dir", "b"], "--build-dir needs --backend rtl"),
     ],
 )
 def test_run_backend_usage_errors(demo_file, args, fragment):
