@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from flightforge.cli import main
-from flightforge.dse.points import METRICS, PREFILL_METRICS, check_spec, evaluate_point
+from flightforge.dse.points import METRICS, PREFILL_METRICS, check_spec, evaluate_point, grid
 from flightforge.dse.search import explore
 from flightforge.dse.spec import load_spec, spec_from_dict
 from flightforge.dse.store import Store, StoreError
@@ -207,18 +207,19 @@ def _group_gone(pgid: int, within_s: float) -> bool:
     return False
 
 
-def test_ctrl_c_with_two_workers_stops_promptly_and_the_run_resumes(
-    tiny_llama_json, dse_spec_dict, tmp_path
-):
-    params = {"clock_mhz": [100, 125, 150, 175, 200, 225], "cores": [1, 2, 3], "sparse_n": [0, 4]}
-    path = _write_spec(
-        tmp_path, dse_spec_dict(tiny_llama_json, parameters=params, search={"batch": 2})
-    )
+CTRL_C_GRID = {"clock_mhz": [100, 125, 150, 175, 200, 225], "cores": [1, 2, 3], "sparse_n": [0, 4]}
+
+
+def _interrupt_and_resume(spec: dict, tmp_path: Path, workers: list[str]) -> None:
+    """Start ``flightforge dse`` on ``workers``, Ctrl-C it once two points are stored:
+    it must be gone within 5 s (its local workers too), exit 130 without a traceback, and
+    a second run must complete the grid with no point lost or stored twice."""
+    path = _write_spec(tmp_path, spec)
     out = tmp_path / "out"
     db = out / "points.sqlite"
     cmd = [sys.executable, "-m", "flightforge.cli", "dse", str(path), "--out", str(out)]
     proc = subprocess.Popen(
-        [*cmd, "--jobs", "2", "-q"],
+        [*cmd, *workers, "-q"],
         start_new_session=True,  # its own process group, as a terminal's foreground job
         # a shell's background job starts with SIGINT ignored; a terminal's does not
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -244,10 +245,53 @@ def test_ctrl_c_with_two_workers_stops_promptly_and_the_run_resumes(
     stored = Store(db).rows()
     assert f"Interrupted: {len(stored)} points stored in {db}" in err, err
     assert stopped_s < 5.0, f"took {stopped_s:.1f} s to stop after Ctrl-C"
-    total = 6 * 3 * 2
+    total = len(grid(spec_from_dict(spec)))
     assert 2 <= len(stored) < total
     subprocess.run([*cmd, "--jobs", "2", "-q"], check=True, capture_output=True, timeout=300)
     after = Store(db).rows()
     keys = [r["key"] for r in after]
     assert len(keys) == len(set(keys)) == total
     assert keys[: len(stored)] == [r["key"] for r in stored]
+
+
+def test_ctrl_c_with_two_workers_stops_promptly_and_the_run_resumes(
+    tiny_llama_json, dse_spec_dict, tmp_path
+):
+    spec = dse_spec_dict(tiny_llama_json, parameters=CTRL_C_GRID, search={"batch": 2})
+    _interrupt_and_resume(spec, tmp_path, ["--jobs", "2"])
+
+
+CLUSTER = """
+import sys
+from dask.distributed import LocalCluster
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+    print(c.scheduler_address, flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_dask_cluster_of_two_workers_stops_promptly(
+    tiny_llama_json, dse_spec_dict, tmp_path
+):
+    pytest.importorskip("dask.distributed")
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address.startswith("tcp://"), address
+        spec = dse_spec_dict(tiny_llama_json, parameters=CTRL_C_GRID, search={"batch": 2})
+        _interrupt_and_resume(spec, tmp_path, ["--scheduler", address])
+    finally:
+        cluster.stdin.close()
+        try:
+            cluster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
