@@ -74,7 +74,12 @@ class Store:
         return f
 
     def bind(self, fingerprint: str) -> None:
+        """Tie the store to a spec's fingerprint; SpecError if it holds another spec's
+        points (a read-only store is only checked: a report of another spec's points
+        would label them with this spec's objectives and workload)."""
         row = self.db.execute("SELECT v FROM meta WHERE k='spec'").fetchone()
+        if row is None and self.readonly:
+            return
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('spec', ?)", (fingerprint,))
             self.db.commit()

@@ -987,6 +987,7 @@ def dse(
         check_spec(spec)  # refused before any point runs or any file is written
         out = out_dir or Path("out") / f"dse-{spec.name}"
         db = Store(store or out / "points.sqlite", readonly=report_only)
+        db.bind(spec.fingerprint())
         if not report_only:
             try:
                 stats = explore(

@@ -181,6 +181,19 @@ def test_an_nsga2_run_prints_no_deprecation_notice(tiny_llama_json, dse_spec_dic
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
 
 
+def test_a_report_of_another_spec_s_store_is_refused(tiny_llama_json, dse_spec_dict, tmp_path):
+    out = tmp_path / "out"
+    store = Store(out / "points.sqlite")
+    store.bind(spec_from_dict(dse_spec_dict(tiny_llama_json)).fingerprint())
+    store.close()
+    other = dse_spec_dict(tiny_llama_json, workload={"prompt_len": 9, "decode_len": 8})
+    path = _write_spec(tmp_path, other)
+    result = CliRunner().invoke(main, ["dse", str(path), "--out", str(out), "--report-only"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {out / 'points.sqlite'} holds points of another spec")
+    assert not (out / "report.html").exists()
+
+
 def test_a_file_that_is_not_a_store_is_refused_in_one_line(tmp_path):
     path = tmp_path / "notes.sqlite"
     path.write_text("not a database\n")
