@@ -384,7 +384,7 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-BACKENDS = ("functional", "cycle", "rtl")
+BACKENDS = ("functional", "cycle", "rtl", "board")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,13 +394,20 @@ class _Backend:
     name: str
     waves: Path | None = None  #: --waves (rtl): the trace file, its format by suffix
     build_dir: Path | None = None  #: --build-dir (rtl): the Verilator build cache
+    port: str | None = None  #: --port (board): the serial port
+    baud: int = 0  #: --baud (board)
 
 
 def _device(backend: _Backend, arch: ArchConfig, sections: list):
     """The back end ``run`` drives: the functional simulator; the cycle model, paired
-    with the functional simulator for the values it does not carry; or the core's RTL
+    with the functional simulator for the values it does not carry; the core's RTL
     under Verilator, built now (cached by content hash) so that its progress shows
-    before the runs', once the ``sections`` to run are known to fit it."""
+    before the runs', once the ``sections`` to run are known to fit it; or a board SoC
+    over its serial port."""
+    if backend.name == "board":
+        from .sim.board import BoardDevice, open_serial
+
+        return BoardDevice(arch, open_serial(backend.port, backend.baud))
     if backend.name == "functional":
         return _functional_sim(arch)
     if backend.name == "cycle":
@@ -448,7 +455,8 @@ def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
     show_default=True,
     help="Where to run: the functional simulator; the cycle model (values from the "
     "functional simulator, cycles and latency from the model); or the core's RTL under "
-    "Verilator (the rtl extra; built on first use and cached under build/rtl).",
+    "Verilator (the rtl extra; built on first use and cached under build/rtl); or a "
+    "board SoC over its serial link (--port; the fpga extra; docs/fpga.md).",
 )
 @click.option(
     "--waves",
@@ -456,6 +464,14 @@ def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
     metavar="FILE.fst",
     help="--backend rtl: write the waveform of the whole run here (FST, or VCD for a "
     ".vcd name; FST needs the lz4 headers).",
+)
+@click.option("--port", help="--backend board: the board's serial port, e.g. /dev/ttyUSB0.")
+@click.option(
+    "--baud",
+    type=click.IntRange(min=1),
+    default=3_000_000,
+    show_default=True,
+    help="--backend board: the link's baud rate (as the board's SoC was built).",
 )
 @click.option(
     "--build-dir",
@@ -514,6 +530,8 @@ def run(
     target: str | None,
     backend: str,
     waves: Path | None,
+    port: str | None,
+    baud: int,
     build_dir: Path | None,
     sections: tuple[str, ...],
     inputs: tuple[str, ...],
@@ -523,7 +541,7 @@ def run(
     max_new_tokens: int,
     dump_logits: Path | None,
 ) -> None:
-    """Run a program on the functional simulator, the cycle model or the RTL.
+    """Run a program on the functional simulator, the cycle model, the RTL or a board.
 
     Writes the given inputs, runs the sections, and saves every output as NAME.npy
     (integers) and NAME.float.npy (integers times the output's scale). Every back end
@@ -539,8 +557,10 @@ def run(
                 f"{waves}: name a .fst (compact) or .vcd waveform file", param_hint="--waves"
             )
         files.check_output_file(waves)
+    if (backend == "board") != (port is not None):
+        raise click.UsageError("--port goes with --backend board, and --backend board needs it")
     program, arch = _load_for_target(file, target)
-    where = _Backend(backend, waves, build_dir)
+    where = _Backend(backend, waves, build_dir, port, baud)
     if prompt_ids is not None:
         if sections or inputs or length:
             raise click.UsageError(

@@ -13,6 +13,7 @@ from flightforge.files import prepare_output_dir, write_text
 from .core import Core
 
 TOP = "flightforge_core"
+SOC_TOP = "flightforge_soc"
 
 
 _ZERO_INIT = re.compile(
@@ -51,6 +52,16 @@ def _compact_zero_init(text: str) -> str:
 def core_verilog(arch: ArchConfig, name: str = TOP) -> str:
     """The Verilog text of one core for ``arch`` (module ``name``, ports of :class:`Core`)."""
     return _compact_zero_init(verilog.convert(Core(arch), name=name, emit_src=False))
+
+
+def soc_verilog(arch: ArchConfig, mem_bytes: int, divisor: int, name: str = SOC_TOP) -> str:
+    """The Verilog text of the board SoC (:class:`~flightforge.hw.soc.Soc`: the core, its
+    on-chip memory of ``mem_bytes`` and the UART link at ``divisor`` cycles per bit)."""
+    from .soc import Soc
+
+    return _compact_zero_init(
+        verilog.convert(Soc(arch, mem_bytes, divisor), name=name, emit_src=False)
+    )
 
 
 #: Verilator waivers for the generated file; each states why the warning is not a defect.
