@@ -28,9 +28,9 @@ from .resources import calibration, core_resources, sfu_copies
 #: Dynamic power of one resource at 100 MHz and full activity (W). Estimates in the
 #: style of AMD's UltraScale+ power estimator (XPE, UG440) at its default activity (logic
 #: toggle rate 12.5 %, DSP inputs toggling as random data, ~38 %, times the clock-enable
-#: rate); AMD publishes no per-resource table, so these are not copied from one: the
-#: ``logic`` band (x0.5 .. x2) covers XPE's toggle-rate range (12.5 % default to ~38 %
-#: random data) and the routing load, which is unknown before place and route.
+#: rate); no per-resource table was found in AMD's public documents, so these are not
+#: copied from one: the ``logic`` band (x0.5 .. x2) covers XPE's toggle-rate range (12.5 %
+#: default to ~38 % random data) and the routing load, unknown before place and route.
 RESOURCE_W_AT_100MHZ = {
     "dsp": 0.6e-3,
     "lut": 0.01e-3,
