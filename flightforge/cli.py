@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import extras, files, hostio, isa, progress
+from . import extras, files, hostio, isa, link, progress
 from .arch import ArchConfig, ConfigError
 from .program import Program, ProgramError
 
@@ -469,7 +469,7 @@ def _run_lines(arch: ArchConfig, runs: list) -> list[str]:
 @click.option(
     "--baud",
     type=click.IntRange(min=1),
-    default=3_000_000,
+    default=link.DEFAULT_BAUD,
     show_default=True,
     help="--backend board: the link's baud rate (as the board's SoC was built).",
 )
@@ -1078,6 +1078,59 @@ def rtl(target: str, out_dir: Path) -> None:
         f"{arch.digest().hex()[:16]})"
     )
     click.echo(f"lint: flightforge lint {path}")
+
+
+@main.command("build")
+@click.option("--target", required=True, help="A board target (mappings/ulx3s.yaml: ulx3s).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the build: logs, netlist, reports, bitstream (top.bit).",
+)
+@click.option(
+    "--design",
+    type=click.Choice(["soc", "link"]),
+    default="soc",
+    show_default=True,
+    help="soc: the core, its on-chip memory and the UART link; link: the UART alone "
+    "(an echo, byte + 1: a quick check of the board and the flow).",
+)
+@click.option(
+    "--baud",
+    type=click.IntRange(min=1),
+    default=link.DEFAULT_BAUD,
+    show_default=True,
+    help="The link's baud rate (a divisor of the board's clock within 2%).",
+)
+@quiet_option
+@_clean_errors
+def build(target: str, out_dir: Path, design: str, baud: int) -> None:
+    """Build a bitstream for a board target with the open ECP5 flow: Debian's yosys,
+    nextpnr-ecp5 and ecppack (the fpga extra; docs/fpga.md). Unmet timing is an error
+    naming the worst path."""
+    extras.require("fpga", "build")
+    from .hw import fpga
+
+    arch = _target(target)
+    fpga.tools()
+    if design == "link":
+        make = fpga.LinkEcho
+    else:
+        from .hw.soc import Soc
+
+        def make(divisor: int):
+            return Soc(arch, arch.hbm.capacity, divisor)
+
+    try:
+        report = fpga.build(
+            arch.name, fpga.UartTop(make, baud), out_dir, arch.clock_mhz, step=progress.step
+        )
+    except fpga.BuildError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo("\n".join(report.summary()))
+    click.echo(f"wrote {report.bitstream} and {out_dir / 'summary.json'}")
 
 
 @main.command()

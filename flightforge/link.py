@@ -54,6 +54,9 @@ HEADER: dict[Op, tuple[tuple[str, int], ...]] = {
     Op.READ: (("addr", 4), ("size", 4)),
     Op.RUN: (("d", (isa.DIM_BITS + 7) // 8),),
 }
+#: The link's baud rate unless told otherwise: a whole divisor of the ULX3S's 25 MHz
+#: (25 cycles a bit), well within its FT231X bridge's 3 Mbaud.
+DEFAULT_BAUD = 1_000_000
 HEADER_BYTES_MAX = max(sum(n for _, n in fields) for fields in HEADER.values())
 CYCLE_BYTES = 6  #: the RUN reply's cycle count
 DIGEST_BYTES = 4  #: the config digest prefix in the IDENT reply

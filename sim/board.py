@@ -28,13 +28,10 @@ from pathlib import Path
 
 from flightforge import isa, link
 from flightforge.arch import ArchConfig
-from flightforge.link import Op, Status
+from flightforge.link import DEFAULT_BAUD, Op, Status
 from flightforge.program import Program
 
 from .device import DeviceError, RunResult, check_program, loaded_section
-
-#: The default baud rate of a real board's link (FTDI FT2232H bridges run 3 Mbaud).
-DEFAULT_BAUD = 3_000_000
 
 
 class LinkError(DeviceError):
