@@ -234,7 +234,7 @@ def test_generated_tables_are_fresh():
 
 
 def test_numerics_states_the_rtl_accumulator_width():
-    from flightforge.hw.mpe.epilogue import ACC_BITS
+    from flightforge.hw.mpe.epilogue import HELD_BITS
 
     text = (ROOT / "docs" / "numerics.md").read_text()
-    assert re.findall(r"(\d+)-bit accumulator", text) == [str(ACC_BITS)]
+    assert re.findall(r"(\d+)-bit accumulator", text) == [str(HELD_BITS)]
