@@ -121,11 +121,15 @@ def _runnable(command: str) -> str | None:
 
 def _workspace(tmp: Path) -> dict[str, str]:
     """A folder holding the repository's inputs (examples/, tests/ as links) and the
-    environment of a shell in this virtualenv."""
+    environment of a shell in this virtualenv; `run --backend rtl` finds the RTL tests'
+    Verilator builds (the cache is keyed by content, so it is shared, not rebuilt)."""
+    from flightforge.sim.rtl_harness import DEFAULT_BUILD_ROOT
+
     for name in ("examples", "tests"):
         (tmp / name).symlink_to(ROOT / name)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["FLIGHTFORGE_RTL_BUILD"] = str(DEFAULT_BUILD_ROOT.resolve())
     env.pop("VERILATOR_ROOT", None)
     return env
 
