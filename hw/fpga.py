@@ -180,22 +180,46 @@ def tools() -> dict[str, str]:
     return found
 
 
+def _stager(report: BuildReport, step: Callable | None):
+    """``stage(label, fn)``: run ``fn`` as stage ``label``, timed into ``report`` (a
+    failed stage's time too), shown by ``step(label)`` (flightforge.progress.step)."""
+    import contextlib
+
+    step = step or (lambda label: contextlib.nullcontext())
+
+    def stage(label: str, fn) -> None:
+        t = time.perf_counter()
+        try:
+            with step(label):
+                fn()
+        finally:
+            report.stage_s[label] = time.perf_counter() - t
+
+    return stage
+
+
+def _pnr(exe, device: str, package: str, speed, name: str, clock_mhz: float) -> list[str]:
+    """nextpnr-ecp5's command line, common to a board build and a block."""
+    return [
+        exe["nextpnr"], device, "--package", package, "--speed", str(speed),
+        "--json", f"{name}.json", "--report", "report.json", "--timing-allow-fail",
+        "--freq", f"{clock_mhz:g}", "--log", f"{name}.tim",
+    ]  # fmt: skip
+
+
 def build(
     board: str,
     top: Elaboratable,
     out: Path,
     clock_mhz: float,
     *,
-    step: Callable = None,
+    step: Callable | None = None,
     name: str = "top",
     report: BuildReport | None = None,
 ) -> BuildReport:
     """Run the flow on ``top`` for ``board`` in folder ``out``; ``step(label)`` is a
     context manager that reports a stage (flightforge.progress.step). ``report`` (made
     here if not given) holds the stages' wall times so far when a stage fails."""
-    import contextlib
-
-    step = step or (lambda label: contextlib.nullcontext())
     exe = tools()
     platform = board_platform(board)
     if abs(platform.default_clk_frequency / 1e6 - clock_mhz) > 1e-6:
@@ -205,26 +229,14 @@ def build(
         )
     out.mkdir(parents=True, exist_ok=True)
     report = report or BuildReport(name, clock_mhz)
-
-    def stage(label: str, fn) -> None:
-        t = time.perf_counter()
-        try:
-            with step(label):
-                fn()
-        finally:  # a failed stage's time too
-            report.stage_s[label] = time.perf_counter() - t
-
+    stage = _stager(report, step)
     stage("elaborate", lambda: platform.prepare(top, name=name).extract(out))
     synth = [exe["yosys"], "-q", "-l", f"{name}.rpt", f"{name}.ys"]
     stage("synth", lambda: _run("synth", synth, out, out / "synth.log", _limit_memory))
     device = platform._nextpnr_device_options[platform.device]  # as Amaranth's own script
     package = platform._nextpnr_package_options[platform.package].upper()
-    pnr = [
-        exe["nextpnr"], device, "--package", package, "--speed",
-        str(platform.speed), "--json", f"{name}.json", "--lpf", f"{name}.lpf",
-        "--textcfg", f"{name}.config", "--report", "report.json", "--timing-allow-fail",
-        "--freq", f"{clock_mhz:g}", "--log", f"{name}.tim",
-    ]  # fmt: skip
+    pnr = _pnr(exe, device, package, platform.speed, name, clock_mhz)
+    pnr += ["--lpf", f"{name}.lpf", "--textcfg", f"{name}.config"]
     stage("place_route", lambda: _run("place_route", pnr, out, out / "pnr.log"))
     read_report(report, json.loads((out / "report.json").read_text()))
     check_timing(report, board)
@@ -232,6 +244,33 @@ def build(
     stage("pack", lambda: _run("pack", pack, out, out / "pack.log"))
     report.bitstream = out / f"{name}.bit"
     (out / "summary.json").write_text(json.dumps(report.json_line(), indent=1) + "\n")
+    return report
+
+
+def build_block(
+    board: str, component, name: str, out: Path, clock_mhz: float, step: Callable | None = None
+) -> BuildReport:
+    """Synthesise, place and route one block out of context (no pins, no bitstream) on
+    ``board``'s part at ``clock_mhz``: its ECP5 utilisation and Fmax. Unmet timing is a
+    :class:`TimingError` naming the worst path, as for a whole build."""
+    from amaranth.back import rtlil
+
+    exe = tools()
+    platform = board_platform(board)
+    out.mkdir(parents=True, exist_ok=True)
+    report = BuildReport(name, clock_mhz)
+    stage = _stager(report, step)
+    il = out / f"{name}.il"
+    stage("elaborate", lambda: il.write_text(rtlil.convert(component, name=name)))
+    script = f"read_rtlil {name}.il; synth_ecp5 -top {name} -json {name}.json"
+    synth = [exe["yosys"], "-q", "-l", f"{name}.rpt", "-p", script]
+    stage("synth", lambda: _run("synth", synth, out, out / "synth.log", _limit_memory))
+    device = platform._nextpnr_device_options[platform.device]
+    package = platform._nextpnr_package_options[platform.package].upper()
+    pnr = _pnr(exe, device, package, platform.speed, name, clock_mhz) + ["--out-of-context"]
+    stage("place_route", lambda: _run("place_route", pnr, out, out / "pnr.log"))
+    read_report(report, json.loads((out / "report.json").read_text()))
+    check_timing(report, board)
     return report
 
 

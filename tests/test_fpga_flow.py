@@ -86,3 +86,22 @@ def test_the_link_goes_through_the_whole_flow_to_a_bitstream(tmp_path) -> None:
     assert 0 < summary["LUT4"] < 1000 and 0 < summary["FF"] < 1000
     assert (out / "top.bit").stat().st_size > 100_000  # an LFE5U-85F image
     print(json.dumps(summary))
+
+
+@pytest.mark.slow
+def test_a_dsp_chain_places_and_routes_out_of_context(tmp_path) -> None:
+    """One small block of the core through synthesis and place and route on the ULX3S's
+    part: the chain's multipliers land on MULT18X18D blocks (two per DSP group, ECP5 has
+    no packing of two MACs in one), and it meets the board's clock."""
+    from flightforge.hw.mpe.chain import DspChain
+    from flightforge.mappings import load_target
+
+    try:
+        fpga.tools()
+    except fpga.BuildError as e:
+        pytest.skip(str(e))
+    arch = load_target("ulx3s")
+    r = fpga.build_block("ulx3s", DspChain(4, 16), "dsp_chain", tmp_path, arch.clock_mhz)
+    assert r.utilisation["MULT18"][0] == 4 * 2
+    assert r.timing_met and r.worst_path
+    print(json.dumps(r.json_line()))
