@@ -30,19 +30,8 @@ from flightforge import hostio, isa
 from flightforge.compiler.demo import DEMO_SECTIONS, build_demo
 from flightforge.mappings import load_target
 from flightforge.sim import rtl_harness as h
-from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.functional import FunctionalSim
-
-
-def model_cycles(arch, instrs) -> int:
-    from flightforge.sim.timing import duration
-
-    return run_dispatch(
-        instrs,
-        token_depth=arch.token_depth,
-        queue_depth=arch.queue_depth,
-        duration=lambda i, ins: duration(arch, ins),
-    ).cycles
+from flightforge.sim.memory_check import model_cycles
 
 
 def bench_build(arch) -> dict:

@@ -18,6 +18,12 @@ Timing (as ``Timing.transfer`` counts it; :func:`memory_timing` derives the numb
   (the request is split and re-issued). The data are read when the command is accepted.
 - write: commands and beats are always taken; a command's response pulses
   ``wr_latency`` cycles after its last beat, plus ``penalty`` per channel boundary.
+
+With a :class:`~flightforge.sim.dram_model.Dram` (``dram=``, the same object for both
+channels) the timing is the independent memory's instead (sim/dram_model.py: banks, rows,
+the DRAM bus, turnaround, refresh): a read beat is driven from the cycle its bursts have
+arrived, and a write is answered when its last burst has been written; the channel map
+is the config's and ``timing`` is not used.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from flightforge.arch import ArchConfig
 
 from .device import DeviceError
+from .dram_model import Dram
 from .functional import ExternalMemory
 
 #: Cycles from a LD's start to its first command, and from the last command's first beat
@@ -81,6 +88,7 @@ class _ReadCommand:
     payload: bytes  #: the command's bytes, read when it was accepted
     beats: int
     crossings: int
+    ready: list[int] | None = None  #: with a :class:`Dram`: each beat's first cycle
 
 
 @dataclass
@@ -95,11 +103,16 @@ class ReadChannel:
     _current: _ReadCommand | None = None  #: the command whose beats are being driven
     _beat: int = 0  #: index of the beat being driven
     _free_at: int = 0  #: first cycle the data bus is free for the next command's beats
+    #: the independent memory (sim/dram_model.py): beats come when its bursts do
+    dram: Dram | None = None
+    _driven: bool = False  #: a beat is driven in the current cycle
 
     def step(
         self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_ready: bool
     ) -> tuple[bool, int]:
         """One rising edge; returns ``(data_valid, data)`` for the next cycle."""
+        if self.dram is not None:
+            return self._step_dram(cmd_valid, cmd_addr, cmd_beats, data_ready)
         t = self.timing
         if self._current is not None and data_ready:
             self._beat += 1
@@ -127,6 +140,30 @@ class ReadChannel:
         lo = self._beat * self.beat_bytes
         return True, int.from_bytes(self._current.payload[lo : lo + self.beat_bytes], "little")
 
+    def _step_dram(
+        self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_ready: bool
+    ) -> tuple[bool, int]:
+        """:meth:`step` with the independent memory: beat ``i`` of the head command is
+        driven from the cycle its bursts have arrived, once beat ``i - 1`` was taken."""
+        if self._driven and data_ready:
+            self._beat += 1
+            if self._beat == self._current.beats:
+                self._current = None
+        if cmd_valid:
+            nbytes = cmd_beats * self.beat_bytes
+            payload = self.memory.read(cmd_addr, nbytes, "LD command").tobytes()
+            ready = self.dram.read_beats(self.now, cmd_addr, cmd_beats, self.beat_bytes)
+            self._pending.append(_ReadCommand(ready[0], payload, cmd_beats, 0, ready))
+        self.now += 1
+        if self._current is None and self._pending:
+            self._current, self._beat = self._pending.popleft(), 0
+        cur = self._current
+        self._driven = cur is not None and cur.ready[self._beat] <= self.now
+        if not self._driven:
+            return False, 0
+        lo = self._beat * self.beat_bytes
+        return True, int.from_bytes(cur.payload[lo : lo + self.beat_bytes], "little")
+
 
 @dataclass
 class _WriteCommand:
@@ -134,6 +171,8 @@ class _WriteCommand:
     beats: int
     crossings: int
     received: int = 0
+    next_atom: int = 0  #: with a :class:`Dram`: the first burst not yet written
+    due: int = 0  #: with a :class:`Dram`: the cycle its last burst is answered
 
 
 @dataclass
@@ -151,6 +190,8 @@ class WriteChannel:
     now: int = 0
     _commands: deque[_WriteCommand] = field(default_factory=deque)
     _responses: deque[int] = field(default_factory=deque)  #: cycles responses are due
+    #: the independent memory (sim/dram_model.py), shared with the read channel
+    dram: Dram | None = None
 
     def step(
         self, cmd_valid: bool, cmd_addr: int, cmd_beats: int, data_valid: bool, data: int, strb: int
@@ -175,11 +216,27 @@ class WriteChannel:
                 if strb >> b & 1:
                     self.memory.write(base + b, word[b : b + 1], "ST beat")
             c.received += 1
+            if self.dram is not None:
+                self._write_bursts(c)
             if c.received == c.beats:
                 self._commands.popleft()
-                self._responses.append(self.now + t.wr_latency + t.penalty * c.crossings)
+                if self.dram is None:
+                    self._responses.append(self.now + t.wr_latency + t.penalty * c.crossings)
+                else:  # answered in command order
+                    self._responses.append(max([c.due, *list(self._responses)[-1:]]))
         self.now += 1
         if self._responses and self._responses[0] <= self.now:
             self._responses.popleft()
             return True
         return False
+
+    def _write_bursts(self, c: _WriteCommand) -> None:
+        """Write every DRAM burst of ``c`` whose bytes have all arrived (the last beat
+        completes the command's last, partial burst)."""
+        a = self.dram.t.atom_bytes
+        if c.received == 1:
+            c.next_atom = c.addr // a * a
+        sent = c.addr + c.received * self.beat_bytes
+        while c.next_atom + a <= sent or (c.received == c.beats and c.next_atom < sent):
+            c.due = max(c.due, self.dram.write_atom(self.now, c.next_atom))
+            c.next_atom += a

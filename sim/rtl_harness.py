@@ -41,8 +41,14 @@ from flightforge import formats, isa, progress
 from flightforge.arch import ArchConfig
 from flightforge.program import Program
 
-from .bus_model import LD_OVERHEAD, ST_OVERHEAD, memory_timing  # noqa: F401 (re-exported)
+from .bus_model import (  # noqa: F401 (re-exported)
+    LD_OVERHEAD,
+    ST_OVERHEAD,
+    MemoryTiming,
+    memory_timing,
+)
 from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
+from .dram_model import DramTiming
 from .functional import ExternalMemory
 
 TB_MODULE = "flightforge.sim.cocotb_tests.core_tb"
@@ -292,6 +298,7 @@ def run_steps(
     waves_file: Path | None = None,
     max_cycles: int = 2_000_000,
     build_root: Path | None = None,
+    memory: str | DramTiming = "model",
 ) -> list[Any]:
     """Replay ``steps`` in one simulation of the core; returns one result per step.
 
@@ -305,6 +312,10 @@ def run_steps(
     Replay stops after a section that times out or decodes an illegal instruction; a
     step that touches bytes outside external memory raises :class:`DeviceError` naming
     them (nothing is truncated).
+    ``memory`` picks the testbench's memory timing: ``"model"`` (the default) derives it
+    from the cycle model (:func:`.bus_model.memory_timing`: cycle-exact tests),
+    ``"dram"`` is the independent DRAM/HBM model (:mod:`.dram_model`), and a
+    :class:`.dram_model.DramTiming` a variant of it (``benchmarks/memory_model_error.py``).
     With ``waves`` (see :func:`build`), the trace goes to ``waves_file`` (default:
     ``waves.fst`` or ``waves.vcd`` in the build directory); FST needs the lz4 headers
     (Debian: ``liblz4-dev``).
@@ -325,7 +336,12 @@ def run_steps(
             "instr_bytes": isa.INSTR_BYTES,
             "max_cycles": max_cycles,
             "steps": list(steps),
-            "timing": dataclasses.asdict(memory_timing(arch)),
+            "timing": dataclasses.asdict(
+                memory_timing(arch)
+                if _dram_job(arch, memory) is None
+                else MemoryTiming(0, 0, 0, arch.hbm.channel_bytes)  # unused with the DRAM
+            ),
+            "dram": _dram_job(arch, memory),
         }
         steps_file.write_bytes(pickle.dumps(job))
         runner = get_runner("verilator")
@@ -363,6 +379,23 @@ def check_code_fits(section: str, instructions: int) -> None:
             f"section {section!r} has {instructions} instructions; the RTL's instruction "
             f"buffer holds {IMEM_DEPTH}"
         )
+
+
+MEMORIES = ("model", "dram")  #: the testbench memories :func:`run_steps` offers
+
+
+def _dram_job(arch: ArchConfig, memory) -> list[int] | None:
+    """The independent memory's integers for the testbench, or None for the default;
+    ``memory`` may also be a :class:`.dram_model.DramTiming` (a variant of the model)."""
+    from .dram_model import DramTiming, dram_timing
+
+    if isinstance(memory, DramTiming):
+        return memory.as_list()
+    if memory not in MEMORIES:
+        raise ValueError(f"memory must be one of {', '.join(MEMORIES)}, not {memory!r}")
+    if memory == "model":
+        return None
+    return dram_timing(arch).as_list()
 
 
 def check_run(rec: dict, section: str) -> None:
@@ -407,10 +440,13 @@ class RtlDevice:
         waves: bool | str = False,
         waves_file: Path | None = None,
         build_root: Path | None = None,
+        memory: str | DramTiming = "model",
     ) -> None:
         """With ``waves`` (see :func:`build`), each run writes the trace of the whole
         replay (every section so far) to ``waves_file`` (default: ``waves.fst`` or
-        ``waves.vcd`` in the build directory)."""
+        ``waves.vcd`` in the build directory). ``memory``: as :func:`run_steps`'s."""
+        _dram_job(arch, memory)  # refuse an unknown memory here, not at the first run
+        self.memory = memory
         self.arch = arch
         self.waves = waves
         self.waves_file = waves_file
@@ -445,6 +481,7 @@ class RtlDevice:
             waves=self.waves,
             waves_file=self.waves_file,
             build_root=self.build_root,
+            memory=self.memory,
         )
         runs = [r for r in results if isinstance(r, dict) and "section" in r]
         for rec in runs:
@@ -684,6 +721,20 @@ def random_section(
         if rng.random() < 0.05:
             sched.add(isa.SYS(op=isa.SysOp.NOP))
         sched.add(ins)
+    return sched.finish()
+
+
+def random_ldst_section(
+    arch: ArchConfig, rng: np.random.Generator, length: int = 8
+) -> list[isa.Instruction]:
+    """A random LD/ST-only stream (with NOPs) synchronised by the compiler's scheduler."""
+    from flightforge.compiler.lower.schedule import TokenScheduler
+
+    sched = TokenScheduler(token_depth=arch.token_depth)
+    while len(sched.instrs) < length:
+        if rng.random() < 0.1:
+            sched.add(isa.SYS(op=isa.SysOp.NOP))
+        sched.add(_random_ld_st(rng, st=rng.random() < 0.4))
     return sched.finish()
 
 

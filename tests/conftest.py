@@ -13,7 +13,10 @@ for tests that drive the Verilog under Verilator through cocotb, skipped with th
 
 from __future__ import annotations
 
+import ctypes
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +96,42 @@ def _dse_spec_dict(model: Path, **over) -> dict:
 def dse_spec_dict() -> Callable[..., dict]:
     """``make(model_json, **fields)``: a small DSE spec on ``tiny``, fields replaced."""
     return _dse_spec_dict
+
+
+@pytest.fixture(scope="module")
+def cpp(tmp_path_factory) -> ctypes.CDLL:
+    """flightforge_tb_host.cpp on its own, as a shared library (no Verilator model): one
+    per test module, as its channels keep their state (and clock) between calls."""
+    from flightforge.sim.cocotb_tests.core_tb import bind
+    from flightforge.sim.rtl_harness import TB_DIR, RtlUnavailable, verilator_setup
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    try:
+        include = verilator_setup() / "include" / "vltstd"
+    except RtlUnavailable as e:
+        pytest.skip(str(e))
+    if not (include / "svdpi.h").exists():
+        pytest.skip(f"no svdpi.h under {include}")
+    lib = tmp_path_factory.mktemp("host") / "libffhost.so"
+    subprocess.run(
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            f"-I{include}",
+            str(TB_DIR / "flightforge_tb_host.cpp"),
+            "-o",
+            str(lib),
+        ],
+        check=True,
+    )
+    host = bind(ctypes.CDLL(str(lib)))
+    u8, i64, vec = ctypes.c_uint8, ctypes.c_longlong, ctypes.POINTER(ctypes.c_uint32)
+    host.ff_rd_tick.argtypes = [u8, i64, ctypes.c_int, u8, ctypes.POINTER(u8), vec]
+    host.ff_wr_tick.argtypes = [u8, i64, ctypes.c_int, u8, vec, vec, ctypes.POINTER(u8)]
+    host.ff_rd_tick.restype = host.ff_wr_tick.restype = None
+    return host

@@ -6,14 +6,11 @@ edge for edge, on random traffic."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from flightforge.sim.bus_model import MemoryTiming, ReadChannel, WriteChannel
-from flightforge.sim.cocotb_tests.core_tb import bind
 from flightforge.sim.device import DeviceError
 from flightforge.sim.functional import ExternalMemory
 
@@ -87,44 +84,7 @@ def test_write_beat_without_command_is_an_error() -> None:
         ch.step(False, 0, 0, True, 0, 0xFF)
 
 
-# --- the C++ port ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cpp(tmp_path_factory) -> ctypes.CDLL:
-    """flightforge_tb_host.cpp on its own, as a shared library (no Verilator model)."""
-    from flightforge.sim.rtl_harness import TB_DIR, RtlUnavailable, verilator_setup
-
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    try:
-        include = verilator_setup() / "include" / "vltstd"
-    except RtlUnavailable as e:
-        pytest.skip(str(e))
-    if not (include / "svdpi.h").exists():
-        pytest.skip(f"no svdpi.h under {include}")
-    lib = tmp_path_factory.mktemp("host") / "libffhost.so"
-    subprocess.run(
-        [
-            cxx,
-            "-std=c++17",
-            "-O1",
-            "-shared",
-            "-fPIC",
-            f"-I{include}",
-            str(TB_DIR / "flightforge_tb_host.cpp"),
-            "-o",
-            str(lib),
-        ],
-        check=True,
-    )
-    host = bind(ctypes.CDLL(str(lib)))
-    u8, i64, vec = ctypes.c_uint8, ctypes.c_longlong, ctypes.POINTER(ctypes.c_uint32)
-    host.ff_rd_tick.argtypes = [u8, i64, ctypes.c_int, u8, ctypes.POINTER(u8), vec]
-    host.ff_wr_tick.argtypes = [u8, i64, ctypes.c_int, u8, vec, vec, ctypes.POINTER(u8)]
-    host.ff_rd_tick.restype = host.ff_wr_tick.restype = None
-    return host
+# --- the C++ port (the ``cpp`` fixture: tests/conftest.py) ---------------------------------
 
 
 def test_cpp_channels_equal_python_reference(cpp) -> None:

@@ -22,6 +22,7 @@ from flightforge.sim.cycle_model import stall_breakdown
 from flightforge.sim.device import DeviceError
 from flightforge.sim.dispatch import run_dispatch
 from flightforge.sim.functional import FunctionalSim
+from flightforge.sim.memory_check import model_cycles
 from flightforge.sim.timing import duration
 
 pytestmark = pytest.mark.rtl
@@ -62,27 +63,6 @@ def _coverage(sections) -> Counter:
     return seen
 
 
-def model_cycles(arch, instrs) -> int:
-    return run_dispatch(
-        instrs,
-        token_depth=arch.token_depth,
-        queue_depth=arch.queue_depth,
-        duration=lambda i, ins: duration(arch, ins),
-    ).cycles
-
-
-def ldst_section(arch, rng: np.random.Generator, length: int = 8) -> list[isa.Instruction]:
-    """A random LD/ST-only stream (with NOPs) synchronised by the compiler's scheduler."""
-    from flightforge.compiler.lower.schedule import TokenScheduler
-
-    sched = TokenScheduler(token_depth=arch.token_depth)
-    while len(sched.instrs) < length:
-        if rng.random() < 0.1:
-            sched.add(isa.SYS(op=isa.SysOp.NOP))
-        sched.add(h._random_ld_st(rng, st=rng.random() < 0.4))
-    return sched.finish()
-
-
 @pytest.fixture(scope="module")
 def replay(rtl_tiny):
     """Build the mixed and LD/ST-only sections, run them on the functional simulator and
@@ -98,7 +78,7 @@ def replay(rtl_tiny):
         elif len(sections) < SECTIONS + MPE_SECTIONS:
             sec = h.random_section(rtl_tiny, rng, length=10, misc_ops=())
         else:
-            sec = ldst_section(rtl_tiny, rng)
+            sec = h.random_ldst_section(rtl_tiny, rng)
         before = ({b: ref.buffer(b).copy() for b in isa.Buf}, dict(ref.ext._pages))
         try:
             ref.execute(sec, name=f"random{len(sections)}")

@@ -45,6 +45,7 @@ _SIGNATURES = {
         ],
         ctypes.c_int,
     ),
+    "ff_configure_dram": ([_i64p, ctypes.c_int], ctypes.c_int),
     "ff_mem_write": ([ctypes.c_uint64, ctypes.c_char_p, ctypes.c_uint64], ctypes.c_int),
     "ff_mem_read": ([ctypes.c_uint64, _u8p, ctypes.c_uint64], ctypes.c_int),
     "ff_pages": ([ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64], ctypes.c_uint64),
@@ -97,6 +98,10 @@ class Host:
             t["penalty"],
             t["channel_bytes"],
         )
+        if job.get("dram") is not None:  # the independent memory (sim/dram_model.py)
+            values = np.array(job["dram"], np.int64)
+            if lib.ff_configure_dram(_ptr(values, _i64p), len(values)):
+                raise HostError(f"the testbench expects another DramTiming: {job['dram']}")
         return cls(lib, job["page_bits"])
 
     def error(self) -> str:

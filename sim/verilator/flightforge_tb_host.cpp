@@ -86,6 +86,128 @@ int64_t crossings(uint64_t addr, uint64_t nbytes, uint64_t channel_bytes) {
     return int64_t((addr + nbytes - 1) / channel_bytes) - int64_t(addr / channel_bytes);
 }
 
+// Port of flightforge.sim.dram_model.Dram (the independent memory): integers in ps.
+struct DramTiming {
+    int64_t clock_khz = 0, channels = 0, channel_bytes = 0, interleave_bytes = 0, atom_bytes = 0,
+            banks = 0, page_bytes = 0, atom_ps = 0, rcd_ps = 0, rp_ps = 0, cl_ps = 0, cwl_ps = 0,
+            ras_ps = 0, wr_ps = 0, wtr_ps = 0, rtw_ps = 0, refi_ps = 0, rfc_ps = 0, fixed_ps = 0;
+};
+constexpr int DRAM_FIELDS = 19;  // DramTiming.as_list() in dram_model.py, in this order
+
+struct DramChannel {
+    std::vector<int64_t> open_row, act_at, pre_ok, ready;
+    int64_t bus_free = 0, last_read_end = -1000000000000000LL,
+            last_write_end = -1000000000000000LL, next_refresh = 0;
+};
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }  // ceiling, b > 0, a >= 0
+
+class Dram {
+public:
+    DramTiming t;
+    std::vector<DramChannel> channels;
+
+    void configure(const DramTiming& timing) {
+        t = timing;
+        channels.assign(size_t(t.channels), DramChannel{});
+        for (DramChannel& ch : channels) {
+            ch.open_row.assign(size_t(t.banks), -1);
+            ch.act_at.assign(size_t(t.banks), 0);
+            ch.pre_ok.assign(size_t(t.banks), 0);
+            ch.ready.assign(size_t(t.banks), 0);
+            ch.next_refresh = t.refi_ps;
+        }
+    }
+
+    int64_t cycle_ps(int64_t cycle) const { return cycle * 1000000000LL / t.clock_khz; }
+    int64_t ready_cycle(int64_t ps) const { return cdiv(ps * t.clock_khz, 1000000000LL); }
+
+    void refresh(DramChannel& ch, int64_t at) {
+        while (ch.next_refresh <= at) {
+            int64_t start = std::max(ch.next_refresh, ch.bus_free);
+            bool any_open = false;
+            for (int64_t r : ch.open_row) any_open |= r >= 0;
+            if (any_open) {
+                for (int64_t b = 0; b < t.banks; ++b) start = std::max(start, ch.act_at[b] + t.ras_ps);
+                for (int64_t p : ch.pre_ok) start = std::max(start, p);
+                start += t.rp_ps;
+            }
+            const int64_t end = start + t.rfc_ps;
+            for (int64_t b = 0; b < t.banks; ++b) {
+                ch.open_row[b] = -1;
+                ch.ready[b] = std::max(ch.ready[b], end);
+            }
+            ch.next_refresh += t.refi_ps;
+        }
+    }
+
+    int64_t access(int64_t addr, int64_t at, bool write) {
+        int64_t c, off;
+        if (t.interleave_bytes) {
+            const int64_t unit = addr / t.interleave_bytes, within = addr % t.interleave_bytes;
+            c = unit % t.channels;
+            off = (unit / t.channels) * t.interleave_bytes + within;
+        } else {
+            c = addr / t.channel_bytes;
+            off = addr % t.channel_bytes;
+        }
+        const int64_t page = off / t.page_bytes, b = page % t.banks, row = page / t.banks;
+        DramChannel& ch = channels[size_t(c)];
+        refresh(ch, at);
+        int64_t start = std::max(at, ch.ready[b]), cas;
+        if (ch.open_row[b] == row) {
+            cas = start;
+        } else {
+            if (ch.open_row[b] >= 0) {
+                start = std::max({start, ch.act_at[b] + t.ras_ps, ch.pre_ok[b]}) + t.rp_ps;
+            }
+            ch.open_row[b] = row;
+            ch.act_at[b] = start;
+            cas = start + t.rcd_ps;
+        }
+        int64_t first;
+        if (write) {
+            first = std::max({cas + t.cwl_ps, ch.bus_free, ch.last_read_end + t.rtw_ps});
+        } else {
+            cas = std::max(cas, ch.last_write_end + t.wtr_ps);
+            first = std::max(cas + t.cl_ps, ch.bus_free);
+        }
+        const int64_t end = first + t.atom_ps;
+        ch.bus_free = end;
+        ch.ready[b] = std::max(ch.ready[b], first - (write ? t.cwl_ps : t.cl_ps));
+        if (write) {
+            ch.last_write_end = end;
+            ch.pre_ok[b] = end + t.wr_ps;
+        } else {
+            ch.last_read_end = end;
+        }
+        return first + t.fixed_ps;
+    }
+
+    std::vector<int64_t> read_beats(int64_t cycle, uint64_t addr, int64_t beats, int beat_bytes) {
+        const int64_t at = cycle_ps(cycle + 1), a = t.atom_bytes;
+        const int64_t lo_atom = int64_t(addr) / a;
+        const int64_t hi_atom = (int64_t(addr) + beats * beat_bytes - 1) / a;
+        std::vector<int64_t> start;
+        for (int64_t x = lo_atom; x <= hi_atom; ++x) start.push_back(access(x * a, at, false));
+        std::vector<int64_t> out;
+        for (int64_t i = 0; i < beats; ++i) {
+            const int64_t lo = int64_t(addr) + i * beat_bytes, hi = lo + beat_bytes;
+            int64_t last = 0;
+            for (int64_t x = lo / a; x <= (hi - 1) / a; ++x) {
+                const int64_t n = std::min(hi, (x + 1) * a) - x * a;
+                last = std::max(last, start[size_t(x - lo_atom)] + cdiv(n * t.atom_ps, a));
+            }
+            out.push_back(ready_cycle(last));
+        }
+        return out;
+    }
+
+    int64_t write_atom(int64_t cycle, int64_t addr) {
+        return ready_cycle(access(addr, cycle_ps(cycle + 1), true) + t.atom_ps);
+    }
+};
+
 // Bits 8*i .. 8*i+7 of a DPI bit vector are byte i (svBitVecVal: 32-bit words, LSB first).
 void put_bytes(svBitVecVal* vec, const uint8_t* bytes, int n) {
     for (int w = 0; w < (n + 3) / 4; ++w) vec[w] = 0;
@@ -98,6 +220,7 @@ struct ReadCommand {
     int64_t first;
     std::vector<uint8_t> payload;
     int64_t beats, crossings;
+    std::vector<int64_t> ready;  // with the Dram: each beat's first cycle
 };
 
 // Port of bus_model.ReadChannel.step.
@@ -107,7 +230,12 @@ public:
 
     void step(Memory& mem, const Timing& t, int beat_bytes, std::string& error, bool cmd_valid,
               uint64_t cmd_addr, int64_t cmd_beats, bool data_ready, bool& data_valid,
-              std::vector<uint8_t>& data) {
+              std::vector<uint8_t>& data, Dram* dram) {
+        if (dram) {
+            step_dram(mem, *dram, beat_bytes, error, cmd_valid, cmd_addr, cmd_beats, data_ready,
+                      data_valid, data);
+            return;
+        }
         if (active_ && data_ready) {
             if (++beat_ == current_.beats) {
                 active_ = false;
@@ -141,15 +269,48 @@ public:
     }
 
 private:
+    // Port of bus_model.ReadChannel._step_dram.
+    void step_dram(Memory& mem, Dram& dram, int beat_bytes, std::string& error, bool cmd_valid,
+                   uint64_t cmd_addr, int64_t cmd_beats, bool data_ready, bool& data_valid,
+                   std::vector<uint8_t>& data) {
+        if (driven_ && data_ready) {
+            if (++beat_ == current_.beats) active_ = false;
+        }
+        if (cmd_valid) {
+            const uint64_t nbytes = uint64_t(cmd_beats) * beat_bytes;
+            ReadCommand c{0, std::vector<uint8_t>(nbytes, 0), cmd_beats, 0,
+                          dram.read_beats(now, cmd_addr, cmd_beats, beat_bytes)};
+            c.first = c.ready[0];
+            if (mem.check(cmd_addr, nbytes, "LD command", error)) {
+                mem.read(cmd_addr, c.payload.data(), nbytes);
+            }
+            pending_.push_back(std::move(c));
+        }
+        now += 1;
+        if (!active_ && !pending_.empty()) {
+            current_ = std::move(pending_.front());
+            pending_.pop_front();
+            active_ = true;
+            beat_ = 0;
+        }
+        driven_ = active_ && current_.ready[size_t(beat_)] <= now;
+        data_valid = driven_;
+        if (driven_) {
+            data.assign(current_.payload.begin() + beat_ * beat_bytes,
+                        current_.payload.begin() + (beat_ + 1) * beat_bytes);
+        }
+    }
+
     std::deque<ReadCommand> pending_;
     ReadCommand current_{};
-    bool active_ = false;
+    bool active_ = false, driven_ = false;
     int64_t beat_ = 0, free_at_ = 0;
 };
 
 struct WriteCommand {
     uint64_t addr;
     int64_t beats, crossings, received;
+    int64_t next_atom = 0, due = 0;  // with the Dram: first burst not yet written, answer
 };
 
 // Port of bus_model.WriteChannel.step.
@@ -159,7 +320,7 @@ public:
 
     bool step(Memory& mem, const Timing& t, int beat_bytes, std::string& error, bool cmd_valid,
               uint64_t cmd_addr, int64_t cmd_beats, bool data_valid, const svBitVecVal* data,
-              const svBitVecVal* strb) {
+              const svBitVecVal* strb, Dram* dram) {
         if (cmd_valid) {
             commands_.push_back({cmd_addr, cmd_beats,
                                  crossings(cmd_addr, uint64_t(cmd_beats) * beat_bytes,
@@ -179,8 +340,15 @@ public:
                         if (mem.check(base + b, 1, "ST beat", error)) mem.write(base + b, &byte, 1);
                     }
                 }
-                if (++c.received == c.beats) {
-                    responses_.push_back(now + t.wr_latency + t.penalty * c.crossings);
+                ++c.received;
+                if (dram) write_bursts(*dram, c, beat_bytes);
+                if (c.received == c.beats) {
+                    if (!dram) {
+                        responses_.push_back(now + t.wr_latency + t.penalty * c.crossings);
+                    } else {  // answered in command order
+                        responses_.push_back(
+                            responses_.empty() ? c.due : std::max(c.due, responses_.back()));
+                    }
                     commands_.pop_front();
                 }
             }
@@ -194,6 +362,17 @@ public:
     }
 
 private:
+    // Port of bus_model.WriteChannel._write_bursts.
+    void write_bursts(Dram& dram, WriteCommand& c, int beat_bytes) {
+        const int64_t a = dram.t.atom_bytes;
+        if (c.received == 1) c.next_atom = int64_t(c.addr) / a * a;
+        const int64_t sent = int64_t(c.addr) + c.received * beat_bytes;
+        while (c.next_atom + a <= sent || (c.received == c.beats && c.next_atom < sent)) {
+            c.due = std::max(c.due, dram.write_atom(now, c.next_atom));
+            c.next_atom += a;
+        }
+    }
+
     std::deque<WriteCommand> commands_;
     std::deque<int64_t> responses_;
 };
@@ -207,6 +386,8 @@ struct Window {
 struct Host {
     Memory mem;
     Timing timing;
+    Dram dram;
+    bool use_dram = false;  // the independent memory instead of the model-derived timing
     int beat_bytes = 1, instr_bytes = 1;
     ReadChannel rd;
     WriteChannel wr;
@@ -245,6 +426,22 @@ int ff_configure(uint64_t capacity, int page_bits, int beat_bytes, int instr_byt
     h.beat_bytes = beat_bytes;
     h.instr_bytes = instr_bytes;
     h.timing = Timing{rd_latency, wr_latency, penalty, channel_bytes};
+    h.use_dram = false;
+    return 0;
+}
+
+// Switch to the independent memory: `values` is dram_model.DramTiming.as_list().
+int ff_configure_dram(const int64_t* values, int count) {
+    if (count != DRAM_FIELDS) return -1;
+    DramTiming t;
+    int64_t* fields[DRAM_FIELDS] = {
+        &t.clock_khz, &t.channels, &t.channel_bytes, &t.interleave_bytes, &t.atom_bytes,
+        &t.banks, &t.page_bytes, &t.atom_ps, &t.rcd_ps, &t.rp_ps, &t.cl_ps, &t.cwl_ps,
+        &t.ras_ps, &t.wr_ps, &t.wtr_ps, &t.rtw_ps, &t.refi_ps, &t.rfc_ps, &t.fixed_ps};
+    for (int i = 0; i < DRAM_FIELDS; ++i) *fields[i] = values[i];
+    Host& h = host();
+    h.dram.configure(t);
+    h.use_dram = true;
     return 0;
 }
 
@@ -340,7 +537,7 @@ void ff_rd_tick(svBit cmd_valid, long long cmd_addr, int cmd_beats, svBit data_r
     Host& h = host();
     bool valid = false;
     h.rd.step(h.mem, h.timing, h.beat_bytes, h.error, cmd_valid, uint64_t(cmd_addr), cmd_beats,
-              data_ready, valid, h.beat);
+              data_ready, valid, h.beat, h.use_dram ? &h.dram : nullptr);
     *data_valid = valid;
     if (valid) {
         put_bytes(data, h.beat.data(), h.beat_bytes);
@@ -353,7 +550,8 @@ void ff_wr_tick(svBit cmd_valid, long long cmd_addr, int cmd_beats, svBit data_v
                 const svBitVecVal* data, const svBitVecVal* strb, svBit* resp_valid) {
     Host& h = host();
     *resp_valid = h.wr.step(h.mem, h.timing, h.beat_bytes, h.error, cmd_valid,
-                            uint64_t(cmd_addr), cmd_beats, data_valid, data, strb);
+                            uint64_t(cmd_addr), cmd_beats, data_valid, data, strb,
+                            h.use_dram ? &h.dram : nullptr);
 }
 
 svBit ff_faulted() { return !host().error.empty(); }
