@@ -135,3 +135,46 @@ def cpp(tmp_path_factory) -> ctypes.CDLL:
     host.ff_wr_tick.argtypes = [u8, i64, ctypes.c_int, u8, vec, vec, ctypes.POINTER(u8)]
     host.ff_rd_tick.restype = host.ff_wr_tick.restype = None
     return host
+
+
+@pytest.fixture
+def random_traffic(cpp):
+    """Drives the Python channels ``rd``, ``wr`` (sim/bus_model.py) and the C++ port in
+    ``cpp`` with the same random commands, back-pressure, beats and strobes, edge by edge,
+    and asserts that every output of every edge agrees."""
+
+    def drive(rd, wr, rng, *, cycles, addr_beats, cmd_p, ready_p, send_p, max_beats) -> None:
+        beat = rd.beat_bytes
+        words = beat // 4
+        u8 = ctypes.c_uint8
+        valid_out, data_out, resp_out = u8(), (ctypes.c_uint32 * words)(), u8()
+        rd_valid, to_send = False, 0  # beats of issued write commands not yet sent
+        for cycle in range(cycles):
+            rd_cmd = rng.random() < cmd_p[0]
+            rd_addr = int(rng.integers(0, addr_beats)) * beat
+            rd_beats = int(rng.integers(1, max_beats[0] + 1))
+            ready = bool(rng.random() < ready_p)
+            wr_cmd = rng.random() < cmd_p[1]
+            wr_addr = int(rng.integers(0, addr_beats)) * beat
+            wr_beats = int(rng.integers(1, max_beats[1] + 1))
+            to_send += wr_beats if wr_cmd else 0
+            send = to_send > 0 and rng.random() < send_p
+            to_send -= send
+            data = int(rng.integers(0, 1 << 63)) | int(rng.integers(0, 2)) << 63
+            strb = int(rng.integers(0, 1 << beat))
+            want_rd = rd.step(rd_cmd, rd_addr, rd_beats, rd_valid and ready)
+            cpp.ff_rd_tick(
+                rd_cmd, rd_addr, rd_beats, rd_valid and ready, ctypes.byref(valid_out), data_out
+            )
+            got = int.from_bytes(bytes(data_out), "little") if valid_out.value else 0
+            assert (bool(valid_out.value), got) == want_rd, f"read channel, cycle {cycle}"
+            rd_valid = want_rd[0]
+            want_resp = wr.step(wr_cmd, wr_addr, wr_beats, send, data, strb)
+            dvec = (ctypes.c_uint32 * words)(
+                *[(data >> (32 * i)) & 0xFFFFFFFF for i in range(words)]
+            )
+            svec = (ctypes.c_uint32 * 1)(strb)
+            cpp.ff_wr_tick(wr_cmd, wr_addr, wr_beats, send, dvec, svec, ctypes.byref(resp_out))
+            assert bool(resp_out.value) == want_resp, f"write channel, cycle {cycle}"
+
+    return drive

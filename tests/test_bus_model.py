@@ -87,11 +87,11 @@ def test_write_beat_without_command_is_an_error() -> None:
 # --- the C++ port (the ``cpp`` fixture: tests/conftest.py) ---------------------------------
 
 
-def test_cpp_channels_equal_python_reference(cpp) -> None:
+def test_cpp_channels_equal_python_reference(cpp, random_traffic) -> None:
     """Random commands (over channel boundaries too), random back-pressure, random
     strobes: every output of every edge and the final memory agree."""
     rng = np.random.default_rng(5)
-    u8, words = ctypes.c_uint8, BEAT // 4
+    u8 = ctypes.c_uint8
     cpp.ff_configure(
         CAPACITY,
         ExternalMemory.PAGE_BITS,
@@ -106,31 +106,17 @@ def test_cpp_channels_equal_python_reference(cpp) -> None:
     assert cpp.ff_mem_write(0, init, CAPACITY) == 0
     py_mem = _memory()
     rd, wr = ReadChannel(py_mem, BEAT, TIMING), WriteChannel(py_mem, BEAT, TIMING)
-    valid_out, data_out, resp_out = u8(), (ctypes.c_uint32 * words)(), u8()
-    rd_valid, to_send = False, 0  # beats of issued write commands not yet sent
-    for cycle in range(3000):
-        rd_cmd = rng.random() < 0.08
-        rd_addr, rd_beats = int(rng.integers(0, 120)) * BEAT, int(rng.integers(1, 5))
-        ready = bool(rng.random() < 0.7)
-        wr_cmd = rng.random() < 0.05
-        wr_addr, wr_beats = int(rng.integers(0, 120)) * BEAT, int(rng.integers(1, 4))
-        to_send += wr_beats if wr_cmd else 0
-        send = to_send > 0 and rng.random() < 0.8
-        to_send -= send
-        data = int(rng.integers(0, 1 << 63)) | int(rng.integers(0, 2)) << 63
-        strb = int(rng.integers(0, 1 << BEAT))
-        want_rd = rd.step(rd_cmd, rd_addr, rd_beats, rd_valid and ready)
-        cpp.ff_rd_tick(
-            rd_cmd, rd_addr, rd_beats, rd_valid and ready, ctypes.byref(valid_out), data_out
-        )
-        got = int.from_bytes(bytes(data_out), "little") if valid_out.value else 0
-        assert (bool(valid_out.value), got) == want_rd, f"read channel, cycle {cycle}"
-        rd_valid = want_rd[0]
-        want_resp = wr.step(wr_cmd, wr_addr, wr_beats, send, data, strb)
-        dvec = (ctypes.c_uint32 * words)(*[(data >> (32 * i)) & 0xFFFFFFFF for i in range(words)])
-        svec = (ctypes.c_uint32 * 1)(strb)
-        cpp.ff_wr_tick(wr_cmd, wr_addr, wr_beats, send, dvec, svec, ctypes.byref(resp_out))
-        assert bool(resp_out.value) == want_resp, f"write channel, cycle {cycle}"
+    random_traffic(
+        rd,
+        wr,
+        rng,
+        cycles=3000,
+        addr_beats=120,
+        cmd_p=(0.08, 0.05),
+        ready_p=0.7,
+        send_p=0.8,
+        max_beats=(4, 3),
+    )
     out = np.zeros(CAPACITY, np.uint8)
     assert cpp.ff_mem_read(0, out.ctypes.data_as(ctypes.POINTER(u8)), CAPACITY) == 0
     assert out.tobytes() == py_mem.read(0, CAPACITY).tobytes()

@@ -82,13 +82,13 @@ def test_unknown_memory_is_refused() -> None:
 # --- the C++ port -----------------------------------------------------------------------
 
 
-def test_cpp_dram_channels_equal_python_reference(cpp) -> None:
+def test_cpp_dram_channels_equal_python_reference(cpp, random_traffic) -> None:
     """Random reads and writes on tiny's independent memory (over rows, banks, a refresh,
     with back-pressure): every output of every edge and the final memory agree."""
     arch = load_target("tiny")
     t = dram_timing(arch)
     rng = np.random.default_rng(7)
-    beat, capacity, words = arch.hbm.burst_bytes, 1 << 16, arch.hbm.burst_bytes // 4
+    beat, capacity = arch.hbm.burst_bytes, 1 << 16
     u8, i64 = ctypes.c_uint8, ctypes.c_int64
     cpp.ff_configure(capacity, ExternalMemory.PAGE_BITS, beat, 48, 0, 0, 0, t.channel_bytes)
     values = (i64 * len(t.as_list()))(*t.as_list())
@@ -100,44 +100,17 @@ def test_cpp_dram_channels_equal_python_reference(cpp) -> None:
     dram, none = Dram(t), MemoryTiming(0, 0, 0, t.channel_bytes)
     rd = ReadChannel(mem, beat, none, dram=dram)
     wr = WriteChannel(mem, beat, none, dram=dram)
-    valid_out, data_out, resp_out = u8(), (ctypes.c_uint32 * words)(), u8()
-    rd_valid, to_send = False, 0
-    for cycle in range(12_000):  # past tiny's refresh interval (3.9 us = 390 cycles) often
-        rd_cmd = rng.random() < 0.03
-        rd_addr, rd_beats = (
-            int(rng.integers(0, capacity // beat - 8)) * beat,
-            int(rng.integers(1, 9)),
-        )
-        ready = bool(rng.random() < 0.8)
-        wr_cmd = rng.random() < 0.02
-        wr_addr, wr_beats = (
-            int(rng.integers(0, capacity // beat - 8)) * beat,
-            int(rng.integers(1, 7)),
-        )
-        to_send += wr_beats if wr_cmd else 0
-        send = to_send > 0 and rng.random() < 0.9
-        to_send -= send
-        data = int(rng.integers(0, 1 << 63))
-        strb = int(rng.integers(0, 1 << beat))
-        want_rd = rd.step(rd_cmd, rd_addr, rd_beats, rd_valid and ready)
-        cpp.ff_rd_tick(
-            rd_cmd, rd_addr, rd_beats, rd_valid and ready, ctypes.byref(valid_out), data_out
-        )
-        got = int.from_bytes(bytes(data_out), "little") if valid_out.value else 0
-        assert (bool(valid_out.value), got) == want_rd, f"read channel, cycle {cycle}"
-        rd_valid = want_rd[0]
-        want_resp = wr.step(wr_cmd, wr_addr, wr_beats, send, data, strb)
-        dvec = (ctypes.c_uint32 * words)(*[(data >> (32 * i)) & 0xFFFFFFFF for i in range(words)])
-        cpp.ff_wr_tick(
-            wr_cmd,
-            wr_addr,
-            wr_beats,
-            send,
-            dvec,
-            (ctypes.c_uint32 * 1)(strb),
-            ctypes.byref(resp_out),
-        )
-        assert bool(resp_out.value) == want_resp, f"write channel, cycle {cycle}"
+    random_traffic(  # past tiny's refresh interval (3.9 us = 390 cycles) often
+        rd,
+        wr,
+        rng,
+        cycles=12_000,
+        addr_beats=capacity // beat - 8,
+        cmd_p=(0.03, 0.02),
+        ready_p=0.8,
+        send_p=0.9,
+        max_beats=(8, 6),
+    )
     assert dram.stats.refreshes > 20 and dram.stats.conflicts and dram.stats.turnarounds
     out = np.zeros(capacity, np.uint8)
     assert cpp.ff_mem_read(0, out.ctypes.data_as(ctypes.POINTER(u8)), capacity) == 0
