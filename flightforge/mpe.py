@@ -38,8 +38,10 @@ DECODE_STAGES = 1
 #: group: the lane sums latched, then its DSP48E2's A/D/B1, AD/B2, M and P.
 ACC_STAGES = 1 + SLICE_STAGES
 #: Register stages of a shared requantiser from the choice of its operands to the
-#: written result: operands, product (a DSP48E2's M and P), shifted, rounded, saturated.
-REQUANT_STAGES = 6
+#: written result: three cascaded DSP48E2s (A/B, M, P, the cascade adding a cycle per
+#: DSP: the product with its rounding bit 5 cycles after the operands), shifted,
+#: saturated.
+REQUANT_STAGES = 7
 #: Cycles the MPE spends before the chains (start, fetch to staged operands) and after
 #: them (the epilogue's write, ``done``) on an instruction of one fetch cycle: the
 #: original MPE's pipeline without its two-cycle chain.

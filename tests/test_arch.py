@@ -132,10 +132,10 @@ def test_mpe_depth_and_requantisers_derive_from_the_shapes(tiny_dict):
     """The MPE's depth is its datapath's (flightforge.mpe), not a configured number: tiny
     has lcm(2, 4) = 4 requantisers, which drain an MM tile (4 rows x 2 columns) in 2
     cycles and an MV tile (1 x 4) in 1; depth = 2 frame + chain (3 skew + 4 slice + 1
-    read) + 5 accumulator stages + drain + 6 requantiser stages."""
+    read) + 5 accumulator stages + drain + 7 requantiser stages."""
     mp = arch_from_dict(tiny_dict).mpe
     assert mp.requantisers == 4
     assert (mp.drain(mp.mm), mp.drain(mp.mv)) == (2, 1)
-    assert (mp.depth(mp.mm), mp.depth(mp.mv)) == (2 + 8 + 5 + 2 + 6, 2 + 8 + 5 + 1 + 6)
+    assert (mp.depth(mp.mm), mp.depth(mp.mv)) == (2 + 8 + 5 + 2 + 7, 2 + 8 + 5 + 1 + 7)
     u280 = load_target("u280").mpe
-    assert (u280.requantisers, u280.drain(u280.mm), u280.depth(u280.mm)) == (64, 4, 37)
+    assert (u280.requantisers, u280.drain(u280.mm), u280.depth(u280.mm)) == (64, 4, 38)

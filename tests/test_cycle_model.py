@@ -5,9 +5,9 @@ The ``tiny`` target's constants, which the expected numbers below are computed f
 (rate_q8 = 2048); 200 ns latency = 20 cycles; 8-byte bursts; a 2-cycle cross-channel
 penalty; buffer ports of 2 x 4 = 8 bytes per cycle (ACT, WGT) and 4 (GLB, META, SCALE);
 MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 4 x 1, 4 shared requantisers; MPE depth (MM
-23, MV 22) = 2 frame cycles + 3 of systolic skew + 4 DSP48E2 stages + 1 lane read + 5
+24, MV 23) = 2 frame cycles + 3 of systolic skew + 4 DSP48E2 stages + 1 lane read + 5
 accumulator stages (lane sums latched, its DSP48E2's 4) + the tile's drain (MM 2, MV 1)
-+ 6 requantiser stages (flightforge.mpe.depth); SFU 4 lanes, pipeline 4.
++ 7 requantiser stages (flightforge.mpe.depth); SFU 4 lanes, pipeline 4.
 """
 
 from __future__ import annotations
@@ -173,10 +173,10 @@ def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
     int8 = duration(TINY, mv(64, 64))
     int4 = duration(TINY, mv(64, 64, wprec=WPrec.INT4))
     # compute: ceil(64/4) * ceil(64/4) = 256 cycles; the 8 B/cycle WGT port needs 512
-    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the MV's 22-cycle datapath
+    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the MV's 23-cycle datapath
     # (2 frame + 3 skew along 4 cascaded slices + 4 DSP48E2 stages + 1 lane read + 5
-    # accumulator stages + a 1-cycle drain + 6 requantiser stages).
-    assert (int8, int4) == (512 + 22, 256 + 22)
+    # accumulator stages + a 1-cycle drain + 7 requantiser stages).
+    assert (int8, int4) == (512 + 23, 256 + 23)
 
 
 @pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
@@ -227,14 +227,14 @@ def test_ld_overlaps_an_independent_mv():
     r = run([ld(64), mv(64, 64), HALT])
     s, e = r.schedule.start, r.schedule.end
     assert (s[0], e[0]) == (0, 28)
-    assert (s[1], e[1]) == (1, 1 + 534)  # dispatched one cycle later, runs concurrently
-    assert r.cycles == 535 + 1  # HALT retires the cycle after the last completion
-    assert r.busy["LD"] == 28 and r.busy["MPE"] == 534
+    assert (s[1], e[1]) == (1, 1 + 535)  # dispatched one cycle later, runs concurrently
+    assert r.cycles == 536 + 1  # HALT retires the cycle after the last completion
+    assert r.busy["LD"] == 28 and r.busy["MPE"] == 535
 
 
 def test_missing_token_is_a_stall_in_the_breakdown():
     r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
-    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 534)
+    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 535)
     mpe = r.stalls["MPE"]
     assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
     ld_row = r.stalls["LD"]
@@ -280,9 +280,9 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     two = Timing(TINY, TimingParams(cores=2))
     i = mv(64, 64)
     assert two.matmul_compute(i) * 2 == one.matmul_compute(i)
-    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 22; then
+    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 23; then
     # the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
-    assert two.matmul(i) == 256 + 22 + 32 + 1
+    assert two.matmul(i) == 256 + 23 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
@@ -441,24 +441,24 @@ def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
 def test_requantisers_hold_back_tiles_shorter_than_their_drain():
     """tiny's 4 requantisers drain an MM tile (4 x 2) in 2 cycles, so a tile's last step
     waits until the previous tile's drain is under way: 4 tiles of one 1-cycle step
-    take 1 + 3 * max(1, 2) cycles, then the 23-cycle MM depth (2 frame + 8 chain + 5
-    accumulator + 2 drain + 6 requantiser stages)."""
+    take 1 + 3 * max(1, 2) cycles, then the 24-cycle MM depth (2 frame + 8 chain + 5
+    accumulator + 2 drain + 7 requantiser stages)."""
     t = Timing(TINY)
     i = isa.MM(m=8, n=4, k=4, a_stride=4, mult=1)
     assert t.matmul_tile(i) == 1
-    assert t.matmul(i) == 1 + 3 * 2 + 23
+    assert t.matmul(i) == 1 + 3 * 2 + 24
     # a tile as long as its drain is not held back: 2 steps of 1 cycle
     j = isa.MM(m=8, n=4, k=8, a_stride=8, mult=1)
-    assert t.matmul_tile(j) == 2 and t.matmul(j) == 4 * 2 + 23
+    assert t.matmul_tile(j) == 2 and t.matmul(j) == 4 * 2 + 24
 
 
 def test_mv_tiles_drain_in_one_cycle():
     """An MV tile is one row of 4 columns: the 4 requantisers take it in one cycle, so
     one-step MV tiles (4 columns x 4 INT4 weights = 8 bytes, one WGT port cycle) run
-    back to back: 3 tiles of 1 cycle, then the MV depth 22."""
+    back to back: 3 tiles of 1 cycle, then the MV depth 23."""
     t = Timing(TINY)
     i = isa.MV(n=12, k=4, mult=1, wprec=WPrec.INT4)
-    assert (t.matmul_tile(i), t.matmul(i)) == (1, 3 + 22)
+    assert (t.matmul_tile(i), t.matmul(i)) == (1, 3 + 23)
 
 
 def test_a_step_of_several_scale_groups_takes_a_cycle_each():
@@ -466,12 +466,12 @@ def test_a_step_of_several_scale_groups_takes_a_cycle_each():
     takes one cycle per group. 2:16 weights with 16-wide groups store 2 entries per
     group, so tiny's 4-entry MV step holds 2 groups: an MV of one column and K = 32 (4
     stored INT4 entries: 2 weight bytes, 2 index bytes, one port cycle each) takes 2
-    cycles for its step instead of 1, then the MV depth 22 plus the last step's second
+    cycles for its step instead of 1, then the MV depth 23 plus the last step's second
     group. 2:4 weights store 8 entries per group, more than a step: its 16 stored entries
     are 4 steps of 1 cycle."""
     t = Timing(TINY)
     kw = dict(n=1, k=32, mult=1, wprec=WPrec.INT4, gsz=1, colp=1)
     i = isa.MV(sparse=SparseMode.S2_16, **kw)
-    assert (t.scale_cycles(i), t.matmul_tile(i), t.matmul(i)) == (2, 2, 2 + 22 + 1)
+    assert (t.scale_cycles(i), t.matmul_tile(i), t.matmul(i)) == (2, 2, 2 + 23 + 1)
     j = isa.MV(sparse=SparseMode.S2_4, **kw)
-    assert (t.scale_cycles(j), t.matmul_tile(j), t.matmul(j)) == (1, 4, 4 + 22)
+    assert (t.scale_cycles(j), t.matmul_tile(j), t.matmul(j)) == (1, 4, 4 + 23)

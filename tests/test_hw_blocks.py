@@ -1,14 +1,17 @@
 """RTL building blocks in Amaranth's Python simulator: the sparse DSP chain, the buffers'
-unaligned ports, parameter checks."""
+unaligned ports, parameter checks, the shared requantiser."""
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from flightforge import isa
 from flightforge.hw.buffers import Buffer
 from flightforge.hw.bus import BufPortSignature
 from flightforge.hw.mpe import DspChain
-from flightforge.mpe import RUN
+from flightforge.hw.mpe.epilogue import HELD_BITS
+from flightforge.hw.mpe.requant import Requantiser
+from flightforge.mpe import REQUANT_STAGES, RUN
 
 
 def chain_reference(act, wgt, idx, cut, groups: int) -> list[list[int]]:
@@ -262,3 +265,57 @@ def test_load_unit_unpacks_bit_exact_and_cycle_exact() -> None:
         assert cycles == timing.ld(ld).cycles, (
             f"{ld}: {cycles} cycles, model {timing.ld(ld).cycles}"
         )
+
+
+def requant_reference(x: int, mult: int, shift: int, odt: isa.DType) -> int:
+    """``numerics``' requantisation in Python integers: round half up, then saturate."""
+    v = x * mult
+    if shift:
+        v = (v + (1 << (shift - 1))) >> shift
+    lo, hi = -(1 << (odt.bits - 1)), (1 << (odt.bits - 1)) - 1
+    return min(max(v, lo), hi)
+
+
+def test_requantiser_matches_numerics_every_cycle() -> None:
+    """Operands enter every cycle and leave ``REQUANT_STAGES`` later, bit-exact with the
+    reference: random totals across the 48-bit range (and its ends), every shift (0: no
+    rounding; the rounding bit in each of the three DSP48E2s' slices), every output
+    type, saturating and not."""
+    rng = np.random.default_rng(7)
+    dut = Requantiser()
+    top = 1 << (HELD_BITS - 1)
+    cases = []
+    for t in range(400):
+        mult = int(rng.integers(1, 1 << isa.MULT_BITS)) if t % 5 else (1 << isa.MULT_BITS) - 1
+        shift = t % 64 if t < 256 else int(rng.integers(0, 64))
+        odt = isa.DType(int(rng.integers(0, len(isa.DType))))
+        if t % 4:  # a total whose result lies in the type's range, at any rounding point
+            v = int(rng.integers(-(1 << (odt.bits - 1)), 1 << (odt.bits - 1)))
+            x = ((v << shift) + int(rng.integers(-(1 << shift), 1 << shift))) // mult
+        else:  # anywhere in the 48 bits, mostly saturating
+            x = int(rng.integers(-top, top)) >> int(rng.integers(0, HELD_BITS))
+        x = (-top, top - 1, 0, -1)[t] if t < 4 else max(-top, min(top - 1, x))
+        cases.append((x, mult, shift, odt, requant_reference(x, mult, shift, odt)))
+    inside = sum(abs(c[4]) < (1 << (c[3].bits - 1)) - 1 for c in cases)
+    assert inside > 200, inside  # most results are not saturated: rounding shows
+
+    async def bench(ctx) -> None:
+        got = []
+        for t in range(len(cases) + REQUANT_STAGES):
+            if t < len(cases):
+                x, mult, shift, odt, _ = cases[t]
+                ctx.set(dut.x, x)
+                ctx.set(dut.mult, mult)
+                ctx.set(dut.shift, shift)
+                ctx.set(dut.odt, odt)
+            if t >= REQUANT_STAGES:
+                r = ctx.get(dut.result)
+                got.append(r - (1 << 32) if r >> 31 else r)
+            await ctx.tick()
+        for (x, mult, shift, odt, want), r in zip(cases, got, strict=True):
+            assert r == want, f"x={x} mult={mult} shift={shift} {odt.name}: {r} != {want}"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()

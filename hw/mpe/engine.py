@@ -220,7 +220,7 @@ class MatrixEngine(wiring.Component):
         # the accumulators as synthesis takes them: DSP48E2 instances (as the chains)
         acc = SegmentAccumulator(self.terms, self.sum_bits, primitive=True)
         out.append(("SegmentAccumulator", acc, self.segs))
-        out.append(("Requantiser", Requantiser(), self.requantisers))
+        out.append(("Requantiser", Requantiser(primitive=True), self.requantisers))
         return out
 
     def port_widths(self, buf: isa.Buf) -> list[int]:

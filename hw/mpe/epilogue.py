@@ -163,31 +163,35 @@ class SegmentAccumulator(wiring.Component):
             Signal(signed(48)),
         )
         m.d.comb += [a30.eq(a_in), d27.eq(d_in), b18.eq(self.scale), c48.eq(c)]
-        attrs = dict(DspSlice.ATTRS, CREG=1)
-        m.submodules.dsp = Instance(
-            "DSP48E2",
-            **{f"p_{k}": v for k, v in attrs.items()},
-            i_CLK=ClockSignal(),
-            **{f"i_CE{r}": 1 for r in ("A1", "A2", "B1", "B2", "D", "AD", "M", "P")},
-            **{f"i_CE{r}": 1 for r in ("C", "CTRL", "INMODE", "ALUMODE", "CARRYIN")},
-            **{f"i_RST{r}": 0 for r in ("A", "B", "C", "D", "M", "P", "CTRL")},
-            **{f"i_RST{r}": 0 for r in ("INMODE", "ALUMODE", "ALLCARRYIN")},
+        dsp48e2(
+            m,
+            "dsp",
+            dict(DspSlice.ATTRS, CREG=1),
             i_A=a30,
             i_B=b18,
             i_C=c48,
             i_D=d27,
             i_INMODE=DspSlice.INMODE_D_PLUS_A2,
             i_OPMODE=opmode,
-            i_ALUMODE=0,
-            i_CARRYIN=0,
-            i_CARRYINSEL=0,
-            i_PCIN=0,
-            i_ACIN=0,
-            i_BCIN=0,
-            i_CARRYCASCIN=0,
-            i_MULTSIGNIN=0,
             o_P=p,
         )
+
+
+def dsp48e2(m: Module, name: str, attrs: dict, **ports) -> None:
+    """A DSP48E2 instance ``name`` with the attributes ``attrs`` (UG579), every clock
+    enable on, every reset off and the inputs ``ports`` does not give (``i_*``/``o_*``,
+    as :class:`~amaranth.hdl.Instance` takes them) at 0."""
+    unused = ("C", "D", "INMODE", "ALUMODE", "CARRYIN", "CARRYINSEL", "PCIN", "ACIN", "BCIN")
+    m.submodules[name] = Instance(
+        "DSP48E2",
+        **{f"p_{k}": v for k, v in attrs.items()},
+        i_CLK=ClockSignal(),
+        **{f"i_CE{r}": 1 for r in ("A1", "A2", "B1", "B2", "D", "AD", "M", "P")},
+        **{f"i_CE{r}": 1 for r in ("C", "CTRL", "INMODE", "ALUMODE", "CARRYIN")},
+        **{f"i_RST{r}": 0 for r in ("A", "B", "C", "D", "M", "P", "CTRL")},
+        **{f"i_RST{r}": 0 for r in ("INMODE", "ALUMODE", "ALLCARRYIN")},
+        **({f"i_{k}": 0 for k in (*unused, "CARRYCASCIN", "MULTSIGNIN")} | ports),
+    )
 
 
 def _total(values: list) -> Value:
