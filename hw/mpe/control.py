@@ -177,16 +177,17 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
         wcyc.eq(((wbytes << d.ltn) + pw - 1) >> lg(pw)),
         mcyc.eq(((mbytes << d.ltn) + pm - 1) >> lg(pm)),
     ]
-    ccyc = Signal(16)  # and one cycle per scale group: the accumulators' (d.subs)
-    wm = Mux(wcyc > mcyc, wcyc, mcyc)
-    m.d.comb += ccyc.eq(Mux(wm > d.subs, wm, d.subs))
+    # a step lasts its WGT and META port cycles and one cycle per scale group (the
+    # accumulators', d.subs): three compares side by side, not a maximum and a compare
+    more = Signal()  # the step has a fetch cycle after this one
+    m.d.comb += more.eq((cyc + 1 < wcyc) | (cyc + 1 < mcyc) | (cyc + 1 < d.subs))
     last_step = s + 1 == d.steps
     # a tile's last step waits until the requantisers can take its totals: at least
     # ``drain`` cycles after the previous tile's (flightforge.mpe.drain_cycles)
     drain = {nm: eng.arch.mpe.drain(eng.shapes[nm]) for nm in eng.modes}
     gap = Signal(range(max(drain.values()) + 1))
     hold = last_step & (gap != 0)
-    last_cyc = (cyc + 1 >= ccyc) & ~hold
+    last_cyc = ~more & ~hold
     last_ctile = c0 + d.tn >= f["n"]
     last_rtile = rt_row + d.tm >= d.rows
 
@@ -215,7 +216,7 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
     with m.If(gap != 0):
         m.d.sync += gap.eq(gap - 1)
     with m.If(busy):
-        with m.If(~hold | (cyc + 1 < ccyc)):  # only a held step's last cycle waits
+        with m.If(~hold | more):  # only a held step's last cycle waits
             m.d.sync += cyc.eq(cyc + 1)
         with m.If(last_cyc & last_step):
             m.d.sync += gap.eq(sel(lambda nm: drain[nm] - 1))
