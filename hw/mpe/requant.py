@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 from flightforge import isa
 from flightforge import mpe as sched
 
-from .chain import P_BITS, delay
+from .chain import P_BITS, DspSlice, delay
 from .epilogue import HELD_BITS, dsp48e2
 from .operands import field_bits
 
@@ -125,13 +125,11 @@ class Requantiser(wiring.Component):
         # W = C, Z = 0 or PCIN >> 17, Y = X = M
         dsp48e2(m, f"dsp{i}", self.ATTRS, i_OPMODE=0b11_000_01_01 | (z << 4), **ports)
 
-    #: DSP48E2 attributes (UG579): A/B, C, M and P registered, the multiplier on A x B.
+    #: DSP48E2 attributes (UG579): the chain slice's, but the multiplier on A x B (no
+    #: pre-adder: no D, AD), one B register, C registered, a constant OPMODE.
     ATTRS = dict(
-        A_INPUT="DIRECT", B_INPUT="DIRECT", AMULTSEL="A", BMULTSEL="B", PREADDINSEL="A",
-        USE_MULT="MULTIPLY", USE_SIMD="ONE48", AREG=1, ACASCREG=1, BREG=1, BCASCREG=1,
-        DREG=0, ADREG=0, MREG=1, PREG=1, CREG=1, INMODEREG=0, OPMODEREG=0, ALUMODEREG=0,
-        CARRYINREG=0, CARRYINSELREG=0,
-    )  # fmt: skip
+        DspSlice.ATTRS, AMULTSEL="A", BREG=1, BCASCREG=1, DREG=0, ADREG=0, CREG=1, OPMODEREG=0
+    )
 
 
 assert sched.REQUANT_STAGES == PARTS + 4  # A/B, M, P x PARTS (cascade), shifted, result
