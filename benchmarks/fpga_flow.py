@@ -24,18 +24,11 @@ from flightforge.mappings import load_target
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="ulx3s")
-    ap.add_argument("--design", choices=["soc", "link"], default="soc")
+    ap.add_argument("--design", choices=fpga.DESIGNS, default="soc")
     ap.add_argument("--out", type=Path, help="build folder [default: a temporary one]")
     args = ap.parse_args(argv)
     arch = load_target(args.target)
-    if args.design == "link":
-        make = fpga.LinkEcho
-    else:
-        from flightforge.hw.soc import Soc
-
-        def make(divisor: int):
-            return Soc(arch, arch.hbm.capacity, divisor)
-
+    make = fpga.design(arch, args.design)
     out = args.out or Path(tempfile.mkdtemp(prefix="fffpga-"))
     line = {"bench": "fpga_flow", "target": arch.name, "design": args.design}
     report = fpga.BuildReport("top", arch.clock_mhz)

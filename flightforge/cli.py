@@ -1091,7 +1091,7 @@ def rtl(target: str, out_dir: Path) -> None:
 )
 @click.option(
     "--design",
-    type=click.Choice(["soc", "link"]),
+    type=click.Choice(["soc", "link"]),  # hw.fpga.DESIGNS (imported only inside commands)
     default="soc",
     show_default=True,
     help="soc: the core, its on-chip memory and the UART link; link: the UART alone "
@@ -1114,19 +1114,10 @@ def build(target: str, out_dir: Path, design: str, baud: int) -> None:
     from .hw import fpga
 
     arch = _target(target)
-    fpga.tools()
-    if design == "link":
-        make = fpga.LinkEcho
-    else:
-        from .hw.soc import Soc
-
-        def make(divisor: int):
-            return Soc(arch, arch.hbm.capacity, divisor)
-
     try:
-        report = fpga.build(
-            arch.name, fpga.UartTop(make, baud), out_dir, arch.clock_mhz, step=progress.step
-        )
+        fpga.board_platform(arch.name)  # a target without a board fails before elaboration
+        top = fpga.UartTop(fpga.design(arch, design), baud)
+        report = fpga.build(arch.name, top, out_dir, arch.clock_mhz, step=progress.step)
     except fpga.BuildError as e:
         raise click.ClickException(str(e)) from None
     click.echo("\n".join(report.summary()))

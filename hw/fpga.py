@@ -150,6 +150,23 @@ class LinkEcho(Elaboratable):
         return m
 
 
+#: What ``flightforge build --design`` builds.
+DESIGNS = ("soc", "link")
+
+
+def design(arch, name: str) -> Callable[[int], Elaboratable]:
+    """The UART design ``name`` of :data:`DESIGNS` for ``arch``, made from its divisor:
+    ``soc``, the core with ``arch.hbm.capacity`` of on-chip memory and the link
+    (:class:`~flightforge.hw.soc.Soc`); ``link``, the UART alone (:class:`LinkEcho`)."""
+    if name == "link":
+        return LinkEcho
+    if name != "soc":
+        raise BuildError(f"design {name!r} is not one of {', '.join(DESIGNS)}")
+    from .soc import Soc
+
+    return lambda divisor: Soc(arch, arch.hbm.capacity, divisor)
+
+
 def _run(stage: str, cmd: list[str], cwd: Path, log: Path, limit=None) -> None:
     """Run one stage's tool, its output to ``log``; ``limit`` runs in the child first
     (Yosys' memory cap; not for the WebAssembly tools, whose runtime reserves 4 GiB of
@@ -220,8 +237,8 @@ def build(
     """Run the flow on ``top`` for ``board`` in folder ``out``; ``step(label)`` is a
     context manager that reports a stage (flightforge.progress.step). ``report`` (made
     here if not given) holds the stages' wall times so far when a stage fails."""
-    exe = tools()
     platform = board_platform(board)
+    exe = tools()
     if abs(platform.default_clk_frequency / 1e6 - clock_mhz) > 1e-6:
         raise BuildError(
             f"{board}: the mapping's clock is {clock_mhz:g} MHz but the board's oscillator "

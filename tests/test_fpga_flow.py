@@ -105,3 +105,13 @@ def test_a_dsp_chain_places_and_routes_out_of_context(tmp_path) -> None:
     assert r.utilisation["MULT18"][0] == 4 * 2
     assert r.timing_met and r.worst_path
     print(json.dumps(r.json_line()))
+
+
+def test_build_of_a_target_without_a_board_names_the_board_targets(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from flightforge.cli import main
+
+    r = CliRunner().invoke(main, ["build", "--target", "tiny", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 1
+    assert "'tiny' is not a board target; board targets: ulx3s" in r.output
