@@ -68,6 +68,9 @@ def stream_fields(arch: ArchConfig, buckets: str) -> dict[str, Any]:
         "capacity": arch.hbm.capacity,
         # prefill chunks and short-prompt buckets come in whole MM row tiles
         "mm_rows": arch.mpe.mm.m,
+        # ACT tiles start on, and pad their rows to, an ACT line; K splits at tile_k
+        "act_line": arch.buffers.act.banks * arch.buffers.act.width,
+        "tile_k": arch.mpe.tile_k,
     }
 
 

@@ -46,6 +46,7 @@ listed, with their reasons, in docs/cycle_model.md; in short:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -146,6 +147,7 @@ class Timing:
         self.port = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.peak_bytes_per_cycle = Fraction(str(mem.bandwidth_gbs)) * 10**9 / clock
         self._lowbit_memo: dict[tuple[int, int, int, int], int] = {}
+        self._fill_memo: dict[tuple[int, int, int], list[int]] = {}
 
     # --- external memory -----------------------------------------------------------
 
@@ -303,14 +305,47 @@ class Timing:
         last = k_eff - (steps - 1) * shape.k
         return (steps - 1) * step(shape.k) + step(last)
 
+    def fill_lines(self, a_addr: int, a_stride: int, k: int, rows: int) -> int:
+        """ACT lines the tile fills of rows ``0 .. rows - 1`` read: row ``r``'s ``k``
+        activations at ``a_addr + r * a_stride`` touch
+        ``mpe_datapath.fill_lines(offset, k, line)`` aligned lines. The offsets repeat
+        with period ``line / gcd(a_stride, line)``, so this sums one period."""
+        line = self.port[isa.Buf.ACT]
+        key = (a_addr % line, a_stride % line, k)
+        per = self._fill_memo.get(key)
+        if per is None:
+            period = line // math.gcd(key[1], line)
+            per = [0]
+            for r in range(period):
+                off = (key[0] + r * key[1]) % line
+                per.append(per[-1] + mpe_datapath.fill_lines(off, k, line))
+            self._fill_memo[key] = per
+        period = len(per) - 1
+        return rows // period * per[-1] + per[rows % period]
+
     def matmul(self, i: isa.MM | isa.MV) -> int:
         shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
         n_c = cdiv(i.n, self.cores)
-        tiles = cdiv(i.rows, shape.m) * cdiv(n_c, shape.n)
+        col_tiles, row_tiles = cdiv(n_c, shape.n), cdiv(i.rows, shape.m)
         tile, mp = self.matmul_tile(i), self.arch.mpe
-        # the shared requantisers drain a tile in ``drain`` cycles: tiles' last steps are
-        # at least that far apart (the fetch loop waits), the last drain ends the work
-        cycles = tile + (tiles - 1) * max(tile, mp.drain(shape)) + mp.depth(shape)
+        drain = mp.drain(shape)
+        # Every row tile starts by filling the activation tile buffer (its rows' lines,
+        # then FILL_TAIL); the shared requantisers drain a tile in ``drain`` cycles, so
+        # tiles' last steps are at least that far apart (the fetch loop waits, the fill
+        # counting towards it); the last drain ends the work.
+        stride = i.a_stride if isinstance(i, isa.MM) else 0
+        tail, cols = mpe_datapath.FILL_TAIL, (col_tiles - 1) * max(tile, drain)
+        if tail + 1 + tile >= drain:  # no fill + tile is shorter than a drain
+            lines = self.fill_lines(i.a_addr, stride, i.k, i.rows)
+            cycles = lines + row_tiles * (tail + tile + cols)
+        else:
+            cycles = 0
+            for t in range(row_tiles):
+                r0 = t * shape.m
+                rows = min(shape.m, i.rows - r0)
+                fill = tail + self.fill_lines(i.a_addr + r0 * stride, stride, i.k, rows)
+                cycles += (fill + tile if t == 0 else max(fill + tile, drain)) + cols
+        cycles += mp.depth(shape)
         # the accumulators take the last step's scale groups one a cycle
         cycles += self.scale_cycles(i) - 1
         return cycles + self.sync(i.rows * i.n * isa.DType(i.odt).nbytes)

@@ -127,18 +127,3 @@ def test_too_small_a_buffer_is_a_compile_error_naming_it():
             arch_from_dict(data, "small.yaml"),
             CompileOptions(max_len=MAX_LEN),
         )
-
-
-def test_a_k_past_the_tile_buffer_is_a_compile_error_naming_it():
-    """SHAPE's down projection reduces over K = 64 activations; a tile buffer of 32 per
-    row cannot hold its rows, and the compiler says so instead of emitting it."""
-    import yaml
-
-    data = yaml.safe_load(target_path("tiny").read_text())
-    data["mpe"]["tile_k"] = 32
-    with pytest.raises(CompileError, match=r"K=64 .*mpe\.tile_k = 32"):
-        compile_decoder(
-            random_decoder(SHAPE, seed=1),
-            arch_from_dict(data, "small.yaml"),
-            CompileOptions(max_len=MAX_LEN),
-        )

@@ -17,6 +17,7 @@ import json
 import pytest
 
 from flightforge import isa
+from flightforge.arch import arch_from_dict
 from flightforge.compiler.graph import ONE_LAYER, DecoderShape, random_decoder
 from flightforge.compiler.lower.buckets import BucketPlan
 from flightforge.compiler.pipeline import CompileOptions, compile_decoder
@@ -173,10 +174,11 @@ def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
     int8 = duration(TINY, mv(64, 64))
     int4 = duration(TINY, mv(64, 64, wprec=WPrec.INT4))
     # compute: ceil(64/4) * ceil(64/4) = 256 cycles; the 8 B/cycle WGT port needs 512
-    # cycles for 4096 INT8 weights and 256 for INT4 ones; plus the MV's 23-cycle datapath
+    # cycles for 4096 INT8 weights and 256 for INT4 ones; before them the tile fill (the
+    # row's 64 activations: 8 ACT lines, then 2); after them the MV's 23-cycle datapath
     # (2 frame + 3 skew along 4 cascaded slices + 4 DSP48E2 stages + 1 lane read + 5
     # accumulator stages + a 1-cycle drain + 7 requantiser stages).
-    assert (int8, int4) == (512 + 23, 256 + 23)
+    assert (int8, int4) == (10 + 512 + 23, 10 + 256 + 23)
 
 
 @pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
@@ -227,14 +229,14 @@ def test_ld_overlaps_an_independent_mv():
     r = run([ld(64), mv(64, 64), HALT])
     s, e = r.schedule.start, r.schedule.end
     assert (s[0], e[0]) == (0, 28)
-    assert (s[1], e[1]) == (1, 1 + 535)  # dispatched one cycle later, runs concurrently
-    assert r.cycles == 536 + 1  # HALT retires the cycle after the last completion
-    assert r.busy["LD"] == 28 and r.busy["MPE"] == 535
+    assert (s[1], e[1]) == (1, 1 + 545)  # dispatched one cycle later, runs concurrently
+    assert r.cycles == 546 + 1  # HALT retires the cycle after the last completion
+    assert r.busy["LD"] == 28 and r.busy["MPE"] == 545
 
 
 def test_missing_token_is_a_stall_in_the_breakdown():
     r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
-    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 535)
+    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 545)
     mpe = r.stalls["MPE"]
     assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
     ld_row = r.stalls["LD"]
@@ -280,9 +282,9 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     two = Timing(TINY, TimingParams(cores=2))
     i = mv(64, 64)
     assert two.matmul_compute(i) * 2 == one.matmul_compute(i)
-    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + 23; then
-    # the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
-    assert two.matmul(i) == 256 + 23 + 32 + 1
+    # 32 columns x 64 INT8 weights per core through the WGT port: 256 cycles; + the fill
+    # (8 lines + 2) and 23; then the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
+    assert two.matmul(i) == 10 + 256 + 23 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
@@ -440,25 +442,62 @@ def test_cli_simulate_prints_a_report_and_writes_a_trace(compiled, tmp_path):
 
 def test_requantisers_hold_back_tiles_shorter_than_their_drain():
     """tiny's 4 requantisers drain an MM tile (4 x 2) in 2 cycles, so a tile's last step
-    waits until the previous tile's drain is under way: 4 tiles of one 1-cycle step
-    take 1 + 3 * max(1, 2) cycles, then the 24-cycle MM depth (2 frame + 8 chain + 5
-    accumulator + 2 drain + 7 requantiser stages)."""
+    waits until the previous tile's drain is under way: each of the 2 row tiles fills
+    its 4 rows (one ACT line each, + 2), runs its first column tile (one 1-cycle step)
+    and its second held to max(1, 2) cycles; then the 24-cycle MM depth (2 frame + 8
+    chain + 5 accumulator + 2 drain + 7 requantiser stages)."""
     t = Timing(TINY)
     i = isa.MM(m=8, n=4, k=4, a_stride=4, mult=1)
     assert t.matmul_tile(i) == 1
-    assert t.matmul(i) == 1 + 3 * 2 + 24
+    assert t.matmul(i) == 2 * (4 + 2 + 1 + 2) + 24
     # a tile as long as its drain is not held back: 2 steps of 1 cycle
     j = isa.MM(m=8, n=4, k=8, a_stride=8, mult=1)
-    assert t.matmul_tile(j) == 2 and t.matmul(j) == 4 * 2 + 24
+    assert t.matmul_tile(j) == 2 and t.matmul(j) == 2 * (4 + 2 + 2 * 2) + 24
 
 
 def test_mv_tiles_drain_in_one_cycle():
     """An MV tile is one row of 4 columns: the 4 requantisers take it in one cycle, so
     one-step MV tiles (4 columns x 4 INT4 weights = 8 bytes, one WGT port cycle) run
-    back to back: 3 tiles of 1 cycle, then the MV depth 23."""
+    back to back after the fill (1 line + 2): 3 tiles of 1 cycle, then the MV depth 23."""
     t = Timing(TINY)
     i = isa.MV(n=12, k=4, mult=1, wprec=WPrec.INT4)
-    assert (t.matmul_tile(i), t.matmul(i)) == (1, 3 + 23)
+    assert (t.matmul_tile(i), t.matmul(i)) == (1, 3 + 3 + 23)
+
+
+def test_tile_fill_reads_every_line_each_row_touches():
+    """Hand-computed: MM 6 x 12 activations from a_addr 5, rows 13 B apart, on tiny's
+    8 B ACT line. Rows start at 5, 18, 31, 44, 57, 70 (offsets 5 2 7 4 1 6 in their
+    lines) and touch ceil((offset + 12) / 8) = 3 2 3 2 2 3 lines. Row tile 0 (rows 0-3)
+    fills 10 lines + 2, row tile 1 (rows 4, 5) 5 + 2; each then runs its one column tile
+    of 3 one-cycle steps (12 INT8 weights of 2 columns: 8 B, one WGT cycle a step); then
+    the 24-cycle MM depth."""
+    t = Timing(TINY)
+    i = isa.MM(m=6, n=2, k=12, a_addr=5, a_stride=13, mult=1)
+    assert t.matmul_tile(i) == 3
+    assert t.fill_lines(5, 13, 12, 4) == 10 and t.fill_lines(5 + 4 * 13, 13, 12, 2) == 5
+    assert t.matmul(i) == (10 + 2 + 3) + (5 + 2 + 3) + 24
+    # aligned rows touch ceil(K / line) lines: 6 x 2 here
+    aligned = isa.MM(m=6, n=2, k=12, a_addr=8, a_stride=16, mult=1)
+    assert t.matmul(aligned) == (8 + 2 + 3) + (4 + 2 + 3) + 24
+    # the offsets repeat every line / gcd(stride, line) rows: 1000 rows summed by period
+    assert t.fill_lines(3, 13, 12, 1000) == sum(
+        -(-((3 + r * 13) % 8 + 12) // 8) for r in range(1000)
+    )
+
+
+def test_a_fill_shorter_than_the_drain_overlaps_it():
+    """With one requantiser (mm.n = mv.n = 1) an MM tile of 8 rows drains in 8 cycles.
+    MM 9 x 1 x 4: row tile 0 fills 8 lines + 2 and runs one 1-cycle step; row tile 1
+    (row 8 alone) fills 1 line + 2, and its step waits until 8 cycles after row tile
+    0's: the fill runs during the drain, max(3 + 1, 8). Then the depth (2 frame + 8
+    chain + 5 accumulator + 8 drain + 7)."""
+    d = TINY.model_dump(mode="json")
+    d["mpe"].update(mm={"n": 1, "k": 4, "m": 8}, mv={"n": 1, "k": 4, "m": 1})
+    arch = arch_from_dict(d)
+    assert arch.mpe.drain(arch.mpe.mm) == 8
+    t = Timing(arch)
+    i = isa.MM(m=9, n=1, k=4, a_stride=8, mult=1)
+    assert t.matmul(i) == (8 + 2 + 1) + max(1 + 2 + 1, 8) + (2 + 8 + 5 + 8 + 7)
 
 
 def test_a_step_of_several_scale_groups_takes_a_cycle_each():
@@ -466,12 +505,12 @@ def test_a_step_of_several_scale_groups_takes_a_cycle_each():
     takes one cycle per group. 2:16 weights with 16-wide groups store 2 entries per
     group, so tiny's 4-entry MV step holds 2 groups: an MV of one column and K = 32 (4
     stored INT4 entries: 2 weight bytes, 2 index bytes, one port cycle each) takes 2
-    cycles for its step instead of 1, then the MV depth 23 plus the last step's second
-    group. 2:4 weights store 8 entries per group, more than a step: its 16 stored entries
-    are 4 steps of 1 cycle."""
+    cycles for its step instead of 1, after the fill of its 32 activations (4 lines +
+    2), then the MV depth 23 plus the last step's second group. 2:4 weights store 8
+    entries per group, more than a step: its 16 stored entries are 4 steps of 1 cycle."""
     t = Timing(TINY)
     kw = dict(n=1, k=32, mult=1, wprec=WPrec.INT4, gsz=1, colp=1)
     i = isa.MV(sparse=SparseMode.S2_16, **kw)
-    assert (t.scale_cycles(i), t.matmul_tile(i), t.matmul(i)) == (2, 2, 2 + 23 + 1)
+    assert (t.scale_cycles(i), t.matmul_tile(i), t.matmul(i)) == (2, 2, 6 + 2 + 23 + 1)
     j = isa.MV(sparse=SparseMode.S2_4, **kw)
-    assert (t.scale_cycles(j), t.matmul_tile(j), t.matmul(j)) == (1, 4, 4 + 23)
+    assert (t.scale_cycles(j), t.matmul_tile(j), t.matmul(j)) == (1, 4, 6 + 4 + 23)

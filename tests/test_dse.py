@@ -56,8 +56,9 @@ def _variant(arch, **timing_only):
     )
     d["sfu"].update(lanes=2, pipeline_depth=5)
     d["hbm"].update(bandwidth_gbs=3.3, latency_ns=90, cross_channel_penalty_cycles=5)
-    for b in d["buffers"].values():
-        b.update(banks=b["banks"] * 2, width=b["width"] * 2)
+    for name, b in d["buffers"].items():
+        if name != "act":  # ACT's line is a stream field: tiles start on, and pad to, it
+            b.update(banks=b["banks"] * 2, width=b["width"] * 2)
     from flightforge.arch import arch_from_dict
 
     return arch_from_dict(d)

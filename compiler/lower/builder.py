@@ -101,7 +101,15 @@ class Builder:
         scale: float | None = None,
         long_lived: bool = False,
     ) -> Tile:
+        """A ``rows x cols`` tile of ``buf``. An ACT tile of several rows puts each row on
+        an ACT line (its allocator's alignment): the MPE's tile fill reads whole aligned
+        lines, so every row then costs ``ceil(K / line)`` fill cycles, whatever the
+        tile's width (and a length bucket's wider context tiles cost what an exact
+        compile's do)."""
         stride = cols * isa.DType(dtype).nbytes
+        if buf == isa.Buf.ACT and rows > 1:
+            line = self.bufs[buf].align
+            stride = -(-stride // line) * line
         addr = self.bufs[buf].alloc(rows * stride, what, high=long_lived)
         return Tile(buf, addr, rows, cols, isa.DType(dtype), stride, scale)
 

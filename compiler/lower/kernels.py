@@ -9,7 +9,8 @@ The quantised reference of every function here is in :mod:`flightforge.compiler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +49,9 @@ class PlacedLinear:
     meta_addr: int
     rec_addr: int
     hi_rec_addr: int | None = None  #: column records of the high-half pass (16-bit input)
+    #: K split for the MPE's tile buffer (:func:`k_chunks`): per chunk ``(k0, k1,
+    #: records, high-half records)``; empty when K fits in one pass
+    chunks: tuple[tuple[int, int, int, int | None], ...] = ()
 
     @property
     def n(self) -> int:
@@ -72,6 +76,73 @@ class PlacedLinear:
     @property
     def recb(self) -> int:
         return self.layout.record_bytes
+
+
+def k_chunks(tile_k: int, lay: LinearLayout, name: str) -> list[tuple[int, int]]:
+    """The K ranges of a layer's passes: all of K when it fits the MPE's activation tile
+    buffer (``mpe.tile_k``), else chunks of at most ``tile_k`` that start on a byte of
+    every packed stream (weights, 2/3-bit external values, sparse indices: a multiple of
+    8 weights and of 4 sparse blocks) and on a group-scale group."""
+    if lay.k <= tile_k:
+        return [(0, lay.k)]
+    unit = math.lcm(16, lay.group or 1, 4 * lay.sparse.m if lay.sparse.is_sparse else 1)
+    step = tile_k // unit * unit
+    if step == 0:
+        raise CompileError(
+            f"{name}: K={lay.k} exceeds mpe.tile_k = {tile_k} and cannot be split into "
+            f"chunks of a multiple of {unit} that fit"
+        )
+    return [(k0, min(k0 + step, lay.k)) for k0 in range(0, lay.k, step)]
+
+
+def _chunk_records(
+    ql: QuantLinear | None, rec: formats.ColumnRecords | None, k0: int, k1: int, group: int
+) -> formats.ColumnRecords | None:
+    """Records of the K chunk ``k0..k1``: ``rec``'s bias and multipliers with the chunk's
+    group scales, or (``rec`` None) bias 0 and multiplier 1: an INT32 partial sum."""
+    if ql is None:
+        return None
+    n = ql.shape[0]
+    scales = ql.gscale[:, k0 // group : k1 // group] if group else ql.gscale
+    if rec is None:
+        return formats.ColumnRecords(np.zeros(n, np.int64), np.ones(n, np.int64), scales)
+    return formats.ColumnRecords(rec.bias, rec.mult, scales)
+
+
+def _place_chunks(
+    b: Builder,
+    name: str,
+    ql: QuantLinear | None,
+    lay: LinearLayout,
+    s_x: float,
+    s_y: float,
+    split: bool,
+) -> tuple[tuple[int, int, int, int | None], ...]:
+    """Place the column records of every K chunk of a layer that the tile buffer cannot
+    hold whole: partial-sum records (bias 0, multiplier 1) for all but the last chunk,
+    whose records are the layer's own (and, for a 16-bit input, the high half's)."""
+    ranges = k_chunks(b.arch.mpe.tile_k, lay, name)
+    if len(ranges) == 1:
+        return ()
+    final = ql.records(s_x, s_y) if ql is not None else None
+    hi = hi_records(ql) if ql is not None and split else None
+    out = []
+    for c, (k0, k1) in enumerate(ranges):
+
+        def put(what: str, rec, k0: int = k0, k1: int = k1) -> int:
+            data = _chunk_records(ql, rec, k0, k1, lay.group)
+            size = lay.n * formats.column_record_bytes(k1 - k0, lay.gsz)
+            packed = formats.pack_column_records(data, k1 - k0, lay.gsz) if data else None
+            return b.place(f"{name}.records_k{k0}{what}", "weights", size, packed)
+
+        if c == len(ranges) - 1:
+            r = put("", final)
+            h = put("_hi", hi) if split else None
+        else:
+            r = put("_psum", None)
+            h = r if split else None
+        out.append((k0, k1, r, h))
+    return tuple(out)
 
 
 def place_linear(
@@ -102,9 +173,15 @@ def place_linear(
     sizes = (lay.n * lay.ext_row_bytes, lay.n * lay.meta_row_bytes, lay.n * lay.record_bytes)
     w = b.place(f"{name}.weight", "weights", sizes[0], data[0])
     m = b.place(f"{name}.meta", "weights", sizes[1], data[1]) if sizes[1] else 0
-    r = b.place(f"{name}.records", "weights", sizes[2], data[2])
-    hr = b.place(f"{name}.records_hi", "weights", sizes[2], hi_rec) if split else None
-    return PlacedLinear(name, lay, shift, w, m, r, hr)
+    chunks = _place_chunks(
+        b, name, ql if isinstance(ql, QuantLinear) else None, lay, s_x, s_y, split
+    )
+    if chunks:  # the passes read the chunks' records only
+        r, hr = chunks[-1][2], chunks[-1][3]
+    else:
+        r = b.place(f"{name}.records", "weights", sizes[2], data[2])
+        hr = b.place(f"{name}.records_hi", "weights", sizes[2], hi_rec) if split else None
+    return PlacedLinear(name, lay, shift, w, m, r, hr, chunks)
 
 
 def _column_tile(b: Builder, pl: PlacedLinear, psum_stride: int | None = None) -> int:
@@ -171,6 +248,9 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
         )
     if halves and pl.hi_rec_addr is None:
         raise CompileError(f"{pl.name}: a 16-bit input needs the layer placed with split=True")
+    if pl.chunks:
+        _linear_chunked(b, x, halves, pl, out)
+        return
     nt = _column_tile(b, pl, out.stride if halves and x.rows > 1 else None)
     slots = []
     for s in range(2 if nt < pl.n else 1):
@@ -227,6 +307,87 @@ def linear(b: Builder, x: Tile | tuple[Tile, Tile], pl: PlacedLinear, out: Tile)
             )
     if psum is not None:
         b.free(psum)
+    for slot in slots:
+        b.free(*[t for t in slot if t is not None])
+
+
+def _packed(slot: Tile, rows: int, row_bytes: int) -> Tile:
+    """``rows`` rows of ``row_bytes`` packed back to back at the start of ``slot``."""
+    return Tile(slot.buf, slot.addr, rows, row_bytes, DType.INT8, row_bytes)
+
+
+def _linear_chunked(
+    b: Builder, x: Tile, halves: tuple[Tile, Tile] | None, pl: PlacedLinear, out: Tile
+) -> None:
+    """:func:`linear` of a layer whose K is split (``pl.chunks``): per column tile, one
+    pass per K chunk (per half and chunk for a 16-bit input: the high half's chunks,
+    the last scaled by 256, then the low half's), chained through INT32 partial sums;
+    the last pass requantises into ``out``. Every pass loads its chunk of the columns'
+    weights, indices and records into the next double-buffered slot."""
+    widest = max(k1 - k0 for k0, k1, _, _ in pl.chunks)
+    lay = replace(pl.layout, k=widest)
+    sub = replace(pl, layout=lay, chunks=())
+    nt = _column_tile(b, sub, out.stride if x.rows > 1 else None)
+    slots = [
+        (
+            b.tile(Buf.WGT, nt, lay.weight_row_bytes, DType.INT8, f"{pl.name} weight slot {s}"),
+            b.tile(Buf.META, nt, lay.meta_row_bytes, DType.INT8, f"{pl.name} index slot {s}")
+            if lay.meta_row_bytes
+            else None,
+            b.tile(Buf.SCALE, nt, lay.record_bytes, DType.INT8, f"{pl.name} record slot {s}"),
+        )
+        for s in range(2)
+    ]
+    psum = _psum_tile(b, x.rows, nt, out, f"{pl.name} K-chunk partial sums")
+    sweeps = [(halves[0], True), (halves[1], False)] if halves else [(x, False)]
+    passes = [(a, hi, c) for a, hi in sweeps for c in range(len(pl.chunks))]
+    bits = pl.layout.store_bits
+    t = 0
+    for n0 in range(0, pl.n, nt):
+        cols = min(nt, pl.n - n0)
+        for p, (a, hi, c) in enumerate(passes):
+            k0, k1, rec, hi_rec = pl.chunks[c]
+            kc = replace(pl.layout, k=k1 - k0)
+            w_t, m_t, r_t = slots[t % 2]
+            t += 1
+            # the chunk's columns packed at its own row bytes (the MPE's column stride)
+            w_off = k0 * bits // 8 if bits else formats.weight_row_bytes(k0, kc.prec, kc.sparse)
+            b.load(
+                _packed(w_t, cols, kc.weight_row_bytes),
+                pl.w_addr + n0 * pl.ext_wrb + w_off,
+                ext_stride=pl.ext_wrb,
+                unpack=bits,
+            )
+            if m_t is not None:
+                m_off = formats.meta_row_bytes(k0, kc.sparse)
+                b.load(
+                    _packed(m_t, cols, kc.meta_row_bytes),
+                    pl.meta_addr + n0 * pl.mrb + m_off,
+                    ext_stride=pl.mrb,
+                )
+            recb = kc.record_bytes
+            b.load(_packed(r_t, cols, recb), (hi_rec if hi else rec) + n0 * recb, recb)
+            final = p == len(passes) - 1
+            _matmul(
+                b,
+                a.view(col=k0, cols=k1 - k0),
+                n=cols,
+                k=k1 - k0,
+                w_addr=w_t.addr,
+                meta_addr=m_t.addr if m_t is not None else 0,
+                q_addr=r_t.addr,
+                d_addr=out.at(0, n0) if final else psum.addr,
+                d_stride=out.stride,
+                sparse=kc.sparse,
+                wprec=kc.prec,
+                gsz=kc.gsz,
+                colp=1,
+                acc_in=int(p > 0),
+                p_addr=psum.addr if p > 0 else 0,
+                odt=out.dtype if final else DType.INT32,
+                shift=pl.shift if final else 0,
+            )
+    b.free(psum)
     for slot in slots:
         b.free(*[t for t in slot if t is not None])
 

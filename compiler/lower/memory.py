@@ -113,4 +113,15 @@ class ExternalLayout:
 
 
 def buffer_allocators(arch: ArchConfig) -> dict[isa.Buf, BufferAllocator]:
-    return {b: BufferAllocator(b.name, arch.buffers.of(b).size) for b in isa.Buf}
+    """One allocator per buffer. ACT tiles start on an ACT line (``banks * width``
+    bytes): the MPE's tile fill reads whole aligned lines, so a row that starts on one
+    costs ``ceil(K / line)`` fill cycles, not one more (docs/cycle_model.md)."""
+    act = arch.buffers.act
+    return {
+        b: BufferAllocator(
+            b.name,
+            arch.buffers.of(b).size,
+            max(4, act.banks * act.width) if b == isa.Buf.ACT else 4,
+        )
+        for b in isa.Buf
+    }

@@ -4,6 +4,7 @@ One component or builder per part (docs/rtl.md, "How the MPE computes"):
 
 - :mod:`.control`: the instruction's fields and sizes, the loop over tiles and steps;
 - :mod:`.fetch`: the buffer side, reads, weight/index staging and result writes;
+- :mod:`.tile_buffer`: :class:`TileBuffer`, the activation tile, one RAM bank per tile row;
 - :mod:`.operands`: activation windows per row, the per-chain mode multiplexer;
 - :mod:`.chain`: :class:`DspChain`, the sparse DSP chain of one vector unit;
 - :mod:`.epilogue`: group scaling, accumulation and requantisation per segment;

@@ -3,7 +3,10 @@
 :func:`decode` turns the latched MM/MV word into the sizes of formats.py's layout
 (entries, bytes per column, record bytes, steps); :func:`sequence` is the loop over
 row tiles, column tiles, steps and fetch cycles of :func:`sim.timing.Timing.matmul`,
-with the tile base addresses it advances.
+with the tile base addresses it advances, and the fill of the activation tile buffer
+(:mod:`.tile_buffer`) that starts every row tile: one aligned ACT line a cycle, every
+line each of the tile's rows touches, then ``FILL_TAIL`` cycles until the last line is
+written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from amaranth import Module, Mux, Signal, Value
 
 from flightforge import formats, isa
+from flightforge.mpe import FILL_TAIL
 
 from ..decode import field
 from ..sfu.common import by_dtype
@@ -149,6 +153,20 @@ class Loop:
     last_step: Value
     fire: Value  #: the step's last fetch cycle
     last_issue: Signal  #: the instruction's last fetch cycle
+    fetching: Value  #: the step loop runs (busy, not filling the tile buffer)
+    fill: Fill  #: the tile fill's ACT line read of this cycle
+
+
+@dataclass
+class Fill:
+    """The activation tile fill: this cycle's ACT line read and where it goes."""
+
+    req: Signal  #: a line is read this cycle
+    addr: Value  #: its ACT byte address (a multiple of the line)
+    row: Signal  #: the tile row it is for
+    index: Signal  #: its place among the lines the row touches
+    offset: Value  #: the row's first byte in its first line
+    count: Value  #: tile lines a row holds: ceil(K / line)
 
 
 def sequence(m: Module, eng, d: Decoded) -> Loop:
@@ -182,6 +200,19 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
     more = Signal()  # the step has a fetch cycle after this one
     m.d.comb += more.eq((cyc + 1 < wcyc) | (cyc + 1 < mcyc) | (cyc + 1 < d.subs))
     last_step = s + 1 == d.steps
+    # the tile fill (row tile start): row ``f_row`` of the tile, its line ``f_j``
+    pa = eng.P[isa.Buf.ACT]
+    lgl = lg(pa)
+    filling = Signal()
+    tail = Signal(range(FILL_TAIL + 1))
+    f_row = Signal(range(max(eng.modes[nm][0] for nm in eng.modes) + 1))
+    f_j = Signal(isa.DIM_BITS + 1)
+    f_raddr = Signal(A)  #: the row's first byte in ACT
+    f_off = Signal(lgl or 1)
+    m.d.comb += f_off.eq(f_raddr[:lgl] if lgl else 0)
+    f_lines = Signal(isa.DIM_BITS + 1)  #: lines the row touches
+    m.d.comb += f_lines.eq((f_off + f["k"] + pa - 1) >> lgl)
+    stall = filling | (tail != 0)
     # a tile's last step waits until the requantisers can take its totals: at least
     # ``drain`` cycles after the previous tile's (flightforge.mpe.drain_cycles)
     drain = {nm: eng.arch.mpe.drain(eng.shapes[nm]) for nm in eng.modes}
@@ -193,7 +224,7 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
 
     with m.If(~busy):
         with m.If(eng.start):
-            m.d.sync += [d.word.eq(eng.instr), busy.eq(1)]
+            m.d.sync += [d.word.eq(eng.instr), busy.eq(1), filling.eq(1), f_row.eq(0), f_j.eq(0)]
             ins = eng.instr
             fi = {
                 name: field(ins, (isa.MM, isa.MV), ins[: isa.OPCODE_BITS], name)
@@ -210,12 +241,23 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
                 w_tile.eq(fi["w_addr"]),
                 m_tile.eq(fi["meta_addr"]),
                 q_tile.eq(fi["q_addr"]),
+                f_raddr.eq(fi["a_addr"]),
             ]
     last_issue = Signal()
     rows_log = sel(lambda nm: lg(eng.modes[nm][0]))
     with m.If(gap != 0):
         m.d.sync += gap.eq(gap - 1)
-    with m.If(busy):
+    with m.If(tail != 0):
+        m.d.sync += tail.eq(tail - 1)
+    with m.If(filling):
+        last_line = f_j + 1 >= f_lines
+        last_row = (f_row + 1 >= d.tm) | (rt_row + f_row + 1 >= d.rows)
+        m.d.sync += f_j.eq(f_j + 1)
+        with m.If(last_line):
+            m.d.sync += [f_j.eq(0), f_row.eq(f_row + 1), f_raddr.eq(f_raddr + d.a_stride)]
+            with m.If(last_row):
+                m.d.sync += [filling.eq(0), tail.eq(FILL_TAIL)]
+    with m.If(busy & ~stall):
         with m.If(~hold | more):  # only a held step's last cycle waits
             m.d.sync += cyc.eq(cyc + 1)
         with m.If(last_cyc & last_step):
@@ -238,6 +280,11 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
                         q_tile.eq(f["q_addr"]),
                         rt_row.eq(rt_row + d.tm),
                         a_base.eq(a_base + (d.a_stride << rows_log)),
+                        # the next row tile starts with its fill
+                        filling.eq(1),
+                        f_row.eq(0),
+                        f_j.eq(0),
+                        f_raddr.eq(a_base + (d.a_stride << rows_log)),
                         d_base.eq(d_base + (f["d_stride"] << rows_log)),
                         p_base.eq(p_base + (f["d_stride"] << rows_log)),
                     ]
@@ -261,6 +308,15 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
         wcyc=wcyc,
         mcyc=mcyc,
         last_step=last_step,
-        fire=busy & last_cyc,
+        fire=busy & ~stall & last_cyc,
         last_issue=last_issue,
+        fetching=busy & ~stall,
+        fill=Fill(
+            req=filling,
+            addr=((f_raddr >> lgl) + f_j) << lgl,
+            row=f_row,
+            index=f_j,
+            offset=f_off,
+            count=(f["k"] + pa - 1) >> lgl,
+        ),
     )

@@ -7,9 +7,13 @@ one segment of ``k`` MACs on the chains (reduction-node cuts end segments and
 group-scale groups), all chains in parallel. A step lasts ``max(1, ceil(n * wbytes /
 port[WGT]), ceil(n * mbytes / port[META]))`` cycles: the WGT (META) port is split over
 the tile's ``n`` columns (``[K][N]`` weights: into row reads), and the bytes are staged
-per column. In the step's last fetch cycle the unit also reads the rows' activation
-spans (the ``k`` activations, or the sparse blocks the step's entries index), the
-step's group scales and, at a tile's last step, the column records and partial sums.
+per column. Each row tile starts with the fill of the activation tile buffer
+(:mod:`.tile_buffer`: every ACT line its rows' ``K`` activations touch, one a cycle
+through the MPE's one ACT line port, then ``FILL_TAIL`` cycles), which all its column
+tiles then read. In the step's last fetch cycle the unit reads the rows' activation
+spans from the tile buffer (the ``k`` activations, or the sparse blocks the step's
+entries index), the step's group scales and, at a tile's last step, the column records
+and partial sums.
 Then, pipelined behind the fetch of the next step: MACs (one cycle), reduction nodes
 (one cycle), group scaling and accumulation into one 50-bit accumulator per segment
 and, at the tile's last step, the epilogue ``sat(rnd((acc + psum + bias) * mult >>
@@ -19,8 +23,8 @@ shift))`` written in the same cycle. An instruction of ``T`` fetch cycles is don
 The repeated parts are components of their own (:meth:`MatrixEngine.parts`), so that
 each distinct one is synthesised once and counted per instance
 (benchmarks/rtl_resources.py; the flat MPE of u280 was beyond Yosys in 10 GB): the
-``chains`` x :class:`.chain.DspChain`, one :class:`.operands.RowWindows` per tile
-row, one :class:`.operands.ChainFeed` per chain and one
+``chains`` x :class:`.chain.DspChain`, the :class:`.tile_buffer.TileBuffer`, one
+:class:`.operands.RowWindows` per tile row, one :class:`.operands.ChainFeed` per chain and one
 :class:`.epilogue.SegmentAccumulator` per segment and ``requantisers`` shared
 :class:`.requant.Requantiser` units. The fetch loop is :mod:`.control`'s, the
 addressing, the staging of weights and indices and the writes :mod:`.fetch`'s; this
@@ -29,13 +33,13 @@ module holds the parameters and ports and wires the parts.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
-from flightforge.mpe import LANE_SUM_BITS, REQUANT_STAGES, chain_latency
+from flightforge.mpe import LANE_SUM_BITS, REQUANT_STAGES, chain_latency, tile_span
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
@@ -46,6 +50,7 @@ from .epilogue import SegmentAccumulator, ends, segment_accumulators
 from .fetch import issue_reads, stage, write_results
 from .operands import ChainFeed, RowWindows, feed_chains
 from .requant import Requantiser, drain
+from .tile_buffer import TileBuffer
 
 #: bits of a sparse index at most (the ISA's widest N:M block: 1 of 16 positions)
 INDEX_BITS_MAX = max(formats.index_bits(md) for md in isa.SparseMode if md.is_sparse)
@@ -110,43 +115,47 @@ class MatrixEngine(wiring.Component):
         self.terms = self.wb // 2  # lane sums per segment, one per odd slice (longest mode)
         self.sum_bits = LANE_SUM_BITS
         # Ports: WGT one per column (or [K][N] row), META one per column, SCALE scales and
-        # records per column, ACT: activation spans per row, partial sums, results.
+        # records per column, ACT: the tile fill's line, partial sums, results.
         self.n_wgt = max(max(n, min(k, P[isa.Buf.WGT] // n)) for _, n, k in self.modes.values())
         pa = P[isa.Buf.ACT]
-        self.span = max(k * self.window // 2 for _, _, k in self.modes.values())
-        self.apr = {nm: _cdiv(k * self.window // 2, pa) for nm, (_, _, k) in self.modes.items()}
-        self.n_act = max(rm * self.apr[nm] for nm, (rm, _, _) in self.modes.items())
         self.ppr = {nm: _cdiv(4 * n, pa) for nm, (_, n, _) in self.modes.items()}
         self.n_psum = max(rm * self.ppr[nm] for nm, (rm, _, _) in self.modes.items())
-        # Repeated blocks: one RowWindows per distinct (k, row ports) of a tile row (the
-        # modes share a row's windows when they agree), one ChainFeed per chain that some
-        # mode's tile reaches, with the modes that reach it.
-        self.win_rows: list[tuple[int, int, int]] = []  # (k, first ACT read port, ports)
+        # The activation tile buffer: a bank per tile row, read in spans whose size is the
+        # mode's k (dense) or max(1, k / N) sparse blocks of M (N:M)
+        self.span = tile_span(max(k for _, _, k in self.modes.values()), self.window)
+        self.access = {
+            (nm, sm): (max(1, k // sm.n) * sm.m if sm.is_sparse else k)
+            for nm, (_, _, k) in self.modes.items()
+            for sm in isa.SparseMode
+            if sm.m <= self.window or not sm.is_sparse
+        }
+        self.tile_rows = max(rm for rm, _, _ in self.modes.values())
+        # Repeated blocks: one RowWindows per distinct (k, tile row) (the modes share a
+        # row's windows when their k agree), one ChainFeed per chain that some mode's
+        # tile reaches, with the modes that reach it.
+        self.win_rows: list[tuple[int, int]] = []  # (k, tile row)
         self.win_of: dict[tuple[str, int], int] = {}  # (mode, row) -> RowWindows
         for nm, (rm, _n, k) in self.modes.items():
             for r in range(rm):
-                key = (k, r * self.apr[nm], self.apr[nm])
-                if key not in self.win_rows:
-                    self.win_rows.append(key)
-                self.win_of[nm, r] = self.win_rows.index(key)
+                if (k, r) not in self.win_rows:
+                    self.win_rows.append((k, r))
+                self.win_of[nm, r] = self.win_rows.index((k, r))
         self.feed_modes = [
             tuple(nm for nm, (rm, n, k) in self.modes.items() if c * self.G < self.slices(nm))
             for c in range(mp.chains)
         ]
         ps = P[isa.Buf.SCALE]
         self.rec_reads = _cdiv(REC_BYTES, ps)
-        # Each port as wide as the bytes its widest mode moves through it (a row's
-        # activation span, 4 bytes per column of partial sums or results, a record's
-        # REC_BYTES), not a full buffer line: port cost grows with the width.
+        # Each port as wide as the bytes its widest mode moves through it (4 bytes per
+        # column of partial sums or results, a record's REC_BYTES), not a full buffer
+        # line: port cost grows with the width. The tile fill reads whole lines.
         psum_w = row_port_widths({nm: (rm, 4 * n) for nm, (rm, n, _) in self.modes.items()}, pa)
         widths = {
             isa.Buf.WGT: self._weight_port_widths(),
             isa.Buf.META: self._index_port_widths(),
             isa.Buf.SCALE: [min(ps, max(k // 2 for _, _, k in self.modes.values()))] * nmax
             + row_port_widths({"rec": (nmax, REC_BYTES)}, ps),
-            isa.Buf.ACT: row_port_widths(
-                {nm: (rm, k * self.window // 2) for nm, (rm, _, k) in self.modes.items()}, pa
-            )
+            isa.Buf.ACT: [pa]  # the tile fill: one aligned line a cycle
             + psum_w  # partial-sum reads
             + psum_w,  # result writes
         }
@@ -196,19 +205,26 @@ class MatrixEngine(wiring.Component):
         x = ((row // LANES) * n + col) * k + entry
         return x // self.G, x % self.G, row % LANES
 
-    #: Submodules that are repeated blocks (names in :meth:`elaborate`): chains, feeds,
-    #: row windows, segment epilogues.
-    REPEATED = r"chain\d+|feed\d+|win\d+|acc\d+|rq\d+"
+    #: Submodules synthesised as blocks of their own (names in :meth:`elaborate`): chains,
+    #: feeds, row windows, segment epilogues, requantisers and the tile buffer.
+    REPEATED = r"chain\d+|feed\d+|win\d+|acc\d+|rq\d+|tiles"
 
     def parts(self) -> list[tuple[str, wiring.Component, int]]:
         """The repeated blocks but the chains: ``(label, a new instance, instances)`` per
         distinct block, as :meth:`elaborate` instantiates them (so that each is synthesised
         once and counted per instance, benchmarks/rtl_resources.py)."""
-        out = []
-        for k, apr in sorted({(k, apr) for k, _, apr in self.win_rows}):
-            count = sum((kk, a) == (k, apr) for kk, _, a in self.win_rows)
-            row = apr * self.P[isa.Buf.ACT]
-            out.append((f"RowWindows (k={k}, {row} B)", RowWindows(k, self.window, row), count))
+        out = [
+            (
+                f"TileBuffer ({self.tile_rows} rows x {self.arch.mpe.tile_k} B)",
+                self.tile_buffer(),
+                1,
+            )
+        ]
+        for k in sorted({k for k, _ in self.win_rows}):
+            count = sum(kk == k for kk, _ in self.win_rows)
+            out.append(
+                (f"RowWindows (k={k}, {self.span} B)", RowWindows(k, self.window, self.span), count)
+            )
         for modes in sorted({fm for fm in self.feed_modes if fm}, key=len, reverse=True):
             out.append(
                 (
@@ -223,11 +239,42 @@ class MatrixEngine(wiring.Component):
         out.append(("Requantiser", Requantiser(primitive=True), self.requantisers))
         return out
 
+    def tile_buffer(self) -> TileBuffer:
+        """A new activation tile buffer of this engine's shape."""
+        sizes = tuple(sorted(set(self.access.values())))
+        return TileBuffer(self.tile_rows, self.arch.mpe.tile_k, self.P[isa.Buf.ACT], sizes)
+
     def port_widths(self, buf: isa.Buf) -> list[int]:
         return self.widths.get(buf, [])
 
     def ports(self, buf: isa.Buf):
         return [getattr(self, f"buf_{buf.name.lower()}{i}") for i in range(len(self.widths[buf]))]
+
+    def tile_reads(self, m: Module, d, lp, fill_port) -> TileBuffer:
+        """The tile buffer, filled from ``fill_port`` (:attr:`.control.Loop.fill`, the
+        line arriving a cycle after its read) and read in every step's last fetch cycle
+        at the step's first activation: ``sk`` dense, its sparse block's first byte
+        ``(sk / N) * M`` for N:M, in spans of :attr:`access` bytes."""
+        m.submodules.tiles = tb = self.tile_buffer()
+        fl = lp.fill
+        m.d.sync += [
+            tb.fill_valid.eq(fl.req),
+            tb.fill_row.eq(fl.row),
+            tb.fill_index.eq(fl.index),
+            tb.fill_offset.eq(fl.offset),
+            tb.fill_count.eq(fl.count),
+        ]
+        m.d.comb += tb.fill_data.eq(fill_port.rdata)
+        lsize = Signal.like(tb.rd_lsize)
+        for (nm, sm), size in self.access.items():
+            with m.If((d.is_mm if nm == "mm" else ~d.is_mm) & (d.f["sparse"] == sm)):
+                m.d.comb += lsize.eq(size.bit_length() - 1)
+        m.d.comb += [
+            tb.rd_en.eq(lp.fire),
+            tb.rd_addr.eq(Mux(d.sparse, (lp.sk >> d.ln) << d.lm, lp.sk)),
+            tb.rd_lsize.eq(lsize),
+        ]
+        return tb
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -255,7 +302,8 @@ class MatrixEngine(wiring.Component):
             f_r0.eq(lp.rt_row),
             f_d.eq(lp.d_base),
         ]
-        feed_chains(m, self, d, staged, rd.act, f_ent, d.int4 & ~d.wkn, chains)
+        tiles = self.tile_reads(m, d, lp, rd.fill)
+        feed_chains(m, self, d, staged, tiles.rdata, f_ent, d.int4 & ~d.wkn, chains)
         # cuts: segment and scale-group ends; a chain starts at a multiple of ``k``, so
         # its cuts are the same for every chain
         group_mask = Signal(32)

@@ -2,9 +2,11 @@
 the result writes.
 
 Weights and indices are read in every fetch cycle of a step and staged per column;
-activation spans, group scales, column records and partial sums are read in the step's
-last fetch cycle (:attr:`.control.Loop.fire`). Results are written one port per output
-row at a tile's last step. The addresses follow formats.py's layouts.
+group scales, column records and partial sums are read in the step's last fetch cycle
+(:attr:`.control.Loop.fire`), the activation spans from the tile buffer then too
+(:mod:`.tile_buffer`, filled through the one ACT line port here). Results are written
+one port per output row at a tile's last step. The addresses follow formats.py's
+layouts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Reads:
 
     wgt: list
     meta: list
-    act: list  #: activation spans, ``apr`` ports per tile row
+    fill: object  #: the tile fill's ACT line port
     scale: list  #: group scales, one per column
     rec: list  #: column records, ``rec_reads`` per column
     psum: list  #: partial sums, ``ppr`` per tile row
@@ -71,31 +73,17 @@ def issue_reads(m: Module, eng, d: Decoded, lp: Loop, late: int = 0) -> Reads:
         col_addr = lp.w_tile + p * d.wrb + w_step + lp.cyc * wcol
         m.d.comb += [
             port.addr.eq(Mux(d.wkn, nk_addr, col_addr)),
-            port.req.eq(lp.busy & (lp.cyc < lp.wcyc) & Mux(d.wkn, p < wrows, p < d.tn)),
+            port.req.eq(lp.fetching & (lp.cyc < lp.wcyc) & Mux(d.wkn, p < wrows, p < d.tn)),
         ]
     mp_ = eng.ports(isa.Buf.META)
     for j, port in enumerate(mp_):
         m.d.comb += [
             port.addr.eq(lp.m_tile + j * d.mrb + ((lp.sk << d.lib) >> 3) + lp.cyc * mcol),
-            port.req.eq(lp.busy & (lp.cyc < lp.mcyc) & (j < d.tn)),
+            port.req.eq(lp.fetching & (lp.cyc < lp.mcyc) & (j < d.tn)),
         ]
-    fire = lp.fire
     ap = eng.ports(isa.Buf.ACT)
-    act_ports, psum_ports, wr_ports = (
-        ap[: eng.n_act],
-        ap[eng.n_act : eng.n_act + eng.n_psum],
-        ap[eng.n_act + eng.n_psum :],
-    )
-    a_off = Mux(d.sparse, (lp.sk >> d.ln) << d.lm, lp.sk)
-    for i, port in enumerate(act_ports):
-        for nm, (rm, _n, _k) in eng.modes.items():
-            r, q = divmod(i, eng.apr[nm])
-            if r < rm:
-                with m.If(d.is_mm if nm == "mm" else ~d.is_mm):
-                    m.d.comb += [
-                        port.addr.eq(lp.a_base + r * d.a_stride + a_off + q * pa),
-                        port.req.eq(fire),
-                    ]
+    fill_port, psum_ports, wr_ports = ap[0], ap[1 : 1 + eng.n_psum], ap[1 + eng.n_psum :]
+    m.d.comb += [fill_port.addr.eq(lp.fill.addr), fill_port.req.eq(lp.fill.req)]
     lt = _late(m, lp, late)
     fire = lt["fire"]
     sp = eng.ports(isa.Buf.SCALE)
@@ -123,7 +111,7 @@ def issue_reads(m: Module, eng, d: Decoded, lp: Loop, late: int = 0) -> Reads:
                         port.addr.eq(lt["p_base"] + r * f["d_stride"] + (lt["c0"] << 2) + h * pa),
                         port.req.eq(fire & lt["last_step"] & f["acc_in"]),
                     ]
-    return Reads(wp, mp_, act_ports, scale_ports, rec_ports, psum_ports, wr_ports)
+    return Reads(wp, mp_, fill_port, scale_ports, rec_ports, psum_ports, wr_ports)
 
 
 @dataclass
@@ -142,8 +130,8 @@ def stage(m: Module, eng, d: Decoded, lp: Loop, rd: Reads) -> Staged:
     mvalid_q = Signal()
     m.d.sync += [
         cyc_q.eq(lp.cyc),
-        wvalid_q.eq(lp.busy & (lp.cyc < lp.wcyc)),
-        mvalid_q.eq(lp.busy & (lp.cyc < lp.mcyc)),
+        wvalid_q.eq(lp.fetching & (lp.cyc < lp.wcyc)),
+        mvalid_q.eq(lp.fetching & (lp.cyc < lp.mcyc)),
     ]
     wst = [Signal(8 * eng.wb, name=f"wst{j}") for j in range(eng.nmax)]
     wst_n = [Signal(8 * eng.wb, name=f"wstn{j}") for j in range(eng.nmax)]

@@ -43,8 +43,9 @@ class RowWindows(wiring.Component):
     window at byte ``i``). One multiplexer per entry, shared by the row's columns and by
     every chain that takes the row.
 
-    ``row`` is the read data of the row's activation ports, ``row_bytes`` (at least the
-    span of ``k`` entries, ``k * window / 2`` bytes); a slice past its end reads zeros.
+    ``row`` is the row's span from the activation tile buffer (:mod:`.tile_buffer`, the
+    step's first activation at byte 0), ``row_bytes`` (at least the span of ``k``
+    entries, ``k * window / 2`` bytes); a slice past its end reads zeros.
     """
 
     def __init__(self, k: int, window: int, row_bytes: int) -> None:
@@ -131,7 +132,7 @@ class ChainFeed(wiring.Component):
 
 
 def feed_chains(
-    m: Module, eng, d, staged, act_ports: list, f_ent: Value, f_int4: Value, chains: list
+    m: Module, eng, d, staged, tile_rows, f_ent: Value, f_int4: Value, chains: list
 ) -> None:
     """Give every chain its MACs' operands of the instruction's mode.
 
@@ -141,16 +142,12 @@ def feed_chains(
     (column, entry): built once each; each chain's :class:`ChainFeed` picks its MACs'
     operands of the instruction's mode.
     """
-    pa = eng.P[isa.Buf.ACT]
     f = d.f
     wst_n, mst_n = staged.wst_n, staged.mst_n
     wins = []
-    for w, (k, p0, apr) in enumerate(eng.win_rows):
-        m.submodules[f"win{w}"] = rw = RowWindows(k, eng.window, apr * pa)
-        m.d.comb += [
-            rw.sparse.eq(f["sparse"]),
-            rw.row.eq(Cat(*(p.rdata for p in act_ports[p0 : p0 + apr]))),
-        ]
+    for w, (k, r) in enumerate(eng.win_rows):
+        m.submodules[f"win{w}"] = rw = RowWindows(k, eng.window, eng.span)
+        m.d.comb += [rw.sparse.eq(f["sparse"]), rw.row.eq(tile_rows[r])]
         wins.append(rw)
     macw, maci = {}, {}
 
