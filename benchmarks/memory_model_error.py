@@ -9,8 +9,8 @@ Variants (each keeps the mapping's idle first-beat latency to a closed bank):
 - ``no refresh, no row timing``: also ``tRCD = tRP = tCL = tCWL = tRAS = tWR = tWTR = 0``
   and no bus turnaround: every access costs the fixed latency and its bus time;
 - ``... and beat-sized bursts``: also a DRAM burst of one beat (``hbm.burst_bytes``),
-  so what is left is the units' own pipeline cycles that the model folds into its
-  latency.
+  so what is left is the units' own pipeline cycles beyond what the model charges
+  for them (``Timing.ld_latency`` / ``st_latency``, :mod:`flightforge.ldst`).
 
 Run: ``python benchmarks/memory_model_error.py [--target tiny] [--variants N]``; prints
 a Markdown table per variant and one JSON line per program and variant (docs/

@@ -92,6 +92,7 @@ class Stream:
     xfer_split: np.ndarray  #: bool: each core moves its share
     xfer_buf: np.ndarray
     xfer_bits: np.ndarray  #: bits per external value: 8, or a LD's unpack width
+    xfer_store: np.ndarray  #: bool: a ST (else a LD)
     bytes_moved: int  #: bytes loaded and stored
     macs: int
     _geometry: dict = field(default_factory=dict, repr=False)
@@ -106,7 +107,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
     instrs = [isa.resolve(i, d) if d and isa.is_dynamic(i) else i for i in sec.instructions]
     dispatch.check_section_code(instrs, section)
     decoded = dispatch.decode(instrs)
-    mm, misc, xfer, xbytes, xsplit, xbuf, xbits = [], [], [], [], [], [], []
+    mm, misc, xfer, xbytes, xsplit, xbuf, xbits, xstore = [], [], [], [], [], [], [], []
     macs = 0
     for i, ins in enumerate(instrs):
         if isinstance(ins, isa.SYS):
@@ -123,6 +124,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
             xsplit.append(isinstance(ins, isa.ST) or buf in SPLIT_BUFFERS)
             xbuf.append(int(buf))
             xbits.append(isa.Unpack(ins.unpack).bits if isinstance(ins, isa.LD) else 8)
+            xstore.append(isinstance(ins, isa.ST))
     return Stream(
         section,
         d,
@@ -135,6 +137,7 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
         np.array(xsplit, dtype=bool),
         np.array(xbuf, dtype=np.int64),
         np.array(xbits, dtype=np.int64),
+        np.array(xstore, dtype=bool),
         int(sum(xbytes)),
         macs,
     )
@@ -145,7 +148,8 @@ def prepare(program: Program, section: str, length: int | None = None) -> Stream
 
 def _unit_rate_arch(arch: ArchConfig) -> ArchConfig:
     """``arch`` with 1 byte per cycle per channel, no latency, no crossing penalty and
-    unbounded buffer ports: a transfer then lasts exactly ``worst_bursts * burst`` cycles.
+    unbounded buffer ports: a transfer then lasts exactly ``worst_bursts * burst`` cycles
+    after its unit's fixed pipeline (``Timing.ld_latency`` / ``st_latency``).
 
     A device for the timing model only, not a core anyone could build (its ports are
     2^30 bytes wide), so it is copied from the validated ``arch`` without validation."""
@@ -179,8 +183,11 @@ def _geometry(stream: Stream, arch: ArchConfig, params) -> tuple[np.ndarray, np.
     cross = np.empty(len(stream.xfer_idx), dtype=np.int64)
     for j, i in enumerate(stream.xfer_idx):
         ins = stream.instrs[i]
-        c = unit.ld(ins) if isinstance(ins, isa.LD) else unit.st(ins)
-        worst[j] = c.cycles // mem.burst_bytes
+        if isinstance(ins, isa.LD):
+            c, fixed = unit.ld(ins), unit.ld_latency  # (the unit's pipeline: latency is 0)
+        else:
+            c, fixed = unit.st(ins), unit.st_latency
+        worst[j] = (c.cycles - fixed) // mem.burst_bytes
         cross[j] = c.crossings
     stream._geometry[key] = worst, cross
     return worst, cross
@@ -235,8 +242,10 @@ def durations(stream: Stream, arch: ArchConfig, params) -> np.ndarray:
             )
         port_cycles[beat[0]] = beat[1]
         channel_cycles = -(-(worst * timing.burst * Q) // timing.rate_q8)
+        # the LD and ST units' own pipelines differ (Timing.ld_latency / st_latency)
+        latency = np.where(stream.xfer_store, timing.st_latency, timing.ld_latency)
         out[stream.xfer_idx] = (
-            timing.latency + np.maximum(channel_cycles, port_cycles) + timing.penalty * cross
+            latency + np.maximum(channel_cycles, port_cycles) + timing.penalty * cross
         )
     return out
 

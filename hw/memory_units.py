@@ -1,26 +1,37 @@
 """LD and ST: pipelined 2-D transfers between external memory and the on-chip buffers.
 
-The timing contract is sim/timing.py's ``Timing.transfer``: ``latency + beats`` on one
-channel, where ``beats`` counts every row rounded out to whole bursts (one span when the
-transfer is contiguous on both sides) and, when a burst can hold more values than the
-buffer port writes per cycle, ``ceil(values ending in the burst / port)`` cycles per
-burst. The units realise it like this:
+The timing contract is sim/timing.py's ``Timing.transfer``: ``latency + overhead +
+beats`` on one channel, where ``beats`` counts every row rounded out to whole bursts (one
+span when the transfer is contiguous on both sides) and, when a burst can hold more
+values than the buffer port writes per cycle, ``ceil(values ending in the burst /
+port)`` cycles per burst; ``overhead`` is these units' own pipeline, built to the
+constants of :mod:`flightforge.ldst` (``LD_OVERHEAD``, ``ST_OVERHEAD``). The units
+realise it like this (docs/rtl.md, "LD and ST: the pipeline"):
 
-- a command side issues one burst command per row (one for a contiguous transfer), one
-  command per cycle, without waiting for data: requests are pipelined, so the memory's
-  latency is paid once per instruction;
-- a data side moves the beats: LD writes each beat's values into the buffer as it
-  arrives (up to the LD port width per cycle at any address: the buffer's byte lanes
-  rotate), holding the beat until its last value is written; ST reads them from the
-  buffer one cycle ahead and sends one beat per cycle with byte strobes, then waits for
-  the write responses (one per command).
+- a setup of :data:`flightforge.ldst.SETUP_STAGES` registered steps computes the
+  transfer's shape (one span or rows, burst counts, the walk's counters), so that no
+  step is a long carry chain;
+- a command side then issues one burst command per row (one for a contiguous
+  transfer), one command per cycle, without waiting for data: requests are pipelined,
+  so the memory's latency is paid once per instruction;
+- a data side walks the values in chunks, one per cycle (LD: while a beat is on the
+  bus, holding the beat until its last value is taken), each chunk decided by comparing
+  registers; the chunk's position and buffer address follow one stage later, its data
+  in further stages: LD realigns the beat's values into the buffer port's registers
+  (up to the LD port width per cycle at any address: the buffer's byte lanes rotate)
+  and writes them; ST reads the buffer, realigns the bytes into a beat register and
+  sends one beat per cycle with byte strobes, then waits for the write responses (one
+  per command).
+
+These two units are the only ones that realign external data (which sits at any byte,
+for ``unpack`` any bit, of a beat); no other unit sees an external address.
 
 LD ``unpack`` (2/3/4-bit two's-complement values packed LSB-first,
 :func:`flightforge.formats.pack_lowbit`) runs on the same walk: the data side keeps the
-previous beat, so the window ``previous beat | current beat`` holds every value that
-ends in the current beat, even one that began in the previous beat; each cycle it takes
-up to ``port`` values at bit ``q`` of the window and writes them sign-extended to INT8.
-A plain LD is the case of 8-bit values. The LD port is
+previous beat's last 8 bits, so the window ``those bits | current beat`` holds every
+value that ends in the current beat, even one that began in the previous beat; each
+cycle it takes up to ``port`` values at the chunk's bit of the window and writes them
+sign-extended to INT8. A plain LD is the case of 8-bit values. The LD port is
 ``min(banks * width, formats.lowbit_values_per_burst(burst, 2))`` bytes wide (at most the
 values one burst of 2-bit weights yields), so a burst costs
 ``ceil(values ending in it / port)`` cycles, as the cycle model charges.
@@ -31,11 +42,11 @@ The external bus is described in :mod:`flightforge.hw.bus`. The length-adaptive
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from flightforge import formats, isa
+from flightforge import formats, isa, ldst
 from flightforge.arch import ArchConfig
 
 from .buffers import addr_bits
@@ -66,16 +77,41 @@ def ld_port_width(arch: ArchConfig, buf: isa.Buf) -> int:
     return min(b.banks * b.width, most)
 
 
+def _times(x: Value, k: int) -> Value:
+    """``x * k`` for a small constant ``k`` as shifts and adds (no multiplier)."""
+    terms = [x << b for b in range(k.bit_length()) if k >> b & 1]
+    return sum(terms[1:], terms[0])
+
+
+def _mask(n: Value, width: int) -> Value:
+    """``width`` bits with the low ``n`` set: a thermometer of constant comparisons (bit
+    ``i`` is ``n > i``), not ``(1 << n) - 1``, whose subtraction is a carry chain as long
+    as the port."""
+    return Cat(*[n > i for i in range(width)])
+
+
+class _LdView:
+    def __init__(self, v):
+        self.v = v
+
+
+class _StView:
+    def __init__(self, v):
+        self.v = v
+
+
 class _Transfer(wiring.Component):
-    """Row walking shared by LD and ST: ``ext`` is the external side, ``buf`` the buffer.
+    """What LD and ST share: the instruction's setup, the command side and the walk.
 
-    The data side walks values of ``bits`` bits (8 for ST and a plain LD): ``q`` is the
-    bit at which the next value starts in the window ``previous beat | current beat``
-    (``[beat_bits, 2 * beat_bits)`` is the current beat; a value that began in the
-    previous beat starts below ``beat_bits``), ``left`` the values left in the segment.
+    The walk moves a segment (a row, or the whole transfer when it is one span) in
+    chunks, one per cycle: ``n = min(port, values ending in this beat, values left)``.
+    Its state is kept so that each step is a few short comparisons and subtractions:
+    ``avail`` (values of this beat from the current position, looked up in a table by
+    the row's byte offset or by the bits a straddling value left in the previous beat),
+    and ``left`` split as ``hi * 2**L + lo`` with ``hi - 1`` kept ready, so the borrow
+    of ``lo - n`` never ripples through the whole count. The bit position of a chunk and
+    its buffer address follow one stage later (:meth:`_positions`).
     """
-
-    CLS: type[isa.Instruction]
 
     def __init__(
         self, arch: ArchConfig, unit: isa.Unit, bus: wiring.Signature, widths: dict[isa.Buf, int]
@@ -85,6 +121,9 @@ class _Transfer(wiring.Component):
         self.lw = self.beat.bit_length() - 1
         self.widths = widths  #: bytes of the port on each buffer
         self.max_width = max(self.widths.values())
+        #: bits of ``lo``: ``2**L >= 2 * max_width``, so ``lo - n`` borrows at most every
+        #: other chunk (``hi - 1``, recomputed every cycle, is then ready again)
+        self.L = (2 * self.max_width).bit_length()
         ports = {
             f"buf_{b.name.lower()}": Out(BufPortSignature(addr_bits(arch.buffers.of(b).size), w))
             for b, w in self.widths.items()
@@ -94,6 +133,32 @@ class _Transfer(wiring.Component):
     def buffer_width(self, buf: isa.Buf) -> int:
         """Bytes of this unit's port on buffer ``buf``."""
         return self.widths[buf]
+
+    def _kinds(self) -> list[tuple[isa.Unpack | None, int]]:
+        """(unpack code, bits per external value) of the values this unit walks."""
+        return [(None, 8)]
+
+    def _per_kind(self, m: Module, ins, body) -> None:
+        """``body(k)`` for the instruction's value width ``k`` (a switch when several)."""
+        kinds = self._kinds()
+        if len(kinds) == 1:
+            body(kinds[0][1])
+            return
+        with m.Switch(ins.v.unpack):
+            for u, k in kinds:
+                with m.Case(u):
+                    body(k)
+
+    def _table(self, m: Module, ins, index: Value, fn, width: int, name: str) -> Signal:
+        """``fn(k, index)`` for the instruction's value width ``k``: a constant table."""
+        out = Signal(width, name=name)
+
+        def body(k: int) -> None:
+            rows = [Const(fn(k, i), width) for i in range(1 << len(index))]
+            m.d.comb += out.eq(Array(rows)[index])
+
+        self._per_kind(m, ins, body)
+        return out
 
     def _buf(self, m: Module, sel, *, req, addr, we=0, wdata=0, strb=0):
         """Drive the port of buffer ``sel``; returns its ``rdata`` (``max_width`` bytes)."""
@@ -113,14 +178,6 @@ class _Transfer(wiring.Component):
                         m.d.comb += port.strb.eq(strb)
         return rdata
 
-    def _width(self, m: Module, sel) -> Signal:
-        w = Signal(range(self.max_width + 1))
-        with m.Switch(sel):
-            for b in isa.Buf:
-                with m.Case(b):
-                    m.d.comb += w.eq(self.widths[b])
-        return w
-
     @staticmethod
     def _sides(v):
         """(external address, external stride, buffer address, buffer stride) of ``v``."""
@@ -128,132 +185,310 @@ class _Transfer(wiring.Component):
             return v.v.src, v.v.src_stride, v.v.dst, v.v.dst_stride
         return v.v.dst, v.v.dst_stride, v.v.src, v.v.src_stride
 
-    def _times_bits(self, m: Module, v, count: Value) -> Value | None:
-        """The external bits of ``count`` values of ``v``, or None when its values are
-        bytes (ST)."""
-        return None
-
-    def _plan(self, m: Module, v):
-        """(commands, values per command) of an instruction view: one span when both
-        sides are contiguous (and packed rows end on whole bytes)."""
-        _, es, _, bs = self._sides(v)
-        same = (es == v.v.row_bytes) & (bs == v.v.row_bytes)
-        packed = self._times_bits(m, v, v.v.row_bytes)
-        if packed is not None:
-            same = (es == (packed + 7) >> 3) & (bs == v.v.row_bytes) & (packed[:3] == 0)
-        contig = (v.v.rows == 1) | same
-        return Mux(contig, 1, v.v.rows), Mux(contig, v.v.rows * v.v.row_bytes, v.v.row_bytes)
-
-    def _chunk(self, m: Module, ins, rem: Value, left: Value, width: Value):
-        """This cycle's values: (``n``, bits ``adv`` they span, whether the next value
-        also ends in this beat), for ``rem`` bits from ``q`` to the beat's end."""
-        avail = rem >> 3
-        n0, n = Signal(range(self.max_width + 1)), Signal(range(self.max_width + 1))
-        m.d.comb += [n0.eq(Mux(width < avail, width, avail)), n.eq(Mux(left < n0, left, n0))]
-        return n, n << 3, n < avail
-
-    def _walker(self, m: Module, *, move: Signal):
-        """Command side and value walk shared by LD and ST.
-
-        Returns a dict of signals: ``busy``, the chunk ``n``/``q``/``ptr``/``beat_end``/
-        ``last`` of the current cycle, ``ins`` and ``ncmd``. ``move`` is asserted by the
-        caller in a cycle whose chunk is moved.
-        """
-        B, BB = self.beat, 8 * self.beat
+    def _setup(self, m: Module) -> dict:
+        """Latch the instruction and compute its transfer shape in
+        :data:`flightforge.ldst.SETUP_STAGES` registered steps; returns the view ``ins``,
+        the ``init`` pulse (the last setup cycle, in which the walk and the command side
+        load their first row) and the shape's registers and last-step values."""
+        B, lw, L = self.beat, self.lw, self.L
         word = Signal.like(self.instr)
-        now = self._view(self.instr)
+        with m.If(self.start):
+            m.d.sync += word.eq(self.instr)
         ins = self._view(word)
-        e_now, _, b_now, _ = self._sides(now)
-        _, es, _, bs = self._sides(ins)
-        ncmd_now, seg_now = self._plan(m, now)
-        ncmd, seg = self._plan(m, ins)
+        ext, es, _, bs = self._sides(ins)
+        rows, rb = ins.v.rows, ins.v.row_bytes
+        pulse = Signal(ldst.SETUP_STAGES, name="setup")  # bit i: the cycle i + 1 after start
+        m.d.sync += pulse.eq(Cat(self.start, pulse[:-1]))
+        # step 1: packed bits of a row, rows * row_bytes (a registered DSP multiply), flags
+        kbits = Signal(isa.ROW_BYTES_BITS + 3)
+
+        def packed(k: int) -> None:
+            m.d.sync += kbits.eq(_times(rb, k))
+
+        self._per_kind(m, ins, packed)
+        vals = Signal(isa.DIM_BITS + isa.ROW_BYTES_BITS)  # values of a one-span transfer
+        rows1, bs_eq = Signal(), Signal()
+        rows_m1 = Signal(isa.DIM_BITS)
+        width = Signal(range(self.max_width + 1))  # the port width on the instruction's buffer
+        with m.Switch(ins.v.buf):
+            for b in isa.Buf:
+                with m.Case(b):
+                    m.d.sync += width.eq(self.widths[b])
+        cut = isa.EXT_ADDR_BITS // 2  # the command address adds in two halves
+        off_next = Signal(lw)  # the byte offset of row 1 in its first beat
+        m.d.sync += [
+            vals.eq(rows * rb),
+            rows1.eq(rows == 1),
+            bs_eq.eq(bs == rb),
+            rows_m1.eq(rows - 1),
+            off_next.eq(ext[:lw] + es[:lw]),
+        ]
+        # the walk's count of values left, ``hi * 2**L + lo``, needs ``hi - 1``, ``hi == 0``
+        # and ``hi == 1`` of both candidates (a row, or the one span)
+        hb = len(vals) - L
+        row_h, vals_h = Signal(3 * hb + 2), Signal(3 * hb + 2)
+
+        def high(v: Value) -> Value:
+            return Cat(v[L:], (v[L:] - 1)[:hb], v[L:] == 0, v[L:] == 1)
+
+        rb_wide = Signal(len(vals))
+        m.d.comb += rb_wide.eq(rb)
+        m.d.sync += row_h.eq(high(rb_wide))
+        # step 2: packed bytes of a row, whether rows end on whole bytes
+        ext_row = Signal(isa.ROW_BYTES_BITS + 1)
+        whole = Signal()
+        m.d.sync += [
+            ext_row.eq((kbits + 7) >> 3),
+            whole.eq(kbits[:3] == 0),
+            vals_h.eq(high(vals)),
+        ]
+        # step 3: one span when contiguous on both sides (and packed rows end on whole
+        # bytes); its packed bytes rows * ext_row (a registered DSP multiply; only the bits
+        # a burst count needs)
+        contig = Signal()
+        ext_all = Signal(lw + BEATS_BITS)
+        m.d.sync += [
+            contig.eq(rows1 | ((es == ext_row) & bs_eq & whole)),
+            ext_all.eq(rows * ext_row),
+        ]
+        # step 4: per command: values, packed bytes split as bursts + offset; counters
+        seg = Signal(len(vals))
+        ext_seg = Signal(lw + BEATS_BITS)
+        ncmd_m1 = Signal(isa.DIM_BITS)
+        m.d.comb += [
+            seg.eq(Mux(contig, vals, rb)),
+            ext_seg.eq(Mux(contig, ext_all, ext_row)),
+            ncmd_m1.eq(Mux(contig, 0, rows_m1)),
+        ]
+        h = Signal(3 * hb + 2)
+        m.d.comb += h.eq(Mux(contig, vals_h, row_h))
+        shape = {
+            "lo": seg[:L],
+            "hi": h[:hb],
+            "hm1": h[hb : 2 * hb],
+            "hz": h[2 * hb],
+            "hm1z": h[2 * hb + 1],
+            "e_lob": ext_seg[:lw] + (B - 1),
+            "e_hi0": ext_seg[lw:],
+            "e_hi1": ext_seg[lw:] + 1,
+            "e_hi2": ext_seg[lw:] + 2,
+        }
+        widths = {"lo": L, "hi": hb, "hm1": hb, "hz": 1, "hm1z": 1, "e_lob": lw + 1}
+        regs = {}
+        for name, value in shape.items():
+            r = regs[name] = Signal(widths.get(name, BEATS_BITS), name=f"seg_{name}")
+            m.d.sync += r.eq(value)
+        return {
+            "ins": ins,
+            "init": pulse[-1],
+            "width": width,
+            "es": es,
+            "cut": cut,
+            "bs": bs,
+            "off_next": off_next,
+            "ncmd_m1": ncmd_m1,
+            "now": shape,
+            "seg": regs,
+        }
+
+    def _commands(self, m: Module, s: dict) -> None:
+        """One burst command per segment, one per cycle from the cycle after ``init``:
+        the address of the segment's first beat and its bursts ``ceil((offset + bytes) /
+        burst)``, chosen among the three precomputed counts by a short add of offsets."""
+        lw, cut = self.lw, s["cut"]
+        ext, es, _, _ = self._sides(s["ins"])
         E = isa.EXT_ADDR_BITS
-        busy, cmd_on = Signal(), Signal()
-        crow, drow = Signal(isa.DIM_BITS + 1), Signal(isa.DIM_BITS + 1)
-        csrc, dsrc = Signal(E + 1), Signal(E + 1)
-        ptr, base = Signal(isa.BUF_ADDR_BITS + 1), Signal(isa.BUF_ADDR_BITS + 1)
-        left = Signal(isa.DIM_BITS + isa.ROW_BYTES_BITS + 1)
-        q = Signal(range(2 * BB))
-        # --- command side: one burst per segment, one command per cycle --------------------
-        off = csrc[: self.lw]
-        aligned = Cat(Const(0, self.lw), csrc[self.lw : E])
-        seg_bits = self._times_bits(m, ins, seg)
-        ext_bytes = seg if seg_bits is None else (seg_bits + 7) >> 3
-        beats = (off + ext_bytes + (B - 1)) >> self.lw
-        with m.If(cmd_on):
+        on, last = Signal(), Signal()
+        # the row's external address as two halves: the high half lags by the low half's
+        # carry (``carry``), added when the address is driven, so that each step is two
+        # short adds side by side instead of one add as long as the address
+        src_lo, src_hi, cy = Signal(cut), Signal(E - cut), Signal()
+        rem = Signal(isa.DIM_BITS)
+        carry = Signal(2)
+        m.d.comb += carry.eq((s["seg"]["e_lob"] + src_lo[:lw]) >> lw)
+        beats = Array([s["seg"]["e_hi0"], s["seg"]["e_hi1"], s["seg"]["e_hi2"]])[carry]
+        with m.If(on):
             m.d.comb += [
                 self.mem.cmd_valid.eq(1),
-                self.mem.cmd_addr.eq(aligned),
+                self.mem.cmd_addr.eq(Cat(Const(0, lw), src_lo[lw:], src_hi + cy)),
                 self.mem.cmd_beats.eq(beats[:BEATS_BITS]),
             ]
             with m.If(self.mem.cmd_ready):
-                m.d.sync += [crow.eq(crow + 1), csrc.eq(csrc + es)]
-                with m.If(crow == ncmd - 1):
-                    m.d.sync += cmd_on.eq(0)
-        # --- data side: up to `width` values of this beat per cycle -------------------------
-        rem = Signal(range(BB + 8))  # bits from q to the end of the current beat
-        m.d.comb += rem.eq(2 * BB - q)
-        n, adv, more = self._chunk(m, ins, rem, left, self._width(m, ins.v.buf))
-        seg_end = n == left
-        beat_end = ~more | seg_end
-        last = seg_end & (drow == ncmd - 1)
-        with m.If(busy & move):
-            m.d.sync += [
-                ptr.eq(ptr + n),
-                left.eq(left - n),
-                q.eq(Mux(beat_end, q + adv - BB, q + adv)),
-            ]
-            with m.If(seg_end):
-                nxt = dsrc + es
+                low = Signal(cut + 1)
+                m.d.comb += low.eq(src_lo + es[:cut])
                 m.d.sync += [
-                    drow.eq(drow + 1),
-                    dsrc.eq(nxt),
-                    q.eq(BB + Cat(Const(0, 3), nxt[: self.lw])),
-                    base.eq(base + bs),
-                    ptr.eq(base + bs),
-                    left.eq(seg),
+                    src_lo.eq(low[:cut]),
+                    cy.eq(low[cut]),
+                    src_hi.eq(src_hi + es[cut:] + cy),
+                    rem.eq(rem - 1),
+                    last.eq(rem == 1),
                 ]
                 with m.If(last):
-                    m.d.sync += busy.eq(0)
-        with m.If(self.start):
+                    m.d.sync += on.eq(0)
+        with m.If(s["init"]):
             m.d.sync += [
-                word.eq(self.instr),
-                busy.eq(1),
-                cmd_on.eq(1),
-                crow.eq(0),
-                drow.eq(0),
-                csrc.eq(e_now),
-                dsrc.eq(e_now),
-                q.eq(BB + Cat(Const(0, 3), e_now[: self.lw])),
-                ptr.eq(b_now),
-                base.eq(b_now),
-                left.eq(seg_now),
+                on.eq(1),
+                src_lo.eq(ext[:cut]),
+                src_hi.eq(ext[cut:]),
+                cy.eq(0),
+                rem.eq(s["ncmd_m1"]),
+                last.eq(s["ncmd_m1"] == 0),
+            ]
+
+    def _walk(self, m: Module, s: dict, move: Value) -> dict:
+        """The chunks of the transfer, one per cycle in which ``move`` holds: returns the
+        chunk of this cycle (``n``, flags) and ``go`` (a chunk is moved in this cycle)."""
+        B, BB, lw, L = self.beat, 8 * self.beat, self.lw, self.L
+        ins, width = s["ins"], s["width"]
+        vmax = max(formats.lowbit_values_per_burst(B, k) for _, k in self._kinds())
+        active = Signal()
+        avail = Signal(range(vmax + 1))  # values ending in this beat from the position
+        rr = Signal(2)  # bits of the value straddling into the next beat
+        s0 = Signal(range(BB + 9))  # the beat's first position (+ 8: prev's 8 bits)
+        fresh, first = Signal(), Signal()  # the chunk is its beat's / its row's first
+        lo = Signal(L)
+        hi, hm1 = Signal(len(s["seg"]["hi"])), Signal(len(s["seg"]["hi"]))
+        hz, hm1z = Signal(), Signal()
+        rows_left = Signal(isa.DIM_BITS)
+        last_row = Signal()
+        off_nx = Signal(lw)
+        go = Signal()
+        m.d.comb += go.eq(active & move)
+        # the step: compare registers, no arithmetic before the decision
+        fits_beat = avail <= width  # the rest of the beat fits the port
+        seg_end = hz & (lo <= avail) & (lo <= width)  # the segment ends in this chunk
+        n = Signal(range(self.max_width + 1))
+        m.d.comb += n.eq(Mux(seg_end, lo, Mux(fits_beat, avail, width)))
+        beat_end = seg_end | fits_beat
+        last = seg_end & last_row
+        # tables: a row starting at byte offset o, a beat after one that left rr bits
+        ext = self._sides(ins)[0]
+        row_off = Signal(lw)  # the byte offset of the row that starts next
+        m.d.comb += row_off.eq(Mux(s["init"], ext[:lw], off_nx))
+        row_avail = self._table(m, ins, row_off, lambda k, o: (BB - 8 * o) // k, len(avail), "ra")
+        row_rr = self._table(m, ins, row_off, lambda k, o: (BB - 8 * o) % k, 2, "rr_row")
+        beat_avail = self._table(m, ins, rr, lambda k, r: (BB + r) // k, len(avail), "ba")
+        beat_rr = self._table(m, ins, rr, lambda k, r: (BB + r) % k, 2, "rr_beat")
+        d_avail, d_width = Signal(L + 1), Signal(L + 1)
+        m.d.comb += [d_avail.eq(lo - avail), d_width.eq(lo - width)]
+        diff = Mux(fits_beat, d_avail, d_width)
+        m.d.sync += [hm1.eq(hi - 1), hm1z.eq(hi == 1)]
+        es_lo = s["es"][:lw]
+
+        def start_row(seg: dict) -> list:
+            return [
+                avail.eq(row_avail),
+                rr.eq(row_rr),
+                s0.eq(Cat(Const(0, 3), row_off) + 8),
+                fresh.eq(1),
+                first.eq(1),
+                lo.eq(seg["lo"]),
+                hi.eq(seg["hi"]),
+                hm1.eq(seg["hm1"]),
+                hz.eq(seg["hz"]),
+                hm1z.eq(seg["hm1z"]),
+            ]
+
+        with m.If(go):
+            m.d.sync += [fresh.eq(beat_end), first.eq(0)]
+            with m.If(seg_end):
+                m.d.sync += start_row(s["seg"])
+                m.d.sync += [
+                    off_nx.eq(off_nx + es_lo),
+                    rows_left.eq(rows_left - 1),
+                    last_row.eq(rows_left == 1),
+                ]
+                with m.If(last_row):
+                    m.d.sync += active.eq(0)
+            with m.Else():
+                m.d.sync += [lo.eq(diff[:L])]
+                with m.If(diff[L]):  # borrow: hi - 1 is ready (no borrow in the last cycle)
+                    m.d.sync += [hi.eq(hm1), hz.eq(hm1z)]
+                with m.If(fits_beat):
+                    m.d.sync += [
+                        avail.eq(beat_avail),
+                        rr.eq(beat_rr),
+                        s0.eq(8 - rr),
+                    ]
+                with m.Else():
+                    m.d.sync += avail.eq(avail - width)
+        with m.If(s["init"]):
+            m.d.sync += start_row(s["now"])
+            m.d.sync += [
+                active.eq(1),
+                off_nx.eq(s["off_next"]),
+                rows_left.eq(s["ncmd_m1"]),
+                last_row.eq(s["ncmd_m1"] == 0),
             ]
         return {
-            "busy": busy,
+            "go": go,
             "n": n,
-            "q": q,
-            "ptr": ptr,
+            "fresh": fresh,
+            "first": first,
+            "s0": s0,
+            "seg_end": seg_end,
             "beat_end": beat_end,
             "last": last,
-            "ins": ins,
-            "ncmd": ncmd,
         }
 
+    def _positions(self, m: Module, s: dict, w: dict, extra: dict) -> dict:
+        """Stage B: the chunk's bit position ``s`` in the window ``previous beat's top 8
+        bits | beat`` and its buffer address, from the previous chunk's (or the beat's or
+        row's first); returns stage C's registers (``extra``: more of the chunk, carried
+        along)."""
+        BB = 8 * self.beat
+        ins = s["ins"]
+        b_valid, b_n, b_fresh, b_first = Signal(), Signal.like(w["n"]), Signal(), Signal()
+        b_s0, b_seg_end, b_beat_end, b_last = Signal.like(w["s0"]), Signal(), Signal(), Signal()
+        m.d.sync += [
+            b_valid.eq(w["go"]),
+            b_n.eq(w["n"]),
+            b_fresh.eq(w["fresh"]),
+            b_first.eq(w["first"]),
+            b_s0.eq(w["s0"]),
+            b_seg_end.eq(w["seg_end"]),
+            b_beat_end.eq(w["beat_end"]),
+            b_last.eq(w["go"] & w["last"]),
+        ]
+        b_extra = {k: Signal.like(v, name=f"b_{k}") for k, v in extra.items()}
+        m.d.sync += [b_extra[k].eq(v) for k, v in extra.items()]
+        pos_after = Signal(range(2 * BB + 16))  # position after the previous chunk
+        ptr_after = Signal(isa.BUF_ADDR_BITS + 1)
+        base = Signal(isa.BUF_ADDR_BITS + 1)  # the row's first buffer address
+        pos, ptr = Signal.like(pos_after), Signal.like(ptr_after)
+        m.d.comb += [pos.eq(Mux(b_fresh, b_s0, pos_after)), ptr.eq(Mux(b_first, base, ptr_after))]
+        nk = Signal(len(b_n) + 3)
 
-class _LdView:
-    def __init__(self, v):
-        self.v = v
+        def advance(k: int) -> None:
+            m.d.comb += nk.eq(_times(b_n, k))
 
-
-class _StView:
-    def __init__(self, v):
-        self.v = v
-
-
-def _mask(n, width: int):
-    """``width`` bits with the low ``n`` set."""
-    return ((Const(1, width + 1) << n) - 1)[:width]
+        self._per_kind(m, ins, advance)
+        with m.If(b_valid):
+            m.d.sync += [pos_after.eq(pos + nk), ptr_after.eq(ptr + b_n)]
+            with m.If(b_seg_end):
+                m.d.sync += base.eq(base + s["bs"])
+        with m.If(s["init"]):
+            m.d.sync += base.eq(self._sides(ins)[2])
+        c = {
+            "valid": Signal(name="c_valid"),
+            "n": Signal.like(b_n, name="c_n"),
+            "pos": Signal.like(pos, name="c_pos"),
+            "ptr": Signal.like(ptr, name="c_ptr"),
+            "beat_end": Signal(name="c_beat_end"),
+            "last": Signal(name="c_last"),
+        }
+        m.d.sync += [
+            c["valid"].eq(b_valid),
+            c["n"].eq(b_n),
+            c["pos"].eq(pos),
+            c["ptr"].eq(ptr),
+            c["beat_end"].eq(b_beat_end),
+            c["last"].eq(b_last),
+        ]
+        for k, v in b_extra.items():
+            c[k] = Signal.like(v, name=f"c_{k}")
+            m.d.sync += c[k].eq(v)
+        return c
 
 
 class LoadUnit(_Transfer):
@@ -270,67 +505,53 @@ class LoadUnit(_Transfer):
     def _view(self, word):
         return _LdView(view(isa.LD, word))
 
-    def _times_bits(self, m: Module, v, count: Value) -> Value:
-        """``count * bits`` for the unpack width of ``v`` (``isa.Unpack.bits``): a
-        multiplexer of constant multiples (shifts and adds, no multiplier)."""
-        out = Signal(len(count) + 4)
-        with m.Switch(v.v.unpack):
-            for u in isa.Unpack:
-                with m.Case(u):
-                    terms = [count << b for b in range(4) if u.bits >> b & 1]
-                    m.d.comb += out.eq(sum(terms[1:], terms[0]))
-        return out
-
-    def _chunk(self, m: Module, ins, rem: Value, left: Value, width: Value):
-        """Per unpack width ``k``: ``n = min(left, width, rem // k)`` (a thermometer of
-        constant comparisons, no divider), the ``n * k`` bits they span, and whether one
-        more value ends in this beat."""
-        n_fit = Signal(range(self.max_width + 1))
-        n = Signal(range(self.max_width + 1))
-        adv = Signal(range(8 * self.max_width + 1))
-        more = Signal()
-        with m.Switch(ins.v.unpack):
-            for u in isa.Unpack:
-                k = u.bits
-                with m.Case(u):
-                    top = min(self.max_width, formats.lowbit_values_per_burst(self.beat, k))
-                    for i in range(1, top + 1):
-                        with m.If((rem >= i * k) & (width >= i)):
-                            m.d.comb += n_fit.eq(i)
-        m.d.comb += n.eq(Mux(left < n_fit, left, n_fit))
-        with m.Switch(ins.v.unpack):
-            for u in isa.Unpack:
-                with m.Case(u):
-                    m.d.comb += [adv.eq(n * u.bits), more.eq(rem >= adv + u.bits)]
-        return n, adv, more
+    def _kinds(self) -> list[tuple[isa.Unpack | None, int]]:
+        return [(u, u.bits) for u in isa.Unpack]
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        move = Signal()
-        w = self._walker(m, move=move)
-        busy, n, q, ins = w["busy"], w["n"], w["q"], w["ins"]
         W, BB = self.max_width, 8 * self.beat
-        m.d.comb += move.eq(self.mem.data_valid)
-        prev = Signal(BB)  # the previous beat: the low bits of a value split over two beats
-        with m.If(self.mem.data_valid & self.mem.data_ready):
-            m.d.sync += prev.eq(self.mem.data)
-        window = Signal(2 * BB)
-        m.d.comb += window.eq(Cat(prev, self.mem.data) >> q)
+        s = self._setup(m)
+        self._commands(m, s)
+        ins = s["ins"]
+        w = self._walk(m, s, self.mem.data_valid)
+        m.d.comb += self.mem.data_ready.eq(w["go"] & w["beat_end"])
+        # a value that began in the previous beat began in its last 8 bits
+        prev = Signal(8)
+        with m.If(w["go"] & w["beat_end"]):
+            m.d.sync += prev.eq(self.mem.data[BB - 8 :])
+        c = self._positions(m, s, w, {"window": Cat(prev, self.mem.data)})
+        # stage C: the window shifted down by the position's multiple of 32 bits
+        coarse = Signal(BB + 8)
+        x = {k: Signal.like(c[k], name=f"x_{k}") for k in ("valid", "last", "ptr", "n")}
+        fine = Signal(5)
+        m.d.sync += [coarse.eq(c["window"] >> Cat(Const(0, 5), c["pos"][5:])), fine.eq(c["pos"])]
+        m.d.sync += [x[k].eq(c[k]) for k in x]
+        # stage D: the rest of the shift; the chunk's values widened to INT8
+        window = Signal(BB + 8)
+        m.d.comb += window.eq(coarse >> fine)
         wdata = Signal(8 * W)
-        with m.Switch(ins.v.unpack):
-            for u in isa.Unpack:
-                k = u.bits
-                with m.Case(u):
-                    for i in range(min(W, 2 * BB // k)):
-                        v = window[i * k : (i + 1) * k]
-                        m.d.comb += wdata.word_select(i, 8).eq(
-                            v if k == 8 else Cat(v, v[k - 1].replicate(8 - k))
-                        )
-        with m.If(busy & self.mem.data_valid):
-            self._buf(m, ins.v.buf, req=1, addr=w["ptr"], we=1, wdata=wdata, strb=_mask(n, W))
-            m.d.comb += self.mem.data_ready.eq(w["beat_end"])
-            with m.If(w["last"]):
-                m.d.comb += self.done.eq(1)
+
+        def widen(k: int) -> None:
+            for i in range(min(W, (BB + 8) // k)):
+                v = window[i * k : (i + 1) * k]
+                m.d.comb += wdata.word_select(i, 8).eq(
+                    v if k == 8 else Cat(v, v[k - 1].replicate(8 - k))
+                )
+
+        self._per_kind(m, ins, widen)
+        d_valid, d_last = Signal(), Signal()
+        d_addr, d_wdata, d_strb = Signal.like(x["ptr"]), Signal(8 * W), Signal(W)
+        m.d.sync += [
+            d_valid.eq(x["valid"]),
+            d_last.eq(x["last"]),
+            d_addr.eq(x["ptr"]),
+            d_wdata.eq(wdata),
+            d_strb.eq(_mask(x["n"], W)),
+        ]
+        # stage E: the write, from registers
+        self._buf(m, ins.v.buf, req=d_valid, addr=d_addr, we=1, wdata=d_wdata, strb=d_strb)
+        m.d.comb += self.done.eq(d_last)
         return m
 
 
@@ -351,45 +572,60 @@ class StoreUnit(_Transfer):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        B = self.beat
-        move = Signal()
-        w = self._walker(m, move=move)
-        busy, n = w["busy"], w["n"]
-        cur = w["q"][3 : 3 + self.lw]  # byte of the beat (q is in the current beat for bytes)
-        # Read side: the chunk of this cycle is read; it arrives (rdata) next cycle.
-        m.d.comb += move.eq(1)
-        q_valid, q_last = Signal(), Signal()
-        q_cur, q_n = Signal.like(cur), Signal.like(n)
-        rdata = self._buf(m, w["ins"].v.buf, req=busy, addr=w["ptr"])
-        m.d.sync += [q_valid.eq(busy), q_cur.eq(cur), q_n.eq(n), q_last.eq(w["beat_end"])]
-        # Beat assembly: earlier chunks of the beat in acc, the arriving one merged in.
+        B, lw = self.beat, self.lw
+        s = self._setup(m)
+        self._commands(m, s)
+        ins = s["ins"]
+        w = self._walk(m, s, Const(1))
+        c = self._positions(m, s, w, {})
+        # stage C: the chunk is read (from registers); its bytes arrive in stage D
+        rdata = self._buf(m, ins.v.buf, req=c["valid"], addr=c["ptr"])
+        # ... and the beat's bytes it fills: n bytes from its byte of the beat
+        cur = Signal(lw)
+        m.d.comb += cur.eq((c["pos"] >> 3) - 1)  # (pos: 8 + the bit position)
+        d_valid, d_end = Signal(), Signal()
+        d_cur, d_strb = Signal(lw), Signal(B)
+        m.d.sync += [
+            d_valid.eq(c["valid"]),
+            d_end.eq(c["beat_end"]),
+            d_cur.eq(cur),
+            d_strb.eq((_mask(c["n"], B) << cur)[:B]),
+        ]
+        # stage D: the read bytes registered as they leave the buffer's port
+        e = {"valid": d_valid, "end": d_end, "cur": d_cur, "strb": d_strb}
+        e = {k: Signal.like(v, name=f"e_{k}") for k, v in e.items()}
+        got = Signal(8 * min(B, self.max_width))
+        m.d.sync += [got.eq(rdata), e["valid"].eq(d_valid), e["end"].eq(d_end)]
+        m.d.sync += [e["cur"].eq(d_cur), e["strb"].eq(d_strb)]
+        # stage E: the bytes placed at their byte of the beat, merged with the beat's
+        # earlier chunks; a finished beat goes to the beat register
         acc, acc_strb = Signal(8 * B), Signal(B)
-        qmask = _mask(q_n, B)
-        data_bits = Signal(8 * B)
-        for i in range(B):
-            m.d.comb += data_bits.word_select(i, 8).eq(Mux(qmask[i], rdata.word_select(i, 8), 0))
-        placed = data_bits << Cat(Const(0, 3), q_cur)
-        pstrb = qmask << q_cur
+        shifted = Signal(8 * B)
+        m.d.comb += shifted.eq(got << Cat(Const(0, 3), e["cur"]))
+        placed = Cat(*[Mux(e["strb"][i], shifted.word_select(i, 8), 0) for i in range(B)])
         merged, mstrb = Signal(8 * B), Signal(B)
-        m.d.comb += [merged.eq(acc | placed), mstrb.eq(acc_strb | pstrb)]
-        with m.If(q_valid):
-            with m.If(q_last):
-                m.d.comb += [
-                    self.mem.data_valid.eq(1),
-                    self.mem.data.eq(merged),
-                    self.mem.strb.eq(mstrb),
-                ]
-                m.d.sync += [acc.eq(0), acc_strb.eq(0)]
+        m.d.comb += [merged.eq(acc | placed), mstrb.eq(acc_strb | e["strb"])]
+        f_valid, f_data, f_strb = Signal(), Signal(8 * B), Signal(B)
+        m.d.sync += f_valid.eq(e["valid"] & e["end"])
+        with m.If(e["valid"]):
+            with m.If(e["end"]):
+                m.d.sync += [f_data.eq(merged), f_strb.eq(mstrb), acc.eq(0), acc_strb.eq(0)]
             with m.Else():
                 m.d.sync += [acc.eq(merged), acc_strb.eq(mstrb)]
+        # stage F: the beat on the bus
+        m.d.comb += [
+            self.mem.data_valid.eq(f_valid),
+            self.mem.data.eq(f_data),
+            self.mem.strb.eq(f_strb),
+        ]
         # Write responses: one per command; the last one completes the instruction.
-        resp = Signal(isa.DIM_BITS + 1)
+        rem = Signal(isa.DIM_BITS)
         waiting = Signal()
-        with m.If(self.start):
-            m.d.sync += [resp.eq(0), waiting.eq(1)]
+        with m.If(s["init"]):
+            m.d.sync += [rem.eq(s["ncmd_m1"]), waiting.eq(1)]
         with m.Elif(waiting & self.mem.resp_valid):
-            m.d.sync += resp.eq(resp + 1)
-            with m.If(resp == w["ncmd"] - 1):
+            m.d.sync += rem.eq(rem - 1)
+            with m.If(rem == 0):
                 m.d.sync += waiting.eq(0)
                 m.d.comb += self.done.eq(1)
         return m

@@ -37,11 +37,6 @@ from .device import DeviceError
 from .dram_model import Dram
 from .functional import ExternalMemory
 
-#: Cycles from a LD's start to its first command, and from the last command's first beat
-#: to its ``done`` (LD), or from the last beat to ``done`` (ST), that the units add to the
-#: memory's own latency: the memory model's latency is the config's minus these.
-LD_OVERHEAD, ST_OVERHEAD = 1, 2
-
 
 @dataclass(frozen=True)
 class MemoryTiming:
@@ -55,7 +50,10 @@ class MemoryTiming:
 
 def memory_timing(arch: ArchConfig) -> MemoryTiming:
     """The external-memory model's timing for ``arch``, consistent with sim/timing.py:
-    a LD or ST of ``b`` beats lasts ``latency + b`` cycles on the RTL."""
+    the memory waits the config's ``latency`` (a read's first beat after its command, a
+    write's response after its last beat); a LD or ST of ``b`` beats then lasts
+    ``latency + overhead + b`` cycles on the RTL, the overhead being the units' own
+    pipeline (:mod:`flightforge.ldst`, ``Timing.ld_latency`` / ``st_latency``)."""
     from .timing import Q, timing_for
 
     t = timing_for(arch)
@@ -65,13 +63,9 @@ def memory_timing(arch: ArchConfig) -> MemoryTiming:
             f"burst per cycle per channel, but the config's rate is "
             f"{t.rate_q8 / Q} bytes per cycle"
         )
-    if t.latency < max(LD_OVERHEAD, ST_OVERHEAD) + 1:
-        raise DeviceError(
-            f"{arch.name}: memory latency {t.latency} cycles is below the units' pipeline overhead"
-        )
     return MemoryTiming(
-        rd_latency=t.latency - LD_OVERHEAD,
-        wr_latency=t.latency - ST_OVERHEAD,
+        rd_latency=t.latency,
+        wr_latency=t.latency,
         penalty=t.penalty,
         channel_bytes=arch.hbm.channel_bytes,
     )

@@ -41,12 +41,7 @@ from flightforge import formats, isa, progress
 from flightforge.arch import ArchConfig
 from flightforge.program import Program
 
-from .bus_model import (  # noqa: F401 (re-exported)
-    LD_OVERHEAD,
-    ST_OVERHEAD,
-    MemoryTiming,
-    memory_timing,
-)
+from .bus_model import MemoryTiming, memory_timing
 from .device import DeviceError, RunResult, check_program, loaded_section, run_offset
 from .dram_model import DramTiming
 from .functional import ExternalMemory

@@ -8,7 +8,9 @@ from the config (:class:`Timing`); the only floating-point step is that derivati
 (e.g. GB/s to bytes per cycle, rounded down to a Q8 fixed-point rate). The formulas are
 listed, with their reasons, in docs/cycle_model.md; in short:
 
-- **LD/ST**: ``latency + max(channel_cycles, port_cycles) + penalty * crossings``.
+- **LD/ST**: ``latency + overhead + max(channel_cycles, port_cycles) + penalty *
+  crossings``; ``overhead`` is the load or store unit's own pipeline
+  (:data:`flightforge.ldst.LD_OVERHEAD` / ``ST_OVERHEAD``: setup, issue, drain).
   Every row of a 2-D transfer is rounded out to whole bursts; each burst belongs to one
   external-memory channel (``address // channel_bytes``, or an interleaved map);
   channels stream in parallel at ``rate_q8 / 256`` bytes per cycle each, so
@@ -50,7 +52,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from flightforge import formats, isa
+from flightforge import formats, isa, ldst
 from flightforge import mpe as mpe_datapath
 from flightforge import sfu_row_ops as row_ops
 from flightforge.arch import ArchConfig
@@ -143,6 +145,10 @@ class Timing:
         self.latency = int(
             -(-Fraction(str(mem.latency_ns)) * Fraction(str(arch.clock_mhz)) // 1000)
         )
+        #: cycles a LD / ST takes beyond the memory's latency and its beats: the units'
+        #: pipeline (setup, command issue, drain), built to the same constants
+        self.ld_latency = self.latency + ldst.LD_OVERHEAD
+        self.st_latency = self.latency + ldst.ST_OVERHEAD
         self.penalty = mem.cross_channel_penalty_cycles
         self.port = {b: arch.buffers.of(b).banks * arch.buffers.of(b).width for b in isa.Buf}
         self.peak_bytes_per_cycle = Fraction(str(mem.bandwidth_gbs)) * 10**9 / clock
@@ -213,12 +219,14 @@ class Timing:
         split: bool,
         buf_stride: int | None = None,
         bits: int = 8,
+        store: bool = False,
     ) -> TransferCost:
         """Cycles of a 2-D transfer between external memory and buffer ``buf``.
 
         ``bits`` < 8: a LD that unpacks; each external row holds ``row_bytes`` values of
         that many bits in ``ceil(row_bytes * bits / 8)`` bytes (:func:`formats.pack_lowbit`)
-        and the buffer receives ``row_bytes`` INT8 per row.
+        and the buffer receives ``row_bytes`` INT8 per row. ``store``: a ST (its unit's
+        pipeline, ``st_latency``), else a LD (``ld_latency``).
         """
         loads: dict[int, int] = {}
         crossings = 0
@@ -247,7 +255,8 @@ class Timing:
         else:
             share = cdiv(nbytes, self.cores) if split else nbytes
             port_cycles = cdiv(share, port)
-        cycles = self.latency + max(channel_cycles, port_cycles) + self.penalty * crossings
+        latency = self.st_latency if store else self.ld_latency
+        cycles = latency + max(channel_cycles, port_cycles) + self.penalty * crossings
         return TransferCost(
             cycles, nbytes, sum(loads.values()) * self.burst, crossings, port_cycles
         )
@@ -266,7 +275,7 @@ class Timing:
 
     def st(self, i: isa.ST) -> TransferCost:
         return self.transfer(
-            i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True, i.src_stride
+            i.dst, i.rows, i.row_bytes, i.dst_stride, isa.Buf(i.buf), True, i.src_stride, store=True
         )
 
     # --- matrix engine -------------------------------------------------------------

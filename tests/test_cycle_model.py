@@ -7,7 +7,9 @@ penalty; buffer ports of 2 x 4 = 8 bytes per cycle (ACT, WGT) and 4 (GLB, META, 
 MM shape n x k x m = 2 x 4 x 4, MV shape 4 x 4 x 1, 4 shared requantisers; MPE depth (MM
 24, MV 23) = 2 frame cycles + 3 of systolic skew + 4 DSP48E2 stages + 1 lane read + 5
 accumulator stages (lane sums latched, its DSP48E2's 4) + the tile's drain (MM 2, MV 1)
-+ 7 requantiser stages (flightforge.mpe.depth); SFU 4 lanes, pipeline 4.
++ 7 requantiser stages (flightforge.mpe.depth); SFU 4 lanes, pipeline 4. A LD's fixed
+cost is ``LD = 20 + flightforge.ldst.LD_OVERHEAD`` (the memory's latency and the load
+unit's own pipeline: setup, command issue, drain).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 
 import pytest
 
-from flightforge import isa
+from flightforge import isa, ldst
 from flightforge.arch import arch_from_dict
 from flightforge.compiler.graph import ONE_LAYER, DecoderShape, random_decoder
 from flightforge.compiler.lower.buckets import BucketPlan
@@ -32,6 +34,7 @@ CH = 32 << 20  # tiny's channel_bytes
 HALT = isa.SYS(op=isa.SysOp.HALT)
 LD_RELEASE_MPE = 1 << Unit.MPE
 MV_WAITS_LD = 1 << Unit.LD
+LD = 20 + ldst.LD_OVERHEAD  #: a LD's cycles besides its bursts: latency and the unit's pipeline
 
 
 def ld(nbytes: int, src: int = 0, buf: Buf = Buf.WGT, **kw) -> isa.LD:
@@ -57,9 +60,9 @@ def test_derived_constants_of_tiny():
 @pytest.mark.parametrize(
     "src,nbytes,expected",
     [
-        (0, 64, 20 + 8),  # 8 bursts on one channel = 8 cycles; the WGT port also takes 8
-        (3, 64, 20 + 9),  # unaligned: 9 bursts
-        (CH - 32, 64, 20 + 8 + 2),  # 4 bursts per channel, port-bound at 8, one crossing
+        (0, 64, LD + 8),  # 8 bursts on one channel = 8 cycles; the WGT port also takes 8
+        (3, 64, LD + 9),  # unaligned: 9 bursts
+        (CH - 32, 64, LD + 8 + 2),  # 4 bursts per channel, port-bound at 8, one crossing
     ],
 )
 def test_load_cycles(src, nbytes, expected):
@@ -71,7 +74,7 @@ def test_rows_in_different_channels_stream_in_parallel():
     contiguous = ld(512)
     t = Timing(TINY, TimingParams())
     # 32 bursts per channel (32 cycles) vs 64 on one channel; both bound by the 8 B port.
-    assert t.ld(strided).cycles == 20 + 64 and t.ld(contiguous).cycles == 20 + 64
+    assert t.ld(strided).cycles == LD + 64 and t.ld(contiguous).cycles == LD + 64
     wide = Timing(
         TINY.model_copy(
             update={
@@ -81,7 +84,7 @@ def test_rows_in_different_channels_stream_in_parallel():
             }
         )
     )
-    assert wide.ld(strided).cycles == 20 + 32 and wide.ld(contiguous).cycles == 20 + 64
+    assert wide.ld(strided).cycles == LD + 32 and wide.ld(contiguous).cycles == LD + 64
 
 
 @pytest.mark.parametrize(
@@ -89,27 +92,27 @@ def test_rows_in_different_channels_stream_in_parallel():
     [
         # 16 packed bytes = 2 bursts of 32 2-bit values; the 8-byte WGT port writes 8 INT8 a
         # cycle: 4 cycles a burst
-        (ld(64, unpack=isa.Unpack.INT2), 20 + 2 * 4),
+        (ld(64, unpack=isa.Unpack.INT2), LD + 2 * 4),
         # 3-bit: 24 bytes = 3 bursts in which 21, 21 and 22 values end: 3 cycles each (the
         # whole-transfer rate would say cdiv(64, 8) = 8)
-        (ld(64, unpack=isa.Unpack.INT3), 20 + 3 * 3),
+        (ld(64, unpack=isa.Unpack.INT3), LD + 3 * 3),
         # 4-bit into GLB (4-byte port) from byte 7: 5 packed bytes, 2 values end in the
         # first burst, 8 in the second: 1 + 2 cycles
-        (ld(10, src=7, buf=Buf.GLB, unpack=isa.Unpack.INT4), 20 + 3),
+        (ld(10, src=7, buf=Buf.GLB, unpack=isa.Unpack.INT4), LD + 3),
         # 3 values of 3 bits per row = 2 bytes with padding: not one span even though both
         # sides are contiguous, so the shared burst is read once per row
         (
             isa.LD(
                 buf=Buf.WGT, rows=2, row_bytes=3, src_stride=2, dst_stride=3, unpack=isa.Unpack.INT3
             ),
-            20 + 2,
+            LD + 2,
         ),
         # 4-bit rows of 4 values join without padding: one span, one burst of 8 values
         (
             isa.LD(
                 buf=Buf.WGT, rows=2, row_bytes=4, src_stride=2, dst_stride=4, unpack=isa.Unpack.INT4
             ),
-            20 + 1,
+            LD + 1,
         ),
     ],
 )
@@ -167,7 +170,7 @@ def test_interleaved_map_spreads_a_contiguous_load():
     t = Timing(TINY, TimingParams(interleave_bytes=16))
     cost = t.ld(ld(64))
     # 4 units of 16 bytes alternate between the 2 channels: 4 bursts each.
-    assert cost.cycles == 20 + max(4, 8) and cost.crossings == 0 and cost.burst_bytes == 64
+    assert cost.cycles == LD + max(4, 8) and cost.crossings == 0 and cost.burst_bytes == 64
 
 
 def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
@@ -228,19 +231,19 @@ def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
 def test_ld_overlaps_an_independent_mv():
     r = run([ld(64), mv(64, 64), HALT])
     s, e = r.schedule.start, r.schedule.end
-    assert (s[0], e[0]) == (0, 28)
+    assert (s[0], e[0]) == (0, LD + 8)
     assert (s[1], e[1]) == (1, 1 + 545)  # dispatched one cycle later, runs concurrently
     assert r.cycles == 546 + 1  # HALT retires the cycle after the last completion
-    assert r.busy["LD"] == 28 and r.busy["MPE"] == 545
+    assert r.busy["LD"] == LD + 8 and r.busy["MPE"] == 545
 
 
 def test_missing_token_is_a_stall_in_the_breakdown():
     r = run([ld(64, release=LD_RELEASE_MPE), mv(64, 64, wait=MV_WAITS_LD), HALT])
-    assert (r.schedule.start[1], r.schedule.end[1]) == (28, 28 + 545)
+    assert (r.schedule.start[1], r.schedule.end[1]) == (LD + 8, LD + 8 + 545)
     mpe = r.stalls["MPE"]
-    assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, 27, 1)  # HALT: +1
+    assert (mpe["dispatch"], mpe["wait_LD"], mpe["drain"]) == (1, LD + 7, 1)  # HALT: +1
     ld_row = r.stalls["LD"]
-    assert ld_row["drain"] == r.cycles - 28
+    assert ld_row["drain"] == r.cycles - (LD + 8)
     for unit in ("LD", "ST", "MPE", "SFU"):
         assert r.busy[unit] + sum(r.stalls[unit].values()) == r.cycles
 
@@ -254,11 +257,11 @@ def test_a_buffer_side_held_by_another_unit_is_a_wait_and_a_stall():
     assert Timing(TINY).misc(requant) == 6
     r = run([ld(64, buf=Buf.ACT), requant, HALT])
     s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
-    assert (s[0], e[0]) == (0, 28)
-    assert (s[1], e[1]) == (28, 34)  # dispatched at 1, ACT.write free at 28
+    assert (s[0], e[0]) == (0, LD + 8)
+    assert (s[1], e[1]) == (LD + 8, LD + 14)  # dispatched at 1, ACT.write free at LD + 8
     sfu = r.stalls["SFU"]
-    assert (sfu["dispatch"], sfu["buffer_side"], sfu["drain"]) == (1, 27, 1)
-    assert r.cycles == 35
+    assert (sfu["dispatch"], sfu["buffer_side"], sfu["drain"]) == (1, LD + 7, 1)
+    assert r.cycles == LD + 15
     r = run([ld(64, buf=Buf.WGT), mv(4, 8), requant, HALT])
     s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
     assert s[1] == 1  # MV overlaps the LD into WGT
@@ -286,7 +289,7 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     # (8 lines + 2) and 23; then the all-gather: 32 + ceil(64 bytes * 1 / (2 * 64)).
     assert two.matmul(i) == 10 + 256 + 23 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
-    assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == 28
+    assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == LD + 8
     assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
     assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == one.misc(
         isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)
