@@ -29,7 +29,9 @@ Real = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 MAX_CLOCK_MHZ = 2000.0
 MAX_LATENCY_NS = 1e6
 MAX_BANDWIDTH_GBS = 1e5
-MIN_SFU_DEPTH = 4  #: issue, operand arrival, compute, write (hw/sfu/common.py)
+#: The least ``sfu.pipeline_depth``: a floor on the cycles from a MISC's last issue to its
+#: done; the pipelines' own depth (``sfu_row_ops.misc_depth``) is more in every mapping.
+MIN_SFU_DEPTH = 4
 #: The SFU's pipelines read and write ACT in 4-byte (INT32/FP) elements and look tables
 #: up in GLB 4 bytes at a time, so those two buffers need at least this many byte lanes.
 SFU_PORT_BYTES = 4
@@ -187,7 +189,12 @@ class SfuConfig(_Model):
     lanes: Int = Field(
         ge=2, multiple_of=2, description="elements per cycle; even: RoPE rotates lane pairs"
     )
-    pipeline_depth: Int = Field(default=6, ge=MIN_SFU_DEPTH)
+    pipeline_depth: Int = Field(
+        default=6,
+        ge=MIN_SFU_DEPTH,
+        description="cycles from a MISC's last issue to its done at least: the pipelines "
+        "pad their own depth (sfu_row_ops.misc_depth) up to it",
+    )
 
 
 class MemoryConfig(_Model):

@@ -42,11 +42,68 @@ INV_DIVIDEND_BITS = numerics.NORM_RSQRT_BITS + 1
 DIV_DIVIDEND_BITS = max(S1_BITS, S2_BITS, INV_DIVIDEND_BITS)
 ROOT_BITS = (RADICAND_BITS + 1) // 2
 DIV_DIVISOR_BITS = max(isa.DIM_BITS, ROOT_BITS)
-#: LAYERNORM's centring after its mean: ``2*S1 - n*mean``, then ``S2 - mean*centre``.
-CENTRE_STEPS = 2
+#: LAYERNORM's centring after its mean: ``2*S1 - n*mean``, then ``mean*centre`` (on
+#: DSP48E2s, registered), then ``S2 - mean*centre``.
+CENTRE_STEPS = 3
 
 
 # --- latencies ------------------------------------------------------------------------
+
+#: The register stages of an SFU lane (``hw/sfu/lane.py``, which checks its stages against
+#: this list as it builds them): operand registers (the DSP48E2s' A/B), the two DSP
+#: products of ``a*b`` (M), their sum ``p1``, the rounding shift and the rounding
+#: increment of ``round1``, the products of ``c*d`` or ``round1*d``, their sum ``p2``, ``w``
+#: with its rounding bit, the rounding shift of ``w`` (by multiples of 8, then the rest),
+#: the bias, the saturation. Each is at
+#: most one DSP48E2, one carry chain of 32 bits, one barrel shift or one saturation deep.
+LANE_STAGES = (
+    "operands",
+    "products1",
+    "p1",
+    "shift1",
+    "round1",
+    "products2",
+    "p2",
+    "w",
+    "align2",
+    "shift2",
+    "bias",
+    "saturate",
+)
+#: Cycles from a lane's operands to ``prod`` (``a*b``), ``round1`` and ``result``.
+LANE_PROD = LANE_STAGES.index("p1") + 1
+LANE_ROUND1 = LANE_STAGES.index("round1") + 1
+LANE_LATENCY = len(LANE_STAGES)
+
+#: Cycles from a pipeline's decision to issue elements to their read requests: the
+#: address's terms registered (the row's offset on a DSP48E2, the column's byte offset),
+#: then their sum (``hw/sfu/common.py`` ``staged_sum``).
+ISSUE_STAGES = 2
+#: Cycles every MISC instruction has after its last issue besides its arithmetic: the
+#: unit's start cycle (it starts the pipeline a cycle after its own start), the
+#: :data:`ISSUE_STAGES`, the cycle from a read request to its data, and the write.
+MISC_OVERHEAD = 3 + ISSUE_STAGES
+#: Cycles from an element's operands to its result's write: through one lane
+#: (element-wise, tables, ROPE, the norms' output), or for SOFTMAX through the lane's
+#: ``round1`` (``d * m0``), the exp2 ROM (a synchronous read) and the lane again
+#: (``e * recip``).
+LANE_COMPUTE = LANE_LATENCY
+SOFTMAX_COMPUTE = LANE_ROUND1 + 1 + LANE_LATENCY
+#: Cycles from an element's operands to its ``x*x`` in a norm's statistics pass: out of
+#: the lane, then the lanes' sum registered before it is accumulated.
+NORM_STATS_DELAY = LANE_PROD + 1
+
+
+def compute_cycles(op: isa.MiscOp) -> int:
+    """:data:`LANE_COMPUTE` or :data:`SOFTMAX_COMPUTE`: the arithmetic of ``op``'s pipeline."""
+    return SOFTMAX_COMPUTE if op == isa.MiscOp.SOFTMAX else LANE_COMPUTE
+
+
+def misc_depth(op: isa.MiscOp, floor: int) -> int:
+    """Cycles from a MISC instruction's last issue to its ``done``: its pipeline's
+    :data:`MISC_OVERHEAD` and arithmetic, or the configured ``sfu.pipeline_depth``
+    (``floor``) if that is more (the pipelines pad to it)."""
+    return max(floor, MISC_OVERHEAD + compute_cycles(op))
 
 
 def divider_latency(dividend_bits: int) -> int:
@@ -70,14 +127,17 @@ def norm_steps(layer: bool) -> dict[str, int]:
     """When each step of a norm row's sequence happens: ``k`` cycles after it starts.
 
     ``k = 1`` is the first cycle of the sequence, and the row's statistics (S1, S2) are
-    registered from ``k = 2``. LAYERNORM first divides S1 by ``cols`` for its mean and
-    centres S2 (:data:`CENTRE_STEPS`); both norms then divide for the mean square, take
-    the square root and divide ``2**38`` by it; ``latch`` registers the inverse root for
-    the output pass, which may issue from ``k = latch + 1``.
+    registered from ``k = 2 + ISSUE_STAGES + NORM_STATS_DELAY`` (the last element's read
+    goes out :data:`ISSUE_STAGES` after its issue, its ``x*x`` comes out of its lane
+    :data:`NORM_STATS_DELAY` cycles after its data). LAYERNORM first divides S1 by
+    ``cols`` for its mean and centres S2 (:data:`CENTRE_STEPS`); both norms then divide
+    for the mean square, take the square root and divide ``2**38`` by it; ``latch``
+    registers the inverse root for the output pass, which may issue from ``k = latch + 1``.
     """
     div, sqrt = divider_latency(DIV_DIVIDEND_BITS), isqrt_latency(RADICAND_BITS)
-    steps = {"mean": 2} if layer else {}
-    ms = 2 + (div + 1 + CENTRE_STEPS if layer else 0)
+    first = 2 + ISSUE_STAGES + NORM_STATS_DELAY
+    steps = {"mean": first} if layer else {}
+    ms = first + (div + 1 + CENTRE_STEPS if layer else 0)
     steps.update({"mean_square": ms, "sqrt": ms + div, "inverse": ms + div + sqrt})
     steps["latch"] = steps["inverse"] + div
     return steps

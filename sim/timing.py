@@ -34,8 +34,10 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   ``ceil(M/m) * ceil(N/n) * ceil(K_eff/k)`` or the weight/index port bound, whichever
   is larger step by step (precision matters only through the bytes the port delivers).
 - **MISC**: ``passes * rows * max(ceil(cols / lanes), ceil(cols * elem_bytes / act_port))
-  + pipeline_depth``; softmax makes 3 passes over a row (max, exp-sum, normalise),
-  RMSNorm/LayerNorm 2 (statistics, scale), everything else 1.
+  + depth``; softmax makes 3 passes over a row (max, exp-sum, normalise),
+  RMSNorm/LayerNorm 2 (statistics, scale), everything else 1; ``depth`` is the SFU
+  pipeline's latency after the last issue (``sfu_row_ops.misc_depth``: the pipelined
+  lanes', or ``sfu.pipeline_depth`` if that is more).
 - **Several cores** (``cores > 1``): the one instruction stream runs on all cores in
   lock step, each taking ``ceil(N / cores)`` output columns of every matrix
   instruction, the same share of every weight/KV load and of every store, and
@@ -394,7 +396,7 @@ class Timing:
             )
         else:
             issue = i.rows * per_row
-        return issue + sfu.pipeline_depth
+        return issue + row_ops.misc_depth(op, sfu.pipeline_depth)
 
     # --- dispatch --------------------------------------------------------------------
 

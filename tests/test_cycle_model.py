@@ -204,11 +204,14 @@ def test_sfu_passes_and_port():
     t = Timing(TINY)
     add = isa.MISC(op=MiscOp.ADD, rows=2, cols=64)
     soft = isa.MISC(op=MiscOp.SOFTMAX, rows=1, cols=64, a_dt=DType.INT32)
-    # ADD: 3 bytes per element through the 8 B/cycle ACT port: 24 cycles a row (> 16 lanes)
-    assert t.misc(add) == 2 * 24 + 4
+    # ADD: 3 bytes per element through the 8 B/cycle ACT port: 24 cycles a row (> 16
+    # lanes), then 17 cycles to done: unit start, 2 address stages, read, the lane's 12
+    # stages, write
+    assert t.misc(add) == 2 * 24 + 17
     # SOFTMAX: 3 passes over 64 columns of INT32 in, INT8 out: 5 bytes an element -> 40,
-    # then the row's reciprocal (40 cycles) before its output pass
-    assert t.misc(soft) == 3 * 40 + 40 + 4
+    # then the row's reciprocal (40 cycles) before its output pass; 21 cycles to done:
+    # round1 (5 lane stages), the exp2 ROM (1), e * recip through the lane (12), 5 more
+    assert t.misc(soft) == 3 * 40 + 40 + 23
 
 
 def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
@@ -217,15 +220,16 @@ def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
     # SOFTMAX, 3 rows of p = 5 (20 INT8 columns, 4 lanes): MAX0 SUM0 MAX1 [wait 35] OUT0
     # SUM1 MAX2 [35] OUT1 SUM2 [40] OUT2
     soft = isa.MISC(op=MiscOp.SOFTMAX, rows=3, cols=20)
-    assert t.misc(soft) == 9 * 5 + 2 * 35 + 40 + 4
+    assert t.misc(soft) == 9 * 5 + 2 * 35 + 40 + 23
     # p = 50 > 40: only the last row waits
-    assert t.misc(isa.MISC(op=MiscOp.SOFTMAX, rows=3, cols=200)) == 9 * 50 + 40 + 4
-    # RMSNORM (gap 126), 4 rows of p = 50: STATS0 STATS1 [76] OUT0 STATS2 [26] OUT1
-    # STATS3 [26] OUT2 [76] OUT3
+    assert t.misc(isa.MISC(op=MiscOp.SOFTMAX, rows=3, cols=200)) == 9 * 50 + 40 + 23
+    # RMSNORM (gap 132: the reads go out 2 cycles after the issue, x*x is out of the lane
+    # 3 cycles after x and summed over the lanes in 1), 4 rows of p = 50: STATS0 STATS1
+    # [82] OUT0 STATS2 [32] OUT1 STATS3 [32] OUT2 [82] OUT3
     norm = isa.MISC(op=MiscOp.RMSNORM, rows=4, cols=200)
-    assert t.misc(norm) == 8 * 50 + 76 + 26 + 26 + 76 + 4
+    assert t.misc(norm) == 8 * 50 + 82 + 32 + 32 + 82 + 17
     # one row: statistics, the whole sequence, output
-    assert t.misc(isa.MISC(op=MiscOp.LAYERNORM, rows=1, cols=200)) == 2 * 50 + 178 + 4
+    assert t.misc(isa.MISC(op=MiscOp.LAYERNORM, rows=1, cols=200)) == 2 * 50 + 185 + 17
 
 
 def test_ld_overlaps_an_independent_mv():
@@ -253,15 +257,17 @@ def test_a_buffer_side_held_by_another_unit_is_a_wait_and_a_stall():
     though no token orders them (isa.buffer_sides); a MV reading WGT does not wait for
     a LD writing WGT (different sides), but a MISC after a MV waits for both ACT sides."""
     requant = isa.MISC(op=MiscOp.REQUANT, rows=1, cols=8, m0=1)
-    # REQUANT: 2 bytes an element through the 8 B ACT port, 8 columns: 2 cycles, + 4
-    assert Timing(TINY).misc(requant) == 6
+    # REQUANT: 2 bytes an element through the 8 B ACT port, 8 columns: 2 cycles, + 17
+    # (the SFU's depth after the last issue: start, 2 address stages, read, 12 lane
+    # stages, write)
+    assert Timing(TINY).misc(requant) == 19
     r = run([ld(64, buf=Buf.ACT), requant, HALT])
     s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
     assert (s[0], e[0]) == (0, LD + 8)
-    assert (s[1], e[1]) == (LD + 8, LD + 14)  # dispatched at 1, ACT.write free at LD + 8
+    assert (s[1], e[1]) == (LD + 8, LD + 27)  # dispatched at 1, ACT.write free at LD + 8
     sfu = r.stalls["SFU"]
     assert (sfu["dispatch"], sfu["buffer_side"], sfu["drain"]) == (1, LD + 7, 1)
-    assert r.cycles == LD + 15
+    assert r.cycles == LD + 28
     r = run([ld(64, buf=Buf.WGT), mv(4, 8), requant, HALT])
     s, e = r.schedule.start.tolist(), r.schedule.end.tolist()
     assert s[1] == 1  # MV overlaps the LD into WGT
@@ -290,7 +296,7 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     assert two.matmul(i) == 10 + 256 + 23 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == LD + 8
-    assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 4
+    assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 17  # SFU depth 17
     assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == one.misc(
         isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)
     )

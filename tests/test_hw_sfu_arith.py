@@ -88,43 +88,70 @@ def _wrap(x: int, bits: int) -> int:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sfu_lane_matches_its_formula(seed: int) -> None:
-    """``SfuLane`` on random operands of full width in every mode (chain, acc, sub):
-    ``sat(rnd((acc ? p1 : 0) +- (chain ? rnd(p1, s1) : c) * d, s2) + bias)``."""
+    """``SfuLane`` on random operands of full width in every mode (chain, acc, sub), a new
+    set every cycle: ``sat(rnd((acc ? p1 : 0) +- (chain ? rnd(p1, s1) : c) * d, s2) +
+    bias)``, with ``prod``, ``round1`` and ``result`` exactly ``LANE_PROD``,
+    ``LANE_ROUND1`` and ``LANE_LATENCY`` cycles after their operands."""
+    from flightforge.sfu_row_ops import LANE_LATENCY, LANE_PROD, LANE_ROUND1
+
     rng = np.random.default_rng(seed)
     dut = sfu_lane.SfuLane()
 
     def rand(bits: int) -> int:
         return int(rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64))
 
+    def operands(i: int) -> dict:
+        op = {
+            "a": rand(sfu_lane.A_BITS),
+            "b": rand(sfu_lane.B_BITS),
+            "c": rand(sfu_lane.C_BITS),
+            "d": rand(sfu_lane.D_BITS),
+            "chain": int(rng.integers(2)),
+            "acc": int(rng.integers(2)),
+            "sub": int(rng.integers(2)),
+            "bias": rand(sfu_lane.BIAS_BITS),
+            "shift1": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+            "shift2": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
+            "dt": int(rng.integers(0, len(isa.DType))),
+        }
+        if i % 3 == 0:  # small values, so that the saturation does not always clip
+            op.update(a=rand(12), b=rand(8), c=rand(12), d=rand(8), shift2=op["shift2"] % 8)
+        if i % 7 == 0:  # large products and shifts near the widths
+            op.update(shift1=int(rng.integers(40, 64)), shift2=int(rng.integers(50, 64)))
+        return op
+
+    def expected(op: dict) -> tuple[int, int, int]:
+        p1 = op["a"] * op["b"]
+        r1 = _rnd(p1, op["shift1"])
+        p2 = (_wrap(r1, sfu_lane.C_BITS) if op["chain"] else op["c"]) * op["d"]
+        w = (p1 if op["acc"] else 0) + (-p2 if op["sub"] else p2)
+        lo, hi = numerics.dtype_range(isa.DType(op["dt"]))
+        return (
+            p1,
+            _wrap(r1, sfu_lane.ROUND1_BITS),
+            min(hi, max(lo, _rnd(w, op["shift2"]) + op["bias"])),
+        )
+
     async def bench(ctx) -> None:
-        for i in range(300):
-            op = {
-                "a": rand(sfu_lane.A_BITS),
-                "b": rand(sfu_lane.B_BITS),
-                "c": rand(sfu_lane.C_BITS),
-                "d": rand(sfu_lane.D_BITS),
-                "chain": int(rng.integers(2)),
-                "acc": int(rng.integers(2)),
-                "sub": int(rng.integers(2)),
-                "bias": rand(sfu_lane.BIAS_BITS),
-                "shift1": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
-                "shift2": int(rng.integers(0, 1 << isa.SHIFT_BITS)),
-                "dt": int(rng.integers(0, len(isa.DType))),
-            }
-            if i % 3 == 0:  # small values, so that the saturation does not always clip
-                op.update(a=rand(12), b=rand(8), c=rand(12), d=rand(8), shift2=op["shift2"] % 8)
+        sent = []
+        for i in range(300 + LANE_LATENCY):
+            op = operands(i)
             for k, v in op.items():
                 ctx.set(getattr(dut, k), v)
-            p1 = op["a"] * op["b"]
-            r1 = _rnd(p1, op["shift1"])
-            p2 = (_wrap(r1, sfu_lane.C_BITS) if op["chain"] else op["c"]) * op["d"]
-            w = (p1 if op["acc"] else 0) + (-p2 if op["sub"] else p2)
-            lo, hi = numerics.dtype_range(isa.DType(op["dt"]))
-            want = min(hi, max(lo, _rnd(w, op["shift2"]) + op["bias"]))
-            got = ctx.get(dut.prod), ctx.get(dut.round1), ctx.get(dut.result)
-            assert got == (p1, r1, want), f"{op}: got {got}, want {(p1, r1, want)}"
+            sent.append((op, expected(op)))
             await ctx.tick()
-            assert ctx.get(dut.result_q) == want, f"{op}: result_q {ctx.get(dut.result_q)}"
+            for port, lat in ((dut.prod, LANE_PROD), (dut.round1, LANE_ROUND1)):
+                if len(sent) >= lat:
+                    o, want = sent[-lat]
+                    k = 0 if port is dut.prod else 1
+                    assert ctx.get(port) == want[k], (
+                        f"{o}: {port.name} {ctx.get(port)}, want {want[k]}"
+                    )
+            if len(sent) >= LANE_LATENCY:
+                o, want = sent[-LANE_LATENCY]
+                assert ctx.get(dut.result) == want[2], (
+                    f"{o}: result {ctx.get(dut.result)}, want {want[2]}"
+                )
 
     _run(dut, bench)
 
@@ -149,6 +176,10 @@ def test_sfu_row_gaps() -> None:
     from flightforge import sfu_row_ops as sfu
 
     assert sfu.SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
-    # mean square, square root, inverse root, latch; LAYERNORM first its mean and centring
-    assert sfu.norm_row_gap(False) == 2 + 2 * Divider.latency_of(48) + ISqrt.latency_of(50) == 126
-    assert sfu.norm_row_gap(True) == sfu.norm_row_gap(False) + Divider.latency_of(48) + 3 == 178
+    # the statistics (registered NORM_STATS_DELAY + 1 cycles after the last arrival,
+    # ISSUE_STAGES + 1 after the last issue), mean square, square root, inverse root, latch;
+    # LAYERNORM first its mean (a division) and centring (CENTRE_STEPS = 3, and one)
+    stats = 2 + sfu.ISSUE_STAGES + sfu.NORM_STATS_DELAY
+    assert sfu.norm_row_gap(False) == stats + 2 * Divider.latency_of(48) + ISqrt.latency_of(50)
+    assert sfu.norm_row_gap(False) == 132
+    assert sfu.norm_row_gap(True) == sfu.norm_row_gap(False) + Divider.latency_of(48) + 4 == 185

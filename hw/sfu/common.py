@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Const, Module, Mux, Signal, Value, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.hdl import ValueCastable
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge import isa
+from flightforge import sfu_row_ops as row_ops
 from flightforge.arch import ArchConfig
 
 from ..buffers import addr_bits
@@ -49,22 +50,23 @@ class StreamComponent(wiring.Component):
     ``lane0``, ``lane1``, ...: the operands it gives each lane's shared arithmetic
     (:class:`.lane.SfuLane`) and the results it gets back.
 
-    ``done`` pulses when the last result is written, ``sfu.pipeline_depth`` cycles after
-    the last issue counted from the unit's own ``start`` (which precedes the pipeline's
-    by one cycle): the term ``Timing.misc`` adds per instruction.
+    ``done`` pulses :func:`flightforge.sfu_row_ops.misc_depth` cycles after the last
+    issue counted from the unit's own ``start`` (which precedes the pipeline's by one
+    cycle): the term ``Timing.misc`` adds per instruction. A pipeline's own depth is
+    ``MISC_OVERHEAD + COMPUTE`` (issue, arrive, ``COMPUTE`` cycles of arithmetic to the
+    write, plus the unit's start cycle); ``sfu.pipeline_depth`` may pad it.
     """
 
-    #: the cycles from an issue to its write that every pipeline has (issue, arrive,
-    #: compute, write) plus the unit's start cycle; ``pipeline_depth`` pads the rest
-    MIN_DEPTH = 4
+    #: cycles from an element's operands to its write (``sfu_row_ops.compute_cycles``)
+    COMPUTE = row_ops.LANE_COMPUTE
+    OPS: tuple[isa.MiscOp, ...] = ()
 
     def __init__(self, arch: ArchConfig, groups: list[PortGroup]) -> None:
         self.arch = arch
         self.lanes = arch.sfu.lanes
         act = arch.buffers.of(isa.Buf.ACT)
         self.P = act.banks * act.width
-        if arch.sfu.pipeline_depth < self.MIN_DEPTH:
-            raise ValueError(f"the SFU pipelines need sfu.pipeline_depth >= {self.MIN_DEPTH}")
+        assert all(row_ops.compute_cycles(op) == self.COMPUTE for op in self.OPS)
         self.groups = groups
         members: dict[str, wiring.Member] = {
             "instr": In(MiscFields),
@@ -91,11 +93,15 @@ class StreamComponent(wiring.Component):
         return [self.port(g.name, j) for g in self.groups if g.buf == buf for j in range(g.count)]
 
     def finish(self, m: Module, last_write: Value) -> None:
-        """Drive ``done`` from the cycle of the last write (``MIN_DEPTH - 1`` after the
-        unit's start of a one-element instruction), padded to ``sfu.pipeline_depth``."""
-        m.d.comb += self.done.eq(
-            delay(m, last_write, self.arch.sfu.pipeline_depth - self.MIN_DEPTH, "done")
-        )
+        """Drive ``done`` from the cycle of the last write (``MISC_OVERHEAD + COMPUTE - 1``
+        after the unit's start of a one-element instruction), padded to ``misc_depth``."""
+        own = row_ops.MISC_OVERHEAD + self.COMPUTE
+        pad = row_ops.misc_depth(self.OPS[0], self.arch.sfu.pipeline_depth) - own
+        m.d.comb += self.done.eq(delay(m, last_write, pad, "done"))
+
+
+#: The most bytes one element moves over its operands and result (ADD: ``a``, ``b``, ``d``).
+MAX_ELEM_BYTES = 3 * max(d.nbytes for d in isa.DType)
 
 
 class ByteCredit:
@@ -103,34 +109,81 @@ class ByteCredit:
     up to ``min(cols, lanes * (t+1), floor(port * (t+1) / elem_bytes))`` are issued, so a
     pass takes ``max(ceil(cols / lanes), ceil(cols * elem_bytes / port))`` cycles.
 
-    ``col`` counts the elements issued in the pass (the caller's register);
-    ``issue`` is how many to issue this cycle. Call :meth:`advance` in cycles that issue
-    and :meth:`restart` when a pass begins.
+    Built shallow (a few LUT levels and short carry chains, not the pass's column
+    counter): the port's credit for a cycle, ``floor((r + port) / elem_bytes)`` with
+    ``r`` the bytes left over from earlier cycles, is a table of the few ``(elem_bytes,
+    r)`` pairs; the unused credit is kept only up to ``lanes`` (more never changes the
+    issue: a port that gives ``lanes`` elements a cycle or more issues ``lanes`` every
+    cycle); and ``left``, the elements still to issue, is compared with at most
+    ``lanes`` on its low bits.
+
+    ``issue`` is how many elements may be issued this cycle; a caller issuing ``used``
+    of them (``issue``, or fewer, e.g. ROPE's whole pairs) calls :meth:`advance` with it
+    in cycles that may issue, and :meth:`restart` when a pass begins.
     """
 
-    def __init__(
-        self, m: Module, *, port: int, lanes: int, elem_bytes: Value, cols: Value, col: Signal
-    ) -> None:
-        self.q = Signal(isa.DIM_BITS + 8)  # floor(port * t / elem_bytes)
-        self.r = Signal(5)  # port * t - q * elem_bytes
-        x = self.r + port
-        self.q_inc = sum(((x >= i * elem_bytes) for i in range(1, port // 2 + 2)), Const(0, 8))
-        self.r_next = Signal(8)
-        m.d.comb += self.r_next.eq(x - self.q_inc * elem_bytes)
-        avail = Signal(isa.DIM_BITS + 9)
-        m.d.comb += avail.eq(self.q + self.q_inc - col)
-        left = cols - col
-        lim = Mux(left < lanes, left, lanes)
+    def __init__(self, m: Module, *, port: int, lanes: int, elem_bytes: Value, cols: Value):
+        self.lanes, self.cols = lanes, cols
+        self.lb = lanes.bit_length()  # bits of 0..lanes
+        self.r = Signal(range(MAX_ELEM_BYTES))  # bytes of credit left over
+        self.credit = Signal(range(lanes + 1))  # elements of credit unused, at most lanes
+        self.left = Signal(isa.DIM_BITS + 1)  # elements of the pass not issued yet
+        # the instruction is held from the pipeline's start, the first issue a cycle later
+        eb = Signal.like(elem_bytes, name="eb_q")
+        m.d.sync += eb.eq(elem_bytes)
+        q_inc = Signal(range(lanes + 1))
+        self.r_next = Signal.like(self.r)
+        with m.Switch(eb):
+            for e in range(1, MAX_ELEM_BYTES + 1):
+                with m.Case(e):
+                    with m.Switch(self.r):
+                        for r in range(e):
+                            with m.Case(r):
+                                m.d.comb += [
+                                    q_inc.eq(min((r + port) // e, lanes)),
+                                    self.r_next.eq((r + port) % e),
+                                ]
+        self.avail = Signal(range(2 * lanes + 1))
+        m.d.comb += self.avail.eq(self.credit + q_inc)
+        small = (self.left[self.lb :] == 0) & (self.left[: self.lb] < lanes)
+        lim = Mux(small, self.left[: self.lb], lanes)
         self.issue = Signal(range(lanes + 1))
-        m.d.comb += self.issue.eq(Mux(avail < lim, avail, lim))
+        m.d.comb += self.issue.eq(Mux(self.avail < lim, self.avail, lim))
         #: this cycle issues the pass's last elements
-        self.pass_end = col + self.issue >= cols
+        self.pass_end = self.ends(self.issue)
+        self.m = m
 
-    def advance(self) -> list:
-        return [self.q.eq(self.q + self.q_inc), self.r.eq(self.r_next)]
+    def ends(self, used: Value) -> Value:
+        """Issuing ``used`` elements this cycle ends the pass."""
+        return (self.left[self.lb :] == 0) & (self.left[: self.lb] == used)
+
+    def count(self, counter: Value, used: Value, name: str) -> Value:
+        """``counter + used`` (``used`` at most ``lanes``, e.g. the pass's column after this
+        cycle's issue), as :func:`add_small`."""
+        return add_small(self.m, counter, used, self.lanes, name)
+
+    def advance(self, used: Value) -> list:
+        rest = self.avail - used
+        return [
+            self.r.eq(self.r_next),
+            self.credit.eq(Mux(rest > self.lanes, self.lanes, rest)),
+            self.left.eq(add_small(self.m, self.left, used, self.lanes, "left", -1)),
+        ]
 
     def restart(self) -> list:
-        return [self.q.eq(0), self.r.eq(0)]
+        return [self.r.eq(0), self.credit.eq(0), self.left.eq(self.cols)]
+
+
+def add_small(m: Module, x: Value, k: Value, kmax: int, name: str, sign: int = 1) -> Signal:
+    """``x + sign * k`` for a small ``k`` (``0..kmax``) that is computed late in the cycle:
+    ``x + sign * i`` for every ``i`` beside whatever computes ``k``, then ``k`` picks one,
+    so the carry chain does not wait for ``k``."""
+    out = Signal.like(x, name=f"{name}_next")
+    with m.Switch(k):
+        for i in range(kmax + 1):
+            with m.Case(i):
+                m.d.comb += out.eq(x + sign * i)
+    return out
 
 
 def elem_bytes(*dts: Value) -> Value:
@@ -138,9 +191,50 @@ def elem_bytes(*dts: Value) -> Value:
     return sum((Const(1, 4) << dt for dt in dts), Const(0, 5))
 
 
-def elem_addr(base: Value, stride: Value, row: Value, col: Value, dt: Value) -> Value:
-    """Byte address of element ``(row, col)`` of a tile at ``base`` with row ``stride``."""
-    return base + row * stride + (col << dt)
+def addr_terms(base: Value, stride: Value, row: Value, col: Value, dt: Value) -> list:
+    """The terms of the byte address of element ``(row, col)`` of a tile at ``base`` with
+    row ``stride``, for :func:`staged_sum`."""
+    return [base, row * stride, col << dt]
+
+
+def csa_sum(m: Module, terms: list, width: int, name: str) -> Value:
+    """``sum(terms)`` modulo ``2**width``: carry-save steps (one LUT level each) down to two
+    terms, then one carry chain."""
+    terms = [Value.cast(t) for t in terms]
+    while len(terms) > 2:
+        x, y, z, *rest = terms
+        xs, ys, zs = (Signal(width, name=f"{name}_csa{len(terms)}_{k}") for k in range(3))
+        m.d.comb += [xs.eq(x), ys.eq(y), zs.eq(z)]
+        maj = (xs & ys) | (xs & zs) | (ys & zs)
+        terms = [*rest, xs ^ ys ^ zs, Cat(0, maj[:-1])]
+    return sum(terms, Const(0, width))[:width]
+
+
+def staged_sum(m: Module, terms: list, width: int, name: str) -> Signal:
+    """``sum(terms)`` modulo ``2**width``, :data:`~flightforge.sfu_row_ops.ISSUE_STAGES`
+    cycles later: every term registered (a product on its DSP48E2, a column's byte offset),
+    then their sum (:func:`csa_sum`) registered. The pipelines' buffer addresses go this way
+    instead of through a multiplier and two adders in the cycle that issues them."""
+    assert row_ops.ISSUE_STAGES == 2
+    regs = []
+    for k, t in enumerate(terms):
+        r = Signal(width, name=f"{name}_t{k}")
+        m.d.sync += r.eq(t)
+        regs.append(r)
+    out = Signal(width, name=name)
+    m.d.sync += out.eq(csa_sum(m, regs, width, name))
+    return out
+
+
+def issued(m: Module, value: Value, name: str) -> Value:
+    """``value`` of an issue cycle in the cycle its request goes out (``ISSUE_STAGES``
+    later, with the address from :func:`staged_sum`)."""
+    return delay(m, value, row_ops.ISSUE_STAGES, name)
+
+
+def arrived(m: Module, value: Value, name: str) -> Value:
+    """``value`` of an issue cycle in the cycle its read data arrive."""
+    return delay(m, value, row_ops.ISSUE_STAGES + 1, name)
 
 
 def sext(raw: Value, dt: Value) -> Value:

@@ -7,11 +7,13 @@ single subtractor instead of a combinational divider array.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Cat, Const, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from flightforge.sfu_row_ops import divider_latency, isqrt_latency
+
+from .lane import carry_select_add
 
 
 def _check_width(name: str, width: object) -> int:
@@ -125,8 +127,12 @@ class ISqrt(wiring.Component):
         res = Signal(w)
         bit = Signal(w)
         trial = Signal(w + 2)
+        # res has no bit at or below bit's, so res + bit = res | bit; op - (res | bit) in
+        # carry-select chunks (a radicand of 50 bits is a 13-CARRY4 chain otherwise)
+        minus = Signal(w + 2)
+        m.d.comb += minus.eq(~Cat(res | bit, Const(0, 2)))
         m.d.comb += [
-            trial.eq(op - (res + bit)),
+            trial.eq(carry_select_add(m, op, minus, w + 2, "trial", cin=1)),
             self.busy.eq(bit != 0),
             self.root.eq(res),
         ]

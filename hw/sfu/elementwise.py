@@ -6,9 +6,10 @@ operands' and the result's bytes, so operand reads and the result write share
 ``max(ceil(cols / lanes), ceil(cols * elem_bytes / port[ACT]))`` cycles, rows back to
 back, then ``sfu.pipeline_depth`` cycles. Elements issued in cycle ``t`` arrive in
 ``t + 1`` on the ``a`` (and ``b``) ports, where the ``lanes`` shared lane datapaths
-(:class:`.lane.SfuLane`) compute ``sat(rnd(wide >> shift))`` or the GLB table reads are
-issued (one port a lane); the results are written in ``t + 2`` through the ``d`` port
-with byte strobes.
+(:class:`.lane.SfuLane`, pipelined) take ``sat(rnd(wide >> shift))`` or the GLB table reads are
+issued (one port a lane, :data:`~flightforge.sfu_row_ops.LANE_LATENCY` - 1 cycles
+later, so that the table's answer meets the lanes' results); the results are written in
+``t + 1 + LANE_LATENCY`` through the ``d`` port with byte strobes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
+from flightforge.sfu_row_ops import ISSUE_STAGES, LANE_LATENCY
 
-from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext
+from .common import (
+    ByteCredit,
+    PortGroup,
+    StreamComponent,
+    addr_terms,
+    arrived,
+    delay,
+    elem_bytes,
+    issued,
+    sext,
+    staged_sum,
+)
 from .lane import ELEM_BITS
 
 #: The operations this pipeline runs.
@@ -66,37 +79,39 @@ class ElementStream(StreamComponent):
         busy = Signal()
         row = Signal(isa.DIM_BITS)
         col = Signal(isa.DIM_BITS + 1)  # elements issued in this row
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
         E = sched.issue
+        last_row = Signal()  # the current row is the last (registered with row)
         last = Signal()
-        m.d.comb += last.eq(busy & sched.pass_end & (row + 1 >= ins.rows))
+        m.d.comb += last.eq(busy & sched.pass_end & last_row)
 
         with m.If(~busy & self.start):
             m.d.sync += [busy.eq(1), row.eq(0), col.eq(0), *sched.restart()]
+            m.d.sync += last_row.eq(ins.rows <= 1)
         with m.If(busy):
-            m.d.sync += [col.eq(col + E), *sched.advance()]
+            m.d.sync += [col.eq(sched.count(col, E, "col")), *sched.advance(E)]
             with m.If(sched.pass_end):
                 m.d.sync += [col.eq(0), row.eq(row + 1), *sched.restart()]
-                with m.If(row + 1 >= ins.rows):
+                m.d.sync += last_row.eq(row + 2 >= ins.rows)
+                with m.If(last_row):
                     m.d.sync += busy.eq(0)
 
         a_port, b_port, d_port = self.port("a"), self.port("b"), self.port("d")
         issue = busy & (E != 0)
+        aw, bw = len(a_port.addr), len(b_port.addr)
+        a_terms = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
+        b_terms = addr_terms(ins.b_addr, ins.b_stride, row, col, ins.b_dt)
         m.d.comb += [
-            a_port.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
-            a_port.req.eq(issue),
-            b_port.addr.eq(elem_addr(ins.b_addr, ins.b_stride, row, col, ins.b_dt)),
-            b_port.req.eq(issue & two),
+            a_port.addr.eq(staged_sum(m, a_terms, aw, "a_addr")),
+            a_port.req.eq(issued(m, issue, "a_req")),
+            b_port.addr.eq(staged_sum(m, b_terms, bw, "b_addr")),
+            b_port.req.eq(issued(m, issue & two, "b_req")),
         ]
-        # stage 1: operands arrive; compute or look up
+        # operands arrive; compute or look up
         v1, e1, r1, c1, last1 = (
-            Signal(),
-            Signal.like(E),
-            Signal.like(row),
-            Signal.like(col),
-            Signal(),
+            arrived(m, sig, name)
+            for sig, name in ((issue, "v"), (E, "e"), (row, "r"), (col, "c"), (last, "last"))
         )
-        m.d.sync += [v1.eq(issue), e1.eq(E), r1.eq(row), c1.eq(col), last1.eq(last)]
         for j in range(L):
             araw = Cat(a_port.rdata, Const(0, 32)).bit_select(j << (ins.a_dt + 3), 32)
             braw = Cat(b_port.rdata, Const(0, 32)).bit_select(j << (ins.b_dt + 3), 32)
@@ -118,21 +133,20 @@ class ElementStream(StreamComponent):
                     ]
                 with m.Default():  # a*m0
                     m.d.comb += [lane.a.eq(a), lane.b.eq(ins.m0)]
+            # the table is read a cycle before the lane's result is out
             tp = self.port("t", j)
-            m.d.comb += [
-                tp.addr.eq(ins.p_addr + (a[:8] << ins.d_dt)),
-                tp.req.eq(v1 & is_table & (j < e1)),
-            ]
-        # stage 2: write
-        v2, e2, r2, c2, last2 = (
-            Signal(),
-            Signal.like(E),
-            Signal.like(row),
-            Signal.like(col),
-            Signal(),
+            look = delay(m, Cat(a[:8], v1 & is_table & (j < e1)), LANE_LATENCY - 1, f"look{j}")
+            m.d.comb += [tp.addr.eq(ins.p_addr + (look[:8] << ins.d_dt)), tp.req.eq(look[8])]
+        # write, when the lanes' results are out (the address from ISSUE_STAGES before)
+        v2, e2, last2 = (
+            delay(m, sig, LANE_LATENCY, name)
+            for sig, name in ((v1, "v"), (e1, "e"), (last1, "last"))
         )
-        m.d.sync += [v2.eq(v1), e2.eq(e1), r2.eq(r1), c2.eq(c1), last2.eq(last1)]
-        outs = [Mux(is_table, self.port("t", j).rdata, self.lane(j).result_q) for j in range(L)]
+        r2, c2 = (
+            delay(m, sig, LANE_LATENCY - ISSUE_STAGES, n) for sig, n in ((r1, "r"), (c1, "c"))
+        )
+        d_terms = addr_terms(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)
+        outs = [Mux(is_table, self.port("t", j).rdata, self.lane(j).result) for j in range(L)]
         packed = Signal(32 * L)
         with m.Switch(ins.d_dt):
             for d in isa.DType:
@@ -140,7 +154,7 @@ class ElementStream(StreamComponent):
                     m.d.comb += packed.eq(Cat(*(o[: d.bits] for o in outs)))
         nbytes = e2 << ins.d_dt
         m.d.comb += [
-            d_port.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)),
+            d_port.addr.eq(staged_sum(m, d_terms, len(d_port.addr), "d_addr")),
             d_port.we.eq(1),
             d_port.wdata.eq(packed[: len(d_port.wdata)]),
             d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[: len(d_port.strb)]),

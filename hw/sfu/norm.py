@@ -26,7 +26,11 @@ from flightforge.arch import ArchConfig
 from flightforge.sfu_row_ops import (
     DIV_DIVIDEND_BITS,
     DIV_DIVISOR_BITS,
+    ISSUE_STAGES,
+    LANE_LATENCY,
+    LANE_PROD,
     MS_BITS,
+    NORM_STATS_DELAY,
     RADICAND_BITS,
     S1_BITS,
     S2_BITS,
@@ -36,8 +40,22 @@ from flightforge.sfu_row_ops import (
     norm_steps,
 )
 
-from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext, strobe
+from .common import (
+    ByteCredit,
+    PortGroup,
+    StreamComponent,
+    addr_terms,
+    arrived,
+    csa_sum,
+    delay,
+    elem_bytes,
+    issued,
+    sext,
+    staged_sum,
+    strobe,
+)
 from .divider import Divider, ISqrt
+from .lane import carry_select_add
 
 STATS, WAIT, OUT = range(3)
 
@@ -48,10 +66,13 @@ class NormStream(StreamComponent):
 
     Every lane has its own ACT read and write port and GLB ports for ``gamma`` and
     ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols`` gains). Statistics: the lanes'
-    ``x`` and ``x**2`` are summed on arrival (``t + 1``). Output: on arrival ``y`` =
-    ``sat(rnd(rnd((x - mean) * inv, 16) * gamma, shift) + beta)`` is computed and written
-    in ``t + 2``. Both use the lanes' shared datapaths (:class:`.lane.SfuLane`): ``x**2``
-    on the first multiplier, ``y`` on both, chained.
+    ``x`` and ``x**2`` are summed when ``x**2`` is out of the lane
+    (:data:`~flightforge.sfu_row_ops.NORM_STATS_DELAY` after the arrival in ``t + 1``).
+    Output: on arrival the lanes take the operands of ``y`` =
+    ``sat(rnd(rnd((x - mean) * inv, 16) * gamma, shift) + beta)``, written
+    :data:`~flightforge.sfu_row_ops.LANE_LATENCY` cycles later. Both use the lanes' shared
+    datapaths (:class:`.lane.SfuLane`): ``x**2`` on the first multiplier, ``y`` on both,
+    chained.
     """
 
     OPS = (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM)
@@ -84,7 +105,7 @@ class NormStream(StreamComponent):
         seq_row = Signal(isa.DIM_BITS)  # the row whose sequence runs
         k = Signal(range(norm_row_gap(True) + 1))  # cycles into the sequence (0: none yet)
         col = Signal(isa.DIM_BITS + 1)
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
         E = sched.issue
         issuing = busy & (phase != WAIT)
         row_end = issuing & sched.pass_end
@@ -119,7 +140,7 @@ class NormStream(StreamComponent):
                 *sched.restart(),
             ]
         with m.If(issuing):
-            m.d.sync += [col.eq(col + E), *sched.advance()]
+            m.d.sync += [col.eq(sched.count(col, E, "col")), *sched.advance(E)]
         with m.If(row_end):
             m.d.sync += [col.eq(0), *sched.restart()]
             with m.If((phase == STATS) & (row == 0)):  # row 0's sequence starts
@@ -138,50 +159,60 @@ class NormStream(StreamComponent):
             with m.If(seq_row + 1 < ins.rows):  # the next row's sequence starts with OUT
                 m.d.sync += [k.eq(1), seq_row.eq(seq_row + 1)]
 
+        # the reads go out ISSUE_STAGES after the issue, with their staged addresses
+        on = [issuing & (j < E) for j in range(L)]
+        out = phase == OUT
         for j in range(L):
-            on = issuing & (j < E)
             p, g, b = (self.port(n, j) for n in ("rd", "g", "b"))
+            terms = addr_terms(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)
             m.d.comb += [
-                p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
-                p.req.eq(on),
-                g.addr.eq(ins.p_addr + ((col + j) << 1)),
-                b.addr.eq(ins.p_addr + ((ins.cols + col + j) << 1)),
-                g.req.eq(on & (phase == OUT)),
-                b.req.eq(on & (phase == OUT) & layer),
+                p.addr.eq(staged_sum(m, terms, len(p.addr), f"rd_addr{j}")),
+                p.req.eq(issued(m, on[j], f"rd_req{j}")),
+                g.addr.eq(staged_sum(m, [ins.p_addr, (col + j) << 1], len(g.addr), f"g_addr{j}")),
+                b.addr.eq(
+                    staged_sum(
+                        m, [ins.p_addr, ins.cols << 1, (col + j) << 1], len(b.addr), f"b_addr{j}"
+                    )
+                ),
+                g.req.eq(issued(m, on[j] & out, f"g_req{j}")),
+                b.req.eq(issued(m, on[j] & out & layer, f"b_req{j}")),
             ]
-        # stage 1: arrival
-        v1 = Signal(L)
-        ph1, r1, c1, last1, first1 = (
-            Signal(2),
-            Signal.like(row),
-            Signal.like(col),
-            Signal(),
-            Signal(),
+        # arrival
+        v1, ph1, r1, c1, last1, first1 = (
+            arrived(m, sig, name)
+            for sig, name in (
+                (Cat(*on), "v"),
+                (phase, "ph"),
+                (row, "r"),
+                (col, "c"),
+                (last, "last"),
+                (col == 0, "first"),
+            )
         )
-        m.d.sync += [
-            v1.eq(Cat(*(issuing & (j < E) for j in range(L)))),
-            ph1.eq(phase),
-            r1.eq(row),
-            c1.eq(col),
-            last1.eq(last),
-            first1.eq(col == 0),
-        ]
         xs = [Signal(signed(X_BITS), name=f"x{j}") for j in range(L)]
         for j in range(L):
             m.d.comb += xs[j].eq(sext(self.port("rd", j).rdata, ins.a_dt))
         # statistics, per row parity; the first arrival of a pass restarts them
         s1 = [Signal(signed(S1_BITS), name=f"s1_{b}") for b in range(2)]
         s2 = [Signal(unsigned(S2_BITS), name=f"s2_{b}") for b in range(2)]
-        add1 = sum((Mux(v1[j], xs[j], 0) for j in range(L)), 0)
-        # x * x on the lanes' first multipliers (below 2**30: the low 2*X_BITS bits)
-        add2 = sum((Mux(v1[j], self.lane(j).prod[: 2 * X_BITS], 0) for j in range(L)), 0)
-        with m.If(v1.any() & (ph1 == STATS)):
+        # x * x comes out of the lanes' first multipliers LANE_PROD cycles after x, and the
+        # lanes' sums are registered before they are accumulated (NORM_STATS_DELAY): the
+        # sum of the x waits for them (x * x below 2**30: the low 2*X_BITS bits)
+        xsum = csa_sum(m, [Mux(v1[j], xs[j], 0) for j in range(L)], S1_BITS, "xsum")
+        add1 = delay(m, xsum, NORM_STATS_DELAY, "add1")
+        vs, phs, rs, firsts = (
+            delay(m, sig, NORM_STATS_DELAY, f"{name}_stats")
+            for sig, name in ((v1, "v"), (ph1, "ph"), (r1, "r"), (first1, "first"))
+        )
+        vp = delay(m, v1, LANE_PROD, "v_prod")
+        sq = [Mux(vp[j], self.lane(j).prod[: 2 * X_BITS], 0) for j in range(L)]
+        add2 = delay(m, csa_sum(m, sq, S2_BITS, "sqsum"), NORM_STATS_DELAY - LANE_PROD, "add2")
+        with m.If(vs.any() & (phs == STATS)):
             for b in range(2):
-                with m.If(r1[0] == b):
-                    m.d.sync += [
-                        s1[b].eq(Mux(first1, 0, s1[b]) + add1),
-                        s2[b].eq(Mux(first1, 0, s2[b]) + add2),
-                    ]
+                new1 = carry_select_add(m, Mux(firsts, 0, s1[b]), add1, S1_BITS, f"s1_next{b}")
+                new2 = carry_select_add(m, Mux(firsts, 0, s2[b]), add2, S2_BITS, f"s2_next{b}")
+                with m.If(rs[0] == b):
+                    m.d.sync += [s1[b].eq(new1.as_signed()), s2[b].eq(new2)]
 
         # the sequence of row seq_row, at fixed k
         m.submodules.divider = div = Divider(DIV_DIVIDEND_BITS, DIV_DIVISOR_BITS)
@@ -192,6 +223,10 @@ class NormStream(StreamComponent):
         mean = [Signal(signed(X_BITS + 1), name=f"mean{b}") for b in range(2)]
         inv = [Signal(numerics.NORM_RSQRT_BITS + 1, name=f"inv{b}") for b in range(2)]
         centre = Signal(signed(S1_BITS + X_BITS + 3))
+        centred = Signal(signed(S2_BITS + 2))  # mean * centre, registered before S2 takes it
+        minus = Signal(S2_BITS)
+        m.d.comb += minus.eq(~centred)
+        centred_s2 = carry_select_add(m, S2, minus, S2_BITS, "centred_s2", cin=1)
         ms = Signal(MS_BITS)
         m.d.comb += ms.eq(div.quotient + ins.eps)
 
@@ -210,7 +245,9 @@ class NormStream(StreamComponent):
                 with m.If(layer & (k == steps_l["mean"] + dl + 1)):
                     m.d.sync += centre.eq(2 * S1 - ins.cols * mean[b])
                 with m.If(layer & (k == steps_l["mean"] + dl + 2)):
-                    m.d.sync += s2[b].eq(S2 - mean[b] * centre)
+                    m.d.sync += centred.eq(mean[b] * centre)
+                with m.If(layer & (k == steps_l["mean"] + dl + 3)):
+                    m.d.sync += s2[b].eq(centred_s2)
                 with m.If(at("latch")):
                     m.d.sync += inv[b].eq(div.quotient)
         with m.If(at("mean_square")):
@@ -224,10 +261,17 @@ class NormStream(StreamComponent):
                 div.divisor.eq(Mux(sqrt.root == 0, 1, sqrt.root)),
             ]
 
-        # output: computed on arrival with the row's mean and inverse root, written next cycle
-        v2 = Signal(L)
-        r2, c2, last2, ph2 = Signal.like(row), Signal.like(col), Signal(), Signal(2)
-        m.d.sync += [v2.eq(v1), r2.eq(r1), c2.eq(c1), last2.eq(last1), ph2.eq(ph1)]
+        # output: given to the lanes on arrival with the row's mean and inverse root,
+        # written when the lanes' results are out
+        v2, last2, ph2 = (
+            delay(m, sig, LANE_LATENCY, f"{name}_out")
+            for sig, name in ((v1, "v"), (last1, "last"), (ph1, "ph"))
+        )
+        # the write addresses from ISSUE_STAGES before the write
+        r2, c2 = (
+            delay(m, sig, LANE_LATENCY - ISSUE_STAGES, f"{n}_out")
+            for sig, n in ((r1, "r"), (c1, "c"))
+        )
         stats = ph1 == STATS  # the lanes' first multiplier squares x for the statistics
         row_mean = Mux(layer & ~stats, Mux(r1[0], mean[1], mean[0]), 0)
         row_inv = Mux(r1[0], inv[1], inv[0])
@@ -247,10 +291,11 @@ class NormStream(StreamComponent):
                 lane.dt.eq(ins.d_dt),
             ]
             p = self.port("wr", j)
+            terms = addr_terms(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)
             m.d.comb += [
-                p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{j}")),
                 p.we.eq(1),
-                p.wdata.eq(lane.result_q),
+                p.wdata.eq(lane.result),
                 p.strb.eq(strobe(ins.d_dt)),
                 p.req.eq(v2[j] & (ph2 == OUT)),
             ]

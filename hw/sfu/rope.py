@@ -5,8 +5,9 @@ Rotate-half works on pairs ``(x1, x2)`` = columns ``(c, c + len/2)`` of a ``len`
 chunk, so the byte-credit schedule issues an even number of elements a cycle
 (``lanes / 2`` pairs at most): every pair slot has its own ACT read ports for ``x1`` and
 ``x2`` and GLB ports for ``cos`` and ``sin`` (INT16, position ``pos + row``), computes
-both rotated values one cycle later on its two lanes' shared datapaths
-(:class:`.lane.SfuLane`) and writes them one cycle after that. Both halves of
+both rotated values on its two lanes' shared datapaths (:class:`.lane.SfuLane`) from
+the cycle after and writes them when they come out,
+:data:`~flightforge.sfu_row_ops.LANE_LATENCY` cycles later. Both halves of
 a pair are read before either is written, so the operation may run in place.
 """
 
@@ -16,8 +17,21 @@ from amaranth import Module, Mux, Signal
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
+from flightforge.sfu_row_ops import ISSUE_STAGES, LANE_LATENCY
 
-from .common import ByteCredit, PortGroup, StreamComponent, elem_addr, elem_bytes, sext, strobe
+from .common import (
+    ByteCredit,
+    PortGroup,
+    StreamComponent,
+    addr_terms,
+    arrived,
+    delay,
+    elem_bytes,
+    issued,
+    sext,
+    staged_sum,
+    strobe,
+)
 
 
 class RopeStream(StreamComponent):
@@ -49,14 +63,14 @@ class RopeStream(StreamComponent):
         half = ins.len >> 1
         busy = Signal()
         row = Signal(isa.DIM_BITS)
-        done_e = Signal(isa.DIM_BITS + 1)  # elements issued in this row
         base = Signal(isa.DIM_BITS + 1)  # first column of the current chunk
         i = Signal(isa.DIM_BITS)  # pair index within the chunk
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=done_e)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
         npairs = Signal(range(S + 1))
         m.d.comb += npairs.eq(sched.issue >> 1)
-        row_end = done_e + (npairs << 1) >= ins.cols
-        last = busy & row_end & (row + 1 >= ins.rows)
+        row_end = sched.ends(npairs << 1)
+        last_row = Signal()  # the current row is the last (registered with row)
+        last = busy & row_end & last_row
         # the pairs of this cycle: chunk base and index per slot
         bases, idxs = [base], [i]
         for s in range(1, S + 1):
@@ -70,44 +84,51 @@ class RopeStream(StreamComponent):
             bases.append(nb_)
             idxs.append(ni)
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), row.eq(0), done_e.eq(0), base.eq(0), i.eq(0), *sched.restart()]
+            m.d.sync += [busy.eq(1), row.eq(0), base.eq(0), i.eq(0), *sched.restart()]
+            m.d.sync += last_row.eq(ins.rows <= 1)
         with m.If(busy):
-            m.d.sync += [done_e.eq(done_e + (npairs << 1)), *sched.advance()]
+            m.d.sync += sched.advance(npairs << 1)
             with m.Switch(npairs):
                 for n in range(S + 1):
                     with m.Case(n):
                         m.d.sync += [base.eq(bases[n]), i.eq(idxs[n])]
             with m.If(row_end):
-                m.d.sync += [done_e.eq(0), base.eq(0), i.eq(0), row.eq(row + 1), *sched.restart()]
-                with m.If(row + 1 >= ins.rows):
+                m.d.sync += [base.eq(0), i.eq(0), row.eq(row + 1), *sched.restart()]
+                m.d.sync += last_row.eq(row + 2 >= ins.rows)
+                with m.If(last_row):
                     m.d.sync += busy.eq(0)
 
-        tab_row = (ins.pos + row) * ins.len
-        v1 = [Signal(name=f"v1_{s}") for s in range(S)]
-        c1 = [Signal.like(base, name=f"c1_{s}") for s in range(S)]
-        r1, last1 = Signal.like(row), Signal()
-        m.d.sync += [r1.eq(row), last1.eq(last)]
+        # the reads go out ISSUE_STAGES after the issue, with their staged addresses
+        tab_row = ((ins.pos + row) * ins.len) << 1
+        v1 = [None] * S
+        c1 = [None] * S
+        r1, last1 = arrived(m, row, "r"), arrived(m, last, "last")
         for s in range(S):
             on = busy & (s < npairs)
             col = bases[s] + idxs[s]
             x1p, x2p = self.port("rd", 2 * s), self.port("rd", 2 * s + 1)
             cp, sp = self.port("tab", 2 * s), self.port("tab", 2 * s + 1)
+            x1 = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
+            x2 = addr_terms(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)
+            req = issued(m, on, f"req{s}")
             m.d.comb += [
-                x1p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col, ins.a_dt)),
-                x2p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)),
-                cp.addr.eq(ins.p_addr + ((tab_row + idxs[s]) << 1)),
-                sp.addr.eq(ins.p_addr + ((tab_row + half + idxs[s]) << 1)),
-                x1p.req.eq(on),
-                x2p.req.eq(on),
-                cp.req.eq(on),
-                sp.req.eq(on),
+                x1p.addr.eq(staged_sum(m, x1, len(x1p.addr), f"x1_addr{s}")),
+                x2p.addr.eq(staged_sum(m, x2, len(x2p.addr), f"x2_addr{s}")),
+                cp.addr.eq(
+                    staged_sum(m, [ins.p_addr, tab_row, idxs[s] << 1], len(cp.addr), f"cos{s}")
+                ),
+                sp.addr.eq(
+                    staged_sum(
+                        m, [ins.p_addr, tab_row, (half + idxs[s]) << 1], len(sp.addr), f"sin{s}"
+                    )
+                ),
+                x1p.req.eq(req),
+                x2p.req.eq(req),
+                cp.req.eq(req),
+                sp.req.eq(req),
             ]
-            m.d.sync += [v1[s].eq(on), c1[s].eq(col)]
+            v1[s], c1[s] = arrived(m, on, f"v1_{s}"), arrived(m, col, f"c1_{s}")
         # stage 1: rotate, lane 2s: x1*cos - x2*sin, lane 2s + 1: x2*cos + x1*sin
-        v2 = [Signal(name=f"v2_{s}") for s in range(S)]
-        c2 = [Signal.like(base, name=f"c2_{s}") for s in range(S)]
-        r2, last2 = Signal.like(row), Signal()
-        m.d.sync += [r2.eq(r1), last2.eq(last1)]
         for s in range(S):
             x1 = sext(self.port("rd", 2 * s).rdata, ins.a_dt)
             x2 = sext(self.port("rd", 2 * s + 1).rdata, ins.a_dt)
@@ -125,19 +146,22 @@ class RopeStream(StreamComponent):
                     lane.shift2.eq(ins.shift),
                     lane.dt.eq(ins.d_dt),
                 ]
-            m.d.sync += [v2[s].eq(v1[s]), c2[s].eq(c1[s])]
-        # stage 2: write both halves
+        # the lanes' results are out LANE_LATENCY cycles after their operands
+        v2 = [delay(m, v1[s], LANE_LATENCY, f"v_{s}") for s in range(S)]
+        last2 = delay(m, last1, LANE_LATENCY, "last")
+        # write both halves (the addresses from ISSUE_STAGES before)
+        c2 = [delay(m, c1[s], LANE_LATENCY - ISSUE_STAGES, f"c_{s}") for s in range(S)]
+        r2 = delay(m, r1, LANE_LATENCY - ISSUE_STAGES, "r")
         for s in range(S):
             for h in range(2):
                 p = self.port("wr", 2 * s + h)
+                terms = addr_terms(
+                    ins.d_addr, ins.d_stride, r2, c2[s] + (half if h else 0), ins.d_dt
+                )
                 m.d.comb += [
-                    p.addr.eq(
-                        elem_addr(
-                            ins.d_addr, ins.d_stride, r2, c2[s] + (half if h else 0), ins.d_dt
-                        )
-                    ),
+                    p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{2 * s + h}")),
                     p.we.eq(1),
-                    p.wdata.eq(self.lane(2 * s + h).result_q),
+                    p.wdata.eq(self.lane(2 * s + h).result),
                     p.strb.eq(strobe(ins.d_dt)),
                     p.req.eq(v2[s]),
                 ]

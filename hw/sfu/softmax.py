@@ -22,7 +22,11 @@ from flightforge.arch import ArchConfig
 from flightforge.sfu_row_ops import (
     EXP_BITS,
     EXP_MAX_SHIFT,
+    ISSUE_STAGES,
+    LANE_LATENCY,
+    LANE_ROUND1,
     RECIP_DIVIDEND_BITS,
+    SOFTMAX_COMPUTE,
     SOFTMAX_ROW_GAP,
     SUM_BITS,
 )
@@ -31,10 +35,14 @@ from .common import (
     ByteCredit,
     PortGroup,
     StreamComponent,
+    addr_terms,
+    arrived,
     by_dtype,
-    elem_addr,
+    delay,
     elem_bytes,
+    issued,
     sext,
+    staged_sum,
     strobe,
 )
 from .divider import Divider
@@ -49,17 +57,22 @@ class SoftmaxStream(StreamComponent):
 
     Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port (a
     ROM per lane pair). An element issued in cycle ``t`` arrives in ``t + 1``: MAX folds
-    it into its row's maximum; SUM and OUT compute ``d = max - x``, ``t = rnd(d * m0 >>
-    shift)`` (the lane's first multiplier) and the ROM address, the ROM answers in ``t +
-    2``, where SUM adds ``e`` to the row sum and OUT writes ``y`` (the lane's second
-    multiplier and saturation: the probabilities are not negative, so saturating is
-    ``min(y_max, .)``).
-    The divider starts three cycles after SUM's last issue (when its last ``e`` is
-    summed); OUT may issue from :data:`~flightforge.sfu_row_ops.SOFTMAX_ROW_GAP` + 1
-    cycles after that last issue, so that its first ``y`` meets the quotient.
+    it into its row's maximum; SUM and OUT compute ``d = max - x`` and give it to the
+    lane's first multiplier, whose ``t = rnd(d * m0 >> shift)`` (``round1``) is out
+    :data:`~flightforge.sfu_row_ops.LANE_ROUND1` cycles later and addresses the ROM; the
+    ROM answers the cycle after (``at_e``), where SUM adds ``e`` to the row sum and OUT
+    gives ``e`` with the row's reciprocal to the same lane's second multiplier (with the
+    first operands of a later element; the probabilities are not negative, so saturating
+    is ``min(y_max, .)``), whose ``y`` is written
+    :data:`~flightforge.sfu_row_ops.LANE_LATENCY` cycles later
+    (:data:`~flightforge.sfu_row_ops.SOFTMAX_COMPUTE` after the arrival).
+    The divider starts when SUM's last ``e`` is summed; OUT may issue from
+    :data:`~flightforge.sfu_row_ops.SOFTMAX_ROW_GAP` + 1 cycles after SUM's last issue,
+    so that its first ``e`` meets the quotient (both are ``at_e`` after their issue).
     """
 
     OPS = (isa.MiscOp.SOFTMAX,)
+    COMPUTE = SOFTMAX_COMPUTE
 
     def __init__(self, arch: ArchConfig) -> None:
         L = arch.sfu.lanes
@@ -79,7 +92,7 @@ class SoftmaxStream(StreamComponent):
         row = Signal(isa.DIM_BITS)  # the row of the current pass
         wait = Signal(range(SOFTMAX_ROW_GAP + 1))  # cycles until OUT may issue, plus one
         col = Signal(isa.DIM_BITS + 1)
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols, col=col)
+        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
         E = sched.issue
         issuing = busy & (phase != WAIT)
         row_end = issuing & sched.pass_end
@@ -93,7 +106,7 @@ class SoftmaxStream(StreamComponent):
         with m.If(~busy & self.start):
             m.d.sync += [busy.eq(1), phase.eq(MAX), row.eq(0), col.eq(0), *sched.restart()]
         with m.If(issuing):
-            m.d.sync += [col.eq(col + E), *sched.advance()]
+            m.d.sync += [col.eq(sched.count(col, E, "col")), *sched.advance(E)]
         with m.If(row_end):
             m.d.sync += [col.eq(0), *sched.restart()]
             with m.Switch(phase):
@@ -116,36 +129,36 @@ class SoftmaxStream(StreamComponent):
         with m.If(busy & (phase == WAIT) & ready):
             m.d.sync += phase.eq(OUT)
 
+        # the reads go out ISSUE_STAGES after the issue, with their staged addresses; whether
+        # a column counts (len, causal mask) is found on the way
         limit = Mux(ins.len == 0, ins.cols, ins.len)
+        on = [issuing & (j < E) for j in range(L)]
         for j in range(L):
             p = self.port("rd", j)
+            terms = addr_terms(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)
             m.d.comb += [
-                p.addr.eq(elem_addr(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)),
-                p.req.eq(issuing & (j < E)),
+                p.addr.eq(staged_sum(m, terms, len(p.addr), f"rd_addr{j}")),
+                p.req.eq(issued(m, on[j], f"rd_req{j}")),
             ]
-        # stage 1: arrival
-        v1 = Signal(L)
-        ph1, r1, c1, last1 = Signal(2), Signal.like(row), Signal.like(col), Signal()
-        first1 = Signal()  # the pass's first issue (restarts the maximum or the sum)
-        m.d.sync += [
-            ph1.eq(phase),
-            r1.eq(row),
-            c1.eq(col),
-            last1.eq(last),
-            first1.eq(col == 0),
-            v1.eq(Cat(*(issuing & (j < E) for j in range(L)))),
-        ]
-        xs, vc = [], []
+        counts = [(col + j < limit) & (~ins.causal | (col + j <= ins.pos + row)) for j in range(L)]
+        # arrival
+        v1, vcs, ph1, r1, c1, last1, first1 = (
+            arrived(m, sig, name)
+            for sig, name in (
+                (Cat(*on), "v"),
+                (Cat(*(o & k for o, k in zip(on, counts, strict=True))), "vc"),
+                (phase, "ph"),
+                (row, "r"),
+                (col, "c"),
+                (last, "last"),
+                (col == 0, "first"),  # the pass's first issue restarts the maximum or sum
+            )
+        )
+        xs, vc = [], [vcs[j] for j in range(L)]
         for j in range(L):
             xj = Signal(signed(ELEM_BITS), name=f"x{j}")
-            cj = c1 + j
-            vj = Signal(name=f"vc{j}")
-            m.d.comb += [
-                xj.eq(sext(self.port("rd", j).rdata, ins.a_dt)),
-                vj.eq(v1[j] & (cj < limit) & (~ins.causal | (cj <= ins.pos + r1))),
-            ]
+            m.d.comb += xj.eq(sext(self.port("rd", j).rdata, ins.a_dt))
             xs.append(xj)
-            vc.append(vj)
         # MAX: fold the lanes into the row's maximum, one register per row parity
         mx_bank = [Signal(signed(ELEM_BITS), name=f"mx{b}") for b in range(2)]
         mx = Mux(r1[0], mx_bank[1], mx_bank[0])
@@ -172,23 +185,20 @@ class SoftmaxStream(StreamComponent):
                 )
             )
             m.submodules[f"exp2_rom{h}"] = rom
-        v2, vc2 = Signal(L), Signal(L)
-        ph2, r2, c2, last2, first2 = (
-            Signal(2),
-            Signal.like(row),
-            Signal.like(col),
-            Signal(),
-            Signal(),
+        # e of an element is out of the ROM LANE_ROUND1 + 1 cycles after its arrival
+        at_e = LANE_ROUND1 + 1
+        v2, vc2, ph2, r2, c2, last2, first2 = (
+            delay(m, sig, at_e, name)
+            for sig, name in (
+                (v1, "v"),
+                (Cat(*vc), "vc"),
+                (ph1, "ph"),
+                (r1, "r"),
+                (c1, "c"),
+                (last1, "last"),
+                (first1, "first"),
+            )
         )
-        m.d.sync += [
-            v2.eq(v1),
-            vc2.eq(Cat(*vc)),
-            ph2.eq(ph1),
-            r2.eq(r1),
-            c2.eq(c1),
-            last2.eq(last1),
-            first2.eq(first1),
-        ]
         es = []
         for j in range(L):
             rp = roms[j // 2].read_port()
@@ -218,20 +228,28 @@ class SoftmaxStream(StreamComponent):
         with m.If(v2.any() & (ph2 == SUM)):
             m.d.sync += total.eq(Mux(first2, 0, total) + sum(es))
         m.submodules.divider = div = Divider(RECIP_DIVIDEND_BITS, SUM_BITS)
-        # the last e of the pass is summed two cycles after its issue: start then
-        sum_end = Signal(3)
-        m.d.sync += sum_end.eq(Cat(row_end & (phase == SUM), sum_end[:2]))
+        # the last e of the pass is summed at_e + 1 cycles after its arrival: start then
+        sum_end = delay(m, row_end & (phase == SUM), ISSUE_STAGES + at_e + 2, "sum_end")
         m.d.comb += [
-            div.start.eq(sum_end[2]),
+            div.start.eq(sum_end),
             div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
             div.divisor.eq(total),
         ]
         zero = Signal()  # the row's sum was 0 (every column masked): y = 0
-        with m.If(sum_end[2]):
+        with m.If(sum_end):
             m.d.sync += zero.eq(total == 0)
         recip = Mux(zero, 0, div.quotient)
         frac_shift = by_dtype(ins.d_dt, lambda dt: numerics.SOFTMAX_RECIP_BITS - (dt.bits - 1))
-        for j in range(L):  # the element a stage behind, on the lane's second multiplier
+        # y of an element is out of the lane LANE_LATENCY cycles after its e went in
+        v3, ph3, last3 = (
+            delay(m, sig, LANE_LATENCY, name)
+            for sig, name in ((v2, "v_y"), (ph2, "ph_y"), (last2, "last_y"))
+        )
+        # the write addresses from ISSUE_STAGES before the write
+        r3a, c3a = (
+            delay(m, sig, LANE_LATENCY - ISSUE_STAGES, n) for sig, n in ((r2, "r_y"), (c2, "c_y"))
+        )
+        for j in range(L):  # the element at_e cycles behind, on the lane's second multiplier
             lane = self.lane(j)
             m.d.comb += [
                 lane.c.eq(recip),
@@ -240,12 +258,13 @@ class SoftmaxStream(StreamComponent):
                 lane.dt.eq(ins.d_dt),
             ]  # y = min(y_max, rnd(e * recip >> frac_shift))
             p = self.port("wr", j)
+            terms = addr_terms(ins.d_addr, ins.d_stride, r3a, c3a + j, ins.d_dt)
             m.d.comb += [
-                p.addr.eq(elem_addr(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)),
+                p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{j}")),
                 p.we.eq(1),
                 p.wdata.eq(lane.result),
                 p.strb.eq(strobe(ins.d_dt)),
-                p.req.eq(v2[j] & (ph2 == OUT)),
+                p.req.eq(v3[j] & (ph3 == OUT)),
             ]
-        self.finish(m, last2)
+        self.finish(m, last3)
         return m
