@@ -83,27 +83,40 @@ ISSUE_STAGES = 2
 #: unit's start cycle (it starts the pipeline a cycle after its own start), the
 #: :data:`ISSUE_STAGES`, the cycle from a read request to its data, and the write.
 MISC_OVERHEAD = 3 + ISSUE_STAGES
-#: Cycles from an element's operands to its result's write: through one lane
-#: (element-wise, tables, ROPE, the norms' output), or for SOFTMAX through the lane's
-#: ``round1`` (``d * m0``), the exp2 ROM (a synchronous read) and the lane again
-#: (``e * recip``).
+#: Cycles from an element's operands to its result's write through one lane (element-wise,
+#: tables, ROPE, the norms' output).
 LANE_COMPUTE = LANE_LATENCY
-SOFTMAX_COMPUTE = LANE_ROUND1 + 1 + LANE_LATENCY
+
+
+def max_tree_stages(lanes: int) -> int:
+    """Register stages of SOFTMAX's maximum over one cycle's ``lanes`` elements: a tree of
+    two-input maxima (a compare and a multiplexer), one level a stage."""
+    return (lanes - 1).bit_length()
+
+
+def softmax_compute(lanes: int) -> int:
+    """Cycles from a SOFTMAX element's operands to its write: its row's maximum is final
+    :func:`max_tree_stages` after the pass's last element, then ``d * m0`` through the
+    lane's ``round1``, the exp2 ROM (a synchronous read) and ``e * recip`` through the lane
+    again."""
+    return max_tree_stages(lanes) + LANE_ROUND1 + 1 + LANE_LATENCY
+
+
 #: Cycles from an element's operands to its ``x*x`` in a norm's statistics pass: out of
 #: the lane, then the lanes' sum registered before it is accumulated.
 NORM_STATS_DELAY = LANE_PROD + 1
 
 
-def compute_cycles(op: isa.MiscOp) -> int:
-    """:data:`LANE_COMPUTE` or :data:`SOFTMAX_COMPUTE`: the arithmetic of ``op``'s pipeline."""
-    return SOFTMAX_COMPUTE if op == isa.MiscOp.SOFTMAX else LANE_COMPUTE
+def compute_cycles(op: isa.MiscOp, lanes: int) -> int:
+    """:data:`LANE_COMPUTE` or :func:`softmax_compute`: the arithmetic of ``op``'s pipeline."""
+    return softmax_compute(lanes) if op == isa.MiscOp.SOFTMAX else LANE_COMPUTE
 
 
-def misc_depth(op: isa.MiscOp, floor: int) -> int:
-    """Cycles from a MISC instruction's last issue to its ``done``: its pipeline's
-    :data:`MISC_OVERHEAD` and arithmetic, or the configured ``sfu.pipeline_depth``
-    (``floor``) if that is more (the pipelines pad to it)."""
-    return max(floor, MISC_OVERHEAD + compute_cycles(op))
+def misc_depth(op: isa.MiscOp, floor: int, lanes: int) -> int:
+    """Cycles from a MISC instruction's last issue to its ``done`` on ``lanes`` lanes: its
+    pipeline's :data:`MISC_OVERHEAD` and arithmetic, or the configured
+    ``sfu.pipeline_depth`` (``floor``) if that is more (the pipelines pad to it)."""
+    return max(floor, MISC_OVERHEAD + compute_cycles(op, lanes))
 
 
 def divider_latency(dividend_bits: int) -> int:

@@ -396,7 +396,7 @@ class Timing:
             )
         else:
             issue = i.rows * per_row
-        return issue + row_ops.misc_depth(op, sfu.pipeline_depth)
+        return issue + row_ops.misc_depth(op, sfu.pipeline_depth, sfu.lanes)
 
     # --- dispatch --------------------------------------------------------------------
 

@@ -173,4 +173,6 @@ def test_row_reductions_hide_their_per_row_wait(tiny, op, rows, cols) -> None:
         f"{op.name} {rows}x{cols}: {cycles} cycles, passes {unhidden}, "
         f"serial waits would add {rows * gap}"
     )
-    assert cycles < unhidden + rows * gap + sfu.misc_depth(op, tiny.sfu.pipeline_depth)
+    assert cycles < unhidden + rows * gap + sfu.misc_depth(
+        op, tiny.sfu.pipeline_depth, tiny.sfu.lanes
+    )

@@ -53,12 +53,10 @@ class StreamComponent(wiring.Component):
     ``done`` pulses :func:`flightforge.sfu_row_ops.misc_depth` cycles after the last
     issue counted from the unit's own ``start`` (which precedes the pipeline's by one
     cycle): the term ``Timing.misc`` adds per instruction. A pipeline's own depth is
-    ``MISC_OVERHEAD + COMPUTE`` (issue, arrive, ``COMPUTE`` cycles of arithmetic to the
+    ``MISC_OVERHEAD + compute`` (issue, arrive, ``compute`` cycles of arithmetic to the
     write, plus the unit's start cycle); ``sfu.pipeline_depth`` may pad it.
     """
 
-    #: cycles from an element's operands to its write (``sfu_row_ops.compute_cycles``)
-    COMPUTE = row_ops.LANE_COMPUTE
     OPS: tuple[isa.MiscOp, ...] = ()
 
     def __init__(self, arch: ArchConfig, groups: list[PortGroup]) -> None:
@@ -66,7 +64,9 @@ class StreamComponent(wiring.Component):
         self.lanes = arch.sfu.lanes
         act = arch.buffers.of(isa.Buf.ACT)
         self.P = act.banks * act.width
-        assert all(row_ops.compute_cycles(op) == self.COMPUTE for op in self.OPS)
+        #: cycles from an element's operands to its write (``sfu_row_ops.compute_cycles``)
+        self.compute = row_ops.compute_cycles(self.OPS[0], self.lanes)
+        assert all(row_ops.compute_cycles(op, self.lanes) == self.compute for op in self.OPS)
         self.groups = groups
         members: dict[str, wiring.Member] = {
             "instr": In(MiscFields),
@@ -93,10 +93,10 @@ class StreamComponent(wiring.Component):
         return [self.port(g.name, j) for g in self.groups if g.buf == buf for j in range(g.count)]
 
     def finish(self, m: Module, last_write: Value) -> None:
-        """Drive ``done`` from the cycle of the last write (``MISC_OVERHEAD + COMPUTE - 1``
+        """Drive ``done`` from the cycle of the last write (``MISC_OVERHEAD + compute - 1``
         after the unit's start of a one-element instruction), padded to ``misc_depth``."""
-        own = row_ops.MISC_OVERHEAD + self.COMPUTE
-        pad = row_ops.misc_depth(self.OPS[0], self.arch.sfu.pipeline_depth) - own
+        own = row_ops.MISC_OVERHEAD + self.compute
+        pad = row_ops.misc_depth(self.OPS[0], self.arch.sfu.pipeline_depth, self.lanes) - own
         m.d.comb += self.done.eq(delay(m, last_write, pad, "done"))
 
 

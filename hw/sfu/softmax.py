@@ -26,9 +26,9 @@ from flightforge.sfu_row_ops import (
     LANE_LATENCY,
     LANE_ROUND1,
     RECIP_DIVIDEND_BITS,
-    SOFTMAX_COMPUTE,
     SOFTMAX_ROW_GAP,
     SUM_BITS,
+    max_tree_stages,
 )
 
 from .common import (
@@ -65,14 +65,15 @@ class SoftmaxStream(StreamComponent):
     first operands of a later element; the probabilities are not negative, so saturating
     is ``min(y_max, .)``), whose ``y`` is written
     :data:`~flightforge.sfu_row_ops.LANE_LATENCY` cycles later
-    (:data:`~flightforge.sfu_row_ops.SOFTMAX_COMPUTE` after the arrival).
+    (:func:`~flightforge.sfu_row_ops.softmax_compute` after the arrival, which also
+    counts the :func:`~flightforge.sfu_row_ops.max_tree_stages` that SUM and OUT wait
+    for the row's maximum: MAX takes each cycle's elements on a pipelined tree).
     The divider starts when SUM's last ``e`` is summed; OUT may issue from
     :data:`~flightforge.sfu_row_ops.SOFTMAX_ROW_GAP` + 1 cycles after SUM's last issue,
     so that its first ``e`` meets the quotient (both are ``at_e`` after their issue).
     """
 
     OPS = (isa.MiscOp.SOFTMAX,)
-    COMPUTE = SOFTMAX_COMPUTE
 
     def __init__(self, arch: ArchConfig) -> None:
         L = arch.sfu.lanes
@@ -159,18 +160,43 @@ class SoftmaxStream(StreamComponent):
             xj = Signal(signed(ELEM_BITS), name=f"x{j}")
             m.d.comb += xj.eq(sext(self.port("rd", j).rdata, ins.a_dt))
             xs.append(xj)
-        # MAX: fold the lanes into the row's maximum, one register per row parity
+        # MAX: the maximum of the cycle's valid elements on a tree of two-input maxima, a
+        # level a stage, then folded into the row's maximum (one register per row parity)
+        low = -(1 << (ELEM_BITS - 1))
+        level = [Mux(vc[j], xs[j], low) for j in range(L)]
+        stages = max_tree_stages(L)
+        for s in range(stages):
+            pairs = [level[i : i + 2] for i in range(0, len(level), 2)]
+            level = [
+                delay(m, Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0], 1, f"mx_t{s}_{i}")
+                for i, p in enumerate(pairs)
+            ]
+        vt, pht, rt, firstt = (
+            delay(m, sig, stages, f"{name}_max")
+            for sig, name in ((v1, "v"), (ph1, "ph"), (r1, "r"), (first1, "first"))
+        )
         mx_bank = [Signal(signed(ELEM_BITS), name=f"mx{b}") for b in range(2)]
-        mx = Mux(r1[0], mx_bank[1], mx_bank[0])
-        run = Mux(first1, -(1 << (ELEM_BITS - 1)), mx)
-        for j in range(L):
-            nxt = Signal(signed(ELEM_BITS), name=f"mx_fold{j}")
-            m.d.comb += nxt.eq(Mux(vc[j] & (xs[j] > run), xs[j], run))
-            run = nxt
-        with m.If(v1.any() & (ph1 == MAX)):
+        run = Mux(firstt, low, Mux(rt[0], mx_bank[1], mx_bank[0]))
+        with m.If(vt.any() & (pht == MAX)):
             for b in range(2):
-                with m.If(r1[0] == b):
-                    m.d.sync += mx_bank[b].eq(run)
+                with m.If(rt[0] == b):
+                    m.d.sync += mx_bank[b].eq(Mux(level[0] > run, level[0], run))
+        # SUM and OUT take their elements when the row's maximum is final, `stages` later
+        xs = [delay(m, x, stages, f"x_sum{j}") for j, x in enumerate(xs)]
+        v1, vcs, ph1, r1, c1, last1, first1 = (
+            delay(m, sig, stages, f"{name}_sum")
+            for sig, name in (
+                (v1, "v"),
+                (vcs, "vc"),
+                (ph1, "ph"),
+                (r1, "r"),
+                (c1, "c"),
+                (last1, "last"),
+                (first1, "first"),
+            )
+        )
+        vc = [vcs[j] for j in range(L)]
+        mx = Mux(r1[0], mx_bank[1], mx_bank[0])
         # SUM / OUT: d, t, ROM address (combinational on arrival), ROM data next cycle
         # One exp2 ROM per lane pair, two read ports each (a dual-port block RAM), not one
         # ROM with a port per lane: Yosys 0.23's memory mapper runs out of 10 GB on
@@ -185,10 +211,11 @@ class SoftmaxStream(StreamComponent):
                 )
             )
             m.submodules[f"exp2_rom{h}"] = rom
-        # e of an element is out of the ROM LANE_ROUND1 + 1 cycles after its arrival
-        at_e = LANE_ROUND1 + 1
+        # e of an element is out of the ROM at_e cycles after its arrival: the maximum's
+        # stages, the lane's round1, the ROM
+        at_e = stages + LANE_ROUND1 + 1
         v2, vc2, ph2, r2, c2, last2, first2 = (
-            delay(m, sig, at_e, name)
+            delay(m, sig, at_e - stages, name)
             for sig, name in (
                 (v1, "v"),
                 (Cat(*vc), "vc"),
