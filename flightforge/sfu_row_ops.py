@@ -88,6 +88,52 @@ MISC_OVERHEAD = 3 + ISSUE_STAGES
 LANE_COMPUTE = LANE_LATENCY
 
 
+#: Cycles from a beat's data to its writes, for the operations that read two runs in a
+#: two-cycle beat through one read port (ROPE: ``x1`` then ``x2``; ADD, MUL: ``a`` then
+#: ``b``): the first run waits a cycle for the second, and the lanes' second phase (ROPE's
+#: ``y2``, the beat's elements after the first ``lanes``) goes through them the cycle
+#: after the first, so every run is written ``LANE_COMPUTE + 1`` after its read data.
+BEAT_COMPUTE = LANE_COMPUTE + 1
+#: The operations that run in two-cycle beats.
+BEAT_OPS = (isa.MiscOp.ROPE, isa.MiscOp.ADD, isa.MiscOp.MUL)
+
+
+def run_bytes(act_line: int, lanes: int) -> int:
+    """Bytes of an SFU pipeline's ACT port: one cycle's ``lanes`` elements of up to 4
+    bytes at consecutive columns, or the whole line (``act_line`` bytes) if narrower."""
+    return min(act_line, lanes * max(d.nbytes for d in isa.DType))
+
+
+def rope_pairs(lanes: int, act_line: int, glb_line: int, a_bytes: int, d_bytes: int) -> int:
+    """Pairs a ROPE beat rotates: as many as the lanes, one ACT run of inputs (``x1`` or
+    ``x2``), one ACT run of results and one GLB run of INT16 ``cos`` or ``sin`` hold."""
+    run = run_bytes(act_line, lanes)
+    return max(1, min(lanes, run // a_bytes, run // d_bytes, glb_line // 2))
+
+
+def operand_beat_elements(
+    lanes: int, act_line: int, a_bytes: int, b_bytes: int, d_bytes: int
+) -> int:
+    """Elements an ADD/MUL beat takes: one ACT run of ``a`` and one of ``b`` hold them, and
+    the lanes compute them in two phases (the first ``lanes``, then the rest), each phase's
+    results one ACT run (all in the first phase if ``lanes`` results do not fit a run)."""
+    run = run_bytes(act_line, lanes)
+    phases = 2 * lanes if lanes * d_bytes <= run else run // d_bytes
+    return max(1, min(run // a_bytes, run // b_bytes, phases))
+
+
+def beat_pass_cycles(cols: int, per_beat: int) -> int:
+    """Cycles of one ADD/MUL row of ``cols`` elements in two-cycle beats of ``per_beat``."""
+    return 2 * -(-cols // per_beat)
+
+
+def rope_pass_cycles(cols: int, head: int, pairs: int) -> int:
+    """Cycles of one ROPE row of ``cols`` columns (``head``-column chunks): every chunk's
+    ``head / 2`` pairs in beats of ``pairs`` (fewer in a chunk's last), two cycles a beat
+    (the ``x1``/``cos`` runs, then the ``x2``/``sin`` runs, through one read port each)."""
+    return (cols // head) * 2 * -(-(head // 2) // pairs)
+
+
 def max_tree_stages(lanes: int) -> int:
     """Register stages of SOFTMAX's maximum over one cycle's ``lanes`` elements: a tree of
     two-input maxima (a compare and a multiplexer), one level a stage."""
@@ -108,8 +154,11 @@ NORM_STATS_DELAY = LANE_PROD + 1
 
 
 def compute_cycles(op: isa.MiscOp, lanes: int) -> int:
-    """:data:`LANE_COMPUTE` or :func:`softmax_compute`: the arithmetic of ``op``'s pipeline."""
-    return softmax_compute(lanes) if op == isa.MiscOp.SOFTMAX else LANE_COMPUTE
+    """:data:`LANE_COMPUTE`, :data:`BEAT_COMPUTE` or :func:`softmax_compute`: the
+    arithmetic of ``op``'s pipeline."""
+    if op == isa.MiscOp.SOFTMAX:
+        return softmax_compute(lanes)
+    return BEAT_COMPUTE if op in BEAT_OPS else LANE_COMPUTE
 
 
 def misc_depth(op: isa.MiscOp, floor: int, lanes: int) -> int:

@@ -35,7 +35,10 @@ listed, with their reasons, in docs/cycle_model.md; in short:
   is larger step by step (precision matters only through the bytes the port delivers).
 - **MISC**: ``passes * rows * max(ceil(cols / lanes), ceil(cols * elem_bytes / act_port))
   + depth``; softmax makes 3 passes over a row (max, exp-sum, normalise),
-  RMSNorm/LayerNorm 2 (statistics, scale), everything else 1; ``depth`` is the SFU
+  RMSNorm/LayerNorm 2 (statistics, scale), everything else 1; ROPE instead takes every
+  ``len``-column head in beats of two cycles (``x1``/``cos`` runs, then ``x2``/``sin``
+  runs, each through the one ACT or GLB read port), ``sfu_row_ops.rope_pairs`` pairs a
+  beat: ``rows * heads * 2 * ceil(len / 2 / pairs)``; ``depth`` is the SFU
   pipeline's latency after the last issue (``sfu_row_ops.misc_depth``: the pipelined
   lanes', or ``sfu.pipeline_depth`` if that is more).
 - **Several cores** (``cores > 1``): the one instruction stream runs on all cores in
@@ -384,11 +387,28 @@ class Timing:
         op = isa.MiscOp(i.op)
         cols = i.cols if op in ROW_REDUCTIONS else cdiv(i.cols, self.cores)
         elem = isa.DType(i.a_dt).nbytes + isa.DType(i.d_dt).nbytes
-        if op in (isa.MiscOp.ADD, isa.MiscOp.MUL):
-            elem += isa.DType(i.b_dt).nbytes
         sfu = self.arch.sfu
         per_row = max(cdiv(cols, sfu.lanes), cdiv(cols * elem, self.port[isa.Buf.ACT]))
-        if op == isa.MiscOp.SOFTMAX:
+        if op == isa.MiscOp.ROPE:  # whole heads per core, in two-cycle beats
+            pairs = row_ops.rope_pairs(
+                sfu.lanes,
+                self.port[isa.Buf.ACT],
+                self.port[isa.Buf.GLB],
+                isa.DType(i.a_dt).nbytes,
+                isa.DType(i.d_dt).nbytes,
+            )
+            heads = cdiv(i.cols // i.len, self.cores)
+            issue = i.rows * row_ops.rope_pass_cycles(heads * i.len, i.len, pairs)
+        elif op in (isa.MiscOp.ADD, isa.MiscOp.MUL):  # a then b runs, in two-cycle beats
+            per_beat = row_ops.operand_beat_elements(
+                sfu.lanes,
+                self.port[isa.Buf.ACT],
+                isa.DType(i.a_dt).nbytes,
+                isa.DType(i.b_dt).nbytes,
+                isa.DType(i.d_dt).nbytes,
+            )
+            issue = i.rows * row_ops.beat_pass_cycles(cols, per_beat)
+        elif op == isa.MiscOp.SOFTMAX:
             issue = row_ops.softmax_cycles(i.rows, per_row)
         elif op in (isa.MiscOp.RMSNORM, isa.MiscOp.LAYERNORM):
             issue = row_ops.norm_cycles(

@@ -204,15 +204,42 @@ def test_sfu_passes_and_port():
     t = Timing(TINY)
     add = isa.MISC(op=MiscOp.ADD, rows=2, cols=64)
     soft = isa.MISC(op=MiscOp.SOFTMAX, rows=1, cols=64, a_dt=DType.INT32)
-    # ADD: 3 bytes per element through the 8 B/cycle ACT port: 24 cycles a row (> 16
-    # lanes), then 17 cycles to done: unit start, 2 address stages, read, the lane's 12
-    # stages, write
-    assert t.misc(add) == 2 * 24 + 17
+    # ADD: two-cycle beats through the one ACT read port, the a run (8 INT8 in the 8 B
+    # port) then the b run; the 4 lanes take the 8 elements in two phases, each phase's
+    # 4 results one write: 8 beats = 16 cycles a row, then 18 cycles to done: unit
+    # start, 2 address stages, read, the a run's wait for the b run, the lane's 12
+    # stages, write. (Before the read side was one port, a and b had a port each and
+    # ADD was charged 3 bytes an element on the byte-credit schedule: 24 cycles a row, 17
+    # to done.) INT16 a and b: 4 elements a run, 32 cycles a row
+    assert t.misc(add) == 2 * 16 + 18
+    assert t.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64, a_dt=DType.INT16, b_dt=DType.INT16)) == (
+        32 + 18
+    )
+    # INT32 results: 4 lanes' results (16 B) do not fit the 8 B write run, so a beat takes
+    # 2 elements, all in the first phase
+    assert t.misc(isa.MISC(op=MiscOp.MUL, rows=1, cols=64, d_dt=DType.INT32)) == 64 + 18
     # SOFTMAX: 3 passes over 64 columns of INT32 in, INT8 out: 5 bytes an element -> 40,
     # then the row's reciprocal (40 cycles) before its output pass; 25 cycles to done:
     # the row maximum's tree over 4 lanes (2), round1 (5 lane stages), the exp2 ROM (1),
     # e * recip through the lane (12), 5 more
     assert t.misc(soft) == 3 * 40 + 40 + 25
+
+
+def test_rope_reads_its_halves_in_alternate_cycles():
+    """ROPE has one ACT read port, one ACT write port and one GLB read port: a beat reads
+    the x1 and cos runs, then the x2 and sin runs (hand-computed on tiny)."""
+    t = Timing(TINY)
+    # 4 lanes, 8 B ACT runs, 4 B GLB line: a beat holds 2 INT16 cos (or sin) values, so 2
+    # pairs. 2 rows of 2 heads of 8 columns: 4 pairs a head = 2 beats = 4 cycles; 16 issue
+    # cycles, then 18 to done: 17 as every pipeline, +1 because the x1 run waits a cycle
+    # for the x2 run (y2 goes through the lanes the cycle after y1).
+    rope = isa.MISC(op=MiscOp.ROPE, rows=2, cols=16, len=8)
+    assert t.misc(rope) == 2 * 2 * 4 + 18
+    # a head of 6 columns: 3 pairs = beats of 2 and 1, still 4 cycles a head; INT32 in
+    # (4 B an element: 2 in an 8 B run) changes nothing, the GLB run still bounds it
+    assert t.misc(isa.MISC(op=MiscOp.ROPE, rows=1, cols=12, len=6, a_dt=DType.INT32)) == 8 + 18
+    # before (one port per lane and half): max(cols / lanes, cols * 2 B / 8 B) = 4 a row
+    # and 17 to done; the GLB line (4 B) carried 16 B of cos/sin a cycle
 
 
 def test_row_reductions_hide_the_per_row_wait_behind_neighbouring_passes():
@@ -297,7 +324,8 @@ def test_two_cores_split_columns_and_pay_an_all_gather():
     assert two.matmul(i) == 10 + 256 + 23 + 32 + 1
     # A weight load's share per core halves the port time; the channel still carries all.
     assert two.ld(ld(64)).cycles == one.ld(ld(64)).cycles == LD + 8
-    assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 12 + 17  # SFU depth 17
+    # 32 columns a core in beats of 8: 8 cycles, then the depth (18 for ADD)
+    assert two.misc(isa.MISC(op=MiscOp.ADD, rows=1, cols=64)) == 8 + 18
     assert two.misc(isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)) == one.misc(
         isa.MISC(op=MiscOp.RMSNORM, rows=1, cols=64)
     )

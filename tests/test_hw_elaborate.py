@@ -158,20 +158,40 @@ def test_sfu_elementwise_ports_carry_a_cycle_of_lanes(target) -> None:
     stream = ElementStream(arch)
     act = arch.buffers.of(isa.Buf.ACT)
     want = min(act.banks * act.width, 4 * arch.sfu.lanes)
-    for name in ("a", "b", "d"):
+    for name in ("rd", "d"):
         assert len(stream.port(name).wdata) == 8 * want, name
     Fragment.get(stream, None)
 
 
 @pytest.mark.parametrize("target", ["tiny", "kv260"])
 def test_sfu_pipelines_share_one_set_of_ports(target) -> None:
-    """One MISC runs at a time, so the unit has as many ports on a buffer as its most
-    demanding pipeline, slot ``i`` as wide as the widest pipeline port ``i``."""
+    """One MISC runs at a time, so the unit has as many read (write) ports on a buffer as
+    its most demanding pipeline has read (write) ports there, slot ``i`` of a side as wide
+    as the widest pipeline port ``i`` of that side; reads first, then writes."""
     unit = SpecialFunctionUnit(load_target(target))
     unit._MustUse__silence = True  # only its ports are looked at
     for b in SFU_BUFFERS:
-        per_pipe = [[len(p.wdata) // 8 for p in s.buffer_ports(b)] for s in unit.streams.values()]
-        slots = max(map(len, per_pipe))
-        want = [max(w[i] for w in per_pipe if i < len(w)) for i in range(slots)]
+        want = []
+        for write in (False, True):
+            per_pipe = [
+                [len(p.wdata) // 8 for p in s.buffer_ports(b, write=write)]
+                for s in unit.streams.values()
+            ]
+            slots = max(map(len, per_pipe))
+            want += [max(w[i] for w in per_pipe if i < len(w)) for i in range(slots)]
         assert unit.port_widths(b) == want, b
-        assert len(unit.ports(b)) == slots, b
+        assert len(unit.ports(b)) == len(want), b
+
+
+@pytest.mark.parametrize("target", ["tiny", "kv260", "u280"])
+def test_sfu_act_has_one_write_port_and_rope_softmax_norms_one_read_port(target) -> None:
+    """Every pipeline moves a cycle's ACT results as one run through one write port; ROPE,
+    SOFTMAX and the norms read theirs as one run through one read port (ROPE its x1 and
+    x2 halves in alternate cycles), ROPE its cos/sin table through one GLB port."""
+    unit = SpecialFunctionUnit(load_target(target))
+    unit._MustUse__silence = True
+    for name, stream in unit.streams.items():
+        assert len(stream.buffer_ports(isa.Buf.ACT, write=True)) == 1, name
+        if name != "elementwise":
+            assert len(stream.buffer_ports(isa.Buf.ACT, write=False)) == 1, name
+    assert len(unit.streams["rope"].buffer_ports(isa.Buf.GLB)) == 1

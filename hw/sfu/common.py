@@ -37,12 +37,15 @@ MiscFields = data.StructLayout(
 @dataclass(frozen=True)
 class PortGroup:
     """``count`` ports named ``{name}0``, ``{name}1``, ... of ``width`` bytes on ``buf``;
-    ``width=None`` means the buffer's full port (``banks * width`` bytes)."""
+    ``width=None`` means the buffer's full port (``banks * width`` bytes). ``write``: the
+    ports write (their ``we`` is 1), else they read: the unit gives each side of a buffer
+    its own shared ports (a buffer has one read side and one write side)."""
 
     name: str
     buf: isa.Buf
     width: int | None
     count: int
+    write: bool = False
 
 
 class StreamComponent(wiring.Component):
@@ -64,9 +67,9 @@ class StreamComponent(wiring.Component):
         self.lanes = arch.sfu.lanes
         act = arch.buffers.of(isa.Buf.ACT)
         self.P = act.banks * act.width
-        #: cycles from an element's operands to its write (``sfu_row_ops.compute_cycles``)
-        self.compute = row_ops.compute_cycles(self.OPS[0], self.lanes)
-        assert all(row_ops.compute_cycles(op, self.lanes) == self.compute for op in self.OPS)
+        #: per operation: cycles from an element's operands to its write
+        #: (``sfu_row_ops.compute_cycles``)
+        self.compute = {op: row_ops.compute_cycles(op, self.lanes) for op in self.OPS}
         self.groups = groups
         members: dict[str, wiring.Member] = {
             "instr": In(MiscFields),
@@ -88,16 +91,32 @@ class StreamComponent(wiring.Component):
     def lane(self, j: int):
         return getattr(self, f"lane{j}")
 
-    def buffer_ports(self, buf: isa.Buf) -> list:
-        """This pipeline's ports on ``buf``, in a fixed order."""
-        return [self.port(g.name, j) for g in self.groups if g.buf == buf for j in range(g.count)]
+    def buffer_ports(self, buf: isa.Buf, write: bool | None = None) -> list:
+        """This pipeline's ports on ``buf`` (only its write or only its read ports if
+        ``write`` says which), in a fixed order."""
+        return [
+            self.port(g.name, j)
+            for g in self.groups
+            if g.buf == buf and write in (None, g.write)
+            for j in range(g.count)
+        ]
 
     def finish(self, m: Module, last_write: Value) -> None:
         """Drive ``done`` from the cycle of the last write (``MISC_OVERHEAD + compute - 1``
-        after the unit's start of a one-element instruction), padded to ``misc_depth``."""
-        own = row_ops.MISC_OVERHEAD + self.compute
-        pad = row_ops.misc_depth(self.OPS[0], self.arch.sfu.pipeline_depth, self.lanes) - own
-        m.d.comb += self.done.eq(delay(m, last_write, pad, "done"))
+        after the unit's start of a one-element instruction), padded to ``misc_depth``
+        (per operation, if the pads differ)."""
+        pads = {
+            op: row_ops.misc_depth(op, self.arch.sfu.pipeline_depth, self.lanes)
+            - row_ops.MISC_OVERHEAD
+            - c
+            for op, c in self.compute.items()
+        }
+        done = Const(0, 1)
+        for pad in sorted(set(pads.values())):
+            ops = [op for op, p in pads.items() if p == pad]
+            late = delay(m, last_write, pad, f"done{pad}")
+            done = late if len(pads) == len(ops) else Mux(self.instr.op.matches(*ops), late, done)
+        m.d.comb += self.done.eq(done)
 
 
 #: The most bytes one element moves over its operands and result (ADD: ``a``, ``b``, ``d``).
@@ -237,17 +256,39 @@ def arrived(m: Module, value: Value, name: str) -> Value:
     return delay(m, value, row_ops.ISSUE_STAGES + 1, name)
 
 
-def sext(raw: Value, dt: Value) -> Value:
-    """The element of type ``dt`` in the low bits of ``raw``, sign-extended."""
-    out = raw[:32].as_signed()
-    for d in reversed(list(isa.DType)[:-1]):
-        out = Mux(dt == d, raw[: d.bits].as_signed(), out)
+def run_width(arch: ArchConfig) -> int:
+    """Bytes of a pipeline's ACT run port (:func:`flightforge.sfu_row_ops.run_bytes`): the
+    byte-credit schedule never issues more bytes of one operand in a cycle."""
+    act = arch.buffers.of(isa.Buf.ACT)
+    return row_ops.run_bytes(act.banks * act.width, arch.sfu.lanes)
+
+
+def element(rdata: Value, j: int, dt: Value) -> Value:
+    """Element ``j`` of type ``dt`` of a run read on ``rdata``, sign-extended: one fixed
+    slice per type and a multiplexer on ``dt`` (not a shifter over the run)."""
+    padded = Cat(rdata, Const(0, 32))
+    types = list(isa.DType)
+    out = padded[32 * j : 32 * j + 32].as_signed() if 32 * j < len(rdata) else Const(0, 32)
+    for d in reversed(types[:-1]):
+        lo = j * d.bits
+        part = padded[lo : lo + d.bits].as_signed() if lo < len(rdata) else Const(0, d.bits)
+        out = Mux(dt == d, part, out)
     return out
 
 
-def strobe(dt: Value) -> Value:
-    """Byte strobes of one element of type ``dt`` on a 4-byte port."""
-    return ((Const(1, 5) << (Const(1, 4) << dt)) - 1)[:4]
+def pack_run(m: Module, values: list, valid: list, dt: Value, width: int, name: str) -> tuple:
+    """``(wdata, strb)`` of a ``width``-byte write of ``values[j]`` of type ``dt`` at
+    consecutive element slots, byte strobes on the elements whose ``valid[j]`` is set."""
+    data_ = Signal(8 * width, name=f"{name}_wdata")
+    strb = Signal(width, name=f"{name}_strb")
+    with m.Switch(dt):
+        for d in isa.DType:
+            with m.Case(d):
+                m.d.comb += [
+                    data_.eq(Cat(*(v[: d.bits] for v in values))[: 8 * width]),
+                    strb.eq(Cat(*(v.replicate(d.nbytes) for v in valid))[:width]),
+                ]
+    return data_, strb
 
 
 def by_dtype(dt: Value, fn) -> Value:

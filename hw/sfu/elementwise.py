@@ -1,24 +1,40 @@
-"""ADD, MUL, REQUANT and the 256-entry tables (SILU, GELU, RELU) at the lane rate.
+"""ADD, MUL, REQUANT and the 256-entry tables (SILU, GELU, RELU) at the lane rate, through
+one ACT read port and one ACT write port.
 
-One pass per row on the :class:`.common.ByteCredit` schedule (``elem_bytes`` = the
-operands' and the result's bytes, so operand reads and the result write share
-``port[ACT]`` bytes a cycle on average): a row of ``cols`` elements takes
+REQUANT and the tables: one pass per row on the :class:`.common.ByteCredit` schedule
+(``elem_bytes`` = the operand's and the result's bytes): a row of ``cols`` elements takes
 ``max(ceil(cols / lanes), ceil(cols * elem_bytes / port[ACT]))`` cycles, rows back to
-back, then ``sfu.pipeline_depth`` cycles. Elements issued in cycle ``t`` arrive in
-``t + 1`` on the ``a`` (and ``b``) ports, where the ``lanes`` shared lane datapaths
-(:class:`.lane.SfuLane`, pipelined) take ``sat(rnd(wide >> shift))`` or the GLB table reads are
-issued (one port a lane, :data:`~flightforge.sfu_row_ops.LANE_LATENCY` - 1 cycles
-later, so that the table's answer meets the lanes' results); the results are written in
-``t + 1 + LANE_LATENCY`` through the ``d`` port with byte strobes.
+back. Elements issued in cycle ``t`` arrive in ``t + 1 + ISSUE_STAGES`` as one run on the
+read port, where the ``lanes`` shared lane datapaths (:class:`.lane.SfuLane`, pipelined)
+take ``sat(rnd(wide >> shift))`` or the GLB table reads are issued (one port a lane,
+:data:`~flightforge.sfu_row_ops.LANE_LATENCY` - 1 cycles later, so that the table's
+answer meets the lanes' results); the results are written
+:data:`~flightforge.sfu_row_ops.LANE_LATENCY` after the arrival as one run through the
+write port with byte strobes.
+
+ADD and MUL read two operands through the same port: in two-cycle beats of up to
+:func:`flightforge.sfu_row_ops.operand_beat_elements` elements, the ``a`` run in the
+first cycle and the ``b`` run of the same columns in the second. When the ``b`` run
+arrives lane ``j`` takes element ``j`` (phase A), the cycle after element ``lanes + j``
+(phase B); each phase's results are one run, written
+:data:`~flightforge.sfu_row_ops.BEAT_COMPUTE` after its read's data arrive. A row takes
+:func:`flightforge.sfu_row_ops.beat_pass_cycles`.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+import itertools
+
+from amaranth import Cat, Module, Mux, Signal, signed
 
 from flightforge import isa
 from flightforge.arch import ArchConfig
-from flightforge.sfu_row_ops import ISSUE_STAGES, LANE_LATENCY
+from flightforge.sfu_row_ops import (
+    BEAT_COMPUTE,
+    ISSUE_STAGES,
+    LANE_LATENCY,
+    operand_beat_elements,
+)
 
 from .common import (
     ByteCredit,
@@ -28,8 +44,10 @@ from .common import (
     arrived,
     delay,
     elem_bytes,
+    element,
     issued,
-    sext,
+    pack_run,
+    run_width,
     staged_sum,
 )
 from .lane import ELEM_BITS
@@ -44,8 +62,8 @@ ELEMENTWISE_OPS = (
 
 
 class ElementStream(StreamComponent):
-    """Ports: ``a0``, ``b0`` (operands) and ``d0`` (result), full ACT ports; ``t0`` ..
-    one 4-byte GLB port a lane for the tables."""
+    """Ports: ``rd`` (operands) and ``d`` (results) on ACT, :func:`.common.run_width`
+    bytes each; ``t0`` .. one 4-byte GLB port a lane for the tables."""
 
     OPS = ELEMENTWISE_OPS
 
@@ -53,71 +71,144 @@ class ElementStream(StreamComponent):
         glb = arch.buffers.of(isa.Buf.GLB)
         if glb.banks * glb.width < 4:
             raise ValueError("the SFU table lookups need a GLB port of at least 4 bytes")
-        # An operand or the result moves at most `lanes` elements of at most 4 bytes a
-        # cycle (the byte-credit schedule issues no more), so its port needs no more.
-        act = arch.buffers.of(isa.Buf.ACT)
-        row = min(act.banks * act.width, arch.sfu.lanes * max(d.nbytes for d in isa.DType))
+        # An operand run or a result run holds at most `lanes` elements of at most 4 bytes
+        # (the byte-credit schedule issues no more a cycle, a beat no more a run).
+        row = run_width(arch)
         super().__init__(
             arch,
             [
-                PortGroup("a", isa.Buf.ACT, row, 1),
-                PortGroup("b", isa.Buf.ACT, row, 1),
-                PortGroup("d", isa.Buf.ACT, row, 1),
+                PortGroup("rd", isa.Buf.ACT, row, 1),
+                PortGroup("d", isa.Buf.ACT, row, 1, write=True),
                 PortGroup("t", isa.Buf.GLB, 4, arch.sfu.lanes),
             ],
         )
 
-    def elaborate(self, platform) -> Module:
-        m = Module()
+    def _beat_elements(self, m: Module) -> Signal:
+        """The most elements of an ADD/MUL beat for the instruction's element types (a
+        table of :func:`flightforge.sfu_row_ops.operand_beat_elements`)."""
         ins = self.instr
-        L, P = self.lanes, self.P
-        two = ins.op.matches(isa.MiscOp.ADD, isa.MiscOp.MUL)
-        is_table = ins.op.matches(*[o for o in isa.MiscOp if o.is_table])
+        g = Signal(range(2 * self.lanes + 1))
+        with m.Switch(Cat(ins.a_dt, ins.b_dt, ins.d_dt)):
+            for a, b, d in itertools.product(isa.DType, repeat=3):
+                with m.Case(a | b << 2 | d << 4):
+                    m.d.comb += g.eq(
+                        operand_beat_elements(self.lanes, self.P, a.nbytes, b.nbytes, d.nbytes)
+                    )
+        return g
+
+    def _credit(self, m: Module, busy: Signal) -> dict:
+        """REQUANT and the tables: one run of ``a`` a cycle on the byte-credit schedule.
+        The cycle's run (``row``, ``col``, elements ``e``, ``issue``) and ``last``."""
+        ins = self.instr
+        row = Signal(isa.DIM_BITS, name="c_row")
+        col = Signal(isa.DIM_BITS + 1, name="c_col")  # elements issued in this row
         eb = Signal(5)
-        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt) + Mux(two, Const(1, 4) << ins.b_dt, 0))
-
-        busy = Signal()
-        row = Signal(isa.DIM_BITS)
-        col = Signal(isa.DIM_BITS + 1)  # elements issued in this row
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
+        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
+        sched = ByteCredit(m, port=self.P, lanes=self.lanes, elem_bytes=eb, cols=ins.cols)
         E = sched.issue
-        last_row = Signal()  # the current row is the last (registered with row)
-        last = Signal()
-        m.d.comb += last.eq(busy & sched.pass_end & last_row)
-
+        last_row = Signal(name="c_last_row")  # the current row is the last
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), row.eq(0), col.eq(0), *sched.restart()]
+            m.d.sync += [row.eq(0), col.eq(0), *sched.restart()]
             m.d.sync += last_row.eq(ins.rows <= 1)
         with m.If(busy):
             m.d.sync += [col.eq(sched.count(col, E, "col")), *sched.advance(E)]
             with m.If(sched.pass_end):
                 m.d.sync += [col.eq(0), row.eq(row + 1), *sched.restart()]
                 m.d.sync += last_row.eq(row + 2 >= ins.rows)
-                with m.If(last_row):
-                    m.d.sync += busy.eq(0)
+        return {
+            "row": row,
+            "col": col,
+            "e": E,
+            "issue": busy & (E != 0),
+            "last": busy & sched.pass_end & last_row,
+            "end": sched.pass_end & last_row,
+        }
 
-        a_port, b_port, d_port = self.port("a"), self.port("b"), self.port("d")
-        issue = busy & (E != 0)
-        aw, bw = len(a_port.addr), len(b_port.addr)
-        a_terms = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
-        b_terms = addr_terms(ins.b_addr, ins.b_stride, row, col, ins.b_dt)
-        m.d.comb += [
-            a_port.addr.eq(staged_sum(m, a_terms, aw, "a_addr")),
-            a_port.req.eq(issued(m, issue, "a_req")),
-            b_port.addr.eq(staged_sum(m, b_terms, bw, "b_addr")),
-            b_port.req.eq(issued(m, issue & two, "b_req")),
-        ]
-        # operands arrive; compute or look up
-        v1, e1, r1, c1, last1 = (
-            arrived(m, sig, name)
-            for sig, name in ((issue, "v"), (E, "e"), (row, "r"), (col, "c"), (last, "last"))
+    def _beats(self, m: Module, busy: Signal) -> dict:
+        """ADD and MUL: two-cycle beats, the ``a`` run in the first cycle, the ``b`` run
+        of the same columns in the second, through the one read port."""
+        ins = self.instr
+        L = self.lanes
+        row = Signal(isa.DIM_BITS, name="b_row")
+        col = Signal(isa.DIM_BITS + 1, name="b_col")  # the beat's first column
+        second = Signal()
+        n = Signal(range(2 * L + 1))  # elements of the beat (decided in its first cycle)
+        row_end, last_row = Signal(name="b_row_end"), Signal(name="b_last_row")
+        g = self._beat_elements(m)
+        left = Signal(isa.DIM_BITS + 1)
+        m.d.comb += left.eq(ins.cols - col)
+        with m.If(~busy & self.start):
+            m.d.sync += [row.eq(0), col.eq(0), second.eq(0), last_row.eq(ins.rows <= 1)]
+        with m.If(busy & ~second):
+            m.d.sync += [second.eq(1), n.eq(Mux(left > g, g, left)), row_end.eq(left <= g)]
+        with m.If(busy & second):
+            m.d.sync += [second.eq(0), col.eq(col + n)]
+            with m.If(row_end):
+                m.d.sync += [col.eq(0), row.eq(row + 1), last_row.eq(row + 2 >= ins.rows)]
+        first_n = Mux(left > g, g, left)  # the first cycle's n, before it is registered
+        phase_a = Mux(first_n > L, L, first_n)  # results of the lanes' first phase
+        phase_b = Mux(n > L, n - L, 0)
+        return {
+            "row": row,
+            "col": col,
+            "second": second,
+            "issue": busy,
+            # the results: the first phase's run at col, the second's at col + lanes
+            "w_col": col + Mux(second, L, 0),
+            "w_e": Mux(second, phase_b, phase_a),
+            "last": busy & second & row_end & last_row,
+            "end": second & row_end & last_row,
+        }
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        ins = self.instr
+        L = self.lanes
+        two = Signal()
+        m.d.comb += two.eq(ins.op.matches(isa.MiscOp.ADD, isa.MiscOp.MUL))
+        is_table = ins.op.matches(*[o for o in isa.MiscOp if o.is_table])
+
+        busy = Signal()
+        cr, bt = self._credit(m, busy), self._beats(m, busy)
+        with m.If(~busy & self.start):
+            m.d.sync += busy.eq(1)
+        with m.If(busy & Mux(two, bt["end"], cr["end"])):
+            m.d.sync += busy.eq(0)
+
+        # the cycle's run: a (credit, or a beat's first cycle) or b (a beat's second)
+        rd, d_port = self.port("rd"), self.port("d")
+        sel_b = two & bt["second"]
+        run_row = Mux(two, bt["row"], cr["row"])
+        run_col = Mux(two, bt["col"], cr["col"])
+        terms = addr_terms(
+            Mux(sel_b, ins.b_addr, ins.a_addr),
+            Mux(sel_b, ins.b_stride, ins.a_stride),
+            run_row,
+            run_col,
+            Mux(sel_b, ins.b_dt, ins.a_dt),
         )
+        m.d.comb += [
+            rd.addr.eq(staged_sum(m, terms, len(rd.addr), "rd_addr")),
+            rd.req.eq(issued(m, Mux(two, bt["issue"], cr["issue"]), "rd_req")),
+        ]
+        # a run arrives ISSUE_STAGES + 1 after its issue. REQUANT and the tables: the
+        # lanes take it on arrival. ADD/MUL: when the b run arrives (phase A) lane j
+        # takes element j of a and b, the cycle after (phase B) element lanes + j.
+        v1, e1, last1 = (
+            arrived(m, sig, name)
+            for sig, name in ((cr["issue"], "v"), (cr["e"], "e"), (cr["last"], "last"))
+        )
+        phase_b = delay(m, arrived(m, bt["second"], "phase_a"), 1, "phase_b")
+        r1, r2 = delay(m, rd.rdata, 1, "rd_d1"), delay(m, rd.rdata, 2, "rd_d2")
         for j in range(L):
-            araw = Cat(a_port.rdata, Const(0, 32)).bit_select(j << (ins.a_dt + 3), 32)
-            braw = Cat(b_port.rdata, Const(0, 32)).bit_select(j << (ins.b_dt + 3), 32)
             a = Signal(signed(ELEM_BITS), name=f"a{j}")
             b = Signal(signed(ELEM_BITS), name=f"b{j}")
-            m.d.comb += [a.eq(sext(araw, ins.a_dt)), b.eq(sext(braw, ins.b_dt))]
+            a_two = Mux(phase_b, element(r2, L + j, ins.a_dt), element(r1, j, ins.a_dt))
+            b_two = Mux(phase_b, element(r1, L + j, ins.b_dt), element(rd.rdata, j, ins.b_dt))
+            m.d.comb += [
+                a.eq(Mux(two, a_two, element(rd.rdata, j, ins.a_dt))),
+                b.eq(b_two),
+            ]
             lane = self.lane(j)
             m.d.comb += [lane.shift2.eq(ins.shift), lane.dt.eq(ins.d_dt), lane.acc.eq(1)]
             with m.Switch(ins.op):
@@ -137,28 +228,33 @@ class ElementStream(StreamComponent):
             tp = self.port("t", j)
             look = delay(m, Cat(a[:8], v1 & is_table & (j < e1)), LANE_LATENCY - 1, f"look{j}")
             m.d.comb += [tp.addr.eq(ins.p_addr + (look[:8] << ins.d_dt)), tp.req.eq(look[8])]
-        # write, when the lanes' results are out (the address from ISSUE_STAGES before)
-        v2, e2, last2 = (
-            delay(m, sig, LANE_LATENCY, name)
-            for sig, name in ((v1, "v"), (e1, "e"), (last1, "last"))
+        # write, when the lanes' results are out (the address from ISSUE_STAGES before):
+        # REQUANT and the tables LANE_LATENCY after the arrival, ADD/MUL BEAT_COMPUTE
+        one_out = ISSUE_STAGES + 1 + LANE_LATENCY
+        two_out = ISSUE_STAGES + 1 + BEAT_COMPUTE
+        w = {
+            key: Mux(two, delay(m, bt[key], two_out, f"{key}_2"), delay(m, cr[key], one_out, key))
+            for key in ("issue", "last")
+        }
+        w["e"] = Mux(two, delay(m, bt["w_e"], two_out, "e_2"), delay(m, cr["e"], one_out, "e"))
+        w_row, w_col = (
+            Mux(
+                two,
+                delay(m, bt_sig, two_out - ISSUE_STAGES, f"{n}_2w"),
+                delay(m, cr_sig, one_out - ISSUE_STAGES, f"{n}_w"),
+            )
+            for n, bt_sig, cr_sig in (("r", bt["row"], cr["row"]), ("c", bt["w_col"], cr["col"]))
         )
-        r2, c2 = (
-            delay(m, sig, LANE_LATENCY - ISSUE_STAGES, n) for sig, n in ((r1, "r"), (c1, "c"))
-        )
-        d_terms = addr_terms(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)
+        d_terms = addr_terms(ins.d_addr, ins.d_stride, w_row, w_col, ins.d_dt)
         outs = [Mux(is_table, self.port("t", j).rdata, self.lane(j).result) for j in range(L)]
-        packed = Signal(32 * L)
-        with m.Switch(ins.d_dt):
-            for d in isa.DType:
-                with m.Case(d):
-                    m.d.comb += packed.eq(Cat(*(o[: d.bits] for o in outs)))
-        nbytes = e2 << ins.d_dt
+        valid = [w["e"] > j for j in range(L)]
+        wdata, strb = pack_run(m, outs, valid, ins.d_dt, len(d_port.strb), "d")
         m.d.comb += [
             d_port.addr.eq(staged_sum(m, d_terms, len(d_port.addr), "d_addr")),
             d_port.we.eq(1),
-            d_port.wdata.eq(packed[: len(d_port.wdata)]),
-            d_port.strb.eq(((Const(1, P + 1) << nbytes) - 1)[: len(d_port.strb)]),
-            d_port.req.eq(v2 & (e2 != 0)),
+            d_port.wdata.eq(wdata),
+            d_port.strb.eq(strb),
+            d_port.req.eq(w["issue"] & (w["e"] != 0)),
         ]
-        self.finish(m, last2)
+        self.finish(m, w["last"])
         return m

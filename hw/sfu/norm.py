@@ -49,10 +49,11 @@ from .common import (
     csa_sum,
     delay,
     elem_bytes,
+    element,
     issued,
-    sext,
+    pack_run,
+    run_width,
     staged_sum,
-    strobe,
 )
 from .divider import Divider, ISqrt
 from .lane import carry_select_add
@@ -64,8 +65,10 @@ class NormStream(StreamComponent):
     """RMSNORM / LAYERNORM on the byte-credit schedule (``elem_bytes`` = input + result
     bytes), bit-exact with :func:`flightforge.numerics.rmsnorm` / ``layernorm``.
 
-    Every lane has its own ACT read and write port and GLB ports for ``gamma`` and
-    ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols`` gains). Statistics: the lanes'
+    A cycle's elements are consecutive columns, read and written as one run through one
+    ACT read port and one ACT write port (:func:`.common.run_width` bytes); every lane has
+    GLB ports for ``gamma`` and ``beta`` (INT16 at ``p_addr``, ``beta`` after ``cols``
+    gains). Statistics: the lanes'
     ``x`` and ``x**2`` are summed when ``x**2`` is out of the lane
     (:data:`~flightforge.sfu_row_ops.NORM_STATS_DELAY` after the arrival in ``t + 1``).
     Output: on arrival the lanes take the operands of ``y`` =
@@ -82,8 +85,8 @@ class NormStream(StreamComponent):
         super().__init__(
             arch,
             [
-                PortGroup("rd", isa.Buf.ACT, 4, L),
-                PortGroup("wr", isa.Buf.ACT, 4, L),
+                PortGroup("rd", isa.Buf.ACT, run_width(arch), 1),
+                PortGroup("wr", isa.Buf.ACT, run_width(arch), 1, write=True),
                 PortGroup("g", isa.Buf.GLB, 2, L),
                 PortGroup("b", isa.Buf.GLB, 2, L),
             ],
@@ -162,12 +165,15 @@ class NormStream(StreamComponent):
         # the reads go out ISSUE_STAGES after the issue, with their staged addresses
         on = [issuing & (j < E) for j in range(L)]
         out = phase == OUT
+        rd = self.port("rd")  # the cycle's elements: one run of consecutive columns
+        terms = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
+        m.d.comb += [
+            rd.addr.eq(staged_sum(m, terms, len(rd.addr), "rd_addr")),
+            rd.req.eq(issued(m, issuing & (E != 0), "rd_req")),
+        ]
         for j in range(L):
-            p, g, b = (self.port(n, j) for n in ("rd", "g", "b"))
-            terms = addr_terms(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)
+            g, b = (self.port(n, j) for n in ("g", "b"))
             m.d.comb += [
-                p.addr.eq(staged_sum(m, terms, len(p.addr), f"rd_addr{j}")),
-                p.req.eq(issued(m, on[j], f"rd_req{j}")),
                 g.addr.eq(staged_sum(m, [ins.p_addr, (col + j) << 1], len(g.addr), f"g_addr{j}")),
                 b.addr.eq(
                     staged_sum(
@@ -191,7 +197,7 @@ class NormStream(StreamComponent):
         )
         xs = [Signal(signed(X_BITS), name=f"x{j}") for j in range(L)]
         for j in range(L):
-            m.d.comb += xs[j].eq(sext(self.port("rd", j).rdata, ins.a_dt))
+            m.d.comb += xs[j].eq(element(rd.rdata, j, ins.a_dt))
         # statistics, per row parity; the first arrival of a pass restarts them
         s1 = [Signal(signed(S1_BITS), name=f"s1_{b}") for b in range(2)]
         s2 = [Signal(unsigned(S2_BITS), name=f"s2_{b}") for b in range(2)]
@@ -290,14 +296,17 @@ class NormStream(StreamComponent):
                 lane.bias.eq(Mux(layer, self.port("b", j).rdata.as_signed(), 0)),
                 lane.dt.eq(ins.d_dt),
             ]
-            p = self.port("wr", j)
-            terms = addr_terms(ins.d_addr, ins.d_stride, r2, c2 + j, ins.d_dt)
-            m.d.comb += [
-                p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{j}")),
-                p.we.eq(1),
-                p.wdata.eq(lane.result),
-                p.strb.eq(strobe(ins.d_dt)),
-                p.req.eq(v2[j] & (ph2 == OUT)),
-            ]
+        # the lanes' results, one run of consecutive columns, through the one write port
+        wr = self.port("wr")
+        terms = addr_terms(ins.d_addr, ins.d_stride, r2, c2, ins.d_dt)
+        results = [self.lane(j).result for j in range(L)]
+        wdata, strb = pack_run(m, results, list(v2), ins.d_dt, len(wr.strb), "wr")
+        m.d.comb += [
+            wr.addr.eq(staged_sum(m, terms, len(wr.addr), "wr_addr")),
+            wr.we.eq(1),
+            wr.wdata.eq(wdata),
+            wr.strb.eq(strb),
+            wr.req.eq(v2.any() & (ph2 == OUT)),
+        ]
         self.finish(m, last2)
         return m

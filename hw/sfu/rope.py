@@ -1,169 +1,176 @@
-"""ROPE at the lane rate, timed as ``Timing.misc`` counts it (one pass, ``elem_bytes`` =
-input + result bytes).
+"""ROPE at the lane rate in two-cycle beats, one read port per buffer, timed as
+``Timing.misc`` counts it (:func:`flightforge.sfu_row_ops.rope_pass_cycles`).
 
 Rotate-half works on pairs ``(x1, x2)`` = columns ``(c, c + len/2)`` of a ``len``-column
-chunk, so the byte-credit schedule issues an even number of elements a cycle
-(``lanes / 2`` pairs at most): every pair slot has its own ACT read ports for ``x1`` and
-``x2`` and GLB ports for ``cos`` and ``sin`` (INT16, position ``pos + row``), computes
-both rotated values on its two lanes' shared datapaths (:class:`.lane.SfuLane`) from
-the cycle after and writes them when they come out,
-:data:`~flightforge.sfu_row_ops.LANE_LATENCY` cycles later. Both halves of
-a pair are read before either is written, so the operation may run in place.
+chunk (a head). A beat takes the next ``n`` pairs of a chunk (``n`` at most
+:func:`flightforge.sfu_row_ops.rope_pairs`, fewer at the chunk's end): in its first cycle
+it reads the ``x1`` run (ACT) and the ``cos`` run (GLB, INT16, position ``pos + row``), in
+its second the ``x2`` and ``sin`` runs, ``len/2`` columns on; each is one run of
+consecutive elements through the pipeline's one ACT and one GLB read port. When the
+``x2`` run arrives, lane ``j`` computes ``y1 = x1*cos - x2*sin`` of pair ``j`` on its
+shared datapath (:class:`.lane.SfuLane`), the cycle after ``y2 = x2*cos + x1*sin``; each
+half is written as one run through the one ACT write port when it comes out, so every
+run is written :data:`~flightforge.sfu_row_ops.BEAT_COMPUTE` cycles after its data
+arrive, at its read's columns. Both halves of a pair are read before either is written,
+so the operation may run in place.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 
 from flightforge import isa
+from flightforge import sfu_row_ops as row_ops
 from flightforge.arch import ArchConfig
-from flightforge.sfu_row_ops import ISSUE_STAGES, LANE_LATENCY
+from flightforge.sfu_row_ops import BEAT_COMPUTE, ISSUE_STAGES
 
 from .common import (
-    ByteCredit,
     PortGroup,
     StreamComponent,
     addr_terms,
     arrived,
     delay,
-    elem_bytes,
+    element,
     issued,
-    sext,
+    pack_run,
+    run_width,
     staged_sum,
-    strobe,
 )
 
 
+def _glb_line(arch: ArchConfig) -> int:
+    glb = arch.buffers.of(isa.Buf.GLB)
+    return glb.banks * glb.width
+
+
 class RopeStream(StreamComponent):
-    """Ports (one a lane): ``rd`` and ``wr`` on ACT (4 bytes), ``tab`` on GLB (2 bytes);
-    pair slot ``s`` uses lanes ``2s`` (``x1``, ``cos``) and ``2s + 1`` (``x2``, ``sin``)."""
+    """Ports: ``rd`` and ``wr`` on ACT (:func:`.common.run_width` bytes), ``tab`` on GLB
+    (``cos`` or ``sin`` of a beat's pairs: ``min(line, 2 * lanes)`` bytes)."""
 
     OPS = (isa.MiscOp.ROPE,)
 
     def __init__(self, arch: ArchConfig) -> None:
-        if arch.sfu.lanes % 2:
-            raise ValueError("ROPE needs an even number of SFU lanes")
         L = arch.sfu.lanes
         super().__init__(
             arch,
             [
-                PortGroup("rd", isa.Buf.ACT, 4, L),
-                PortGroup("wr", isa.Buf.ACT, 4, L),
-                PortGroup("tab", isa.Buf.GLB, 2, L),
+                PortGroup("rd", isa.Buf.ACT, run_width(arch), 1),
+                PortGroup("wr", isa.Buf.ACT, run_width(arch), 1, write=True),
+                PortGroup("tab", isa.Buf.GLB, min(_glb_line(arch), 2 * L), 1),
             ],
         )
-        self.slots = L // 2
+
+    def _beat_pairs(self, m: Module) -> Signal:
+        """The most pairs of a beat for the instruction's element types (a table of
+        :func:`flightforge.sfu_row_ops.rope_pairs`)."""
+        ins = self.instr
+        g = Signal(range(self.lanes + 1))
+        with m.Switch(ins.a_dt):
+            for a in isa.DType:
+                with m.Case(a):
+                    with m.Switch(ins.d_dt):
+                        for d in isa.DType:
+                            with m.Case(d):
+                                m.d.comb += g.eq(
+                                    row_ops.rope_pairs(
+                                        self.lanes, self.P, _glb_line(self.arch), a.nbytes, d.nbytes
+                                    )
+                                )
+        return g
 
     def elaborate(self, platform) -> Module:
         m = Module()
         ins = self.instr
-        L, P, S = self.lanes, self.P, self.slots
-        eb = Signal(5)
-        m.d.comb += eb.eq(elem_bytes(ins.a_dt, ins.d_dt))
-        half = ins.len >> 1
+        L = self.lanes
+        half = Signal(isa.DIM_BITS)
+        m.d.comb += half.eq(ins.len >> 1)
         busy = Signal()
+        second = Signal()  # the beat's second cycle (the x2 / sin runs)
         row = Signal(isa.DIM_BITS)
         base = Signal(isa.DIM_BITS + 1)  # first column of the current chunk
-        i = Signal(isa.DIM_BITS)  # pair index within the chunk
-        sched = ByteCredit(m, port=P, lanes=L, elem_bytes=eb, cols=ins.cols)
-        npairs = Signal(range(S + 1))
-        m.d.comb += npairs.eq(sched.issue >> 1)
-        row_end = sched.ends(npairs << 1)
-        last_row = Signal()  # the current row is the last (registered with row)
-        last = busy & row_end & last_row
-        # the pairs of this cycle: chunk base and index per slot
-        bases, idxs = [base], [i]
-        for s in range(1, S + 1):
-            wrap = idxs[-1] + 1 >= half
-            nb_ = Signal.like(base, name=f"base{s}")
-            ni = Signal.like(i, name=f"idx{s}")
-            m.d.comb += [
-                nb_.eq(Mux(wrap, bases[-1] + ins.len, bases[-1])),
-                ni.eq(Mux(wrap, 0, idxs[-1] + 1)),
-            ]
-            bases.append(nb_)
-            idxs.append(ni)
+        i = Signal(isa.DIM_BITS)  # first pair of the beat within the chunk
+        # decided in the beat's first cycle, used in its second
+        n = Signal(range(L + 1))  # pairs of the beat
+        chunk_end, row_end, last_row = Signal(), Signal(), Signal()
+        g = self._beat_pairs(m)
+        left = Signal(isa.DIM_BITS)
+        m.d.comb += left.eq(half - i)
         with m.If(~busy & self.start):
-            m.d.sync += [busy.eq(1), row.eq(0), base.eq(0), i.eq(0), *sched.restart()]
+            m.d.sync += [busy.eq(1), second.eq(0), row.eq(0), base.eq(0), i.eq(0)]
             m.d.sync += last_row.eq(ins.rows <= 1)
-        with m.If(busy):
-            m.d.sync += sched.advance(npairs << 1)
-            with m.Switch(npairs):
-                for n in range(S + 1):
-                    with m.Case(n):
-                        m.d.sync += [base.eq(bases[n]), i.eq(idxs[n])]
-            with m.If(row_end):
-                m.d.sync += [base.eq(0), i.eq(0), row.eq(row + 1), *sched.restart()]
-                m.d.sync += last_row.eq(row + 2 >= ins.rows)
-                with m.If(last_row):
-                    m.d.sync += busy.eq(0)
-
-        # the reads go out ISSUE_STAGES after the issue, with their staged addresses
-        tab_row = ((ins.pos + row) * ins.len) << 1
-        v1 = [None] * S
-        c1 = [None] * S
-        r1, last1 = arrived(m, row, "r"), arrived(m, last, "last")
-        for s in range(S):
-            on = busy & (s < npairs)
-            col = bases[s] + idxs[s]
-            x1p, x2p = self.port("rd", 2 * s), self.port("rd", 2 * s + 1)
-            cp, sp = self.port("tab", 2 * s), self.port("tab", 2 * s + 1)
-            x1 = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
-            x2 = addr_terms(ins.a_addr, ins.a_stride, row, col + half, ins.a_dt)
-            req = issued(m, on, f"req{s}")
-            m.d.comb += [
-                x1p.addr.eq(staged_sum(m, x1, len(x1p.addr), f"x1_addr{s}")),
-                x2p.addr.eq(staged_sum(m, x2, len(x2p.addr), f"x2_addr{s}")),
-                cp.addr.eq(
-                    staged_sum(m, [ins.p_addr, tab_row, idxs[s] << 1], len(cp.addr), f"cos{s}")
-                ),
-                sp.addr.eq(
-                    staged_sum(
-                        m, [ins.p_addr, tab_row, (half + idxs[s]) << 1], len(sp.addr), f"sin{s}"
-                    )
-                ),
-                x1p.req.eq(req),
-                x2p.req.eq(req),
-                cp.req.eq(req),
-                sp.req.eq(req),
+        with m.If(busy & ~second):
+            m.d.sync += [
+                second.eq(1),
+                n.eq(Mux(left > g, g, left)),
+                chunk_end.eq(left <= g),
+                row_end.eq(base + ins.len >= ins.cols),
             ]
-            v1[s], c1[s] = arrived(m, on, f"v1_{s}"), arrived(m, col, f"c1_{s}")
-        # stage 1: rotate, lane 2s: x1*cos - x2*sin, lane 2s + 1: x2*cos + x1*sin
-        for s in range(S):
-            x1 = sext(self.port("rd", 2 * s).rdata, ins.a_dt)
-            x2 = sext(self.port("rd", 2 * s + 1).rdata, ins.a_dt)
-            cos = self.port("tab", 2 * s).rdata.as_signed()
-            sin = self.port("tab", 2 * s + 1).rdata.as_signed()
-            for h, (p, q) in enumerate(((x1, x2), (x2, x1))):
-                lane = self.lane(2 * s + h)
-                m.d.comb += [
-                    lane.a.eq(p),
-                    lane.b.eq(cos),
-                    lane.c.eq(q),
-                    lane.d.eq(sin),
-                    lane.acc.eq(1),
-                    lane.sub.eq(h == 0),
-                    lane.shift2.eq(ins.shift),
-                    lane.dt.eq(ins.d_dt),
-                ]
-        # the lanes' results are out LANE_LATENCY cycles after their operands
-        v2 = [delay(m, v1[s], LANE_LATENCY, f"v_{s}") for s in range(S)]
-        last2 = delay(m, last1, LANE_LATENCY, "last")
-        # write both halves (the addresses from ISSUE_STAGES before)
-        c2 = [delay(m, c1[s], LANE_LATENCY - ISSUE_STAGES, f"c_{s}") for s in range(S)]
-        r2 = delay(m, r1, LANE_LATENCY - ISSUE_STAGES, "r")
-        for s in range(S):
-            for h in range(2):
-                p = self.port("wr", 2 * s + h)
-                terms = addr_terms(
-                    ins.d_addr, ins.d_stride, r2, c2[s] + (half if h else 0), ins.d_dt
+        with m.If(busy & second):
+            m.d.sync += [second.eq(0), i.eq(i + n)]
+            with m.If(chunk_end):
+                m.d.sync += [i.eq(0), base.eq(base + ins.len)]
+                with m.If(row_end):
+                    m.d.sync += [base.eq(0), row.eq(row + 1), last_row.eq(row + 2 >= ins.rows)]
+                    with m.If(last_row):
+                        m.d.sync += busy.eq(0)
+        last = busy & second & chunk_end & row_end & last_row
+
+        # A cycle's runs: x1 and cos in the first, x2 and sin (len/2 on) in the second;
+        # the requests go out ISSUE_STAGES after, with their staged addresses.
+        pair = Signal(isa.DIM_BITS + 1)  # the run's first pair index in its chunk's table row
+        m.d.comb += pair.eq(i + Mux(second, half, 0))
+        col = Signal(isa.DIM_BITS + 1)
+        m.d.comb += col.eq(base + pair)
+        on = busy & second  # both runs of the beat carry n pairs
+        count = Signal.like(n)  # pairs of this cycle's runs
+        m.d.comb += count.eq(Mux(on, n, Mux(left > g, g, left)))
+        rd, wr, tab = self.port("rd"), self.port("wr"), self.port("tab")
+        tab_row = ((ins.pos + row) * ins.len) << 1
+        req = issued(m, busy, "req")
+        m.d.comb += [
+            rd.addr.eq(
+                staged_sum(
+                    m, addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt), len(rd.addr), "rd"
                 )
-                m.d.comb += [
-                    p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{2 * s + h}")),
-                    p.we.eq(1),
-                    p.wdata.eq(self.lane(2 * s + h).result),
-                    p.strb.eq(strobe(ins.d_dt)),
-                    p.req.eq(v2[s]),
-                ]
-        self.finish(m, last2)
+            ),
+            tab.addr.eq(staged_sum(m, [ins.p_addr, tab_row, pair << 1], len(tab.addr), "tab")),
+            rd.req.eq(req),
+            tab.req.eq(req),
+        ]
+        # the x2 / sin runs arrive a cycle after the x1 / cos runs: lane j takes pair j's
+        # y1 operands then (phase A), its y2 operands the cycle after (phase B)
+        phase_a = arrived(m, busy & second, "phase_a")
+        phase_b = delay(m, phase_a, 1, "phase_b")
+        r1, r2 = delay(m, rd.rdata, 1, "x_d1"), delay(m, rd.rdata, 2, "x_d2")
+        t1, t2 = delay(m, tab.rdata, 1, "t_d1"), delay(m, tab.rdata, 2, "t_d2")
+        zeros = Const(0, 16 * L)  # lanes beyond the GLB run: never valid
+        cos_run, sin_run = Cat(Mux(phase_b, t2, t1), zeros), Cat(Mux(phase_b, t1, tab.rdata), zeros)
+        for j in range(L):
+            lane = self.lane(j)
+            m.d.comb += [
+                lane.a.eq(element(r1, j, ins.a_dt)),  # x1 (A) or x2 (B)
+                lane.b.eq(cos_run.word_select(j, 16).as_signed()),
+                lane.c.eq(Mux(phase_b, element(r2, j, ins.a_dt), element(rd.rdata, j, ins.a_dt))),
+                lane.d.eq(sin_run.word_select(j, 16).as_signed()),
+                lane.acc.eq(1),
+                lane.sub.eq(~phase_b),
+                lane.shift2.eq(ins.shift),
+                lane.dt.eq(ins.d_dt),
+            ]
+        # each run is written BEAT_COMPUTE after its data arrive, at its read's columns
+        out = ISSUE_STAGES + 1 + BEAT_COMPUTE  # from the run's issue to its write
+        v2, c2 = delay(m, busy, out, "v_out"), delay(m, count, out, "n_out")
+        row_w, col_w = (delay(m, s, out - ISSUE_STAGES, f"{s.name}_w") for s in (row, col))
+        results = [self.lane(j).result for j in range(L)]
+        valid = [c2 > j for j in range(L)]
+        wdata, strb = pack_run(m, results, valid, ins.d_dt, len(wr.strb), "wr")
+        terms = addr_terms(ins.d_addr, ins.d_stride, row_w, col_w, ins.d_dt)
+        m.d.comb += [
+            wr.addr.eq(staged_sum(m, terms, len(wr.addr), "wr")),
+            wr.we.eq(1),
+            wr.wdata.eq(wdata),
+            wr.strb.eq(strb),
+            wr.req.eq(v2 & (c2 != 0)),
+        ]
+        self.finish(m, delay(m, last, out, "last"))
         return m

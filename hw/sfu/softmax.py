@@ -40,10 +40,11 @@ from .common import (
     by_dtype,
     delay,
     elem_bytes,
+    element,
     issued,
-    sext,
+    pack_run,
+    run_width,
     staged_sum,
-    strobe,
 )
 from .divider import Divider
 from .lane import ELEM_BITS
@@ -55,10 +56,12 @@ class SoftmaxStream(StreamComponent):
     """SOFTMAX on the byte-credit schedule (``elem_bytes`` = input + result bytes in every
     pass), bit-exact with :func:`flightforge.numerics.softmax`.
 
-    Every lane has its own ACT read and write port (4 bytes) and exp2 ROM read port (a
-    ROM per lane pair). An element issued in cycle ``t`` arrives in ``t + 1``: MAX folds
-    it into its row's maximum; SUM and OUT compute ``d = max - x`` and give it to the
-    lane's first multiplier, whose ``t = rnd(d * m0 >> shift)`` (``round1``) is out
+    A cycle's elements are consecutive columns: one ACT read port and one ACT write port
+    (:func:`.common.run_width` bytes) carry them, lane ``j`` the ``j``-th; every lane has
+    its own exp2 ROM read port (a ROM per lane pair). An element issued in cycle ``t``
+    arrives in ``t + 1``: MAX folds it into its row's maximum; SUM and OUT compute
+    ``d = max - x`` and give it to the lane's first multiplier, whose
+    ``t = rnd(d * m0 >> shift)`` (``round1``) is out
     :data:`~flightforge.sfu_row_ops.LANE_ROUND1` cycles later and addresses the ROM; the
     ROM answers the cycle after (``at_e``), where SUM adds ``e`` to the row sum and OUT
     gives ``e`` with the row's reciprocal to the same lane's second multiplier (with the
@@ -76,9 +79,10 @@ class SoftmaxStream(StreamComponent):
     OPS = (isa.MiscOp.SOFTMAX,)
 
     def __init__(self, arch: ArchConfig) -> None:
-        L = arch.sfu.lanes
+        w = run_width(arch)
         super().__init__(
-            arch, [PortGroup("rd", isa.Buf.ACT, 4, L), PortGroup("wr", isa.Buf.ACT, 4, L)]
+            arch,
+            [PortGroup("rd", isa.Buf.ACT, w, 1), PortGroup("wr", isa.Buf.ACT, w, 1, write=True)],
         )
 
     def elaborate(self, platform) -> Module:
@@ -134,13 +138,12 @@ class SoftmaxStream(StreamComponent):
         # a column counts (len, causal mask) is found on the way
         limit = Mux(ins.len == 0, ins.cols, ins.len)
         on = [issuing & (j < E) for j in range(L)]
-        for j in range(L):
-            p = self.port("rd", j)
-            terms = addr_terms(ins.a_addr, ins.a_stride, row, col + j, ins.a_dt)
-            m.d.comb += [
-                p.addr.eq(staged_sum(m, terms, len(p.addr), f"rd_addr{j}")),
-                p.req.eq(issued(m, on[j], f"rd_req{j}")),
-            ]
+        rd = self.port("rd")  # the cycle's elements: one run of consecutive columns
+        terms = addr_terms(ins.a_addr, ins.a_stride, row, col, ins.a_dt)
+        m.d.comb += [
+            rd.addr.eq(staged_sum(m, terms, len(rd.addr), "rd_addr")),
+            rd.req.eq(issued(m, issuing & (E != 0), "rd_req")),
+        ]
         counts = [(col + j < limit) & (~ins.causal | (col + j <= ins.pos + row)) for j in range(L)]
         # arrival
         v1, vcs, ph1, r1, c1, last1, first1 = (
@@ -158,7 +161,7 @@ class SoftmaxStream(StreamComponent):
         xs, vc = [], [vcs[j] for j in range(L)]
         for j in range(L):
             xj = Signal(signed(ELEM_BITS), name=f"x{j}")
-            m.d.comb += xj.eq(sext(self.port("rd", j).rdata, ins.a_dt))
+            m.d.comb += xj.eq(element(rd.rdata, j, ins.a_dt))
             xs.append(xj)
         # MAX: the maximum of the cycle's valid elements on a tree of two-input maxima, a
         # level a stage, then folded into the row's maximum (one register per row parity)
@@ -284,14 +287,17 @@ class SoftmaxStream(StreamComponent):
                 lane.shift2.eq(frac_shift),
                 lane.dt.eq(ins.d_dt),
             ]  # y = min(y_max, rnd(e * recip >> frac_shift))
-            p = self.port("wr", j)
-            terms = addr_terms(ins.d_addr, ins.d_stride, r3a, c3a + j, ins.d_dt)
-            m.d.comb += [
-                p.addr.eq(staged_sum(m, terms, len(p.addr), f"wr_addr{j}")),
-                p.we.eq(1),
-                p.wdata.eq(lane.result),
-                p.strb.eq(strobe(ins.d_dt)),
-                p.req.eq(v3[j] & (ph3 == OUT)),
-            ]
+        # the lanes' results, one run of consecutive columns, through the one write port
+        wr = self.port("wr")
+        terms = addr_terms(ins.d_addr, ins.d_stride, r3a, c3a, ins.d_dt)
+        results = [self.lane(j).result for j in range(L)]
+        wdata, strb = pack_run(m, results, list(v3), ins.d_dt, len(wr.strb), "wr")
+        m.d.comb += [
+            wr.addr.eq(staged_sum(m, terms, len(wr.addr), "wr_addr")),
+            wr.we.eq(1),
+            wr.wdata.eq(wdata),
+            wr.strb.eq(strb),
+            wr.req.eq(v3.any() & (ph3 == OUT)),
+        ]
         self.finish(m, last3)
         return m

@@ -6,10 +6,10 @@ Four pipelines (:class:`.elementwise.ElementStream`, :class:`.rope.RopeStream`,
 ports, so the unit latches the instruction, starts the right pipeline one cycle later,
 gives the lanes and the ports that pipeline's operands and requests, and reports its
 ``done``. One MISC instruction runs at a time, so the pipelines' ports are never busy
-together: slot ``i`` of the unit's ports on a buffer serves port ``i`` of every
-pipeline (as wide as the widest of them), chosen by the same pipeline index as the
-lanes; read data go to every pipeline. The core gives every port the unit lists
-(:meth:`port_widths`, :meth:`ports`) a port on the buffer.
+together: slot ``i`` of the unit's read (or write) ports on a buffer serves the ``i``-th
+read (or write) port of every pipeline (as wide as the widest of them), chosen by the
+same pipeline index as the lanes; read data go to every pipeline. The core gives every
+port the unit lists (:meth:`port_widths`, :meth:`ports`) a port on the buffer.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ from .softmax import SoftmaxStream
 
 #: The SFU's buffers: operands and results on ACT, parameters and tables on GLB.
 SFU_BUFFERS = (isa.Buf.ACT, isa.Buf.GLB)
+#: A buffer's two sides, as the pipelines' port groups name them (``write``).
+SIDES = (False, True)
+
+
+def _slot_name(buf: isa.Buf, write: bool, i: int) -> str:
+    return f"buf_{buf.name.lower()}_{'w' if write else 'r'}{i}"
 
 
 def _mux_tree(sel: Value, values: list) -> Value:
@@ -57,7 +63,9 @@ def _slot_widths(per_pipeline: list[list]) -> list[int]:
 
 
 class SpecialFunctionUnit(wiring.Component):
-    """MISC unit; one buffer port (``buf_act_s0``, ``buf_glb_s0``, ...) per pipeline port."""
+    """MISC unit; shared buffer ports ``buf_act_r0``, ``buf_act_w0``, ``buf_glb_r0``, ...:
+    slot ``i`` of a buffer's read (``r``) or write (``w``) side serves the ``i``-th port
+    on that side of every pipeline."""
 
     def __init__(self, arch: ArchConfig) -> None:
         self.arch = arch
@@ -69,40 +77,47 @@ class SpecialFunctionUnit(wiring.Component):
         }
         covered = [op for s in self.streams.values() for op in s.OPS]
         assert sorted(covered) == sorted(isa.MiscOp), "every MiscOp needs exactly one pipeline"
-        #: per buffer, per pipeline: its ports, in slot order
-        self._inner = {b: [s.buffer_ports(b) for s in self.streams.values()] for b in SFU_BUFFERS}
-        #: per buffer: the byte width of each shared slot (its widest pipeline port)
-        self._slots = {b: _slot_widths(self._inner[b]) for b in SFU_BUFFERS}
+        #: per (buffer, side), per pipeline: its ports on that side, in slot order
+        self._inner = {
+            (b, w): [s.buffer_ports(b, write=w) for s in self.streams.values()]
+            for b in SFU_BUFFERS
+            for w in SIDES
+        }
+        #: per (buffer, side): the byte width of each shared slot (its widest pipeline port)
+        self._slots = {key: _slot_widths(inner) for key, inner in self._inner.items()}
         super().__init__(
             {
                 **unit_members(isa.Unit.SFU),
                 **{
-                    f"buf_{b.name.lower()}_s{i}": Out(
-                        BufPortSignature(addr_bits(arch.buffers.of(b).size), w)
+                    _slot_name(b, w, i): Out(
+                        BufPortSignature(addr_bits(arch.buffers.of(b).size), width)
                     )
-                    for b, widths in self._slots.items()
-                    for i, w in enumerate(widths)
+                    for (b, w), widths in self._slots.items()
+                    for i, width in enumerate(widths)
                 },
             }
         )
 
     def ports(self, buf: isa.Buf) -> list:
-        """The unit's ports on ``buf``, in a fixed order."""
+        """The unit's ports on ``buf``, in a fixed order: its read ports, then its write
+        ports."""
         return [
-            getattr(self, f"buf_{buf.name.lower()}_s{i}")
-            for i in range(len(self._slots.get(buf, [])))
+            getattr(self, _slot_name(buf, w, i))
+            for w in SIDES
+            for i in range(len(self._slots.get((buf, w), [])))
         ]
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         """Byte widths of :meth:`ports`."""
-        return list(self._slots.get(buf, []))
+        return [x for w in SIDES for x in self._slots.get((buf, w), [])]
 
     def _share_ports(self, m: Module, which: Value) -> None:
         """Drive each slot from pipeline ``which``'s port in it (zero-extended), and give
         every pipeline's port the slot's read data and grant."""
-        for b in SFU_BUFFERS:
-            for i, outer in enumerate(self.ports(b)):
-                users = [(k, ports[i]) for k, ports in enumerate(self._inner[b]) if i < len(ports)]
+        for (b, w), inner in self._inner.items():
+            for i in range(len(self._slots[b, w])):
+                outer = getattr(self, _slot_name(b, w, i))
+                users = [(k, ports[i]) for k, ports in enumerate(inner) if i < len(ports)]
                 for _, p in users:
                     m.d.comb += [
                         p.rdata.eq(outer.rdata[: len(p.rdata)]),
