@@ -63,8 +63,26 @@ def field(
     return out
 
 
+#: What the controller's dispatch and start rule need of an instruction, decoded once
+#: when the instruction enters the controller (written beside the word into its buffer),
+#: so that neither dispatch nor the start rule decodes a word: they compare registers.
+#: ``wait``/``release``/``sides`` are 0 for SYS.
+PREDECODED = data.StructLayout(
+    {
+        "legal": 1,
+        "is_sys": 1,
+        "is_halt": 1,
+        "unit": UNIT_BITS,
+        "wait": isa.MASK_BITS,
+        "release": isa.MASK_BITS,
+        "sides": isa.SIDE_BITS,
+    }
+)
+
+
 class Decoder(wiring.Component):
-    """Classifies an instruction word: opcode, unit, HALT/NOP, and whether it is legal.
+    """Classifies an instruction word: opcode, unit, HALT/NOP, whether it is legal, and
+    (``info``, :data:`PREDECODED`) what dispatch and the start rule read of it.
 
     ``legal`` is 0 for an unknown opcode, an enum field holding no member, or reserved
     bits that are not zero: the structural checks of :func:`flightforge.isa.decode_word`.
@@ -78,11 +96,22 @@ class Decoder(wiring.Component):
     is_sys: Out(1)
     is_halt: Out(1)
     legal: Out(1)
+    info: Out(PREDECODED)
 
     def elaborate(self, platform) -> Module:
         m = Module()
         w = self.word
         m.d.comb += self.opcode.eq(w[: isa.OPCODE_BITS])
+        sides = Const(0, isa.SIDE_BITS)
+        for u in isa.Unit:  # each unit's table is 0 unless the opcode is one of its classes
+            sides |= buffer_sides(u, w)
+        m.d.comb += [
+            self.info.legal.eq(self.legal),
+            self.info.is_sys.eq(self.is_sys),
+            self.info.is_halt.eq(self.is_halt),
+            self.info.unit.eq(self.unit),
+            self.info.sides.eq(sides),
+        ]
         with m.Switch(self.opcode):
             for op, cls in isa.INSTRUCTION_TYPES.items():
                 with m.Case(op):
@@ -96,7 +125,11 @@ class Decoder(wiring.Component):
                     if cls.UNIT is None:
                         m.d.comb += [self.is_sys.eq(1), self.is_halt.eq(v.op == isa.SysOp.HALT)]
                     else:
-                        m.d.comb += self.unit.eq(cls.UNIT)
+                        m.d.comb += [
+                            self.unit.eq(cls.UNIT),
+                            self.info.wait.eq(v.wait),
+                            self.info.release.eq(v.release),
+                        ]
         return m
 
 

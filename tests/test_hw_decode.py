@@ -97,6 +97,18 @@ def test_decoder_matches_isa(seed: int) -> None:
             if ins.UNIT is not None:
                 assert ctx.get(dut.unit) == ins.UNIT
             assert ctx.get(dut.is_halt) == (isinstance(ins, isa.SYS) and ins.op == isa.SysOp.HALT)
+            info = ctx.get(dut.info)  # the record the controller keeps beside the word
+            assert (info.legal, info.is_sys, info.is_halt) == (
+                1,
+                ins.UNIT is None,
+                ctx.get(dut.is_halt),
+            )
+            if ins.UNIT is not None:
+                assert info.unit == ins.UNIT
+            assert info.wait == getattr(ins, "wait", 0) and info.release == getattr(
+                ins, "release", 0
+            )
+            assert info.sides == isa.buffer_sides(ins), f"{ins}: sides {info.sides:#x}"
             v = view(type(ins), dut.word)
             for f in dataclasses.fields(ins):
                 got, want = ctx.get(v[f.name]), int(getattr(ins, f.name))

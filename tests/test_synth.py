@@ -137,15 +137,16 @@ def test_synthesised_depth_shrinks_when_pipelined() -> None:
 
 @needs_yosys
 def test_memory_ports_finds_the_instruction_buffer() -> None:
-    """The Controller's instruction buffer: 4096 x 384 bits, one read port (registered)
-    and one write port at different addresses: two ports."""
+    """The Controller's instruction buffer: 4096 x (384 bits + the predecoded record),
+    one read port (registered) and one write port at different addresses: two ports."""
     from flightforge.hw.controller import IMEM_DEPTH, Controller
+    from flightforge.hw.decode import PREDECODED
     from flightforge.isa import INSTR_BITS
 
     arch = load_target("tiny")
     mems = synth.memory_ports(Controller(arch), "ctl", synth.yosys_binary())
     (imem,) = [m for m in mems if m.memid == "imem"]
-    assert (imem.words, imem.width) == (IMEM_DEPTH, INSTR_BITS)
+    assert (imem.words, imem.width) == (IMEM_DEPTH, INSTR_BITS + PREDECODED.size)
     assert (imem.read_ports, imem.write_ports, imem.ports, imem.async_reads) == (1, 1, 2, 0)
     assert max(m.ports for m in mems) <= 2
 
