@@ -101,10 +101,32 @@ def tile_span(k: int, sparse_m: int) -> int:
     return k * sparse_m // 2
 
 
-def tile_word(span: int, line: int) -> int:
-    """Bytes of a tile-buffer bank's word: a step's widest span or an ACT line (the fill
-    writes whole lines), whichever is wider; both are powers of two."""
-    return max(span, line)
+def tile_access(k: int, sparse_n: int, sparse_m: int) -> int:
+    """Bytes of one tile row a step of ``k`` stored entries reads: ``k`` dense
+    (``sparse_n == 0``), ``max(1, k / N)`` blocks of ``M`` activations for N:M."""
+    return max(1, k // sparse_n) * sparse_m if sparse_n else k
+
+
+def tile_stripe(line: int, word: int) -> int:
+    """``P``: the words of a ``word``-byte tile-buffer bank an ACT line of ``line`` bytes
+    holds, so the banks of a group that one fill cycle writes (row ``r``'s word ``w`` in
+    bank ``r XOR (w mod P)``, :func:`tile_bank`) and the words an MV reads a cycle; 1
+    when a word holds whole lines."""
+    return max(1, line // word)
+
+
+def tile_bank(row: int, w: int, stripe: int) -> tuple[int, int]:
+    """``(bank, address)`` of word ``w`` of tile row ``row``: the bank of the row's group
+    of ``stripe`` banks chosen by ``w mod stripe`` (XOR), at address ``w``."""
+    return row ^ (w % stripe), w
+
+
+def tile_read_cycles(access: int, word: int, words_per_cycle: int) -> int:
+    """Cycles a step reads its activation span of ``access`` bytes from the tile buffer:
+    a row reads ``words_per_cycle`` words of ``word`` bytes a cycle (MM: one, from its
+    own bank; MV: the row's :func:`tile_stripe`, from its group). A step lasts at least
+    this long (``Timing.matmul_tile``)."""
+    return max(1, access // (word * words_per_cycle))
 
 
 def fill_lines(offset: int, k: int, line: int) -> int:

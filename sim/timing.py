@@ -309,15 +309,27 @@ class Timing:
         ib = formats.index_bits(mode) if mode.is_sparse else 0
         pw, pm = self.port[isa.Buf.WGT], self.port[isa.Buf.META]
 
-        sc = self.scale_cycles(i)
+        sc, rc = self.scale_cycles(i), self.tile_read_cycles(i)
 
         def step(entries: int) -> int:
             w = cdiv(shape.n * cdiv(entries * bits, 8), pw)
             mt = cdiv(shape.n * cdiv(entries * ib, 8), pm)
-            return max(1, w, mt, sc)
+            return max(1, w, mt, sc, rc)
 
         last = k_eff - (steps - 1) * shape.k
         return (steps - 1) * step(shape.k) + step(last)
+
+    def tile_read_cycles(self, i: isa.MM | isa.MV) -> int:
+        """Cycles a step reads its rows' activation spans from the tile buffer, whose
+        banks hold words of ``mpe.mm.k`` bytes: an MM row reads one word a cycle, an MV
+        row the ``port[ACT] / mm.k`` words of a line (flightforge.mpe.tile_read_cycles).
+        Dense steps take one cycle; an N:M span of ``max(1, k / N) * M`` bytes more."""
+        shape = self.arch.mpe.mm if isinstance(i, isa.MM) else self.arch.mpe.mv
+        mode = isa.SparseMode(i.sparse)
+        access = mpe_datapath.tile_access(shape.k, mode.n if mode.is_sparse else 0, mode.m)
+        word = self.arch.mpe.mm.k
+        per = 1 if isinstance(i, isa.MM) else mpe_datapath.tile_stripe(self.port[isa.Buf.ACT], word)
+        return mpe_datapath.tile_read_cycles(access, word, per)
 
     def fill_lines(self, a_addr: int, a_stride: int, k: int, rows: int) -> int:
         """ACT lines the tile fills of rows ``0 .. rows - 1`` read: row ``r``'s ``k``

@@ -184,14 +184,46 @@ def test_mv_int8_vs_int4_is_bound_by_the_weight_port():
     assert (int8, int4) == (10 + 512 + 23, 10 + 256 + 23)
 
 
-@pytest.mark.parametrize("mode", [SparseMode.S2_4, SparseMode.S4_16, SparseMode.S8_16])
-def test_nm_sparse_mm_costs_n_over_m_of_dense(mode):
+@pytest.mark.parametrize(
+    "mode, reads", [(SparseMode.S2_4, 2), (SparseMode.S4_16, 4), (SparseMode.S8_16, 4)]
+)
+def test_nm_sparse_mm_macs_are_n_over_m_of_dense_but_its_span_is_read_a_word_a_cycle(mode, reads):
+    """N:M MM does N/M of the dense MACs, but each row reads its step's span of
+    ``max(1, k / N) * M`` activations from its tile-buffer bank one 4-byte word a cycle
+    (tiny: 2:4 8 B, 4:16 and 8:16 16 B): with k >= N that is the dense rate per
+    activation (2:4, 4:16), with k < N slower (8:16: 4 entries of one 16-wide block)."""
     t = Timing(TINY)
     dense = isa.MM(m=4, n=16, k=64, a_stride=64, mult=1)
     sparse = isa.MM(m=4, n=16, k=64, a_stride=64, mult=1, sparse=mode)
     assert t.matmul_compute(dense) == 1 * 8 * 16
     assert t.matmul_compute(sparse) * mode.m == t.matmul_compute(dense) * mode.n
-    assert t.matmul(sparse) < t.matmul(dense)
+    assert (t.tile_read_cycles(dense), t.tile_read_cycles(sparse)) == (1, reads)
+    steps = 64 * mode.n // mode.m // 4
+    assert (t.matmul_tile(dense), t.matmul_tile(sparse)) == (16, steps * reads)
+
+
+def test_a_sparse_step_reads_its_span_over_several_cycles():
+    """Hand-computed on tiny (4-byte bank words, an 8-byte ACT line: an MV row reads 2
+    words a cycle). MM 4 x 2 x K = 16 at 2:4: 8 stored entries, 2 steps of 4; a step's
+    span is 2 blocks of 4 = 8 B, two words from each row's bank: 2 cycles (its weights
+    take 1 WGT cycle, its indices 1 META cycle). The fill reads 4 rows x 2 lines, + 2;
+    then 2 steps x 2 cycles; then the MM depth 24. MV 2:16 at K = 64: 8 stored entries,
+    2 steps whose span is 2 blocks of 16 = 32 B = 4 MV reads of 8 B; fill 8 lines + 2,
+    2 x 4 cycles, MV depth 23. Dense steps read their 4 bytes in one cycle. On kv260
+    (16-byte words, 128-byte line) an MV reads 8 words a cycle: every N:M span in one."""
+    t = Timing(TINY)
+    mm = isa.MM(m=4, n=2, k=16, a_stride=16, mult=1, sparse=SparseMode.S2_4)
+    assert (t.tile_read_cycles(mm), t.matmul_tile(mm)) == (2, 4)
+    assert t.matmul(mm) == (8 + 2) + 4 + 24
+    mv = isa.MV(n=4, k=64, mult=1, sparse=SparseMode.S2_16)
+    assert (t.tile_read_cycles(mv), t.matmul_tile(mv)) == (4, 8)
+    assert t.matmul(mv) == (8 + 2) + 8 + 23
+    kv = Timing(load_target("kv260"))
+    for mode in (SparseMode.S2_4, SparseMode.S2_16, SparseMode.S4_16, SparseMode.S8_16):
+        assert kv.tile_read_cycles(isa.MV(n=16, k=4096, mult=1, sparse=mode)) == 1
+        assert kv.tile_read_cycles(isa.MM(m=32, n=2, k=4096, mult=1, sparse=mode)) == (
+            mode.m // mode.n
+        )
 
 
 def test_mm_tiles_rows_columns_and_k():
@@ -542,13 +574,20 @@ def test_a_step_of_several_scale_groups_takes_a_cycle_each():
     """A segment accumulator has one multiplier: a step holding several scale groups
     takes one cycle per group. 2:16 weights with 16-wide groups store 2 entries per
     group, so tiny's 4-entry MV step holds 2 groups: an MV of one column and K = 32 (4
-    stored INT4 entries: 2 weight bytes, 2 index bytes, one port cycle each) takes 2
-    cycles for its step instead of 1, after the fill of its 32 activations (4 lines +
-    2), then the MV depth 23 plus the last step's second group. 2:4 weights store 8
-    entries per group, more than a step: its 16 stored entries are 4 steps of 1 cycle."""
+    stored INT4 entries: 2 weight bytes, 2 index bytes, one port cycle each) would take
+    2 cycles for its step instead of 1, but its 32-byte span takes 4 tile-buffer reads
+    (test_a_sparse_step_reads_its_span_over_several_cycles): 4, after the fill of its 32
+    activations (4 lines + 2), then the MV depth 23 plus the last step's second group;
+    on kv260 the same step is its 8 groups. 2:4 weights store 8 entries per group, more
+    than a step: its 16 stored entries are 4 steps of 1 cycle (an 8-byte span, 1 read)."""
     t = Timing(TINY)
     kw = dict(n=1, k=32, mult=1, wprec=WPrec.INT4, gsz=1, colp=1)
     i = isa.MV(sparse=SparseMode.S2_16, **kw)
-    assert (t.scale_cycles(i), t.matmul_tile(i), t.matmul(i)) == (2, 2, 6 + 2 + 23 + 1)
+    # the step's 32-byte span takes 4 tile-buffer reads on tiny, more than its 2 groups
+    assert (t.scale_cycles(i), t.tile_read_cycles(i), t.matmul_tile(i)) == (2, 4, 4)
+    assert t.matmul(i) == 6 + 4 + 23 + 1
+    # kv260 (k = 16): 8 groups of 2 stored entries, the span read in one cycle
+    kv = Timing(load_target("kv260"))
+    assert (kv.scale_cycles(i), kv.tile_read_cycles(i), kv.matmul_tile(i)) == (8, 1, 8)
     j = isa.MV(sparse=SparseMode.S2_4, **kw)
     assert (t.scale_cycles(j), t.matmul_tile(j), t.matmul(j)) == (1, 4, 6 + 4 + 23)

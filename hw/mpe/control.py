@@ -55,6 +55,7 @@ class Decoded:
     gsz_on: Value
     lge: Signal  #: log2 of the stored entries per scale group
     subs: Signal  #: scale groups per step, at least 1 (flightforge.mpe.scale_cycles)
+    tcyc: Signal  #: cycles a step reads its span from the tile buffer (tile_read_cycles)
     wrb: Value
     mrb: Value
     recb: Value
@@ -101,6 +102,11 @@ def decode(m: Module, eng) -> Decoded:
     m.d.comb += subs.eq(Mux(gsz_on & (lge < ltk), 1 << (ltk - lge)[:5], 1))
     steps = Signal(isa.DIM_BITS + 1)
     m.d.comb += steps.eq((entries + tk - 1) >> ltk)
+    tcyc = Signal(range(max(eng.tile_cycles.values()) + 1))
+    m.d.comb += tcyc.eq(1)
+    for (nm, sm), c in eng.tile_cycles.items():
+        with m.If((is_mm if nm == "mm" else ~is_mm) & (f["sparse"] == sm)):
+            m.d.comb += tcyc.eq(c)
     return Decoded(
         word=word,
         f=f,
@@ -123,6 +129,7 @@ def decode(m: Module, eng) -> Decoded:
         gsz_on=gsz_on,
         lge=lge,
         subs=subs,
+        tcyc=tcyc,
         wrb=Mux(int4, (entries + 1) >> 1, entries),
         mrb=Mux(sparse, ((entries << lib) + 7) >> 3, 0),
         recb=HDR + (((ngroups + 3) >> 2) << 2),
@@ -195,10 +202,13 @@ def sequence(m: Module, eng, d: Decoded) -> Loop:
         wcyc.eq(((wbytes << d.ltn) + pw - 1) >> lg(pw)),
         mcyc.eq(((mbytes << d.ltn) + pm - 1) >> lg(pm)),
     ]
-    # a step lasts its WGT and META port cycles and one cycle per scale group (the
-    # accumulators', d.subs): three compares side by side, not a maximum and a compare
+    # a step lasts its WGT and META port cycles, one cycle per scale group (the
+    # accumulators', d.subs) and its tile-buffer reads (d.tcyc): compares side by side,
+    # not a maximum and a compare
     more = Signal()  # the step has a fetch cycle after this one
-    m.d.comb += more.eq((cyc + 1 < wcyc) | (cyc + 1 < mcyc) | (cyc + 1 < d.subs))
+    m.d.comb += more.eq(
+        (cyc + 1 < wcyc) | (cyc + 1 < mcyc) | (cyc + 1 < d.subs) | (cyc + 1 < d.tcyc)
+    )
     last_step = s + 1 == d.steps
     # the tile fill (row tile start): row ``f_row`` of the tile, its line ``f_j``
     pa = eng.P[isa.Buf.ACT]

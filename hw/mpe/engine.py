@@ -39,7 +39,15 @@ from amaranth.lib.wiring import Out
 
 from flightforge import formats, isa
 from flightforge.arch import ArchConfig
-from flightforge.mpe import LANE_SUM_BITS, REQUANT_STAGES, chain_latency, tile_span
+from flightforge.mpe import (
+    LANE_SUM_BITS,
+    REQUANT_STAGES,
+    chain_latency,
+    tile_access,
+    tile_read_cycles,
+    tile_span,
+    tile_stripe,
+)
 
 from ..buffers import addr_bits
 from ..bus import BufPortSignature
@@ -124,12 +132,19 @@ class MatrixEngine(wiring.Component):
         # mode's k (dense) or max(1, k / N) sparse blocks of M (N:M)
         self.span = tile_span(max(k for _, _, k in self.modes.values()), self.window)
         self.access = {
-            (nm, sm): (max(1, k // sm.n) * sm.m if sm.is_sparse else k)
+            (nm, sm): tile_access(k, sm.n if sm.is_sparse else 0, sm.m)
             for nm, (_, _, k) in self.modes.items()
             for sm in isa.SparseMode
             if sm.m <= self.window or not sm.is_sparse
         }
         self.tile_rows = max(rm for rm, _, _ in self.modes.values())
+        # its banks' word: one row of a dense MM step; an MV row reads a line's words
+        self.tile_word = self.modes["mm"][2]
+        stripe = tile_stripe(P[isa.Buf.ACT], self.tile_word)
+        self.tile_cycles = {
+            (nm, sm): tile_read_cycles(a, self.tile_word, 1 if nm == "mm" else stripe)
+            for (nm, sm), a in self.access.items()
+        }
         # Repeated blocks: one RowWindows per distinct (k, tile row) (the modes share a
         # row's windows when their k agree), one ChainFeed per chain that some mode's
         # tile reaches, with the modes that reach it.
@@ -241,8 +256,9 @@ class MatrixEngine(wiring.Component):
 
     def tile_buffer(self) -> TileBuffer:
         """A new activation tile buffer of this engine's shape."""
-        sizes = tuple(sorted(set(self.access.values())))
-        return TileBuffer(self.tile_rows, self.arch.mpe.tile_k, self.P[isa.Buf.ACT], sizes)
+        return TileBuffer(
+            self.tile_rows, self.arch.mpe.tile_k, self.P[isa.Buf.ACT], self.tile_word, self.span
+        )
 
     def port_widths(self, buf: isa.Buf) -> list[int]:
         return self.widths.get(buf, [])
@@ -252,9 +268,10 @@ class MatrixEngine(wiring.Component):
 
     def tile_reads(self, m: Module, d, lp, fill_port) -> TileBuffer:
         """The tile buffer, filled from ``fill_port`` (:attr:`.control.Loop.fill`, the
-        line arriving a cycle after its read) and read in every step's last fetch cycle
-        at the step's first activation: ``sk`` dense, its sparse block's first byte
-        ``(sk / N) * M`` for N:M, in spans of :attr:`access` bytes."""
+        line arriving a cycle after its read) and read at the step's first activation
+        (``sk`` dense, its sparse block's first byte ``(sk / N) * M`` for N:M): part
+        ``j`` of the span in the step's cycle ``j``, the last part (``d.tcyc - 1``) in
+        every later cycle, so in the step's last fetch cycle."""
         m.submodules.tiles = tb = self.tile_buffer()
         fl = lp.fill
         m.d.sync += [
@@ -265,14 +282,11 @@ class MatrixEngine(wiring.Component):
             tb.fill_count.eq(fl.count),
         ]
         m.d.comb += tb.fill_data.eq(fill_port.rdata)
-        lsize = Signal.like(tb.rd_lsize)
-        for (nm, sm), size in self.access.items():
-            with m.If((d.is_mm if nm == "mm" else ~d.is_mm) & (d.f["sparse"] == sm)):
-                m.d.comb += lsize.eq(size.bit_length() - 1)
         m.d.comb += [
-            tb.rd_en.eq(lp.fire),
+            tb.rd_en.eq(lp.fetching),
             tb.rd_addr.eq(Mux(d.sparse, (lp.sk >> d.ln) << d.lm, lp.sk)),
-            tb.rd_lsize.eq(lsize),
+            tb.rd_part.eq(Mux(lp.cyc + 1 < d.tcyc, lp.cyc, d.tcyc - 1)),
+            tb.rd_mv.eq(~d.is_mm),
         ]
         return tb
 

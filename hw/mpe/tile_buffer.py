@@ -1,16 +1,35 @@
-"""The MPE's activation tile buffer: one two-port RAM bank per tile row.
+"""The MPE's activation tile buffer: ``rows`` two-port RAM banks of ``word``-byte words.
 
 Before this buffer every tile row read its own activation span from ACT through a
 private port in every step (tiny: 16 of ACT's 34 ports, kv260: 32 ports of 128 B), so no
 ACT lane RAM could be an FPGA RAM. Now the MPE reads ACT through ONE port of one aligned
 line (``banks * width`` bytes) per cycle: when a row tile starts, the fill copies each
-row's ``K`` activations into that row's bank (:func:`flightforge.mpe.fill_lines` lines a
-row), and the steps of every column tile of the row tile read their spans from the
-banks (``Timing.matmul``'s fill term, docs/cycle_model.md).
+row's ``K`` activations into the buffer (:func:`flightforge.mpe.fill_lines` lines a
+row), and the steps of every column tile of the row tile read their spans from it
+(``Timing.matmul``'s fill term, docs/cycle_model.md).
 
-Each bank is an ``amaranth.lib.memory.Memory`` of ``word``-byte words with one write
-port (the fill, a line at a time: byte-lane groups of ``line`` bytes) and one
-synchronous read port (the steps), the simple-dual-port shape of a RAMB36E2 or URAM288.
+**Banks that are FPGA RAMs.** A bank's word is ``word`` bytes, what one row of a dense
+MM step needs (``mpe.mm.k``), so a bank is a ``capacity / word``-deep memory of
+``8 * word`` bits with one write port and one synchronous read port: the
+simple-dual-port shape of RAMB36E2s side by side (kv260 and u280: 512 x 128 bits, two
+RAMB36E2 of 512 x 72) or, when small, LUT RAM (tiny). The ACT line is ``P = line / word``
+words; to write a whole line a cycle and still read every row's word of a step in one
+cycle, row ``r``'s word ``w`` lives in bank ``r XOR (w mod P)`` (its group of ``P``
+banks), at address ``w`` (:func:`flightforge.mpe.tile_bank`):
+
+- the fill writes tile line ``j`` of row ``r`` as one word into each bank of the row's
+  group (word ``jP + q`` into bank ``r XOR q``, address ``jP + q``): one permutation of the
+  line (by ``r mod P``) shared by all groups, a low address per bank;
+- an MM step reads word ``w`` of every row at one address ``w``; row ``r`` takes bank
+  ``r XOR (w mod P)``'s word (a ``P``-input multiplexer per row);
+- an MV (one row, row 0) reads its span's words from banks ``0 .. P - 1`` in one cycle,
+  each bank at its own address (``P`` words per cycle).
+
+A span wider than a cycle's read (N:M: ``max(1, k / N) * M`` bytes; MM reads one word a
+row a cycle, MV ``P``) is read in ``parts`` over several cycles of the step
+(:func:`flightforge.mpe.tile_read_cycles`, charged as a term of the step): the
+engine reads part ``j`` in cycle ``j`` of the step and the last part in the step's last
+cycle; the buffer keeps the earlier parts in registers (``hold``).
 
 **Realignment, once.** A row's activations may start at any byte of ACT (the compiler
 views attention heads as column slices of a row, ``head_dim`` bytes apart, which is not
@@ -19,17 +38,12 @@ and the buffer writes tile line ``j`` one cycle after ACT line ``j`` arrived, as
 bytes ``[offset, offset + line)`` of that line and the next one (a funnel shift, one
 per MPE, shared by all rows); bytes past the row's ``K`` are don't-cares (their weights
 are zero). So a row costs ``ceil((offset + K) / line)`` fill cycles, and a tile row
-always starts at byte 0 of its bank.
-
-**Reads.** All rows of a step read the same byte offset (a multiple of the access size:
-``k`` dense, ``max(1, k / N) * M`` for N:M), so the banks share one address; one cycle
-later each row's ``rdata`` holds the span at byte 0 (the word's aligned slice chosen by
-the access size, a multiplexer of ``word / size`` inputs per byte).
+always starts at word 0.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -44,29 +58,39 @@ def _pow2(v: int) -> bool:
 
 
 class TileBuffer(wiring.Component):
-    """``rows`` banks of ``capacity`` bytes (rounded up to whole ``word``-byte words).
+    """``rows`` tile rows of ``capacity`` bytes (rounded up to whole lines and words) in
+    ``banks`` banks of ``word``-byte words: ``rows`` rounded up to whole groups of ``P``
+    (a line's words) banks. A word wider than a line (``P`` = 1) takes a line a cycle in
+    byte lanes of its row's bank.
 
     Fill side: ``fill_valid`` says an ACT line arrived in ``fill_data`` this cycle: line
     ``fill_index`` of tile row ``fill_row``, whose activations start ``fill_offset`` bytes
-    into its first line and fill ``fill_lines_out`` tile lines (``ceil(K / line)``);
-    lines at or past that count are read only for their bytes of the previous line.
-    Read side: ``rd_en`` with ``rd_addr`` (byte offset in the row) and ``rd_lsize``
-    (log2 of the access size, one of ``sizes``); ``rdata[r]`` the next cycle.
+    into its first line and fill ``fill_count`` tile lines (``ceil(K / line)``); lines at
+    or past that count are read only for their bytes of the previous line.
+    Read side: ``rd_en`` with ``rd_addr`` (the step's first byte in the row, a multiple
+    of the span), ``rd_part`` (which cycle's part of the span) and ``rd_mv`` (one row,
+    ``P`` words a cycle); ``rdata[r]`` the next cycle holds parts ``0 .. rd_part`` of the
+    span (the earlier ones from ``hold``), ``span`` bytes wide.
     """
 
-    def __init__(self, rows: int, capacity: int, line: int, sizes: tuple[int, ...]) -> None:
-        if not _pow2(line):
-            raise ValueError(f"line must be a power of two, not {line!r}")
-        if not sizes or any(not _pow2(s) for s in sizes):
-            raise ValueError(f"access sizes must be powers of two, not {sizes!r}")
+    def __init__(self, rows: int, capacity: int, line: int, word: int, span: int) -> None:
+        for name, v in (("line", line), ("word", word), ("span", span)):
+            if not _pow2(v):
+                raise ValueError(f"tile buffer {name} must be a power of two, not {v!r}")
         self.rows = rows
         self.line = line
-        self.sizes = tuple(sorted(set(sizes)))
-        self.span = max(self.sizes)
-        self.word = max(self.span, line)
-        self.depth = -(-capacity // self.word)
-        self.capacity = self.depth * self.word
+        self.word = word
+        self.span = max(span, word)
+        #: P: words of a line, banks of a group (1 when a word holds whole lines)
+        self.stripe = max(1, line // word)
+        self.per_word = max(1, word // line)  #: lines a word holds
+        self.banks = -(-rows // self.stripe) * self.stripe  #: whole groups
+        unit = max(line, word)
+        self.capacity = -(-capacity // unit) * unit
         self.lines = self.capacity // line  #: tile lines per row
+        self.depth = self.capacity // word
+        #: cycles of the widest span: MM one word a cycle
+        self.parts = self.span // word
         super().__init__(
             {
                 "fill_valid": In(1),
@@ -77,14 +101,16 @@ class TileBuffer(wiring.Component):
                 "fill_data": In(8 * line),
                 "rd_en": In(1),
                 "rd_addr": In(range(self.capacity)),
-                "rd_lsize": In(range(_lg(self.span) + 1)),
+                "rd_part": In(range(max(self.parts, 2))),
+                "rd_mv": In(1),
                 "rdata": Out(data.ArrayLayout(unsigned(8 * self.span), rows)),
             }
         )
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        line, word = self.line, self.word
+        line, word, P = self.line, self.word, self.stripe
+        lp, W = _lg(P), 8 * word
         # the previous arrival: its data and where it goes
         p_valid, p_data = Signal(), Signal(8 * line)
         p_row, p_index = Signal.like(self.fill_row), Signal.like(self.fill_index)
@@ -103,34 +129,80 @@ class TileBuffer(wiring.Component):
             Cat(p_data, self.fill_data).bit_select(Cat(Const(0, 3), p_off), 8 * line)
         )
         write = p_valid & (p_index < p_count)
-        per_word = word // line
-        w_addr = p_index >> _lg(per_word)
-        r_addr = self.rd_addr >> _lg(word)
-        # the read's slice of the word, registered with the read
-        r_off, r_lsize = Signal(range(max(word, 2))), Signal.like(self.rd_lsize)
+        # bank b of the row's group takes word q = (b XOR row) mod P of the line
+        rq = p_row[:lp] if lp else Const(0, 1)
+        perm = (
+            [aligned.word_select(Const(i, max(lp, 1)) ^ rq, W) for i in range(P)]
+            if lp
+            else [aligned[:W]]
+        )
+        # the read: word w of the part; MM: every bank at w, MV: bank b at its word of w's
+        # line ((w & ~(P - 1)) | b)
+        base = self.rd_addr >> _lg(word)
+        rw = Signal(range(self.depth + self.parts * P + 1))
+        m.d.comb += rw.eq(Mux(self.rd_mv, base + (self.rd_part << lp), base + self.rd_part))
+        r_valid, r_mv = Signal(), Signal()
+        r_part, r_low = Signal.like(self.rd_part), Signal(max(lp, 1))
+        m.d.sync += r_valid.eq(self.rd_en)
         with m.If(self.rd_en):
-            m.d.sync += [r_off.eq(self.rd_addr & (word - 1)), r_lsize.eq(self.rd_lsize)]
-        for r in range(self.rows):
-            m.submodules[f"bank{r}"] = mem = Memory(
-                shape=unsigned(8 * word), depth=self.depth, init=[]
-            )
-            wp = mem.write_port(granularity=8 * line) if per_word > 1 else mem.write_port()
+            m.d.sync += [
+                r_mv.eq(self.rd_mv),
+                r_part.eq(self.rd_part),
+                r_low.eq(rw[:lp] if lp else 0),
+            ]
+        outs = []
+        pw = self.per_word
+        for b in range(self.banks):
+            m.submodules[f"bank{b}"] = mem = Memory(shape=unsigned(W), depth=self.depth, init=[])
             rp = mem.read_port()
+            q = b % P
+            hit = write & ((p_row >> lp) == (b >> lp))
+            if pw > 1:  # a word of several lines: the row's own bank, a line's byte lanes
+                wp = mem.write_port(granularity=8 * line)
+                lane = p_index & (pw - 1)
+                m.d.comb += [
+                    wp.addr.eq(p_index >> _lg(pw)),
+                    wp.data.eq(Cat(*([aligned] * pw))),
+                    wp.en.eq(Cat(*(hit & (lane == g) for g in range(pw)))),
+                ]
+            else:
+                wp = mem.write_port()
+                m.d.comb += [
+                    wp.addr.eq(Cat(Const(0, lp), p_index) | (Const(q, max(lp, 1)) ^ rq)[:lp])
+                    if lp
+                    else wp.addr.eq(p_index),
+                    wp.data.eq(perm[q]),
+                    wp.en.eq(hit),
+                ]
             m.d.comb += [
-                wp.addr.eq(w_addr),
-                wp.data.eq(Cat(*([aligned] * per_word))),
-                rp.addr.eq(r_addr),
+                rp.addr.eq(Mux(self.rd_mv, (rw >> lp << lp) | q, rw) if lp else rw),
                 rp.en.eq(self.rd_en),
             ]
-            hit = write & (p_row == r)
-            if per_word > 1:
-                lane = p_index & (per_word - 1)
-                m.d.comb += wp.en.eq(Cat(*(hit & (lane == g) for g in range(per_word))))
-            else:
-                m.d.comb += wp.en.eq(hit)
-            out = self.rdata[r]
-            with m.Switch(r_lsize):
-                for s in self.sizes:
-                    with m.Case(_lg(s)):
-                        m.d.comb += out.eq(rp.data.word_select(r_off >> _lg(s), 8 * s))
+            outs.append(rp.data)
+        self._rows(m, outs, r_valid, r_mv, r_part, r_low)
         return m
+
+    def _rows(self, m, outs, r_valid, r_mv, r_part, r_low) -> None:
+        """Each row's span: the part read last cycle from the banks (MM: row ``r``'s
+        word from bank ``r XOR (w mod P)``; MV: row 0's ``P`` words from banks ``0 ..
+        P - 1``), the earlier parts from ``hold``."""
+        P, W, lp = self.stripe, 8 * self.word, _lg(self.stripe)
+        nw = self.span // self.word
+        # MV: word i of the part from bank (w mod P) | i (w is aligned to the part)
+        mv_live = [Array(outs[:P])[r_low | i] if lp else outs[0] for i in range(min(P, nw))]
+        for r in range(self.rows):
+            group = Array(outs[r >> lp << lp : (r >> lp << lp) + P])
+            live = group[(r_low ^ (r % P))[:lp]] if lp else outs[r]
+            # the last word is always in a span's last part: never held
+            hold = Signal(W * (nw - 1) or 1, name=f"hold{r}")
+            out = self.rdata[r]
+            for i in range(nw):
+                held = hold.word_select(i, W) if i < nw - 1 else live
+                mm_w = Mux(r_part == i, live, held) if i < nw - 1 else live
+                if r == 0:
+                    held = held if i < nw - 1 else mv_live[i % P]
+                    mv_w = Mux(r_part == i >> lp, mv_live[i % P], held)
+                    mm_w = Mux(r_mv, mv_w, mm_w)
+                m.d.comb += out.word_select(i, W).eq(mm_w)
+            with m.If(r_valid):
+                m.d.sync += hold.eq(out[: len(hold)])
