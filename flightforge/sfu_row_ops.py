@@ -178,11 +178,17 @@ def isqrt_latency(radicand_bits: int) -> int:
     return (radicand_bits + 1) // 2 + 1
 
 
+#: Register stages of SOFTMAX's row sum before the accumulator: a cycle's exponents are
+#: summed over the lanes (carry-save, one carry chain) and registered, then added to the
+#: row's sum (a short path each instead of both in one cycle).
+SOFTMAX_SUM_STAGES = 1
+
 #: Cycles between the end of a softmax row's SUM pass and the first cycle its OUT pass may
-#: issue: the reciprocal on the divider. Its start waits for the last exponent, which is
-#: summed two cycles after its issue and registered (3 cycles); the first OUT element
-#: reaches the multiplier two cycles after its issue, so the two offsets cancel but one.
-SOFTMAX_ROW_GAP = divider_latency(RECIP_DIVIDEND_BITS)
+#: issue: the reciprocal on the divider, after the row sum's :data:`SOFTMAX_SUM_STAGES`.
+#: The divider's start waits for the last exponent to be accumulated; the first OUT
+#: element's exponent meets the quotient ``at_e`` after its arrival, as SUM's did, so the
+#: two offsets cancel but the sum's stages.
+SOFTMAX_ROW_GAP = divider_latency(RECIP_DIVIDEND_BITS) + SOFTMAX_SUM_STAGES
 
 
 def norm_steps(layer: bool) -> dict[str, int]:

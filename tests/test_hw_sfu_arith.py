@@ -175,7 +175,8 @@ def test_sfu_row_gaps() -> None:
     of the divider and square root measured above."""
     from flightforge import sfu_row_ops as sfu
 
-    assert sfu.SOFTMAX_ROW_GAP == Divider.latency_of(39) == 40
+    # the row sum's register stage, then the divider
+    assert sfu.SOFTMAX_ROW_GAP == sfu.SOFTMAX_SUM_STAGES + Divider.latency_of(39) == 41
     # the statistics (registered NORM_STATS_DELAY + 1 cycles after the last arrival,
     # ISSUE_STAGES + 1 after the last issue), mean square, square root, inverse root, latch;
     # LAYERNORM first its mean (a division) and centring (CENTRE_STEPS = 3, and one)

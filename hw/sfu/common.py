@@ -216,9 +216,9 @@ def addr_terms(base: Value, stride: Value, row: Value, col: Value, dt: Value) ->
     return [base, row * stride, col << dt]
 
 
-def csa_sum(m: Module, terms: list, width: int, name: str) -> Value:
-    """``sum(terms)`` modulo ``2**width``: carry-save steps (one LUT level each) down to two
-    terms, then one carry chain."""
+def csa_reduce(m: Module, terms: list, width: int, name: str) -> list:
+    """Carry-save steps (one LUT level each) from ``terms`` down to two terms of the same
+    sum modulo ``2**width``."""
     terms = [Value.cast(t) for t in terms]
     while len(terms) > 2:
         x, y, z, *rest = terms
@@ -226,7 +226,23 @@ def csa_sum(m: Module, terms: list, width: int, name: str) -> Value:
         m.d.comb += [xs.eq(x), ys.eq(y), zs.eq(z)]
         maj = (xs & ys) | (xs & zs) | (ys & zs)
         terms = [*rest, xs ^ ys ^ zs, Cat(0, maj[:-1])]
-    return sum(terms, Const(0, width))[:width]
+    return terms
+
+
+def csa_sum(m: Module, terms: list, width: int, name: str) -> Value:
+    """``sum(terms)`` modulo ``2**width``: :func:`csa_reduce`, then one carry chain."""
+    return sum(csa_reduce(m, terms, width, name), Const(0, width))[:width]
+
+
+def registered_csa(m: Module, terms: list, width: int, name: str) -> list:
+    """:func:`csa_reduce` of ``terms`` into two registers (a cycle later): the carry chain
+    that adds them goes into the next cycle's path instead of this one's."""
+    out = []
+    for k, t in enumerate(csa_reduce(m, terms, width, name)):
+        r = Signal(width, name=f"{name}_q{k}")
+        m.d.sync += r.eq(t)
+        out.append(r)
+    return out
 
 
 def staged_sum(m: Module, terms: list, width: int, name: str) -> Signal:

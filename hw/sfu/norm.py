@@ -52,6 +52,7 @@ from .common import (
     element,
     issued,
     pack_run,
+    registered_csa,
     run_width,
     staged_sum,
 )
@@ -204,8 +205,10 @@ class NormStream(StreamComponent):
         # x * x comes out of the lanes' first multipliers LANE_PROD cycles after x, and the
         # lanes' sums are registered before they are accumulated (NORM_STATS_DELAY): the
         # sum of the x waits for them (x * x below 2**30: the low 2*X_BITS bits)
-        xsum = csa_sum(m, [Mux(v1[j], xs[j], 0) for j in range(L)], S1_BITS, "xsum")
-        add1 = delay(m, xsum, NORM_STATS_DELAY, "add1")
+        # (the lanes' x reduced to two carry-save terms and registered, their carry chain
+        # the next cycle: the sum waits for x * x anyway)
+        xsum = registered_csa(m, [Mux(v1[j], xs[j], 0) for j in range(L)], S1_BITS, "xsum")
+        add1 = delay(m, (xsum[0] + xsum[1])[:S1_BITS], NORM_STATS_DELAY - 1, "add1")
         vs, phs, rs, firsts = (
             delay(m, sig, NORM_STATS_DELAY, f"{name}_stats")
             for sig, name in ((v1, "v"), (ph1, "ph"), (r1, "r"), (first1, "first"))

@@ -27,6 +27,7 @@ from flightforge.sfu_row_ops import (
     LANE_ROUND1,
     RECIP_DIVIDEND_BITS,
     SOFTMAX_ROW_GAP,
+    SOFTMAX_SUM_STAGES,
     SUM_BITS,
     max_tree_stages,
 )
@@ -38,11 +39,13 @@ from .common import (
     addr_terms,
     arrived,
     by_dtype,
+    csa_sum,
     delay,
     elem_bytes,
     element,
     issued,
     pack_run,
+    registered_csa,
     run_width,
     staged_sum,
 )
@@ -254,12 +257,27 @@ class SoftmaxStream(StreamComponent):
             e = Signal(EXP_BITS, name=f"e{j}")
             m.d.comb += e.eq(Mux(vc2[j], rp.data >> sh, 0))
             es.append(e)
+        # the cycle's e reduced over the lanes to two carry-save terms and registered
+        # (SOFTMAX_SUM_STAGES), then added to the row's sum with them: one carry chain a
+        # stage (the lanes' e are below 2**EXP_BITS each)
+        assert SOFTMAX_SUM_STAGES == 1
+        lanes_sum = registered_csa(m, es, EXP_BITS + (L - 1).bit_length(), "esum")
+        vs, phs, firsts = (
+            delay(m, sig, SOFTMAX_SUM_STAGES, f"{name}_esum")
+            for sig, name in ((v2, "v"), (ph2, "ph"), (first2, "first"))
+        )
         total = Signal(SUM_BITS)
-        with m.If(v2.any() & (ph2 == SUM)):
-            m.d.sync += total.eq(Mux(first2, 0, total) + sum(es))
+        with m.If(vs.any() & (phs == SUM)):
+            m.d.sync += total.eq(csa_sum(m, [Mux(firsts, 0, total), *lanes_sum], SUM_BITS, "tot"))
         m.submodules.divider = div = Divider(RECIP_DIVIDEND_BITS, SUM_BITS)
-        # the last e of the pass is summed at_e + 1 cycles after its arrival: start then
-        sum_end = delay(m, row_end & (phase == SUM), ISSUE_STAGES + at_e + 2, "sum_end")
+        # the last e of the pass is in the row's sum SOFTMAX_SUM_STAGES + at_e + 1 cycles
+        # after its arrival: start then
+        sum_end = delay(
+            m,
+            row_end & (phase == SUM),
+            ISSUE_STAGES + at_e + 2 + SOFTMAX_SUM_STAGES,
+            "sum_end",
+        )
         m.d.comb += [
             div.start.eq(sum_end),
             div.dividend.eq(1 << numerics.SOFTMAX_RECIP_BITS),
