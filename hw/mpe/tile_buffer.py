@@ -124,10 +124,13 @@ class TileBuffer(wiring.Component):
             p_count.eq(self.fill_count),
         ]
         # tile line p_index: bytes [off, off + line) of (previous line, this cycle's line)
+        # as log2(line) stages of 2:1 multiplexers (a shift by 2^i bytes each), not one
+        # flat multiplexer of line inputs per bit (kv260: 15 levels of muxf cells)
         aligned = Signal(8 * line)
-        m.d.comb += aligned.eq(
-            Cat(p_data, self.fill_data).bit_select(Cat(Const(0, 3), p_off), 8 * line)
-        )
+        x = Cat(p_data, self.fill_data)
+        for i in reversed(range(_lg(line))):
+            x = Mux(p_off[i], x[8 << i :], x[: len(x) - (8 << i)])
+        m.d.comb += aligned.eq(x[: 8 * line])
         write = p_valid & (p_index < p_count)
         # bank b of the row's group takes word q = (b XOR row) mod P of the line
         rq = p_row[:lp] if lp else Const(0, 1)
